@@ -1,0 +1,64 @@
+"""Backend-neutral errors: user code catches these, never a driver's own exceptions."""
+
+from __future__ import annotations
+
+
+class InmotionError(Exception):
+    """Base class of every error inmotion raises on purpose."""
+
+
+class InvalidEvent(InmotionError, ValueError):
+    """An event that breaks the CloudEvents 1.0 rules; `attribute` names the culprit."""
+
+    def __init__(self, attribute: str, problem: str) -> None:
+        super().__init__(f"invalid event: {attribute}: {problem}")
+        self.attribute = attribute
+        self.problem = problem
+
+
+class InvalidPattern(InmotionError, ValueError):
+    """An event pattern that EventBridge would reject; `path` locates the problem."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"invalid pattern at {path or '<root>'}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class InvalidConfig(InmotionError, ValueError):
+    """A bad argument: a broker URL, a topic setting, a duration."""
+
+
+class UnknownTopic(InmotionError, LookupError):
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"unknown topic {topic!r}")
+        self.topic = topic
+
+
+class TopicExists(InmotionError):
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"topic {topic!r} already exists")
+        self.topic = topic
+
+
+class UnknownPartition(InmotionError, LookupError):
+    def __init__(self, topic: str, partition: int) -> None:
+        super().__init__(f"topic {topic!r} has no partition {partition}")
+        self.topic = topic
+        self.partition = partition
+
+
+class StorageError(InmotionError):
+    """The log's storage cannot be used: locked, unreadable, corrupt, full."""
+
+
+class BrokerUnavailable(InmotionError):
+    """The broker cannot be reached within the allowed time."""
+
+
+class ConcurrencyError(InmotionError):
+    """An optimistic-concurrency check failed: somebody else wrote first."""
+
+
+class Closed(InmotionError):
+    """The object was used after close()."""

@@ -1,0 +1,253 @@
+"""CloudEvents codecs: JSON structured mode, JSON batch mode and the Kafka binary binding.
+
+The binary binding is also how events sit in every log backend: context attributes as
+`ce_*` headers, `content-type` for datacontenttype, the data as the record value and the
+partition key as the record key. Java, Go or Node consumers read them without inmotion.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from inmotion.errors import InvalidEvent
+from inmotion.events.envelope import CORE_ATTRIBUTES, PARTITIONKEY, Event, ExtensionValue
+from inmotion.events.payload import to_builtins
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+JSON_CONTENT_TYPE = "application/json"
+BYTES_CONTENT_TYPE = "application/octet-stream"
+
+_OPTIONAL_STRINGS = ("subject", "datacontenttype", "dataschema")
+_json_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder()
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON_CONTENT_TYPE or media.endswith("+json") or media == "text/json"
+
+
+def format_time(value: datetime) -> str:
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def parse_time(attribute: str, value: object) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidEvent(attribute, "must be an RFC 3339 timestamp string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidEvent(attribute, f"not an RFC 3339 timestamp: {value!r}") from exc
+    if parsed.tzinfo is None:
+        raise InvalidEvent(attribute, f"RFC 3339 timestamps carry a time zone: {value!r}")
+    return parsed
+
+
+# --- structured mode ---------------------------------------------------------------------
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    """The event as a CloudEvents JSON object (structured mode)."""
+    out: dict[str, Any] = {
+        "specversion": event.specversion,
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+    }
+    for name in _OPTIONAL_STRINGS:
+        value = getattr(event, name)
+        if value is not None:
+            out[name] = value
+    if event.time is not None:
+        out["time"] = format_time(event.time)
+    for name, ext in event.extensions.items():
+        out[name] = _extension_to_json(ext)
+    data = to_builtins(event.data)
+    if isinstance(data, bytes):
+        out["data_base64"] = base64.b64encode(data).decode("ascii")
+    elif data is not None:
+        out["data"] = data
+    return out
+
+
+def from_dict(document: Mapping[str, Any]) -> Event:
+    """An event from a CloudEvents JSON object; raises InvalidEvent naming the attribute."""
+    if not isinstance(document, Mapping):
+        raise InvalidEvent("<event>", f"a CloudEvent is a JSON object, got {type(document).__name__}")
+    for name in ("specversion", "id", "source", "type"):
+        if name not in document:
+            raise InvalidEvent(name, "required attribute is missing")
+    if "data" in document and "data_base64" in document:
+        raise InvalidEvent("data_base64", "an event carries either data or data_base64, not both")
+    attributes: dict[str, Any] = {}
+    extensions: dict[str, ExtensionValue] = {}
+    data: Any = None
+    for name, value in document.items():
+        if name == "data":
+            data = value
+        elif name == "data_base64":
+            data = _decode_base64(value)
+        elif name == "time":
+            attributes["time"] = None if value is None else parse_time("time", value)
+        elif name in CORE_ATTRIBUTES:
+            attributes[name] = value
+        else:
+            if not isinstance(value, str | int | bool):
+                raise InvalidEvent(str(name), "extension values are strings, integers or booleans in JSON")
+            extensions[name] = value
+    attributes.setdefault("time", None)
+    return Event(data=data, extensions=extensions, **attributes)
+
+
+def to_json(event: Event) -> bytes:
+    return _json_encoder.encode(to_dict(event))
+
+
+def from_json(text: str | bytes) -> Event:
+    return from_dict(decode_json_document(text))
+
+
+def to_batch(events: Iterable[Event]) -> bytes:
+    return _json_encoder.encode([to_dict(event) for event in events])
+
+
+def from_batch(text: str | bytes) -> list[Event]:
+    document = decode_json_document(text)
+    if not isinstance(document, list):
+        raise InvalidEvent("<batch>", "a CloudEvents batch is a JSON array")
+    return [from_dict(item) for item in document]
+
+
+def decode_json_document(text: str | bytes) -> Any:
+    try:
+        return _json_decoder.decode(text)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent("<json>", f"malformed JSON: {exc}") from exc
+
+
+# --- binary mode (record key, headers, value) -------------------------------------------------
+
+
+def encode_data(event: Event) -> tuple[bytes | None, str | None]:
+    """The record value for the event's data and the content type that describes it."""
+    data = to_builtins(event.data)
+    content_type = event.datacontenttype
+    if data is None:
+        return None, content_type
+    if isinstance(data, bytes):
+        return data, content_type or BYTES_CONTENT_TYPE
+    if isinstance(data, str) and not is_json_content_type(content_type):
+        return data.encode(), content_type
+    return _json_encoder.encode(data), content_type or JSON_CONTENT_TYPE
+
+
+def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], bytes | None]:
+    """(key, headers, value) in the CloudEvents Kafka binary binding."""
+    value, content_type = encode_data(event)
+    headers = [
+        ("ce_specversion", event.specversion.encode()),
+        ("ce_id", event.id.encode()),
+        ("ce_source", event.source.encode()),
+        ("ce_type", event.type.encode()),
+    ]
+    if event.subject is not None:
+        headers.append(("ce_subject", event.subject.encode()))
+    if event.time is not None:
+        headers.append(("ce_time", format_time(event.time).encode()))
+    if event.dataschema is not None:
+        headers.append(("ce_dataschema", event.dataschema.encode()))
+    key: bytes | None = None
+    for name, ext in event.extensions.items():
+        if name == PARTITIONKEY:
+            key = str(ext).encode()
+        else:
+            headers.append(("ce_" + name, _extension_to_text(ext).encode()))
+    if content_type is not None:
+        headers.append(("content-type", content_type.encode()))
+    return key, headers, value
+
+
+def from_binary(key: bytes | None, headers: Headers, value: bytes | None) -> Event:
+    """An event from a record in the CloudEvents Kafka binary binding."""
+    attributes: dict[str, Any] = {}
+    extensions: dict[str, ExtensionValue] = {}
+    content_type: str | None = None
+    for name, raw in headers:
+        text = _header_text(name, raw)
+        if name.lower() == "content-type":
+            content_type = text
+        elif name.startswith("ce_"):
+            attribute = name[3:]
+            if attribute == "time":
+                attributes["time"] = parse_time("time", text)
+            elif attribute in CORE_ATTRIBUTES:
+                attributes[attribute] = text
+            else:
+                extensions[attribute] = text
+    for name in ("specversion", "id", "source", "type"):
+        if name not in attributes:
+            raise InvalidEvent(name, f"required attribute is missing (no ce_{name} header)")
+    if key is not None:
+        extensions[PARTITIONKEY] = _header_text("key", key)
+    attributes.setdefault("time", None)
+    attributes["datacontenttype"] = content_type
+    return Event(data=decode_data(value, content_type), extensions=extensions, **attributes)
+
+
+def decode_data(value: bytes | None, content_type: str | None) -> Any:
+    if value is None:
+        return None
+    if is_json_content_type(content_type):
+        try:
+            return _json_decoder.decode(value)
+        except msgspec.DecodeError as exc:
+            if content_type is None:
+                return value
+            raise InvalidEvent("data", f"content type {content_type} but malformed JSON: {exc}") from exc
+    if content_type is not None and content_type.lower().startswith("text/"):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def _header_text(name: str, raw: bytes | str) -> str:
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(name, "header value is not UTF-8") from exc
+
+
+def _decode_base64(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidEvent("data_base64", "must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise InvalidEvent("data_base64", f"not valid base64: {exc}") from exc
+
+
+def _extension_to_json(value: ExtensionValue) -> str | int | bool:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, datetime):
+        return format_time(value)
+    return value
+
+
+def _extension_to_text(value: ExtensionValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(_extension_to_json(value))

@@ -1,0 +1,131 @@
+"""The CloudEvents 1.0 envelope."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from inmotion.errors import InvalidEvent
+from inmotion.events.payload import from_data
+
+T = TypeVar("T")
+
+SPECVERSION = "1.0"
+CORE_ATTRIBUTES = frozenset({"id", "source", "specversion", "type", "datacontenttype", "dataschema", "subject", "time"})
+RESERVED_NAMES = CORE_ATTRIBUTES | {"data", "data_base64"}
+PARTITIONKEY = "partitionkey"
+
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+ExtensionValue = str | int | bool | bytes | datetime
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One CloudEvent: context attributes, extensions and data.
+
+    `data` holds whatever the producer gave (a pydantic model, dataclass, msgspec Struct,
+    JSON value or bytes); after decoding from the wire it holds the JSON value or bytes, and
+    `data_as(cls)` turns it back into the producer's class.
+    """
+
+    type: str
+    source: str
+    data: Any = None
+    id: str = dataclasses.field(default_factory=_new_id)
+    specversion: str = SPECVERSION
+    subject: str | None = None
+    time: datetime | None = dataclasses.field(default_factory=_utcnow)
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    extensions: Mapping[str, ExtensionValue] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require_string("type", self.type)
+        _require_string("source", self.source)
+        _require_string("id", self.id)
+        if self.specversion != SPECVERSION:
+            raise InvalidEvent("specversion", f"must be {SPECVERSION!r}, got {self.specversion!r}")
+        for name in ("subject", "datacontenttype", "dataschema"):
+            value = getattr(self, name)
+            if value is not None:
+                _require_string(name, value)
+        if self.time is not None:
+            if not isinstance(self.time, datetime):
+                raise InvalidEvent("time", "must be a datetime")
+            if self.time.tzinfo is None:
+                raise InvalidEvent("time", "must carry a time zone (RFC 3339)")
+        for name, value in self.extensions.items():
+            _check_extension(name, value)
+        object.__setattr__(self, "extensions", dict(self.extensions))
+
+    @classmethod
+    def create(
+        cls,
+        type: str,
+        data: Any = None,
+        *,
+        source: str,
+        key: str | None = None,
+        subject: str | None = None,
+        **attributes: Any,
+    ) -> Event:
+        """Build an event; `key` becomes the `partitionkey` extension, unknown keywords
+        become extensions, and the known optional attributes are passed through."""
+        known = {name: attributes.pop(name) for name in list(attributes) if name in CORE_ATTRIBUTES}
+        extensions: dict[str, ExtensionValue] = dict(attributes.pop("extensions", {}))
+        extensions.update(attributes)
+        if key is not None:
+            extensions[PARTITIONKEY] = key
+        return cls(type=type, source=source, data=data, subject=subject, extensions=extensions, **known)
+
+    @property
+    def key(self) -> str | None:
+        """The partition key (the `partitionkey` extension), if any."""
+        value = self.extensions.get(PARTITIONKEY)
+        return None if value is None else str(value)
+
+    def data_as(self, cls: builtins.type[T]) -> T:
+        """The data decoded into `cls` (pydantic model, dataclass, msgspec Struct, dict...)."""
+        return from_data(self.data, cls)
+
+    def replace(self, **changes: Any) -> Event:
+        return dataclasses.replace(self, **changes)
+
+    def with_extensions(self, **extensions: ExtensionValue) -> Event:
+        merged = dict(self.extensions)
+        merged.update(extensions)
+        return dataclasses.replace(self, extensions=merged)
+
+
+def _require_string(attribute: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidEvent(attribute, f"must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidEvent(attribute, "must be a non-empty string")
+
+
+def _check_extension(name: str, value: object) -> None:
+    if not isinstance(name, str) or not _EXTENSION_NAME.fullmatch(name):
+        raise InvalidEvent(str(name), "extension names use only lower-case letters a-z and digits 0-9")
+    if name in RESERVED_NAMES:
+        raise InvalidEvent(name, "is a reserved attribute name, not an extension")
+    if not isinstance(value, str | int | bool | bytes | datetime):
+        raise InvalidEvent(
+            name,
+            f"extension values are strings, integers, booleans, bytes or times, got {type(value).__name__}",
+        )
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**31) <= value < 2**31:
+        raise InvalidEvent(name, "integer extension values must fit in a signed 32-bit integer")

@@ -1,0 +1,221 @@
+"""The durable log contract that every backend implements.
+
+A topic has N partitions; offsets in a partition start at 0 and only grow; order is kept per
+partition. A record's timestamp is its append time in milliseconds since the epoch and never
+decreases within a partition, so `offset_for_time` is well defined. A consumer group's
+committed offset for a partition is the next offset to read.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import itertools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Literal, Self
+
+from inmotion.errors import InvalidConfig
+from inmotion.events import Event, from_binary, to_binary
+from inmotion.log.partitioner import partition_for_key
+
+Headers = tuple[tuple[str, bytes], ...]
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_GROUP_NAME = re.compile(r"[^\x00-\x1f]{1,255}")
+
+
+def check_topic_name(name: str) -> str:
+    """Kafka's topic name rules, so a topic created here can exist on Kafka too."""
+    if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name) or name in {".", ".."}:
+        raise InvalidConfig(f"invalid topic name {name!r}: use 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'")
+    return name
+
+
+def check_group_name(name: str) -> str:
+    if not isinstance(name, str) or not _GROUP_NAME.fullmatch(name):
+        raise InvalidConfig(f"invalid consumer group name {name!r}")
+    return name
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopicConfig:
+    """How a topic is laid out and how long it keeps records.
+
+    `retention_ms` and `retention_bytes` (per partition, as in Kafka) are None for "forever";
+    `compact` keeps only the newest record per key (a None value is a tombstone).
+    """
+
+    partitions: int = 1
+    retention_ms: int | None = None
+    retention_bytes: int | None = None
+    compact: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.partitions, bool) or not isinstance(self.partitions, int):
+            raise InvalidConfig("partitions must be an integer")
+        if not 1 <= self.partitions <= 10_000:
+            raise InvalidConfig(f"partitions must be between 1 and 10000, got {self.partitions}")
+        for name in ("retention_ms", "retention_bytes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise InvalidConfig(f"{name} must be a positive integer or None, got {value!r}")
+
+    @property
+    def cleanup_policy(self) -> Literal["delete", "compact"]:
+        return "compact" if self.compact else "delete"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    partition: int
+    earliest: int
+    """The first offset still stored (the log start offset)."""
+    latest: int
+    """The next offset to be written (the high watermark)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TopicInfo:
+    name: str
+    config: TopicConfig
+    partitions: tuple[PartitionInfo, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    """What a producer appends. `partition` overrides the key's partition."""
+
+    value: bytes | None
+    key: bytes | None = None
+    headers: Headers = ()
+    partition: int | None = None
+
+    @classmethod
+    def from_event(cls, event: Event) -> Message:
+        key, headers, value = to_binary(event)
+        return cls(value=value, key=key, headers=tuple(headers))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    """One stored record."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+    def event(self) -> Event:
+        """The CloudEvent this record carries (binary binding)."""
+        return from_binary(self.key, self.headers, self.value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Position:
+    partition: int
+    offset: int
+
+
+class Log(abc.ABC):
+    """A durable, partitioned, append-only log. Implementations are thread-safe."""
+
+    url: str
+
+    def __init__(self) -> None:
+        self._round_robin = itertools.count()
+
+    # --- topics ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_topic(self, name: str, config: TopicConfig = TopicConfig()) -> None:
+        """Create a topic; raises TopicExists if there is one by that name."""
+
+    @abc.abstractmethod
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic with its records and committed offsets; UnknownTopic if absent."""
+
+    @abc.abstractmethod
+    def list_topics(self) -> list[str]:
+        """Topic names, sorted."""
+
+    @abc.abstractmethod
+    def describe_topic(self, name: str) -> TopicInfo: ...
+
+    @abc.abstractmethod
+    def partition_count(self, topic: str) -> int: ...
+
+    # --- records --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def append(self, topic: str, messages: Sequence[Message]) -> list[Position]:
+        """Append a batch atomically; returns each message's position, in order.
+
+        Returns only after the records are durable at the backend's configured durability.
+        """
+
+    @abc.abstractmethod
+    def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:
+        """Up to `limit` records of one partition with offsets >= `offset`, in order."""
+
+    @abc.abstractmethod
+    def wait(self, topic: str, positions: Mapping[int, int], timeout: float) -> bool:
+        """Block until a partition in `positions` has a record at or past its offset.
+
+        Returns True when there is something to read, False when `timeout` seconds passed.
+        """
+
+    @abc.abstractmethod
+    def earliest_offset(self, topic: str, partition: int) -> int: ...
+
+    @abc.abstractmethod
+    def latest_offset(self, topic: str, partition: int) -> int:
+        """The next offset to be written in the partition (its high watermark)."""
+
+    @abc.abstractmethod
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        """The first offset whose timestamp is >= `timestamp_ms` (the high watermark if none)."""
+
+    # --- consumer group offsets ----------------------------------------------------------
+    @abc.abstractmethod
+    def commit(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        """Store `offsets` (partition -> next offset to read) for the group."""
+
+    @abc.abstractmethod
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The group's committed offsets on the topic (partitions never committed are absent)."""
+
+    @abc.abstractmethod
+    def list_groups(self) -> list[str]: ...
+
+    # --- maintenance ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def enforce_retention(self) -> int:
+        """Apply retention and compaction now; returns how many records were removed."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # --- conveniences shared by every backend -------------------------------------------
+    def append_events(self, topic: str, events: Iterable[Event]) -> list[Position]:
+        return self.append(topic, [Message.from_event(event) for event in events])
+
+    def partition_of(self, message: Message, partitions: int) -> int:
+        """Where a message goes: its explicit partition, its key's, or round robin."""
+        if message.partition is not None:
+            return message.partition
+        if message.key is not None:
+            return partition_for_key(message.key, partitions)
+        return next(self._round_robin) % partitions
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,664 @@
+"""`sqlite:///path/to/file.db`: the embedded log, one SQLite file in WAL mode.
+
+Several processes may open the same file. Offsets are assigned inside `BEGIN IMMEDIATE`
+transactions, so appends from any number of processes never lose, duplicate or reorder
+offsets. Concurrent appends from the threads of one process are combined into one
+transaction (group commit): whoever takes the write lock writes everything queued so far.
+Readers in other processes notice new records through `PRAGMA data_version`, a cheap check
+that needs no I/O. WAL checkpoints and retention run on a background thread, off the append
+path, and delete in small chunks so that they never hold the write lock for long.
+
+URL options: `durability=normal|fsync` (default normal: survives a killed process; fsync also
+survives a power cut), `timeout=SECONDS` (how long to wait for another process's write lock,
+default 10), `poll=SECONDS` (how often waiting readers look for other processes' writes,
+default 0.002), `retention_interval=SECONDS` (default 30).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from inmotion.errors import (
+    Closed,
+    InmotionError,
+    InvalidConfig,
+    StorageError,
+    TopicExists,
+    UnknownPartition,
+    UnknownTopic,
+)
+from inmotion.log.base import (
+    Headers,
+    Log,
+    Message,
+    PartitionInfo,
+    Position,
+    Record,
+    TopicConfig,
+    TopicInfo,
+    check_group_name,
+    check_topic_name,
+)
+from inmotion.log.retention import needs_scan, plan_removals
+
+T = TypeVar("T")
+
+APPLICATION_ID = 0x494E4D4F  # "INMO"
+SCHEMA_VERSION = 1
+_DELETE_CHUNK = 5000
+_CHECKPOINT_PAGES = 4000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    partitions INTEGER NOT NULL,
+    retention_ms INTEGER,
+    retention_bytes INTEGER,
+    compact INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partitions (
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL DEFAULT 0,
+    start_offset INTEGER NOT NULL DEFAULT 0,
+    last_timestamp INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (topic_id, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL,
+    key BLOB,
+    value BLOB,
+    headers BLOB,
+    PRIMARY KEY (topic_id, partition, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_offsets (
+    grp TEXT NOT NULL,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    committed_ms INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic_id, partition)
+) WITHOUT ROWID;
+"""
+
+_headers_encoder = msgspec.msgpack.Encoder()
+_headers_decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+
+
+def _encode_headers(headers: Headers) -> bytes | None:
+    return _headers_encoder.encode(headers) if headers else None
+
+
+def _decode_headers(blob: bytes | None) -> Headers:
+    return tuple(_headers_decoder.decode(blob)) if blob else ()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _PendingAppend:
+    __slots__ = ("done", "error", "messages", "positions", "topic")
+
+    def __init__(self, topic: str, messages: Sequence[Message]) -> None:
+        self.topic = topic
+        self.messages = messages
+        self.positions: list[Position] = []
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class SqliteLog(Log):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "normal",
+        timeout: float = 10.0,
+        poll: float = 0.002,
+        retention_interval: float = 30.0,
+        url: str | None = None,
+    ) -> None:
+        super().__init__()
+        if durability not in ("normal", "fsync"):
+            raise InvalidConfig(f"durability must be 'normal' or 'fsync', got {durability!r}")
+        self.path = Path(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self.durability = durability
+        self.timeout = timeout
+        self.poll = poll
+        self.retention_interval = retention_interval
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_PendingAppend] = []
+        self._appended = threading.Condition()
+        self._closed = False
+        self._stop = threading.Event()
+        self._maintenance: threading.Thread | None = None
+        self._writer = self._open_writer()
+
+    @classmethod
+    def from_url(cls, url: str, path: str, options: Mapping[str, str]) -> SqliteLog:
+        if not path or path == "/":
+            raise InvalidConfig(f"sqlite URL {url!r} names no file: use sqlite:///path/to/file.db")
+        unknown = set(options) - {"durability", "timeout", "poll", "retention_interval"}
+        if unknown:
+            raise InvalidConfig(f"unknown sqlite URL option(s): {', '.join(sorted(unknown))}")
+        # sqlite:///./x.db and sqlite:///x.db are relative; sqlite:////abs/x.db is absolute.
+        file = path[1:] if path.startswith("/") else path
+        try:
+            numbers = {k: float(options[k]) for k in ("timeout", "poll", "retention_interval") if k in options}
+        except ValueError as exc:
+            raise InvalidConfig(f"sqlite URL options must be numbers: {exc}") from exc
+        return cls(file, durability=options.get("durability", "normal"), url=url, **numbers)
+
+    # --- connections ----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.parent.exists():
+            raise StorageError(f"cannot open {self.path}: directory {self.path.parent} does not exist")
+        with self._translate("open"):
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            with self._translate("open"):
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'fsync' else 'NORMAL'}")
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+                self._ensure_schema(conn)
+        except BaseException:
+            self.close()
+            raise
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+        if app_id == APPLICATION_ID:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StorageError(f"{self.path} was written by a newer inmotion (schema {version}); upgrade inmotion")
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+            if app_id != APPLICATION_ID:
+                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                if app_id != 0 or tables:
+                    raise StorageError(f"{self.path} is a SQLite database but not an inmotion log")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise Closed("the log is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        """sqlite3's exceptions as StorageError with a message a user can act on."""
+        try:
+            yield
+        except InmotionError:
+            raise
+        except sqlite3.Error as exc:
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                message = f"{self.path} is locked by another process (waited {self.timeout:g}s)"
+            elif "not a database" in text or "malformed" in text:
+                message = f"{self.path} is corrupt or not a SQLite database ({text})"
+            elif "unable to open" in text or "readonly" in text or "disk I/O" in text:
+                message = f"cannot {action} {self.path}: {text} (check that the file is readable and writable)"
+            else:
+                message = f"{action} failed on {self.path}: {text}"
+            raise StorageError(message) from exc
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one IMMEDIATE transaction on the writer connection."""
+        with self._write_lock, self._translate("write"):
+            if self._closed:
+                raise Closed("the log is closed")
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        self._notify()
+        return result
+
+    def _notify(self) -> None:
+        with self._appended:
+            self._appended.notify_all()
+
+    # --- topics ---------------------------------------------------------------------------
+    def create_topic(self, name: str, config: TopicConfig = TopicConfig()) -> None:
+        check_topic_name(name)
+
+        def create(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM topics WHERE name = ?", (name,)).fetchone():
+                raise TopicExists(name)
+            cursor = conn.execute(
+                "INSERT INTO topics (name, partitions, retention_ms, retention_bytes, compact, created_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    config.partitions,
+                    config.retention_ms,
+                    config.retention_bytes,
+                    int(config.compact),
+                    _now_ms(),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO partitions (topic_id, partition) VALUES (?, ?)",
+                [(cursor.lastrowid, p) for p in range(config.partitions)],
+            )
+
+        self._write(create)
+
+    def delete_topic(self, name: str) -> None:
+        def delete(conn: sqlite3.Connection) -> int:
+            topic_id, _ = self._topic_row(conn, name)
+            conn.execute("DELETE FROM topics WHERE id = ?", (topic_id,))
+            conn.execute("DELETE FROM partitions WHERE topic_id = ?", (topic_id,))
+            conn.execute("DELETE FROM group_offsets WHERE topic_id = ?", (topic_id,))
+            return topic_id
+
+        topic_id = self._write(delete)
+        # Topic ids are never reused, so the records can go in small chunks afterwards.
+        self._delete_chunked("topic_id = ?", (topic_id,))
+
+    def list_topics(self) -> list[str]:
+        with self._translate("read"):
+            rows = self._reader().execute("SELECT name FROM topics ORDER BY name").fetchall()
+        return [name for (name,) in rows]
+
+    def describe_topic(self, name: str) -> TopicInfo:
+        with self._translate("read"):
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                topic_id, config = self._topic_row(conn, name)
+                rows = conn.execute(
+                    "SELECT p.partition, p.next_offset,"
+                    " (SELECT min(offset) FROM records r WHERE r.topic_id = p.topic_id AND r.partition = p.partition)"
+                    " FROM partitions p WHERE p.topic_id = ? ORDER BY p.partition",
+                    (topic_id,),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        partitions = tuple(
+            PartitionInfo(p, next_offset if first is None else first, next_offset) for p, next_offset, first in rows
+        )
+        return TopicInfo(name, config, partitions)
+
+    def partition_count(self, topic: str) -> int:
+        with self._translate("read"):
+            return self._topic_row(self._reader(), topic)[1].partitions
+
+    def _topic_row(self, conn: sqlite3.Connection, name: str) -> tuple[int, TopicConfig]:
+        row = conn.execute(
+            "SELECT id, partitions, retention_ms, retention_bytes, compact FROM topics WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise UnknownTopic(name)
+        topic_id, partitions, retention_ms, retention_bytes, compact = row
+        return topic_id, TopicConfig(partitions, retention_ms, retention_bytes, bool(compact))
+
+    # --- append (group commit) ------------------------------------------------------------
+    def append(self, topic: str, messages: Sequence[Message]) -> list[Position]:
+        pending = _PendingAppend(topic, messages)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._write_lock:
+            if not pending.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._write_batch(batch)
+        self._start_maintenance()
+        if pending.error is not None:
+            raise pending.error
+        return pending.positions
+
+    def _write_batch(self, batch: list[_PendingAppend]) -> None:
+        """Write every queued append in one transaction; each fails or succeeds alone."""
+        try:
+            with self._translate("append to"):
+                if self._closed:
+                    raise Closed("the log is closed")
+                conn = self._writer
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for pending in batch:
+                        conn.execute("SAVEPOINT one")
+                        try:
+                            pending.positions = self._insert(conn, pending.topic, pending.messages)
+                            conn.execute("RELEASE one")
+                        except InmotionError as exc:
+                            conn.execute("ROLLBACK TO one")
+                            conn.execute("RELEASE one")
+                            pending.error = exc
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        except BaseException as exc:
+            for pending in batch:
+                pending.positions = []
+                pending.error = exc
+        finally:
+            for pending in batch:
+                pending.done = True
+        self._notify()
+
+    def _insert(self, conn: sqlite3.Connection, topic: str, messages: Sequence[Message]) -> list[Position]:
+        topic_id, config = self._topic_row(conn, topic)
+        count = config.partitions
+        targets = [self.partition_of(m, count) for m in messages]
+        state: dict[int, list[int]] = {}
+        for target in targets:
+            if target not in state:
+                if not 0 <= target < count:
+                    raise UnknownPartition(topic, target)
+                next_offset, last_ts = conn.execute(
+                    "SELECT next_offset, last_timestamp FROM partitions WHERE topic_id = ? AND partition = ?",
+                    (topic_id, target),
+                ).fetchone()
+                state[target] = [next_offset, max(last_ts, _now_ms()), 0]
+        rows = []
+        positions = []
+        for message, target in zip(messages, targets, strict=True):
+            part = state[target]
+            offset = part[0]
+            part[0] += 1
+            headers = _encode_headers(message.headers)
+            part[2] += len(message.value or b"") + len(message.key or b"") + len(headers or b"")
+            rows.append((topic_id, target, offset, part[1], message.key, message.value, headers))
+            positions.append(Position(target, offset))
+        conn.executemany(
+            "INSERT INTO records (topic_id, partition, offset, timestamp, key, value, headers)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        conn.executemany(
+            "UPDATE partitions SET next_offset = ?, last_timestamp = ?, bytes = bytes + ?"
+            " WHERE topic_id = ? AND partition = ?",
+            [(n, ts, size, topic_id, p) for p, (n, ts, size) in state.items()],
+        )
+        return positions
+
+    # --- read -----------------------------------------------------------------------------
+    def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:
+        with self._translate("read"):
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT offset, timestamp, key, value, headers FROM records"
+                    " WHERE topic_id = (SELECT id FROM topics WHERE name = ?) AND partition = ? AND offset >= ?"
+                    " ORDER BY offset LIMIT ?",
+                    (topic, partition, offset, limit),
+                )
+                .fetchall()
+            )
+            if not rows:
+                self._check_partition(topic, partition)
+        return [
+            Record(topic, partition, off, ts, key, value, _decode_headers(headers))
+            for off, ts, key, value, headers in rows
+        ]
+
+    def _check_partition(self, topic: str, partition: int) -> None:
+        count = self._topic_row(self._reader(), topic)[1].partitions
+        if not 0 <= partition < count:
+            raise UnknownPartition(topic, partition)
+
+    def _next_offsets(self, topic: str) -> dict[int, int]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT partition, next_offset FROM partitions WHERE topic_id = (SELECT id FROM topics WHERE name = ?)",
+                (topic,),
+            )
+            .fetchall()
+        )
+        if not rows:
+            raise UnknownTopic(topic)
+        return dict(rows)
+
+    def wait(self, topic: str, positions: Mapping[int, int], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        self._start_maintenance()
+        with self._translate("read"):
+            conn = self._reader()
+            version = None
+            while True:
+                current = conn.execute("PRAGMA data_version").fetchone()[0]
+                if current != version:
+                    version = current
+                    latest = self._next_offsets(topic)
+                    if any(latest.get(p, 0) > offset for p, offset in positions.items()):
+                        return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                with self._appended:
+                    if self._appended.wait(min(remaining, self.poll)):
+                        version = None  # a write from this process: data_version will not show it
+
+    def earliest_offset(self, topic: str, partition: int) -> int:
+        return self._partition_info(topic, partition).earliest
+
+    def latest_offset(self, topic: str, partition: int) -> int:
+        with self._translate("read"):
+            latest = self._next_offsets(topic)
+        if partition not in latest:
+            raise UnknownPartition(topic, partition)
+        return latest[partition]
+
+    def _partition_info(self, topic: str, partition: int) -> PartitionInfo:
+        infos = self.describe_topic(topic).partitions
+        if not 0 <= partition < len(infos):
+            raise UnknownPartition(topic, partition)
+        return infos[partition]
+
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        # Timestamps never decrease within a partition: binary search over offsets for the
+        # first x whose next record is at or after the time, using only primary-key lookups.
+        with self._translate("read"):
+            conn = self._reader()
+            latest = self.latest_offset(topic, partition)
+
+            def first_from(x: int) -> tuple[int, int] | None:
+                row = conn.execute(
+                    "SELECT offset, timestamp FROM records WHERE topic_id = (SELECT id FROM topics"
+                    " WHERE name = ?) AND partition = ? AND offset >= ? ORDER BY offset LIMIT 1",
+                    (topic, partition, x),
+                ).fetchone()
+                return None if row is None else (row[0], row[1])
+
+            lo, hi = 0, latest
+            while lo < hi:
+                mid = (lo + hi) // 2
+                found = first_from(mid)
+                if found is None or found[1] >= timestamp_ms:
+                    hi = mid
+                else:
+                    lo = found[0] + 1
+            found = first_from(lo)
+        return latest if found is None else found[0]
+
+    # --- group offsets --------------------------------------------------------------------
+    def commit(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        check_group_name(group)
+
+        def commit(conn: sqlite3.Connection) -> None:
+            topic_id, config = self._topic_row(conn, topic)
+            for partition in offsets:
+                if not 0 <= partition < config.partitions:
+                    raise UnknownPartition(topic, partition)
+            now = _now_ms()
+            conn.executemany(
+                "INSERT INTO group_offsets (grp, topic_id, partition, offset, committed_ms)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (grp, topic_id, partition)"
+                " DO UPDATE SET offset = excluded.offset, committed_ms = excluded.committed_ms",
+                [(group, topic_id, p, o, now) for p, o in offsets.items()],
+            )
+
+        self._write(commit)
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        with self._translate("read"):
+            conn = self._reader()
+            topic_id, _ = self._topic_row(conn, topic)
+            rows = conn.execute(
+                "SELECT partition, offset FROM group_offsets WHERE grp = ? AND topic_id = ?",
+                (group, topic_id),
+            ).fetchall()
+        return dict(rows)
+
+    def list_groups(self) -> list[str]:
+        with self._translate("read"):
+            rows = self._reader().execute("SELECT DISTINCT grp FROM group_offsets ORDER BY grp").fetchall()
+        return [g for (g,) in rows]
+
+    # --- maintenance ----------------------------------------------------------------------
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        now_ms = _now_ms() if now_ms is None else now_ms
+        with self._translate("read"):
+            topics = (
+                self._reader()
+                .execute(
+                    "SELECT t.id, t.partitions, t.retention_ms, t.retention_bytes, t.compact, p.partition, p.bytes"
+                    " FROM topics t JOIN partitions p ON p.topic_id = t.id"
+                )
+                .fetchall()
+            )
+        removed = 0
+        for topic_id, partitions, retention_ms, retention_bytes, compact, partition, size in topics:
+            config = TopicConfig(partitions, retention_ms, retention_bytes, bool(compact))
+            if needs_scan(config):
+                removed += self._apply_retention(topic_id, partition, config, size, now_ms)
+        return removed
+
+    def _apply_retention(self, topic_id: int, partition: int, config: TopicConfig, size: int, now_ms: int) -> int:
+        with self._translate("read"):
+            cursor = self._reader().execute(
+                "SELECT offset, timestamp, key, value IS NULL,"
+                " coalesce(length(value), 0) + coalesce(length(key), 0) + coalesce(length(headers), 0)"
+                " FROM records WHERE topic_id = ? AND partition = ? ORDER BY offset",
+                (topic_id, partition),
+            )
+            try:
+                doomed = plan_removals(config, cursor, size, now_ms)
+            finally:
+                cursor.close()
+        for start in range(0, len(doomed), _DELETE_CHUNK):
+            chunk = doomed[start : start + _DELETE_CHUNK]
+
+            def delete(conn: sqlite3.Connection, chunk: list[int] = chunk) -> None:
+                freed = 0
+                for offset in chunk:
+                    row = conn.execute(
+                        "DELETE FROM records WHERE topic_id = ? AND partition = ? AND offset = ?"
+                        " RETURNING coalesce(length(value), 0) + coalesce(length(key), 0)"
+                        " + coalesce(length(headers), 0)",
+                        (topic_id, partition, offset),
+                    ).fetchone()
+                    freed += row[0] if row else 0
+                conn.execute(
+                    "UPDATE partitions SET bytes = max(bytes - ?, 0) WHERE topic_id = ? AND partition = ?",
+                    (freed, topic_id, partition),
+                )
+
+            self._write(delete)
+        return len(doomed)
+
+    def _delete_chunked(self, where: str, params: tuple[Any, ...]) -> None:
+        statement = (
+            "DELETE FROM records WHERE (topic_id, partition, offset) IN"
+            f" (SELECT topic_id, partition, offset FROM records WHERE {where} LIMIT {_DELETE_CHUNK})"
+        )
+        while self._write(lambda conn: conn.execute(statement, params).rowcount) == _DELETE_CHUNK:
+            pass
+
+    def checkpoint(self) -> None:
+        """Copy the WAL back into the database file (PASSIVE: never blocks readers or writers)."""
+        with self._write_lock, self._translate("checkpoint"):
+            if not self._closed:
+                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def _start_maintenance(self) -> None:
+        if self._maintenance is None and not self._closed:
+            with self._connections_lock:
+                if self._maintenance is None:
+                    self._maintenance = threading.Thread(
+                        target=self._maintain,
+                        name=f"inmotion-sqlite-maintenance:{self.path}",
+                        daemon=True,
+                    )
+                    self._maintenance.start()
+
+    def _maintain(self) -> None:
+        last_retention = time.monotonic()
+        while not self._stop.wait(0.5):
+            try:
+                wal = self.path.with_name(self.path.name + "-wal")
+                if wal.exists() and wal.stat().st_size > _CHECKPOINT_PAGES * 4096:
+                    self.checkpoint()
+                if time.monotonic() - last_retention >= self.retention_interval:
+                    last_retention = time.monotonic()
+                    self.enforce_retention()
+            except (InmotionError, OSError):
+                # Locked by another process, or closing: try again on the next round.
+                continue
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._notify()
+        if self._maintenance is not None and self._maintenance is not threading.current_thread():
+            self._maintenance.join()
+        with self._write_lock, self._connections_lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
