@@ -1,0 +1,1 @@
+"""The `inmotion` command."""
