@@ -191,8 +191,8 @@ class Log(abc.ABC):
 
     # --- maintenance ----------------------------------------------------------------------
     @abc.abstractmethod
-    def enforce_retention(self) -> int:
-        """Apply retention and compaction now; returns how many records were removed."""
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Apply retention and compaction now (as if at `now_ms`); returns records removed."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
