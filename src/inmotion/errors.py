@@ -11,7 +11,8 @@ class InvalidEvent(InmotionError, ValueError):
     """An event that breaks the CloudEvents 1.0 rules; `attribute` names the culprit."""
 
     def __init__(self, attribute: str, problem: str) -> None:
-        super().__init__(f"invalid event: {attribute}: {problem}")
+        where = "" if attribute.startswith("<") else f"{attribute}: "
+        super().__init__(f"invalid event: {where}{problem}")
         self.attribute = attribute
         self.problem = problem
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
+
+from inmotion.cli.common import explain
+from inmotion.cli.records import publish, tail
+from inmotion.cli.topics import topics_app
+from inmotion.errors import InmotionError
 
 app = typer.Typer(
     name="inmotion",
@@ -11,7 +18,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(topics_app, name="topics")
+app.command("publish")(publish)
+app.command("tail")(tail)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except InmotionError as error:
+        typer.echo(f"error: {explain(error)}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(141)

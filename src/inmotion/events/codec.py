@@ -134,7 +134,7 @@ def decode_json_document(text: str | bytes) -> Any:
     try:
         return _json_decoder.decode(text)
     except msgspec.DecodeError as exc:
-        raise InvalidEvent("<json>", f"malformed JSON: {exc}") from exc
+        raise InvalidEvent("<json>", str(exc)) from exc
 
 
 # --- binary mode (record key, headers, value) -------------------------------------------------

@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+import pydantic
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from inmotion import Event
+from inmotion.errors import InvalidEvent
+from inmotion.events import from_batch, from_binary, from_dict, from_json, to_batch, to_binary, to_dict, to_json
+
+
+class OrderPlaced(pydantic.BaseModel):
+    order_id: str
+    total: float
+    placed_at: datetime
+
+
+@dataclasses.dataclass
+class ItemReserved:
+    sku: str
+    quantity: int
+
+
+class PaymentTaken(msgspec.Struct):
+    order_id: str
+    amount_cents: int
+
+
+def test_defaults() -> None:
+    event = Event(type="shop.order.placed", source="/shop")
+    assert event.specversion == "1.0"
+    assert len(event.id) == 36
+    assert event.time is not None
+    assert event.time.tzinfo is not None
+    assert abs(datetime.now(UTC) - event.time) < timedelta(seconds=5)
+    assert event.data is None
+    assert event.key is None
+
+
+def test_create_sets_key_subject_and_extensions() -> None:
+    event = Event.create("shop.order.placed", {"n": 1}, source="/shop", key="o-1", subject="o-1", tenant="acme")
+    assert event.key == "o-1"
+    assert event.extensions == {"partitionkey": "o-1", "tenant": "acme"}
+    assert event.subject == "o-1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "attribute"),
+    [
+        ({"type": ""}, "type"),
+        ({"source": 5}, "source"),
+        ({"id": ""}, "id"),
+        ({"specversion": "0.3"}, "specversion"),
+        ({"subject": ""}, "subject"),
+        ({"time": datetime(2026, 1, 1)}, "time"),  # naive on purpose
+        ({"extensions": {"Tenant": "x"}}, "Tenant"),
+        ({"extensions": {"my_ext": "x"}}, "my_ext"),
+        ({"extensions": {"data": "x"}}, "data"),
+        ({"extensions": {"subject": "x"}}, "subject"),
+        ({"extensions": {"n": 2**40}}, "n"),
+        ({"extensions": {"n": 1.5}}, "n"),
+    ],
+)
+def test_invalid_events_name_the_attribute(changes: dict[str, Any], attribute: str) -> None:
+    arguments: dict[str, Any] = {"type": "t", "source": "/s"} | changes
+    with pytest.raises(InvalidEvent) as caught:
+        Event(**arguments)
+    assert caught.value.attribute == attribute
+    assert attribute in str(caught.value)
+
+
+def test_state_carrying_and_identifier_events() -> None:
+    placed = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
+    state = Event.create("shop.order.placed", OrderPlaced(order_id="o1", total=9.5, placed_at=placed), source="/shop")
+    identifier = Event.create("shop.order.changed", source="/shop", subject="orders/o1")
+    assert to_dict(state)["data"] == {"order_id": "o1", "total": 9.5, "placed_at": "2026-11-26T09:30:00Z"}
+    assert "data" not in to_dict(identifier)
+    assert from_json(to_json(identifier)).subject == "orders/o1"
+
+
+@pytest.mark.parametrize(
+    ("payload", "cls"),
+    [
+        (OrderPlaced(order_id="o1", total=9.5, placed_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)), OrderPlaced),
+        (ItemReserved(sku="A-1", quantity=3), ItemReserved),
+        (PaymentTaken(order_id="o1", amount_cents=950), PaymentTaken),
+        ({"plain": [1, 2, {"x": None}]}, dict),
+    ],
+)
+def test_typed_payloads_round_trip_in_both_modes(payload: Any, cls: type[Any]) -> None:
+    event = Event.create("t", payload, source="/s", key="k")
+    structured = from_json(to_json(event))
+    binary = from_binary(*to_binary(event))
+    for decoded in (structured, binary):
+        assert decoded.data_as(cls) == payload
+        assert decoded.id == event.id
+        assert decoded.key == "k"
+        assert decoded.time == event.time
+
+
+def test_data_as_reports_mismatch() -> None:
+    event = Event.create("t", {"sku": "A"}, source="/s")
+    with pytest.raises(InvalidEvent) as caught:
+        event.data_as(ItemReserved)
+    assert caught.value.attribute == "data"
+
+
+def test_bytes_travel_as_data_base64() -> None:
+    event = Event.create("blob", b"\x00\xffraw", source="/s")
+    document = to_dict(event)
+    assert document["data_base64"] == "AP9yYXc="
+    assert "data" not in document
+    assert from_dict(document).data == b"\x00\xffraw"
+    assert from_binary(*to_binary(event)).data == b"\x00\xffraw"
+
+
+def test_text_data_with_non_json_content_type() -> None:
+    event = Event.create("note", "hello <b>", source="/s", datacontenttype="text/html")
+    key, headers, value = to_binary(event)
+    assert value == b"hello <b>"
+    assert ("content-type", b"text/html") in headers
+    assert from_binary(key, headers, value).data == "hello <b>"
+    assert from_json(to_json(event)).data == "hello <b>"
+
+
+def test_spec_example_parses() -> None:
+    text = json.dumps(
+        {
+            "specversion": "1.0",
+            "type": "com.github.pull_request.opened",
+            "source": "https://github.com/cloudevents/spec/pull",
+            "subject": "123",
+            "id": "A234-1234-1234",
+            "time": "2018-04-05T17:31:00Z",
+            "comexampleextension1": "value",
+            "comexampleothervalue": 5,
+            "datacontenttype": "text/xml",
+            "data": '<much wow="xml"/>',
+        }
+    )
+    event = from_json(text)
+    assert event.time == datetime(2018, 4, 5, 17, 31, tzinfo=UTC)
+    assert event.extensions == {"comexampleextension1": "value", "comexampleothervalue": 5}
+    assert event.data == '<much wow="xml"/>'
+    assert json.loads(to_json(event)) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("document", "attribute"),
+    [
+        ({"specversion": "1.0", "id": "1", "source": "/s"}, "type"),
+        ({"specversion": "1.0", "id": "1", "type": "t"}, "source"),
+        ({"id": "1", "type": "t", "source": "/s"}, "specversion"),
+        ({"specversion": "1.0", "type": "t", "source": "/s"}, "id"),
+        ({"specversion": "1.0", "id": "1", "type": "t", "source": "/s", "time": "yesterday"}, "time"),
+        ({"specversion": "1.0", "id": "1", "type": "t", "source": "/s", "time": "2026-01-01T00:00:00"}, "time"),
+        ({"specversion": "1.0", "id": "1", "type": "t", "source": "/s", "data_base64": "%%%"}, "data_base64"),
+        (
+            {"specversion": "1.0", "id": "1", "type": "t", "source": "/s", "data": 1, "data_base64": "AA=="},
+            "data_base64",
+        ),
+        ({"specversion": "1.0", "id": "1", "type": "t", "source": "/s", "Bad_Name": "x"}, "Bad_Name"),
+        ({"specversion": "1.0", "id": "1", "type": "t", "source": "/s", "ext": {"nested": 1}}, "ext"),
+        ({"specversion": "1.0", "id": 7, "type": "t", "source": "/s"}, "id"),
+    ],
+)
+def test_invalid_structured_events(document: dict[str, Any], attribute: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        from_dict(document)
+    assert caught.value.attribute == attribute
+
+
+def test_malformed_json_is_invalid_event() -> None:
+    with pytest.raises(InvalidEvent, match="malformed"):
+        from_json("{not json")
+    with pytest.raises(InvalidEvent):
+        from_json("[1, 2]")
+
+
+def test_batch_format_both_ways() -> None:
+    events = [Event.create("t", {"i": i}, source="/s") for i in range(3)]
+    decoded = from_batch(to_batch(events))
+    assert [e.id for e in decoded] == [e.id for e in events]
+    assert [e.data for e in decoded] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert from_batch("[]") == []
+    with pytest.raises(InvalidEvent):
+        from_batch('{"specversion": "1.0"}')
+
+
+def test_binary_mode_headers_are_the_kafka_binding() -> None:
+    event = Event.create("t", {"x": 1}, source="/s", key="k1", subject="sub", traceparent="00-abc", flag=True)
+    key, headers, value = to_binary(event)
+    names = dict(headers)
+    assert key == b"k1"
+    assert value == b'{"x":1}'
+    assert names["ce_type"] == b"t"
+    assert names["ce_source"] == b"/s"
+    assert names["ce_specversion"] == b"1.0"
+    assert names["ce_id"] == event.id.encode()
+    assert names["ce_subject"] == b"sub"
+    assert names["ce_traceparent"] == b"00-abc"
+    assert names["ce_flag"] == b"true"
+    assert names["content-type"] == b"application/json"
+    assert "ce_partitionkey" not in names
+
+
+def test_binary_mode_without_required_header() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        from_binary(None, [("ce_id", b"1"), ("ce_source", b"/s"), ("ce_specversion", b"1.0")], b"{}")
+    assert caught.value.attribute == "type"
+
+
+def test_binary_mode_foreign_bytes_without_content_type_stay_bytes() -> None:
+    headers = [("ce_id", b"1"), ("ce_source", b"/s"), ("ce_specversion", b"1.0"), ("ce_type", b"t")]
+    assert from_binary(None, headers, b"\x00not json").data == b"\x00not json"
+    with pytest.raises(InvalidEvent):
+        from_binary(None, [*headers, ("content-type", b"application/json")], b"{broken")
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+_names = st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True).filter(
+    lambda n: (
+        n not in {"id", "source", "specversion", "type", "subject", "time", "data", "dataschema", "datacontenttype"}
+    )
+)
+
+
+@given(
+    type_=st.text(min_size=1, max_size=30),
+    source=st.text(min_size=1, max_size=30),
+    subject=st.none() | st.text(min_size=1, max_size=20),
+    data=_json_values | st.binary(max_size=30),
+    extensions=st.dictionaries(
+        _names, st.text(max_size=10) | st.integers(-(2**31), 2**31 - 1) | st.booleans(), max_size=3
+    ),
+    offset_minutes=st.integers(-600, 600),
+)
+def test_any_event_round_trips_in_structured_mode(
+    type_: str, source: str, subject: str | None, data: Any, extensions: dict[str, Any], offset_minutes: int
+) -> None:
+    moment = datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    event = Event(type=type_, source=source, subject=subject, data=data, extensions=extensions, time=moment)
+    decoded = from_json(to_json(event))
+    assert decoded == event
+
+
+@given(data=_json_values, key=st.none() | st.text(min_size=1, max_size=10))
+def test_any_json_data_round_trips_in_binary_mode(data: Any, key: str | None) -> None:
+    event = Event.create("t", data, source="/s", key=key)
+    decoded = from_binary(*to_binary(event))
+    assert decoded.data == event.data
+    assert decoded.key == key
