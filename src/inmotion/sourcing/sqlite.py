@@ -1,0 +1,335 @@
+"""The event store in a SQLite file (WAL), which it may share with the embedded log.
+
+Appends run in one `BEGIN IMMEDIATE` transaction each: the expected-version check, the global
+positions (the next after the largest committed one, so gap-free across processes) and the
+batch insert all happen under SQLite's write lock, and a killed process leaves either the
+whole batch or nothing. Tables are prefixed `es_` and the file carries the log's
+`application_id`, so the log and the store live in one file, whichever opens it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from inmotion.errors import Closed, ConcurrencyError, InmotionError, InvalidConfig, StorageError
+from inmotion.log.sqlite import APPLICATION_ID, SqliteLog
+from inmotion.sourcing.store import EncodedEvent, Recorder, StoredEvent, StoredSnapshot
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS es_events (
+    position INTEGER PRIMARY KEY,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    UNIQUE (stream_id, version)
+);
+CREATE TABLE IF NOT EXISTS es_snapshots (
+    stream_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS es_cursors (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = "stream_id, version, position, type, schema_version, id, recorded_ms, payload"
+_INSERT_EVENT = (
+    "INSERT INTO es_events (position, stream_id, version, type, schema_version, id, recorded_ms, payload)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_HEADS = (
+    "SELECT (SELECT coalesce(max(version), 0) FROM es_events WHERE stream_id = ?),"
+    " (SELECT coalesce(max(position), 0) FROM es_events)"
+)
+_SAVE_SNAPSHOT = (
+    "INSERT OR REPLACE INTO es_snapshots (stream_id, version, type, schema_version, payload) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def database_path(url: str, path: str) -> Path:
+    """The file a `sqlite:///...` URL names: sqlite:///x.db is relative, sqlite:////x.db absolute."""
+    if not path or path == "/":
+        raise InvalidConfig(f"sqlite URL {url!r} names no file: use sqlite:///path/to/file.db")
+    return Path(path[1:] if path.startswith("/") else path)
+
+
+@contextlib.contextmanager
+def translate_errors(path: Path, action: str, timeout: float) -> Iterator[None]:
+    """sqlite3's exceptions as StorageError with a message a user can act on."""
+    try:
+        yield
+    except InmotionError:
+        raise
+    except sqlite3.Error as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            message = f"{path} is locked by another process (waited {timeout:g}s)"
+        elif "not a database" in text or "malformed" in text:
+            message = f"{path} is corrupt or not a SQLite database ({text})"
+        else:
+            message = f"cannot {action} {path}: {text}"
+        raise StorageError(message) from exc
+
+
+def connect(path: Path, timeout: float, *, durability: str = "normal") -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) to an inmotion file in WAL mode.
+
+    A fresh file gets the log's schema and `application_id` first, so that the log accepts it
+    later; a SQLite file of some other application is refused.
+    """
+    if not path.parent.exists():
+        raise StorageError(f"cannot open {path}: directory {path.parent} does not exist")
+    with translate_errors(path, "open", timeout):
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+            if app_id != APPLICATION_ID:
+                SqliteLog(path, timeout=timeout).close()
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'fsync' else 'NORMAL'}")
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def create_tables(conn: sqlite3.Connection, schema: str, schema_key: str, version: int, path: Path) -> None:
+    """Create `schema` (idempotent DDL) in one transaction and refuse a file from a newer inmotion."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in schema.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("CREATE TABLE IF NOT EXISTS es_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+        row = conn.execute("SELECT value FROM es_meta WHERE key = ?", (schema_key,)).fetchone()
+        if row is None:
+            conn.execute("INSERT INTO es_meta (key, value) VALUES (?, ?)", (schema_key, version))
+        elif row[0] > version:
+            raise StorageError(f"{path} was written by a newer inmotion ({schema_key} {row[0]}); upgrade inmotion")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class SqliteRecorder(Recorder):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "normal",
+        timeout: float = 10.0,
+        poll: float = 0.002,
+    ) -> None:
+        if durability not in ("normal", "fsync"):
+            raise InvalidConfig(f"durability must be 'normal' or 'fsync', got {durability!r}")
+        self.path = Path(path)
+        self.durability = durability
+        self.timeout = timeout
+        self.poll = poll
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._appended = threading.Condition()
+        self._closed = False
+        self._writer = self._connect()
+        try:
+            create_tables(self._writer, _SCHEMA, "event_store_schema", SCHEMA_VERSION, self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def from_url(cls, url: str, path: str, options: Mapping[str, str]) -> SqliteRecorder:
+        unknown = set(options) - {"durability", "timeout", "poll"}
+        if unknown:
+            raise InvalidConfig(f"unknown event store URL option(s): {', '.join(sorted(unknown))}")
+        try:
+            numbers = {k: float(options[k]) for k in ("timeout", "poll") if k in options}
+        except ValueError as exc:
+            raise InvalidConfig(f"event store URL options must be numbers: {exc}") from exc
+        return cls(database_path(url, path), durability=options.get("durability", "normal"), **numbers)
+
+    # --- connections ----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = connect(self.path, self.timeout, durability=self.durability)
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise Closed("the event store is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _translate(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return translate_errors(self.path, action, self.timeout)
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one IMMEDIATE transaction on the writer connection."""
+        with self._write_lock, self._translate("write to"):
+            if self._closed:
+                raise Closed("the event store is closed")
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        with self._appended:
+            self._appended.notify_all()
+        return result
+
+    # --- writing --------------------------------------------------------------------------
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[EncodedEvent],
+        expected_version: int,
+        snapshot: tuple[str, int, bytes] | None,
+    ) -> int:
+        def append(conn: sqlite3.Connection) -> int:
+            current, last = conn.execute(_HEADS, (stream_id,)).fetchone()
+            if current != expected_version:
+                raise ConcurrencyError(
+                    f"stream {stream_id!r} is at version {current}, not the expected {expected_version}"
+                )
+            if not events:
+                return int(current)
+            now = int(time.time() * 1000)
+            conn.executemany(
+                _INSERT_EVENT,
+                [
+                    (last + i, stream_id, current + i, e.type, e.schema_version, e.id, now, e.payload)
+                    for i, e in enumerate(events, 1)
+                ],
+            )
+            version: int = current + len(events)
+            if snapshot is not None:
+                conn.execute(_SAVE_SNAPSHOT, (stream_id, version, *snapshot))
+            return version
+
+        return self._write(append)
+
+    def save_cursor(self, name: str, position: int) -> None:
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO es_cursors (name, position) VALUES (?, ?)", (name, position)
+            )
+        )
+
+    # --- reading --------------------------------------------------------------------------
+    def read_stream(self, stream_id: str, from_version: int, to_version: int | None) -> list[StoredEvent]:
+        with self._translate("read"):
+            rows = (
+                self._reader()
+                .execute(
+                    f"SELECT {_COLUMNS} FROM es_events WHERE stream_id = ? AND version >= ? AND version <= ?"
+                    " ORDER BY version",
+                    (stream_id, from_version, (1 << 62) if to_version is None else to_version),
+                )
+                .fetchall()
+            )
+        return [StoredEvent(*row) for row in rows]
+
+    def read_all(self, from_position: int, limit: int) -> list[StoredEvent]:
+        with self._translate("read"):
+            rows = (
+                self._reader()
+                .execute(
+                    f"SELECT {_COLUMNS} FROM es_events WHERE position >= ? ORDER BY position LIMIT ?",
+                    (from_position, limit),
+                )
+                .fetchall()
+            )
+        return [StoredEvent(*row) for row in rows]
+
+    def stream_version(self, stream_id: str) -> int:
+        with self._translate("read"):
+            (version,) = (
+                self._reader()
+                .execute("SELECT coalesce(max(version), 0) FROM es_events WHERE stream_id = ?", (stream_id,))
+                .fetchone()
+            )
+        return int(version)
+
+    def last_position(self) -> int:
+        with self._translate("read"):
+            (position,) = self._reader().execute("SELECT coalesce(max(position), 0) FROM es_events").fetchone()
+        return int(position)
+
+    def load_snapshot(self, stream_id: str) -> StoredSnapshot | None:
+        with self._translate("read"):
+            row = (
+                self._reader()
+                .execute(
+                    "SELECT stream_id, version, type, schema_version, payload FROM es_snapshots WHERE stream_id = ?",
+                    (stream_id,),
+                )
+                .fetchone()
+            )
+        return None if row is None else StoredSnapshot(*row)
+
+    def cursor(self, name: str) -> int:
+        with self._translate("read"):
+            row = self._reader().execute("SELECT position FROM es_cursors WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def wait(self, after_position: int, timeout: float) -> bool:
+        # `PRAGMA data_version` changes when another connection commits: a cheap check without
+        # I/O. Appends through this object wake the waiter at once through `_appended`.
+        deadline = time.monotonic() + timeout
+        with self._translate("read"):
+            conn = self._reader()
+            seen = None
+            while True:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != seen:
+                    seen = version
+                    if self.last_position() > after_position:
+                        return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                with self._appended:
+                    if self._appended.wait(min(remaining, self.poll)):
+                        seen = None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._appended:
+            self._appended.notify_all()
+        with self._write_lock, self._connections_lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
