@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import pydantic
 
 from inmotion.errors import InvalidEvent
 from inmotion.events.envelope import CORE_ATTRIBUTES, PARTITIONKEY, Event, ExtensionValue
@@ -142,7 +143,7 @@ def decode_json_document(text: str | bytes) -> Any:
 
 def encode_data(event: Event) -> tuple[bytes | None, str | None]:
     """The record value for the event's data and the content type that describes it."""
-    data = to_builtins(event.data)
+    data = event.data
     content_type = event.datacontenttype
     if data is None:
         return None, content_type
@@ -150,7 +151,12 @@ def encode_data(event: Event) -> tuple[bytes | None, str | None]:
         return data, content_type or BYTES_CONTENT_TYPE
     if isinstance(data, str) and not is_json_content_type(content_type):
         return data.encode(), content_type
-    return _json_encoder.encode(data), content_type or JSON_CONTENT_TYPE
+    if isinstance(data, pydantic.BaseModel):
+        return data.model_dump_json().encode(), content_type or JSON_CONTENT_TYPE
+    try:
+        return _json_encoder.encode(data), content_type or JSON_CONTENT_TYPE  # dicts, dataclasses, Structs...
+    except TypeError as exc:
+        raise InvalidEvent("data", f"cannot encode {type(data).__name__} as JSON: {exc}") from exc
 
 
 def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], bytes | None]:

@@ -14,7 +14,7 @@ import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, NamedTuple, Self
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event, from_binary, to_binary
@@ -82,8 +82,7 @@ class TopicInfo:
     partitions: tuple[PartitionInfo, ...]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """What a producer appends. `partition` overrides the key's partition."""
 
     value: bytes | None
@@ -94,12 +93,11 @@ class Message:
     @classmethod
     def from_event(cls, event: Event) -> Message:
         key, headers, value = to_binary(event)
-        return cls(value=value, key=key, headers=tuple(headers))
+        return cls(value, key, tuple(headers))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Record:
-    """One stored record."""
+class Record(NamedTuple):
+    """One stored record. (A named tuple: logs create millions of these.)"""
 
     topic: str
     partition: int
@@ -114,8 +112,7 @@ class Record:
         return from_binary(self.key, self.headers, self.value)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Position:
+class Position(NamedTuple):
     partition: int
     offset: int
 
@@ -201,13 +198,17 @@ class Log(abc.ABC):
     def append_events(self, topic: str, events: Iterable[Event]) -> list[Position]:
         return self.append(topic, [Message.from_event(event) for event in events])
 
-    def partition_of(self, message: Message, partitions: int) -> int:
-        """Where a message goes: its explicit partition, its key's, or round robin."""
-        if message.partition is not None:
-            return message.partition
-        if message.key is not None:
-            return partition_for_key(message.key, partitions)
-        return next(self._round_robin) % partitions
+    def partitions_of(self, messages: Sequence[Message], partitions: int) -> list[int]:
+        """Where each message goes: its explicit partition, its key's, or round robin."""
+        spread = self._round_robin
+        return [
+            m.partition
+            if m.partition is not None
+            else partition_for_key(m.key, partitions)
+            if m.key is not None
+            else next(spread) % partitions
+            for m in messages
+        ]
 
     def __enter__(self) -> Self:
         return self

@@ -90,7 +90,7 @@ class MemoryLog(Log):
     def append(self, topic: str, messages: Sequence[Message]) -> list[Position]:
         with self._changed:
             partitions = self._topic(topic)[1]
-            targets = [self.partition_of(m, len(partitions)) for m in messages]
+            targets = self.partitions_of(messages, len(partitions))
             for target in targets:
                 if not 0 <= target < len(partitions):
                     raise UnknownPartition(topic, target)
