@@ -1,0 +1,740 @@
+"""`kafka://host:port[,host:port]`: the log on Apache Kafka, through confluent-kafka (librdkafka).
+
+How the contract maps onto Kafka:
+
+- Topics are created with the AdminClient, replication factor left to the broker's default,
+  `message.timestamp.type=LogAppendTime` (record timestamps are append times that never
+  decrease within a partition) and `retention.ms`/`retention.bytes` of -1 for "forever".
+  A compacted topic gets `cleanup.policy=compact` and its `retention_ms` also becomes
+  `delete.retention.ms`, how long the newest tombstone of a key is kept, as in the other backends.
+- One idempotent producer (`acks=all`, batching with `linger.ms`) per log. A keyed record's
+  partition is picked by librdkafka's `murmur2_random`, Kafka's Java default, which equals
+  `inmotion.log.partition_for_key`; records without key are spread round robin. `append`
+  returns only after every record's delivery report. A batch is not atomic across partitions
+  (that would take Kafka transactions): a failure may leave a prefix of it written.
+- Random-access reads use a small pool of consumers, one per recently read partition, each
+  assigned its partition (never subscribed, so no group membership; their private group ids
+  never commit). Sequential reads keep the consumer's prefetch, so reading a partition in order
+  costs one round trip per fetch, not per call.
+- Earliest and latest offsets are the partition's watermarks, `offset_for_time` is Kafka's
+  ListOffsets by timestamp, group offsets use the AdminClient's consumer group offset APIs.
+- Retention and compaction run on the broker's own schedule: `enforce_retention` returns 0.
+
+URL options: `timeout=SECONDS` (how long admin calls, metadata and reads may wait for the broker
+before BrokerUnavailable, default 10), `delivery_timeout=SECONDS` (how long `append` keeps
+retrying while the broker is away, default 120), `linger_ms=MS` (default 5), `readers=N` (size
+of the read pool, default 16), `client_id=NAME`; any option whose name has a dot is passed to
+librdkafka as is, e.g. `security.protocol=SASL_SSL&sasl.mechanism=PLAIN`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
+
+from inmotion.errors import (
+    BrokerUnavailable,
+    Closed,
+    InmotionError,
+    InvalidConfig,
+    TopicExists,
+    UnknownPartition,
+    UnknownTopic,
+)
+from inmotion.log.base import (
+    Log,
+    Message,
+    PartitionInfo,
+    Position,
+    Record,
+    TopicConfig,
+    TopicInfo,
+    check_group_name,
+    check_topic_name,
+)
+
+T = TypeVar("T")
+
+_logger = logging.getLogger("inmotion.log.kafka")
+
+_OPTIONS = {"timeout", "delivery_timeout", "linger_ms", "readers", "client_id"}
+_IDLE_WAITERS = 4
+_EARLIEST: Any = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+_LATEST: Any = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+
+
+def _codes(*names: str) -> frozenset[int]:
+    return frozenset(getattr(KafkaError, name) for name in names if hasattr(KafkaError, name))
+
+
+_UNAVAILABLE = _codes(
+    "_TRANSPORT",
+    "_ALL_BROKERS_DOWN",
+    "_TIMED_OUT",
+    "_MSG_TIMED_OUT",
+    "_RESOLVE",
+    "_DESTROY",
+    "NETWORK_EXCEPTION",
+    "REQUEST_TIMED_OUT",
+    "LEADER_NOT_AVAILABLE",
+    "NOT_LEADER_FOR_PARTITION",
+    "BROKER_NOT_AVAILABLE",
+    "COORDINATOR_NOT_AVAILABLE",
+    "NOT_COORDINATOR",
+    "COORDINATOR_LOAD_IN_PROGRESS",
+    "NOT_ENOUGH_REPLICAS",
+    "KAFKA_STORAGE_ERROR",
+)
+_UNKNOWN_TOPIC = _codes("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_ID")
+_UNKNOWN_PARTITION = _codes("_UNKNOWN_PARTITION")
+_INVALID = _codes(
+    "INVALID_CONFIG",
+    "INVALID_PARTITIONS",
+    "INVALID_REPLICATION_FACTOR",
+    "POLICY_VIOLATION",
+    "TOPIC_EXCEPTION",
+    "INVALID_REQUEST",
+    "_INVALID_ARG",
+    "MSG_SIZE_TOO_LARGE",
+    "INVALID_RECORD",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """Everything a `KafkaLog` is configured with; `from_url` builds one from URL options."""
+
+    bootstrap_servers: str
+    timeout: float = 10.0
+    delivery_timeout: float = 120.0
+    linger_ms: float = 5.0
+    readers: int = 16
+    client_id: str = "inmotion"
+    client_options: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers:
+            raise InvalidConfig("kafka URL names no broker: use kafka://host:port[,host:port]")
+        for name in ("timeout", "delivery_timeout"):
+            if getattr(self, name) <= 0:
+                raise InvalidConfig(f"kafka {name} must be positive, got {getattr(self, name)}")
+        if self.linger_ms < 0:
+            raise InvalidConfig(f"kafka linger_ms must be >= 0, got {self.linger_ms}")
+        if self.readers < 1:
+            raise InvalidConfig(f"kafka readers must be >= 1, got {self.readers}")
+
+    def client(self) -> dict[str, Any]:
+        """What every librdkafka client of this log is configured with."""
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "reconnect.backoff.max.ms": 1000,
+            "logger": _logger,
+            **dict(self.client_options),
+        }
+
+
+def translate(error: KafkaError, doing: str, topic: str | None = None, partition: int | None = None) -> InmotionError:
+    """A backend-neutral error for a Kafka error; the Kafka error's name stays in the message."""
+    code = error.code()
+    detail = f"{doing}: {error.name()}: {error.str()}"
+    if code in _UNKNOWN_TOPIC and topic is not None:
+        exc: InmotionError = UnknownTopic(topic)
+    elif code in _UNKNOWN_PARTITION and topic is not None:
+        exc = UnknownPartition(topic, -1 if partition is None else partition)
+    elif code == KafkaError.TOPIC_ALREADY_EXISTS and topic is not None:
+        exc = TopicExists(topic)
+    elif code in _UNAVAILABLE:
+        exc = BrokerUnavailable(detail)
+    elif code in _INVALID:
+        exc = InvalidConfig(detail)
+    else:  # authorization, authentication and everything else: by Kafka's name
+        exc = InmotionError(detail)
+    exc.kafka_error = error  # type: ignore[attr-defined]
+    return exc
+
+
+def _error_of(exc: BaseException) -> KafkaError | None:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
+def _result(future: Future[T], doing: str, timeout: float, topic: str | None = None) -> T:
+    try:
+        return future.result(timeout=timeout + 5)
+    except KafkaException as exc:
+        error = _error_of(exc)
+        if error is None:
+            raise
+        raise translate(error, doing, topic) from exc
+    except TimeoutError as exc:
+        raise BrokerUnavailable(f"{doing}: no answer from Kafka within {timeout:g}s") from exc
+
+
+class _Delivery:
+    """The delivery reports of one `append`: each record's position, or the first error."""
+
+    __slots__ = ("_counter", "_last", "done", "error", "positions")
+
+    def __init__(self, count: int) -> None:
+        self.positions: list[Position | None] = [None] * count
+        self.error: KafkaError | None = None
+        self._counter = itertools.count()
+        self._last = count - 1
+        self.done = count == 0
+
+    def report(self, index: int, error: KafkaError | None, msg: Any) -> None:
+        if error is not None:
+            if self.error is None:
+                self.error = error
+        else:
+            self.positions[index] = Position(msg.partition(), msg.offset())
+        # next() on a count is atomic, so reports served by several polling threads add up
+        if next(self._counter) == self._last:
+            self.done = True
+
+
+class _Reader:
+    """A consumer assigned one partition, remembering where it is so in-order reads stream."""
+
+    def __init__(self, config: dict[str, Any], topic: str, partition: int) -> None:
+        self.consumer = Consumer(config)
+        self.topic = topic
+        self.partition = partition
+        self.position = -1
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def read(self, offset: int, limit: int, timeout: float) -> list[Record]:
+        consumer = self.consumer
+        tp = TopicPartition(self.topic, self.partition)
+        if offset != self.position:
+            consumer.assign([TopicPartition(self.topic, self.partition, offset)])
+            self.position = offset
+        records = self._records(consumer.consume(limit, 0))
+        if records:
+            return records
+        # Nothing fetched yet: is there anything at or past `offset`? The cached high watermark
+        # answers for free when it says yes; otherwise ask the broker.
+        _, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high <= offset:
+            _, high = self._watermarks(tp, timeout)
+            if high <= offset:
+                return []
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            first = consumer.consume(1, remaining)
+            if first:
+                records = self._records(first)
+                if limit > 1:
+                    records += self._records(consumer.consume(limit - 1, 0))
+                if records:
+                    return records
+        # the records below the watermark were control records or removed by compaction
+        return []
+
+    def _watermarks(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        try:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+        except KafkaException as exc:
+            error = _error_of(exc)
+            if error is None:
+                raise
+            raise translate(error, f"reading {self.topic}[{self.partition}]", self.topic, self.partition) from exc
+        return low, high
+
+    def _records(self, messages: list[Any]) -> list[Record]:
+        topic = self.topic
+        records = []
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.code() in _UNKNOWN_TOPIC:
+                    raise translate(error, f"reading {topic}", topic)
+                _logger.debug("reading %s[%d]: %s", topic, self.partition, error)
+                continue
+            headers = msg.headers()
+            records.append(
+                Record(
+                    topic,
+                    msg.partition(),
+                    msg.offset(),
+                    msg.timestamp()[1],
+                    msg.key(),
+                    msg.value(),
+                    tuple(headers) if headers else (),
+                )
+            )
+        if records:
+            self.position = records[-1].offset + 1
+        return records
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                self.consumer.close()
+
+
+class KafkaLog(Log):
+    def __init__(self, config: KafkaConfig, url: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.url = url or f"kafka://{config.bootstrap_servers}"
+        self._closed = False
+        self._spread = itertools.count()
+        self._partitions: dict[str, int] = {}
+        self._readers: collections.OrderedDict[tuple[str, int], _Reader] = collections.OrderedDict()
+        self._idle_waiters: list[Any] = []
+        self._lock = threading.Lock()
+        self._appending = 0
+        client = config.client()
+        self._admin = AdminClient(client)
+        self._check_reachable()
+        self._producer = Producer(
+            {
+                **client,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": config.linger_ms,
+                "partitioner": "murmur2_random",
+                "message.timeout.ms": int(config.delivery_timeout * 1000),
+                "queue.buffering.max.messages": 1_000_000,
+                "error_cb": self._producer_error,
+            }
+        )
+        self._meta = Consumer(self._consumer_config())
+
+    @classmethod
+    def from_url(cls, url: str, netloc: str, options: Mapping[str, str]) -> KafkaLog:
+        unknown = {name for name in options if name not in _OPTIONS and "." not in name}
+        if unknown:
+            raise InvalidConfig(f"unknown kafka URL option(s): {', '.join(sorted(unknown))}")
+        try:
+            numbers: dict[str, Any] = {
+                name: float(options[name]) for name in ("timeout", "delivery_timeout", "linger_ms") if name in options
+            }
+            if "readers" in options:
+                numbers["readers"] = int(options["readers"])
+        except ValueError as exc:
+            raise InvalidConfig(f"kafka URL options must be numbers: {exc}") from exc
+        config = KafkaConfig(
+            bootstrap_servers=netloc,
+            client_id=options.get("client_id", "inmotion"),
+            client_options=tuple((k, v) for k, v in sorted(options.items()) if "." in k),
+            **numbers,
+        )
+        return cls(config, url)
+
+    # --- clients --------------------------------------------------------------------------
+    def _consumer_config(self) -> dict[str, Any]:
+        return {
+            **self.config.client(),
+            # private and never joined or committed: the group exists only to please librdkafka
+            "group.id": f"inmotion-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            "queued.max.messages.kbytes": 16384,
+            "fetch.queue.backoff.ms": 10,
+        }
+
+    def _check_reachable(self) -> None:
+        timeout = self.config.timeout
+        try:
+            self._admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(
+                f"no Kafka broker answered at {self.config.bootstrap_servers} within {timeout:g}s ({exc.args[0]})"
+            ) from exc
+
+    def _producer_error(self, error: KafkaError) -> None:
+        # transport errors are retried by librdkafka until delivery_timeout; appends report them
+        _logger.warning("kafka producer: %s", error)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed("the log is closed")
+
+    def _admin_call(self, doing: str, call: Callable[[], T], topic: str | None = None) -> T:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = _error_of(exc)
+            if error is None:
+                raise
+            raise translate(error, doing, topic) from exc
+
+    def _metadata_partitions(self, topic: str) -> int | None:
+        """The topic's partition count from fresh metadata: None if there is no such topic, 0
+        while some partition has no leader yet (just created)."""
+        metadata = self._admin_call(
+            f"looking up topic {topic}",
+            lambda: self._admin.list_topics(topic=topic, timeout=self.config.timeout),
+            topic,
+        )
+        found = metadata.topics.get(topic)
+        if found is None or (found.error is not None and found.error.code() in _UNKNOWN_TOPIC):
+            return None
+        if found.error is not None:
+            raise translate(found.error, f"looking up topic {topic}", topic)
+        if any(p.leader < 0 for p in found.partitions.values()):
+            return 0
+        return len(found.partitions)
+
+    def _partition_count(self, topic: str) -> int:
+        self._check_open()
+        count = self._partitions.get(topic)
+        if count is None:
+            count = self._metadata_partitions(topic)
+            if not count:
+                raise UnknownTopic(topic)
+            self._partitions[topic] = count
+        return count
+
+    def _check_partition(self, topic: str, partition: int) -> None:
+        if not 0 <= partition < self._partition_count(topic):
+            raise UnknownPartition(topic, partition)
+
+    def _forget(self, topic: str) -> None:
+        self._partitions.pop(topic, None)
+        with self._lock:
+            doomed = [key for key in self._readers if key[0] == topic]
+            readers = [self._readers.pop(key) for key in doomed]
+        for reader in readers:
+            reader.close()
+
+    def _await(self, doing: str, ready: Callable[[], bool]) -> None:
+        """Poll until the broker shows a change: KRaft brokers apply metadata a little later
+        than the controller answers, and a new partition takes a moment to get its leader."""
+        deadline = time.monotonic() + self.config.timeout
+        delay = 0.005
+        while True:
+            try:
+                if ready():
+                    return
+            except BrokerUnavailable:
+                pass
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"{doing}: the broker did not show it within {self.config.timeout:g}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    # --- topics ---------------------------------------------------------------------------
+    def create_topic(self, name: str, config: TopicConfig = TopicConfig()) -> None:
+        check_topic_name(name)
+        self._check_open()
+        settings = {
+            "cleanup.policy": config.cleanup_policy,
+            "retention.ms": str(config.retention_ms or -1),
+            "retention.bytes": str(config.retention_bytes or -1),
+            "message.timestamp.type": "LogAppendTime",
+        }
+        if config.compact and config.retention_ms is not None:
+            settings["delete.retention.ms"] = str(config.retention_ms)
+        timeout = self.config.timeout
+        futures = self._admin.create_topics(
+            [NewTopic(name, num_partitions=config.partitions, replication_factor=-1, config=settings)],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        _result(futures[name], f"creating topic {name}", timeout, name)
+        self._partitions.pop(name, None)
+
+        def led() -> bool:
+            # leaders in the metadata, and each partition's leader answers for it
+            return self._metadata_partitions(name) == config.partitions and bool(
+                self._list_offsets(name, config.partitions, _LATEST)
+            )
+
+        self._await(f"creating topic {name}", led)
+
+    def delete_topic(self, name: str) -> None:
+        self._check_open()
+        timeout = self.config.timeout
+        futures = self._admin.delete_topics([name], operation_timeout=timeout, request_timeout=timeout)
+        _result(futures[name], f"deleting topic {name}", timeout, name)
+        self._forget(name)
+        self._await(f"deleting topic {name}", lambda: self._metadata_partitions(name) is None)
+
+    def list_topics(self) -> list[str]:
+        self._check_open()
+        metadata = self._admin_call("listing topics", lambda: self._admin.list_topics(timeout=self.config.timeout))
+        # Kafka's internal topics (__consumer_offsets, __transaction_state, ...) are not ours
+        return sorted(name for name, t in metadata.topics.items() if not name.startswith("__") and t.error is None)
+
+    def describe_topic(self, name: str) -> TopicInfo:
+        self._check_open()
+        count = self._metadata_partitions(name)
+        if not count:
+            raise UnknownTopic(name)
+        self._partitions[name] = count
+        timeout = self.config.timeout
+        resource = ConfigResource(ResourceType.TOPIC, name)
+        futures = self._admin.describe_configs([resource], request_timeout=timeout)
+        entries = _result(futures[resource], f"describing topic {name}", timeout, name)
+        settings = {key: entry.value for key, entry in entries.items()}
+        earliest = self._list_offsets(name, count, _EARLIEST)
+        latest = self._list_offsets(name, count, _LATEST)
+        config = TopicConfig(
+            partitions=count,
+            retention_ms=_positive(settings.get("retention.ms")),
+            retention_bytes=_positive(settings.get("retention.bytes")),
+            compact="compact" in (settings.get("cleanup.policy") or ""),
+        )
+        partitions = tuple(PartitionInfo(p, earliest[p], latest[p]) for p in range(count))
+        return TopicInfo(name, config, partitions)
+
+    def _list_offsets(self, topic: str, count: int, spec: Any) -> dict[int, int]:
+        timeout = self.config.timeout
+        futures = self._admin.list_offsets(
+            {TopicPartition(topic, p): spec for p in range(count)}, request_timeout=timeout
+        )
+        return {
+            tp.partition: _result(future, f"listing offsets of {topic}", timeout, topic).offset
+            for tp, future in futures.items()
+        }
+
+    def partition_count(self, topic: str) -> int:
+        return self._partition_count(topic)
+
+    # --- records --------------------------------------------------------------------------
+    def append(self, topic: str, messages: Sequence[Message]) -> list[Position]:
+        count = self._partition_count(topic)
+        targets = []
+        for message in messages:
+            if message.partition is not None:
+                if not 0 <= message.partition < count:
+                    raise UnknownPartition(topic, message.partition)
+                targets.append(message.partition)
+            elif message.key is not None:
+                targets.append(-1)  # librdkafka's murmur2_random picks, as Kafka's Java client would
+            else:
+                targets.append(next(self._spread) % count)
+        delivery = _Delivery(len(messages))
+        report = delivery.report
+        producer = self._producer
+        produce = producer.produce
+        partial = functools.partial
+        with self._lock:
+            self._appending += 1
+        try:
+            for index, (message, target) in enumerate(zip(messages, targets, strict=True)):
+                headers = message.headers
+                while True:
+                    try:
+                        produce(
+                            topic,
+                            message.value,
+                            message.key,
+                            target,
+                            on_delivery=partial(report, index),
+                            headers=list(headers) if headers else None,
+                        )
+                        break
+                    except BufferError:  # the local queue is full: let deliveries drain it
+                        producer.poll(0.05)
+            self._await_delivery(delivery)
+        finally:
+            with self._lock:
+                self._appending -= 1
+        if delivery.error is not None:
+            if delivery.error.code() in _UNKNOWN_TOPIC:
+                self._forget(topic)
+            raise translate(delivery.error, f"appending to {topic}", topic)
+        return delivery.positions  # type: ignore[return-value]
+
+    def _await_delivery(self, delivery: _Delivery) -> None:
+        producer = self._producer
+        deadline = time.monotonic() + self.config.delivery_timeout + self.config.timeout
+        while not delivery.done:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"no delivery report within {self.config.delivery_timeout:g}s")
+            if self._appending == 1:
+                # alone: flush sends at once instead of lingering, and serves our reports
+                producer.flush(0.1)
+            else:
+                # others append too: poll serves reports (anyone's) and lets linger batch them
+                producer.poll(0.01)
+
+    def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:
+        self._check_partition(topic, partition)
+        if limit <= 0:
+            return []
+        while True:
+            reader = self._reader(topic, partition)
+            with reader.lock:
+                if not reader.closed:
+                    return reader.read(max(offset, 0), limit, self.config.timeout)
+
+    def _reader(self, topic: str, partition: int) -> _Reader:
+        key = (topic, partition)
+        with self._lock:
+            reader = self._readers.get(key)
+            if reader is not None:
+                self._readers.move_to_end(key)
+                return reader
+        fresh = _Reader(self._consumer_config(), topic, partition)
+        evicted = []
+        with self._lock:
+            reader = self._readers.get(key)
+            if reader is None:
+                reader = self._readers[key] = fresh
+                while len(self._readers) > self.config.readers:
+                    evicted.append(self._readers.popitem(last=False)[1])
+            else:
+                evicted.append(fresh)
+        for old in evicted:
+            old.close()
+        return reader
+
+    def wait(self, topic: str, positions: Mapping[int, int], timeout: float) -> bool:
+        for partition in positions:
+            self._check_partition(topic, partition)
+        with self._lock:
+            consumer = self._idle_waiters.pop() if self._idle_waiters else None
+        if consumer is None:
+            consumer = Consumer({**self._consumer_config(), "auto.offset.reset": "latest"})
+        try:
+            consumer.assign([TopicPartition(topic, p, max(o, 0)) for p, o in positions.items()])
+            deadline = time.monotonic() + timeout
+            while (remaining := deadline - time.monotonic()) > 0:
+                for msg in consumer.consume(1, remaining):
+                    error = msg.error()
+                    if error is None or error.code() in _UNKNOWN_TOPIC:
+                        return True  # a record, or a deleted topic that the next read reports
+                    _logger.debug("waiting on %s: %s", topic, error)
+            return False
+        finally:
+            consumer.unassign()
+            with self._lock:
+                keep = not self._closed and len(self._idle_waiters) < _IDLE_WAITERS
+                if keep:
+                    self._idle_waiters.append(consumer)
+            if not keep:
+                consumer.close()
+
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        self._check_partition(topic, partition)
+        try:
+            low, high = self._meta.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=self.config.timeout, cached=False
+            )
+        except KafkaException as exc:
+            error = _error_of(exc)
+            if error is None:
+                raise
+            raise translate(error, f"looking up offsets of {topic}[{partition}]", topic, partition) from exc
+        return low, high
+
+    def earliest_offset(self, topic: str, partition: int) -> int:
+        return self._watermarks(topic, partition)[0]
+
+    def latest_offset(self, topic: str, partition: int) -> int:
+        return self._watermarks(topic, partition)[1]
+
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        self._check_partition(topic, partition)
+        doing = f"looking up {topic}[{partition}] by time"
+        (found,) = self._admin_call(
+            doing,
+            lambda: self._meta.offsets_for_times(
+                [TopicPartition(topic, partition, max(timestamp_ms, 0))], timeout=self.config.timeout
+            ),
+            topic,
+        )
+        if found.error is not None:
+            raise translate(found.error, doing, topic, partition)
+        # -1: no record that late; the answer is then the high watermark
+        return int(found.offset) if found.offset >= 0 else self.latest_offset(topic, partition)
+
+    # --- consumer group offsets ----------------------------------------------------------
+    def commit(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        check_group_name(group)
+        for partition in offsets:
+            self._check_partition(topic, partition)
+        if not offsets:
+            return
+        request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p, o) for p, o in offsets.items()])
+        timeout = self.config.timeout
+        futures = self._admin.alter_consumer_group_offsets([request], request_timeout=timeout)
+        result = _result(futures[group], f"committing offsets of group {group}", timeout, topic)
+        for tp in result.topic_partitions:
+            if tp.error is not None:
+                raise translate(tp.error, f"committing offsets of group {group}", topic, tp.partition)
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        check_group_name(group)
+        count = self._partition_count(topic)
+        request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(count)])
+        timeout = self.config.timeout
+        futures = self._admin.list_consumer_group_offsets([request], request_timeout=timeout)
+        result = _result(futures[group], f"reading offsets of group {group}", timeout, topic)
+        found = {}
+        for tp in result.topic_partitions:
+            if tp.error is not None:
+                raise translate(tp.error, f"reading offsets of group {group}", topic, tp.partition)
+            if tp.offset >= 0:
+                found[tp.partition] = tp.offset
+        return found
+
+    def list_groups(self) -> list[str]:
+        self._check_open()
+        timeout = self.config.timeout
+        listed = _result(self._admin.list_consumer_groups(request_timeout=timeout), "listing consumer groups", timeout)
+        return sorted({group.group_id for group in listed.valid})
+
+    # --- maintenance ----------------------------------------------------------------------
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Kafka applies retention and compaction itself, on its own schedule: nothing to do."""
+        return 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            readers = list(self._readers.values())
+            self._readers.clear()
+            waiters, self._idle_waiters = self._idle_waiters, []
+        remaining = self._producer.flush(self.config.timeout)
+        if remaining:
+            _logger.warning("closing the kafka log with %d records not delivered", remaining)
+        for reader in readers:
+            reader.close()
+        for consumer in [*waiters, self._meta]:
+            consumer.close()
+
+
+def _positive(value: str | None) -> int | None:
+    if value is None:
+        return None
+    number = int(value)
+    return number if number > 0 else None

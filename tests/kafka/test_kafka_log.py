@@ -1,0 +1,256 @@
+"""What the Kafka backend adds to the contract: interop with clients that are not inmotion,
+Kafka-side topic settings, errors by name, and no acknowledged record lost across a restart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import cast
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
+
+import inmotion
+from inmotion.errors import BrokerUnavailable, InmotionError, InvalidConfig, UnknownTopic
+from inmotion.events import Event
+from inmotion.log import Log, Message, TopicConfig, partition_for_key
+from inmotion.log.kafka import translate
+from inmotion.testing import unique_topic
+
+pytestmark = pytest.mark.kafka
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "kafka"
+
+
+def _order_event(number: int) -> Event:
+    return Event.create(
+        "shop.order.placed",
+        {"order": number, "total": 12.5},
+        source="/shop",
+        key=f"order-{number}",
+        subject=f"order-{number}",
+    )
+
+
+def test_a_plain_confluent_consumer_reads_the_cloudevent(log: Log, kafka_bootstrap: str) -> None:
+    topic = unique_topic("interop")
+    log.create_topic(topic, TopicConfig(partitions=3))
+    event = _order_event(7)
+    (position,) = log.append_events(topic, [event])
+
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": unique_topic("plain")})
+    try:
+        consumer.assign([TopicPartition(topic, position.partition, position.offset)])
+        (msg,) = consumer.consume(1, 30)
+    finally:
+        consumer.close()
+    assert msg.error() is None
+    headers = dict(cast(list[tuple[str, bytes]], msg.headers()))
+    assert headers["ce_specversion"] == b"1.0"
+    assert headers["ce_id"] == event.id.encode()
+    assert headers["ce_source"] == b"/shop"
+    assert headers["ce_type"] == b"shop.order.placed"
+    assert headers["ce_subject"] == b"order-7"
+    assert headers["content-type"] == b"application/json"
+    assert msg.key() == b"order-7"
+    assert msg.value() == b'{"order":7,"total":12.5}'
+    assert msg.partition() == partition_for_key(b"order-7", 3)
+
+
+@pytest.mark.slow
+def test_kafkas_console_consumer_prints_the_event(log: Log) -> None:
+    topic = unique_topic("console")
+    log.create_topic(topic)
+    log.append_events(topic, [_order_event(8)])
+    command = [
+        str(SCRIPT),
+        "console-consumer",
+        *("--topic", topic, "--from-beginning", "--max-messages", "1", "--timeout-ms", "60000"),
+        *("--property", "print.headers=true", "--property", "print.key=true"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert "ce_type:shop.order.placed" in line
+    assert "ce_source:/shop" in line
+    assert "content-type:application/json" in line
+    assert "order-8" in line
+    assert line.endswith('{"order":8,"total":12.5}')
+
+
+@pytest.mark.slow
+def test_javas_partitioner_agrees_with_partition_for_key(log: Log) -> None:
+    """Records keyed by Kafka's own (Java) console producer land where inmotion puts them."""
+    topic = unique_topic("java-keys")
+    log.create_topic(topic, TopicConfig(partitions=7))
+    keys = [f"customer-{i}" for i in range(60)]
+    command = [
+        str(SCRIPT),
+        "console-producer",
+        *("--topic", topic, "--property", "parse.key=true", "--property", "key.separator=|"),
+    ]
+    lines = "".join(f"{key}|value-of-{key}\n" for key in keys)
+    done = subprocess.run(command, input=lines, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    placed = {}
+    for partition in range(7):
+        for record in log.read(topic, partition, 0):
+            assert record.key is not None
+            placed[record.key.decode()] = partition
+    assert placed == {key: partition_for_key(key.encode(), 7) for key in keys}
+
+
+def test_librdkafka_partitions_keys_like_partition_for_key(log: Log) -> None:
+    topic = unique_topic("keys")
+    log.create_topic(topic, TopicConfig(partitions=12))
+    keys = [os.urandom(n % 23) for n in range(500)]
+    positions = log.append(topic, [Message(b"x", key=key) for key in keys])
+    assert [p.partition for p in positions] == [partition_for_key(key, 12) for key in keys]
+
+
+def test_topic_settings_on_the_broker(log: Log, kafka_bootstrap: str) -> None:
+    plain, compacted = unique_topic("plain"), unique_topic("compacted")
+    log.create_topic(plain, TopicConfig(partitions=2, retention_bytes=5_000_000))
+    log.create_topic(compacted, TopicConfig(partitions=1, compact=True, retention_ms=60_000))
+    assert log.describe_topic(plain).config == TopicConfig(partitions=2, retention_bytes=5_000_000)
+    assert log.describe_topic(compacted).config == TopicConfig(partitions=1, compact=True, retention_ms=60_000)
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    resources = [ConfigResource(ResourceType.TOPIC, plain), ConfigResource(ResourceType.TOPIC, compacted)]
+    settings = {
+        r.name: {k: e.value for k, e in f.result().items()} for r, f in admin.describe_configs(resources).items()
+    }
+    assert settings[plain]["message.timestamp.type"] == "LogAppendTime"
+    assert settings[plain]["retention.ms"] == "-1"
+    assert settings[plain]["retention.bytes"] == "5000000"
+    assert settings[plain]["cleanup.policy"] == "delete"
+    assert settings[compacted]["cleanup.policy"] == "compact"
+    assert settings[compacted]["delete.retention.ms"] == "60000"
+
+
+def test_reading_leaves_no_consumer_group_behind(log: Log, kafka_bootstrap: str) -> None:
+    topic = unique_topic("groups")
+    log.create_topic(topic, TopicConfig(partitions=2))
+    log.append(topic, [Message(b"x", partition=p) for p in (0, 1)])
+    assert len(log.read(topic, 0, 0)) == len(log.read(topic, 1, 0)) == 1
+    assert log.wait(topic, {0: 0, 1: 0}, timeout=10)
+    assert not [group for group in log.list_groups() if group.startswith("inmotion-reader-")]
+
+
+def test_appends_to_a_deleted_topic_fail_by_name(log: Log) -> None:
+    topic = unique_topic("gone")
+    log.create_topic(topic)
+    log.delete_topic(topic)
+    with pytest.raises(UnknownTopic):
+        log.append(topic, [Message(b"x")])
+    with pytest.raises(UnknownTopic):
+        log.wait(topic, {0: 0}, timeout=1)
+
+
+def test_unreachable_broker_fails_fast_and_clearly() -> None:
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1 within 2s"):
+        inmotion.connect("kafka://127.0.0.1:1?timeout=2")
+    assert time.monotonic() - started < 8
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["kafka://", "kafka://127.0.0.1:9092?colour=red", "kafka://127.0.0.1:9092?timeout=soon", "kafka://h:1?readers=0"],
+)
+def test_bad_urls(url: str) -> None:
+    with pytest.raises(InvalidConfig):
+        inmotion.connect(url)
+
+
+def test_kafka_errors_keep_their_names() -> None:
+    denied = translate(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), "appending to t", "t")
+    assert type(denied) is InmotionError
+    assert "TOPIC_AUTHORIZATION_FAILED" in str(denied)
+    assert "GROUP_AUTHORIZATION_FAILED" in str(translate(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED), "x"))
+    assert isinstance(translate(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART), "x", "t"), UnknownTopic)
+    assert isinstance(translate(KafkaError(KafkaError._TRANSPORT), "x"), BrokerUnavailable)
+    assert isinstance(translate(KafkaError(KafkaError.INVALID_PARTITIONS), "x", "t"), InvalidConfig)
+
+
+def _kafka(command: str) -> None:
+    subprocess.run([str(SCRIPT), command], check=True, timeout=300, capture_output=True)
+
+
+@pytest.mark.slow
+def test_broker_restart_loses_nothing_acknowledged(log_url: str) -> None:
+    """Append and read continuously while the broker is stopped and started again."""
+    if subprocess.run([str(SCRIPT), "status"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("the broker was not started by scripts/kafka, so this test cannot restart it")
+    topic = unique_topic("restart")
+    acknowledged: dict[tuple[int, int], bytes] = {}
+    seen: list[tuple[int, int, bytes | None]] = []
+    stop = threading.Event()
+    warmed_up = threading.Event()
+    appended_after_restart = threading.Event()
+    restarted = threading.Event()
+    failures: list[BaseException] = []
+
+    with inmotion.connect(log_url) as log:
+        log.create_topic(topic, TopicConfig(partitions=2))
+
+        def produce() -> None:
+            batch = 0
+            try:
+                while not stop.is_set():
+                    messages = [Message(f"{batch}:{i}".encode(), key=f"k{i}".encode()) for i in range(20)]
+                    for message, position in zip(messages, log.append(topic, messages), strict=True):
+                        assert message.value is not None
+                        acknowledged[(position.partition, position.offset)] = message.value
+                    batch += 1
+                    if len(acknowledged) >= 200:
+                        warmed_up.set()
+                    if restarted.is_set():
+                        appended_after_restart.set()
+            except BaseException as exc:  # reported by the main thread
+                failures.append(exc)
+
+        def consume() -> None:
+            next_offsets = {0: 0, 1: 0}
+            try:
+                while not stop.is_set() or any(next_offsets[p] < log.latest_offset(topic, p) for p in next_offsets):
+                    try:
+                        if not log.wait(topic, next_offsets, timeout=0.5):
+                            continue
+                        for partition, offset in next_offsets.items():
+                            for record in log.read(topic, partition, offset):
+                                seen.append((record.partition, record.offset, record.value))
+                                next_offsets[partition] = record.offset + 1
+                    except BrokerUnavailable:
+                        continue
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+        for thread in threads:
+            thread.start()
+        try:
+            assert warmed_up.wait(timeout=60), failures
+            _kafka("down")
+            _kafka("up")
+            restarted.set()
+            assert appended_after_restart.wait(timeout=180), "no append succeeded after the restart"
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=300)
+        assert not failures, failures
+        assert len(acknowledged) > 200
+        stored = {}
+        for partition in (0, 1):
+            records = log.read(topic, partition, 0, limit=1_000_000)
+            assert [r.offset for r in records] == list(range(len(records))), "gaps or duplicates"
+            stored.update({(partition, r.offset): r.value for r in records})
+        for position, value in acknowledged.items():
+            assert stored[position] == value
+        assert sorted(seen) == sorted((p, o, v) for (p, o), v in stored.items())
