@@ -8,6 +8,7 @@ import typer
 
 from inmotion.cli.common import explain
 from inmotion.cli.records import publish, tail
+from inmotion.cli.runtime import dlq_app, groups_app, replay, run
 from inmotion.cli.topics import topics_app
 from inmotion.errors import InmotionError
 
@@ -21,6 +22,10 @@ app = typer.Typer(
 app.add_typer(topics_app, name="topics")
 app.command("publish")(publish)
 app.command("tail")(tail)
+app.add_typer(groups_app, name="groups")
+app.add_typer(dlq_app, name="dlq")
+app.command("replay")(replay)
+app.command("run")(run)
 
 
 def main() -> None:

@@ -1,0 +1,387 @@
+"""`inmotion groups list|describe`, `inmotion dlq list|redrive`, `inmotion replay`, `inmotion run`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, parse_time_ms, print_json
+from inmotion.errors import InvalidConfig, UnknownTopic
+from inmotion.log import Log
+from inmotion.runtime import deadletter, logs
+from inmotion.runtime.coordination import (
+    DEFAULT_SESSION_TIMEOUT,
+    Coordinator,
+    MemberInfo,
+    SqliteCoordinator,
+    TopicPartition,
+    coordinator_for,
+)
+
+groups_app = typer.Typer(help="Inspect consumer groups: members, assignments, offsets, lag.", no_args_is_help=True)
+dlq_app = typer.Typer(help="List and redrive dead-letter topics.", no_args_is_help=True)
+
+SessionOption = Annotated[
+    float,
+    typer.Option("--session-timeout", help="Members silent for this many seconds count as gone."),
+]
+
+
+@contextlib.contextmanager
+def _open(broker: str | None) -> Iterator[tuple[Log, Coordinator]]:
+    with open_log(broker) as log:
+        coordinator = coordinator_for(log)
+        try:
+            yield log, coordinator
+        finally:
+            coordinator.close()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PartitionState:
+    topic: str
+    partition: int
+    owner: str | None
+    committed: int | None
+    latest: int
+
+    @property
+    def lag(self) -> int:
+        return self.latest - (self.committed or 0)
+
+    def document(self) -> dict[str, object]:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "owner": self.owner,
+            "committed": self.committed,
+            "latest": self.latest,
+            "lag": self.lag,
+        }
+
+
+def _partitions(log: Log, coordinator: Coordinator, group: str) -> list[_PartitionState]:
+    owners = coordinator.owners(group)
+    subscribed = {topic for member in coordinator.members(group, 1e9) for topic in member.topics}
+    states = []
+    for topic in log.list_topics():
+        committed = log.committed(group, topic)
+        if not committed and topic not in subscribed and all(tp.topic != topic for tp in owners):
+            continue
+        for info in log.describe_topic(topic).partitions:
+            owner = owners.get(TopicPartition(topic, info.partition))
+            states.append(_PartitionState(topic, info.partition, owner, committed.get(info.partition), info.latest))
+    return states
+
+
+def _member_document(member: MemberInfo, now_ms: int) -> dict[str, object]:
+    return {
+        "member": member.member_id,
+        "host": member.host,
+        "pid": member.pid,
+        "topics": list(member.topics),
+        "last_heartbeat_s": round((now_ms - member.heartbeat_ms) / 1000, 3),
+    }
+
+
+@groups_app.command("list")
+def list_groups(
+    broker: BrokerOption = None,
+    json: JsonOption = False,
+    session_timeout: SessionOption = DEFAULT_SESSION_TIMEOUT,
+) -> None:
+    """List consumer groups with their live members and total lag."""
+    with _open(broker) as (log, coordinator):
+        rows = []
+        for group in sorted(set(log.list_groups()) | set(coordinator.groups())):
+            states = _partitions(log, coordinator, group)
+            rows.append(
+                {
+                    "group": group,
+                    "members": len(coordinator.members(group, session_timeout)),
+                    "topics": sorted({s.topic for s in states}),
+                    "lag": sum(s.lag for s in states),
+                }
+            )
+    if json:
+        for row in rows:
+            print_json(row)
+        return
+    if not rows:
+        typer.echo("no consumer groups")
+        return
+    table = Table("group", "members", "topics", "lag", box=None)
+    for row in rows:
+        table.add_row(str(row["group"]), str(row["members"]), ", ".join(row["topics"]), str(row["lag"]))  # type: ignore[arg-type]
+    Console().print(table)
+
+
+@groups_app.command("describe")
+def describe_group(
+    group: str,
+    broker: BrokerOption = None,
+    json: JsonOption = False,
+    session_timeout: SessionOption = DEFAULT_SESSION_TIMEOUT,
+) -> None:
+    """Show a group's members, who owns each partition, committed offsets and lag."""
+    with _open(broker) as (log, coordinator):
+        if group not in log.list_groups() and group not in coordinator.groups():
+            fail(f"unknown consumer group {group!r} (list them with: inmotion groups list)")
+        members = coordinator.members(group, session_timeout)
+        states = _partitions(log, coordinator, group)
+    now_ms = int(time.time() * 1000)
+    if json:
+        print_json(
+            {
+                "group": group,
+                "members": [_member_document(m, now_ms) for m in members],
+                "partitions": [s.document() for s in states],
+                "lag": sum(s.lag for s in states),
+            }
+        )
+        return
+    console = Console()
+    console.print(f"[bold]{group}[/bold]: {len(members)} live member(s), lag {sum(s.lag for s in states)}")
+    if members:
+        table = Table("member", "host", "pid", "topics", "last heartbeat", box=None)
+        for m in members:
+            age = (now_ms - m.heartbeat_ms) / 1000
+            table.add_row(m.member_id, m.host, str(m.pid), ", ".join(m.topics), f"{age:.1f}s ago")
+        console.print(table)
+    table = Table("topic", "partition", "owner", "committed", "latest", "lag", box=None)
+    for s in states:
+        committed = "-" if s.committed is None else str(s.committed)
+        table.add_row(s.topic, str(s.partition), s.owner or "-", committed, str(s.latest), str(s.lag))
+    console.print(table)
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+def _dlq_topics(log: Log, topic: str | None) -> list[str]:
+    if topic is not None:
+        if topic not in log.list_topics():
+            raise UnknownTopic(topic)
+        return [topic]
+    return [t for t in log.list_topics() if t.endswith(".dlq")]
+
+
+def _entry_document(dlq_topic: str, entry: deadletter.DeadLetter) -> dict[str, object]:
+    event = entry.event()
+    document: dict[str, object] = {
+        "dlq": dlq_topic,
+        "dlq_partition": entry.record.partition,
+        "dlq_offset": entry.record.offset,
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "key": event.key,
+    }
+    document.update({k: v for k, v in entry.error.items() if k != "error_traceback"})
+    return document
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: Annotated[str | None, typer.Argument(help="A dead-letter topic (default: every topic named *.dlq).")] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many entries per topic.")] = 100,
+    traceback: Annotated[bool, typer.Option("--traceback", help="Include each error's traceback.")] = False,
+    broker: BrokerOption = None,
+    json: JsonOption = False,
+) -> None:
+    """List dead-lettered events with their errors."""
+    if limit <= 0:
+        fail(f"--limit must be positive, got {limit}")
+    with open_log(broker) as log:
+        found = []
+        for name in _dlq_topics(log, topic):
+            for count, entry in enumerate(deadletter.entries(log, name)):
+                if count >= limit:
+                    break
+                document = _entry_document(name, entry)
+                if traceback:
+                    document["error_traceback"] = entry.error.get("error_traceback", "")
+                found.append(document)
+    if json:
+        for document in found:
+            print_json(document)
+        return
+    if not found:
+        typer.echo("no dead-lettered events")
+        return
+    console = Console()
+    table = Table("dlq", "offset", "from", "type", "id", "attempts", "error", box=None)
+    for d in found:
+        origin = f"{d.get('topic')}/{d.get('partition')}@{d.get('offset')}"
+        error = f"{str(d.get('error_type', '')).rsplit('.', 1)[-1]}: {d.get('error_message', '')}"
+        table.add_row(
+            str(d["dlq"]), str(d["dlq_offset"]), origin, str(d["type"]), str(d["id"]), str(d.get("attempts")), error
+        )
+        if traceback:
+            table.add_row("", "", "", "", "", "", str(d["error_traceback"]))
+    console.print(table)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    topic: Annotated[str, typer.Argument(help="The dead-letter topic.")],
+    event_type: Annotated[str | None, typer.Option("--type", help="Only events of this type ('a.b' or 'a.*').")] = None,
+    error_type: Annotated[
+        str | None, typer.Option("--error", help="Only events that failed with this error type.")
+    ] = None,
+    event_id: Annotated[list[str] | None, typer.Option("--id", help="Only the events with these ids.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Send to this topic instead of each event's original.")] = None,
+    again: Annotated[
+        bool, typer.Option("--again", help="Also consider entries that an earlier redrive went past.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be redriven, send nothing.")] = False,
+    broker: BrokerOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Send dead-lettered events back to their original topic (optionally filtered)."""
+    from inmotion.runtime.filters import make_filter
+
+    type_filter = make_filter(event_type)
+
+    def accept(entry: deadletter.DeadLetter) -> bool:
+        if type_filter is not None and not type_filter.matches(entry.event()):
+            return False
+        if error_type is not None and error_type not in (
+            entry.error.get("error_type", ""),
+            entry.error.get("error_type", "").rsplit(".", 1)[-1],
+        ):
+            return False
+        return not event_id or entry.event().id in event_id
+
+    with open_log(broker) as log:
+        if to is not None and to not in log.list_topics():
+            raise UnknownTopic(to)
+        if dry_run:
+            cursor = {} if again else log.committed(deadletter.REDRIVE_GROUP, topic)
+            chosen = [
+                e
+                for e in deadletter.entries(log, topic)
+                if e.record.offset >= cursor.get(e.record.partition, 0) and accept(e)
+            ]
+        else:
+            chosen = deadletter.redrive(log, topic, accept, from_start=again, to=to)
+    if json:
+        for entry in chosen:
+            print_json({**_entry_document(topic, entry), "redriven_to": to or entry.original_topic, "dry_run": dry_run})
+        return
+    verb = "would redrive" if dry_run else "redrove"
+    typer.echo(f"{verb} {len(chosen)} event(s) from {topic}")
+    for entry in chosen:
+        typer.echo(f"  {entry.event().type} {entry.event().id} -> {to or entry.original_topic}")
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+def replay(
+    topic: Annotated[str, typer.Argument(help="The topic whose offsets to move.")],
+    group: Annotated[str, typer.Option("--group", "-g", help="The consumer group.")],
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Go back to the earliest offset.")] = False,
+    since: Annotated[str | None, typer.Option("--since", help="A time (ISO 8601) or a duration ago (10m, 2h).")] = None,
+    offset: Annotated[int | None, typer.Option("--offset", help="This offset in every chosen partition.")] = None,
+    partition: Annotated[list[int] | None, typer.Option("--partition", "-p", help="Only these partitions.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Move offsets even while the group has live members.")] = False,
+    session_timeout: SessionOption = DEFAULT_SESSION_TIMEOUT,
+    broker: BrokerOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Move a consumer group's offsets so that it handles a topic's events again."""
+    if sum((from_beginning, since is not None, offset is not None)) != 1:
+        fail("choose exactly one of --from-beginning, --since TIME and --offset N")
+    if offset is not None and offset < 0:
+        fail(f"--offset must not be negative, got {offset}")
+    since_ms = None if since is None else parse_time_ms(since)
+    with _open(broker) as (log, coordinator):
+        count = log.partition_count(topic)
+        chosen = sorted(set(partition)) if partition else list(range(count))
+        for p in chosen:
+            if not 0 <= p < count:
+                fail(f"topic {topic!r} has no partition {p} (it has {count})")
+        live = coordinator.members(group, session_timeout)
+        if live and not force:
+            fail(
+                f"group {group!r} has {len(live)} live member(s) ({', '.join(m.member_id for m in live)}):"
+                " stop them first or pass --force"
+            )
+        targets = {}
+        for p in chosen:
+            earliest, latest = log.earliest_offset(topic, p), log.latest_offset(topic, p)
+            if from_beginning:
+                targets[p] = earliest
+            elif since_ms is not None:
+                targets[p] = log.offset_for_time(topic, p, since_ms)
+            else:
+                assert offset is not None
+                targets[p] = min(max(offset, earliest), latest)
+        before = log.committed(group, topic)
+        log.commit(group, topic, targets)
+        if isinstance(coordinator, SqliteCoordinator):
+            coordinator.clear_positions(group, topic)
+    if json:
+        for p, target in targets.items():
+            print_json({"topic": topic, "group": group, "partition": p, "from": before.get(p), "to": target})
+        return
+    for p, target in targets.items():
+        typer.echo(f"{topic}/{p}: {before.get(p, '-')} -> {target}")
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def load_app(spec: str) -> Any:
+    """The object that `MODULE:ATTRIBUTE` names (the current directory is importable)."""
+    from inmotion.runtime import App
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise InvalidConfig(f"expected MODULE:APP, e.g. billing.service:app, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidConfig(f"cannot import {module_name!r}: {exc}") from exc
+    target = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise InvalidConfig(f"module {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not isinstance(target, App):
+        raise InvalidConfig(f"{spec} is a {type(target).__name__}, not an inmotion.App")
+    return target
+
+
+def run(
+    app_spec: Annotated[str, typer.Argument(metavar="MODULE:APP", help="Where the App is, e.g. billing.service:app")],
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
+    broker: BrokerOption = None,
+) -> None:
+    """Run an app's subscribers until SIGTERM or Ctrl-C (then finish, commit and leave)."""
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        fail(f"--log-level must be debug, info, warning or error, got {log_level!r}")
+    if broker:
+        os.environ["INMOTION_BROKER"] = broker
+    logs.configure(log_level, json_logs)
+    app = load_app(app_spec)
+    if not app.subscriptions:
+        fail(f"{app_spec} has no subscriptions to run")
+    try:
+        app.run_sync()
+    finally:
+        app.close()

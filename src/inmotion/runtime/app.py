@@ -1,0 +1,247 @@
+"""`App`: the object a service is written with."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from inmotion.errors import InvalidConfig
+from inmotion.events import Event
+from inmotion.log import Log, Position, TopicConfig, connect
+from inmotion.runtime import deadletter
+from inmotion.runtime.consumer import Consumer
+from inmotion.runtime.coordination import DEFAULT_SESSION_TIMEOUT, Coordinator, coordinator_for
+from inmotion.runtime.filters import FilterSpec, make_filter
+from inmotion.runtime.handler import Handler
+from inmotion.runtime.metrics import Metrics
+from inmotion.runtime.publisher import Publisher, build_event, to_message
+from inmotion.runtime.retry import Clock, Retry, SystemClock
+from inmotion.runtime.subscription import Subscription
+
+F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger("inmotion.runtime")
+
+DEFAULT_DEDUPE_WINDOW = 7 * 24 * 3600.0
+
+
+class App:
+    """A service: it publishes events and runs subscribers in consumer groups.
+
+    `broker` is a URL (`sqlite:///file.db`, `memory://`, `kafka://...`; default
+    `$INMOTION_BROKER`, else `./inmotion.db`) or an open `Log`. Topics that do not exist are
+    created with `topic_config` when first used (`None`: they must exist).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        broker: str | Log | None = None,
+        *,
+        source: str | None = None,
+        topic_config: TopicConfig | None = TopicConfig(partitions=4),
+        session_timeout: float = DEFAULT_SESSION_TIMEOUT,
+        commit_interval: float = 0.05,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidConfig("an App needs a non-empty name")
+        if not 0.1 <= session_timeout <= 3600:
+            raise InvalidConfig(f"session_timeout must be between 0.1 and 3600 seconds, got {session_timeout!r}")
+        if commit_interval <= 0:
+            raise InvalidConfig(f"commit_interval must be positive, got {commit_interval!r}")
+        self.name = name
+        self.source = source or name
+        self.topic_config = topic_config
+        self.session_timeout = session_timeout
+        self.commit_interval = commit_interval
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.subscriptions: list[Subscription] = []
+        self._owns_log = not isinstance(broker, Log)
+        self.log: Log = broker if isinstance(broker, Log) else connect(broker)
+        self.publisher = Publisher(self.log, self.metrics, topic_config)
+        self._coordinator: Coordinator | None = None
+        self._stopped: asyncio.Event | None = None
+        self._running: list[asyncio.Task[None]] = []
+
+    # --- publishing -----------------------------------------------------------------------
+    def build_event(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        type: str | None = None,
+        subject: str | None = None,
+        extensions: Mapping[str, str] | None = None,
+    ) -> Event:
+        """The event `publish` would send: `type` defaults to the topic, `source` to the app's."""
+        return build_event(
+            payload, topic=topic, source=self.source, key=key, type=type, subject=subject, extensions=extensions
+        )
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        type: str | None = None,
+        subject: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extensions: Mapping[str, str] | None = None,
+    ) -> Event:
+        """Publish `payload` (or an `Event`) to `topic`; returns once it is durable.
+
+        Publishes made concurrently are written together in one append.
+        """
+        event = self.build_event(topic, payload, key=key, type=type, subject=subject, extensions=extensions)
+        await self.publisher.send(topic, to_message(event, headers))
+        return event
+
+    def publish_sync(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        type: str | None = None,
+        subject: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extensions: Mapping[str, str] | None = None,
+    ) -> Event:
+        """`publish` for scripts and threads without an event loop."""
+        event = self.build_event(topic, payload, key=key, type=type, subject=subject, extensions=extensions)
+        self.publisher.append(topic, [to_message(event, headers)])
+        return event
+
+    def publish_many_sync(self, topic: str, events: Sequence[Event]) -> list[Position]:
+        """Append ready-made events in one batch (scripts, loaders, benchmarks)."""
+        return self.publisher.append(topic, [to_message(event, None) for event in events])
+
+    # --- subscribing ----------------------------------------------------------------------
+    def subscribe(
+        self,
+        topics: str | Sequence[str],
+        *,
+        group: str | None = None,
+        filter: FilterSpec = None,
+        retry: Retry | None = None,
+        dead_letter: str | bool = True,
+        concurrency: int = 1,
+        idempotent: bool = False,
+        transaction: bool = False,
+        dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
+    ) -> Callable[[F], F]:
+        """Register the decorated function (async or plain) as a handler of `topics`.
+
+        `group` defaults to `<app name>.<function name>`; `dead_letter` is a topic name, True
+        for `<group>.dlq`, or False to retry a failing event until it succeeds. See
+        `Subscription` for the rest.
+        """
+        names = (topics,) if isinstance(topics, str) else tuple(topics)
+        if retry is not None and not isinstance(retry, Retry):
+            raise InvalidConfig(f"retry must be a Retry, got {retry!r}")
+
+        def register(function: F) -> F:
+            handler = Handler.inspect(function)
+            chosen = group or f"{self.name}.{getattr(function, '__name__', 'handler')}"
+            letter: str | None
+            if dead_letter is True:
+                letter = deadletter.default_topic(chosen)
+            elif dead_letter is False:
+                letter = None
+            else:
+                letter = dead_letter
+            subscription = Subscription(
+                topics=names,
+                group=chosen,
+                handler=handler,
+                filter=make_filter(filter),
+                retry=retry or Retry(),
+                dead_letter=letter,
+                concurrency=concurrency,
+                idempotent=idempotent,
+                transaction=transaction,
+                dedupe_window=dedupe_window,
+            )
+            if any(s.group == chosen for s in self.subscriptions):
+                raise InvalidConfig(f"group {chosen!r} already has a subscription in this app: name another group")
+            self.subscriptions.append(subscription)
+            return function
+
+        return register
+
+    # --- running --------------------------------------------------------------------------
+    @property
+    def coordinator(self) -> Coordinator:
+        if self._coordinator is None:
+            self._coordinator = coordinator_for(self.log)
+        return self._coordinator
+
+    async def start(self) -> None:
+        """Start every subscription's consumer in the background."""
+        if self._stopped is not None:
+            raise InvalidConfig(f"app {self.name!r} is already running")
+        self._stopped = asyncio.Event()
+        consumers = [Consumer(self, s, self.coordinator) for s in self.subscriptions]
+        self._running = [asyncio.create_task(c.run(self._stopped)) for c in consumers]
+
+    async def stop(self) -> None:
+        """Finish the events being handled, commit, leave the groups."""
+        if self._stopped is None:
+            return
+        self._stopped.set()
+        results = await asyncio.gather(*self._running, return_exceptions=True)
+        self._stopped = None
+        self._running = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+
+    async def run(self, until: asyncio.Event | None = None) -> None:
+        """Run the subscribers until `until` is set, SIGTERM or SIGINT arrives, or one fails."""
+        stop = until or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+        await self.start()
+        try:
+            waiting = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([waiting, *self._running], return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    def run_sync(self) -> None:
+        """`run` in a fresh event loop; returns after SIGTERM/SIGINT and a clean shutdown."""
+        asyncio.run(self.run())
+
+    # --- inspection -----------------------------------------------------------------------
+    def prometheus(self) -> str:
+        """The counters (published, consumed, failed, retried, dead-lettered, skipped) and lag
+        gauges in the Prometheus text format."""
+        return self.metrics.prometheus()
+
+    def close(self) -> None:
+        self.publisher.close()
+        if self._coordinator is not None:
+            self._coordinator.close()
+            self._coordinator = None
+        if self._owns_log:
+            self.log.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,425 @@
+"""The consumer loop of one subscription: group membership, fetching, per-partition workers,
+retries, dead letters, idempotency and offset commits.
+
+Delivery is at-least-once: a partition's committed offset is the lowest offset whose handling
+has not finished (succeeded, skipped or dead-lettered), so it never passes unfinished work.
+Each owned partition has a worker with `concurrency` lanes; an event goes to the lane of its
+key, so events of one key are handled in order while different keys run in parallel. A lane
+that waits out a retry backoff holds up only its own key's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import sqlite3
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, TopicExists, UnknownTopic
+from inmotion.events import Event
+from inmotion.log import Log, Record
+from inmotion.runtime import deadletter
+from inmotion.runtime.coordination import Assignment, Coordinator, Membership, SqliteCoordinator, TopicPartition
+from inmotion.runtime.handler import Context
+from inmotion.runtime.subscription import Subscription
+
+if TYPE_CHECKING:
+    from inmotion.runtime.app import App
+
+T = TypeVar("T")
+logger = logging.getLogger("inmotion.runtime")
+
+_FETCH_LIMIT = 1000
+_BUFFER = 4000
+_WAIT = 0.1
+
+
+class _Abandon(Exception):
+    """The worker stops (revoked, lost or shutting down) before this event finished."""
+
+
+class _Worker:
+    """The events of one owned partition, from the fetch position to the commit point."""
+
+    def __init__(self, consumer: Consumer, tp: TopicPartition, start: int) -> None:
+        self.consumer = consumer
+        self.tp = tp
+        self.next_fetch = start
+        self.committed = start
+        self.stopping = asyncio.Event()
+        self._unfinished: collections.deque[int] = collections.deque()
+        self._finished: set[int] = set()
+        lanes = consumer.subscription.concurrency
+        self._queues: list[asyncio.Queue[Record | None]] = [asyncio.Queue() for _ in range(lanes)]
+        self._lanes = [asyncio.create_task(self._run_lane(q)) for q in self._queues]
+        self._round_robin = 0
+
+    def wants_more(self) -> bool:
+        return not self.stopping.is_set() and len(self._unfinished) < _BUFFER
+
+    def dispatch(self, records: list[Record]) -> None:
+        lanes = len(self._queues)
+        for record in records:
+            if record.offset < self.next_fetch:
+                continue
+            self._unfinished.append(record.offset)
+            self.next_fetch = record.offset + 1
+            if lanes == 1:
+                lane = 0
+            elif record.key is not None:
+                lane = zlib.crc32(record.key) % lanes
+            else:
+                self._round_robin += 1
+                lane = self._round_robin % lanes
+            self._queues[lane].put_nowait(record)
+
+    def commit_point(self, finishing: int | None = None) -> int:
+        """The next offset to read once everything finished so far (and `finishing`) is done."""
+        for offset in self._unfinished:
+            if offset != finishing and offset not in self._finished:
+                return offset
+        return self.next_fetch
+
+    def _finish(self, offset: int) -> None:
+        self._finished.add(offset)
+        while self._unfinished and self._unfinished[0] in self._finished:
+            self._finished.discard(self._unfinished.popleft())
+        if len(self._unfinished) == _BUFFER // 2:
+            self.consumer.wake.set()
+
+    async def _run_lane(self, queue: asyncio.Queue[Record | None]) -> None:
+        while not self.stopping.is_set():
+            record = await queue.get()
+            if record is None or self.stopping.is_set():
+                return
+            try:
+                await self.consumer.process(record, self)
+            except _Abandon:
+                return
+            self._finish(record.offset)
+
+    async def drain(self) -> None:
+        """Finish the events being handled, drop the queued ones (they stay uncommitted)."""
+        self.stopping.set()
+        for queue in self._queues:
+            queue.put_nowait(None)
+        await asyncio.gather(*self._lanes, return_exceptions=True)
+
+    def abort(self) -> None:
+        """The partition is gone: stop at once, commit nothing."""
+        self.stopping.set()
+        for lane in self._lanes:
+            lane.cancel()
+
+
+class Consumer:
+    def __init__(self, app: App, subscription: Subscription, coordinator: Coordinator) -> None:
+        self.app = app
+        self.log: Log = app.log
+        self.subscription = subscription
+        self.coordinator = coordinator
+        self.group = subscription.group
+        self.workers: dict[TopicPartition, _Worker] = {}
+        self.wake = asyncio.Event()
+        self._revoking: set[TopicPartition] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"inmotion-io:{self.group}")
+        self._fetch_pools = {
+            topic: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"inmotion-fetch:{topic}")
+            for topic in subscription.topics
+        }
+        self._tx_lock = asyncio.Lock()
+        self._tx_conn: sqlite3.Connection | None = None
+        self._membership: Membership | None = None
+        self._last_prune = 0.0
+        if subscription.transaction and not isinstance(coordinator, SqliteCoordinator):
+            raise InvalidConfig(f"transaction=True needs the sqlite backend, not {self.log.url}")
+
+    async def _call(self, function: Callable[..., T], *args: Any, pool: concurrent.futures.Executor | None = None) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool or self._io, function, *args)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def run(self, stopped: asyncio.Event) -> None:
+        partitions = {topic: await self._call(self._prepare_topic, topic) for topic in self.subscription.topics}
+        if self.subscription.dead_letter is not None:
+            await self._call(deadletter.ensure_topic, self.log, self.subscription.dead_letter)
+        if isinstance(self.coordinator, SqliteCoordinator):
+            self._tx_conn = self.coordinator.connect() if self.subscription.transaction else None
+        membership = self._membership = self.coordinator.join(
+            self.group, partitions, session_timeout=self.app.session_timeout
+        )
+        logger.info("joined group", extra={"group": self.group, "member": membership.member_id})
+        fetchers = [asyncio.create_task(self._fetch(topic)) for topic in self.subscription.topics]
+        committer = asyncio.create_task(self._commit_loop(stopped))
+        try:
+            while not stopped.is_set():
+                try:
+                    assignment = await self._call(membership.heartbeat)
+                except InmotionError as exc:
+                    logger.warning("heartbeat failed: %s", exc, extra={"group": self.group})
+                else:
+                    await self._apply(assignment)
+                    await self._observe()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopped.wait(), membership.heartbeat_interval)
+        finally:
+            for task in fetchers:
+                task.cancel()
+            await asyncio.gather(*self.workers.values() and [w.drain() for w in self.workers.values()])
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            committer.cancel()
+            await asyncio.gather(committer, *fetchers, return_exceptions=True)
+            with contextlib.suppress(InmotionError):
+                await self._commit(list(self.workers.values()))
+            self.workers.clear()
+            with contextlib.suppress(InmotionError):
+                await self._call(membership.leave)
+            logger.info("left group", extra={"group": self.group, "member": membership.member_id})
+            self._io.shutdown(wait=True)
+            for pool in self._fetch_pools.values():
+                pool.shutdown(wait=True)
+            if self._tx_conn is not None:
+                self._tx_conn.close()
+
+    def _prepare_topic(self, topic: str) -> int:
+        try:
+            return self.log.partition_count(topic)
+        except UnknownTopic:
+            if self.app.topic_config is None:
+                raise
+            with contextlib.suppress(TopicExists):
+                self.log.create_topic(topic, self.app.topic_config)
+            return self.log.partition_count(topic)
+
+    async def _apply(self, assignment: Assignment) -> None:
+        for tp in [tp for tp in self.workers if tp not in assignment.owned]:
+            logger.warning("lost partition %s/%d", tp.topic, tp.partition, extra={"group": self.group})
+            self.workers.pop(tp).abort()
+        for tp in assignment.revoke:
+            if tp in self.workers and tp not in self._revoking:
+                self._revoking.add(tp)
+                self._spawn(self._revoke(tp, self.workers[tp]))
+        started = False
+        for tp in sorted(assignment.owned - self.workers.keys() - assignment.revoke):
+            start = await self._call(self._start_offset, tp)
+            self.workers[tp] = _Worker(self, tp, start)
+            started = True
+            logger.info("assigned %s/%d from offset %d", tp.topic, tp.partition, start, extra={"group": self.group})
+        if started:
+            self.wake.set()
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _revoke(self, tp: TopicPartition, worker: _Worker) -> None:
+        try:
+            await worker.drain()
+            await self._commit([worker])
+            if self.workers.get(tp) is worker:
+                del self.workers[tp]
+            assert self._membership is not None
+            await self._call(self._membership.release, [tp])
+            logger.info("handed over %s/%d", tp.topic, tp.partition, extra={"group": self.group})
+        finally:
+            self._revoking.discard(tp)
+
+    def _start_offset(self, tp: TopicPartition) -> int:
+        committed = self.log.committed(self.group, tp.topic).get(tp.partition)
+        if isinstance(self.coordinator, SqliteCoordinator) and self.subscription.transaction:
+            position = self.coordinator.position(self.group, tp)
+            if position is not None:
+                committed = max(committed or 0, position)
+        return self.log.earliest_offset(tp.topic, tp.partition) if committed is None else committed
+
+    # --- fetching -------------------------------------------------------------------------
+    async def _fetch(self, topic: str) -> None:
+        while True:
+            ready = {tp.partition: w for tp, w in self.workers.items() if tp.topic == topic and w.wants_more()}
+            if not ready:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), _WAIT)
+                continue
+            positions = {p: w.next_fetch for p, w in ready.items()}
+            try:
+                batches = await self._call(self._read, topic, positions, pool=self._fetch_pools[topic])
+            except InmotionError as exc:
+                logger.warning("fetch from %s failed: %s", topic, exc, extra={"group": self.group})
+                await asyncio.sleep(_WAIT)
+                continue
+            for partition, records in batches.items():
+                worker = ready[partition]
+                if records and self.workers.get(TopicPartition(topic, partition)) is worker and worker.wants_more():
+                    worker.dispatch(records)
+
+    def _read(self, topic: str, positions: Mapping[int, int]) -> dict[int, list[Record]]:
+        for attempt in range(2):
+            batches = {p: self.log.read(topic, p, offset, _FETCH_LIMIT) for p, offset in positions.items()}
+            if attempt or any(batches.values()):
+                return batches
+            self.log.wait(topic, positions, _WAIT)
+        return batches
+
+    # --- committing -----------------------------------------------------------------------
+    async def _commit_loop(self, stopped: asyncio.Event) -> None:
+        while not stopped.is_set():
+            await asyncio.sleep(self.app.commit_interval)
+            try:
+                await self._commit([w for tp, w in self.workers.items() if tp not in self._revoking])
+            except InmotionError as exc:
+                logger.warning("commit failed: %s", exc, extra={"group": self.group})
+
+    async def _commit(self, workers: list[_Worker]) -> None:
+        by_topic: dict[str, dict[int, int]] = {}
+        points = {}
+        for worker in workers:
+            point = worker.commit_point()
+            if point != worker.committed:
+                by_topic.setdefault(worker.tp.topic, {})[worker.tp.partition] = point
+                points[worker] = point
+        for topic, offsets in by_topic.items():
+            await self._call(self.log.commit, self.group, topic, offsets)
+        for worker, point in points.items():
+            worker.committed = point
+
+    async def _observe(self) -> None:
+        """Refresh the lag gauges and prune old dedupe records."""
+        lags = {}
+        for tp, worker in list(self.workers.items()):
+            try:
+                latest = await self._call(self.log.latest_offset, tp.topic, tp.partition)
+            except InmotionError:
+                continue
+            lags[tp] = latest - worker.committed
+        for tp, lag in lags.items():
+            self.app.metrics.set("inmotion_lag", lag, group=self.group, topic=tp.topic, partition=str(tp.partition))
+        now = self.app.clock.time()
+        if self.subscription.idempotent and now - self._last_prune > 60:
+            self._last_prune = now
+            cutoff = int((now - self.subscription.dedupe_window) * 1000)
+            await self._call(self.coordinator.forget_before, self.group, cutoff)
+
+    # --- handling -------------------------------------------------------------------------
+    async def process(self, record: Record, worker: _Worker) -> None:
+        sub = self.subscription
+        labels: dict[str, str] = {"group": self.group, "topic": record.topic}
+        try:
+            event = record.event()
+        except InvalidEvent as exc:
+            await self._dead_letter(record, exc, 1, worker)
+            return
+        if sub.filter is not None and not sub.filter.matches(event):
+            self.app.metrics.add("inmotion_skipped_total", 1, **labels)
+            return
+        key = (event.source, event.id)
+        if sub.idempotent and not sub.transaction and await self._call(self._seen, key):
+            self.app.metrics.add("inmotion_skipped_total", 1, **labels)
+            return
+        attempt = 1
+        while True:
+            context = Context(event, record, self.group, attempt, self.app)
+            try:
+                if sub.transaction:
+                    await self._handle_in_transaction(event, context, worker)
+                else:
+                    await sub.handler.call(event, context)
+                break
+            except _Abandon:
+                raise
+            except Exception as error:
+                self.app.metrics.add("inmotion_failed_total", 1, **labels)
+                retry = sub.retry.should_retry(error, attempt) or sub.dead_letter is None
+                logger.warning(
+                    "handler failed (attempt %d%s): %s: %s",
+                    attempt,
+                    ", will retry" if retry else "",
+                    type(error).__name__,
+                    error,
+                    extra={
+                        "group": self.group,
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "event_id": event.id,
+                    },
+                )
+                if not retry:
+                    await self._dead_letter(record, error, attempt, worker)
+                    return
+                self.app.metrics.add("inmotion_retried_total", 1, **labels)
+                await self._pause(sub.retry.delay(min(attempt, sub.retry.attempts)), worker)
+                attempt += 1
+        if sub.idempotent and not sub.transaction:
+            await self._call(self.coordinator.remember, self.group, [key])
+        self.app.metrics.add("inmotion_consumed_total", 1, **labels)
+
+    def _seen(self, key: tuple[str, str]) -> bool:
+        return bool(self.coordinator.seen(self.group, [key]))
+
+    async def _pause(self, seconds: float, worker: _Worker) -> None:
+        """Wait out a backoff, unless the worker stops first."""
+        sleeping = asyncio.ensure_future(self.app.clock.sleep(seconds))
+        stopping = asyncio.ensure_future(worker.stopping.wait())
+        await asyncio.wait({sleeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        sleeping.cancel()
+        stopping.cancel()
+        if worker.stopping.is_set():
+            raise _Abandon
+
+    async def _dead_letter(self, record: Record, error: BaseException, attempts: int, worker: _Worker) -> None:
+        topic = self.subscription.dead_letter
+        if topic is None:  # nowhere to put it: only an undecodable event gets here; keep trying
+            await self._pause(self.subscription.retry.max_backoff, worker)
+            raise _Abandon
+        message = deadletter.dead_letter(record, error, attempts, self.group, self.app.clock.time())
+        await self.app.publisher.send(topic, message)
+        self.app.metrics.add("inmotion_dead_lettered_total", group=self.group, topic=record.topic)
+        logger.error(
+            "dead-lettered %s/%d@%d to %s after %d attempt(s): %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            topic,
+            attempts,
+            type(error).__name__,
+            error,
+            extra={"group": self.group},
+        )
+
+    async def _handle_in_transaction(self, event: Event, context: Context, worker: _Worker) -> None:
+        """Run the handler inside one SQLite transaction with the dedupe record and position."""
+        assert isinstance(self.coordinator, SqliteCoordinator)
+        assert self._tx_conn is not None
+        assert self._membership is not None
+        conn = self._tx_conn
+        key = (event.source, event.id)
+        deferred: list[tuple[str, Event, Mapping[str, str] | None]] = []
+        async with self._tx_lock:
+            await asyncio.to_thread(conn.execute, "BEGIN IMMEDIATE")
+            try:
+                if SqliteCoordinator.seen_in(conn, self.group, key):
+                    conn.execute("ROLLBACK")
+                    self.app.metrics.add("inmotion_skipped_total", group=self.group, topic=worker.tp.topic)
+                    return
+                context.db = conn
+                context.deferred = deferred
+                await self.subscription.handler.call(event, context)
+                if not self.coordinator.holds(conn, self.group, self._membership.member_id, worker.tp):
+                    raise _Abandon
+                SqliteCoordinator.remember_in(conn, self.group, [key])
+                point = worker.commit_point(finishing=context.record.offset)
+                SqliteCoordinator.save_position(conn, self.group, worker.tp, point)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        for topic, follow_up, headers in deferred:
+            await self.app.publish(topic, follow_up, headers=headers)

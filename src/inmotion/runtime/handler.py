@@ -1,0 +1,148 @@
+"""Handlers: how a user's function is called with a decoded payload and an optional context."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import sqlite3
+import typing
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from inmotion.errors import InvalidConfig
+from inmotion.events import Event, from_data
+from inmotion.log import Record
+
+if TYPE_CHECKING:
+    from inmotion.runtime.app import App
+
+CORRELATION_ID = "correlationid"
+CAUSATION_ID = "causationid"
+
+
+@dataclasses.dataclass(slots=True)
+class Context:
+    """What a handler may know about the event it handles, and how it publishes follow-ups.
+
+    `publish`/`publish_sync` stamp the `correlationid` extension (inherited from the trigger,
+    or the trigger's id when it has none) and `causationid` (the trigger's id). `db` is an open
+    SQLite transaction on the log's file when the subscription asked for `transaction=True`:
+    whatever the handler writes there commits together with the event's dedupe record and
+    position, or not at all; events published meanwhile are appended right after that commit.
+    """
+
+    event: Event
+    record: Record
+    group: str
+    attempt: int
+    app: App
+    db: sqlite3.Connection | None = None
+    deferred: list[tuple[str, Event, Mapping[str, str] | None]] | None = None
+
+    @property
+    def topic(self) -> str:
+        return self.record.topic
+
+    @property
+    def partition(self) -> int:
+        return self.record.partition
+
+    @property
+    def offset(self) -> int:
+        return self.record.offset
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The record's headers as text (CloudEvents attributes appear as `ce_*`)."""
+        return {name: value.decode("utf-8", "replace") for name, value in self.record.headers}
+
+    def _causal(self) -> dict[str, str]:
+        correlation = self.event.extensions.get(CORRELATION_ID, self.event.id)
+        return {CORRELATION_ID: str(correlation), CAUSATION_ID: self.event.id}
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        type: str | None = None,
+        subject: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Event:
+        event = self.app.build_event(topic, payload, key=key, type=type, subject=subject, extensions=self._causal())
+        if self.deferred is not None:
+            self.deferred.append((topic, event, headers))
+            return event
+        return await self.app.publish(topic, event, headers=headers)
+
+    def publish_sync(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        type: str | None = None,
+        subject: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Event:
+        event = self.app.build_event(topic, payload, key=key, type=type, subject=subject, extensions=self._causal())
+        if self.deferred is not None:
+            self.deferred.append((topic, event, headers))
+            return event
+        return self.app.publish_sync(topic, event, headers=headers)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handler:
+    """A user's function with what is needed to call it: the payload's type and where the
+    context goes."""
+
+    function: Callable[..., Any]
+    payload_type: Any
+    context_argument: str | None
+    is_async: bool
+
+    @classmethod
+    def inspect(cls, function: Callable[..., Any]) -> Handler:
+        if not callable(function):
+            raise InvalidConfig(f"a handler must be a function, got {function!r}")
+        name = getattr(function, "__qualname__", repr(function))
+        try:
+            signature = inspect.signature(function)
+            hints = typing.get_type_hints(function)
+        except (NameError, TypeError) as exc:
+            raise InvalidConfig(f"cannot read the annotations of handler {name}: {exc}") from exc
+        parameters = [
+            p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if not parameters:
+            raise InvalidConfig(f"handler {name} must take the event's payload as its first parameter")
+        payload_type = hints.get(parameters[0].name, Any)
+        if payload_type is Context:
+            raise InvalidConfig(f"handler {name}: the first parameter is the payload, the context comes after it")
+        context_argument = None
+        for parameter in parameters[1:]:
+            if hints.get(parameter.name) is Context or (
+                parameter.name in ("ctx", "context") and parameter.name not in hints
+            ):
+                context_argument = parameter.name
+            elif parameter.default is parameter.empty:
+                raise InvalidConfig(
+                    f"handler {name}: parameter {parameter.name!r} is neither the payload nor a Context"
+                )
+        return cls(function, payload_type, context_argument, inspect.iscoroutinefunction(function))
+
+    def decode(self, event: Event) -> Any:
+        if self.payload_type is Event:
+            return event
+        return from_data(event.data, self.payload_type)
+
+    async def call(self, event: Event, context: Context) -> None:
+        payload = self.decode(event)
+        kwargs = {self.context_argument: context} if self.context_argument else {}
+        if self.is_async:
+            await self.function(payload, **kwargs)
+        else:
+            await asyncio.to_thread(self.function, payload, **kwargs)

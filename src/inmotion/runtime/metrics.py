@@ -1,0 +1,58 @@
+"""The runtime's counters, readable in the Prometheus text format."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+_HELP = {
+    "inmotion_published_total": ("counter", "Events published."),
+    "inmotion_consumed_total": ("counter", "Events whose handler finished successfully."),
+    "inmotion_failed_total": ("counter", "Handler tries that raised."),
+    "inmotion_retried_total": ("counter", "Handler tries repeated after a failure."),
+    "inmotion_dead_lettered_total": ("counter", "Events sent to a dead-letter topic."),
+    "inmotion_skipped_total": ("counter", "Events not handed to the handler (filtered out or already handled)."),
+    "inmotion_lag": ("gauge", "Records not yet committed by the group, per partition."),
+}
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class Metrics:
+    """Thread-safe counters and gauges keyed by name and labels."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, dict[Labels, float]] = defaultdict(dict)
+
+    def add(self, name: str, amount: float = 1, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._values[name]
+            series[key] = series.get(key, 0) + amount
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        with self._lock:
+            self._values[name][tuple(sorted(labels.items()))] = value
+
+    def value(self, name: str, **labels: str) -> float:
+        """One series' value, or the sum over every series that carries `labels`."""
+        wanted = set(labels.items())
+        with self._lock:
+            return sum(v for key, v in self._values.get(name, {}).items() if wanted <= set(key))
+
+    def prometheus(self) -> str:
+        lines: list[str] = []
+        with self._lock:
+            for name, (kind, text) in _HELP.items():
+                lines.append(f"# HELP {name} {text}")
+                lines.append(f"# TYPE {name} {kind}")
+                for labels, value in sorted(self._values.get(name, {}).items()):
+                    rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                    number = int(value) if value == int(value) else value
+                    lines.append(f"{name}{{{rendered}}} {number}" if rendered else f"{name} {number}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,49 @@
+"""What a subscription asks for: topics, group, handler, filter and delivery options."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from inmotion.errors import InvalidConfig
+from inmotion.log.base import check_group_name, check_topic_name
+from inmotion.runtime.filters import EventFilter
+from inmotion.runtime.handler import Handler
+from inmotion.runtime.retry import Retry
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Subscription:
+    topics: tuple[str, ...]
+    group: str
+    handler: Handler
+    filter: EventFilter | None
+    retry: Retry
+    dead_letter: str | None
+    """The dead-letter topic, or None to retry a failing event forever (its partition waits)."""
+    concurrency: int
+    idempotent: bool
+    transaction: bool
+    dedupe_window: float
+
+    def __post_init__(self) -> None:
+        if not self.topics:
+            raise InvalidConfig("subscribe to at least one topic")
+        for topic in self.topics:
+            check_topic_name(topic)
+        check_group_name(self.group)
+        if self.dead_letter is not None:
+            check_topic_name(self.dead_letter)
+            if self.dead_letter in self.topics:
+                raise InvalidConfig(f"the dead-letter topic {self.dead_letter!r} cannot be a subscribed topic")
+        if (
+            isinstance(self.concurrency, bool)
+            or not isinstance(self.concurrency, int)
+            or not 1 <= self.concurrency <= 1000
+        ):
+            raise InvalidConfig(f"concurrency must be an integer between 1 and 1000, got {self.concurrency!r}")
+        if self.transaction and not self.idempotent:
+            raise InvalidConfig(
+                "transaction=True needs idempotent=True: the dedupe record makes the effects exactly-once"
+            )
+        if self.dedupe_window <= 0:
+            raise InvalidConfig(f"dedupe_window must be positive, got {self.dedupe_window!r}")

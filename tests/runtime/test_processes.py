@@ -1,0 +1,191 @@
+"""Consumer groups across real processes on one SQLite file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from inmotion.log import TopicConfig, connect
+from inmotion.runtime import App
+from inmotion.runtime.coordination import TopicPartition, coordinator_for
+
+WORKER = str(Path(__file__).with_name("worker.py"))
+TOPIC = "orders"
+GROUP = "billing"
+KEYS = 40
+SESSION_TIMEOUT = 2.0
+
+
+class Workers:
+    """Worker processes started by a test, killed and reaped when it ends."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def spawn(self, url: str, logfile: Path, mode: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, WORKER, url, GROUP, str(logfile), mode], stdout=subprocess.PIPE, text=True
+        )
+        self.processes.append(process)
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        return process
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            assert process.stdout is not None
+            process.stdout.close()
+
+
+@pytest.fixture
+def workers() -> Iterator[Workers]:
+    started = Workers()
+    yield started
+    started.close()
+
+
+def handled(logfile: Path) -> list[tuple[int, int, int, str, int]]:
+    if not logfile.exists():
+        return []
+    rows = []
+    for line in logfile.read_text().splitlines():
+        t, partition, offset, key, seq = line.split()
+        rows.append((int(t), int(partition), int(offset), key, int(seq)))
+    return rows
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def publish_stream(url: str, total: int, per_batch: int = 100, pause: float = 0.02) -> None:
+    with App("producer", url, topic_config=None) as app:
+        seqs: dict[str, int] = defaultdict(int)
+        for start in range(0, total, per_batch):
+            events = []
+            for n in range(start, start + per_batch):
+                key = f"k{n % KEYS}"
+                events.append(app.build_event(TOPIC, {"key": key, "seq": seqs[key]}, key=key))
+                seqs[key] += 1
+            app.publish_many_sync(TOPIC, events)
+            time.sleep(pause)
+
+
+def check_order(rows: list[tuple[int, int, int, str, int]], total: int) -> None:
+    """Every event handled at least once; no key's event handled before its predecessor."""
+    seen: dict[str, set[int]] = defaultdict(set)
+    for _, _, _, key, seq in sorted(rows):
+        assert seq == 0 or seq - 1 in seen[key], f"{key} #{seq} handled before #{seq - 1}"
+        seen[key].add(seq)
+    assert sum(len(s) for s in seen.values()) == total
+    for key, seqs in seen.items():
+        assert seqs == set(range(len(seqs))), key
+
+
+def run_kill_test(tmp_path: Path, workers: Workers, mode: str) -> tuple[str, list[tuple[int, int, int, str, int]]]:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    total = 10_000
+    with connect(url) as log:
+        log.create_topic(TOPIC, TopicConfig(partitions=8))
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    a = workers.spawn(url, logs[0], mode)
+    b = workers.spawn(url, logs[1], mode)
+    with connect(url) as log:
+        coordinator = coordinator_for(log)
+        try:
+            wait_for(lambda: len(set(coordinator.owners(GROUP).values())) == 2, 10, "both members to own partitions")
+            producer = threading.Thread(target=publish_stream, args=(url, total))
+            producer.start()
+            wait_for(lambda: len(handled(logs[0])) >= 1500, 30, "worker a to get going")
+            a_partitions = {p for _, p, _, _, _ in handled(logs[0])}
+            os.kill(a.pid, signal.SIGKILL)
+            killed_at = time.time_ns()
+            a.wait()
+            producer.join()
+
+            def caught_up() -> bool:
+                committed = log.committed(GROUP, TOPIC)
+                return all(committed.get(p, 0) == log.latest_offset(TOPIC, p) for p in range(8))
+
+            wait_for(caught_up, 60, "the survivor to commit every event")
+            owners = coordinator.owners(GROUP)
+            assert set(owners) == {TopicPartition(TOPIC, p) for p in range(8)}
+            assert len(set(owners.values())) == 1
+        finally:
+            coordinator.close()
+    b.send_signal(signal.SIGTERM)
+    assert b.wait(timeout=30) == 0
+    takeover = [t for t, p, _, _, _ in handled(logs[1]) if p in a_partitions and t > killed_at]
+    assert takeover, "the survivor never handled the killed member's partitions"
+    delay = (min(takeover) - killed_at) / 1e9
+    assert delay <= SESSION_TIMEOUT + 1.0, f"takeover took {delay:.2f}s"
+    rows = handled(logs[0]) + handled(logs[1])
+    check_order(rows, total)
+    return url, rows
+
+
+@pytest.mark.slow
+def test_a_member_killed_with_sigkill_loses_its_partitions_to_the_survivor(tmp_path: Path, workers: Workers) -> None:
+    run_kill_test(tmp_path, workers, "log")
+
+
+@pytest.mark.slow
+def test_exactly_once_effects_survive_a_sigkill(tmp_path: Path, workers: Workers) -> None:
+    url, _ = run_kill_test(tmp_path, workers, "tx")
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        count, distinct = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM effects").fetchone()
+    assert (count, distinct) == (10_000, 10_000)
+
+
+@pytest.mark.slow
+def test_sigterm_commits_what_was_handled_and_a_restart_resumes_after_it(tmp_path: Path, workers: Workers) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    total = 2000
+    with connect(url) as log:
+        log.create_topic(TOPIC, TopicConfig(partitions=4))
+    publish_stream(url, total, per_batch=500, pause=0)
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    worker = workers.spawn(url, first, "slow")
+    wait_for(lambda: len(handled(first)) >= 200, 30, "the worker to get going")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    rows = handled(first)
+    assert len(rows) < total
+    with connect(url) as log:
+        committed = log.committed(GROUP, TOPIC)
+        last: dict[int, int] = {}
+        for _, partition, offset, _, _ in rows:
+            last[partition] = max(last.get(partition, -1), offset)
+        # Nothing handled is left uncommitted, and nothing unhandled is committed.
+        assert committed == {p: o + 1 for p, o in last.items()}
+        assert coordinator_for(log).members(GROUP) == []
+    worker = workers.spawn(url, second, "log")
+    wait_for(lambda: len(handled(second)) >= total - len(rows), 30, "the restarted worker to finish")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    again = handled(second)
+    first_after_restart: dict[int, int] = {}
+    for _, partition, offset, _, _ in again:
+        first_after_restart.setdefault(partition, offset)
+    assert {p: o for p, o in first_after_restart.items() if p in committed} == {
+        p: committed[p] for p in first_after_restart if p in committed
+    }
+    assert len(rows) + len(again) == total
+    check_order(rows + again, total)
