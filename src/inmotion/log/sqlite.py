@@ -61,7 +61,6 @@ OFFSET_BITS = 40
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 _LOG_ID = "(SELECT log_id FROM partitions WHERE topic_id = (SELECT id FROM topics WHERE name = ?) AND partition = ?)"
 _SIZE = "coalesce(length(key), 0) + coalesce(length(value), 0) + coalesce(length(headers), 0)"
-_CHECKPOINT_PAGES = 4000
 _MMAP_BYTES = 1 << 30
 
 _SCHEMA = """
@@ -149,6 +148,7 @@ class SqliteLog(Log):
         self._closed = False
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
+        self._appends = 0  # how many append transactions; the checkpointer watches it
         self._writer = self._open_writer()
 
     @classmethod
@@ -351,6 +351,7 @@ class SqliteLog(Log):
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
                 self._write_batch(batch)
+                self._appends += 1
         self._start_maintenance()
         if pending.error is not None:
             raise pending.error
@@ -618,10 +619,12 @@ class SqliteLog(Log):
                 return
 
     def checkpoint(self) -> None:
-        """Copy the WAL back into the database file (PASSIVE: never blocks readers or writers)."""
-        with self._write_lock, self._translate("checkpoint"):
-            if not self._closed:
-                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        """Copy the WAL back into the database file.
+
+        PASSIVE, on this thread's own connection: it never waits for readers or writers, and
+        appends go on while it runs."""
+        with self._translate("checkpoint"):
+            self._reader().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def _start_maintenance(self) -> None:
         if self._maintenance is None and not self._closed:
@@ -636,10 +639,11 @@ class SqliteLog(Log):
 
     def _maintain(self) -> None:
         last_retention = time.monotonic()
-        while not self._stop.wait(0.5):
+        checkpointed = self._appends
+        while not self._stop.wait(0.2):
             try:
-                wal = self.path.with_name(self.path.name + "-wal")
-                if wal.exists() and wal.stat().st_size > _CHECKPOINT_PAGES * 4096:
+                if self._appends != checkpointed:
+                    checkpointed = self._appends
                     self.checkpoint()
                 if time.monotonic() - last_retention >= self.retention_interval:
                     last_retention = time.monotonic()
