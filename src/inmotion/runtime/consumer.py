@@ -3,9 +3,9 @@ retries, dead letters, idempotency and offset commits.
 
 Delivery is at-least-once: a partition's committed offset is the lowest offset whose handling
 has not finished (succeeded, skipped or dead-lettered), so it never passes unfinished work.
-Each owned partition has a worker with `concurrency` lanes; an event goes to the lane of its
-key, so events of one key are handled in order while different keys run in parallel. A lane
-that waits out a retry backoff holds up only its own key's events.
+Each owned partition has a worker that chains events by key: events of one key are handled
+in order while up to `concurrency` keys run in parallel, and an event waiting out a retry
+backoff holds up only its own key's events (with `concurrency=1`, its whole partition).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import concurrent.futures
 import contextlib
 import logging
 import sqlite3
-import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,7 +43,12 @@ class _Abandon(Exception):
 
 
 class _Worker:
-    """The events of one owned partition, from the fetch position to the commit point."""
+    """The events of one owned partition, from the fetch position to the commit point.
+
+    Events wait in per-key chains: a chain runs its events one after the other, and at most
+    `concurrency` events run at once. With `concurrency=1` every event is in one chain, so
+    the partition is handled strictly in order.
+    """
 
     def __init__(self, consumer: Consumer, tp: TopicPartition, start: int) -> None:
         self.consumer = consumer
@@ -54,29 +58,28 @@ class _Worker:
         self.stopping = asyncio.Event()
         self._unfinished: collections.deque[int] = collections.deque()
         self._finished: set[int] = set()
-        lanes = consumer.subscription.concurrency
-        self._queues: list[asyncio.Queue[Record | None]] = [asyncio.Queue() for _ in range(lanes)]
-        self._lanes = [asyncio.create_task(self._run_lane(q)) for q in self._queues]
-        self._round_robin = 0
+        self._ordered = consumer.subscription.concurrency == 1
+        self._slots = asyncio.Semaphore(consumer.subscription.concurrency)
+        self._chains: dict[object, collections.deque[Record]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def wants_more(self) -> bool:
         return not self.stopping.is_set() and len(self._unfinished) < _BUFFER
 
     def dispatch(self, records: list[Record]) -> None:
-        lanes = len(self._queues)
         for record in records:
-            if record.offset < self.next_fetch:
+            if record.offset < self.next_fetch or self.stopping.is_set():
                 continue
             self._unfinished.append(record.offset)
             self.next_fetch = record.offset + 1
-            if lanes == 1:
-                lane = 0
-            elif record.key is not None:
-                lane = zlib.crc32(record.key) % lanes
+            chain: object = None if self._ordered else (record.key if record.key is not None else record.offset)
+            if chain in self._chains:
+                self._chains[chain].append(record)
             else:
-                self._round_robin += 1
-                lane = self._round_robin % lanes
-            self._queues[lane].put_nowait(record)
+                self._chains[chain] = collections.deque([record])
+                task = asyncio.create_task(self._run_chain(chain))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def commit_point(self, finishing: int | None = None) -> int:
         """The next offset to read once everything finished so far (and `finishing`) is done."""
@@ -89,32 +92,35 @@ class _Worker:
         self._finished.add(offset)
         while self._unfinished and self._unfinished[0] in self._finished:
             self._finished.discard(self._unfinished.popleft())
-        if len(self._unfinished) == _BUFFER // 2:
+        if len(self._unfinished) <= _BUFFER // 2:
             self.consumer.wake.set()
 
-    async def _run_lane(self, queue: asyncio.Queue[Record | None]) -> None:
-        while not self.stopping.is_set():
-            record = await queue.get()
-            if record is None or self.stopping.is_set():
-                return
-            try:
-                await self.consumer.process(record, self)
-            except _Abandon:
-                return
+    async def _run_chain(self, chain: object) -> None:
+        waiting = self._chains[chain]
+        while waiting and not self.stopping.is_set():
+            record = waiting[0]
+            async with self._slots:
+                if self.stopping.is_set():
+                    return
+                try:
+                    await self.consumer.process(record, self)
+                except _Abandon:
+                    return
             self._finish(record.offset)
+            waiting.popleft()
+        if not waiting:
+            del self._chains[chain]
 
     async def drain(self) -> None:
-        """Finish the events being handled, drop the queued ones (they stay uncommitted)."""
+        """Finish the events being handled, drop the waiting ones (they stay uncommitted)."""
         self.stopping.set()
-        for queue in self._queues:
-            queue.put_nowait(None)
-        await asyncio.gather(*self._lanes, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def abort(self) -> None:
         """The partition is gone: stop at once, commit nothing."""
         self.stopping.set()
-        for lane in self._lanes:
-            lane.cancel()
+        for task in self._tasks:
+            task.cancel()
 
 
 class Consumer:

@@ -1,0 +1,280 @@
+"""App: publishing, subscribing, payload decoding, context, filters, metrics, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pydantic
+import pytest
+
+from inmotion import Event
+from inmotion.errors import InvalidConfig, UnknownTopic
+from inmotion.log import TopicConfig, connect
+from inmotion.runtime import App, Context, TypeIs, TypePrefix
+from inmotion.runtime.filters import FilterSpec
+
+from .conftest import Eventually
+
+
+@dataclasses.dataclass
+class PlacedDC:
+    order: str
+    total: float
+
+
+class PlacedModel(pydantic.BaseModel):
+    order: str
+    total: float
+
+
+class PlacedStruct(msgspec.Struct):
+    order: str
+    total: float
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'log.db'}"
+
+
+def test_handlers_get_their_payload_decoded_into_their_annotation(broker: str, eventually: Eventually) -> None:
+    received: dict[str, list[Any]] = {"dc": [], "model": [], "struct": [], "dict": [], "event": [], "plain": []}
+
+    async def scenario() -> None:
+        with App("shop", broker) as app:
+
+            @app.subscribe("orders", group="dc")
+            async def as_dataclass(placed: PlacedDC) -> None:
+                received["dc"].append(placed)
+
+            @app.subscribe("orders", group="model")
+            async def as_model(placed: PlacedModel) -> None:
+                received["model"].append(placed)
+
+            @app.subscribe("orders", group="struct")
+            def as_struct(placed: PlacedStruct) -> None:  # a plain function runs in a thread
+                assert threading.current_thread() is not threading.main_thread()
+                received["struct"].append(placed)
+
+            @app.subscribe("orders", group="dict")
+            async def as_dict(placed: dict[str, Any]) -> None:
+                received["dict"].append(placed)
+
+            @app.subscribe("orders", group="event")
+            async def as_event(event: Event) -> None:
+                received["event"].append(event)
+
+            @app.subscribe("orders", group="plain")
+            async def unannotated(placed):  # type: ignore[no-untyped-def]
+                received["plain"].append(placed)
+
+            await app.start()
+            await app.publish("orders", PlacedDC("o-1", 9.5), key="o-1", type="shop.order.placed", subject="o-1")
+            await eventually(lambda: all(received.values()), what="every handler")
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert received["dc"] == [PlacedDC("o-1", 9.5)]
+    assert received["model"] == [PlacedModel(order="o-1", total=9.5)]
+    assert received["struct"] == [PlacedStruct("o-1", 9.5)]
+    assert received["dict"] == [{"order": "o-1", "total": 9.5}]
+    assert received["plain"] == [{"order": "o-1", "total": 9.5}]
+    event = received["event"][0]
+    assert (event.type, event.source, event.subject, event.key) == ("shop.order.placed", "shop", "o-1", "o-1")
+
+
+def test_context_publish_stamps_correlation_and_causation(broker: str, eventually: Eventually) -> None:
+    seen: list[tuple[Event, dict[str, str], int]] = []
+
+    async def scenario() -> None:
+        with App("billing", broker) as app:
+
+            @app.subscribe("orders", group="billing")
+            async def charge(order: dict[str, str], ctx: Context) -> None:
+                await ctx.publish("payments", {"order": order["id"]}, type="billing.charged")
+
+            @app.subscribe("payments", group="audit")
+            async def audit(event: Event, ctx: Context) -> None:
+                seen.append((event, ctx.headers, ctx.attempt))
+
+            await app.start()
+            first = await app.publish("orders", {"id": "a"}, headers={"tenant": "acme"})
+            second = await app.publish("orders", {"id": "b"}, extensions={"correlationid": "flow-7"})
+            await eventually(lambda: len(seen) == 2)
+            await app.stop()
+            by_order = {e.data["order"]: e for e, _, _ in seen}
+            assert by_order["a"].extensions["causationid"] == first.id
+            assert by_order["a"].extensions["correlationid"] == first.id
+            assert by_order["b"].extensions["causationid"] == second.id
+            assert by_order["b"].extensions["correlationid"] == "flow-7"
+
+    asyncio.run(scenario())
+    assert all(attempt == 1 for _, _, attempt in seen)
+    assert seen[0][1]["ce_type"] == "billing.charged"
+
+
+def test_publish_headers_reach_the_handler(broker: str, eventually: Eventually) -> None:
+    headers: list[dict[str, str]] = []
+
+    async def scenario() -> None:
+        with App("shop", broker) as app:
+
+            @app.subscribe("orders", group="g")
+            async def handle(data: Any, ctx: Context) -> None:
+                headers.append(ctx.headers)
+
+            await app.start()
+            await app.publish("orders", "x", headers={"tenant": "acme"})
+            await eventually(lambda: bool(headers))
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert headers[0]["tenant"] == "acme"
+
+
+def test_filters_by_exact_type_prefix_and_any_matcher(eventually: Eventually) -> None:
+    got: dict[str, list[str]] = {"exact": [], "prefix": [], "star": [], "matcher": [], "function": []}
+
+    class SubjectIs:
+        """Stands in for the router's pattern: anything with matches(event)."""
+
+        def __init__(self, subject: str) -> None:
+            self.subject = subject
+
+        def matches(self, event: Event) -> bool:
+            return event.subject == self.subject
+
+    async def scenario() -> None:
+        with App("shop", "memory://") as app:
+            specs: list[tuple[str, FilterSpec]] = [
+                ("exact", TypeIs("shop.order.placed")),
+                ("prefix", TypePrefix("shop.order.")),
+                ("star", "shop.*"),
+                ("matcher", SubjectIs("vip")),
+                ("function", lambda e: e.type.endswith("shipped")),
+            ]
+            for name, spec in specs:
+
+                async def handle(event: Event, name: str = name) -> None:
+                    got[name].append(event.type)
+
+                app.subscribe("events", group=name, filter=spec)(handle)
+            await app.start()
+            for kind, subject in [("shop.order.placed", "vip"), ("shop.order.shipped", None), ("billing.paid", None)]:
+                await app.publish("events", {}, type=kind, subject=subject)
+            await eventually(lambda: app.metrics.value("inmotion_skipped_total") + sum(map(len, got.values())) == 15)
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert got == {
+        "exact": ["shop.order.placed"],
+        "prefix": ["shop.order.placed", "shop.order.shipped"],
+        "star": ["shop.order.placed", "shop.order.shipped"],
+        "matcher": ["shop.order.placed"],
+        "function": ["shop.order.shipped"],
+    }
+
+
+def test_concurrent_publishes_are_batched_into_few_appends(tmp_path: Path) -> None:
+    appends: list[int] = []
+
+    async def scenario() -> None:
+        with App("shop", f"sqlite:///{tmp_path / 'log.db'}") as app:
+            app.log.create_topic("orders", TopicConfig(partitions=4))
+            original = app.log.append
+
+            def counting(topic: str, messages: Any) -> Any:
+                appends.append(len(messages))
+                return original(topic, messages)
+
+            app.log.append = counting  # type: ignore[method-assign]
+            events = await asyncio.gather(*(app.publish("orders", {"n": n}, key=str(n)) for n in range(2000)))
+            assert len({e.id for e in events}) == 2000
+            total = sum(p.latest for p in app.log.describe_topic("orders").partitions)
+            assert total == 2000
+
+    asyncio.run(scenario())
+    assert sum(appends) == 2000
+    assert len(appends) <= 10
+
+
+def test_publish_sync_works_without_an_event_loop(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    with App("script", url) as app:
+        event = app.publish_sync("orders", {"n": 1}, key="k", type="shop.order.placed")
+    with connect(url) as log:
+        records = [r for p in range(log.partition_count("orders")) for r in log.read("orders", p, 0)]
+    assert [r.event().id for r in records] == [event.id]
+    assert records[0].event().type == "shop.order.placed"
+
+
+def test_topics_are_created_on_first_use_unless_disabled() -> None:
+    with App("a", "memory://", topic_config=TopicConfig(partitions=3)) as app:
+        app.publish_sync("fresh", 1)
+        assert app.log.partition_count("fresh") == 3
+    with App("b", "memory://", topic_config=None) as app, pytest.raises(UnknownTopic):
+        app.publish_sync("fresh", 1)
+
+
+def test_metrics_are_readable_in_prometheus_text(eventually: Eventually) -> None:
+    async def scenario() -> str:
+        with App("shop", "memory://") as app:
+
+            @app.subscribe("orders", group="g")
+            async def handle(data: Any) -> None:
+                pass
+
+            await app.start()
+            for n in range(3):
+                await app.publish("orders", n)
+            await eventually(lambda: app.metrics.value("inmotion_consumed_total") == 3)
+            await app.stop()
+            return app.prometheus()
+
+    text = asyncio.run(scenario())
+    assert 'inmotion_published_total{topic="orders"} 3' in text
+    assert 'inmotion_consumed_total{group="g",topic="orders"} 3' in text
+    assert "# TYPE inmotion_lag gauge" in text
+    assert "# TYPE inmotion_dead_lettered_total counter" in text
+
+
+def test_bad_subscriptions_are_refused_with_a_clear_error() -> None:
+    with App("shop", "memory://") as app:
+        with pytest.raises(InvalidConfig, match="first parameter"):
+            app.subscribe("orders")(lambda: None)
+        with pytest.raises(InvalidConfig, match="concurrency"):
+            app.subscribe("orders", concurrency=0)(lambda data: None)
+        with pytest.raises(InvalidConfig, match="invalid topic name"):
+            app.subscribe("bad topic!")(lambda data: None)
+        with pytest.raises(InvalidConfig, match="idempotent"):
+            app.subscribe("orders", transaction=True)(lambda data: None)
+        with pytest.raises(InvalidConfig, match="filter"):
+            app.subscribe("orders", filter=42)(lambda data: None)  # type: ignore[arg-type]
+
+        def handler(data: Any, ctx: Context) -> None:
+            pass
+
+        app.subscribe("orders", group="g")(handler)
+        with pytest.raises(InvalidConfig, match="already has a subscription"):
+            app.subscribe("other", group="g")(handler)
+
+        def two_payloads(data: Any, other: int) -> None:
+            pass
+
+        with pytest.raises(InvalidConfig, match="neither the payload nor a Context"):
+            app.subscribe("orders")(two_payloads)
+
+    async def scenario() -> None:
+        with App("x", "memory://") as app:
+            app.subscribe("orders", idempotent=True, transaction=True)(lambda data: None)
+            await app.run(asyncio.Event())
+
+    with pytest.raises(InvalidConfig, match="transaction=True needs the sqlite backend"):
+        asyncio.run(scenario())
+    with pytest.raises(InvalidConfig, match="unknown broker URL"):
+        App("x", "nope://")

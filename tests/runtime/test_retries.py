@@ -1,0 +1,233 @@
+"""Retries with backoff (on a fake clock), dead-letter topics and redrive."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inmotion.errors import InvalidConfig
+from inmotion.log import TopicConfig, partition_for_key
+from inmotion.runtime import App, Context, DeadLetter, FakeClock, Retry
+from inmotion.runtime.deadletter import entries, redrive
+
+from .conftest import Eventually
+
+INMOTION = str(Path(sys.executable).with_name("inmotion"))
+
+
+class Broken(Exception):
+    pass
+
+
+class Fatal(Exception):
+    pass
+
+
+def test_retry_policy_backoff_doubles_caps_and_jitters() -> None:
+    policy = Retry(attempts=6, backoff=0.5, max_backoff=3, jitter=False)
+    assert [policy.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3, 3]
+    jittered = Retry(backoff=1.0, max_backoff=30)
+    assert all(1.0 <= jittered.delay(2) <= 2.0 for _ in range(100))
+    assert len({jittered.delay(3) for _ in range(20)}) > 1
+    skip = Retry(attempts=3, give_up_on=(Fatal,))
+    assert skip.should_retry(Broken(), 1)
+    assert not skip.should_retry(Broken(), 3)
+    assert not skip.should_retry(Fatal(), 1)
+    bad_options: list[dict[str, Any]] = [{"attempts": 0}, {"backoff": -1}, {"give_up_on": (42,)}]
+    for bad in bad_options:
+        with pytest.raises(InvalidConfig):
+            Retry(**bad)
+
+
+def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven(
+    tmp_path: Path, eventually: Eventually
+) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    clock = FakeClock()
+    fixed = False
+    handled: list[tuple[str, int]] = []
+
+    async def scenario() -> None:
+        nonlocal fixed
+        with App("billing", url, clock=clock) as app:
+            app.log.create_topic("orders", TopicConfig(partitions=2))
+
+            @app.subscribe("orders", group="billing", retry=Retry(attempts=4, backoff=0.5, jitter=False))
+            async def charge(order: dict[str, Any], ctx: Context) -> None:
+                if order["poison"] and not fixed:
+                    raise Broken(f"cannot charge {order['id']}")
+                handled.append((order["id"], ctx.attempt))
+
+            await app.start()
+            poison = await app.publish("orders", {"id": "bad", "poison": True}, key="k1", type="shop.order.placed")
+            for n in range(5):
+                await app.publish("orders", {"id": f"ok{n}", "poison": False}, key="k1")
+            await eventually(lambda: len(handled) == 5, what="the good events")
+            await app.stop()
+            assert clock.sleeps == [0.5, 1.0, 2.0]
+            assert app.metrics.value("inmotion_failed_total") == 4
+            assert app.metrics.value("inmotion_retried_total") == 3
+            assert app.metrics.value("inmotion_dead_lettered_total") == 1
+            assert app.log.committed("billing", "orders") == {
+                p: app.log.latest_offset("orders", p) for p in range(2) if app.log.latest_offset("orders", p)
+            }
+
+            [entry] = list(entries(app.log, "billing.dlq"))
+            assert entry.event() == poison.replace(
+                data={"id": "bad", "poison": True}, datacontenttype="application/json"
+            )
+            assert entry.error["error_type"].endswith("test_retries.Broken")
+            assert entry.error["error_message"] == "cannot charge bad"
+            assert "raise Broken" in entry.error["error_traceback"]
+            assert entry.error["attempts"] == "4"
+            assert (entry.error["topic"], entry.error["group"]) == ("orders", "billing")
+            assert entry.error["offset"] == "0"
+            assert entry.error["time"].endswith("Z")
+
+            fixed = True
+            result = await asyncio.to_thread(
+                subprocess.run,
+                [INMOTION, "dlq", "redrive", "billing.dlq", "--broker", url],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "INMOTION_BROKER": ""},
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stderr
+            assert "redrove 1 event(s)" in result.stdout
+            await app.start()
+            await eventually(lambda: len(handled) == 6, what="the redriven event")
+            await app.stop()
+            assert redrive(app.log, "billing.dlq") == []  # each entry is redriven once
+
+    asyncio.run(scenario())
+    assert handled[-1] == ("bad", 1)
+    assert [h[0] for h in handled[:5]] == [f"ok{n}" for n in range(5)]
+
+
+def keys_in_different_partitions(partitions: int) -> tuple[str, str]:
+    first = "key-0"
+    other = next(
+        k
+        for k in (f"key-{n}" for n in range(1, 100))
+        if partition_for_key(k.encode(), partitions) != partition_for_key(first.encode(), partitions)
+    )
+    return first, other
+
+
+def test_a_backoff_holds_only_its_own_partition(eventually: Eventually) -> None:
+    clock = FakeClock(autojump=False)
+    handled: list[str] = []
+    failures = 0
+    slow, other = keys_in_different_partitions(2)
+
+    async def scenario() -> None:
+        with App("billing", "memory://", clock=clock) as app:
+            app.log.create_topic("orders", TopicConfig(partitions=2))
+
+            @app.subscribe("orders", group="g", retry=Retry(attempts=3, backoff=10, jitter=False))
+            async def charge(order: dict[str, str]) -> None:
+                nonlocal failures
+                if order["id"] == "bad" and failures < 1:
+                    failures += 1
+                    raise Broken("once")
+                handled.append(order["id"])
+
+            await app.start()
+            await app.publish("orders", {"id": "bad"}, key=slow)
+            await eventually(lambda: clock.sleeping == 1, what="the backoff to start")
+            await app.publish("orders", {"id": "other"}, key=other)
+            await app.publish("orders", {"id": "same-partition"}, key=slow)
+            await eventually(lambda: handled == ["other"], what="the other partition")
+            await asyncio.sleep(0.2)
+            assert handled == ["other"]  # the failed event's partition waits, in order
+            clock.advance(10)
+            await eventually(lambda: handled == ["other", "bad", "same-partition"], what="the retry")
+            await app.stop()
+
+    asyncio.run(scenario())
+
+
+def test_concurrency_lets_other_keys_pass_a_backoff_and_commits_only_the_finished_prefix(
+    eventually: Eventually,
+) -> None:
+    clock = FakeClock(autojump=False)
+    handled: list[str] = []
+
+    async def scenario() -> None:
+        with App("billing", "memory://", clock=clock, commit_interval=0.01) as app:
+            app.log.create_topic("orders", TopicConfig(partitions=1))
+            failed: set[str] = set()
+
+            @app.subscribe("orders", group="g", concurrency=8, retry=Retry(attempts=2, backoff=5, jitter=False))
+            async def charge(order: dict[str, str]) -> None:
+                if order["id"] == "bad" and "bad" not in failed:
+                    failed.add("bad")
+                    raise Broken("once")
+                handled.append(order["id"])
+
+            await app.start()
+            await app.publish("orders", {"id": "bad"}, key="slow")
+            await eventually(lambda: clock.sleeping == 1)
+            for n in range(20):
+                await app.publish("orders", {"id": f"k{n}"}, key=f"key-{n}")
+            await app.publish("orders", {"id": "after-bad"}, key="slow")
+            await eventually(lambda: len(handled) == 20, what="the other keys")
+            await asyncio.sleep(0.2)
+            assert "after-bad" not in handled  # same key: waits for its predecessor
+            assert app.log.committed("g", "orders").get(0, 0) == 0  # offset 0 is unfinished
+            clock.advance(5)
+            await eventually(lambda: len(handled) == 22, what="the retried key")
+            assert handled[-2:] == ["bad", "after-bad"]
+            await eventually(lambda: app.log.committed("g", "orders") == {0: 22}, what="the commit")
+            await app.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_event_that_does_not_fit_the_annotation_is_dead_lettered_at_once(eventually: Eventually) -> None:
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        with App("billing", "memory://", clock=clock) as app:
+
+            @app.subscribe("orders", group="g", retry=Retry(attempts=5), dead_letter="bad-orders")
+            async def charge(order: dict[str, int]) -> None:
+                pass
+
+            await app.start()
+            await app.publish("orders", "not a dict")
+            await eventually(lambda: app.metrics.value("inmotion_dead_lettered_total") == 1)
+            await app.stop()
+            [entry] = list(entries(app.log, "bad-orders"))
+            assert entry.error["error_type"] == "inmotion.errors.InvalidEvent"
+            assert entry.error["attempts"] == "1"
+
+    asyncio.run(scenario())
+    assert clock.sleeps == []
+
+
+def test_give_up_on_skips_retrying(eventually: Eventually) -> None:
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        with App("billing", "memory://", clock=clock) as app:
+
+            @app.subscribe("orders", group="g", retry=Retry(attempts=5, give_up_on=(Fatal,)))
+            async def charge(order: Any) -> None:
+                raise Fatal("no point")
+
+            await app.start()
+            await app.publish("orders", 1)
+            await eventually(lambda: app.metrics.value("inmotion_dead_lettered_total") == 1)
+            await app.stop()
+            assert isinstance(next(entries(app.log, "g.dlq")), DeadLetter)
+
+    asyncio.run(scenario())
+    assert clock.sleeps == []
