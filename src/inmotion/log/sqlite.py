@@ -401,25 +401,28 @@ class SqliteLog(Log):
                 (topic_id, target),
             ).fetchone()
             state[target] = [next_offset, max(last_ts, now), log_id, 0]
-        rows = []
-        positions = []
-        encode = _headers_encoder.encode
-        count_bytes = config.retention_bytes is not None  # only size-bounded topics pay for it
-        for (value, key, headers, _), target in zip(messages, targets, strict=True):
+        offsets = []
+        for target in targets:
             part = state[target]
-            offset = part[0]
-            part[0] = offset + 1
-            blob = encode(headers) if headers else None
-            rows.append(((part[2] << OFFSET_BITS) + offset, part[1], key, value, blob))
-            positions.append(Position(target, offset))
-            if count_bytes:
-                part[3] += len(key or b"") + len(value or b"") + len(blob or b"")
+            offsets.append(part[0])
+            part[0] += 1
+        bases = {target: part[2] << OFFSET_BITS for target, part in state.items()}
+        stamps = {target: part[1] for target, part in state.items()}
+        encode = _headers_encoder.encode
+        rows = [
+            (bases[target] + offset, stamps[target], m[1], m[0], encode(m[2]) if m[2] else None)
+            for m, target, offset in zip(messages, targets, offsets, strict=True)
+        ]
+        if config.retention_bytes is not None:  # only size-bounded topics pay for counting bytes
+            for (_, _, key, value, blob), target in zip(rows, targets, strict=True):
+                state[target][3] += len(key or b"") + len(value or b"") + len(blob or b"")
         conn.executemany("INSERT INTO records (id, timestamp, key, value, headers) VALUES (?, ?, ?, ?, ?)", rows)
         conn.executemany(
             "UPDATE partitions SET next_offset = ?, last_timestamp = ?, bytes = bytes + ? WHERE log_id = ?",
             [(n, ts, size, log_id) for n, ts, log_id, size in state.values()],
         )
-        return positions
+        make = tuple.__new__  # Position's own __new__ costs twice as much
+        return [make(Position, position) for position in zip(targets, offsets, strict=True)]
 
     # --- read -----------------------------------------------------------------------------
     def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:
