@@ -219,17 +219,14 @@ def dlq_list(
     if not found:
         typer.echo("no dead-lettered events")
         return
-    console = Console()
-    table = Table("dlq", "offset", "from", "type", "id", "attempts", "error", box=None)
     for d in found:
-        origin = f"{d.get('topic')}/{d.get('partition')}@{d.get('offset')}"
-        error = f"{str(d.get('error_type', '')).rsplit('.', 1)[-1]}: {d.get('error_message', '')}"
-        table.add_row(
-            str(d["dlq"]), str(d["dlq_offset"]), origin, str(d["type"]), str(d["id"]), str(d.get("attempts")), error
+        error_type = str(d.get("error_type", "")).rsplit(".", 1)[-1]
+        typer.echo(
+            f"{d['dlq']}@{d['dlq_offset']}  from {d.get('topic')}/{d.get('partition')}@{d.get('offset')}"
+            f"  {d['type']}  {d['id']}  attempts={d.get('attempts')}  {error_type}: {d.get('error_message', '')}"
         )
         if traceback:
-            table.add_row("", "", "", "", "", "", str(d["error_traceback"]))
-    console.print(table)
+            typer.echo("    " + str(d["error_traceback"]).rstrip().replace("\n", "\n    "))
 
 
 @dlq_app.command("redrive")

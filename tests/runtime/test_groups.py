@@ -1,0 +1,192 @@
+"""Consumer-group coordination: the deal, leases, hand-over, expiry, dedupe records."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inmotion.errors import InvalidConfig
+from inmotion.log import TopicConfig, connect
+from inmotion.runtime import App, Context, TopicPartition
+from inmotion.runtime.coordination import Coordinator, MemoryCoordinator, SqliteCoordinator, deal
+
+from .conftest import Eventually
+
+
+def tps(topic: str, *partitions: int) -> frozenset[TopicPartition]:
+    return frozenset(TopicPartition(topic, p) for p in partitions)
+
+
+def test_deal_spreads_each_topics_partitions_round_robin_over_its_members() -> None:
+    wanted = deal({"a": 4, "b": 1}, {"m2": ["a"], "m1": ["a", "b"], "m3": []})
+    assert wanted == {"m1": set(tps("a", 0, 2) | tps("b", 0)), "m2": set(tps("a", 1, 3)), "m3": set()}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def coordinator(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "memory":
+        yield MemoryCoordinator()
+        return
+    with connect(f"sqlite:///{tmp_path / 'log.db'}"):
+        coordinator = SqliteCoordinator(tmp_path / "log.db")
+        yield coordinator
+        coordinator.close()
+
+
+def test_a_joining_member_gets_partitions_only_after_the_owner_releases_them(coordinator: Coordinator) -> None:
+    a = coordinator.join("g", {"t": 4}, member_id="a")
+    assert a.heartbeat().owned == tps("t", 0, 1, 2, 3)
+    b = coordinator.join("g", {"t": 4}, member_id="b")
+    first = b.heartbeat()
+    assert first.owned == frozenset()  # a still holds everything
+    handover = a.heartbeat()
+    assert handover.revoke == tps("t", 1, 3)
+    assert handover.owned == tps("t", 0, 1, 2, 3)  # held until released
+    a.release(handover.revoke)
+    assert b.heartbeat().owned == tps("t", 1, 3)
+    assert a.heartbeat().owned == tps("t", 0, 2)
+    assert coordinator.owners("g") == {TopicPartition("t", p): "ab"[p % 2] for p in range(4)}
+    assert [m.member_id for m in coordinator.members("g")] == ["a", "b"]
+    b.leave()
+    assert a.heartbeat().owned == tps("t", 0, 1, 2, 3)
+    assert coordinator.groups() == ["g"]
+
+
+def test_a_silent_member_loses_its_partitions_after_the_session_timeout(coordinator: Coordinator) -> None:
+    a = coordinator.join("g", {"t": 2}, member_id="a", session_timeout=0.3)
+    b = coordinator.join("g", {"t": 2}, member_id="b", session_timeout=0.3)
+    a.heartbeat()
+    b.heartbeat()
+    a.release(a.heartbeat().revoke)
+    assert a.heartbeat().owned == tps("t", 0)
+    assert b.heartbeat().owned == tps("t", 1)
+    time.sleep(0.2)
+    assert b.heartbeat().owned == tps("t", 1)  # a is late but not gone yet
+    time.sleep(0.2)
+    assert b.heartbeat().owned == tps("t", 0, 1)
+    assert [m.member_id for m in coordinator.members("g", 0.3)] == ["b"]
+    # a comes back: it holds nothing until b hands partition 0 over
+    assert a.heartbeat().owned == frozenset()
+
+
+def test_dedupe_records_are_kept_per_group_and_pruned_by_age(coordinator: Coordinator) -> None:
+    coordinator.remember("g", [("src", "1"), ("src", "2")])
+    assert coordinator.seen("g", [("src", "1"), ("src", "3")]) == {("src", "1")}
+    assert coordinator.seen("other", [("src", "1")]) == set()
+    assert coordinator.forget_before("g", int(time.time() * 1000) + 1000) == 2
+    assert coordinator.seen("g", [("src", "1")]) == set()
+
+
+def test_session_timeout_is_checked() -> None:
+    with pytest.raises(InvalidConfig, match="session_timeout"):
+        MemoryCoordinator().join("g", {"t": 1}, session_timeout=0)
+    with pytest.raises(InvalidConfig, match="session_timeout"):
+        App("x", "memory://", session_timeout=-1)
+
+
+def test_two_apps_in_one_group_split_partitions_and_hand_over_without_loss(
+    tmp_path: Path, eventually: Eventually
+) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    handled: dict[str, list[int]] = {"one": [], "two": []}
+
+    def make(name: str) -> App:
+        app = App(name, url, session_timeout=1.0)
+
+        @app.subscribe("orders", group="billing")
+        async def charge(order: dict[str, int], ctx: Context) -> None:
+            handled[name].append(order["n"])
+
+        return app
+
+    async def scenario() -> None:
+        with make("one") as one, make("two") as two:
+            one.log.create_topic("orders", TopicConfig(partitions=4))
+            await one.start()
+            for n in range(100):
+                await one.publish("orders", {"n": n}, key=str(n))
+            await eventually(lambda: len(handled["one"]) == 100)
+            await two.start()
+            await eventually(lambda: len(set(one.coordinator.owners("billing").values())) == 2, what="a split")
+            for n in range(100, 400):
+                await one.publish("orders", {"n": n}, key=str(n))
+            await eventually(lambda: len(set(handled["one"]) | set(handled["two"])) == 400)
+            assert handled["two"], "the second member got no partitions"
+            await one.stop()
+            await eventually(lambda: len(one.coordinator.owners("billing")) == 4, what="the survivor to take all")
+            assert set(one.coordinator.owners("billing").values()) == {two.coordinator.members("billing")[0].member_id}
+            for n in range(400, 500):
+                await two.publish("orders", {"n": n}, key=str(n))
+            await eventually(lambda: len(set(handled["one"]) | set(handled["two"])) == 500)
+            await two.stop()
+
+    asyncio.run(scenario())
+
+
+def test_idempotent_subscriptions_skip_events_they_already_handled(tmp_path: Path, eventually: Eventually) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    handled: list[str] = []
+
+    async def scenario() -> None:
+        with App("billing", url) as app:
+
+            @app.subscribe("orders", group="billing", idempotent=True)
+            async def charge(order: dict[str, str]) -> None:
+                handled.append(order["id"])
+
+            await app.start()
+            event = await app.publish("orders", {"id": "a"}, key="a")
+            await app.publish("orders", event)  # a producer's retry: same source and id
+            await app.publish("orders", {"id": "b"}, key="a")
+            await eventually(lambda: app.metrics.value("inmotion_skipped_total") == 1)
+            await eventually(lambda: len(handled) == 2)
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert handled == ["a", "b"]
+
+
+def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(
+    tmp_path: Path, eventually: Eventually
+) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    path = tmp_path / "log.db"
+    calls: list[int] = []
+
+    async def scenario() -> None:
+        with App("ledger", url) as app:
+            with sqlite3.connect(path) as setup:
+                setup.execute("CREATE TABLE balances (account TEXT PRIMARY KEY, amount INTEGER)")
+
+            @app.subscribe("payments", group="ledger", idempotent=True, transaction=True)
+            def book(payment: dict[str, Any], ctx: Context) -> None:
+                assert ctx.db is not None
+                calls.append(payment["amount"])
+                ctx.db.execute(
+                    "INSERT INTO balances VALUES (?, ?) ON CONFLICT (account) DO UPDATE SET amount = amount + ?",
+                    (payment["account"], payment["amount"], payment["amount"]),
+                )
+                ctx.publish_sync("booked", {"account": payment["account"]})
+                if payment["amount"] == 13 and calls.count(13) == 1:
+                    raise RuntimeError("unlucky: the write above must roll back")
+
+            await app.start()
+            first = await app.publish("payments", {"account": "x", "amount": 5}, key="x")
+            await app.publish("payments", first)  # a duplicate delivery
+            await app.publish("payments", {"account": "x", "amount": 13}, key="x")
+            await eventually(lambda: app.metrics.value("inmotion_consumed_total") == 2)
+            await eventually(lambda: sum(p.latest for p in app.log.describe_topic("booked").partitions) == 2)
+            await app.stop()
+            with sqlite3.connect(path) as check:
+                assert check.execute("SELECT amount FROM balances").fetchall() == [(18,)]
+                positions = check.execute("SELECT grp, topic, offset FROM grp_positions").fetchall()
+            assert positions[0][:2] == ("ledger", "payments")
+            assert sum(o for _, _, o in positions) == 3
+
+    asyncio.run(scenario())
+    assert calls == [5, 13, 13]
