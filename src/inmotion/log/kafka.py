@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import itertools
 import logging
 import threading
@@ -39,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from types import MethodType
 from typing import Any, TypeVar
 
 from confluent_kafka import (
@@ -84,6 +84,7 @@ _logger = logging.getLogger("inmotion.log.kafka")
 
 _OPTIONS = {"timeout", "delivery_timeout", "linger_ms", "readers", "client_id"}
 _IDLE_WAITERS = 4
+_PARTITION_EOF = KafkaError._PARTITION_EOF
 _EARLIEST: Any = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 _LATEST: Any = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
@@ -198,36 +199,50 @@ def _result(future: Future[T], doing: str, timeout: float, topic: str | None = N
 
 
 class _Delivery:
-    """The delivery reports of one `append`: each record's position, or the first error."""
+    """The delivery reports of one `append`: the delivered message of each record, in order."""
 
-    __slots__ = ("_counter", "_last", "done", "error", "positions")
+    __slots__ = ("delivered", "report")
 
     def __init__(self, count: int) -> None:
-        self.positions: list[Position | None] = [None] * count
-        self.error: KafkaError | None = None
-        self._counter = itertools.count()
-        self._last = count - 1
-        self.done = count == 0
+        delivered: list[Any] = [None] * count
 
-    def report(self, index: int, error: KafkaError | None, msg: Any) -> None:
-        if error is not None:
-            if self.error is None:
-                self.error = error
-        else:
-            self.positions[index] = Position(msg.partition(), msg.offset())
-        # next() on a count is atomic, so reports served by several polling threads add up
-        if next(self._counter) == self._last:
-            self.done = True
+        def report(index: int, _error: object, msg: Any) -> None:
+            # the hot path of append (once per record): a store, nothing else; the delivered
+            # message carries its error, partition and offset
+            delivered[index] = msg
+
+        self.delivered = delivered
+        self.report = report
+
+    @property
+    def done(self) -> bool:
+        return None not in self.delivered
+
+    def error(self) -> KafkaError | None:
+        return next((error for msg in self.delivered if (error := msg.error()) is not None), None)
+
+    def positions(self) -> list[Position]:
+        # Position is a named tuple: tuple.__new__ skips its Python-level __new__ (half the cost)
+        new = tuple.__new__
+        return [new(Position, (msg.partition(), msg.offset())) for msg in self.delivered]
 
 
 class _Reader:
-    """A consumer assigned one partition, remembering where it is so in-order reads stream."""
+    """A consumer assigned one partition, remembering where it is so in-order reads stream.
+
+    `read` returns what the partition held when it was called, up to `limit`: it waits for
+    fetches while the consumer is below the high watermark. The consumer's end-of-partition
+    events say when it has fetched up to the watermark, which also covers offsets that hold no
+    record (transaction markers, compacted gaps).
+    """
 
     def __init__(self, config: dict[str, Any], topic: str, partition: int) -> None:
-        self.consumer = Consumer(config)
+        self.consumer = Consumer({**config, "enable.partition.eof": True})
         self.topic = topic
         self.partition = partition
         self.position = -1
+        self.end = -1
+        """The high watermark at the consumer's last end-of-partition event."""
         self.lock = threading.Lock()
         self.closed = False
 
@@ -235,29 +250,29 @@ class _Reader:
         consumer = self.consumer
         tp = TopicPartition(self.topic, self.partition)
         if offset != self.position:
+            # random access: nothing to assign for at or past the end (an offset past the
+            # end would make the consumer reset to the earliest offset)
+            _, high = self._watermarks(tp, timeout)
+            if offset >= high:
+                return []
             consumer.assign([TopicPartition(self.topic, self.partition, offset)])
             self.position = offset
+            self.end = -1
         records = self._records(consumer.consume(limit, 0))
-        if records:
-            return records
-        # Nothing fetched yet: is there anything at or past `offset`? The cached high watermark
-        # answers for free when it says yes; otherwise ask the broker.
+        # Where the partition ended when we were called: the cached high watermark (from the
+        # last fetch) when it is ahead of us, else the broker's answer.
         _, high = consumer.get_watermark_offsets(tp, cached=True)
-        if high <= offset:
+        if self.position >= high:
             _, high = self._watermarks(tp, timeout)
-            if high <= offset:
-                return []
         deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
+        while len(records) < limit and self.position < high and self.end < high:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             first = consumer.consume(1, remaining)
-            if first:
-                records = self._records(first)
-                if limit > 1:
-                    records += self._records(consumer.consume(limit - 1, 0))
-                if records:
-                    return records
-        # the records below the watermark were control records or removed by compaction
-        return []
+            more = limit - len(records) - 1
+            records += self._records(first + consumer.consume(more, 0) if first and more else first)
+        return records
 
     def _watermarks(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
         try:
@@ -270,25 +285,34 @@ class _Reader:
         return low, high
 
     def _records(self, messages: list[Any]) -> list[Record]:
-        topic = self.topic
-        records = []
+        topic, partition = self.topic, self.partition
+        new = tuple.__new__  # Record is a named tuple: this skips its Python-level __new__
+        records: list[Record] = []
+        append = records.append
         for msg in messages:
             error = msg.error()
             if error is not None:
-                if error.code() in _UNKNOWN_TOPIC:
+                code = error.code()
+                if code == _PARTITION_EOF:
+                    self.end = msg.offset()
+                elif code in _UNKNOWN_TOPIC:
                     raise translate(error, f"reading {topic}", topic)
-                _logger.debug("reading %s[%d]: %s", topic, self.partition, error)
+                else:
+                    _logger.debug("reading %s[%d]: %s", topic, partition, error)
                 continue
             headers = msg.headers()
-            records.append(
-                Record(
-                    topic,
-                    msg.partition(),
-                    msg.offset(),
-                    msg.timestamp()[1],
-                    msg.key(),
-                    msg.value(),
-                    tuple(headers) if headers else (),
+            append(
+                new(
+                    Record,
+                    (
+                        topic,
+                        partition,
+                        msg.offset(),
+                        msg.timestamp()[1],
+                        msg.key(),
+                        msg.value(),
+                        tuple(headers) if headers else (),
+                    ),
                 )
             )
         if records:
@@ -528,36 +552,28 @@ class KafkaLog(Log):
     # --- records --------------------------------------------------------------------------
     def append(self, topic: str, messages: Sequence[Message]) -> list[Position]:
         count = self._partition_count(topic)
-        targets = []
-        for message in messages:
-            if message.partition is not None:
-                if not 0 <= message.partition < count:
-                    raise UnknownPartition(topic, message.partition)
-                targets.append(message.partition)
-            elif message.key is not None:
-                targets.append(-1)  # librdkafka's murmur2_random picks, as Kafka's Java client would
-            else:
-                targets.append(next(self._spread) % count)
+        for message in messages:  # first, so that a bad partition leaves nothing written
+            if message.partition is not None and not 0 <= message.partition < count:
+                raise UnknownPartition(topic, message.partition)
         delivery = _Delivery(len(messages))
         report = delivery.report
         producer = self._producer
         produce = producer.produce
-        partial = functools.partial
+        bind = MethodType  # report bound to an index: cheaper to make and call than a partial
+        spread = self._spread
         with self._lock:
             self._appending += 1
         try:
-            for index, (message, target) in enumerate(zip(messages, targets, strict=True)):
-                headers = message.headers
+            # the hot loop: Message is a named tuple, so unpacking it is the cheapest access
+            for index, (value, key, headers, partition) in enumerate(messages):
+                if partition is None:
+                    # keyed: librdkafka's murmur2_random picks, as Kafka's Java client would
+                    partition = -1 if key is not None else next(spread) % count
+                on_delivery = bind(report, index)
+                header_list: Any = list(headers) if headers else None
                 while True:
                     try:
-                        produce(
-                            topic,
-                            message.value,
-                            message.key,
-                            target,
-                            on_delivery=partial(report, index),
-                            headers=list(headers) if headers else None,
-                        )
+                        produce(topic, value, key, partition, on_delivery=on_delivery, headers=header_list)
                         break
                     except BufferError:  # the local queue is full: let deliveries drain it
                         producer.poll(0.05)
@@ -565,11 +581,12 @@ class KafkaLog(Log):
         finally:
             with self._lock:
                 self._appending -= 1
-        if delivery.error is not None:
-            if delivery.error.code() in _UNKNOWN_TOPIC:
+        error = delivery.error()
+        if error is not None:
+            if error.code() in _UNKNOWN_TOPIC:
                 self._forget(topic)
-            raise translate(delivery.error, f"appending to {topic}", topic)
-        return delivery.positions  # type: ignore[return-value]
+            raise translate(error, f"appending to {topic}", topic)
+        return delivery.positions()
 
     def _await_delivery(self, delivery: _Delivery) -> None:
         producer = self._producer

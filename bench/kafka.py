@@ -1,0 +1,313 @@
+"""The Kafka backend next to raw confluent-kafka on the same broker, measured in the same run.
+
+    scripts/kafka up
+    .venv/bin/python bench/kafka.py            # 1,000,000 events of ~200 bytes
+    .venv/bin/python bench/kafka.py --quick    # 100,000 events, 3 s of latency: a smoke run
+
+Every record is a CloudEvent in the Kafka binary binding (ce_* headers, a key, a JSON value),
+about 200 bytes in all, built before the clock starts; both sides send the same bytes.
+
+Produce: `KafkaLog.append` in batches of 10,000 (each returns after its delivery reports) next
+to a raw confluent-kafka `Producer` with the same settings (idempotence, acks=all, linger 5 ms,
+murmur2_random) producing every record and flushing once at the end, without delivery callbacks.
+Consume: `KafkaLog.read` over each partition in order, a `Record` per message, next to a raw
+`Consumer` assigned the partitions, reading each message's value and headers.
+Latency: a producer appends 10,000 events/s in batches of 50 every 5 ms while a consumer waits
+and reads them; each record carries its send time, the p50/p99 is of (received - sent).
+Targets: produce and consume >= 0.8x raw confluent-kafka.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+import inmotion
+from inmotion.log import Message, TopicConfig
+from inmotion.log.kafka import KafkaLog
+
+BATCH = 10_000
+READ_LIMIT = 5_000
+RATE = 10_000
+TICK = 0.005
+
+Row = tuple[bytes, tuple[tuple[str, bytes], ...], bytes]
+
+
+def rows(count: int) -> list[Row]:
+    body = b'{"order_id":"o-%08d","customer":"c-%05d","sku":"SKU-%04d","quantity":%d,"total":%d.95}'
+    out: list[Row] = []
+    for i in range(count):
+        headers = (
+            ("ce_specversion", b"1.0"),
+            ("ce_id", b"%032x" % i),
+            ("ce_source", b"/shop"),
+            ("ce_type", b"shop.order.placed"),
+            ("content-type", b"application/json"),
+        )
+        out.append((b"o-%08d" % i, headers, body % (i, i % 50_000, i % 9_999, i % 7 + 1, i % 500)))
+    return out
+
+
+def timed(label: str, count: int, work: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    work()
+    elapsed = time.perf_counter() - start
+    rate = count / elapsed
+    print(f"  {label:<44} {rate:>12,.0f} events/s  ({elapsed:.2f}s)", flush=True)
+    return rate
+
+
+def producer_config(bootstrap: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "partitioner": "murmur2_random",
+        "queue.buffering.max.messages": 1_000_000,
+    }
+
+
+def raw_produce(bootstrap: str, topic: str, data: list[Row], callbacks: bool) -> None:
+    """Fire and forget with one flush at the end, or with the least delivery callback that
+    tells a record's fate (what an application needs to know that each record was stored)."""
+    producer = Producer(producer_config(bootstrap))
+    produce = producer.produce
+    failed: list[object] = []
+
+    def delivered(error: object, _msg: object) -> None:
+        if error is not None:
+            failed.append(error)
+
+    extra: dict[str, Any] = {"on_delivery": delivered} if callbacks else {}
+    for key, headers, value in data:
+        while True:
+            try:
+                produce(topic, value, key, headers=list(headers), **extra)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120) or failed:
+        raise RuntimeError("raw producer: records not delivered")
+
+
+def log_produce(log: KafkaLog, topic: str, messages: list[Message], threads: int) -> None:
+    """Batches of BATCH appended by `threads` threads: while one waits for its delivery
+    reports, another produces (each thread's batches stay in order)."""
+    batches = [messages[start : start + BATCH] for start in range(0, len(messages), BATCH)]
+
+    def work(mine: list[list[Message]]) -> None:
+        for batch in mine:
+            log.append(topic, batch)
+
+    workers = [threading.Thread(target=work, args=(batches[i::threads],)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def raw_consume(bootstrap: str, topic: str, partitions: int, count: int) -> None:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    seen = 0
+    while seen < count:
+        for msg in consumer.consume(READ_LIMIT, 1.0):
+            if msg.error() is None:
+                msg.value()
+                msg.headers()
+                seen += 1
+    consumer.close()
+
+
+def log_consume(log: KafkaLog, topic: str, partitions: int, count: int) -> None:
+    seen = 0
+    for partition in range(partitions):
+        end = log.latest_offset(topic, partition)
+        offset = 0
+        while offset < end:
+            records = log.read(topic, partition, offset, limit=READ_LIMIT)
+            seen += len(records)
+            offset = records[-1].offset + 1
+    assert seen == count, seen
+
+
+def latency(label: str, send: Callable[[list[Row]], None], receive: Callable[[], list[bytes]], seconds: float) -> None:
+    """Send RATE events/s for `seconds` while receiving; print percentiles of receive - send."""
+    per_tick = int(RATE * TICK)
+    total = int(seconds / TICK) * per_tick
+    delays: list[float] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        while len(delays) < total and not done.is_set():
+            for value in receive():
+                delays.append(time.perf_counter() - float(value))
+
+    # warm up: the consumer has fetched once and the producer has its id before the clock starts
+    send([(b"warm-up", (), b"%.9f" % time.perf_counter())])
+    warm_until = time.monotonic() + 30
+    while not receive() and time.monotonic() < warm_until:
+        pass
+    thread = threading.Thread(target=consume)
+    thread.start()
+    start = time.perf_counter()
+    sent = 0
+    while sent < total:
+        due = start + (sent // per_tick) * TICK
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        stamp = b"%.9f" % time.perf_counter()
+        send([(b"k%d" % (sent + i), (), stamp) for i in range(per_tick)])
+        sent += per_tick
+    thread.join(timeout=30)
+    done.set()
+    thread.join()
+    achieved = sent / (time.perf_counter() - start)
+    if len(delays) < total:
+        print(f"  {label}: only {len(delays):,} of {total:,} events arrived", flush=True)
+        return
+    cuts = statistics.quantiles(delays, n=100)
+    print(
+        f"  {label:<44} p50 {cuts[49] * 1000:6.2f} ms  p99 {cuts[98] * 1000:6.2f} ms  "
+        f"max {max(delays) * 1000:6.2f} ms  ({achieved:,.0f} events/s sent)",
+        flush=True,
+    )
+
+
+def raw_latency(bootstrap: str, topic: str, seconds: float) -> None:
+    producer = Producer(producer_config(bootstrap))
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+
+    def send(batch: list[Row]) -> None:
+        for key, _headers, value in batch:
+            producer.produce(topic, value, key, partition=0)
+        producer.poll(0)
+
+    def receive() -> list[bytes]:
+        messages = consumer.consume(1, 0.1) + consumer.consume(1000, 0)
+        return [m.value() or b"" for m in messages if m.error() is None]
+
+    latency("raw confluent-kafka produce -> consume", send, receive, seconds)
+    producer.flush(30)
+    consumer.close()
+
+
+def log_latency(log: KafkaLog, topic: str, seconds: float) -> None:
+    offsets = {0: 0}
+
+    def send(batch: list[Row]) -> None:
+        log.append(topic, [Message(value, key, partition=0) for key, _headers, value in batch])
+
+    def receive() -> list[bytes]:
+        if not log.wait(topic, offsets, timeout=0.1):
+            return []
+        records = log.read(topic, 0, offsets[0])
+        if records:
+            offsets[0] = records[-1].offset + 1
+        return [r.value for r in records if r.value is not None]
+
+    latency("inmotion KafkaLog.append -> wait/read", send, receive, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="100,000 events, one round, 3 s of latency")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of throughput runs; the best of each counts")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each latency run")
+    parser.add_argument("--bootstrap", default=f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
+    args = parser.parse_args()
+    count = 100_000 if args.quick else args.count
+    repeat = 1 if args.quick else args.repeat
+    seconds = 3.0 if args.quick else args.seconds
+    bootstrap, partitions = args.bootstrap, args.partitions
+
+    print(f"building {count:,} CloudEvents records...", flush=True)
+    data = rows(count)
+    messages = [Message(value, key, headers) for key, headers, value in data]
+    size = sum(len(k) + len(v) + sum(len(n) + len(b) for n, b in h) for k, h, v in data) / count
+    gc.freeze()  # millions of long-lived input objects: keep the collector from rescanning them
+    log = inmotion.connect(f"kafka://{bootstrap}?timeout=30")
+    assert isinstance(log, KafkaLog)
+    print(
+        f"inmotion KafkaLog vs raw confluent-kafka on {bootstrap}: {count:,} events of ~{size:.0f} bytes, "
+        f"{partitions} partitions, best of {repeat} rounds",
+        flush=True,
+    )
+    created: list[str] = []
+
+    def fresh_topic(kind: str, partitions: int) -> str:
+        name = f"bench-{kind}-{uuid.uuid4().hex[:8]}"
+        log.create_topic(name, TopicConfig(partitions=partitions))
+        created.append(name)
+        return name
+
+    best: dict[str, float] = {}
+
+    def measure(label: str, work: Callable[[], None]) -> None:
+        best[label] = max(best.get(label, 0.0), timed(label, count, work))
+
+    raw_produce_label = "raw confluent-kafka produce + flush"
+    raw_callback_label = "raw confluent-kafka produce, on_delivery + flush"
+    our_produce_labels = [f"inmotion KafkaLog.append, batches of {BATCH:,}", "inmotion KafkaLog.append, 2 threads"]
+    raw_consume_label = "raw confluent-kafka Consumer.consume"
+    our_consume_label = f"inmotion KafkaLog.read, limit {READ_LIMIT:,}"
+    try:
+        for round_ in range(1, repeat + 1):
+            print(f"round {round_}: produce (until every record is acknowledged)", flush=True)
+            raw_topic = fresh_topic("raw", partitions)
+            measure(raw_produce_label, lambda: raw_produce(bootstrap, raw_topic, data, callbacks=False))
+            raw_callback_topic = fresh_topic("raw-callbacks", partitions)
+            measure(raw_callback_label, lambda: raw_produce(bootstrap, raw_callback_topic, data, callbacks=True))
+            our_topics = [fresh_topic("inmotion", partitions) for _ in our_produce_labels]
+            for threads, (label, topic) in enumerate(zip(our_produce_labels, our_topics, strict=True), start=1):
+                measure(label, lambda: log_produce(log, topic, messages, threads))
+            print(f"round {round_}: consume (every partition from offset 0)", flush=True)
+            measure(raw_consume_label, lambda: raw_consume(bootstrap, raw_topic, partitions, count))
+            measure(our_consume_label, lambda: log_consume(log, our_topics[0], partitions, count))
+            for topic in [raw_topic, raw_callback_topic, *our_topics]:
+                log.delete_topic(topic)
+                created.remove(topic)
+        print(f"end-to-end latency at {RATE:,} events/s for {seconds:g}s:", flush=True)
+        raw_latency(bootstrap, fresh_topic("raw-latency", 1), seconds)
+        log_latency(log, fresh_topic("inmotion-latency", 1), seconds)
+    finally:
+        for topic in created:
+            log.delete_topic(topic)
+        log.close()
+    ours = max(best[label] for label in our_produce_labels)
+    ratios = {
+        "produce vs raw fire-and-forget": ours / best[raw_produce_label],
+        "produce vs raw with on_delivery": ours / best[raw_callback_label],
+        "consume": best[our_consume_label] / best[raw_consume_label],
+    }
+    print(f"best rates (events/s) of {repeat} round(s):")
+    for label, rate in best.items():
+        print(f"  {label:<44} {rate:>12,.0f}")
+    print("ratios to raw confluent-kafka (target >= 0.80):")
+    for name, ratio in ratios.items():
+        print(f"  {name:<34} {ratio:.2f}x  {'ok' if ratio >= 0.8 else 'BELOW TARGET'}")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
