@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import threading
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from inmotion.errors import InvalidConfig
@@ -136,21 +136,23 @@ class _State:
     def __init__(self) -> None:
         self.rules: tuple[_Rule, ...] = ()
         self.children: dict[tuple[int, Leaf], _State] = {}
-        self.fields: tuple[tuple[int, _FieldIndex], ...] = ()
+        self.fields: tuple[tuple[int, Callable[[list[Any]], Iterable[_State] | None]], ...] = ()
 
 
 class _Compiled:
     def __init__(self, rules: list[_Rule]) -> None:
         self.paths: list[Path] = []
         path_ids: dict[Path, int] = {}
-        frequency: Counter[Path] = Counter(
-            path for rule in rules for branch in rule.pattern.branches for path, _ in branch
-        )
+        variety: dict[Path, set[Condition]] = {}
+        for rule in rules:
+            for branch in rule.pattern.branches:
+                for path, leaf in branch:
+                    variety.setdefault(path, set()).update(leaf.conditions)
         self.root = _State()
         for rule in rules:
             for branch in rule.pattern.branches:
                 state = self.root
-                for path, leaf in _ordered(branch, frequency):
+                for path, leaf in _ordered(branch, variety):
                     path_id = path_ids.get(path)
                     if path_id is None:
                         path_id = path_ids[path] = len(self.paths)
@@ -163,64 +165,77 @@ class _Compiled:
                 if rule not in state.rules:
                     state.rules = (*state.rules, rule)
         _finish(self.root)
+        self.getters = [_getter(path) for path in self.paths]
 
     def match(self, document: dict[str, Any]) -> list[str]:
-        paths = self.paths
+        paths, getters = self.paths, self.getters
         found: dict[int, list[Any]] = {}
         crossed = False
-        matched: set[int] = set()
-        rules: dict[int, _Rule] = {}
+        reached: list[tuple[_Rule, ...]] = []
         stack = [self.root]
+        pop, extend = stack.pop, stack.extend
         while stack:
-            state = stack.pop()
-            for rule in state.rules:
-                if rule.order not in matched:
-                    matched.add(rule.order)
-                    rules[rule.order] = rule
-            for path_id, index in state.fields:
+            state = pop()
+            if state.rules:
+                reached.append(state.rules)
+            for path_id, step in state.fields:
                 values = found.get(path_id)
                 if values is None:
-                    values = _values(document, paths[path_id])
+                    values = getters[path_id](document)
                     if values is None:
                         values, through_array = resolve(document, paths[path_id])
                         crossed = crossed or through_array
                     found[path_id] = values
-                targets = index.step(values)
+                targets = step(values)
                 if targets:
-                    stack.extend(targets)
-        if not matched:
+                    extend(targets)
+        if not reached:
             return []
-        result = sorted(matched)
-        if crossed:
-            return [
-                rules[order].name
-                for order in result
-                if not rules[order].needs_structure or rules[order].pattern.matches(document)
-            ]
-        return [rules[order].name for order in result]
-
-
-def _values(document: dict[str, Any], path: Path) -> list[Any] | None:
-    """The leaf values at `path` when the walk meets no array on the way (the common case);
-    None sends the caller to the general `resolve`."""
-    node: Any = document
-    for key in path:
-        if type(node) is dict:
-            node = node.get(key, _MISSING)
-        elif type(node) is list:
-            return None
+        if len(reached) == 1 and len(reached[0]) == 1:
+            rules: Iterable[_Rule] = reached[0]
         else:
+            rules = sorted({rule.order: rule for group in reached for rule in group}.values(), key=_by_order)
+        if crossed:
+            return [rule.name for rule in rules if not rule.needs_structure or rule.pattern.matches(document)]
+        return [rule.name for rule in rules]
+
+
+def _by_order(rule: _Rule) -> int:
+    return rule.order
+
+
+def _getter(path: Path) -> Callable[[dict[str, Any]], list[Any] | None]:
+    """A function giving the leaf values at `path` when the walk meets no array on the way (the
+    common case); it returns None to send the caller to the general `resolve`."""
+    *parents, last = path
+
+    def leaf_values(document: dict[str, Any]) -> list[Any] | None:
+        node: Any = document
+        for key in parents:
+            node = node.get(key, _MISSING)
+            if type(node) is not dict:
+                return None if type(node) is list else []
+        node = node.get(last, _MISSING)
+        kind = type(node)
+        if kind is dict or node is _MISSING:
             return []
-    kind = type(node)
-    if kind is dict or node is _MISSING:
-        return []
-    if kind is list:
-        return None
-    return [node]
+        if kind is list:
+            return None
+        return [node]
+
+    return leaf_values
 
 
-def _ordered(branch: Branch, frequency: Counter[Path]) -> list[tuple[Path, Leaf]]:
-    return sorted(branch, key=lambda item: (item[1].rank, -frequency[item[0]], item[0]))
+def _ordered(branch: Branch, variety: dict[Path, set[Condition]]) -> list[tuple[Path, Leaf]]:
+    """The branch's leaves, most selective first, so that few trie states are visited: indexable
+    conditions before ranges, wildcards, anything-but and exists; among those, the leaf whose path
+    sees the most distinct conditions across all rules (an event type rather than a country)."""
+
+    def selectivity(item: tuple[Path, Leaf]) -> tuple[int, float, Path]:
+        path, leaf = item
+        return (max(0, leaf.rank - 1), -len(variety[path]) / len(leaf.conditions), path)
+
+    return sorted(branch, key=selectivity)
 
 
 def _finish(root: _State) -> None:
@@ -231,121 +246,112 @@ def _finish(root: _State) -> None:
         for (path_id, leaf), child in state.children.items():
             by_path.setdefault(path_id, []).append((leaf, child))
             pending.append(child)
-        state.fields = tuple((path_id, _FieldIndex(entries)) for path_id, entries in sorted(by_path.items()))
+        state.fields = tuple((path_id, _FieldIndex(entries).step) for path_id, entries in sorted(by_path.items()))
         state.children = {}
 
 
 # --- one path's outgoing leaves -------------------------------------------------------------
 
 
-class _FieldIndex:
-    """The leaves leaving one trie state on one path, indexed by value."""
+_TRUE: Any = object()
+_FALSE: Any = object()
 
-    __slots__ = (
-        "absent",
-        "cidr",
-        "exact_false",
-        "exact_null",
-        "exact_true",
-        "ignore_case",
-        "numbers",
-        "prefix",
-        "prefix_ic",
-        "present",
-        "ranges",
-        "strings",
-        "suffix",
-        "suffix_ic",
-        "tested",
-        "text_ops",
-    )
+
+class _FieldIndex:
+    """The leaves leaving one trie state on one path, indexed by value.
+
+    Exact values share one hash map (booleans under their own keys, since True == 1 in
+    Python); string operators and numeric ranges are probes run only when present.
+    """
+
+    __slots__ = ("absent", "exact", "present", "ranges", "step", "tested", "text_probes")
 
     def __init__(self, entries: list[tuple[Leaf, _State]]) -> None:
         self.absent: list[_State] = []
         self.present: list[_State] = []
-        self.strings: dict[str, list[_State]] = {}
-        self.numbers: dict[int | float, list[_State]] = {}
-        self.exact_true: list[_State] = []
-        self.exact_false: list[_State] = []
-        self.exact_null: list[_State] = []
-        self.ignore_case: dict[str, list[_State]] = {}
-        self.prefix = _Affixes()
-        self.prefix_ic = _Affixes()
-        self.suffix = _Affixes()
-        self.suffix_ic = _Affixes()
-        self.cidr = _CidrIndex()
+        self.exact: dict[Any, list[_State]] = {}
+        ignore_case: dict[str, list[_State]] = {}
+        prefix, prefix_ic, suffix, suffix_ic = _Affixes(), _Affixes(), _Affixes(), _Affixes()
+        cidr = _CidrIndex()
         ranges: list[tuple[Numeric, _State]] = []
         self.tested: list[tuple[Condition, _State]] = []
         for leaf, state in entries:
             for condition in leaf.conditions:
-                self._add(condition, state, ranges)
+                if isinstance(condition, Exact):
+                    value = condition.value
+                    key = (_TRUE if value else _FALSE) if condition.tag == "b" else value
+                    _put(self.exact, key, state)
+                elif isinstance(condition, Exists):
+                    _append(self.present if condition.present else self.absent, state)
+                elif isinstance(condition, EqualsIgnoreCase):
+                    _put(ignore_case, condition.lowered, state)
+                elif isinstance(condition, Prefix):
+                    (prefix_ic if condition.ignore_case else prefix).add(condition.text, state)
+                elif isinstance(condition, Suffix):
+                    (suffix_ic if condition.ignore_case else suffix).add(condition.text, state)
+                elif isinstance(condition, Cidr):
+                    cidr.add(condition, state)
+                elif isinstance(condition, Numeric):
+                    ranges.append((condition, state))
+                else:
+                    assert isinstance(condition, Wildcard | AnythingBut | AnythingButMatching)
+                    self.tested.append((condition, state))
         self.ranges = _RangeIndex(ranges) if ranges else None
-        self.text_ops = bool(
-            self.ignore_case or self.prefix or self.prefix_ic or self.suffix or self.suffix_ic or self.cidr
-        )
+        probes: list[Callable[[str, list[_State]], None]] = []
+        if prefix.by_text:
+            probes.append(prefix.starting)
+        if suffix.by_text:
+            probes.append(suffix.ending)
+        if ignore_case or prefix_ic.by_text or suffix_ic.by_text:
+            probes.append(_lowered_probe(ignore_case, prefix_ic, suffix_ic))
+        if cidr.blocks:
+            probes.append(cidr.containing)
+        self.text_probes = tuple(probes)
+        self.step: Callable[[list[Any]], Iterable[_State] | None] = self._step
+        if not (self.present or self.ranges or self.tested):
+            self.step = self._text_step if self.text_probes else self._exact_step
 
-    def _add(self, condition: Condition, state: _State, ranges: list[tuple[Numeric, _State]]) -> None:
-        kind = type(condition)
-        if kind is Exact:
-            assert isinstance(condition, Exact)
-            value = condition.value
-            if condition.tag == "s":
-                assert isinstance(value, str)
-                self.strings.setdefault(value, []).append(state)
-            elif condition.tag == "n":
-                assert isinstance(value, int | float)
-                self.numbers.setdefault(value, []).append(state)
-            elif value is None:
-                self.exact_null.append(state)
-            elif value:
-                self.exact_true.append(state)
-            else:
-                self.exact_false.append(state)
-        elif kind is Exists:
-            assert isinstance(condition, Exists)
-            (self.present if condition.present else self.absent).append(state)
-        elif kind is EqualsIgnoreCase:
-            assert isinstance(condition, EqualsIgnoreCase)
-            self.ignore_case.setdefault(condition.lowered, []).append(state)
-        elif kind is Prefix:
-            assert isinstance(condition, Prefix)
-            (self.prefix_ic if condition.ignore_case else self.prefix).add(condition.text, state)
-        elif kind is Suffix:
-            assert isinstance(condition, Suffix)
-            (self.suffix_ic if condition.ignore_case else self.suffix).add(condition.text, state)
-        elif kind is Cidr:
-            assert isinstance(condition, Cidr)
-            self.cidr.add(condition, state)
-        elif kind is Numeric:
-            assert isinstance(condition, Numeric)
-            ranges.append((condition, state))
-        else:
-            assert isinstance(condition, Wildcard | AnythingBut | AnythingButMatching)
-            self.tested.append((condition, state))
-
-    def step(self, values: list[Any]) -> Iterable[_State]:
-        """The states this path's values lead to (each at most once)."""
+    def _exact_step(self, values: list[Any]) -> Iterable[_State] | None:
+        """Only exact values leave this state (the common case): one hash lookup per value."""
         if not values:
             return self.absent
-        out: list[_State] = list(self.present)
+        if len(values) == 1:
+            value = values[0]
+            if value is True or value is False:
+                value = _TRUE if value else _FALSE
+            return self.exact.get(value)
+        return self._step(values)
+
+    def _text_step(self, values: list[Any]) -> Iterable[_State] | None:
+        """Exact values and string operators only, one string value: no type dispatch."""
+        if len(values) != 1 or type(values[0]) is not str:
+            return self._step(values)
+        value = values[0]
+        out: list[_State] = []
+        hit = self.exact.get(value)
+        if hit:
+            out.extend(hit)
+        for probe in self.text_probes:
+            probe(value, out)
+        if len(out) > 1:
+            return dict.fromkeys(out)
+        return out
+
+    def _step(self, values: list[Any]) -> Iterable[_State] | None:
+        if not values:
+            return self.absent
+        out: list[_State] = list(self.present) if self.present else []
+        exact, ranges = self.exact, self.ranges
         for value in values:
             kind = type(value)
+            hit = exact.get((_TRUE if value else _FALSE) if kind is bool else value)
+            if hit:
+                out.extend(hit)
             if kind is str:
-                hit = self.strings.get(value)
-                if hit:
-                    out.extend(hit)
-                if self.text_ops:
-                    self._text(value, out)
-            elif kind is int or kind is float:
-                hit = self.numbers.get(value)
-                if hit:
-                    out.extend(hit)
-                if self.ranges is not None:
-                    out.extend(self.ranges.lookup(value))
-            elif kind is bool:
-                out.extend(self.exact_true if value else self.exact_false)
-            elif value is None:
-                out.extend(self.exact_null)
+                for probe in self.text_probes:
+                    probe(value, out)
+            elif ranges is not None and (kind is int or kind is float):
+                out.extend(ranges.lookup(value))
             for condition, state in self.tested:
                 if condition.test(value):
                     out.append(state)
@@ -353,22 +359,30 @@ class _FieldIndex:
             return dict.fromkeys(out)
         return out
 
-    def _text(self, value: str, out: list[_State]) -> None:
-        if self.prefix:
-            self.prefix.starting(value, out)
-        if self.suffix:
-            self.suffix.ending(value, out)
-        if self.ignore_case or self.prefix_ic or self.suffix_ic:
-            lowered = value.lower()
-            hit = self.ignore_case.get(lowered)
-            if hit:
-                out.extend(hit)
-            if self.prefix_ic:
-                self.prefix_ic.starting(lowered, out)
-            if self.suffix_ic:
-                self.suffix_ic.ending(lowered, out)
-        if self.cidr:
-            self.cidr.containing(value, out)
+
+def _append(states: list[_State], state: _State) -> None:
+    if state not in states:
+        states.append(state)
+
+
+def _put(index: dict[Any, list[_State]], key: Any, state: _State) -> None:
+    _append(index.setdefault(key, []), state)
+
+
+def _lowered_probe(
+    ignore_case: dict[str, list[_State]], prefix: _Affixes, suffix: _Affixes
+) -> Callable[[str, list[_State]], None]:
+    def probe(value: str, out: list[_State]) -> None:
+        lowered = value.lower()
+        hit = ignore_case.get(lowered)
+        if hit:
+            out.extend(hit)
+        if prefix.by_text:
+            prefix.starting(lowered, out)
+        if suffix.by_text:
+            suffix.ending(lowered, out)
+
+    return probe
 
 
 class _Affixes:
@@ -380,11 +394,8 @@ class _Affixes:
         self.by_text: dict[str, list[_State]] = {}
         self.lengths: list[int] = []
 
-    def __bool__(self) -> bool:
-        return bool(self.by_text)
-
     def add(self, text: str, state: _State) -> None:
-        self.by_text.setdefault(text, []).append(state)
+        _put(self.by_text, text, state)
         if len(text) not in self.lengths:
             bisect.insort(self.lengths, len(text))
 
@@ -415,25 +426,35 @@ class _CidrIndex:
     def __init__(self) -> None:
         self.blocks: dict[tuple[int, int], dict[int, list[_State]]] = {}
 
-    def __bool__(self) -> bool:
-        return bool(self.blocks)
-
     def add(self, condition: Cidr, state: _State) -> None:
         network = condition.network
         shift = network.max_prefixlen - network.prefixlen
         by_bits = self.blocks.setdefault((network.version, network.prefixlen), {})
-        by_bits.setdefault(int(network.network_address) >> shift, []).append(state)
+        _put(by_bits, int(network.network_address) >> shift, state)
 
     def containing(self, value: str, out: list[_State]) -> None:
-        address = parse_ip(value)
+        address = _address(value)
         if address is None:
             return
-        number = int(address)
-        for (version, prefixlen), by_bits in self.blocks.items():
-            if version == address.version:
-                hit = by_bits.get(number >> (address.max_prefixlen - prefixlen))
+        version, number, bits = address
+        for (block_version, prefixlen), by_bits in self.blocks.items():
+            if block_version == version:
+                hit = by_bits.get(number >> (bits - prefixlen))
                 if hit:
                     out.extend(hit)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(value: str) -> tuple[int, int, int] | None:
+    """(IP version, address as an integer, address bits), cached: one event meets many blocks."""
+    octets = value.split(".")
+    if len(octets) == 4 and all(o.isdigit() and o.isascii() and (o == "0" or o[0] != "0") for o in octets):
+        a, b, c, d = (int(o) for o in octets)
+        if a < 256 and b < 256 and c < 256 and d < 256:
+            return 4, (a << 24) | (b << 16) | (c << 8) | d, 32
+        return None
+    address = parse_ip(value)
+    return None if address is None else (address.version, int(address), address.max_prefixlen)
 
 
 class _RangeIndex:
