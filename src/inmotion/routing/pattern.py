@@ -586,6 +586,10 @@ def _parse_anything_but(operand: Any, where: str) -> Condition:
         if len(operand) != 1:
             raise InvalidPattern(where, "anything-but takes one operator object")
         ((operator, inner),) = operand.items()
+        if operator not in ("prefix", "suffix", "equals-ignore-case", "wildcard"):
+            raise InvalidPattern(
+                where, f"anything-but supports prefix, suffix, equals-ignore-case and wildcard, not {operator!r}"
+            )
         inner_where = f"{where}.{operator}"
         texts = [inner] if isinstance(inner, str) else inner
         if not isinstance(texts, list | tuple) or not texts:
@@ -599,12 +603,8 @@ def _parse_anything_but(operand: Any, where: str) -> Condition:
             excluded = [affix(text) for text in patterns]
         elif operator == "equals-ignore-case":
             excluded = [EqualsIgnoreCase(text.lower()) for text in patterns]
-        elif operator == "wildcard":
-            excluded = [wildcard(text, inner_where) for text in patterns]
         else:
-            raise InvalidPattern(
-                where, f"anything-but supports prefix, suffix, equals-ignore-case and wildcard, not {operator!r}"
-            )
+            excluded = [wildcard(text, inner_where) for text in patterns]
         return AnythingButMatching(tuple(excluded))
     values = operand if isinstance(operand, list | tuple) else [operand]
     if not values:
