@@ -8,6 +8,7 @@ import typer
 
 from inmotion.cli.common import explain
 from inmotion.cli.records import publish, tail
+from inmotion.cli.rules import rules_app
 from inmotion.cli.runtime import dlq_app, groups_app, replay, run
 from inmotion.cli.topics import topics_app
 from inmotion.errors import InmotionError
@@ -26,6 +27,7 @@ app.add_typer(groups_app, name="groups")
 app.add_typer(dlq_app, name="dlq")
 app.command("replay")(replay)
 app.command("run")(run)
+app.add_typer(rules_app, name="rules")
 
 
 def main() -> None:

@@ -1,0 +1,76 @@
+"""`inmotion rules test|check`: try a pattern on an event, validate a rules file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from inmotion.cli.common import fail
+from inmotion.errors import InmotionError, InvalidEvent
+from inmotion.routing import Pattern
+from inmotion.routing.rules import load_rules
+
+rules_app = typer.Typer(help="Test event patterns and check rules files.", no_args_is_help=True)
+
+EXIT_MATCH, EXIT_NO_MATCH, EXIT_INVALID = 0, 1, 2
+
+
+def _text(argument: str, what: str) -> str:
+    """JSON given inline, or @path to read it from a file (@- for stdin)."""
+    if not argument.startswith("@"):
+        return argument
+    name = argument[1:]
+    try:
+        return typer.get_text_stream("stdin").read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read {what} file {name!r}: {exc.strerror or exc}", EXIT_INVALID)
+
+
+def _event(text: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent("<event>", f"malformed JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidEvent("<event>", "an event is a JSON object")
+    return document
+
+
+@rules_app.command("test")
+def try_pattern(
+    pattern: Annotated[str, typer.Option("--pattern", "-p", help="The event pattern: JSON text, or @file.")],
+    event: Annotated[str, typer.Option("--event", "-e", help="The event: JSON text, or @file (@- for stdin).")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; answer with the exit code.")] = False,
+) -> None:
+    """Does the pattern match the event? Exit 0 if it matches, 1 if not, 2 if either is invalid."""
+    try:
+        compiled = Pattern(_text(pattern, "pattern"))
+        document = _event(_text(event, "event"))
+        matched = compiled.matches(document)
+    except InmotionError as error:
+        fail(str(error), EXIT_INVALID)
+    if not quiet:
+        typer.echo("match" if matched else "no match")
+        for line in compiled.explain(document):
+            typer.echo(f"  {line}")
+        if not matched and all(line.lstrip().startswith(("ok", "alternative")) for line in compiled.explain(document)):
+            typer.echo("  (each field matches, but only in different elements of one array)")
+    raise typer.Exit(EXIT_MATCH if matched else EXIT_NO_MATCH)
+
+
+@rules_app.command("check")
+def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")]) -> None:
+    """Validate a rules file: patterns, targets, topics. Exit 0 if valid, 2 if not."""
+    try:
+        rule_set = load_rules(path)
+    except InmotionError as error:
+        fail(str(error), EXIT_INVALID)
+    count = len(rule_set.rules)
+    typer.echo(f"{path}: {count} rule{'s' if count != 1 else ''} OK")
+    for rule in rule_set.rules:
+        sources = ", ".join(rule.sources) or "all sources"
+        targets = "; ".join(target.describe() for target in rule.targets)
+        typer.echo(f"  {rule.name}: {sources} -> {targets}")

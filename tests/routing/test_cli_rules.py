@@ -1,0 +1,154 @@
+"""`inmotion rules test|check` through the real command-line app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from inmotion.cli.main import app
+
+runner = CliRunner()
+
+PATTERN = {"source": ["aws.ec2"], "detail": {"state": [{"anything-but": "initializing"}]}}
+EVENT = {"source": "aws.ec2", "detail": {"state": "running"}}
+
+
+def rules(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["rules", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_match_exits_0_and_says_why() -> None:
+    code, out, err = rules("test", "--pattern", json.dumps(PATTERN), "--event", json.dumps(EVENT))
+    assert code == 0
+    assert out.splitlines() == [
+        "match",
+        '  ok   source: "aws.ec2" against ["aws.ec2"]',
+        '  ok   detail.state: "running" against [{"anything-but": "initializing"}]',
+    ]
+    assert err == ""
+
+
+def test_no_match_exits_1_and_names_the_failing_field() -> None:
+    event = {"source": "aws.ec2", "detail": {"state": "initializing"}}
+    code, out, _ = rules("test", "-p", json.dumps(PATTERN), "-e", json.dumps(event))
+    assert code == 1
+    assert out.splitlines()[0] == "no match"
+    assert '  FAIL detail.state: "initializing" against [{"anything-but": "initializing"}]' in out.splitlines()
+
+
+def test_fields_in_different_array_elements_are_explained() -> None:
+    pattern = {"items": {"sku": ["A"], "qty": [2]}}
+    event = {"items": [{"sku": "A", "qty": 1}, {"sku": "B", "qty": 2}]}
+    code, out, _ = rules("test", "-p", json.dumps(pattern), "-e", json.dumps(event))
+    assert code == 1
+    assert "only in different elements of one array" in out
+
+
+def test_pattern_and_event_from_files(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(PATTERN))
+    (tmp_path / "e.json").write_text(json.dumps(EVENT))
+    code, out, _ = rules("test", "--pattern", f"@{tmp_path / 'p.json'}", "--event", f"@{tmp_path / 'e.json'}", "-q")
+    assert code == 0
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("pattern", "event", "message"),
+    [
+        ('{"source": "aws.ec2"}', "{}", "error: invalid pattern at source: must be an object or a non-empty array"),
+        ('{"a": [{"wildcard": "x**"}]}', "{}", "error: invalid pattern at a[0].wildcard: consecutive wildcard"),
+        ("{not json", "{}", "error: invalid pattern at <root>: malformed JSON"),
+        ('{"a": ["x"]}', "[1, 2]", "error: invalid event"),
+        ('{"a": ["x"]}', "{oops", "error: invalid event"),
+        ("@/nonexistent/p.json", "{}", "error: cannot read pattern file '/nonexistent/p.json'"),
+    ],
+)
+def test_invalid_input_exits_2_with_one_line(pattern: str, event: str, message: str) -> None:
+    code, out, err = rules("test", "-p", pattern, "-e", event)
+    assert code == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith(message)
+
+
+VALID = """
+unmatched: orders.unmatched
+rules:
+  - name: big-orders
+    sources: [orders]
+    pattern: {type: [com.acme.order.created], data: {amount: [{numeric: [">=", 1000]}]}}
+    transform:
+      paths: {id: $.data.id}
+      template: '{"order": "<id>"}'
+    targets:
+      - topic: big-orders
+      - http: http://127.0.0.1:9/hook
+        mode: structured
+        retry: {attempts: 5, backoff: 0.1}
+        dead_letter: big-orders.dlq
+  - name: everything-eu
+    pattern: '{"data": {"region": [{"prefix": "eu-"}]}}'
+    targets:
+      - handler: json:dumps
+"""
+
+
+def test_check_accepts_a_valid_file(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(VALID)
+    code, out, err = rules("check", str(path))
+    assert code == 0, err
+    assert out.splitlines() == [
+        f"{path}: 2 rules OK",
+        "  big-orders: orders -> topic big-orders; POST http://127.0.0.1:9/hook (structured)",
+        "  everything-eu: all sources -> handler dumps",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rules: [", "not valid YAML"),
+        ("other: 1", "expected a mapping with a 'rules' list"),
+        ("rules: []\nextra: 1", "unknown top-level keys: extra"),
+        ("rules:\n  - name: r\n    targets: [{topic: t}]", "rule 'r': a rule needs a pattern"),
+        (
+            "rules:\n  - name: r\n    pattern: {a: x}\n    targets: [{topic: t}]",
+            "rule 'r': must be an object or a non-empty array",
+        ),
+        ("rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: []", "rule 'r': a rule needs a non-empty"),
+        ("rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: 'bad name'}]", "invalid topic name"),
+        ("rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: t, http: 'http://x'}]", "exactly one"),
+        ("rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{http: 'ftp://x'}]", "http:// or https://"),
+        ("rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{handler: 'nope.nothing:f'}]", "cannot import"),
+        ("rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: t, retry: {attempts: 0}}]", "attempts"),
+        (
+            "rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: t}]\n"
+            "  - name: r\n    pattern: {a: [y]}\n    targets: [{topic: t}]",
+            "rule names must be unique: r",
+        ),
+        (
+            "rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: t}]\n"
+            "    transform: {paths: {}, template: '<id>'}",
+            "the template uses <id>",
+        ),
+    ],
+)
+def test_check_rejects_a_bad_file_with_one_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    code, out, err = rules("check", str(path))
+    assert code == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert message in err
+
+
+def test_check_a_missing_file(tmp_path: Path) -> None:
+    code, _, err = rules("check", str(tmp_path / "absent.yaml"))
+    assert code == 2
+    assert "cannot read rules file" in err
