@@ -166,13 +166,18 @@ class InputTransform:
         values = {name: _select(document, _parse_path(path)) for name, path in self.paths.items()}
         values["aws.events.event"] = values["aws.events.event.json"] = document
         values["aws.events.rule-name"] = rule
-        rendered = _render(self.template, values)
+        if self._is_json:
+            data: Any = json.loads(_render(self.template, values, in_json=True))
+            return event.replace(data=data, datacontenttype="application/json")
+        return event.replace(data=_render(self.template, values, in_json=False), datacontenttype="text/plain")
+
+    @property
+    def _is_json(self) -> bool:
         try:
-            data: Any = json.loads(rendered)
-            content_type = "application/json"
+            json.loads(_PLACEHOLDER.sub("null", self.template))
         except json.JSONDecodeError:
-            data, content_type = rendered, "text/plain"
-        return event.replace(data=data, datacontenttype=content_type)
+            return False
+        return True
 
 
 def _parse_path(path: object) -> list[str | int]:
@@ -202,9 +207,11 @@ def _select(document: Any, steps: Sequence[str | int]) -> Any:
     return node
 
 
-def _render(template: str, values: Mapping[str, Any]) -> str:
+def _render(template: str, values: Mapping[str, Any], *, in_json: bool) -> str:
+    """Fill the placeholders: as JSON values in a JSON template (as text inside its strings),
+    as text in a plain-text template."""
     out: list[str] = []
-    in_string = False
+    in_string = not in_json
     escaped = False
     position = 0
     while position < len(template):
@@ -214,12 +221,14 @@ def _render(template: str, values: Mapping[str, Any]) -> str:
             value = values[match.group(1)]
             if in_string:
                 text = value if isinstance(value, str) else json.dumps(None if value is _MISSING else value)
-                out.append(json.dumps(text)[1:-1])
+                out.append(json.dumps(text)[1:-1] if in_json else text)
             else:
                 out.append(json.dumps(None if value is _MISSING else value))
             position = match.end()
             continue
-        if in_string and escaped:
+        if not in_json:
+            pass
+        elif in_string and escaped:
             escaped = False
         elif in_string and char == "\\":
             escaped = True
