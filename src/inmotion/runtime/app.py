@@ -44,7 +44,7 @@ class App:
         source: str | None = None,
         topic_config: TopicConfig | None = TopicConfig(partitions=4),
         session_timeout: float = DEFAULT_SESSION_TIMEOUT,
-        commit_interval: float = 0.05,
+        commit_interval: float = 0.5,
         clock: Clock | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
@@ -118,6 +118,10 @@ class App:
         event = self.build_event(topic, payload, key=key, type=type, subject=subject, extensions=extensions)
         self.publisher.append(topic, [to_message(event, headers)])
         return event
+
+    async def publish_many(self, topic: str, events: Sequence[Event]) -> list[Position]:
+        """Append ready-made events (see `build_event`) in one batch; returns once durable."""
+        return await self.publisher.send_many(topic, [to_message(event, None) for event in events])
 
     def publish_many_sync(self, topic: str, events: Sequence[Event]) -> list[Position]:
         """Append ready-made events in one batch (scripts, loaders, benchmarks)."""

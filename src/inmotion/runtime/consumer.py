@@ -25,6 +25,7 @@ from inmotion.log import Log, Record
 from inmotion.runtime import deadletter
 from inmotion.runtime.coordination import Assignment, Coordinator, Membership, SqliteCoordinator, TopicPartition
 from inmotion.runtime.handler import Context
+from inmotion.runtime.metrics import Counter
 from inmotion.runtime.subscription import Subscription
 
 if TYPE_CHECKING:
@@ -99,13 +100,16 @@ class _Worker:
         waiting = self._chains[chain]
         while waiting and not self.stopping.is_set():
             record = waiting[0]
-            async with self._slots:
-                if self.stopping.is_set():
-                    return
-                try:
+            try:
+                if self._ordered:
                     await self.consumer.process(record, self)
-                except _Abandon:
-                    return
+                else:
+                    async with self._slots:
+                        if self.stopping.is_set():
+                            return
+                        await self.consumer.process(record, self)
+            except _Abandon:
+                return
             self._finish(record.offset)
             waiting.popleft()
         if not waiting:
@@ -143,6 +147,7 @@ class Consumer:
         self._tx_conn: sqlite3.Connection | None = None
         self._membership: Membership | None = None
         self._last_prune = 0.0
+        self._counter_cache: dict[str, dict[str, Counter]] = {}
         if subscription.transaction and not isinstance(coordinator, SqliteCoordinator):
             raise InvalidConfig(f"transaction=True needs the sqlite backend, not {self.log.url}")
 
@@ -176,7 +181,7 @@ class Consumer:
         finally:
             for task in fetchers:
                 task.cancel()
-            await asyncio.gather(*self.workers.values() and [w.drain() for w in self.workers.values()])
+            await asyncio.gather(*(w.drain() for w in self.workers.values()))
             await asyncio.gather(*self._tasks, return_exceptions=True)
             committer.cancel()
             await asyncio.gather(committer, *fetchers, return_exceptions=True)
@@ -246,6 +251,16 @@ class Consumer:
 
     # --- fetching -------------------------------------------------------------------------
     async def _fetch(self, topic: str) -> None:
+        """Read the owned partitions of `topic` and hand records to their workers.
+
+        Reads run on the event loop (WAL reads never wait for a lock, and a thread hop costs
+        more than a short read). When there is nothing new it waits for whichever comes first:
+        an append by this app's publisher, or `Log.wait` in a thread, which notices other
+        publishers and other processes.
+        """
+        loop = asyncio.get_running_loop()
+        appended = self.app.publisher.appended(topic)
+        waiter: asyncio.Future[bool] | None = None
         while True:
             ready = {tp.partition: w for tp, w in self.workers.items() if tp.topic == topic and w.wants_more()}
             if not ready:
@@ -255,23 +270,29 @@ class Consumer:
                 continue
             positions = {p: w.next_fetch for p, w in ready.items()}
             try:
-                batches = await self._call(self._read, topic, positions, pool=self._fetch_pools[topic])
+                batches = {p: self.log.read(topic, p, offset, _FETCH_LIMIT) for p, offset in positions.items()}
             except InmotionError as exc:
                 logger.warning("fetch from %s failed: %s", topic, exc, extra={"group": self.group})
                 await asyncio.sleep(_WAIT)
                 continue
-            for partition, records in batches.items():
-                worker = ready[partition]
-                if records and self.workers.get(TopicPartition(topic, partition)) is worker and worker.wants_more():
-                    worker.dispatch(records)
-
-    def _read(self, topic: str, positions: Mapping[int, int]) -> dict[int, list[Record]]:
-        for attempt in range(2):
-            batches = {p: self.log.read(topic, p, offset, _FETCH_LIMIT) for p, offset in positions.items()}
-            if attempt or any(batches.values()):
-                return batches
-            self.log.wait(topic, positions, _WAIT)
-        return batches
+            if any(batches.values()):
+                for partition, records in batches.items():
+                    if records:
+                        ready[partition].dispatch(records)
+                await asyncio.sleep(0)  # let the handlers run before reading on
+                continue
+            appended.clear()
+            if waiter is None or waiter.done():
+                waiter = loop.run_in_executor(self._fetch_pools[topic], self.log.wait, topic, positions, _WAIT)
+            local: asyncio.Future[object] = asyncio.ensure_future(appended.wait())
+            try:
+                await asyncio.wait((waiter, local), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                local.cancel()
+            if waiter.done() and waiter.exception() is not None:
+                logger.warning("waiting on %s failed: %s", topic, waiter.exception(), extra={"group": self.group})
+                waiter = None
+                await asyncio.sleep(_WAIT)
 
     # --- committing -----------------------------------------------------------------------
     async def _commit_loop(self, stopped: asyncio.Event) -> None:
@@ -313,34 +334,50 @@ class Consumer:
             await self._call(self.coordinator.forget_before, self.group, cutoff)
 
     # --- handling -------------------------------------------------------------------------
+    def _counters(self, topic: str) -> dict[str, Counter]:
+        counters = self._counter_cache.get(topic)
+        if counters is None:
+            counters = self._counter_cache[topic] = {
+                name: self.app.metrics.counter(f"inmotion_{name}_total", group=self.group, topic=topic)
+                for name in ("consumed", "skipped", "failed", "retried", "dead_lettered")
+            }
+        return counters
+
     async def process(self, record: Record, worker: _Worker) -> None:
         sub = self.subscription
-        labels: dict[str, str] = {"group": self.group, "topic": record.topic}
+        handler = sub.handler
+        counters = self._counters(record.topic)
+        event: Event | None = None
         try:
-            event = record.event()
+            if sub.filter is not None or sub.idempotent or handler.wants_event:
+                event = record.event()
+                payload = handler.decode(event)
+            else:  # the handler needs only the payload: skip building the envelope
+                payload = handler.decode_record(record)
         except InvalidEvent as exc:
             await self._dead_letter(record, exc, 1, worker)
             return
-        if sub.filter is not None and not sub.filter.matches(event):
-            self.app.metrics.add("inmotion_skipped_total", 1, **labels)
+        if event is not None and sub.filter is not None and not sub.filter.matches(event):
+            counters["skipped"].add()
             return
-        key = (event.source, event.id)
+        key = ("", "") if event is None else (event.source, event.id)
         if sub.idempotent and not sub.transaction and await self._call(self._seen, key):
-            self.app.metrics.add("inmotion_skipped_total", 1, **labels)
+            counters["skipped"].add()
             return
         attempt = 1
         while True:
-            context = Context(event, record, self.group, attempt, self.app)
+            context = None if event is None else Context(event, record, self.group, attempt, self.app)
             try:
                 if sub.transaction:
-                    await self._handle_in_transaction(event, context, worker)
+                    assert context is not None
+                    await self._handle_in_transaction(payload, context, worker)
                 else:
-                    await sub.handler.call(event, context)
+                    await handler.call(payload, context)
                 break
             except _Abandon:
                 raise
             except Exception as error:
-                self.app.metrics.add("inmotion_failed_total", 1, **labels)
+                counters["failed"].add()
                 retry = sub.retry.should_retry(error, attempt) or sub.dead_letter is None
                 logger.warning(
                     "handler failed (attempt %d%s): %s: %s",
@@ -353,18 +390,17 @@ class Consumer:
                         "topic": record.topic,
                         "partition": record.partition,
                         "offset": record.offset,
-                        "event_id": event.id,
                     },
                 )
                 if not retry:
                     await self._dead_letter(record, error, attempt, worker)
                     return
-                self.app.metrics.add("inmotion_retried_total", 1, **labels)
+                counters["retried"].add()
                 await self._pause(sub.retry.delay(min(attempt, sub.retry.attempts)), worker)
                 attempt += 1
         if sub.idempotent and not sub.transaction:
             await self._call(self.coordinator.remember, self.group, [key])
-        self.app.metrics.add("inmotion_consumed_total", 1, **labels)
+        counters["consumed"].add()
 
     def _seen(self, key: tuple[str, str]) -> bool:
         return bool(self.coordinator.seen(self.group, [key]))
@@ -386,7 +422,7 @@ class Consumer:
             raise _Abandon
         message = deadletter.dead_letter(record, error, attempts, self.group, self.app.clock.time())
         await self.app.publisher.send(topic, message)
-        self.app.metrics.add("inmotion_dead_lettered_total", group=self.group, topic=record.topic)
+        self._counters(record.topic)["dead_lettered"].add()
         logger.error(
             "dead-lettered %s/%d@%d to %s after %d attempt(s): %s: %s",
             record.topic,
@@ -399,8 +435,9 @@ class Consumer:
             extra={"group": self.group},
         )
 
-    async def _handle_in_transaction(self, event: Event, context: Context, worker: _Worker) -> None:
+    async def _handle_in_transaction(self, payload: Any, context: Context, worker: _Worker) -> None:
         """Run the handler inside one SQLite transaction with the dedupe record and position."""
+        event = context.event
         assert isinstance(self.coordinator, SqliteCoordinator)
         assert self._tx_conn is not None
         assert self._membership is not None
@@ -412,11 +449,11 @@ class Consumer:
             try:
                 if SqliteCoordinator.seen_in(conn, self.group, key):
                     conn.execute("ROLLBACK")
-                    self.app.metrics.add("inmotion_skipped_total", group=self.group, topic=worker.tp.topic)
+                    self._counters(worker.tp.topic)["skipped"].add()
                     return
                 context.db = conn
                 context.deferred = deferred
-                await self.subscription.handler.call(event, context)
+                await self.subscription.handler.call(payload, context)
                 if not self.coordinator.holds(conn, self.group, self._membership.member_id, worker.tp):
                     raise _Abandon
                 SqliteCoordinator.remember_in(conn, self.group, [key])

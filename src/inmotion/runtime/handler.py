@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event, from_data
+from inmotion.events.codec import decode_data
 from inmotion.log import Record
 
 if TYPE_CHECKING:
@@ -134,13 +135,22 @@ class Handler:
                 )
         return cls(function, payload_type, context_argument, inspect.iscoroutinefunction(function))
 
+    @property
+    def wants_event(self) -> bool:
+        """Does calling the handler need the whole envelope (for itself or its context)?"""
+        return self.payload_type is Event or self.context_argument is not None
+
     def decode(self, event: Event) -> Any:
         if self.payload_type is Event:
             return event
         return from_data(event.data, self.payload_type)
 
-    async def call(self, event: Event, context: Context) -> None:
-        payload = self.decode(event)
+    def decode_record(self, record: Record) -> Any:
+        """The payload straight from the record's value, without building the envelope."""
+        content_type = next((v.decode() for k, v in record.headers if k.lower() == "content-type"), None)
+        return from_data(decode_data(record.value, content_type), self.payload_type)
+
+    async def call(self, payload: Any, context: Context | None) -> None:
         kwargs = {self.context_argument: context} if self.context_argument else {}
         if self.is_async:
             await self.function(payload, **kwargs)

@@ -31,6 +31,13 @@ class Metrics:
             series = self._values[name]
             series[key] = series.get(key, 0) + amount
 
+    def counter(self, name: str, **labels: str) -> Counter:
+        """A handle on one series, for hot paths that add to it often."""
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            self._values[name].setdefault(key, 0)
+        return Counter(self, name, key)
+
     def set(self, name: str, value: float, **labels: str) -> None:
         with self._lock:
             self._values[name][tuple(sorted(labels.items()))] = value
@@ -52,6 +59,20 @@ class Metrics:
                     number = int(value) if value == int(value) else value
                     lines.append(f"{name}{{{rendered}}} {number}" if rendered else f"{name} {number}")
         return "\n".join(lines) + "\n"
+
+
+class Counter:
+    __slots__ = ("_key", "_metrics", "_name")
+
+    def __init__(self, metrics: Metrics, name: str, key: Labels) -> None:
+        self._metrics = metrics
+        self._name = name
+        self._key = key
+
+    def add(self, amount: float = 1) -> None:
+        metrics = self._metrics
+        with metrics._lock:
+            metrics._values[self._name][self._key] += amount
 
 
 def _escape(value: str) -> str:

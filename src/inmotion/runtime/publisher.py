@@ -74,13 +74,32 @@ class Publisher:
         self._pending: list[tuple[str, Message, asyncio.Future[Position]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inmotion-publish")
+        self._appended: dict[str, asyncio.Event] = {}
+
+    def appended(self, topic: str) -> asyncio.Event:
+        """An event set whenever this publisher's async side appended to `topic`; the app's
+        consumers wait on it to pick up local publishes without polling."""
+        return self._appended.setdefault(topic, asyncio.Event())
+
+    def _announce(self, topic: str) -> None:
+        event = self._appended.get(topic)
+        if event is not None:
+            event.set()
 
     async def send(self, topic: str, message: Message) -> Position:
-        future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._pending.append((topic, message, future))
+        return (await self.send_many(topic, [message]))[0]
+
+    async def send_many(self, topic: str, messages: list[Message]) -> list[Position]:
+        """Queue `messages` for the next append; returns their positions once durable."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for message in messages:
+            future: asyncio.Future[Position] = loop.create_future()
+            self._pending.append((topic, message, future))
+            futures.append(future)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
-        return await future
+        return list(await asyncio.gather(*futures))
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,6 +118,7 @@ class Publisher:
                         if not future.done():
                             future.set_exception(exc)
                     continue
+                self._announce(topic)
                 for (_, future), position in zip(entries, positions, strict=True):
                     if not future.done():
                         future.set_result(position)
