@@ -10,8 +10,10 @@ about 200 bytes in all, built before the clock starts; both sides send the same 
 Produce: `KafkaLog.append` in batches of 10,000 (each returns after its delivery reports) next
 to a raw confluent-kafka `Producer` with the same settings (idempotence, acks=all, linger 5 ms,
 murmur2_random) producing every record and flushing once at the end, without delivery callbacks.
-Consume: `KafkaLog.read` over each partition in order, a `Record` per message, next to a raw
-`Consumer` assigned the partitions, reading each message's value and headers.
+Consume: `KafkaLog.read` of a batch from each partition in turn, a `Record` per message, next to a raw
+`Consumer` assigned the partitions, reading each message's value and headers, with the same
+fetch settings as KafkaLog's readers (librdkafka's default fetch.queue.backoff.ms of 1 s
+stalls a consumer that drains its queue faster than it fills).
 Latency: a producer appends 10,000 events/s in batches of 50 every 5 ms while a consumer waits
 and reads them; each record carries its send time, the p50/p99 is of (received - sent).
 Targets: produce and consume >= 0.8x raw confluent-kafka.
@@ -118,10 +120,20 @@ def log_produce(log: KafkaLog, topic: str, messages: list[Message], threads: int
         worker.join()
 
 
+def consumer_config(bootstrap: str) -> dict[str, Any]:
+    """The fetch settings that KafkaLog's readers use, so both sides fetch alike."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": f"bench-{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "max.partition.fetch.bytes": 4 << 20,
+        "queued.max.messages.kbytes": 16384,
+        "fetch.queue.backoff.ms": 10,
+    }
+
+
 def raw_consume(bootstrap: str, topic: str, partitions: int, count: int) -> None:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False}
-    )
+    consumer = Consumer(consumer_config(bootstrap))
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     seen = 0
     while seen < count:
@@ -134,14 +146,16 @@ def raw_consume(bootstrap: str, topic: str, partitions: int, count: int) -> None
 
 
 def log_consume(log: KafkaLog, topic: str, partitions: int, count: int) -> None:
+    """A consumer loop over the topic: a batch from each partition in turn."""
+    ends = {p: log.latest_offset(topic, p) for p in range(partitions)}
+    offsets = dict.fromkeys(ends, 0)
     seen = 0
-    for partition in range(partitions):
-        end = log.latest_offset(topic, partition)
-        offset = 0
-        while offset < end:
-            records = log.read(topic, partition, offset, limit=READ_LIMIT)
-            seen += len(records)
-            offset = records[-1].offset + 1
+    while offsets != ends:
+        for partition, offset in offsets.items():
+            if offset < ends[partition]:
+                records = log.read(topic, partition, offset, limit=READ_LIMIT)
+                seen += len(records)
+                offsets[partition] = records[-1].offset + 1
     assert seen == count, seen
 
 
@@ -191,9 +205,7 @@ def latency(label: str, send: Callable[[list[Row]], None], receive: Callable[[],
 
 def raw_latency(bootstrap: str, topic: str, seconds: float) -> None:
     producer = Producer(producer_config(bootstrap))
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}", "enable.auto.commit": False}
-    )
+    consumer = Consumer(consumer_config(bootstrap))
     consumer.assign([TopicPartition(topic, 0, 0)])
 
     def send(batch: list[Row]) -> None:

@@ -243,12 +243,16 @@ class _Reader:
         self.position = -1
         self.end = -1
         """The high watermark at the consumer's last end-of-partition event."""
+        self.paused = False
         self.lock = threading.Lock()
         self.closed = False
 
     def read(self, offset: int, limit: int, timeout: float) -> list[Record]:
         consumer = self.consumer
         tp = TopicPartition(self.topic, self.partition)
+        if self.paused:
+            consumer.resume([tp])
+            self.paused = False
         if offset != self.position:
             # random access: nothing to assign for at or past the end (an offset past the
             # end would make the consumer reset to the earliest offset)
@@ -272,6 +276,10 @@ class _Reader:
             first = consumer.consume(1, remaining)
             more = limit - len(records) - 1
             records += self._records(first + consumer.consume(more, 0) if first and more else first)
+        if self.position >= high:
+            # caught up: stop fetching until the next read, which asks the broker anyway
+            consumer.pause([tp])
+            self.paused = True
         return records
 
     def _watermarks(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
@@ -287,37 +295,39 @@ class _Reader:
     def _records(self, messages: list[Any]) -> list[Record]:
         topic, partition = self.topic, self.partition
         new = tuple.__new__  # Record is a named tuple: this skips its Python-level __new__
-        records: list[Record] = []
-        append = records.append
-        for msg in messages:
-            error = msg.error()
-            if error is not None:
-                code = error.code()
-                if code == _PARTITION_EOF:
-                    self.end = msg.offset()
-                elif code in _UNKNOWN_TOPIC:
-                    raise translate(error, f"reading {topic}", topic)
-                else:
-                    _logger.debug("reading %s[%d]: %s", topic, partition, error)
-                continue
-            headers = msg.headers()
-            append(
-                new(
-                    Record,
-                    (
-                        topic,
-                        partition,
-                        msg.offset(),
-                        msg.timestamp()[1],
-                        msg.key(),
-                        msg.value(),
-                        tuple(headers) if headers else (),
-                    ),
-                )
+        # the hot path of read (once per record), as one comprehension
+        records: list[Record] = [
+            new(
+                Record,
+                (
+                    topic,
+                    partition,
+                    msg.offset(),
+                    msg.timestamp()[1],
+                    msg.key(),
+                    msg.value(),
+                    tuple(msg.headers() or ()),
+                ),
             )
+            for msg in messages
+            if msg.error() is None
+        ]
+        if len(records) < len(messages):
+            self._events([msg for msg in messages if msg.error() is not None])
         if records:
             self.position = records[-1].offset + 1
         return records
+
+    def _events(self, messages: list[Any]) -> None:
+        """End-of-partition events and errors that the consumer reports as messages."""
+        for msg in messages:
+            error = msg.error()
+            if error.code() == _PARTITION_EOF:
+                self.end = msg.offset()
+            elif error.code() in _UNKNOWN_TOPIC:
+                raise translate(error, f"reading {self.topic}", self.topic)
+            else:
+                _logger.debug("reading %s[%d]: %s", self.topic, self.partition, error)
 
     def close(self) -> None:
         with self.lock:
@@ -341,18 +351,7 @@ class KafkaLog(Log):
         client = config.client()
         self._admin = AdminClient(client)
         self._check_reachable()
-        self._producer = Producer(
-            {
-                **client,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": config.linger_ms,
-                "partitioner": "murmur2_random",
-                "message.timeout.ms": int(config.delivery_timeout * 1000),
-                "queue.buffering.max.messages": 1_000_000,
-                "error_cb": self._producer_error,
-            }
-        )
+        self._producer = self._new_producer()
         self._meta = Consumer(self._consumer_config())
 
     @classmethod
@@ -386,8 +385,14 @@ class KafkaLog(Log):
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
+            # each consumer reads one partition: fetch more of it per round trip than the
+            # default 1 MB, and never pause fetching for a second when the queue was full
+            "max.partition.fetch.bytes": 4 << 20,
             "queued.max.messages.kbytes": 16384,
             "fetch.queue.backoff.ms": 10,
+            # Fetches that the broker holds for new data stall in-order reads (seen here at up
+            # to the broker's wait); a reader that caught up pauses its partition instead.
+            "fetch.wait.max.ms": 10,
         }
 
     def _check_reachable(self) -> None:
@@ -398,6 +403,20 @@ class KafkaLog(Log):
             raise BrokerUnavailable(
                 f"no Kafka broker answered at {self.config.bootstrap_servers} within {timeout:g}s ({exc.args[0]})"
             ) from exc
+
+    def _new_producer(self) -> Any:
+        return Producer(
+            {
+                **self.config.client(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": self.config.linger_ms,
+                "partitioner": "murmur2_random",
+                "message.timeout.ms": int(self.config.delivery_timeout * 1000),
+                "queue.buffering.max.messages": 1_000_000,
+                "error_cb": self._producer_error,
+            }
+        )
 
     def _producer_error(self, error: KafkaError) -> None:
         # transport errors are retried by librdkafka until delivery_timeout; appends report them
@@ -585,6 +604,12 @@ class KafkaLog(Log):
         if error is not None:
             if error.code() in _UNKNOWN_TOPIC:
                 self._forget(topic)
+            if error.fatal():
+                # an idempotent producer that lost its sequence is unusable: the next append
+                # gets a fresh one (this append's records may or may not be stored)
+                with self._lock:
+                    if self._producer is producer:
+                        self._producer = self._new_producer()
             raise translate(error, f"appending to {topic}", topic)
         return delivery.positions()
 
@@ -638,7 +663,8 @@ class KafkaLog(Log):
         with self._lock:
             consumer = self._idle_waiters.pop() if self._idle_waiters else None
         if consumer is None:
-            consumer = Consumer({**self._consumer_config(), "auto.offset.reset": "latest"})
+            # a waiter wants the broker to hold its fetch until there is data
+            consumer = Consumer({**self._consumer_config(), "auto.offset.reset": "latest", "fetch.wait.max.ms": 500})
         try:
             consumer.assign([TopicPartition(topic, p, max(o, 0)) for p, o in positions.items()])
             deadline = time.monotonic() + timeout
