@@ -91,8 +91,8 @@ def test_a_crash_loses_nothing_and_keeps_per_stream_order(store: EventStore, aft
     check_complete_and_in_order(store, events)
 
 
-def test_the_relay_follows_appends_into_a_sqlite_log(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'inmotion.db'}"
+def test_the_relay_follows_appends_into_a_sqlite_log(directory: Path) -> None:
+    url = f"sqlite:///{directory / 'inmotion.db'}"
     store = EventStore(url)
     relay = OutboxRelay(store, url, "events")
     stop = threading.Event()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import sqlite3
 from collections import Counter
+from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 from inmotion.sourcing import EventStore, NewEvent, Projector, Repository
 
@@ -26,6 +29,18 @@ def kill(process: BaseProcess) -> None:
     assert process.exitcode == -signal.SIGKILL
 
 
+@contextlib.contextmanager
+def running(target: Callable[..., None], *args: Any) -> Iterator[BaseProcess]:
+    """A child process for the body of the `with`; killed at the end if the body left it running."""
+    process = spawn.Process(target=target, args=args, daemon=True)
+    process.start()
+    try:
+        yield process
+    finally:
+        if process.is_alive():
+            kill(process)
+
+
 def test_two_processes_on_one_aggregate_exactly_one_wins_each_version(sqlite_url: str) -> None:
     store = EventStore(sqlite_url)
     accounts = Repository(store, Account)
@@ -35,16 +50,14 @@ def test_two_processes_on_one_aggregate_exactly_one_wins_each_version(sqlite_url
     rounds = 10
     barrier = spawn.Barrier(2)
     conflicts = spawn.Queue()
-    processes = [
-        spawn.Process(target=workers.save_in_rounds, args=(sqlite_url, name, rounds, barrier, conflicts))
-        for name in ("a", "b")
-    ]
-    for process in processes:
-        process.start()
-    lost = dict(conflicts.get(timeout=60) for _ in processes)
-    for process in processes:
-        process.join(timeout=30)
-        assert process.exitcode == 0
+    with (
+        running(workers.save_in_rounds, sqlite_url, "a", rounds, barrier, conflicts) as a,
+        running(workers.save_in_rounds, sqlite_url, "b", rounds, barrier, conflicts) as b,
+    ):
+        lost = dict(conflicts.get(timeout=60) for _ in (a, b))
+        for process in (a, b):
+            process.join(timeout=30)
+            assert process.exitcode == 0
 
     assert lost["a"] + lost["b"] == rounds  # one loser per round, and it succeeded on retry
     stream = store.read("acc")
@@ -58,16 +71,15 @@ def test_two_processes_on_one_aggregate_exactly_one_wins_each_version(sqlite_url
 def test_kill_9_during_appends_leaves_no_gap_and_no_half_batch(sqlite_url: str) -> None:
     store = EventStore(sqlite_url)
     for round_number in range(3):
-        writers = [
-            spawn.Process(target=workers.append_forever, args=(sqlite_url, f"w{round_number}{n}")) for n in (0, 1)
-        ]
-        for writer in writers:
-            writer.start()
-        target = store.last_position() + 30 * workers.BATCH
-        while store.last_position() < target:
-            store.wait(store.last_position(), timeout=30)
-        for writer in writers:
-            kill(writer)
+        with (
+            running(workers.append_forever, sqlite_url, f"w{round_number}0") as first,
+            running(workers.append_forever, sqlite_url, f"w{round_number}1") as second,
+        ):
+            target = store.last_position() + 30 * workers.BATCH
+            while store.last_position() < target:
+                assert store.wait(store.last_position(), timeout=30), "the writers stopped writing"
+            kill(first)
+            kill(second)
 
         events = store.read_all(1, 1_000_000)
         assert [e.position for e in events] == list(range(1, len(events) + 1))
@@ -86,10 +98,10 @@ def test_kill_9_during_appends_leaves_no_gap_and_no_half_batch(sqlite_url: str) 
 
 
 def test_a_projection_killed_with_9_applies_every_event_exactly_once_after_restart(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str, directory: Path
 ) -> None:
     store = EventStore(sqlite_url)
-    read_model = tmp_path / "read.db"
+    read_model = directory / "read.db"
 
     def append(count: int) -> None:
         for batch in range(count):
@@ -106,14 +118,13 @@ def test_a_projection_killed_with_9_applies_every_event_exactly_once_after_resta
         conn.close()
         return int(count)
 
-    append(100)
     for _ in range(2):
-        projector = spawn.Process(target=workers.project_forever, args=(sqlite_url, str(read_model)))
-        projector.start()
-        target = applied() + 400
-        wait_until(lambda target=target: applied() >= target)  # type: ignore[misc]
-        append(30)  # more events while it runs
-        kill(projector)
+        append(60)
+        with running(workers.project_forever, sqlite_url, str(read_model)) as projector:
+            target = applied() + 300  # at least 600 events wait: killed part way
+            wait_until(lambda target=target: applied() >= target)  # type: ignore[misc]
+            append(30)  # more events while it runs
+            kill(projector)
 
     with Projector(workers.Applied(), store, read_model) as restarted:
         restarted.run_once()

@@ -61,8 +61,8 @@ def balances(projector: Projector) -> dict[str, int]:
 
 
 @pytest.fixture
-def read_model(tmp_path: Path) -> Path:
-    return tmp_path / "read.db"
+def read_model(directory: Path) -> Path:
+    return directory / "read.db"
 
 
 def test_catch_up_applies_every_event_once(store: EventStore, read_model: Path) -> None:
@@ -306,9 +306,9 @@ def test_old_events_are_upcast_for_projections(store: EventStore, read_model: Pa
 
 @pytest.mark.parametrize("log_url", ["memory://", "sqlite"])
 def test_a_projection_reads_a_log_topic_and_applies_duplicates_once(
-    store: EventStore, read_model: Path, tmp_path: Path, log_url: str
+    store: EventStore, read_model: Path, directory: Path, log_url: str
 ) -> None:
-    log = inmotion.connect(log_url if log_url == "memory://" else f"sqlite:///{tmp_path / 'log.db'}")
+    log = inmotion.connect(log_url if log_url == "memory://" else f"sqlite:///{directory / 'log.db'}")
     open_accounts(store, 4)
     relay = OutboxRelay(store, log, "accounts", topic_config=inmotion.TopicConfig(partitions=3))
     assert relay.relay_once() == 16

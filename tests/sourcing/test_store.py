@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import inmotion
 from inmotion.errors import ConcurrencyError, InvalidConfig, InvalidEvent, StorageError
-from inmotion.sourcing import EventStore, NewEvent, StoredEvent, UnreadableEvent
+from inmotion.sourcing import EventStore, NewEvent, NewSnapshot, StoredEvent, UnreadableEvent
 
 
 def events(*numbers: int) -> list[NewEvent]:
@@ -157,8 +157,8 @@ def test_sqlite_store_is_durable_across_reopen(sqlite_url: str) -> None:
 
 
 @pytest.mark.parametrize("log_first", [True, False])
-def test_sqlite_store_shares_the_file_with_the_log(tmp_path: Path, log_first: bool) -> None:
-    url = f"sqlite:///{tmp_path / 'inmotion.db'}"
+def test_sqlite_store_shares_the_file_with_the_log(directory: Path, log_first: bool) -> None:
+    url = f"sqlite:///{directory / 'inmotion.db'}"
     if log_first:
         inmotion.connect(url).close()
     with EventStore(url) as store:
@@ -172,32 +172,32 @@ def test_sqlite_store_shares_the_file_with_the_log(tmp_path: Path, log_first: bo
         assert store.stream_version("s") == 1
 
 
-def test_sqlite_store_refuses_a_foreign_database(tmp_path: Path) -> None:
-    path = tmp_path / "other.db"
+def test_sqlite_store_refuses_a_foreign_database(directory: Path) -> None:
+    path = directory / "other.db"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE mine (x)")
     conn.close()
     with pytest.raises(StorageError, match="not an inmotion log"):
         EventStore(f"sqlite:///{path}")
     with pytest.raises(StorageError, match="does not exist"):
-        EventStore(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
+        EventStore(f"sqlite:///{directory / 'missing' / 'x.db'}")
     with pytest.raises(InvalidConfig, match="unknown event store URL option"):
         EventStore(f"sqlite:///{path}?colour=blue")
 
 
-def test_sqlite_refuses_a_file_from_a_newer_store(sqlite_url: str, tmp_path: Path) -> None:
+def test_sqlite_refuses_a_file_from_a_newer_store(sqlite_url: str, directory: Path) -> None:
     EventStore(sqlite_url).close()
-    with sqlite3.connect(tmp_path / "store.db") as conn:
+    with sqlite3.connect(directory / "store.db") as conn:
         conn.execute("UPDATE es_meta SET value = 99 WHERE key = 'event_store_schema'")
     conn.close()
     with pytest.raises(StorageError, match="newer inmotion"):
         EventStore(sqlite_url)
 
 
-def test_corrupt_payload_names_stream_and_version(sqlite_url: str, tmp_path: Path) -> None:
+def test_corrupt_payload_names_stream_and_version(sqlite_url: str, directory: Path) -> None:
     with EventStore(sqlite_url) as store:
         store.append("s", events(1, 2), 0)
-        with sqlite3.connect(tmp_path / "store.db") as conn:
+        with sqlite3.connect(directory / "store.db") as conn:
             conn.execute("UPDATE es_events SET payload = x'7b6e3a' WHERE version = 2")
         conn.close()
         first, second = store.read("s")
@@ -250,3 +250,20 @@ def test_versions_and_positions_follow_the_model_in_memory(operations: list[tupl
 def test_versions_and_positions_follow_the_model_in_sqlite(operations: list[tuple[str, int, int]]) -> None:
     with tempfile.TemporaryDirectory() as directory, EventStore(f"sqlite:///{directory}/s.db") as store:
         check_against_model(store, operations)
+
+
+def test_a_snapshot_is_written_with_the_append(store: EventStore) -> None:
+    store.append("s", events(1, 2), 0, snapshot=NewSnapshot("Counter", {"total": 3}, schema_version=2))
+    snapshot = store.load_snapshot("s")
+    assert snapshot is not None
+    assert (snapshot.version, snapshot.type, snapshot.schema_version, snapshot.data) == (2, "Counter", 2, {"total": 3})
+    with pytest.raises(ConcurrencyError):
+        store.append("s", events(3), 0, snapshot=NewSnapshot("Counter", {"total": 6}))
+    assert store.load_snapshot("s") == snapshot
+    assert store.load_snapshot("t") is None
+
+
+def test_big_batches_are_written_whole(store: EventStore) -> None:
+    assert store.append("s", events(*range(250)), 0) == 250
+    assert [e.data["n"] for e in store.read("s")] == list(range(250))
+    assert [e.position for e in store.read_all(1, 1000)] == list(range(1, 251))

@@ -176,10 +176,10 @@ def test_an_upcaster_that_fails_names_stream_and_version(store: EventStore) -> N
 
 
 @pytest.mark.parametrize("cls", [PersonV1, Person])
-def test_a_corrupt_payload_names_stream_and_version(sqlite_url: str, tmp_path: Path, cls: type[Aggregate]) -> None:
+def test_a_corrupt_payload_names_stream_and_version(sqlite_url: str, directory: Path, cls: type[Aggregate]) -> None:
     with EventStore(sqlite_url) as store:
         store.append("p", [NewEvent("Renamed", {"name": "Ada"}, schema_version=1)], 0)
-        with sqlite3.connect(tmp_path / "store.db") as conn:
+        with sqlite3.connect(directory / "store.db") as conn:
             conn.execute("UPDATE es_events SET payload = x'00ff'")
         conn.close()
         with pytest.raises(UnreadableEvent, match=r"event 1 of stream 'p'"):
@@ -199,4 +199,4 @@ def test_event_types_refuse_bad_classes() -> None:
     with pytest.raises(InvalidConfig, match="two event classes are stored as 'Renamed'"):
         EventTypes([RenamedV1, AlsoRenamed])
     with pytest.raises(InvalidConfig, match="not a known event class"):
-        EventTypes([RenamedV1]).encode(Renamed(first="a", last="b", changed_by="c"))
+        EventTypes([RenamedV1]).encode([Renamed(first="a", last="b", changed_by="c")])

@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.events import from_data
 from inmotion.sourcing.errors import AggregateNotFound, UnreadableEvent
-from inmotion.sourcing.store import EventStore, NewSnapshot, StoredSnapshot
+from inmotion.sourcing.store import EventStore, StoredSnapshot, encode_json
 from inmotion.sourcing.versioning import EventTypes, schema_version, upcast
 
 A = TypeVar("A", bound="Aggregate")
@@ -179,13 +179,12 @@ class Repository(Generic[A]):
         stored = aggregate._stored_version
         if not pending:
             return stored
-        encode = self.aggregate._event_types.encode
-        events = [encode(event) for event in pending]
+        events = self.aggregate._event_types.encode(pending)
         new_version = stored + len(events)
         snapshot = None
         if self.snapshot_every and new_version // self.snapshot_every > stored // self.snapshot_every:
-            snapshot = NewSnapshot(self._snapshot_type, aggregate.snapshot_state(), self._snapshot_version)
-        aggregate._stored_version = self.store.append(aggregate.id, events, stored, snapshot=snapshot)
+            snapshot = (self._snapshot_type, self._snapshot_version, encode_json(aggregate.snapshot_state()))
+        aggregate._stored_version = self.store.recorder.append(aggregate.id, events, stored, snapshot)
         aggregate._pending = []
         return aggregate._stored_version
 

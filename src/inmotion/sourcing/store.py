@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
@@ -46,8 +46,17 @@ def encode_json(data: Any) -> bytes:
 
 def new_event_id() -> str:
     """A random (version 4) UUID as text; uuid.uuid4() costs several times more per event."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    return _uuid4_text(os.urandom(16).hex())
+
+
+def new_event_ids(count: int) -> list[str]:
+    """`count` random UUIDs from one call for randomness."""
+    hexes = os.urandom(16 * count).hex()
+    return [_uuid4_text(hexes[i : i + 32]) for i in range(0, 32 * count, 32)]
+
+
+def _uuid4_text(h: str) -> str:
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,9 +133,8 @@ class StoredSnapshot(msgspec.Struct, frozen=True):
             raise UnreadableEvent(self.stream_id, self.version, f"corrupt snapshot: {exc}") from exc
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class EncodedEvent:
-    """A `NewEvent` with its data already turned into JSON bytes (done before any write)."""
+class EncodedEvent(NamedTuple):
+    """An event ready for a recorder: its data already JSON bytes (made before any write)."""
 
     type: str
     schema_version: int

@@ -11,7 +11,7 @@ v1 are read through both. Aggregates migrate their snapshots the same way, with
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -20,7 +20,7 @@ import pydantic
 from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.events import from_data
 from inmotion.sourcing.errors import UnreadableEvent
-from inmotion.sourcing.store import NewEvent, StoredEvent
+from inmotion.sourcing.store import EncodedEvent, StoredEvent, encode_json, new_event_ids
 
 
 def event_type_name(cls: type) -> str:
@@ -81,11 +81,16 @@ class EventTypes:
     def __contains__(self, type_name: object) -> bool:
         return type_name in self._by_name
 
-    def encode(self, event: object) -> NewEvent:
-        known = self._names.get(type(event))
-        if known is None:
-            raise InvalidConfig(f"{type(event).__qualname__} is not a known event class here")
-        return NewEvent(known[0], event, known[1])
+    def encode(self, events: Sequence[object]) -> list[EncodedEvent]:
+        """The events (instances of known classes) ready to append."""
+        ids = new_event_ids(len(events))
+        encoded = []
+        for event, id in zip(events, ids, strict=True):
+            known = self._names.get(type(event))
+            if known is None:
+                raise InvalidConfig(f"{type(event).__qualname__} is not a known event class here")
+            encoded.append(EncodedEvent(known[0], known[1], id, encode_json(event)))
+        return encoded
 
     def decode(self, stored: StoredEvent) -> Any:
         """The stored event as an instance of its current class; `UnreadableEvent` if it cannot be."""
