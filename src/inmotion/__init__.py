@@ -2,7 +2,19 @@
 
 from inmotion.events import Event
 from inmotion.log import Log, Message, Record, TopicConfig, connect
+from inmotion.runtime import App, Context, Retry
 
 __version__ = "0.1.0"
 
-__all__ = ["Event", "Log", "Message", "Record", "TopicConfig", "__version__", "connect"]
+__all__ = [
+    "App",
+    "Context",
+    "Event",
+    "Log",
+    "Message",
+    "Record",
+    "Retry",
+    "TopicConfig",
+    "__version__",
+    "connect",
+]

@@ -278,3 +278,24 @@ def test_bad_subscriptions_are_refused_with_a_clear_error() -> None:
         asyncio.run(scenario())
     with pytest.raises(InvalidConfig, match="unknown broker URL"):
         App("x", "nope://")
+
+
+def test_the_filter_runs_before_the_payload_is_decoded(eventually: Eventually) -> None:
+    got: list[PlacedDC] = []
+
+    async def scenario() -> None:
+        with App("shop", "memory://") as app:
+
+            @app.subscribe("orders", group="g", filter="shop.order.placed")
+            async def handle(placed: PlacedDC) -> None:
+                got.append(placed)
+
+            await app.start()
+            await app.publish("orders", {"reason": "no stock"}, type="shop.order.rejected")
+            await app.publish("orders", PlacedDC("o-1", 1.0), type="shop.order.placed")
+            await eventually(lambda: len(got) == 1)
+            await app.stop()
+            assert app.metrics.value("inmotion_skipped_total") == 1
+            assert app.metrics.value("inmotion_dead_lettered_total") == 0
+
+    asyncio.run(scenario())

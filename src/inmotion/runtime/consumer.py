@@ -351,14 +351,14 @@ class Consumer:
         try:
             if sub.filter is not None or sub.idempotent or handler.wants_event:
                 event = record.event()
+                if sub.filter is not None and not sub.filter.matches(event):
+                    counters["skipped"].add()
+                    return
                 payload = handler.decode(event)
             else:  # the handler needs only the payload: skip building the envelope
                 payload = handler.decode_record(record)
         except InvalidEvent as exc:
             await self._dead_letter(record, exc, 1, worker)
-            return
-        if event is not None and sub.filter is not None and not sub.filter.matches(event):
-            counters["skipped"].add()
             return
         key = ("", "") if event is None else (event.source, event.id)
         if sub.idempotent and not sub.transaction and await self._call(self._seen, key):

@@ -1,0 +1,35 @@
+"""The shop demo runs end to end: services in their own processes, retries, the DLQ."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inmotion.log import connect
+from inmotion.runtime.deadletter import entries
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_the_shop_demo_ships_rejects_and_dead_letters(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "INMOTION_BROKER"} | {"COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.shop", "--broker", url, "--orders", "6"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 orders: 3 shipped, 1 rejected (out of stock), 2 dead-lettered" in result.stdout
+    assert "handler failed (attempt 1, will retry): GatewayTimeout" in result.stdout
+    with connect(url) as log:
+        failed = [entry.event().data["order_id"] for entry in entries(log, "shop.payment.dlq")]
+        assert sorted(failed) == ["o-002", "o-006"]
