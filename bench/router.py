@@ -80,7 +80,7 @@ def event(number: int) -> dict[str, Any]:
         "region": region,
         "risk": round(rng.random(), 3),
         "tags": rng.sample(["new", "vip", "b2b", "promo", "mobile", "web", "gift", "bulk"], 3),
-        "note": "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(120)),
+        "note": "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(260)),
     }
     if rng.random() < 0.3:
         data["coupon"] = f"SAVE{rng.randrange(5, 50)}"

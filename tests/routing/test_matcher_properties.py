@@ -96,7 +96,7 @@ def valid(raw: dict[str, Any]) -> Pattern:
         raise
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raws=st.lists(patterns, min_size=1, max_size=6), docs=st.lists(events, min_size=1, max_size=5))
 def test_compiled_matcher_agrees_with_reference(raws: list[dict[str, Any]], docs: list[dict[str, Any]]) -> None:
     compiled = [valid(raw) for raw in raws]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -47,6 +48,7 @@ from inmotion.routing.pattern import (
 )
 
 _MISSING: Any = object()
+_UNSEEN: Any = object()
 
 
 @dataclasses.dataclass(slots=True)
@@ -166,10 +168,13 @@ class _Compiled:
                     state.rules = (*state.rules, rule)
         _finish(self.root)
         self.getters = [_getter(path) for path in self.paths]
+        self.unseen: list[Any] = [_UNSEEN] * len(self.paths)
+        self.extract_root = _extractor([(path_id, self.paths[path_id]) for path_id, _ in self.root.fields])
 
     def match(self, document: dict[str, Any]) -> list[str]:
         paths, getters = self.paths, self.getters
-        found: dict[int, list[Any]] = {}
+        found = self.unseen.copy()
+        self.extract_root(document, found)
         crossed = False
         reached: list[tuple[_Rule, ...]] = []
         stack = [self.root]
@@ -179,12 +184,12 @@ class _Compiled:
             if state.rules:
                 reached.append(state.rules)
             for path_id, step in state.fields:
-                values = found.get(path_id)
+                values = found[path_id]
+                if values is _UNSEEN:
+                    values = found[path_id] = getters[path_id](document)
                 if values is None:
-                    values = getters[path_id](document)
-                    if values is None:
-                        values, through_array = resolve(document, paths[path_id])
-                        crossed = crossed or through_array
+                    values, through_array = resolve(document, paths[path_id])
+                    crossed = crossed or through_array
                     found[path_id] = values
                 targets = step(values)
                 if targets:
@@ -202,6 +207,46 @@ class _Compiled:
 
 def _by_order(rule: _Rule) -> int:
     return rule.order
+
+
+def _extractor(paths: list[tuple[int, Path]]) -> Callable[[dict[str, Any], list[Any]], None]:
+    """A function, generated for the root's paths, that fetches all their leaf values in one walk
+    sharing common prefixes: `found[path_id]` becomes the values, or None where an array is in
+    the way (the caller then uses the general `resolve`)."""
+    tree: dict[str, Any] = {}
+    for path_id, path in paths:
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, ({}, []))[0]
+        node.setdefault(path[-1], ({}, []))[1].append(path_id)
+    lines = ["def extract(document, found):"]
+    names = iter(range(1_000_000))
+
+    def below(node: dict[str, Any]) -> list[int]:
+        return [pid for children, ends in node.values() for pid in [*ends, *below(children)]]
+
+    def emit(parent: str, node: dict[str, Any], indent: str) -> None:
+        for key, (children, ends) in node.items():
+            name = f"n{next(names)}"
+            lines.append(f"{indent}{name} = {parent}.get({key!r}, MISSING)")
+            lines.append(f"{indent}kind = type({name})")
+            for path_id in ends:
+                lines.append(f"{indent}if kind is dict or {name} is MISSING: found[{path_id}] = EMPTY")
+                lines.append(f"{indent}elif kind is list: found[{path_id}] = None")
+                lines.append(f"{indent}else: found[{path_id}] = [{name}]")
+            if children:
+                lines.append(f"{indent}if kind is dict:")
+                emit(name, children, indent + "    ")
+                lines.append(f"{indent}else:")
+                for path_id in below(children):
+                    lines.append(f"{indent}    found[{path_id}] = None if kind is list else EMPTY")
+
+    emit("document", tree, "    ")
+    lines.append("    return None")
+    namespace: dict[str, Any] = {"MISSING": _MISSING, "EMPTY": []}
+    exec("\n".join(lines), namespace)
+    extract: Callable[[dict[str, Any], list[Any]], None] = namespace["extract"]
+    return extract
 
 
 def _getter(path: Path) -> Callable[[dict[str, Any]], list[Any] | None]:
@@ -444,14 +489,18 @@ class _CidrIndex:
                     out.extend(hit)
 
 
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(r"\.".join([_OCTET] * 4))
+
+
 @functools.lru_cache(maxsize=4096)
 def _address(value: str) -> tuple[int, int, int] | None:
     """(IP version, address as an integer, address bits), cached: one event meets many blocks."""
-    octets = value.split(".")
-    if len(octets) == 4 and all(o.isdigit() and o.isascii() and (o == "0" or o[0] != "0") for o in octets):
-        a, b, c, d = (int(o) for o in octets)
-        if a < 256 and b < 256 and c < 256 and d < 256:
-            return 4, (a << 24) | (b << 16) | (c << 8) | d, 32
+    dotted = _IPV4.fullmatch(value)
+    if dotted is not None:
+        a, b, c, d = dotted.groups()
+        return 4, (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), 32
+    if ":" not in value:
         return None
     address = parse_ip(value)
     return None if address is None else (address.version, int(address), address.max_prefixlen)
