@@ -13,7 +13,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from inmotion.sourcing import EventStore, NewEvent, Projector, Repository
+import inmotion
+from inmotion.sourcing import EventStore, NewEvent, OutboxRelay, Projector, Repository
 
 from . import workers
 from .bank import Account
@@ -135,4 +136,40 @@ def test_a_projection_killed_with_9_applies_every_event_exactly_once_after_resta
         ) == [(total, total, 1, total)]
         expected = Counter(e.stream_id for e in store.read_all(1, 1_000_000))
         assert dict(restarted.query("SELECT stream, n FROM totals")) == expected
+    store.close()
+
+
+def test_an_outbox_relay_killed_with_9_loses_nothing_and_keeps_stream_order(sqlite_url: str) -> None:
+    store = EventStore(sqlite_url)
+    log = inmotion.connect(sqlite_url)
+
+    def append(batches: int) -> None:
+        for batch in range(batches):
+            stream = workers.STREAMS[batch % 3]
+            version = store.stream_version(stream)
+            store.append(stream, [NewEvent("Tick", {"n": version + i}) for i in range(1, 8)], version)
+
+    def published() -> list[inmotion.Event]:
+        if "ticks" not in log.list_topics():
+            return []
+        return [record.event() for record in log.read("ticks", 0, 0, 1_000_000)]
+
+    for _ in range(2):
+        append(60)
+        with running(workers.relay_forever, sqlite_url, "ticks") as relay:
+            target = len(published()) + 150
+            wait_until(lambda target=target: len(published()) >= target)  # type: ignore[misc]
+            append(20)
+            kill(relay)
+
+    OutboxRelay(store, log, "ticks").relay_once()
+    events = published()
+    first_seen: dict[str, inmotion.Event] = {}
+    for event in events:
+        first_seen.setdefault(event.id, event)
+    assert set(first_seen) == {e.id for e in store.read_all(1, 1_000_000)}
+    for stream in workers.STREAMS:
+        versions = [int(str(e.extensions["streamversion"])) for e in first_seen.values() if e.subject == stream]
+        assert versions == list(range(1, store.stream_version(stream) + 1))
+    log.close()
     store.close()

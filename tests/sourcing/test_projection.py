@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pytest
 
 import inmotion
-from inmotion.errors import InvalidConfig
+from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.sourcing import (
     EventStore,
     NewEvent,
@@ -326,3 +326,14 @@ def test_a_projection_reads_a_log_topic_and_applies_duplicates_once(
         assert projector.run_once() == 4
         assert balances(projector)["acc-4"] == 6
     log.close()
+
+
+def test_a_record_that_is_no_cloudevent_names_its_place(directory: Path, read_model: Path) -> None:
+    with inmotion.connect("memory://") as log:
+        log.create_topic("accounts")
+        log.append("accounts", [inmotion.Message(value=b"not an event")])
+        with (
+            Projector(Balances(), TopicSource(log, "accounts"), read_model) as projector,
+            pytest.raises(InvalidEvent, match="topic 'accounts' partition 0 offset 0 is not a readable CloudEvent"),
+        ):
+            projector.run_once()

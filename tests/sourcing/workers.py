@@ -7,7 +7,16 @@ import threading
 from typing import Any, ClassVar
 
 from inmotion.errors import ConcurrencyError
-from inmotion.sourcing import EventStore, NewEvent, Projection, Projector, Repository, Transaction, handles
+from inmotion.sourcing import (
+    EventStore,
+    NewEvent,
+    OutboxRelay,
+    Projection,
+    Projector,
+    Repository,
+    Transaction,
+    handles,
+)
 
 from .bank import Account
 
@@ -79,3 +88,8 @@ class Applied(Projection):
 def project_forever(url: str, read_model: str) -> None:
     with Projector(Applied(), EventStore(url), read_model, batch_size=25) as projector:
         projector.run(threading.Event(), poll=0.01)
+
+
+def relay_forever(url: str, topic: str) -> None:
+    relay = OutboxRelay(EventStore(url), url, topic, batch_size=20)
+    relay.run(threading.Event(), poll=0.01)

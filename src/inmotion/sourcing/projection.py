@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from inmotion.errors import InvalidConfig, InvalidEvent
-from inmotion.log import Log
+from inmotion.log import Log, Record
 from inmotion.sourcing.aggregate import marked_methods
 from inmotion.sourcing.sqlite import connect, create_tables, database_path, translate_errors
 from inmotion.sourcing.store import EventStore, StoredEvent, encode_json
@@ -211,7 +211,7 @@ class TopicSource(Source):
                 break
         return batch
 
-    def _stored(self, record: Any) -> StoredEvent:
+    def _stored(self, record: Record) -> StoredEvent:
         where = f"topic {self.topic!r} partition {record.partition} offset {record.offset}"
         try:
             event = record.event()
@@ -219,10 +219,10 @@ class TopicSource(Source):
             schema_version = event.extensions.get("schemaversion", 1)
             return StoredEvent(
                 event.subject or event.key or "",
-                int(version),
+                int(str(version)),
                 record.offset,
                 event.type,
-                int(schema_version),
+                int(str(schema_version)),
                 event.id,
                 record.timestamp,
                 encode_json(event.data),
