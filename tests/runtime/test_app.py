@@ -299,3 +299,31 @@ def test_the_filter_runs_before_the_payload_is_decoded(eventually: Eventually) -
             assert app.metrics.value("inmotion_dead_lettered_total") == 0
 
     asyncio.run(scenario())
+
+
+def test_the_routers_event_patterns_plug_in_as_filters(eventually: Eventually) -> None:
+    from inmotion.routing import Pattern
+
+    big: list[float] = []
+
+    async def scenario() -> None:
+        with App("shop", "memory://") as app:
+
+            @app.subscribe(
+                "orders",
+                group="big-orders",
+                filter=Pattern({"type": ["shop.order.placed"], "data": {"total": [{"numeric": [">", 100]}]}}),
+            )
+            async def handle(placed: PlacedDC) -> None:
+                big.append(placed.total)
+
+            await app.start()
+            for total in (50.0, 150.0, 99.0, 101.0):
+                await app.publish("orders", PlacedDC("o", total), type="shop.order.placed")
+            await app.publish("orders", PlacedDC("o", 500.0), type="shop.order.cancelled")
+            await eventually(lambda: app.metrics.value("inmotion_skipped_total") == 3)
+            await eventually(lambda: len(big) == 2)
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert sorted(big) == [101.0, 150.0]

@@ -178,7 +178,9 @@ def test_run_serves_an_app_until_sigterm_and_dlq_list_shows_its_failures(url: st
 @pytest.mark.slow
 def test_run_refuses_what_is_not_an_app(tmp_path: Path) -> None:
     (tmp_path / "notapp.py").write_text("app = 42\n")
+    (tmp_path / "own.py").write_text("from inmotion import App\napp = App('own', 'memory://')\n")
     for spec, message in [
+        ("own:app", "names its own broker (memory://)"),
         ("notapp:app", "is a int, not an inmotion.App"),
         ("notapp:missing", "has no attribute 'missing'"),
         ("nosuchmodule:app", "cannot import 'nosuchmodule'"),

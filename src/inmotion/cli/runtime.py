@@ -376,6 +376,9 @@ def run(
         os.environ["INMOTION_BROKER"] = broker
     logs.configure(log_level, json_logs)
     app = load_app(app_spec)
+    if broker and app.log.url != broker:
+        app.close()
+        fail(f"{app_spec} names its own broker ({app.log.url}): drop --broker or create the App without one")
     if not app.subscriptions:
         fail(f"{app_spec} has no subscriptions to run")
     try:

@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -168,12 +169,17 @@ class Consumer:
         fetchers = [asyncio.create_task(self._fetch(topic)) for topic in self.subscription.topics]
         committer = asyncio.create_task(self._commit_loop(stopped))
         try:
+            last_heartbeat = time.monotonic()
             while not stopped.is_set():
                 try:
                     assignment = await self._call(membership.heartbeat)
                 except InmotionError as exc:
                     logger.warning("heartbeat failed: %s", exc, extra={"group": self.group})
+                    if time.monotonic() - last_heartbeat > membership.session_timeout:
+                        # Our leases have expired: another member may own the partitions now.
+                        await self._apply(Assignment(frozenset(), frozenset()))
                 else:
+                    last_heartbeat = time.monotonic()
                     await self._apply(assignment)
                     await self._observe()
                 with contextlib.suppress(TimeoutError):
