@@ -152,3 +152,35 @@ def test_check_a_missing_file(tmp_path: Path) -> None:
     code, _, err = rules("check", str(tmp_path / "absent.yaml"))
     assert code == 2
     assert "cannot read rules file" in err
+
+
+def test_route_once_delivers_and_commits(tmp_path: Path) -> None:
+    import typer
+
+    from inmotion import Event
+    from inmotion.cli.rules import route
+    from inmotion.log import connect
+
+    broker = f"sqlite:///{tmp_path}/route.db"
+    with connect(broker) as log:
+        for topic in ("orders", "big", "rest"):
+            log.create_topic(topic)
+        log.append_events(
+            "orders", [Event.create("order", {"amount": amount}, source="/shop") for amount in (5, 500, 700)]
+        )
+    (tmp_path / "rules.yaml").write_text(
+        "unmatched: rest\nrules:\n  - name: big\n    sources: [orders]\n"
+        '    pattern: {data: {amount: [{numeric: [">", 100]}]}}\n    targets: [{topic: big}]\n'
+    )
+    command = typer.Typer()
+    command.command()(route)
+    arguments = ["--rules", str(tmp_path / "rules.yaml"), "--once", "--broker", broker]
+    result = runner.invoke(command, arguments)
+    assert result.exit_code == 0, result.stderr
+    assert "routed 3 events, 1 matched no rule" in result.stderr
+    with connect(broker) as log:
+        assert [r.event().data["amount"] for r in log.read("big", 0, 0)] == [500, 700]
+        assert [r.event().data["amount"] for r in log.read("rest", 0, 0)] == [5]
+        assert log.committed("inmotion-router", "orders") == {0: 3}
+    again = runner.invoke(command, arguments)
+    assert "routed 0 events" in again.stderr

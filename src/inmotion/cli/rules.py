@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from inmotion.cli.common import fail
+from inmotion.cli.common import BrokerOption, fail, open_log
 from inmotion.errors import InmotionError, InvalidEvent
-from inmotion.routing import Pattern
+from inmotion.routing import Pattern, Router
 from inmotion.routing.rules import load_rules
 
 rules_app = typer.Typer(help="Test event patterns and check rules files.", no_args_is_help=True)
@@ -74,3 +75,43 @@ def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")
         sources = ", ".join(rule.sources) or "all sources"
         targets = "; ".join(target.describe() for target in rule.targets)
         typer.echo(f"  {rule.name}: {sources} -> {targets}")
+
+
+def route(
+    rules: Annotated[Path, typer.Option("--rules", "-r", help="The rules file (YAML).")],
+    group: Annotated[str, typer.Option("--group", "-g", help="Consumer group of the router.")] = "inmotion-router",
+    once: Annotated[bool, typer.Option("--once", help="Route what is there now, then exit.")] = False,
+    broker: BrokerOption = None,
+) -> None:
+    """Route events from the rules' source topics to their targets, as a consumer group.
+
+    Editing the rules file reloads it between batches; offsets are committed per batch, so no
+    event is lost or skipped across a reload. A file that fails to load keeps the old rules.
+    """
+    rule_set = load_rules(rules)
+    stamp = os.stat(rules).st_mtime_ns
+    with open_log(broker) as log:
+        router = Router(log, rule_set, group=group)
+        typer.echo(f"routing {', '.join(router.sources) or 'nothing'} with {len(rule_set.rules)} rules", err=True)
+        routed = unmatched = 0
+        try:
+            while True:
+                handled = router.poll()
+                if once and not handled:
+                    break
+                if not handled:
+                    router.wait(1.0)
+                current = os.stat(rules).st_mtime_ns
+                if current != stamp:
+                    stamp = current
+                    try:
+                        rule_set = load_rules(rules)
+                    except InmotionError as error:
+                        typer.echo(f"error: keeping the previous rules: {error}", err=True)
+                        continue
+                    routed, unmatched = routed + router.routed, unmatched + router.unmatched
+                    router = Router(log, rule_set, group=group)
+                    typer.echo(f"reloaded {rules}: {len(rule_set.rules)} rules", err=True)
+        finally:
+            routed, unmatched = routed + router.routed, unmatched + router.unmatched
+            typer.echo(f"routed {routed} events, {unmatched} matched no rule", err=True)

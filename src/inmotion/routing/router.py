@@ -161,19 +161,24 @@ class Router:
         return handled
 
     def run(self, stop: threading.Event, wait: float = 1.0) -> None:
-        """Poll until `stop` is set, waiting for new records between polls."""
+        """Poll until `stop` is set, waiting up to `wait` seconds for new records between polls."""
         while not stop.is_set():
-            if self.poll():
-                continue
-            share = wait / max(1, len(self.sources))
-            for topic in self.sources:
-                committed = self.log.committed(self.group, topic)
-                positions = {
-                    partition: committed.get(partition, self.log.earliest_offset(topic, partition))
-                    for partition in range(self.log.partition_count(topic))
-                }
-                if stop.is_set() or self.log.wait(topic, positions, share):
-                    break
+            if not self.poll():
+                self.wait(wait)
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a source topic has records past the group's position (True) or `timeout`
+        seconds passed (False); the time is shared between the source topics."""
+        share = timeout / max(1, len(self.sources))
+        for topic in self.sources:
+            committed = self.log.committed(self.group, topic)
+            positions = {
+                partition: committed.get(partition, self.log.earliest_offset(topic, partition))
+                for partition in range(self.log.partition_count(topic))
+            }
+            if self.log.wait(topic, positions, share):
+                return True
+        return False
 
 
 def post(target: HttpTarget, event: Event) -> None:
