@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import inmotion
 from inmotion.errors import InvalidConfig, InvalidEvent
@@ -337,3 +341,47 @@ def test_a_record_that_is_no_cloudevent_names_its_place(directory: Path, read_mo
             pytest.raises(InvalidEvent, match="topic 'accounts' partition 0 offset 0 is not a readable CloudEvent"),
         ):
             projector.run_once()
+
+
+class FlakyCounts(Counts):
+    """Fails on chosen positions the first time it meets them, like a handler hitting a bad moment."""
+
+    def __init__(self, fail_at: set[int]) -> None:
+        self.fail_at = set(fail_at)
+
+    @handles(Opened, Deposited)
+    def _counted(self, tx: Transaction, event: Any) -> None:
+        if tx.stored.position in self.fail_at:
+            self.fail_at.discard(tx.stored.position)
+            raise RuntimeError("flaky")
+        super()._counted(tx, event)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=1, max_size=12),
+    batch_size=st.integers(1, 7),
+    fail_at=st.sets(st.integers(1, 60), max_size=5),
+)
+def test_every_event_is_applied_exactly_once_whatever_the_batches_and_failures(
+    steps: list[tuple[int, bool]], batch_size: int, fail_at: set[int]
+) -> None:
+    with tempfile.TemporaryDirectory() as name, EventStore("memory://") as store:
+        projection = FlakyCounts(fail_at)
+        with Projector(projection, store, Path(name) / "read.db", batch_size=batch_size) as projector:
+            opened = 0
+            for accounts, project in steps:
+                open_accounts(store, accounts, deposits=1, start=opened)
+                opened += accounts
+                if project:
+                    with contextlib.suppress(RuntimeError):
+                        projector.run_once()
+            while True:
+                try:
+                    projector.run_once()
+                    break
+                except RuntimeError:
+                    continue
+            total = store.last_position()
+            assert projector.query("SELECT count(*), count(DISTINCT position) FROM applied") == [(total, total)]
+            assert projector.lag() == 0

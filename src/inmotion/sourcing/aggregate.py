@@ -82,7 +82,7 @@ class Aggregate:
         super().__init_subclass__(**kwargs)
         cls._appliers = marked_methods(cls, _APPLIES)
         cls._event_types = EventTypes(cls._appliers)
-        schema_version(cls, "__snapshot_version__")
+        schema_version(cls, "__snapshot_version__", inherited=True)
 
     def __init__(self, id: str) -> None:
         if not isinstance(id, str) or not id:
@@ -151,7 +151,7 @@ class Repository(Generic[A]):
         self.aggregate = aggregate
         self.snapshot_every = snapshot_every
         self._snapshot_type = aggregate.__dict__.get("__aggregate_type__", aggregate.__name__)
-        self._snapshot_version = schema_version(aggregate, "__snapshot_version__")
+        self._snapshot_version = schema_version(aggregate, "__snapshot_version__", inherited=True)
 
     def get(self, id: str) -> A:
         """The aggregate as of its newest event; `AggregateNotFound` if it has none."""

@@ -31,8 +31,10 @@ def event_type_name(cls: type) -> str:
     return name
 
 
-def schema_version(cls: type, attribute: str = "__schema_version__") -> int:
-    version = cls.__dict__.get(attribute, 1)
+def schema_version(cls: type, attribute: str = "__schema_version__", *, inherited: bool = False) -> int:
+    """The class's schema version: an event class's is its own (a subclass is another event),
+    an aggregate's snapshot version passes to subclasses (`inherited`)."""
+    version = getattr(cls, attribute, 1) if inherited else cls.__dict__.get(attribute, 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise InvalidConfig(f"{cls.__qualname__}.{attribute} must be an integer >= 1, got {version!r}")
     return version
