@@ -89,14 +89,15 @@ def test_session_timeout_is_checked() -> None:
         App("x", "memory://", session_timeout=-1)
 
 
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
 def test_two_apps_in_one_group_split_partitions_and_hand_over_without_loss(
-    tmp_path: Path, eventually: Eventually
+    backend: str, tmp_path: Path, eventually: Eventually
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'log.db'}"
+    shared = connect("memory://" if backend == "memory" else f"sqlite:///{tmp_path / 'log.db'}")
     handled: dict[str, list[int]] = {"one": [], "two": []}
 
     def make(name: str) -> App:
-        app = App(name, url, session_timeout=1.0)
+        app = App(name, shared, session_timeout=1.0)
 
         @app.subscribe("orders", group="billing")
         async def charge(order: dict[str, int], ctx: Context) -> None:
@@ -125,7 +126,8 @@ def test_two_apps_in_one_group_split_partitions_and_hand_over_without_loss(
             await eventually(lambda: len(set(handled["one"]) | set(handled["two"])) == 500)
             await two.stop()
 
-    asyncio.run(scenario())
+    with shared:
+        asyncio.run(scenario())
 
 
 def test_idempotent_subscriptions_skip_events_they_already_handled(tmp_path: Path, eventually: Eventually) -> None:

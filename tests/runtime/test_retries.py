@@ -64,6 +64,12 @@ def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven
                     raise Broken(f"cannot charge {order['id']}")
                 handled.append((order["id"], ctx.attempt))
 
+            audited: list[str] = []
+
+            @app.subscribe("orders", group="audit")
+            async def audit(order: dict[str, Any]) -> None:
+                audited.append(order["id"])
+
             await app.start()
             poison = await app.publish("orders", {"id": "bad", "poison": True}, key="k1", type="shop.order.placed")
             for n in range(5):
@@ -93,7 +99,7 @@ def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven
             fixed = True
             result = await asyncio.to_thread(
                 subprocess.run,
-                [INMOTION, "dlq", "redrive", "billing.dlq", "--broker", url],
+                [INMOTION, "dlq", "redrive", "billing.dlq", "--only-group", "--broker", url],
                 capture_output=True,
                 text=True,
                 env={**os.environ, "INMOTION_BROKER": ""},
@@ -103,7 +109,9 @@ def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven
             assert "redrove 1 event(s)" in result.stdout
             await app.start()
             await eventually(lambda: len(handled) == 6, what="the redriven event")
+            await eventually(lambda: app.metrics.value("inmotion_skipped_total", group="audit") == 1)
             await app.stop()
+            assert sorted(audited) == sorted(["bad"] + [f"ok{n}" for n in range(5)])  # not again
             assert redrive(app.log, "billing.dlq") == []  # each entry is redriven once
 
     asyncio.run(scenario())

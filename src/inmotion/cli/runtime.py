@@ -241,11 +241,16 @@ def dlq_redrive(
     again: Annotated[
         bool, typer.Option("--again", help="Also consider entries that an earlier redrive went past.")
     ] = False,
+    only_group: Annotated[
+        bool,
+        typer.Option("--only-group", help="Only the group that dead-lettered each event handles it again."),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be redriven, send nothing.")] = False,
     broker: BrokerOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Send dead-lettered events back to their original topic (optionally filtered)."""
+    """Send dead-lettered events back to their original topic (optionally filtered), for every
+    group on it or, with --only-group, for the group that failed them."""
     from inmotion.runtime.filters import make_filter
 
     type_filter = make_filter(event_type)
@@ -271,7 +276,7 @@ def dlq_redrive(
                 if e.record.offset >= cursor.get(e.record.partition, 0) and accept(e)
             ]
         else:
-            chosen = deadletter.redrive(log, topic, accept, from_start=again, to=to)
+            chosen = deadletter.redrive(log, topic, accept, from_start=again, to=to, only_group=only_group)
     if json:
         for entry in chosen:
             print_json({**_entry_document(topic, entry), "redriven_to": to or entry.original_topic, "dry_run": dry_run})

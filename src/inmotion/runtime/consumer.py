@@ -353,6 +353,10 @@ class Consumer:
         sub = self.subscription
         handler = sub.handler
         counters = self._counters(record.topic)
+        for name, value in record.headers:
+            if name == deadletter.FOR_GROUP and value.decode("utf-8", "replace") != self.group:
+                counters["skipped"].add()  # redriven for another group only
+                return
         event: Event | None = None
         try:
             if sub.filter is not None or sub.idempotent or handler.wants_event:

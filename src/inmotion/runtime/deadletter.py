@@ -19,6 +19,8 @@ from inmotion.events import Event
 from inmotion.log import Log, Message, Record, TopicConfig
 
 PREFIX = "dlq_"
+FOR_GROUP = "inmotion-for-group"
+"""A header on a redriven record: only this consumer group handles it, the others skip it."""
 _MAX_TRACEBACK = 8000
 REDRIVE_GROUP = "inmotion.redrive"
 
@@ -73,9 +75,12 @@ class DeadLetter:
     def event(self) -> Event:
         return self.record.event()
 
-    def original(self) -> Message:
-        """The message as it was before it failed."""
-        headers = tuple(h for h in self.record.headers if not h[0].startswith(PREFIX))
+    def original(self, only_group: bool = False) -> Message:
+        """The message as it was before it failed; with `only_group`, marked for the group
+        that dead-lettered it alone."""
+        headers = tuple(h for h in self.record.headers if not h[0].startswith(PREFIX) and h[0] != FOR_GROUP)
+        if only_group:
+            headers += ((FOR_GROUP, self.error["group"].encode()),)
         return Message(value=self.record.value, key=self.record.key, headers=headers)
 
 
@@ -100,8 +105,10 @@ def redrive(
     *,
     from_start: bool = False,
     to: str | None = None,
+    only_group: bool = False,
 ) -> list[DeadLetter]:
-    """Append the accepted entries back to their original topic (or `to`).
+    """Append the accepted entries back to their original topic (or `to`); with `only_group`
+    just the group that dead-lettered an entry handles it again, the topic's other groups skip it.
 
     By default each entry is redriven once: a cursor (group `inmotion.redrive`) remembers
     how far previous redrives got; `from_start` ignores it.
@@ -120,7 +127,7 @@ def redrive(
                 break
             chosen = [entry for entry in map(DeadLetter.from_record, batch) if accept(entry)]
             for target in sorted({to or entry.original_topic for entry in chosen}):
-                log.append(target, [e.original() for e in chosen if (to or e.original_topic) == target])
+                log.append(target, [e.original(only_group) for e in chosen if (to or e.original_topic) == target])
             sent.extend(chosen)
             offset = batch[-1].offset + 1
         ends[partition] = end
