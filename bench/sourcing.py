@@ -102,16 +102,19 @@ def best_of(repeat: int, work: Callable[[int], Any]) -> float:
     return min(times)
 
 
+def deposit_and_save(account: Account | EsAccount, save: Callable[[Any], object], saves: int) -> None:
+    """The workload of both sides: `saves` times, EVENTS_PER_SAVE commands then a save."""
+    for _ in range(saves):
+        for amount in range(EVENTS_PER_SAVE):
+            account.deposit(amount)
+        save(account)
+
+
 def inmotion_saves(directory: Path, saves: int, durability: str) -> Callable[[int], None]:
     def run(round_number: int) -> None:
         path = directory / f"inmotion-append-{durability}-{round_number}.db"
         with EventStore(f"sqlite:///{path}?durability={durability}") as store:
-            accounts = Repository(store, Account)
-            account = Account("account")
-            for _ in range(saves):
-                for amount in range(EVENTS_PER_SAVE):
-                    account.deposit(amount)
-                accounts.save(account)
+            deposit_and_save(Account("account"), Repository(store, Account).save, saves)
 
     return run
 
@@ -120,11 +123,7 @@ def es_saves(directory: Path, saves: int, synchronous: str) -> Callable[[int], N
     def run(round_number: int) -> None:
         with es_synchronous(synchronous):
             app = es_app(directory / f"es-append-{synchronous}-{round_number}.db")
-            account = EsAccount()
-            for _ in range(saves):
-                for amount in range(EVENTS_PER_SAVE):
-                    account.deposit(amount)
-                app.save(account)
+            deposit_and_save(EsAccount(), app.save, saves)
             app.close()
 
     return run
@@ -144,10 +143,7 @@ def replay(directory: Path, events: int, repeat: int) -> tuple[float, float]:
     with EventStore(f"sqlite:///{directory / 'inmotion-replay.db'}") as store:
         accounts = Repository(store, Account)
         account = Account("account")
-        for _ in range(saves):
-            for amount in range(EVENTS_PER_SAVE):
-                account.deposit(amount)
-            accounts.save(account)
+        deposit_and_save(account, accounts.save, saves)
         expected = account.balance
 
         def load(_: int) -> None:
@@ -159,10 +155,7 @@ def replay(directory: Path, events: int, repeat: int) -> tuple[float, float]:
     with es_synchronous("NORMAL"):
         app = es_app(directory / "es-replay.db")
         es_account = EsAccount()
-        for _ in range(saves):
-            for amount in range(EVENTS_PER_SAVE):
-                es_account.deposit(amount)
-            app.save(es_account)
+        deposit_and_save(es_account, app.save, saves)
 
         def es_load(_: int) -> None:
             assert app.repository.get(es_account.id).balance == expected

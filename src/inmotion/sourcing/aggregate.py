@@ -51,11 +51,16 @@ _APPLIES = "__inmotion_applies__"
 
 def applies(*event_classes: type) -> Callable[[F], F]:
     """Mark an aggregate method as the applier of these event classes."""
+    return marker(_APPLIES, "@applies", event_classes)
+
+
+def marker(attribute: str, decorator: str, event_classes: tuple[type, ...]) -> Callable[[F], F]:
+    """A decorator that records `event_classes` on a method, for `marked_methods` to find."""
     if not event_classes:
-        raise InvalidConfig("@applies needs at least one event class")
+        raise InvalidConfig(f"{decorator} needs at least one event class")
 
     def mark(method: F) -> F:
-        setattr(method, _APPLIES, event_classes)
+        setattr(method, attribute, event_classes)
         return method
 
     return mark

@@ -42,8 +42,8 @@ from typing import Any, ClassVar, TypeVar
 
 from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.log import Log, Record
-from inmotion.sourcing.aggregate import marked_methods
-from inmotion.sourcing.sqlite import connect, create_tables, database_path, translate_errors
+from inmotion.sourcing.aggregate import marked_methods, marker
+from inmotion.sourcing.sqlite import connect, create_tables, database_path, immediate, translate_errors
 from inmotion.sourcing.store import EventStore, StoredEvent, encode_json
 from inmotion.sourcing.versioning import EventTypes, event_type_name
 
@@ -80,14 +80,7 @@ CREATE TABLE IF NOT EXISTS es_projection_streams (
 
 def handles(*event_classes: type) -> Callable[[F], F]:
     """Mark a projection method `(self, tx, event)` as the handler of these event classes."""
-    if not event_classes:
-        raise InvalidConfig("@handles needs at least one event class")
-
-    def mark(method: F) -> F:
-        setattr(method, _HANDLES, event_classes)
-        return method
-
-    return mark
+    return marker(_HANDLES, "@handles", event_classes)
 
 
 class Transaction:
@@ -321,15 +314,7 @@ class Projector:
     # --- internals --------------------------------------------------------------------------------
     def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         with self._lock, translate_errors(self.path, "write to", self.timeout):
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return result
+            return immediate(self._conn, work)
 
     def _catch_up(self, *, building: bool) -> int:
         total = 0

@@ -124,8 +124,8 @@ def connect(path: Path, timeout: float, *, durability: str = "normal") -> sqlite
 
 def create_tables(conn: sqlite3.Connection, schema: str, schema_key: str, version: int, path: Path) -> None:
     """Create `schema` (idempotent DDL) in one transaction and refuse a file from a newer inmotion."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+
+    def create(conn: sqlite3.Connection) -> None:
         for statement in schema.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -135,10 +135,21 @@ def create_tables(conn: sqlite3.Connection, schema: str, schema_key: str, versio
             conn.execute("INSERT INTO es_meta (key, value) VALUES (?, ?)", (schema_key, version))
         elif row[0] > version:
             raise StorageError(f"{path} was written by a newer inmotion ({schema_key} {row[0]}); upgrade inmotion")
+
+    immediate(conn, create)
+
+
+def immediate(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """Run `work` in one `BEGIN IMMEDIATE` transaction: it holds the write lock of every process
+    from the start, so what it reads stays true until it commits."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return result
 
 
 class SqliteRecorder(Recorder):
@@ -204,14 +215,7 @@ class SqliteRecorder(Recorder):
         with self._write_lock, self._translate("write to"):
             if self._closed:
                 raise Closed("the event store is closed")
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            result = immediate(self._writer, work)
         with self._appended:
             self._appended.notify_all()
         return result

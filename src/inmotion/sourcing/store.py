@@ -44,6 +44,14 @@ def encode_json(data: Any) -> bytes:
         raise InvalidEvent("data", f"cannot encode {type(data).__name__} as JSON: {exc}") from exc
 
 
+def decode_json(payload: bytes, stream_id: str, version: int, what: str) -> Any:
+    """JSON bytes read back from the store; `UnreadableEvent` naming where they came from."""
+    try:
+        return _json_decode(payload)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise UnreadableEvent(stream_id, version, f"corrupt {what}: {exc}") from exc
+
+
 def new_event_id() -> str:
     """A random (version 4) UUID as text; uuid.uuid4() costs several times more per event."""
     return _uuid4_text(os.urandom(16).hex())
@@ -84,10 +92,7 @@ class StoredEvent(msgspec.Struct, frozen=True):
 
     @property
     def data(self) -> Any:
-        try:
-            return _json_decode(self.payload)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise UnreadableEvent(self.stream_id, self.version, f"corrupt payload of {self.type!r}: {exc}") from exc
+        return decode_json(self.payload, self.stream_id, self.version, f"payload of {self.type!r}")
 
     @property
     def recorded_at(self) -> datetime:
@@ -127,10 +132,7 @@ class StoredSnapshot(msgspec.Struct, frozen=True):
 
     @property
     def data(self) -> Any:
-        try:
-            return _json_decode(self.payload)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise UnreadableEvent(self.stream_id, self.version, f"corrupt snapshot: {exc}") from exc
+        return decode_json(self.payload, self.stream_id, self.version, "snapshot")
 
 
 class EncodedEvent(NamedTuple):
