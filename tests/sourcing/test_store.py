@@ -183,6 +183,12 @@ def test_sqlite_store_refuses_a_foreign_database(directory: Path) -> None:
         EventStore(f"sqlite:///{directory / 'missing' / 'x.db'}")
     with pytest.raises(InvalidConfig, match="unknown event store URL option"):
         EventStore(f"sqlite:///{path}?colour=blue")
+    with pytest.raises(InvalidConfig, match="durability must be"):
+        EventStore(f"sqlite:///{directory / 'a.db'}?durability=sometimes")
+    with pytest.raises(InvalidConfig, match="must be numbers"):
+        EventStore(f"sqlite:///{directory / 'a.db'}?timeout=soon")
+    with pytest.raises(InvalidConfig, match="names no file"):
+        EventStore("sqlite://")
 
 
 def test_sqlite_refuses_a_file_from_a_newer_store(sqlite_url: str, directory: Path) -> None:
