@@ -66,12 +66,12 @@ def marker(attribute: str, decorator: str, event_classes: tuple[type, ...]) -> C
     return mark
 
 
-def marked_methods(cls: type, marker: str) -> dict[type, Callable[..., Any]]:
-    """Event class -> method, for the methods of `cls` (and its bases) carrying `marker`."""
+def marked_methods(cls: type, attribute: str) -> dict[type, Callable[..., Any]]:
+    """Event class -> method, for the methods of `cls` (and its bases) that `marker` marked."""
     methods: dict[type, Callable[..., Any]] = {}
     for klass in reversed(cls.__mro__):
         for value in vars(klass).values():
-            for event_class in getattr(value, marker, ()):
+            for event_class in getattr(value, attribute, ()):
                 methods[event_class] = value
     return methods
 
