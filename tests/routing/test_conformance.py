@@ -569,6 +569,13 @@ def test_an_event_is_matched_as_its_cloudevents_json() -> None:
     assert not Pattern({"data": {"amount": [{"numeric": ["<", 100]}]}}).matches(event)
 
 
+def test_nan_and_infinity_in_an_event_are_not_numbers_in_range() -> None:
+    pattern = {"n": [{"numeric": [">", 0]}]}
+    for value in (float("nan"), float("inf"), float("-inf")):
+        assert not Pattern(pattern).matches({"n": value})
+        assert Matcher({"r": pattern}).match({"n": value}) == []
+
+
 def test_a_document_that_is_not_an_object_is_rejected() -> None:
     with pytest.raises(InvalidEvent):
         Pattern({"a": ["x"]}).matches(["a"])  # type: ignore[arg-type]

@@ -354,33 +354,7 @@ class _FieldIndex:
         self.text_probes = tuple(probes)
         self.step: Callable[[list[Any]], Iterable[_State] | None] = self._step
         if not (self.present or self.ranges or self.tested):
-            self.step = self._text_step if self.text_probes else self._exact_step
-
-    def _exact_step(self, values: list[Any]) -> Iterable[_State] | None:
-        """Only exact values leave this state (the common case): one hash lookup per value."""
-        if not values:
-            return self.absent
-        if len(values) == 1:
-            value = values[0]
-            if value is True or value is False:
-                value = _TRUE if value else _FALSE
-            return self.exact.get(value)
-        return self._step(values)
-
-    def _text_step(self, values: list[Any]) -> Iterable[_State] | None:
-        """Exact values and string operators only, one string value: no type dispatch."""
-        if len(values) != 1 or type(values[0]) is not str:
-            return self._step(values)
-        value = values[0]
-        out: list[_State] = []
-        hit = self.exact.get(value)
-        if hit:
-            out.extend(hit)
-        for probe in self.text_probes:
-            probe(value, out)
-        if len(out) > 1:
-            return dict.fromkeys(out)
-        return out
+            self.step = _text_step(self) if self.text_probes else _exact_step(self)
 
     def _step(self, values: list[Any]) -> Iterable[_State] | None:
         if not values:
@@ -395,7 +369,7 @@ class _FieldIndex:
             if kind is str:
                 for probe in self.text_probes:
                     probe(value, out)
-            elif ranges is not None and (kind is int or kind is float):
+            elif ranges is not None and (kind is int or kind is float) and value == value:  # NaN is no number
                 out.extend(ranges.lookup(value))
             for condition, state in self.tested:
                 if condition.test(value):
@@ -403,6 +377,46 @@ class _FieldIndex:
         if len(out) > 1:
             return dict.fromkeys(out)
         return out
+
+
+def _exact_step(index: _FieldIndex) -> Callable[[list[Any]], Iterable[_State] | None]:
+    """Only exact values leave the state (the common case): one hash lookup for one value."""
+    exact, absent, general = index.exact, index.absent, index._step
+
+    def step(values: list[Any]) -> Iterable[_State] | None:
+        if len(values) == 1:
+            value = values[0]
+            if value is True or value is False:
+                value = _TRUE if value else _FALSE
+            return exact.get(value)
+        return general(values) if values else absent
+
+    return step
+
+
+def _text_step(index: _FieldIndex) -> Callable[[list[Any]], Iterable[_State] | None]:
+    """Exact values and string operators only: for one string value, no type dispatch."""
+    exact, probes, general = index.exact, index.text_probes, index._step
+    (only,) = probes if len(probes) == 1 else (None,)
+
+    def step(values: list[Any]) -> Iterable[_State] | None:
+        if len(values) != 1 or type(values[0]) is not str:
+            return general(values)
+        value = values[0]
+        out: list[_State] = []
+        hit = exact.get(value)
+        if hit:
+            out.extend(hit)
+        if only is not None:
+            only(value, out)
+        else:
+            for probe in probes:
+                probe(value, out)
+        if len(out) > 1:
+            return dict.fromkeys(out)
+        return out
+
+    return step
 
 
 def _append(states: list[_State], state: _State) -> None:

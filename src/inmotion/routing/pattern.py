@@ -127,7 +127,7 @@ class Numeric(Condition):
     rank: ClassVar[int] = 2
 
     def test(self, value: Any) -> bool:
-        if type(value) is not int and type(value) is not float:
+        if (type(value) is not int and type(value) is not float) or value != value:  # NaN is no number
             return False
         if value < self.low or (value == self.low and not self.low_inclusive):
             return False
