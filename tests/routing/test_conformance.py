@@ -89,7 +89,21 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
     ("empty-string-not-null", {"LastName": [""]}, {"LastName": None}, False),
     ("empty-string-not-missing", {"LastName": [""]}, {"FirstName": "A"}, False),
     ("null-or-empty", {"LastName": ["", None]}, {"LastName": None}, True),
+    ("doc-empty-string", {"detail": {"eventVersion": [""]}}, {"detail": {"eventVersion": "", "r": None}}, True),
+    (
+        "doc-null",
+        {"detail": {"responseElements": [None]}},
+        {"detail": {"eventVersion": "", "responseElements": None}},
+        True,
+    ),
+    ("doc-null-not-empty", {"detail": {"eventVersion": [None]}}, {"detail": {"eventVersion": ""}}, False),
     # --- arrays in events ---------------------------------------------------------------------
+    (
+        "doc-resources-intersection",
+        {"resources": ["arn:a:1", "arn:b:1", "arn:c:1"]},
+        {"resources": ["arn:autoscaling:x", "arn:a:1"]},
+        True,
+    ),
     (
         "array-event-intersects",
         {"resources": ["arn:aws:ec2:us-west-1:123456789012:instance/i-1234567890abcdef0"]},
