@@ -353,8 +353,11 @@ class Consumer:
         sub = self.subscription
         handler = sub.handler
         counters = self._counters(record.topic)
+        content_type = None
         for name, value in record.headers:
-            if name == deadletter.FOR_GROUP and value.decode("utf-8", "replace") != self.group:
+            if name in ("content-type", "Content-Type"):
+                content_type = value.decode("utf-8", "replace")
+            elif name == deadletter.FOR_GROUP and value.decode("utf-8", "replace") != self.group:
                 counters["skipped"].add()  # redriven for another group only
                 return
         event: Event | None = None
@@ -366,7 +369,7 @@ class Consumer:
                     return
                 payload = handler.decode(event)
             else:  # the handler needs only the payload: skip building the envelope
-                payload = handler.decode_record(record)
+                payload = handler.decode_record(record, content_type)
         except InvalidEvent as exc:
             await self._dead_letter(record, exc, 1, worker)
             return

@@ -10,9 +10,12 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from inmotion.errors import InvalidConfig
+import msgspec
+import pydantic
+
+from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.events import Event, from_data
-from inmotion.events.codec import decode_data
+from inmotion.events.codec import JSON_CONTENT_TYPE, decode_data
 from inmotion.log import Record
 
 if TYPE_CHECKING:
@@ -104,6 +107,8 @@ class Handler:
     payload_type: Any
     context_argument: str | None
     is_async: bool
+    json_decoder: msgspec.json.Decoder[Any] | None = None
+    """Decodes a JSON value straight into `payload_type` (not for pydantic models)."""
 
     @classmethod
     def inspect(cls, function: Callable[..., Any]) -> Handler:
@@ -133,7 +138,13 @@ class Handler:
                 raise InvalidConfig(
                     f"handler {name}: parameter {parameter.name!r} is neither the payload nor a Context"
                 )
-        return cls(function, payload_type, context_argument, inspect.iscoroutinefunction(function))
+        return cls(
+            function,
+            payload_type,
+            context_argument,
+            inspect.iscoroutinefunction(function),
+            _json_decoder(payload_type),
+        )
 
     @property
     def wants_event(self) -> bool:
@@ -145,9 +156,15 @@ class Handler:
             return event
         return from_data(event.data, self.payload_type)
 
-    def decode_record(self, record: Record) -> Any:
+    def decode_record(self, record: Record, content_type: str | None) -> Any:
         """The payload straight from the record's value, without building the envelope."""
-        content_type = next((v.decode() for k, v in record.headers if k.lower() == "content-type"), None)
+        if self.json_decoder is not None and record.value is not None and content_type == JSON_CONTENT_TYPE:
+            try:
+                return self.json_decoder.decode(record.value)
+            except msgspec.ValidationError as exc:
+                raise InvalidEvent("data", f"does not fit {_name(self.payload_type)}: {exc}") from exc
+            except msgspec.DecodeError as exc:
+                raise InvalidEvent("data", f"content type {content_type} but malformed JSON: {exc}") from exc
         return from_data(decode_data(record.value, content_type), self.payload_type)
 
     async def call(self, payload: Any, context: Context | None) -> None:
@@ -156,3 +173,20 @@ class Handler:
             await self.function(payload, **kwargs)
         else:
             await asyncio.to_thread(self.function, payload, **kwargs)
+
+
+def _name(kind: Any) -> str:
+    return str(getattr(kind, "__name__", kind))
+
+
+def _json_decoder(payload_type: Any) -> msgspec.json.Decoder[Any] | None:
+    """A decoder from JSON into `payload_type` when msgspec handles the type the way
+    `from_data` would (dataclasses, Structs, dicts, lists, scalars); None otherwise."""
+    if payload_type is Event or payload_type is Any:
+        return None
+    if isinstance(payload_type, type) and issubclass(payload_type, pydantic.BaseModel):
+        return None
+    try:
+        return msgspec.json.Decoder(payload_type, strict=False)
+    except TypeError:  # a type msgspec does not know: from_data (pydantic) takes it
+        return None
