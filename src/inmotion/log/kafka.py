@@ -243,29 +243,26 @@ class _Reader:
         self.position = -1
         self.end = -1
         """The high watermark at the consumer's last end-of-partition event."""
-        self.paused = False
         self.lock = threading.Lock()
         self.closed = False
 
     def read(self, offset: int, limit: int, timeout: float) -> list[Record]:
         consumer = self.consumer
         tp = TopicPartition(self.topic, self.partition)
-        if self.paused:
-            consumer.resume([tp])
-            self.paused = False
+        known = -1
         if offset != self.position:
             # random access: nothing to assign for at or past the end (an offset past the
             # end would make the consumer reset to the earliest offset)
-            _, high = self._watermarks(tp, timeout)
-            if offset >= high:
+            _, known = self._watermarks(tp, timeout)
+            if offset >= known:
                 return []
             consumer.assign([TopicPartition(self.topic, self.partition, offset)])
             self.position = offset
             self.end = -1
         records = self._records(consumer.consume(limit, 0))
         # Where the partition ended when we were called: the cached high watermark (from the
-        # last fetch) when it is ahead of us, else the broker's answer.
-        _, high = consumer.get_watermark_offsets(tp, cached=True)
+        # last fetch) or the one just asked for when ahead of us, else the broker's answer.
+        high = max(known, consumer.get_watermark_offsets(tp, cached=True)[1])
         if self.position >= high:
             _, high = self._watermarks(tp, timeout)
         deadline = time.monotonic() + timeout
@@ -276,10 +273,6 @@ class _Reader:
             first = consumer.consume(1, remaining)
             more = limit - len(records) - 1
             records += self._records(first + consumer.consume(more, 0) if first and more else first)
-        if self.position >= high:
-            # caught up: stop fetching until the next read, which asks the broker anyway
-            consumer.pause([tp])
-            self.paused = True
         return records
 
     def _watermarks(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
@@ -390,9 +383,9 @@ class KafkaLog(Log):
             "max.partition.fetch.bytes": 4 << 20,
             "queued.max.messages.kbytes": 16384,
             "fetch.queue.backoff.ms": 10,
-            # Fetches that the broker holds for new data stall in-order reads (seen here at up
-            # to the broker's wait); a reader that caught up pauses its partition instead.
-            "fetch.wait.max.ms": 10,
+            # A fetch that the broker holds for new data now and then stalls an in-order read
+            # for that long (seen here at the end of partitions): keep it short.
+            "fetch.wait.max.ms": 100,
         }
 
     def _check_reachable(self) -> None:
