@@ -8,8 +8,9 @@ leading leaves between rules. A state indexes its outgoing leaves per path: exac
 numbers in hash maps, prefixes and suffixes by length, CIDR blocks by prefix length, numeric
 ranges by elementary interval; only wildcards and anything-but are tested one by one.
 
-Matching walks the trie from the root with the event's leaf values, looked up lazily per path.
-The walk sees all leaf values of a path at once, across array elements; a branch whose fields
+Matching walks the trie from the root with the event's leaf values: one generated function
+fetches the root's paths in a single walk of the document, deeper paths are fetched when a
+state first needs them. The walk sees all leaf values of a path at once, across array elements; a branch whose fields
 went through an array holding several objects is then confirmed by the reference matcher, so
 fields from different elements of one array never combine into a match.
 """
@@ -167,7 +168,7 @@ class _Compiled:
                 if rule not in state.rules:
                     state.rules = (*state.rules, rule)
         _finish(self.root)
-        self.getters = [_getter(path) for path in self.paths]
+        self.getters = [_extractor([(path_id, path)]) for path_id, path in enumerate(self.paths)]
         self.unseen: list[Any] = [_UNSEEN] * len(self.paths)
         self.extract_root = _extractor([(path_id, self.paths[path_id]) for path_id, _ in self.root.fields])
 
@@ -186,7 +187,8 @@ class _Compiled:
             for path_id, step in state.fields:
                 values = found[path_id]
                 if values is _UNSEEN:
-                    values = found[path_id] = getters[path_id](document)
+                    getters[path_id](document, found)
+                    values = found[path_id]
                 if values is None:
                     values, through_array = resolve(document, paths[path_id])
                     crossed = crossed or through_array
@@ -247,28 +249,6 @@ def _extractor(paths: list[tuple[int, Path]]) -> Callable[[dict[str, Any], list[
     exec("\n".join(lines), namespace)
     extract: Callable[[dict[str, Any], list[Any]], None] = namespace["extract"]
     return extract
-
-
-def _getter(path: Path) -> Callable[[dict[str, Any]], list[Any] | None]:
-    """A function giving the leaf values at `path` when the walk meets no array on the way (the
-    common case); it returns None to send the caller to the general `resolve`."""
-    *parents, last = path
-
-    def leaf_values(document: dict[str, Any]) -> list[Any] | None:
-        node: Any = document
-        for key in parents:
-            node = node.get(key, _MISSING)
-            if type(node) is not dict:
-                return None if type(node) is list else []
-        node = node.get(last, _MISSING)
-        kind = type(node)
-        if kind is dict or node is _MISSING:
-            return []
-        if kind is list:
-            return None
-        return [node]
-
-    return leaf_values
 
 
 def _ordered(branch: Branch, variety: dict[Path, set[Condition]]) -> list[tuple[Path, Leaf]]:
