@@ -274,7 +274,7 @@ async def two_process_latency(directory: Path, seconds: float) -> list[int]:
 
 
 def faststream_broker(sink: Sink) -> Any:
-    from faststream.kafka import KafkaBroker
+    from faststream.kafka import KafkaBroker  # type: ignore[import-not-found,unused-ignore]
 
     broker = KafkaBroker()
 
@@ -287,7 +287,7 @@ def faststream_broker(sink: Sink) -> Any:
 
 async def faststream_throughput(count: int) -> float | None:
     try:
-        from faststream.kafka import TestKafkaBroker
+        from faststream.kafka import TestKafkaBroker  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         print("  FastStream is not installed (pip install 'faststream[kafka]'): skipped", flush=True)
         return None
@@ -305,7 +305,7 @@ async def faststream_throughput(count: int) -> float | None:
 
 async def faststream_latency(seconds: float) -> None:
     try:
-        from faststream.kafka import TestKafkaBroker
+        from faststream.kafka import TestKafkaBroker  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return
     sink = Sink(10**12)
