@@ -27,6 +27,7 @@ from inmotion.runtime import deadletter
 from inmotion.runtime.coordination import Assignment, Coordinator, Membership, SqliteCoordinator, TopicPartition
 from inmotion.runtime.handler import Context
 from inmotion.runtime.metrics import Counter
+from inmotion.runtime.offsets import OffsetTracker
 from inmotion.runtime.subscription import Subscription
 
 if TYPE_CHECKING:
@@ -55,25 +56,26 @@ class _Worker:
     def __init__(self, consumer: Consumer, tp: TopicPartition, start: int) -> None:
         self.consumer = consumer
         self.tp = tp
-        self.next_fetch = start
+        self.offsets = OffsetTracker(start)
         self.committed = start
         self.stopping = asyncio.Event()
-        self._unfinished: collections.deque[int] = collections.deque()
-        self._finished: set[int] = set()
         self._ordered = consumer.subscription.concurrency == 1
         self._slots = asyncio.Semaphore(consumer.subscription.concurrency)
         self._chains: dict[object, collections.deque[Record]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def next_fetch(self) -> int:
+        return self.offsets.next_offset
+
     def wants_more(self) -> bool:
-        return not self.stopping.is_set() and len(self._unfinished) < _BUFFER
+        return not self.stopping.is_set() and len(self.offsets) < _BUFFER
 
     def dispatch(self, records: list[Record]) -> None:
         for record in records:
             if record.offset < self.next_fetch or self.stopping.is_set():
                 continue
-            self._unfinished.append(record.offset)
-            self.next_fetch = record.offset + 1
+            self.offsets.start(record.offset)
             chain: object = None if self._ordered else (record.key if record.key is not None else record.offset)
             if chain in self._chains:
                 self._chains[chain].append(record)
@@ -84,17 +86,11 @@ class _Worker:
                 task.add_done_callback(self._tasks.discard)
 
     def commit_point(self, finishing: int | None = None) -> int:
-        """The next offset to read once everything finished so far (and `finishing`) is done."""
-        for offset in self._unfinished:
-            if offset != finishing and offset not in self._finished:
-                return offset
-        return self.next_fetch
+        return self.offsets.commit_point(finishing)
 
     def _finish(self, offset: int) -> None:
-        self._finished.add(offset)
-        while self._unfinished and self._unfinished[0] in self._finished:
-            self._finished.discard(self._unfinished.popleft())
-        if len(self._unfinished) <= _BUFFER // 2:
+        self.offsets.finish(offset)
+        if len(self.offsets) <= _BUFFER // 2:
             self.consumer.wake.set()
 
     async def _run_chain(self, chain: object) -> None:

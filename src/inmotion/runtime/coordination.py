@@ -510,10 +510,21 @@ _memory_lock = threading.Lock()
 
 
 def coordinator_for(log: Log) -> Coordinator:
-    """The group coordinator that goes with `log`'s backend."""
+    """The group coordinator that goes with `log`'s backend.
+
+    A backend with its own group protocol (Kafka) plugs in by giving its log a
+    `group_coordinator()` method that returns a `Coordinator`; the embedded backends use
+    the lease tables above.
+    """
     from inmotion.log.memory import MemoryLog
     from inmotion.log.sqlite import SqliteLog
 
+    own = getattr(log, "group_coordinator", None)
+    if callable(own):
+        coordinator = own()
+        if not isinstance(coordinator, Coordinator):
+            raise InvalidConfig(f"{type(log).__name__}.group_coordinator() returned {coordinator!r}, not a Coordinator")
+        return coordinator
     if isinstance(log, SqliteLog):
         return SqliteCoordinator(log.path, timeout=log.timeout)
     if isinstance(log, MemoryLog):
