@@ -20,7 +20,6 @@ from inmotion.errors import InvalidConfig, UnknownTopic
 from inmotion.log import Log
 from inmotion.runtime import deadletter, logs
 from inmotion.runtime.coordination import (
-    DEFAULT_SESSION_TIMEOUT,
     Coordinator,
     MemberInfo,
     SqliteCoordinator,
@@ -30,11 +29,6 @@ from inmotion.runtime.coordination import (
 
 groups_app = typer.Typer(help="Inspect consumer groups: members, assignments, offsets, lag.", no_args_is_help=True)
 dlq_app = typer.Typer(help="List and redrive dead-letter topics.", no_args_is_help=True)
-
-SessionOption = Annotated[
-    float,
-    typer.Option("--session-timeout", help="Members silent for this many seconds count as gone."),
-]
 
 
 @contextlib.contextmanager
@@ -72,7 +66,7 @@ class _PartitionState:
 
 def _partitions(log: Log, coordinator: Coordinator, group: str) -> list[_PartitionState]:
     owners = coordinator.owners(group)
-    subscribed = {topic for member in coordinator.members(group, 1e9) for topic in member.topics}
+    subscribed = {topic for member in coordinator.members(group, live_only=False) for topic in member.topics}
     states = []
     for topic in log.list_topics():
         committed = log.committed(group, topic)
@@ -91,6 +85,7 @@ def _member_document(member: MemberInfo, now_ms: int) -> dict[str, object]:
         "pid": member.pid,
         "topics": list(member.topics),
         "last_heartbeat_s": round((now_ms - member.heartbeat_ms) / 1000, 3),
+        "session_timeout_s": member.session_ms / 1000,
     }
 
 
@@ -98,7 +93,6 @@ def _member_document(member: MemberInfo, now_ms: int) -> dict[str, object]:
 def list_groups(
     broker: BrokerOption = None,
     json: JsonOption = False,
-    session_timeout: SessionOption = DEFAULT_SESSION_TIMEOUT,
 ) -> None:
     """List consumer groups with their live members and total lag."""
     with _open(broker) as (log, coordinator):
@@ -108,7 +102,7 @@ def list_groups(
             rows.append(
                 {
                     "group": group,
-                    "members": len(coordinator.members(group, session_timeout)),
+                    "members": len(coordinator.members(group)),
                     "topics": sorted({s.topic for s in states}),
                     "lag": sum(s.lag for s in states),
                 }
@@ -131,13 +125,12 @@ def describe_group(
     group: str,
     broker: BrokerOption = None,
     json: JsonOption = False,
-    session_timeout: SessionOption = DEFAULT_SESSION_TIMEOUT,
 ) -> None:
     """Show a group's members, who owns each partition, committed offsets and lag."""
     with _open(broker) as (log, coordinator):
         if group not in log.list_groups() and group not in coordinator.groups():
             fail(f"unknown consumer group {group!r} (list them with: inmotion groups list)")
-        members = coordinator.members(group, session_timeout)
+        members = coordinator.members(group)
         states = _partitions(log, coordinator, group)
     now_ms = int(time.time() * 1000)
     if json:
@@ -298,7 +291,6 @@ def replay(
     offset: Annotated[int | None, typer.Option("--offset", help="This offset in every chosen partition.")] = None,
     partition: Annotated[list[int] | None, typer.Option("--partition", "-p", help="Only these partitions.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Move offsets even while the group has live members.")] = False,
-    session_timeout: SessionOption = DEFAULT_SESSION_TIMEOUT,
     broker: BrokerOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -314,7 +306,7 @@ def replay(
         for p in chosen:
             if not 0 <= p < count:
                 fail(f"topic {topic!r} has no partition {p} (it has {count})")
-        live = coordinator.members(group, session_timeout)
+        live = coordinator.members(group)
         if live and not force:
             fail(
                 f"group {group!r} has {len(live)} live member(s) ({', '.join(m.member_id for m in live)}):"

@@ -62,6 +62,11 @@ class MemberInfo:
     topics: tuple[str, ...]
     joined_ms: int
     heartbeat_ms: int
+    session_ms: int
+    """The member's own session timeout: silent for longer, it counts as gone."""
+
+    def live(self, now_ms: int) -> bool:
+        return self.heartbeat_ms >= now_ms - self.session_ms
 
 
 @dataclasses.dataclass(slots=True)
@@ -93,13 +98,12 @@ def deal(partitions: Mapping[str, int], members: Mapping[str, Iterable[str]]) ->
     return wanted
 
 
-def _heartbeat(
-    state: _GroupState, me: MemberInfo, partitions: Mapping[str, int], session_ms: int, now_ms: int
-) -> Assignment:
+def _heartbeat(state: _GroupState, me: MemberInfo, partitions: Mapping[str, int], now_ms: int) -> Assignment:
     """Renew `me`, drop dead members and expired leases, take free leases that the deal gives
     `me`, and say which held partitions `me` must give up."""
     state.members[me.member_id] = dataclasses.replace(me, heartbeat_ms=now_ms)
-    for member in [m for m, info in state.members.items() if info.heartbeat_ms < now_ms - session_ms]:
+    session_ms = me.session_ms
+    for member in [m for m, info in state.members.items() if not info.live(now_ms)]:
         del state.members[member]
     for tp in [
         tp for tp, lease in state.leases.items() if lease.expires_ms < now_ms or lease.owner not in state.members
@@ -138,8 +142,8 @@ class Coordinator(abc.ABC):
         """Groups with at least one member, live or not yet timed out."""
 
     @abc.abstractmethod
-    def members(self, group: str, session_timeout: float = DEFAULT_SESSION_TIMEOUT) -> list[MemberInfo]:
-        """The group's live members."""
+    def members(self, group: str, *, live_only: bool = True) -> list[MemberInfo]:
+        """The group's members that are live (or also those not yet removed, silent ones)."""
 
     @abc.abstractmethod
     def owners(self, group: str) -> dict[TopicPartition, str]:
@@ -188,8 +192,9 @@ def new_member_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _member(member_id: str, partitions: Mapping[str, int], now_ms: int) -> MemberInfo:
-    return MemberInfo(member_id, socket.gethostname(), os.getpid(), tuple(sorted(partitions)), now_ms, now_ms)
+def _member(member_id: str, partitions: Mapping[str, int], now_ms: int, session_timeout: float) -> MemberInfo:
+    topics = tuple(sorted(partitions))
+    return MemberInfo(member_id, socket.gethostname(), os.getpid(), topics, now_ms, now_ms, int(session_timeout * 1000))
 
 
 class _LeaseCoordinator(Coordinator):
@@ -217,11 +222,11 @@ class _LeaseMembership(Membership):
         super().__init__(group, member_id, timeout)
         self._owner = owner
         self._partitions = partitions
-        self._info = _member(member_id, partitions, _now_ms())
+        self._info = _member(member_id, partitions, _now_ms(), timeout)
 
     def heartbeat(self) -> Assignment:
         with self._owner._change(self.group) as state:
-            return _heartbeat(state, self._info, self._partitions, int(self.session_timeout * 1000), _now_ms())
+            return _heartbeat(state, self._info, self._partitions, _now_ms())
 
     def release(self, partitions: Iterable[TopicPartition]) -> None:
         mine = set(partitions)
@@ -256,10 +261,11 @@ class MemoryCoordinator(_LeaseCoordinator):
         with self._lock:
             return sorted(g for g, state in self._groups.items() if state.members)
 
-    def members(self, group: str, session_timeout: float = DEFAULT_SESSION_TIMEOUT) -> list[MemberInfo]:
-        cutoff = _now_ms() - int(session_timeout * 1000)
+    def members(self, group: str, *, live_only: bool = True) -> list[MemberInfo]:
+        now = _now_ms()
         with self._change(group) as state:
-            return sorted((m for m in state.members.values() if m.heartbeat_ms >= cutoff), key=lambda m: m.member_id)
+            found = [m for m in state.members.values() if m.live(now) or not live_only]
+        return sorted(found, key=lambda m: m.member_id)
 
     def owners(self, group: str) -> dict[TopicPartition, str]:
         now = _now_ms()
@@ -296,6 +302,7 @@ CREATE TABLE IF NOT EXISTS grp_members (
     topics TEXT NOT NULL,
     joined_ms INTEGER NOT NULL,
     heartbeat_ms INTEGER NOT NULL,
+    session_ms INTEGER NOT NULL,
     PRIMARY KEY (grp, member)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS grp_leases (
@@ -363,9 +370,10 @@ class SqliteCoordinator(_LeaseCoordinator):
 
     def load(self, conn: sqlite3.Connection, group: str) -> _GroupState:
         members = {
-            member: MemberInfo(member, host, pid, tuple(json.loads(topics)), joined, beat)
-            for member, host, pid, topics, joined, beat in conn.execute(
-                "SELECT member, host, pid, topics, joined_ms, heartbeat_ms FROM grp_members WHERE grp = ?", (group,)
+            member: MemberInfo(member, host, pid, tuple(json.loads(topics)), joined, beat, session)
+            for member, host, pid, topics, joined, beat, session in conn.execute(
+                "SELECT member, host, pid, topics, joined_ms, heartbeat_ms, session_ms FROM grp_members WHERE grp = ?",
+                (group,),
             )
         }
         leases = {
@@ -383,10 +391,10 @@ class SqliteCoordinator(_LeaseCoordinator):
             [(group, m) for m in before.members.keys() - after.members.keys()],
         )
         conn.executemany(
-            "INSERT OR REPLACE INTO grp_members (grp, member, host, pid, topics, joined_ms, heartbeat_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO grp_members (grp, member, host, pid, topics, joined_ms, heartbeat_ms, session_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (group, m.member_id, m.host, m.pid, json.dumps(m.topics), m.joined_ms, m.heartbeat_ms)
+                (group, m.member_id, m.host, m.pid, json.dumps(m.topics), m.joined_ms, m.heartbeat_ms, m.session_ms)
                 for key, m in after.members.items()
                 if before.members.get(key) != m
             ],
@@ -422,16 +430,14 @@ class SqliteCoordinator(_LeaseCoordinator):
     def groups(self) -> list[str]:
         return [str(g) for (g,) in self._read("SELECT DISTINCT grp FROM grp_members ORDER BY grp", ())]
 
-    def members(self, group: str, session_timeout: float = DEFAULT_SESSION_TIMEOUT) -> list[MemberInfo]:
-        rows = self._read(
-            "SELECT member, host, pid, topics, joined_ms, heartbeat_ms FROM grp_members"
-            " WHERE grp = ? AND heartbeat_ms >= ? ORDER BY member",
-            (group, _now_ms() - int(session_timeout * 1000)),
-        )
-        return [
-            MemberInfo(str(m), str(h), int(p), tuple(json.loads(str(t))), int(j), int(b))  # type: ignore[call-overload]
-            for m, h, p, t, j, b in rows
-        ]
+    def members(self, group: str, *, live_only: bool = True) -> list[MemberInfo]:
+        with self._lock:
+            try:
+                state = self.load(self._conn, group)
+            except sqlite3.Error as exc:
+                raise StorageError(f"consumer group storage in {self.path} failed: {exc}") from exc
+        now = _now_ms()
+        return sorted((m for m in state.members.values() if m.live(now) or not live_only), key=lambda m: m.member_id)
 
     def owners(self, group: str) -> dict[TopicPartition, str]:
         rows = self._read(
