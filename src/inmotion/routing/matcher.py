@@ -179,14 +179,14 @@ class _Compiled:
         crossed = False
         reached: list[tuple[_Rule, ...]] = []
         stack = [self.root]
-        pop, extend = stack.pop, stack.extend
+        pop, extend, unseen = stack.pop, stack.extend, _UNSEEN
         while stack:
             state = pop()
             if state.rules:
                 reached.append(state.rules)
             for path_id, step in state.fields:
                 values = found[path_id]
-                if values is _UNSEEN:
+                if values is unseen:
                     getters[path_id](document, found)
                     values = found[path_id]
                 if values is None:
