@@ -13,7 +13,8 @@ murmur2_random) producing every record and flushing once at the end, without del
 Consume: `KafkaLog.read` of a batch from each partition in turn, a `Record` per message, next to a raw
 `Consumer` assigned the partitions, reading each message's value and headers, with the same
 fetch settings as KafkaLog's readers (librdkafka's default fetch.queue.backoff.ms of 1 s
-stalls a consumer that drains its queue faster than it fills).
+stalls a consumer that drains its queue faster than it fills); for reference also a raw
+consumer that builds, per message, the tuple of what a `Record` holds.
 Latency: a producer appends 10,000 events/s in batches of 50 every 5 ms while a consumer waits
 and reads them; each record carries its send time, the p50/p99 is of (received - sent).
 Targets: produce and consume >= 0.8x raw confluent-kafka.
@@ -132,12 +133,23 @@ def consumer_config(bootstrap: str) -> dict[str, Any]:
     }
 
 
-def raw_consume(bootstrap: str, topic: str, partitions: int, count: int) -> None:
+def raw_consume(bootstrap: str, topic: str, partitions: int, count: int, keep: bool) -> None:
+    """Touch each message's value and headers, or (`keep`) build the tuple of everything that
+    a `Record` holds for each, as a reference for what materializing records costs."""
     consumer = Consumer(consumer_config(bootstrap))
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     seen = 0
     while seen < count:
-        for msg in consumer.consume(READ_LIMIT, 1.0):
+        messages = consumer.consume(READ_LIMIT, 1.0)
+        if keep:
+            kept = [
+                (m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(), tuple(m.headers() or ()))
+                for m in messages
+                if m.error() is None
+            ]
+            seen += len(kept)
+            continue
+        for msg in messages:
             if msg.error() is None:
                 msg.value()
                 msg.headers()
@@ -282,6 +294,7 @@ def main() -> None:
     raw_callback_label = "raw confluent-kafka produce, on_delivery + flush"
     our_produce_labels = [f"inmotion KafkaLog.append, batches of {BATCH:,}", "inmotion KafkaLog.append, 2 threads"]
     raw_consume_label = "raw confluent-kafka Consumer.consume"
+    raw_tuples_label = "raw confluent-kafka consume + record tuples"
     our_consume_label = f"inmotion KafkaLog.read, limit {READ_LIMIT:,}"
     try:
         for round_ in range(1, repeat + 1):
@@ -294,7 +307,8 @@ def main() -> None:
             for threads, (label, topic) in enumerate(zip(our_produce_labels, our_topics, strict=True), start=1):
                 measure(label, lambda: log_produce(log, topic, messages, threads))
             print(f"round {round_}: consume (every partition from offset 0)", flush=True)
-            measure(raw_consume_label, lambda: raw_consume(bootstrap, raw_topic, partitions, count))
+            measure(raw_consume_label, lambda: raw_consume(bootstrap, raw_topic, partitions, count, keep=False))
+            measure(raw_tuples_label, lambda: raw_consume(bootstrap, raw_topic, partitions, count, keep=True))
             measure(our_consume_label, lambda: log_consume(log, our_topics[0], partitions, count))
             for topic in [raw_topic, raw_callback_topic, *our_topics]:
                 log.delete_topic(topic)
@@ -311,6 +325,7 @@ def main() -> None:
         "produce vs raw fire-and-forget": ours / best[raw_produce_label],
         "produce vs raw with on_delivery": ours / best[raw_callback_label],
         "consume": best[our_consume_label] / best[raw_consume_label],
+        "consume vs raw + record tuples": best[our_consume_label] / best[raw_tuples_label],
     }
     print(f"best rates (events/s) of {repeat} round(s):")
     for label, rate in best.items():

@@ -10,15 +10,22 @@ How the contract maps onto Kafka:
 - One idempotent producer (`acks=all`, batching with `linger.ms`) per log. A keyed record's
   partition is picked by librdkafka's `murmur2_random`, Kafka's Java default, which equals
   `inmotion.log.partition_for_key`; records without key are spread round robin. `append`
-  returns only after every record's delivery report. A batch is not atomic across partitions
-  (that would take Kafka transactions): a failure may leave a prefix of it written.
+  returns only after every record's delivery report. A batch is not atomic (that would take
+  Kafka transactions): when some records fail, others may be stored.
 - Random-access reads use a small pool of consumers, one per recently read partition, each
   assigned its partition (never subscribed, so no group membership; their private group ids
   never commit). Sequential reads keep the consumer's prefetch, so reading a partition in order
   costs one round trip per fetch, not per call.
+  `wait` assigns an idle consumer to the partitions at the given offsets and blocks for one
+  record, so the broker wakes it (no polling).
 - Earliest and latest offsets are the partition's watermarks, `offset_for_time` is Kafka's
-  ListOffsets by timestamp, group offsets use the AdminClient's consumer group offset APIs.
+  ListOffsets by timestamp, group offsets use the AdminClient's consumer group offset APIs
+  (Kafka refuses them for a group with live members: those commit through their consumer).
 - Retention and compaction run on the broker's own schedule: `enforce_retention` returns 0.
+- Errors: unknown topics and partitions, existing topics, bad settings and an unreachable
+  broker become inmotion's own errors; anything else (authorization, authentication, ...) is
+  an `InmotionError` whose message starts with what was being done and Kafka's error name,
+  e.g. `appending to orders: TOPIC_AUTHORIZATION_FAILED: ...`.
 
 URL options: `timeout=SECONDS` (how long admin calls, metadata and reads may wait for the broker
 before BrokerUnavailable, default 10), `delivery_timeout=SECONDS` (how long `append` keeps
