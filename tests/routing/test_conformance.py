@@ -617,3 +617,12 @@ def test_matcher_names_follow_insertion_order_and_reject_duplicates() -> None:
         matcher.add("a", {"source": ["x"]})
     with pytest.raises(KeyError):
         matcher.remove("nope")
+
+
+def test_field_names_with_quotes_backslashes_and_unicode() -> None:
+    names = ["it's", 'say "hi"', "back\\slash", "new\nline", "ünïcødé", "", "$or-like", "0"]
+    for name in names:
+        pattern = {name: {name: ["x"]}}
+        assert Matcher({"r": pattern}).match({name: {name: "x"}}) == ["r"]
+        assert Matcher({"r": pattern}).match({name: {name: "y"}}) == []
+        assert Pattern(pattern).matches({name: {name: "x"}})
