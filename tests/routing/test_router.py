@@ -4,10 +4,12 @@ letters, input transforms, unmatched events, and the consumer loop over the memo
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from inmotion.routing import (
     TopicTarget,
     parse_rules,
 )
+from inmotion.routing.router import route_file
 
 
 class Endpoint:
@@ -317,3 +320,41 @@ rules:
     assert router.poll() == 2
     assert [e.data["amount"] for e in events_in(log, "big")] == [500]
     assert [e.data["amount"] for e in events_in(log, "unmatched")] == [1]
+
+
+def test_route_file_reloads_edited_rules_without_losing_events(log: Log, tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n  - name: big\n    sources: [orders]\n"
+        "    pattern: {data: {amount: [{numeric: ['>', 100]}]}}\n    targets: [{topic: big}]\n"
+    )
+    reloaded = threading.Event()
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if line.startswith("reloaded"):
+            reloaded.set()
+
+    stop = threading.Event()
+    totals = []
+    worker = threading.Thread(
+        target=lambda: totals.append(route_file(log, path, stop, group="file", wait=0.05, say=say))
+    )
+    worker.start()
+    log.append_events("orders", [order(500, 1)])
+    assert log.wait("big", {0: 0, 1: 0}, timeout=10)
+    path.write_text(path.read_text().replace("{topic: big}", "{topic: dlq}"))
+    stamp = os.stat(path).st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(stamp, stamp))
+    assert reloaded.wait(10)
+    log.append_events("orders", [order(600, 2)])
+    assert log.wait("dlq", {0: 0, 1: 0}, timeout=10)
+    stop.set()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert [e.data["amount"] for e in events_in(log, "big")] == [500]
+    assert [e.data["amount"] for e in events_in(log, "dlq")] == [600]
+    (result,) = totals
+    assert (result.routed, result.reloads) == (2, 1)
+    assert lines[0] == "routing orders with 1 rules"

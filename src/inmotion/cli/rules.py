@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from inmotion.cli.common import BrokerOption, fail, open_log
-from inmotion.errors import InmotionError, InvalidEvent
-from inmotion.routing import Pattern, Router
+from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern
+from inmotion.routing import Pattern
+from inmotion.routing.router import route_file
 from inmotion.routing.rules import load_rules
 
 rules_app = typer.Typer(help="Test event patterns and check rules files.", no_args_is_help=True)
@@ -88,30 +89,10 @@ def route(
     Editing the rules file reloads it between batches; offsets are committed per batch, so no
     event is lost or skipped across a reload. A file that fails to load keeps the old rules.
     """
-    rule_set = load_rules(rules)
-    stamp = os.stat(rules).st_mtime_ns
+    stop = threading.Event()
     with open_log(broker) as log:
-        router = Router(log, rule_set, group=group)
-        typer.echo(f"routing {', '.join(router.sources) or 'nothing'} with {len(rule_set.rules)} rules", err=True)
-        routed = unmatched = 0
         try:
-            while True:
-                handled = router.poll()
-                if once and not handled:
-                    break
-                if not handled:
-                    router.wait(1.0)
-                current = os.stat(rules).st_mtime_ns
-                if current != stamp:
-                    stamp = current
-                    try:
-                        rule_set = load_rules(rules)
-                    except InmotionError as error:
-                        typer.echo(f"error: keeping the previous rules: {error}", err=True)
-                        continue
-                    routed, unmatched = routed + router.routed, unmatched + router.unmatched
-                    router = Router(log, rule_set, group=group)
-                    typer.echo(f"reloaded {rules}: {len(rule_set.rules)} rules", err=True)
-        finally:
-            routed, unmatched = routed + router.routed, unmatched + router.unmatched
-            typer.echo(f"routed {routed} events, {unmatched} matched no rule", err=True)
+            totals = route_file(log, rules, stop, group=group, once=once, say=lambda line: typer.echo(line, err=True))
+        except InmotionError as error:
+            fail(str(error), EXIT_INVALID if isinstance(error, InvalidConfig | InvalidPattern) else 1)
+    typer.echo(f"routed {totals.routed} events, {totals.unmatched} matched no rule", err=True)

@@ -11,11 +11,13 @@ is done (delivered or dead-lettered): at-least-once, restart-safe.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Literal
 
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, UnknownTopic
@@ -24,7 +26,7 @@ from inmotion.log import Log
 from inmotion.log.base import check_group_name
 from inmotion.routing.matcher import Matcher
 from inmotion.routing.pattern import event_document
-from inmotion.routing.rules import HandlerTarget, HttpTarget, Rule, RuleSet, Target, TopicTarget
+from inmotion.routing.rules import HandlerTarget, HttpTarget, Rule, RuleSet, Target, TopicTarget, load_rules
 
 Status = Literal["delivered", "dead-lettered", "failed"]
 _RETRIED_CLIENT_ERRORS = frozenset({408, 429})
@@ -179,6 +181,64 @@ class Router:
             if self.log.wait(topic, positions, share):
                 return True
         return False
+
+
+@dataclasses.dataclass(slots=True)
+class RouteTotals:
+    routed: int = 0
+    unmatched: int = 0
+    reloads: int = 0
+
+
+def route_file(
+    log: Log,
+    path: str | Path,
+    stop: threading.Event,
+    *,
+    group: str = "inmotion-router",
+    once: bool = False,
+    wait: float = 1.0,
+    say: Callable[[str], None] = lambda line: None,
+) -> RouteTotals:
+    """Run a router on the rules in `path` until `stop` is set (or, with `once`, until nothing is
+    left to route). A changed file is reloaded between batches: offsets are committed per batch,
+    so no event is lost or skipped across a reload; a file that fails to load keeps the old rules."""
+    rule_set = load_rules(path)
+    stamp = _stamp(path)
+    router = Router(log, rule_set, group=group)
+    say(f"routing {', '.join(router.sources) or 'nothing'} with {len(rule_set.rules)} rules")
+    totals = RouteTotals()
+    try:
+        while not stop.is_set():
+            handled = router.poll()
+            if once and not handled:
+                break
+            if not handled:
+                router.wait(wait)
+            current = _stamp(path)
+            if current == stamp:
+                continue
+            stamp = current
+            try:
+                rule_set = load_rules(path)
+            except InmotionError as error:
+                say(f"error: keeping the previous rules: {error}")
+                continue
+            totals.routed, totals.unmatched = totals.routed + router.routed, totals.unmatched + router.unmatched
+            router = Router(log, rule_set, group=group)
+            totals.reloads += 1
+            say(f"reloaded {path}: {len(rule_set.rules)} rules")
+    finally:
+        totals.routed, totals.unmatched = totals.routed + router.routed, totals.unmatched + router.unmatched
+    return totals
+
+
+def _stamp(path: str | Path) -> tuple[int, int]:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return status.st_mtime_ns, status.st_size
 
 
 def post(target: HttpTarget, event: Event) -> None:
