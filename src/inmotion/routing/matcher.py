@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import functools
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -44,7 +42,7 @@ from inmotion.routing.pattern import (
     Suffix,
     Wildcard,
     as_document,
-    parse_ip,
+    ip_number,
     resolve,
 )
 
@@ -324,9 +322,9 @@ class _FieldIndex:
         self.ranges = _RangeIndex(ranges) if ranges else None
         probes: list[Callable[[str, list[_State]], None]] = []
         if prefix.by_text:
-            probes.append(prefix.starting)
+            probes.append(prefix.probe(at_end=False))
         if suffix.by_text:
-            probes.append(suffix.ending)
+            probes.append(suffix.probe(at_end=True))
         if ignore_case or prefix_ic.by_text or suffix_ic.by_text:
             probes.append(_lowered_probe(ignore_case, prefix_ic, suffix_ic))
         if cidr.blocks:
@@ -411,15 +409,19 @@ def _put(index: dict[Any, list[_State]], key: Any, state: _State) -> None:
 def _lowered_probe(
     ignore_case: dict[str, list[_State]], prefix: _Affixes, suffix: _Affixes
 ) -> Callable[[str, list[_State]], None]:
+    """One probe for the case-insensitive operators: the value is lowered once."""
+    probes = [
+        *([prefix.probe(at_end=False)] if prefix.by_text else []),
+        *([suffix.probe(at_end=True)] if suffix.by_text else []),
+    ]
+
     def probe(value: str, out: list[_State]) -> None:
         lowered = value.lower()
         hit = ignore_case.get(lowered)
         if hit:
             out.extend(hit)
-        if prefix.by_text:
-            prefix.starting(lowered, out)
-        if suffix.by_text:
-            suffix.ending(lowered, out)
+        for affix in probes:
+            affix(lowered, out)
 
     return probe
 
@@ -438,23 +440,31 @@ class _Affixes:
         if len(text) not in self.lengths:
             bisect.insort(self.lengths, len(text))
 
-    def starting(self, value: str, out: list[_State]) -> None:
-        size = len(value)
-        for length in self.lengths:
-            if length > size:
-                break
-            hit = self.by_text.get(value[:length])
-            if hit:
-                out.extend(hit)
+    def probe(self, *, at_end: bool) -> Callable[[str, list[_State]], None]:
+        """A function adding the states of the prefixes (or suffixes) that a value has."""
+        by_text, lengths = self.by_text, tuple(self.lengths)
+        if len(lengths) == 1:
+            (length,) = lengths
 
-    def ending(self, value: str, out: list[_State]) -> None:
-        size = len(value)
-        for length in self.lengths:
-            if length > size:
-                break
-            hit = self.by_text.get(value[size - length :])
-            if hit:
-                out.extend(hit)
+            def one_length(value: str, out: list[_State]) -> None:
+                size = len(value)
+                if size >= length:
+                    hit = by_text.get(value[size - length :] if at_end else value[:length])
+                    if hit:
+                        out.extend(hit)
+
+            return one_length
+
+        def every_length(value: str, out: list[_State]) -> None:
+            size = len(value)
+            for length in lengths:
+                if length > size:
+                    break
+                hit = by_text.get(value[size - length :] if at_end else value[:length])
+                if hit:
+                    out.extend(hit)
+
+        return every_length
 
 
 class _CidrIndex:
@@ -472,32 +482,16 @@ class _CidrIndex:
         _put(by_bits, int(network.network_address) >> shift, state)
 
     def containing(self, value: str, out: list[_State]) -> None:
-        address = _address(value)
+        address = ip_number(value)
         if address is None:
             return
-        version, number, bits = address
+        version, number = address
+        bits = 32 if version == 4 else 128
         for (block_version, prefixlen), by_bits in self.blocks.items():
             if block_version == version:
                 hit = by_bits.get(number >> (bits - prefixlen))
                 if hit:
                     out.extend(hit)
-
-
-_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = re.compile(r"\.".join([_OCTET] * 4))
-
-
-@functools.lru_cache(maxsize=4096)
-def _address(value: str) -> tuple[int, int, int] | None:
-    """(IP version, address as an integer, address bits), cached: one event meets many blocks."""
-    dotted = _IPV4.fullmatch(value)
-    if dotted is not None:
-        a, b, c, d = dotted.groups()
-        return 4, (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), 32
-    if ":" not in value:
-        return None
-    address = parse_ip(value)
-    return None if address is None else (address.version, int(address), address.max_prefixlen)
 
 
 class _RangeIndex:

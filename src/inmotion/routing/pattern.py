@@ -23,6 +23,7 @@ import ipaddress
 import json
 import math
 import re
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
 
@@ -112,8 +113,11 @@ class Cidr(Condition):
     rank: ClassVar[int] = 1
 
     def test(self, value: Any) -> bool:
-        address = parse_ip(value)
-        return address is not None and address.version == self.network.version and address in self.network
+        address = ip_number(value)
+        if address is None or address[0] != self.network.version:
+            return False
+        shift = self.network.max_prefixlen - self.network.prefixlen
+        return address[1] >> shift == int(self.network.network_address) >> shift
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -196,13 +200,17 @@ def _tag(value: Any) -> str:
     return "?"
 
 
-def parse_ip(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if type(value) is not str or not value or not (value[0].isdigit() or ":" in value):
+def ip_number(value: Any) -> tuple[int, int] | None:
+    """(IP version, address as an integer) for a string holding an IPv4 or IPv6 address
+    (strict: no leading zeros, no zone), else None."""
+    if type(value) is not str:
         return None
+    family = socket.AF_INET6 if ":" in value else socket.AF_INET
     try:
-        return ipaddress.ip_address(value)
-    except ValueError:
+        packed = socket.inet_pton(family, value)
+    except (OSError, ValueError):
         return None
+    return (6 if family == socket.AF_INET6 else 4), int.from_bytes(packed, "big")
 
 
 # --- the pattern tree ---------------------------------------------------------------------
