@@ -7,9 +7,11 @@
 Every record is a CloudEvent in the Kafka binary binding (ce_* headers, a key, a JSON value),
 about 200 bytes in all, built before the clock starts; both sides send the same bytes.
 
-Produce: `KafkaLog.append` in batches of 10,000 (each returns after its delivery reports) next
-to a raw confluent-kafka `Producer` with the same settings (idempotence, acks=all, linger 5 ms,
-murmur2_random) producing every record and flushing once at the end, without delivery callbacks.
+Produce: `KafkaLog.append` in batches of 10,000 (each returns after its delivery reports), from
+one thread and from two, next to a raw confluent-kafka `Producer` with the same settings
+(idempotence, acks=all, linger 5 ms, murmur2_random) producing every record and flushing once
+at the end: without delivery callbacks, with the least callback that tells each record's fate,
+and with that callback and a flush after every 10,000 (what a synchronous append has to do).
 Consume: `KafkaLog.read` of a batch from each partition in turn, a `Record` per message, next to a raw
 `Consumer` assigned the partitions, reading each message's value and headers, with the same
 fetch settings as KafkaLog's readers (librdkafka's default fetch.queue.backoff.ms of 1 s
@@ -82,9 +84,10 @@ def producer_config(bootstrap: str) -> dict[str, Any]:
     }
 
 
-def raw_produce(bootstrap: str, topic: str, data: list[Row], callbacks: bool) -> None:
+def raw_produce(bootstrap: str, topic: str, data: list[Row], callbacks: bool, batch: int = 0) -> None:
     """Fire and forget with one flush at the end, or with the least delivery callback that
-    tells a record's fate (what an application needs to know that each record was stored)."""
+    tells a record's fate (what an application needs to know that each record was stored);
+    with `batch`, a flush after each batch (what a synchronous append does)."""
     producer = Producer(producer_config(bootstrap))
     produce = producer.produce
     failed: list[object] = []
@@ -94,15 +97,16 @@ def raw_produce(bootstrap: str, topic: str, data: list[Row], callbacks: bool) ->
             failed.append(error)
 
     extra: dict[str, Any] = {"on_delivery": delivered} if callbacks else {}
-    for key, headers, value in data:
-        while True:
-            try:
-                produce(topic, value, key, headers=list(headers), **extra)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(120) or failed:
-        raise RuntimeError("raw producer: records not delivered")
+    for start in range(0, len(data), batch or len(data)):
+        for key, headers, value in data[start : start + (batch or len(data))]:
+            while True:
+                try:
+                    produce(topic, value, key, headers=list(headers), **extra)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        if producer.flush(120) or failed:
+            raise RuntimeError("raw producer: records not delivered")
 
 
 def log_produce(log: KafkaLog, topic: str, messages: list[Message], threads: int) -> None:
@@ -292,6 +296,7 @@ def main() -> None:
 
     raw_produce_label = "raw confluent-kafka produce + flush"
     raw_callback_label = "raw confluent-kafka produce, on_delivery + flush"
+    raw_batches_label = f"raw ... on_delivery, flush every {BATCH:,}"
     our_produce_labels = [f"inmotion KafkaLog.append, batches of {BATCH:,}", "inmotion KafkaLog.append, 2 threads"]
     raw_consume_label = "raw confluent-kafka Consumer.consume"
     raw_tuples_label = "raw confluent-kafka consume + record tuples"
@@ -303,6 +308,8 @@ def main() -> None:
             measure(raw_produce_label, lambda: raw_produce(bootstrap, raw_topic, data, callbacks=False))
             raw_callback_topic = fresh_topic("raw-callbacks", partitions)
             measure(raw_callback_label, lambda: raw_produce(bootstrap, raw_callback_topic, data, callbacks=True))
+            raw_batches_topic = fresh_topic("raw-batches", partitions)
+            measure(raw_batches_label, lambda: raw_produce(bootstrap, raw_batches_topic, data, True, BATCH))
             our_topics = [fresh_topic("inmotion", partitions) for _ in our_produce_labels]
             for threads, (label, topic) in enumerate(zip(our_produce_labels, our_topics, strict=True), start=1):
                 measure(label, lambda: log_produce(log, topic, messages, threads))
@@ -310,7 +317,7 @@ def main() -> None:
             measure(raw_consume_label, lambda: raw_consume(bootstrap, raw_topic, partitions, count, keep=False))
             measure(raw_tuples_label, lambda: raw_consume(bootstrap, raw_topic, partitions, count, keep=True))
             measure(our_consume_label, lambda: log_consume(log, our_topics[0], partitions, count))
-            for topic in [raw_topic, raw_callback_topic, *our_topics]:
+            for topic in [raw_topic, raw_callback_topic, raw_batches_topic, *our_topics]:
                 log.delete_topic(topic)
                 created.remove(topic)
         print(f"end-to-end latency at {RATE:,} events/s for {seconds:g}s:", flush=True)
@@ -324,6 +331,7 @@ def main() -> None:
     ratios = {
         "produce vs raw fire-and-forget": ours / best[raw_produce_label],
         "produce vs raw with on_delivery": ours / best[raw_callback_label],
+        "produce vs raw, same batches": ours / best[raw_batches_label],
         "consume": best[our_consume_label] / best[raw_consume_label],
         "consume vs raw + record tuples": best[our_consume_label] / best[raw_tuples_label],
     }
