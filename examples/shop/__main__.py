@@ -39,6 +39,16 @@ COLORS = {
     "shop.shipment.created": "bold green",
 }
 FINAL = {"shop.inventory.rejected", "shop.shipment.created", "dead-lettered"}
+# How far along an order is: the monitor reads each topic on its own, so a later step may be
+# seen before an earlier one, and an order's status only ever moves forward.
+STAGE = {
+    "shop.order.placed": 0,
+    "shop.inventory.reserved": 1,
+    "shop.payment.captured": 2,
+    "shop.inventory.rejected": 3,
+    "shop.shipment.created": 3,
+    "dead-lettered": 3,
+}
 
 console = Console(highlight=False)
 
@@ -120,7 +130,8 @@ async def run(broker: str, count: int, patience: float) -> int:
             color = COLORS.get(kind, "white")
             source = str(event.source).rsplit("/", 1)[-1]
         flow[kind] += 1
-        status[order_id] = kind
+        if STAGE.get(kind, 0) >= STAGE.get(status.get(order_id, ""), 0):
+            status[order_id] = kind
         console.print(
             f"  [dim]{time.strftime('%H:%M:%S')}[/dim] {source:>9} -> [{color}]{kind:<24}[/{color}]"
             f" {order_id}  [dim]{detail}[/dim]"

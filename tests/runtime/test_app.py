@@ -180,11 +180,12 @@ def test_filters_by_exact_type_prefix_and_any_matcher(eventually: Eventually) ->
     }
 
 
-def test_concurrent_publishes_are_batched_into_few_appends(tmp_path: Path) -> None:
+@pytest.mark.parametrize("linger", [0.0, 0.005])
+def test_concurrent_publishes_are_batched_into_few_appends(tmp_path: Path, linger: float) -> None:
     appends: list[int] = []
 
     async def scenario() -> None:
-        with App("shop", f"sqlite:///{tmp_path / 'log.db'}") as app:
+        with App("shop", f"sqlite:///{tmp_path / 'log.db'}", linger=linger) as app:
             app.log.create_topic("orders", TopicConfig(partitions=4))
             original = app.log.append
 
@@ -278,6 +279,8 @@ def test_bad_subscriptions_are_refused_with_a_clear_error() -> None:
         asyncio.run(scenario())
     with pytest.raises(InvalidConfig, match="unknown broker URL"):
         App("x", "nope://")
+    with pytest.raises(InvalidConfig, match="linger"):
+        App("x", "memory://", linger=-1)
 
 
 def test_the_filter_runs_before_the_payload_is_decoded(eventually: Eventually) -> None:

@@ -62,13 +62,14 @@ class Publisher:
     """Appends messages to the log, creating missing topics with `topic_config` (if given).
 
     `publish` (async) gathers the messages of every coroutine that publishes while an append
-    is running and writes them in one append per topic: many small publishes become a few
-    large transactions. `publish_sync` appends at once (the SQLite log still merges
+    is running (and for `linger` seconds more) and writes them in one append per topic: many
+    small publishes become a few large transactions. `publish_sync` appends at once (the SQLite log still merges
     concurrent appends from threads).
     """
 
-    def __init__(self, log: Log, metrics: Metrics, topic_config: TopicConfig | None) -> None:
+    def __init__(self, log: Log, metrics: Metrics, topic_config: TopicConfig | None, linger: float = 0.0) -> None:
         self.log = log
+        self.linger = linger
         self.metrics = metrics
         self.topic_config = topic_config
         self._pending: list[tuple[str, Message, asyncio.Future[Position]]] = []
@@ -104,6 +105,8 @@ class Publisher:
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
+            if self.linger and len(self._pending) < _MAX_BATCH:
+                await asyncio.sleep(self.linger)
             batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
             by_topic: dict[str, list[tuple[Message, asyncio.Future[Position]]]] = {}
             for topic, message, future in batch:
