@@ -340,6 +340,8 @@ class _FieldIndex:
         self.step: Callable[[list[Any]], Iterable[_State] | None] = self._step
         if not (self.present or self.ranges or self.tested):
             self.step = _text_step(self) if self.text_probes else _exact_step(self)
+        elif not (self.present or self.text_probes or self.exact):
+            self.step = _value_step(self)
 
     def _step(self, values: list[Any]) -> Iterable[_State] | None:
         if not values:
@@ -400,6 +402,29 @@ def _text_step(index: _FieldIndex) -> Callable[[list[Any]], Iterable[_State] | N
         if len(out) > 1:
             return dict.fromkeys(out)
         return out
+
+    return step
+
+
+def _value_step(index: _FieldIndex) -> Callable[[list[Any]], Iterable[_State] | None]:
+    """Only numeric ranges, wildcards and anything-but leave the state: for one value, no
+    hash lookups and no list unless something matches."""
+    ranges, tested, absent, general = index.ranges, index.tested, index.absent, index._step
+
+    def step(values: list[Any]) -> Iterable[_State] | None:
+        if len(values) != 1:
+            return general(values) if values else absent
+        value = values[0]
+        kind = type(value)
+        found: Iterable[_State] | None = None
+        if ranges is not None and (kind is int or kind is float) and value == value:  # NaN is no number
+            found = ranges.lookup(value)
+        if not tested:
+            return found
+        out = [state for condition, state in tested if condition.test(value)]
+        if found:
+            out.extend(found)
+        return dict.fromkeys(out) if len(out) > 1 else out
 
     return step
 
