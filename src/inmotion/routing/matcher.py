@@ -340,6 +340,9 @@ class _FieldIndex:
         self.step: Callable[[list[Any]], Iterable[_State] | None] = self._step
         if not (self.present or self.ranges or self.tested):
             self.step = _text_step(self) if self.text_probes else _exact_step(self)
+            affixes = [(affix, at_end) for affix, at_end in ((prefix, False), (suffix, True)) if affix.by_text]
+            if len(probes) == 1 and len(affixes) == 1 and len(affixes[0][0].lengths) == 1 and not self.exact:
+                self.step = _affix_step(*affixes[0], self._step)
         elif not (self.present or self.text_probes or self.exact):
             self.step = _value_step(self)
 
@@ -402,6 +405,27 @@ def _text_step(index: _FieldIndex) -> Callable[[list[Any]], Iterable[_State] | N
         if len(out) > 1:
             return dict.fromkeys(out)
         return out
+
+    return step
+
+
+def _affix_step(
+    affixes: _Affixes, at_end: bool, general: Callable[[list[Any]], Iterable[_State] | None]
+) -> Callable[[list[Any]], Iterable[_State] | None]:
+    """Only prefixes (or suffixes) of one length leave the state, say order-id prefixes: for
+    one string value, one slice and one hash lookup."""
+    by_text = affixes.by_text
+    (length,) = affixes.lengths
+
+    def step(values: list[Any]) -> Iterable[_State] | None:
+        if len(values) == 1:
+            value = values[0]
+            if type(value) is str:
+                size = len(value)
+                if size < length:
+                    return None
+                return by_text.get(value[size - length :] if at_end else value[:length])
+        return general(values)
 
     return step
 
