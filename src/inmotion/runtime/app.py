@@ -152,9 +152,25 @@ class App:
     ) -> Callable[[F], F]:
         """Register the decorated function (async or plain) as a handler of `topics`.
 
-        `group` defaults to `<app name>.<function name>`; `dead_letter` is a topic name, True
-        for `<group>.dlq`, or False to retry a failing event until it succeeds. See
-        `Subscription` for the rest.
+        The function's first parameter receives the event's data decoded into its annotation
+        (pydantic model, dataclass, msgspec Struct, dict, ...; `Event` for the whole envelope);
+        a parameter annotated `Context` (or named `ctx`/`context`) receives the context.
+        Plain functions run in a worker thread.
+
+        - `group`: the consumer group, default `<app name>.<function name>`.
+        - `filter`: an event type ("a.b"), a type prefix ("a.*"), anything with
+          `matches(event)` (such as `inmotion.routing.Pattern`) or a function of the event.
+        - `retry`: how often and how patiently a failing event is tried again.
+        - `dead_letter`: a topic name, True for `<group>.dlq`, or False to retry a failing event
+          until it succeeds (its partition waits).
+        - `concurrency`: events of different keys handled at once per partition; one key's
+          events stay in order, and only the finished prefix of offsets is committed.
+        - `idempotent`: skip events whose (source, id) the group already handled within
+          `dedupe_window` seconds.
+        - `transaction` (SQLite, with `idempotent`): `ctx.db` is an open transaction on the
+          log's file that commits with the dedupe record and position: exactly-once effects.
+          Transactions of one subscription run one at a time, and events published from the
+          handler are appended right after its commit.
         """
         names = (topics,) if isinstance(topics, str) else tuple(topics)
         if retry is not None and not isinstance(retry, Retry):
