@@ -106,6 +106,3 @@ class Retry:
         if failed_attempt >= self.attempts:
             return False
         return not isinstance(error, (InvalidEvent, *self.give_up_on))
-
-
-NO_RETRY = Retry(attempts=1, backoff=0, jitter=False)
