@@ -271,19 +271,21 @@ class Consumer:
                     await asyncio.wait_for(self.wake.wait(), _WAIT)
                 continue
             positions = {p: w.next_fetch for p, w in ready.items()}
+            appended.clear()  # before reading: an append from now on shows up as a set event
             try:
                 batches = {p: self.log.read(topic, p, offset, _FETCH_LIMIT) for p, offset in positions.items()}
             except InmotionError as exc:
                 logger.warning("fetch from %s failed: %s", topic, exc, extra={"group": self.group})
                 await asyncio.sleep(_WAIT)
                 continue
-            if any(batches.values()):
-                for partition, records in batches.items():
-                    if records:
-                        ready[partition].dispatch(records)
-                await asyncio.sleep(0)  # let the handlers run before reading on
+            for partition, records in batches.items():
+                if records:
+                    ready[partition].dispatch(records)
+                    positions[partition] = records[-1].offset + 1
+            if appended.is_set() or any(len(records) == _FETCH_LIMIT for records in batches.values()):
+                await asyncio.sleep(0)  # let the handlers run, then read what is already there
                 continue
-            appended.clear()
+            # Nothing more for now. The waiter returns at once if others appended meanwhile.
             if waiter is None or waiter.done():
                 waiter = loop.run_in_executor(self._fetch_pools[topic], self.log.wait, topic, positions, _WAIT)
             local: asyncio.Future[object] = asyncio.ensure_future(appended.wait())
