@@ -211,9 +211,9 @@ def _by_order(rule: _Rule) -> int:
 
 
 def _extractor(paths: list[tuple[int, Path]]) -> Callable[[dict[str, Any], list[Any]], None]:
-    """A function, generated for the root's paths, that fetches all their leaf values in one walk
-    sharing common prefixes: `found[path_id]` becomes the values, or None where an array is in
-    the way (the caller then uses the general `resolve`)."""
+    """A function, generated for some paths, that fetches all their leaf values in one walk
+    sharing common prefixes: `found[path_id]` becomes the values, or None where an array stands
+    in the middle of the path (the caller then uses the general `resolve`)."""
     tree: dict[str, Any] = {}
     for path_id, path in paths:
         node = tree
@@ -233,7 +233,7 @@ def _extractor(paths: list[tuple[int, Path]]) -> Callable[[dict[str, Any], list[
             lines.append(f"{indent}kind = type({name})")
             for path_id in ends:
                 lines.append(f"{indent}if kind is dict or {name} is MISSING: found[{path_id}] = EMPTY")
-                lines.append(f"{indent}elif kind is list: found[{path_id}] = None")
+                lines.append(f"{indent}elif kind is list: found[{path_id}] = LEAF_LIST({name})")
                 lines.append(f"{indent}else: found[{path_id}] = [{name}]")
             if children:
                 lines.append(f"{indent}if kind is dict:")
@@ -244,7 +244,7 @@ def _extractor(paths: list[tuple[int, Path]]) -> Callable[[dict[str, Any], list[
 
     emit("document", tree, "    ")
     lines.append("    return None")
-    namespace: dict[str, Any] = {"MISSING": _MISSING, "EMPTY": []}
+    namespace: dict[str, Any] = {"MISSING": _MISSING, "EMPTY": [], "LEAF_LIST": _leaf_list}
     exec("\n".join(lines), namespace)
     extract: Callable[[dict[str, Any], list[Any]], None] = namespace["extract"]
     return extract
@@ -252,6 +252,25 @@ def _extractor(paths: list[tuple[int, Path]]) -> Callable[[dict[str, Any], list[
 
 def _kind(condition: Condition) -> object:
     return type(condition), getattr(condition, "ignore_case", False)
+
+
+def _leaf_list(items: list[Any]) -> list[Any]:
+    """The leaf values of an array at the end of a path: its scalars, nested arrays flattened,
+    objects left out (they are no leaves)."""
+    for item in items:
+        kind = type(item)
+        if kind is dict or kind is list:
+            break
+    else:
+        return items
+    values: list[Any] = []
+    for item in items:
+        kind = type(item)
+        if kind is list:
+            values.extend(_leaf_list(item))
+        elif kind is not dict:
+            values.append(item)
+    return values
 
 
 def _ordered(branch: Branch, variety: dict[tuple[Path, object], set[Condition]]) -> list[tuple[Path, Leaf]]:
