@@ -117,9 +117,18 @@ _UNAVAILABLE = _codes(
     "COORDINATOR_LOAD_IN_PROGRESS",
     "NOT_ENOUGH_REPLICAS",
     "KAFKA_STORAGE_ERROR",
+    # transient while a partition gets or changes its leader (just created, broker restarted);
+    # librdkafka's own "unknown partition" comes from a metadata cache that is being refreshed:
+    # partitions are checked against the topic's partition count before any call
+    "_UNKNOWN_PARTITION",
+    "UNKNOWN_LEADER_EPOCH",
+    "FENCED_LEADER_EPOCH",
+    "OFFSET_NOT_AVAILABLE",
+    "REPLICA_NOT_AVAILABLE",
+    "PREFERRED_LEADER_NOT_AVAILABLE",
+    "ELIGIBLE_LEADERS_NOT_AVAILABLE",
 )
 _UNKNOWN_TOPIC = _codes("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_ID")
-_UNKNOWN_PARTITION = _codes("_UNKNOWN_PARTITION")
 _INVALID = _codes(
     "INVALID_CONFIG",
     "INVALID_PARTITIONS",
@@ -167,14 +176,12 @@ class KafkaConfig:
         }
 
 
-def translate(error: KafkaError, doing: str, topic: str | None = None, partition: int | None = None) -> InmotionError:
+def translate(error: KafkaError, doing: str, topic: str | None = None) -> InmotionError:
     """A backend-neutral error for a Kafka error; the Kafka error's name stays in the message."""
     code = error.code()
     detail = f"{doing}: {error.name()}: {error.str()}"
     if code in _UNKNOWN_TOPIC and topic is not None:
         exc: InmotionError = UnknownTopic(topic)
-    elif code in _UNKNOWN_PARTITION and topic is not None:
-        exc = UnknownPartition(topic, -1 if partition is None else partition)
     elif code == KafkaError.TOPIC_ALREADY_EXISTS and topic is not None:
         exc = TopicExists(topic)
     elif code in _UNAVAILABLE:
@@ -289,7 +296,7 @@ class _Reader:
             error = _error_of(exc)
             if error is None:
                 raise
-            raise translate(error, f"reading {self.topic}[{self.partition}]", self.topic, self.partition) from exc
+            raise translate(error, f"reading {self.topic}[{self.partition}]", self.topic) from exc
         return low, high
 
     def _records(self, messages: list[Any]) -> list[Record]:
@@ -694,7 +701,7 @@ class KafkaLog(Log):
             error = _error_of(exc)
             if error is None:
                 raise
-            raise translate(error, f"looking up offsets of {topic}[{partition}]", topic, partition) from exc
+            raise translate(error, f"looking up offsets of {topic}[{partition}]", topic) from exc
         return low, high
 
     def earliest_offset(self, topic: str, partition: int) -> int:
@@ -714,7 +721,7 @@ class KafkaLog(Log):
             topic,
         )
         if found.error is not None:
-            raise translate(found.error, doing, topic, partition)
+            raise translate(found.error, doing, topic)
         # -1: no record that late; the answer is then the high watermark
         return int(found.offset) if found.offset >= 0 else self.latest_offset(topic, partition)
 
@@ -731,7 +738,7 @@ class KafkaLog(Log):
         result = _result(futures[group], f"committing offsets of group {group}", timeout, topic)
         for tp in result.topic_partitions:
             if tp.error is not None:
-                raise translate(tp.error, f"committing offsets of group {group}", topic, tp.partition)
+                raise translate(tp.error, f"committing offsets of group {group}", topic)
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         check_group_name(group)
@@ -743,7 +750,7 @@ class KafkaLog(Log):
         found = {}
         for tp in result.topic_partitions:
             if tp.error is not None:
-                raise translate(tp.error, f"reading offsets of group {group}", topic, tp.partition)
+                raise translate(tp.error, f"reading offsets of group {group}", topic)
             if tp.offset >= 0:
                 found[tp.partition] = tp.offset
         return found
