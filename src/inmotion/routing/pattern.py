@@ -14,6 +14,12 @@ Semantics, as EventBridge (the `aws/event-ruler` engine) defines them:
   `exists: false` holds when the event has no leaf at that path anywhere;
 - `numeric` compares JSON numbers only (not strings, not booleans) within -5e9..5e9, and
   300 equals 300.0; an exact number matches by value too.
+
+Known differences from event-ruler: numbers compare exactly (event-ruler keeps six decimal
+places); an exact string that spells an IP address is compared as text (event-ruler compares
+addresses, which only matters for unusual IPv6 spellings); a dotted key is one field name
+(event-ruler would also match `{"a.b": ...}` against `{"a": {"b": ...}}`); `$or` is always the
+operator, never a field name.
 """
 
 from __future__ import annotations
