@@ -227,16 +227,22 @@ def test_broker_restart_loses_nothing_acknowledged(log_url: str) -> None:
 
         def consume() -> None:
             next_offsets = {0: 0, 1: 0}
+
+            def caught_up() -> bool:
+                return all(next_offsets[p] >= log.latest_offset(topic, p) for p in next_offsets)
+
             try:
-                while not stop.is_set() or any(next_offsets[p] < log.latest_offset(topic, p) for p in next_offsets):
+                while True:
                     try:
+                        if stop.is_set() and caught_up():
+                            return
                         if not log.wait(topic, next_offsets, timeout=0.5):
                             continue
                         for partition, offset in next_offsets.items():
                             for record in log.read(topic, partition, offset):
                                 seen.append((record.partition, record.offset, record.value))
                                 next_offsets[partition] = record.offset + 1
-                    except BrokerUnavailable:
+                    except BrokerUnavailable:  # while the broker is away: try again
                         continue
             except BaseException as exc:
                 failures.append(exc)

@@ -212,6 +212,37 @@ def _result(future: Future[T], doing: str, timeout: float, topic: str | None = N
         raise BrokerUnavailable(f"{doing}: no answer from Kafka within {timeout:g}s") from exc
 
 
+def _riding_out(timeout: float, call: Callable[[], T]) -> T:
+    """Retry an idempotent lookup through transient errors (a partition's leader moving, a
+    broker restarting) until `timeout`; then its BrokerUnavailable stands."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            return call()
+        except BrokerUnavailable:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def _watermarks(consumer: Any, topic: str, partition: int, timeout: float) -> tuple[int, int]:
+    """(earliest, latest) offsets of a partition, asked of its leader."""
+
+    def ask() -> tuple[int, int]:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
+        except KafkaException as exc:
+            error = _error_of(exc)
+            if error is None:
+                raise
+            raise translate(error, f"looking up offsets of {topic}[{partition}]", topic) from exc
+        return low, high
+
+    return _riding_out(timeout, ask)
+
+
 class _Delivery:
     """The delivery reports of one `append`: the delivered message of each record, in order."""
 
@@ -267,7 +298,7 @@ class _Reader:
         if offset != self.position:
             # random access: nothing to assign for at or past the end (an offset past the
             # end would make the consumer reset to the earliest offset)
-            _, known = self._watermarks(tp, timeout)
+            _, known = _watermarks(consumer, self.topic, self.partition, timeout)
             if offset >= known:
                 return []
             consumer.assign([TopicPartition(self.topic, self.partition, offset)])
@@ -278,7 +309,7 @@ class _Reader:
         # last fetch) or the one just asked for when ahead of us, else the broker's answer.
         high = max(known, consumer.get_watermark_offsets(tp, cached=True)[1])
         if self.position >= high:
-            _, high = self._watermarks(tp, timeout)
+            _, high = _watermarks(consumer, self.topic, self.partition, timeout)
         deadline = time.monotonic() + timeout
         while len(records) < limit and self.position < high and self.end < high:
             remaining = deadline - time.monotonic()
@@ -288,16 +319,6 @@ class _Reader:
             more = limit - len(records) - 1
             records += self._records(first + consumer.consume(more, 0) if first and more else first)
         return records
-
-    def _watermarks(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
-        try:
-            low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-        except KafkaException as exc:
-            error = _error_of(exc)
-            if error is None:
-                raise
-            raise translate(error, f"reading {self.topic}[{self.partition}]", self.topic) from exc
-        return low, high
 
     def _records(self, messages: list[Any]) -> list[Record]:
         topic, partition = self.topic, self.partition
@@ -484,18 +505,12 @@ class KafkaLog(Log):
     def _await(self, doing: str, ready: Callable[[], bool]) -> None:
         """Poll until the broker shows a change: KRaft brokers apply metadata a little later
         than the controller answers, and a new partition takes a moment to get its leader."""
-        deadline = time.monotonic() + self.config.timeout
-        delay = 0.005
-        while True:
-            try:
-                if ready():
-                    return
-            except BrokerUnavailable:
-                pass
-            if time.monotonic() > deadline:
+
+        def check() -> None:
+            if not ready():
                 raise BrokerUnavailable(f"{doing}: the broker did not show it within {self.config.timeout:g}s")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+
+        _riding_out(self.config.timeout, check)
 
     # --- topics ---------------------------------------------------------------------------
     def create_topic(self, name: str, config: TopicConfig = TopicConfig()) -> None:
@@ -693,16 +708,7 @@ class KafkaLog(Log):
 
     def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         self._check_partition(topic, partition)
-        try:
-            low, high = self._meta.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=self.config.timeout, cached=False
-            )
-        except KafkaException as exc:
-            error = _error_of(exc)
-            if error is None:
-                raise
-            raise translate(error, f"looking up offsets of {topic}[{partition}]", topic) from exc
-        return low, high
+        return _watermarks(self._meta, topic, partition, self.config.timeout)
 
     def earliest_offset(self, topic: str, partition: int) -> int:
         return self._watermarks(topic, partition)[0]
@@ -713,15 +719,20 @@ class KafkaLog(Log):
     def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
         self._check_partition(topic, partition)
         doing = f"looking up {topic}[{partition}] by time"
-        (found,) = self._admin_call(
-            doing,
-            lambda: self._meta.offsets_for_times(
-                [TopicPartition(topic, partition, max(timestamp_ms, 0))], timeout=self.config.timeout
-            ),
-            topic,
-        )
-        if found.error is not None:
-            raise translate(found.error, doing, topic)
+
+        def ask() -> Any:
+            (found,) = self._admin_call(
+                doing,
+                lambda: self._meta.offsets_for_times(
+                    [TopicPartition(topic, partition, max(timestamp_ms, 0))], timeout=self.config.timeout
+                ),
+                topic,
+            )
+            if found.error is not None:
+                raise translate(found.error, doing, topic)
+            return found
+
+        found = _riding_out(self.config.timeout, ask)
         # -1: no record that late; the answer is then the high watermark
         return int(found.offset) if found.offset >= 0 else self.latest_offset(topic, partition)
 
