@@ -304,10 +304,12 @@ def test_the_filter_runs_before_the_payload_is_decoded(eventually: Eventually) -
     asyncio.run(scenario())
 
 
-def test_the_routers_event_patterns_plug_in_as_filters(eventually: Eventually) -> None:
+@pytest.mark.parametrize("as_dict", [False, True], ids=["Pattern", "dict"])
+def test_the_routers_event_patterns_plug_in_as_filters(eventually: Eventually, as_dict: bool) -> None:
     from inmotion.routing import Pattern
 
     big: list[float] = []
+    pattern = {"type": ["shop.order.placed"], "data": {"total": [{"numeric": [">", 100]}]}}
 
     async def scenario() -> None:
         with App("shop", "memory://") as app:
@@ -315,7 +317,7 @@ def test_the_routers_event_patterns_plug_in_as_filters(eventually: Eventually) -
             @app.subscribe(
                 "orders",
                 group="big-orders",
-                filter=Pattern({"type": ["shop.order.placed"], "data": {"total": [{"numeric": [">", 100]}]}}),
+                filter=pattern if as_dict else Pattern(pattern),
             )
             async def handle(placed: PlacedDC) -> None:
                 big.append(placed.total)

@@ -1,18 +1,19 @@
 """Subscription filters: which events of a topic a handler sees.
 
 A filter is anything with a `matches(event) -> bool` method, so the router's event patterns
-(`inmotion.routing.Pattern`) plug in unchanged; `TypeIs` and `TypePrefix` cover the common
+(`inmotion.routing.Pattern`, or a plain pattern dict) plug in unchanged; `TypeIs` and `TypePrefix` cover the common
 cases, and a plain string is shorthand for them ("shop.order.placed" or "shop.order.*").
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event
+from inmotion.routing import Pattern
 
 
 @runtime_checkable
@@ -57,14 +58,17 @@ class _Predicate:
         return bool(self.function(event))
 
 
-FilterSpec = str | EventFilter | Callable[[Event], bool] | None
+FilterSpec = str | Mapping[str, Any] | EventFilter | Callable[[Event], bool] | None
 
 
 def make_filter(spec: FilterSpec) -> EventFilter | None:
     """The filter that `spec` describes: None (everything), a type string ("a.b", "a.*"), an
-    object with `matches(event)`, or a function of the event."""
+    EventBridge event pattern (a dict, see `inmotion.routing.Pattern`), an object with
+    `matches(event)`, or a function of the event."""
     if spec is None:
         return None
+    if isinstance(spec, Mapping):
+        return Pattern(dict(spec))
     if isinstance(spec, str):
         if spec.endswith("*"):
             prefix = spec[:-1]
