@@ -184,3 +184,50 @@ def test_route_once_delivers_and_commits(tmp_path: Path) -> None:
         assert log.committed("inmotion-router", "orders") == {0: 3}
     again = runner.invoke(command, arguments)
     assert "routed 0 events" in again.stderr
+
+
+def test_two_router_processes_share_the_partitions(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from inmotion import Event
+    from inmotion.log import TopicConfig, connect
+    from inmotion.runtime import coordinator_for
+
+    broker = f"sqlite:///{tmp_path}/shared.db"
+    with connect(broker) as log:
+        log.create_topic("orders", TopicConfig(partitions=4))
+        log.create_topic("copies", TopicConfig(partitions=1))
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: all\n    sources: [orders]\n    pattern: {type: [order]}\n    targets: [{topic: copies}]\n"
+    )
+    command = [sys.executable, "-m", "inmotion", "route", "--rules", str(tmp_path / "rules.yaml")]
+    command += ["--group", "routers", "--broker", broker]
+    routers = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ) for _ in range(2)]
+    try:
+        with connect(broker) as log:
+            coordinator = coordinator_for(log)
+            deadline = time.monotonic() + 60
+            while len(coordinator.members("routers")) < 2 or len(coordinator.owners("routers")) < 4:
+                assert time.monotonic() < deadline, "the two routers never split the partitions"
+                time.sleep(0.05)
+            log.append_events(
+                "orders", [Event.create("order", {"n": n}, source="/shop", key=f"k{n}") for n in range(200)]
+            )
+            while log.latest_offset("copies", 0) < 200:
+                assert time.monotonic() < deadline, "not everything was routed"
+                time.sleep(0.05)
+        for router in routers:
+            router.send_signal(signal.SIGTERM)
+        errors = [router.communicate(timeout=60)[1] for router in routers]
+    finally:
+        for router in routers:
+            router.kill()
+    counts = [int(next(line for line in err.splitlines() if line.startswith("routed")).split()[1]) for err in errors]
+    assert all(count > 0 for count in counts), errors
+    assert sum(counts) == 200
+    with connect(broker) as log:
+        assert sorted(r.event().data["n"] for r in log.read("copies", 0, 0, limit=1000)) == list(range(200))

@@ -1,8 +1,10 @@
-"""`inmotion rules test|check`: try a pattern on an event, validate a rules file."""
+"""`inmotion rules test|check`: try a pattern on an event, validate a rules file; `inmotion route`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,9 +13,11 @@ import typer
 
 from inmotion.cli.common import BrokerOption, fail, open_log
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern
+from inmotion.log import Log
 from inmotion.routing import Pattern
 from inmotion.routing.router import route_file
 from inmotion.routing.rules import load_rules
+from inmotion.runtime.coordination import DEFAULT_SESSION_TIMEOUT, Membership, coordinator_for
 
 rules_app = typer.Typer(help="Test event patterns and check rules files.", no_args_is_help=True)
 
@@ -78,21 +82,68 @@ def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")
         typer.echo(f"  {rule.name}: {sources} -> {targets}")
 
 
+class _GroupSeat:
+    """A router process's seat in its consumer group: it joins for the current source topics,
+    heartbeats before every batch and hands revoked partitions over at once (the router commits
+    every batch before it asks again), so several routers share the partitions."""
+
+    def __init__(self, log: Log, group: str, session_timeout: float) -> None:
+        self.log = log
+        self.group = group
+        self.session_timeout = session_timeout
+        self.coordinator = coordinator_for(log)
+        self.membership: Membership | None = None
+        self.sources: tuple[str, ...] = ()
+
+    def __call__(self, sources: tuple[str, ...]) -> dict[str, set[int]]:
+        if self.membership is None or sources != self.sources:
+            self.leave()
+            partitions = {topic: self.log.partition_count(topic) for topic in sources}
+            self.membership = self.coordinator.join(self.group, partitions, session_timeout=self.session_timeout)
+            self.sources = sources
+        assignment = self.membership.heartbeat()
+        if assignment.revoke:
+            self.membership.release(assignment.revoke)
+        owned: dict[str, set[int]] = {}
+        for tp in assignment.owned - assignment.revoke:
+            owned.setdefault(tp.topic, set()).add(tp.partition)
+        return owned
+
+    def leave(self) -> None:
+        if self.membership is not None:
+            self.membership.leave()
+            self.membership = None
+
+
 def route(
     rules: Annotated[Path, typer.Option("--rules", "-r", help="The rules file (YAML).")],
     group: Annotated[str, typer.Option("--group", "-g", help="Consumer group of the router.")] = "inmotion-router",
     once: Annotated[bool, typer.Option("--once", help="Route what is there now, then exit.")] = False,
+    session_timeout: Annotated[
+        float, typer.Option(help="Seconds without a heartbeat before a router's partitions go to the others.")
+    ] = DEFAULT_SESSION_TIMEOUT,
     broker: BrokerOption = None,
 ) -> None:
     """Route events from the rules' source topics to their targets, as a consumer group.
 
-    Editing the rules file reloads it between batches; offsets are committed per batch, so no
-    event is lost or skipped across a reload. A file that fails to load keeps the old rules.
+    Several `inmotion route` processes with the same --group share the partitions; one that
+    dies loses them to the others within the session timeout. Editing the rules file reloads
+    it between batches; offsets are committed per batch, so no event is lost or skipped across
+    a reload. A file that fails to load keeps the old rules. SIGTERM or Ctrl-C stop it after
+    the batch in hand.
     """
     stop = threading.Event()
-    with open_log(broker) as log:
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    with contextlib.ExitStack() as restore, open_log(broker) as log:
+        restore.callback(lambda: [signal.signal(signum, handler) for signum, handler in previous.items()])
+        seat = _GroupSeat(log, group, session_timeout)
         try:
-            totals = route_file(log, rules, stop, group=group, once=once, say=lambda line: typer.echo(line, err=True))
+            totals = route_file(
+                log, rules, stop, group=group, once=once, say=lambda line: typer.echo(line, err=True), assignment=seat
+            )
         except InmotionError as error:
             fail(str(error), EXIT_INVALID if isinstance(error, InvalidConfig | InvalidPattern) else 1)
+        finally:
+            seat.leave()
+            seat.coordinator.close()
     typer.echo(f"routed {totals.routed} events, {totals.unmatched} matched no rule", err=True)

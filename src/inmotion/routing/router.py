@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +30,10 @@ from inmotion.routing.rules import HandlerTarget, HttpTarget, Rule, RuleSet, Tar
 
 Status = Literal["delivered", "dead-lettered", "failed"]
 _RETRIED_CLIENT_ERRORS = frozenset({408, 429})
+
+
+Assigned = Mapping[str, Iterable[int]]
+"""Partitions per topic that this member of the router's group owns."""
 
 
 class DeliveryFailed(InmotionError):
@@ -131,16 +135,19 @@ class Router:
         return Delivery(rule, target.describe(), "dead-lettered", attempts, reason)
 
     # --- the loop -------------------------------------------------------------------------
-    def poll(self, limit: int = 500) -> int:
+    def poll(self, limit: int = 500, assigned: Assigned | None = None) -> int:
         """Route what is available on the source topics, committing batch by batch; returns how
         many records were routed. Raises DeliveryFailed, with everything before the failing
-        event committed, when a target without a dead-letter topic fails."""
+        event committed, when a target without a dead-letter topic fails.
+
+        `assigned` (topic -> partitions) limits the work to the partitions this member of the
+        group owns, when several routers share it; None means every partition."""
         if not self.sources:
             raise InvalidConfig("the router has no source topics: name them in the rules or pass sources=")
         handled = 0
         for topic in self.sources:
             committed = self.log.committed(self.group, topic)
-            for partition in range(self.log.partition_count(topic)):
+            for partition in self._partitions(topic, assigned):
                 offset = committed.get(partition, self.log.earliest_offset(topic, partition))
                 records = self.log.read(topic, partition, offset, limit)
                 for record in records:
@@ -168,19 +175,29 @@ class Router:
             if not self.poll():
                 self.wait(wait)
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float, assigned: Assigned | None = None) -> bool:
         """Block until a source topic has records past the group's position (True) or `timeout`
         seconds passed (False); the time is shared between the source topics."""
         share = timeout / max(1, len(self.sources))
+        waited = False
         for topic in self.sources:
             committed = self.log.committed(self.group, topic)
             positions = {
                 partition: committed.get(partition, self.log.earliest_offset(topic, partition))
-                for partition in range(self.log.partition_count(topic))
+                for partition in self._partitions(topic, assigned)
             }
-            if self.log.wait(topic, positions, share):
-                return True
+            if positions:
+                waited = True
+                if self.log.wait(topic, positions, share):
+                    return True
+        if not waited:  # nothing assigned to this member: idle for the whole time
+            time.sleep(timeout)
         return False
+
+    def _partitions(self, topic: str, assigned: Assigned | None) -> list[int]:
+        if assigned is None:
+            return list(range(self.log.partition_count(topic)))
+        return sorted(assigned.get(topic, ()))
 
 
 @dataclasses.dataclass(slots=True)
@@ -199,10 +216,14 @@ def route_file(
     once: bool = False,
     wait: float = 1.0,
     say: Callable[[str], None] = lambda line: None,
+    assignment: Callable[[tuple[str, ...]], Assigned] | None = None,
 ) -> RouteTotals:
     """Run a router on the rules in `path` until `stop` is set (or, with `once`, until nothing is
     left to route). A changed file is reloaded between batches: offsets are committed per batch,
-    so no event is lost or skipped across a reload; a file that fails to load keeps the old rules."""
+    so no event is lost or skipped across a reload; a file that fails to load keeps the old rules.
+
+    `assignment(sources)` is asked before every batch which partitions this member owns (a
+    consumer-group heartbeat); it may hand over partitions then, since every batch is committed."""
     rule_set = load_rules(path)
     stamp = _stamp(path)
     router = Router(log, rule_set, group=group)
@@ -210,11 +231,12 @@ def route_file(
     totals = RouteTotals()
     try:
         while not stop.is_set():
-            handled = router.poll()
+            assigned = None if assignment is None else assignment(router.sources)
+            handled = router.poll(assigned=assigned)
             if once and not handled:
                 break
             if not handled:
-                router.wait(wait)
+                router.wait(wait, assigned)
             current = _stamp(path)
             if current == stamp:
                 continue
