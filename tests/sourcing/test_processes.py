@@ -121,8 +121,8 @@ def test_a_projection_killed_with_9_applies_every_event_exactly_once_after_resta
 
     for _ in range(2):
         append(60)
+        target = applied() + 300  # counted before it starts: at least 600 events wait, so it is killed part way
         with running(workers.project_forever, sqlite_url, str(read_model)) as projector:
-            target = applied() + 300  # at least 600 events wait: killed part way
             wait_until(lambda target=target: applied() >= target)  # type: ignore[misc]
             append(30)  # more events while it runs
             kill(projector)
