@@ -107,6 +107,33 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def database_path(url: str, path: str) -> Path:
+    """The file a `sqlite:///...` URL names: sqlite:///x.db is relative, sqlite:////x.db absolute."""
+    if not path or path == "/":
+        raise InvalidConfig(f"sqlite URL {url!r} names no file: use sqlite:///path/to/file.db")
+    return Path(path[1:] if path.startswith("/") else path)
+
+
+@contextlib.contextmanager
+def translate_errors(path: Path, action: str, timeout: float) -> Iterator[None]:
+    """sqlite3's exceptions as StorageError with a message a user can act on."""
+    try:
+        yield
+    except InmotionError:
+        raise
+    except sqlite3.Error as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            message = f"{path} is locked by another process (waited {timeout:g}s)"
+        elif "not a database" in text or "malformed" in text:
+            message = f"{path} is corrupt or not a SQLite database ({text})"
+        elif "unable to open" in text or "readonly" in text or "disk I/O" in text:
+            message = f"cannot {action} {path}: {text} (check that the file is readable and writable)"
+        else:
+            message = f"cannot {action} {path}: {text}"
+        raise StorageError(message) from exc
+
+
 class _PendingAppend:
     __slots__ = ("done", "error", "messages", "positions", "topic")
 
@@ -153,13 +180,10 @@ class SqliteLog(Log):
 
     @classmethod
     def from_url(cls, url: str, path: str, options: Mapping[str, str]) -> SqliteLog:
-        if not path or path == "/":
-            raise InvalidConfig(f"sqlite URL {url!r} names no file: use sqlite:///path/to/file.db")
+        file = database_path(url, path)
         unknown = set(options) - {"durability", "timeout", "poll", "retention_interval"}
         if unknown:
             raise InvalidConfig(f"unknown sqlite URL option(s): {', '.join(sorted(unknown))}")
-        # sqlite:///./x.db and sqlite:///x.db are relative; sqlite:////abs/x.db is absolute.
-        file = path[1:] if path.startswith("/") else path
         try:
             numbers = {k: float(options[k]) for k in ("timeout", "poll", "retention_interval") if k in options}
         except ValueError as exc:
@@ -224,24 +248,8 @@ class SqliteLog(Log):
             self._local.conn = conn
         return conn
 
-    @contextlib.contextmanager
-    def _translate(self, action: str) -> Iterator[None]:
-        """sqlite3's exceptions as StorageError with a message a user can act on."""
-        try:
-            yield
-        except InmotionError:
-            raise
-        except sqlite3.Error as exc:
-            text = str(exc)
-            if "locked" in text or "busy" in text:
-                message = f"{self.path} is locked by another process (waited {self.timeout:g}s)"
-            elif "not a database" in text or "malformed" in text:
-                message = f"{self.path} is corrupt or not a SQLite database ({text})"
-            elif "unable to open" in text or "readonly" in text or "disk I/O" in text:
-                message = f"cannot {action} {self.path}: {text} (check that the file is readable and writable)"
-            else:
-                message = f"{action} failed on {self.path}: {text}"
-            raise StorageError(message) from exc
+    def _translate(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return translate_errors(self.path, action, self.timeout)
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in one IMMEDIATE transaction on the writer connection."""

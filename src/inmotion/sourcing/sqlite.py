@@ -15,12 +15,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from inmotion.errors import Closed, ConcurrencyError, InmotionError, InvalidConfig, StorageError
-from inmotion.log.sqlite import APPLICATION_ID, SqliteLog
+from inmotion.errors import Closed, ConcurrencyError, InvalidConfig, StorageError
+from inmotion.log.sqlite import APPLICATION_ID, SqliteLog, database_path, translate_errors
 from inmotion.sourcing.store import EncodedEvent, Recorder, StoredEvent, StoredSnapshot
 
 T = TypeVar("T")
@@ -72,31 +72,6 @@ _HEADS = (
 _SAVE_SNAPSHOT = (
     "INSERT OR REPLACE INTO es_snapshots (stream_id, version, type, schema_version, payload) VALUES (?, ?, ?, ?, ?)"
 )
-
-
-def database_path(url: str, path: str) -> Path:
-    """The file a `sqlite:///...` URL names: sqlite:///x.db is relative, sqlite:////x.db absolute."""
-    if not path or path == "/":
-        raise InvalidConfig(f"sqlite URL {url!r} names no file: use sqlite:///path/to/file.db")
-    return Path(path[1:] if path.startswith("/") else path)
-
-
-@contextlib.contextmanager
-def translate_errors(path: Path, action: str, timeout: float) -> Iterator[None]:
-    """sqlite3's exceptions as StorageError with a message a user can act on."""
-    try:
-        yield
-    except InmotionError:
-        raise
-    except sqlite3.Error as exc:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            message = f"{path} is locked by another process (waited {timeout:g}s)"
-        elif "not a database" in text or "malformed" in text:
-            message = f"{path} is corrupt or not a SQLite database ({text})"
-        else:
-            message = f"cannot {action} {path}: {text}"
-        raise StorageError(message) from exc
 
 
 def connect(path: Path, timeout: float, *, durability: str = "normal") -> sqlite3.Connection:
