@@ -37,6 +37,7 @@ librdkafka as is, e.g. `security.protocol=SASL_SSL&sasl.mechanism=PLAIN`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -171,6 +172,8 @@ class KafkaConfig:
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
             "reconnect.backoff.max.ms": 1000,
+            # metadata taken while a broker restarts can lack partitions: refresh it often
+            "topic.metadata.refresh.interval.ms": 5000,
             "logger": _logger,
             **dict(self.client_options),
         }
@@ -237,6 +240,11 @@ def _watermarks(consumer: Any, topic: str, partition: int, timeout: float) -> tu
             error = _error_of(exc)
             if error is None:
                 raise
+            if error.code() == KafkaError._UNKNOWN_PARTITION:
+                # librdkafka's metadata of the topic went stale (taken while a broker restarted):
+                # ask for it now rather than at the next periodic refresh
+                with contextlib.suppress(KafkaException):
+                    consumer.list_topics(topic=topic, timeout=timeout)
             raise translate(error, f"looking up offsets of {topic}[{partition}]", topic) from exc
         return low, high
 
@@ -318,6 +326,10 @@ class _Reader:
             first = consumer.consume(1, remaining)
             more = limit - len(records) - 1
             records += self._records(first + consumer.consume(more, 0) if first and more else first)
+        if not records and self.position < high:
+            # records below the watermark never came (a consumer stuck after a broker restart,
+            # or only markers there): the next read assigns afresh
+            self.position = -1
         return records
 
     def _records(self, messages: list[Any]) -> list[Record]:
@@ -696,7 +708,9 @@ class KafkaLog(Log):
                     if error is None or error.code() in _UNKNOWN_TOPIC:
                         return True  # a record, or a deleted topic that the next read reports
                     _logger.debug("waiting on %s: %s", topic, error)
-            return False
+            # The consumer saw nothing. Before saying so, ask the broker: a consumer that is
+            # still reconnecting (after a broker restart, say) must not hide records.
+            return self._any_past(topic, positions)
         finally:
             consumer.unassign()
             with self._lock:
@@ -705,6 +719,16 @@ class KafkaLog(Log):
                     self._idle_waiters.append(consumer)
             if not keep:
                 consumer.close()
+
+    def _any_past(self, topic: str, positions: Mapping[int, int]) -> bool:
+        for partition, offset in positions.items():
+            try:
+                _, high = self._meta.get_watermark_offsets(TopicPartition(topic, partition), timeout=1.0, cached=False)
+            except KafkaException:
+                return False  # the broker is away: nothing to read for now
+            if high > offset:
+                return True
+        return False
 
     def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         self._check_partition(topic, partition)
