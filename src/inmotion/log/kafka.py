@@ -296,6 +296,7 @@ class _Reader:
         self.position = -1
         self.end = -1
         """The high watermark at the consumer's last end-of-partition event."""
+        self.stuck = False
         self.lock = threading.Lock()
         self.closed = False
 
@@ -328,8 +329,8 @@ class _Reader:
             records += self._records(first + consumer.consume(more, 0) if first and more else first)
         if not records and self.position < high:
             # records below the watermark never came (a consumer stuck after a broker restart,
-            # or only markers there): the next read assigns afresh
-            self.position = -1
+            # or only markers there): the log replaces this reader
+            self.stuck = True
         return records
 
     def _records(self, messages: list[Any]) -> list[Record]:
@@ -667,8 +668,25 @@ class KafkaLog(Log):
         while True:
             reader = self._reader(topic, partition)
             with reader.lock:
-                if not reader.closed:
+                if reader.closed:
+                    continue
+                try:
                     return reader.read(max(offset, 0), limit, self.config.timeout)
+                except BrokerUnavailable:
+                    reader.stuck = True
+                    raise
+                finally:
+                    if reader.stuck:
+                        self._drop_reader(reader)
+
+    def _drop_reader(self, reader: _Reader) -> None:
+        """Close a reader whose consumer went bad; a fresh one (fresh metadata, fresh
+        connections) takes its place at the next read. Called holding the reader's lock."""
+        with self._lock:
+            if self._readers.get((reader.topic, reader.partition)) is reader:
+                del self._readers[(reader.topic, reader.partition)]
+        reader.closed = True
+        reader.consumer.close()
 
     def _reader(self, topic: str, partition: int) -> _Reader:
         key = (topic, partition)
@@ -732,7 +750,15 @@ class KafkaLog(Log):
 
     def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         self._check_partition(topic, partition)
-        return _watermarks(self._meta, topic, partition, self.config.timeout)
+        meta = self._meta
+        try:
+            return _watermarks(meta, topic, partition, self.config.timeout)
+        except BrokerUnavailable:
+            # a fresh consumer for the next lookups; the old one goes when no thread uses it
+            with self._lock:
+                if self._meta is meta and not self._closed:
+                    self._meta = Consumer(self._consumer_config())
+            raise
 
     def earliest_offset(self, topic: str, partition: int) -> int:
         return self._watermarks(topic, partition)[0]
