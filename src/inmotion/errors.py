@@ -53,6 +53,10 @@ class StorageError(InmotionError):
     """The log's storage cannot be used: locked, unreadable, corrupt, full."""
 
 
+class NotAuthorized(InmotionError, PermissionError):
+    """The broker refused: the client is not authenticated or not authorized for this."""
+
+
 class BrokerUnavailable(InmotionError):
     """The broker cannot be reached within the allowed time."""
 

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
 
 import inmotion
-from inmotion.errors import BrokerUnavailable, InmotionError, InvalidConfig, UnknownTopic
+from inmotion.errors import BrokerUnavailable, InmotionError, InvalidConfig, NotAuthorized, UnknownTopic
 from inmotion.events import Event
 from inmotion.log import Log, Message, Record, TopicConfig, partition_for_key
 from inmotion.log.kafka import translate
@@ -170,12 +170,13 @@ def test_bad_urls(url: str) -> None:
 
 def test_kafka_errors_keep_their_names() -> None:
     denied = translate(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), "appending to t", "t")
-    assert type(denied) is InmotionError
+    assert isinstance(denied, NotAuthorized)
     assert "TOPIC_AUTHORIZATION_FAILED" in str(denied)
     assert "GROUP_AUTHORIZATION_FAILED" in str(translate(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED), "x"))
     assert isinstance(translate(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART), "x", "t"), UnknownTopic)
     assert isinstance(translate(KafkaError(KafkaError._TRANSPORT), "x"), BrokerUnavailable)
     assert isinstance(translate(KafkaError(KafkaError.INVALID_PARTITIONS), "x", "t"), InvalidConfig)
+    assert type(translate(KafkaError(KafkaError.UNSUPPORTED_VERSION), "x")) is InmotionError
 
 
 def _read_all(log: Log, topic: str, partition: int) -> list[Record]:

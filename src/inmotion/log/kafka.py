@@ -23,9 +23,9 @@ How the contract maps onto Kafka:
   (Kafka refuses them for a group with live members: those commit through their consumer).
 - Retention and compaction run on the broker's own schedule: `enforce_retention` returns 0.
 - Errors: unknown topics and partitions, existing topics, bad settings and an unreachable
-  broker become inmotion's own errors; anything else (authorization, authentication, ...) is
-  an `InmotionError` whose message starts with what was being done and Kafka's error name,
-  e.g. `appending to orders: TOPIC_AUTHORIZATION_FAILED: ...`.
+  broker become inmotion's own errors, authorization and authentication failures
+  `NotAuthorized`; anything else is an `InmotionError`. Every message starts with what was
+  being done and Kafka's error name, e.g. `appending to orders: TOPIC_AUTHORIZATION_FAILED: ...`.
 
 URL options: `timeout=SECONDS` (how long admin calls, metadata and reads may wait for the broker
 before BrokerUnavailable, default 10), `delivery_timeout=SECONDS` (how long `append` keeps
@@ -70,6 +70,7 @@ from inmotion.errors import (
     Closed,
     InmotionError,
     InvalidConfig,
+    NotAuthorized,
     TopicExists,
     UnknownPartition,
     UnknownTopic,
@@ -132,6 +133,15 @@ _UNAVAILABLE = _codes(
     "ELIGIBLE_LEADERS_NOT_AVAILABLE",
 )
 _UNKNOWN_TOPIC = _codes("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_ID")
+_NOT_AUTHORIZED = _codes(
+    "TOPIC_AUTHORIZATION_FAILED",
+    "GROUP_AUTHORIZATION_FAILED",
+    "CLUSTER_AUTHORIZATION_FAILED",
+    "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
+    "DELEGATION_TOKEN_AUTHORIZATION_FAILED",
+    "SASL_AUTHENTICATION_FAILED",
+    "_AUTHENTICATION",
+)
 _INVALID = _codes(
     "INVALID_CONFIG",
     "INVALID_PARTITIONS",
@@ -193,7 +203,9 @@ def translate(error: KafkaError, doing: str, topic: str | None = None) -> Inmoti
         exc = BrokerUnavailable(detail)
     elif code in _INVALID:
         exc = InvalidConfig(detail)
-    else:  # authorization, authentication and everything else: by Kafka's name
+    elif code in _NOT_AUTHORIZED:
+        exc = NotAuthorized(detail)
+    else:  # everything else: by Kafka's name
         exc = InmotionError(detail)
     exc.kafka_error = error  # type: ignore[attr-defined]
     return exc
