@@ -134,6 +134,93 @@ def translate_errors(path: Path, action: str, timeout: float) -> Iterator[None]:
         raise StorageError(message) from exc
 
 
+def open_connection(path: Path, timeout: float) -> sqlite3.Connection:
+    """An autocommit connection (transactions are explicit) that waits `timeout` seconds for
+    another process's write lock."""
+    if not path.parent.exists():
+        raise StorageError(f"cannot open {path}: directory {path.parent} does not exist")
+    with translate_errors(path, "open", timeout):
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    return conn
+
+
+def immediate(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """Run `work` in one `BEGIN IMMEDIATE` transaction: it holds the write lock of every process
+    from the start, so what it reads stays true until it commits."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+class SqliteFile:
+    """What every inmotion object on a SQLite file shares: one connection per thread for
+    reading, one writer behind a lock, sqlite3's errors as StorageError, and a condition that
+    wakes this process's waiters after each write. Subclasses open connections (`_connect`)
+    and set `_writer`."""
+
+    what = "the file"
+    _writer: sqlite3.Connection
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._appended = threading.Condition()
+        self._closed = False
+
+    def _keep(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """Remember `conn` so that close() closes it."""
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        return self._keep(open_connection(self.path, self.timeout))
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise Closed(f"{self.what} is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _translate(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return translate_errors(self.path, action, self.timeout)
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one IMMEDIATE transaction on the writer connection."""
+        with self._write_lock, self._translate("write to"):
+            if self._closed:
+                raise Closed(f"{self.what} is closed")
+            result = immediate(self._writer, work)
+        self._notify()
+        return result
+
+    def _notify(self) -> None:
+        with self._appended:
+            self._appended.notify_all()
+
+    def _close_connections(self) -> None:
+        self._closed = True
+        self._notify()
+        with self._write_lock, self._connections_lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+
+
 class _PendingAppend:
     __slots__ = ("done", "error", "messages", "positions", "topic")
 
@@ -145,7 +232,9 @@ class _PendingAppend:
         self.done = False
 
 
-class SqliteLog(Log):
+class SqliteLog(SqliteFile, Log):
+    what = "the log"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -156,23 +245,16 @@ class SqliteLog(Log):
         retention_interval: float = 30.0,
         url: str | None = None,
     ) -> None:
-        super().__init__()
+        Log.__init__(self)
+        SqliteFile.__init__(self, path, timeout)
         if durability not in ("normal", "fsync"):
             raise InvalidConfig(f"durability must be 'normal' or 'fsync', got {durability!r}")
-        self.path = Path(path)
         self.url = url or f"sqlite:///{self.path}"
         self.durability = durability
-        self.timeout = timeout
         self.poll = poll
         self.retention_interval = retention_interval
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self._write_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingAppend] = []
-        self._appended = threading.Condition()
-        self._closed = False
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._appends = 0  # how many append transactions; the checkpointer watches it
@@ -192,14 +274,9 @@ class SqliteLog(Log):
 
     # --- connections ----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        if not self.path.parent.exists():
-            raise StorageError(f"cannot open {self.path}: directory {self.path.parent} does not exist")
+        conn = super()._connect()
         with self._translate("open"):
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             conn.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")  # reads without copying pages
-        with self._connections_lock:
-            self._connections.append(conn)
         return conn
 
     def _open_writer(self) -> sqlite3.Connection:
@@ -238,38 +315,6 @@ class SqliteLog(Log):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-    def _reader(self) -> sqlite3.Connection:
-        if self._closed:
-            raise Closed("the log is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-        return conn
-
-    def _translate(self, action: str) -> contextlib.AbstractContextManager[None]:
-        return translate_errors(self.path, action, self.timeout)
-
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one IMMEDIATE transaction on the writer connection."""
-        with self._write_lock, self._translate("write"):
-            if self._closed:
-                raise Closed("the log is closed")
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        self._notify()
-        return result
-
-    def _notify(self) -> None:
-        with self._appended:
-            self._appended.notify_all()
 
     # --- topics ---------------------------------------------------------------------------
     def create_topic(self, name: str, config: TopicConfig = TopicConfig()) -> None:
@@ -671,8 +716,4 @@ class SqliteLog(Log):
         self._notify()
         if self._maintenance is not None and self._maintenance is not threading.current_thread():
             self._maintenance.join()
-        with self._write_lock, self._connections_lock:
-            for conn in self._connections:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._connections.clear()
+        self._close_connections()

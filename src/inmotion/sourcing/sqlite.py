@@ -9,18 +9,24 @@ whole batch or nothing. Tables are prefixed `es_` and the file carries the log's
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from inmotion.errors import Closed, ConcurrencyError, InvalidConfig, StorageError
-from inmotion.log.sqlite import APPLICATION_ID, SqliteLog, database_path, translate_errors
+from inmotion.errors import ConcurrencyError, InvalidConfig, StorageError
+from inmotion.log.sqlite import (
+    APPLICATION_ID,
+    SqliteFile,
+    SqliteLog,
+    database_path,
+    immediate,
+    open_connection,
+    translate_errors,
+)
 from inmotion.sourcing.store import EncodedEvent, Recorder, StoredEvent, StoredSnapshot
 
 T = TypeVar("T")
@@ -80,12 +86,9 @@ def connect(path: Path, timeout: float, *, durability: str = "normal") -> sqlite
     A fresh file gets the log's schema and `application_id` first, so that the log accepts it
     later; a SQLite file of some other application is refused.
     """
-    if not path.parent.exists():
-        raise StorageError(f"cannot open {path}: directory {path.parent} does not exist")
+    conn = open_connection(path, timeout)
     with translate_errors(path, "open", timeout):
-        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             (app_id,) = conn.execute("PRAGMA application_id").fetchone()
             if app_id != APPLICATION_ID:
                 SqliteLog(path, timeout=timeout).close()
@@ -114,20 +117,9 @@ def create_tables(conn: sqlite3.Connection, schema: str, schema_key: str, versio
     immediate(conn, create)
 
 
-def immediate(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """Run `work` in one `BEGIN IMMEDIATE` transaction: it holds the write lock of every process
-    from the start, so what it reads stays true until it commits."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = work(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return result
+class SqliteRecorder(SqliteFile, Recorder):
+    what = "the event store"
 
-
-class SqliteRecorder(Recorder):
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -138,16 +130,9 @@ class SqliteRecorder(Recorder):
     ) -> None:
         if durability not in ("normal", "fsync"):
             raise InvalidConfig(f"durability must be 'normal' or 'fsync', got {durability!r}")
-        self.path = Path(path)
+        SqliteFile.__init__(self, path, timeout)
         self.durability = durability
-        self.timeout = timeout
         self.poll = poll
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._appended = threading.Condition()
-        self._closed = False
         self._writer = self._connect()
         try:
             create_tables(self._writer, _SCHEMA, "event_store_schema", SCHEMA_VERSION, self.path)
@@ -168,32 +153,7 @@ class SqliteRecorder(Recorder):
 
     # --- connections ----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        conn = connect(self.path, self.timeout, durability=self.durability)
-        with self._connections_lock:
-            self._connections.append(conn)
-        return conn
-
-    def _reader(self) -> sqlite3.Connection:
-        if self._closed:
-            raise Closed("the event store is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-        return conn
-
-    def _translate(self, action: str) -> contextlib.AbstractContextManager[None]:
-        return translate_errors(self.path, action, self.timeout)
-
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one IMMEDIATE transaction on the writer connection."""
-        with self._write_lock, self._translate("write to"):
-            if self._closed:
-                raise Closed("the event store is closed")
-            result = immediate(self._writer, work)
-        with self._appended:
-            self._appended.notify_all()
-        return result
+        return self._keep(connect(self.path, self.timeout, durability=self.durability))
 
     # --- writing --------------------------------------------------------------------------
     def append(
@@ -312,13 +272,5 @@ class SqliteRecorder(Recorder):
                         seen = None
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with self._appended:
-            self._appended.notify_all()
-        with self._write_lock, self._connections_lock:
-            for conn in self._connections:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._connections.clear()
+        if not self._closed:
+            self._close_connections()
