@@ -103,7 +103,7 @@ def tail(
     json: JsonOption = False,
 ) -> None:
     """Print a topic's events: the last 10 by default, or from a start you choose."""
-    if sum(x is not None and x is not False for x in (from_beginning or None, offset, since)) > 1:
+    if sum((from_beginning, offset is not None, since is not None)) > 1:
         fail("choose one start: --from-beginning, --offset or --since", code=2)
     if limit is not None and limit < 0:
         fail("--limit must be 0 or more", code=2)

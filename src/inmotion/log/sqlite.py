@@ -538,7 +538,23 @@ class SqliteLog(SqliteFile, Log):
                         version = None  # a write from this process: data_version will not show it
 
     def earliest_offset(self, topic: str, partition: int) -> int:
-        return self._partition_info(topic, partition).earliest
+        # One partition's first rowid (a b-tree seek), or its next offset when it holds nothing.
+        with self._translate("read"):
+            row = (
+                self._reader()
+                .execute(
+                    "SELECT p.next_offset, (SELECT min(r.id) FROM records r"
+                    f" WHERE r.id >= p.log_id << {OFFSET_BITS} AND r.id < (p.log_id + 1) << {OFFSET_BITS})"
+                    " FROM partitions p WHERE p.topic_id = (SELECT id FROM topics WHERE name = ?) AND p.partition = ?",
+                    (topic, partition),
+                )
+                .fetchone()
+            )
+            if row is None:
+                self._check_partition(topic, partition)
+                raise UnknownPartition(topic, partition)
+        next_offset, first = row
+        return int(next_offset if first is None else first & OFFSET_MASK)
 
     def latest_offset(self, topic: str, partition: int) -> int:
         with self._translate("read"):
@@ -546,12 +562,6 @@ class SqliteLog(SqliteFile, Log):
         if partition not in latest:
             raise UnknownPartition(topic, partition)
         return latest[partition]
-
-    def _partition_info(self, topic: str, partition: int) -> PartitionInfo:
-        infos = self.describe_topic(topic).partitions
-        if not 0 <= partition < len(infos):
-            raise UnknownPartition(topic, partition)
-        return infos[partition]
 
     def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
         # Timestamps never decrease within a partition: binary search over offsets for the

@@ -98,6 +98,8 @@ class LogContract:
         with pytest.raises(UnknownTopic):
             log.latest_offset(name, 0)
         with pytest.raises(UnknownTopic):
+            log.earliest_offset(name, 0)
+        with pytest.raises(UnknownTopic):
             log.commit("g", name, {0: 1})
 
     def test_unknown_partition(self, log: Log, topic: str) -> None:
@@ -107,6 +109,8 @@ class LogContract:
             log.append(topic, [Message(b"x", partition=7)])
         with pytest.raises(UnknownPartition):
             log.latest_offset(topic, 5)
+        with pytest.raises(UnknownPartition):
+            log.earliest_offset(topic, 5)
 
     def test_failed_append_writes_nothing(self, log: Log, topic: str) -> None:
         with pytest.raises(UnknownPartition):
