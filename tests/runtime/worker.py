@@ -1,4 +1,4 @@
-"""A consumer-group member for the multi-process tests: `python worker.py URL GROUP LOGFILE MODE`.
+"""A consumer-group member for the multi-process tests: `python worker.py URL GROUP LOGFILE MODE [TOPIC]`.
 
 MODE `log` appends "time_ns partition offset key seq" for every handled event to LOGFILE;
 MODE `tx` also inserts the event into the `effects` table inside the handler's transaction
@@ -18,7 +18,7 @@ from inmotion.runtime import App, Context
 TOPIC = "orders"
 
 
-def build(url: str, group: str, logfile: str, mode: str) -> App:
+def build(url: str, group: str, logfile: str, mode: str, topic: str = TOPIC) -> App:
     app = App("worker", url, session_timeout=2.0)
     out = open(logfile, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
 
@@ -27,7 +27,7 @@ def build(url: str, group: str, logfile: str, mode: str) -> App:
 
     if mode == "tx":
 
-        @app.subscribe(TOPIC, group=group, idempotent=True, transaction=True)
+        @app.subscribe(topic, group=group, idempotent=True, transaction=True)
         def apply(payload: dict[str, int | str], ctx: Context) -> None:
             assert ctx.db is not None
             ctx.db.execute(
@@ -41,7 +41,7 @@ def build(url: str, group: str, logfile: str, mode: str) -> App:
     else:
         delay = 0.005 if mode == "slow" else 0.0
 
-        @app.subscribe(TOPIC, group=group)
+        @app.subscribe(topic, group=group)
         async def handle(payload: dict[str, int | str], ctx: Context) -> None:
             if delay:
                 await asyncio.sleep(delay)
@@ -52,7 +52,7 @@ def build(url: str, group: str, logfile: str, mode: str) -> App:
 
 async def main() -> None:
     url, group, logfile, mode = sys.argv[1:5]
-    app = build(url, group, logfile, mode)
+    app = build(url, group, logfile, mode, *sys.argv[5:6])
     ready = asyncio.get_running_loop().call_later(0.2, lambda: print("ready", flush=True))
     try:
         await app.run()

@@ -59,6 +59,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
     AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
     ConfigResource,
     NewTopic,
     OffsetSpec,
@@ -403,6 +405,8 @@ class KafkaLog(Log):
         self._idle_waiters: list[Any] = []
         self._lock = threading.Lock()
         self._appending = 0
+        self._members: dict[str, Any] = {}
+        """Group consumers of live members joined through this log, by group: commits go through them."""
         client = config.client()
         self._admin = AdminClient(client)
         self._check_reachable()
@@ -567,6 +571,15 @@ class KafkaLog(Log):
             )
 
         self._await(f"creating topic {name}", led)
+
+    def set_retention(self, name: str, retention_ms: int) -> None:
+        """Change how long `name` keeps records (Kafka's `retention.ms`)."""
+        self._check_open()
+        timeout = self.config.timeout
+        entry = ConfigEntry("retention.ms", str(retention_ms), incremental_operation=AlterConfigOpType.SET)
+        resource = ConfigResource(ResourceType.TOPIC, name, incremental_configs=[entry])
+        futures = self._admin.incremental_alter_configs([resource], request_timeout=timeout)
+        _result(futures[resource], f"changing the retention of topic {name}", timeout, name)
 
     def delete_topic(self, name: str) -> None:
         self._check_open()
@@ -807,6 +820,11 @@ class KafkaLog(Log):
             self._check_partition(topic, partition)
         if not offsets:
             return
+        with self._lock:
+            member = self._members.get(group)
+        if member is not None:
+            self._commit_as_member(member, group, topic, offsets)
+            return
         request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p, o) for p, o in offsets.items()])
         timeout = self.config.timeout
         futures = self._admin.alter_consumer_group_offsets([request], request_timeout=timeout)
@@ -814,6 +832,40 @@ class KafkaLog(Log):
         for tp in result.topic_partitions:
             if tp.error is not None:
                 raise translate(tp.error, f"committing offsets of group {group}", topic)
+
+    def _commit_as_member(self, consumer: Any, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        doing = f"committing offsets of group {group}"
+        try:
+            result = consumer.commit(
+                offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False
+            )
+        except KafkaException as exc:
+            error = _error_of(exc)
+            if error is None:
+                raise
+            raise translate(error, doing, topic) from exc
+        for tp in result or ():
+            if tp.error is not None:
+                raise translate(tp.error, doing, topic)
+
+    def attach_member(self, group: str, consumer: Any) -> None:
+        """Route `commit`s for `group` through `consumer`, a live member of it (Kafka refuses
+        offset changes from the admin client while the group has members)."""
+        with self._lock:
+            self._members[group] = consumer
+
+    def detach_member(self, group: str, consumer: Any) -> None:
+        with self._lock:
+            if self._members.get(group) is consumer:
+                del self._members[group]
+
+    def describe_group(self, group: str) -> Any:
+        """Kafka's description of a consumer group (state, members and their assignments)."""
+        check_group_name(group)
+        self._check_open()
+        timeout = self.config.timeout
+        futures = self._admin.describe_consumer_groups([group], request_timeout=timeout)
+        return _result(futures[group], f"describing consumer group {group}", timeout)
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         check_group_name(group)

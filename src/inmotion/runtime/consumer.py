@@ -39,6 +39,8 @@ logger = logging.getLogger("inmotion.runtime")
 _FETCH_LIMIT = 1000
 _BUFFER = 4000
 _WAIT = 0.1
+_HAND_OVER_LIMIT = 300
+"""Seconds a revoked partition's in-flight events may take to finish (Kafka's max.poll.interval)."""
 
 
 class _Abandon(Exception):
@@ -136,6 +138,9 @@ class Consumer:
         self._revoking: set[TopicPartition] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"inmotion-io:{self.group}")
+        # heartbeats apart from other I/O: on Kafka a heartbeat can wait for a hand-over, which
+        # commits through `_io`
+        self._group_io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"inmotion-group:{self.group}")
         self._fetch_pools = {
             topic: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"inmotion-fetch:{topic}")
             for topic in subscription.topics
@@ -161,6 +166,8 @@ class Consumer:
         membership = self._membership = self.coordinator.join(
             self.group, partitions, session_timeout=self.app.session_timeout
         )
+        loop = asyncio.get_running_loop()
+        membership.revoke_now = lambda partitions: self._hand_over_from_thread(loop, partitions)
         logger.info("joined group", extra={"group": self.group, "member": membership.member_id})
         fetchers = [asyncio.create_task(self._fetch(topic)) for topic in self.subscription.topics]
         committer = asyncio.create_task(self._commit_loop(stopped))
@@ -168,7 +175,7 @@ class Consumer:
             last_heartbeat = time.monotonic()
             while not stopped.is_set():
                 try:
-                    assignment = await self._call(membership.heartbeat)
+                    assignment = await self._call(membership.heartbeat, pool=self._group_io)
                 except InmotionError as exc:
                     logger.warning("heartbeat failed: %s", exc, extra={"group": self.group})
                     if time.monotonic() - last_heartbeat > membership.session_timeout:
@@ -190,10 +197,12 @@ class Consumer:
             with contextlib.suppress(InmotionError):
                 await self._commit(list(self.workers.values()))
             self.workers.clear()
+            membership.revoke_now = None
             with contextlib.suppress(InmotionError):
-                await self._call(membership.leave)
+                await self._call(membership.leave, pool=self._group_io)
             logger.info("left group", extra={"group": self.group, "member": membership.member_id})
             self._io.shutdown(wait=True)
+            self._group_io.shutdown(wait=True)
             for pool in self._fetch_pools.values():
                 pool.shutdown(wait=True)
             if self._tx_conn is not None:
@@ -238,10 +247,34 @@ class Consumer:
             if self.workers.get(tp) is worker:
                 del self.workers[tp]
             assert self._membership is not None
-            await self._call(self._membership.release, [tp])
+            await self._call(self._membership.release, [tp], pool=self._group_io)
             logger.info("handed over %s/%d", tp.topic, tp.partition, extra={"group": self.group})
         finally:
             self._revoking.discard(tp)
+
+    def _hand_over_from_thread(self, loop: asyncio.AbstractEventLoop, partitions: frozenset[TopicPartition]) -> None:
+        """`Membership.revoke_now`, called on the heartbeat thread: finish and commit the
+        partitions' events on the event loop, and wait for that."""
+        done = asyncio.run_coroutine_threadsafe(self._hand_over(partitions), loop)
+        try:
+            done.result(timeout=_HAND_OVER_LIMIT)
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, RuntimeError):
+            logger.error(
+                "handing over %s took longer than %ds: gave them up uncommitted",
+                ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(partitions)),
+                _HAND_OVER_LIMIT,
+                extra={"group": self.group},
+            )
+
+    async def _hand_over(self, partitions: frozenset[TopicPartition]) -> None:
+        workers = [self.workers.pop(tp) for tp in sorted(partitions) if tp in self.workers]
+        await asyncio.gather(*(worker.drain() for worker in workers))
+        try:
+            await self._commit(workers)
+        except InmotionError as exc:
+            logger.warning("commit on hand-over failed: %s", exc, extra={"group": self.group})
+        for worker in workers:
+            logger.info("handed over %s/%d", worker.tp.topic, worker.tp.partition, extra={"group": self.group})
 
     def _start_offset(self, tp: TopicPartition) -> int:
         committed = self.log.committed(self.group, tp.topic).get(tp.partition)
@@ -315,6 +348,8 @@ class Consumer:
             if point != worker.committed:
                 by_topic.setdefault(worker.tp.topic, {})[worker.tp.partition] = point
                 points[worker] = point
+        if by_topic and self.subscription.idempotent:
+            await self._call(self.coordinator.flush, self.group)
         for topic, offsets in by_topic.items():
             await self._call(self.log.commit, self.group, topic, offsets)
         for worker, point in points.items():

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from inmotion.errors import InvalidConfig, StorageError
@@ -161,6 +161,9 @@ class Coordinator(abc.ABC):
     def forget_before(self, group: str, cutoff_ms: int) -> int:
         """Drop the group's dedupe records older than `cutoff_ms` (the window's far end); returns how many."""
 
+    def flush(self, group: str) -> None:  # noqa: B027 - most coordinators remember synchronously
+        """Make the group's remembered dedupe records durable (before offsets past them are committed)."""
+
     def close(self) -> None:  # noqa: B027 - most coordinators hold nothing to release
         """Release the coordinator's resources."""
 
@@ -175,6 +178,10 @@ class Membership(abc.ABC):
         self.member_id = member_id
         self.session_timeout = session_timeout
         self.heartbeat_interval = min(1.0, session_timeout / 5)
+        self.revoke_now: Callable[[frozenset[TopicPartition]], None] | None = None
+        """Set by the consumer for backends whose group protocol takes partitions away at once
+        (Kafka's rebalance callbacks, run inside `heartbeat`): called with the partitions being
+        taken, it returns once their in-flight events are finished and committed."""
 
     @abc.abstractmethod
     def heartbeat(self) -> Assignment: ...
@@ -516,11 +523,11 @@ _memory_lock = threading.Lock()
 
 
 def coordinator_for(log: Log) -> Coordinator:
-    """The group coordinator that goes with `log`'s backend.
+    """The group coordinator that goes with `log`'s backend: the lease tables above for the
+    embedded backends, Kafka's own group protocol for Kafka (`kafka_groups.KafkaCoordinator`).
 
-    A backend with its own group protocol (Kafka) plugs in by giving its log a
-    `group_coordinator()` method that returns a `Coordinator`; the embedded backends use
-    the lease tables above.
+    Another backend with a group protocol of its own plugs in by giving its log a
+    `group_coordinator()` method that returns a `Coordinator`.
     """
     from inmotion.log.memory import MemoryLog
     from inmotion.log.sqlite import SqliteLog
@@ -538,4 +545,10 @@ def coordinator_for(log: Log) -> Coordinator:
             if log not in _memory_coordinators:
                 _memory_coordinators[log] = MemoryCoordinator()
             return _memory_coordinators[log]
+    if type(log).__module__ == "inmotion.log.kafka":  # imported only when in use: confluent-kafka is optional
+        from inmotion.log.kafka import KafkaLog
+        from inmotion.runtime.kafka_groups import KafkaCoordinator
+
+        assert isinstance(log, KafkaLog)
+        return KafkaCoordinator(log)
     raise InvalidConfig(f"consumer groups are not supported on {log.url} yet")
