@@ -16,7 +16,7 @@ from inmotion.log import TopicConfig, partition_for_key
 from inmotion.runtime import App, Context, DeadLetter, FakeClock, Retry
 from inmotion.runtime.deadletter import entries, redrive
 
-from .conftest import Eventually
+from .conftest import Eventually, Place
 
 INMOTION = str(Path(sys.executable).with_name("inmotion"))
 
@@ -46,9 +46,10 @@ def test_retry_policy_backoff_doubles_caps_and_jitters() -> None:
 
 
 def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven(
-    tmp_path: Path, eventually: Eventually
+    place: Place, eventually: Eventually
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'log.db'}"
+    url, topic, group = place.url, place.topic, place.group
+    dlq = f"{group}.dlq"
     clock = FakeClock()
     fixed = False
     handled: list[tuple[str, int]] = []
@@ -56,9 +57,9 @@ def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven
     async def scenario() -> None:
         nonlocal fixed
         with App("billing", url, clock=clock) as app:
-            app.log.create_topic("orders", TopicConfig(partitions=2))
+            app.log.create_topic(topic, TopicConfig(partitions=2))
 
-            @app.subscribe("orders", group="billing", retry=Retry(attempts=4, backoff=0.5, jitter=False))
+            @app.subscribe(topic, group=group, retry=Retry(attempts=4, backoff=0.5, jitter=False))
             async def charge(order: dict[str, Any], ctx: Context) -> None:
                 if order["poison"] and not fixed:
                     raise Broken(f"cannot charge {order['id']}")
@@ -66,25 +67,25 @@ def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven
 
             audited: list[str] = []
 
-            @app.subscribe("orders", group="audit")
+            @app.subscribe(topic, group=f"{group}-audit")
             async def audit(order: dict[str, Any]) -> None:
                 audited.append(order["id"])
 
             await app.start()
-            poison = await app.publish("orders", {"id": "bad", "poison": True}, key="k1", type="shop.order.placed")
+            poison = await app.publish(topic, {"id": "bad", "poison": True}, key="k1", type="shop.order.placed")
             for n in range(5):
-                await app.publish("orders", {"id": f"ok{n}", "poison": False}, key="k1")
+                await app.publish(topic, {"id": f"ok{n}", "poison": False}, key="k1")
             await eventually(lambda: len(handled) == 5, what="the good events")
             await app.stop()
             assert clock.sleeps == [0.5, 1.0, 2.0]
             assert app.metrics.value("inmotion_failed_total") == 4
             assert app.metrics.value("inmotion_retried_total") == 3
             assert app.metrics.value("inmotion_dead_lettered_total") == 1
-            assert app.log.committed("billing", "orders") == {
-                p: app.log.latest_offset("orders", p) for p in range(2) if app.log.latest_offset("orders", p)
+            assert app.log.committed(group, topic) == {
+                p: app.log.latest_offset(topic, p) for p in range(2) if app.log.latest_offset(topic, p)
             }
 
-            [entry] = list(entries(app.log, "billing.dlq"))
+            [entry] = list(entries(app.log, dlq))
             assert entry.event() == poison.replace(
                 data={"id": "bad", "poison": True}, datacontenttype="application/json"
             )
@@ -92,14 +93,14 @@ def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven
             assert entry.error["error_message"] == "cannot charge bad"
             assert "raise Broken" in entry.error["error_traceback"]
             assert entry.error["attempts"] == "4"
-            assert (entry.error["topic"], entry.error["group"]) == ("orders", "billing")
+            assert (entry.error["topic"], entry.error["group"]) == (topic, group)
             assert entry.error["offset"] == "0"
             assert entry.error["time"].endswith("Z")
 
             fixed = True
             result = await asyncio.to_thread(
                 subprocess.run,
-                [INMOTION, "dlq", "redrive", "billing.dlq", "--only-group", "--broker", url],
+                [INMOTION, "dlq", "redrive", dlq, "--only-group", "--broker", url],
                 capture_output=True,
                 text=True,
                 env={**os.environ, "INMOTION_BROKER": ""},
@@ -109,10 +110,10 @@ def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven
             assert "redrove 1 event(s)" in result.stdout
             await app.start()
             await eventually(lambda: len(handled) == 6, what="the redriven event")
-            await eventually(lambda: app.metrics.value("inmotion_skipped_total", group="audit") == 1)
+            await eventually(lambda: app.metrics.value("inmotion_skipped_total", group=f"{group}-audit") == 1)
             await app.stop()
             assert sorted(audited) == sorted(["bad"] + [f"ok{n}" for n in range(5)])  # not again
-            assert redrive(app.log, "billing.dlq") == []  # each entry is redriven once
+            assert redrive(app.log, dlq) == []  # each entry is redriven once
 
     asyncio.run(scenario())
     assert handled[-1] == ("bad", 1)

@@ -66,13 +66,16 @@ class _PartitionState:
 
 def _partitions(log: Log, coordinator: Coordinator, group: str) -> list[_PartitionState]:
     owners = coordinator.owners(group)
-    subscribed = {topic for member in coordinator.members(group, live_only=False) for topic in member.topics}
+    topics = {topic for member in coordinator.members(group, live_only=False) for topic in member.topics}
+    topics |= {tp.topic for tp in owners} | set(log.group_topics(group))
     states = []
-    for topic in log.list_topics():
-        committed = log.committed(group, topic)
-        if not committed and topic not in subscribed and all(tp.topic != topic for tp in owners):
+    for topic in sorted(topics):
+        try:
+            committed = log.committed(group, topic)
+            partitions = log.describe_topic(topic).partitions
+        except UnknownTopic:  # deleted since
             continue
-        for info in log.describe_topic(topic).partitions:
+        for info in partitions:
             owner = owners.get(TopicPartition(topic, info.partition))
             states.append(_PartitionState(topic, info.partition, owner, committed.get(info.partition), info.latest))
     return states

@@ -186,6 +186,10 @@ class Log(abc.ABC):
     @abc.abstractmethod
     def list_groups(self) -> list[str]: ...
 
+    def group_topics(self, group: str) -> list[str]:
+        """The topics on which `group` has committed offsets, sorted (backends answer in one lookup)."""
+        return [topic for topic in self.list_topics() if self.committed(group, topic)]
+
     # --- maintenance ----------------------------------------------------------------------
     @abc.abstractmethod
     def enforce_retention(self, now_ms: int | None = None) -> int:

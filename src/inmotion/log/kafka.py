@@ -882,6 +882,15 @@ class KafkaLog(Log):
                 found[tp.partition] = tp.offset
         return found
 
+    def group_topics(self, group: str) -> list[str]:
+        check_group_name(group)
+        self._check_open()
+        timeout = self.config.timeout
+        request = ConsumerGroupTopicPartitions(group)  # no partitions: all of them
+        futures = self._admin.list_consumer_group_offsets([request], request_timeout=timeout)
+        result = _result(futures[group], f"reading offsets of group {group}", timeout)
+        return sorted({tp.topic for tp in result.topic_partitions if tp.error is None and tp.offset >= 0})
+
     def list_groups(self) -> list[str]:
         self._check_open()
         timeout = self.config.timeout

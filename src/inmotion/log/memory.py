@@ -160,6 +160,10 @@ class MemoryLog(Log):
             self._topic(topic)
             return dict(self._groups.get(group, {}).get(topic, {}))
 
+    def group_topics(self, group: str) -> list[str]:
+        with self._changed:
+            return sorted(topic for topic, offsets in self._groups.get(group, {}).items() if offsets)
+
     def list_groups(self) -> list[str]:
         with self._changed:
             return sorted(g for g, topics in self._groups.items() if topics)

@@ -618,6 +618,19 @@ class SqliteLog(SqliteFile, Log):
             ).fetchall()
         return dict(rows)
 
+    def group_topics(self, group: str) -> list[str]:
+        with self._translate("read"):
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT DISTINCT t.name FROM group_offsets g JOIN topics t ON t.id = g.topic_id"
+                    " WHERE g.grp = ? ORDER BY t.name",
+                    (group,),
+                )
+                .fetchall()
+            )
+        return [t for (t,) in rows]
+
     def list_groups(self) -> list[str]:
         with self._translate("read"):
             rows = self._reader().execute("SELECT DISTINCT grp FROM group_offsets ORDER BY grp").fetchall()

@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaPartition
@@ -309,19 +309,20 @@ class KafkaMembership(Membership):
         try:
             msg = self._consumer.poll(0)
         except KafkaException as exc:
-            raise translate(exc.args[0], f"taking part in group {self.group}") from exc
-        error = None if msg is None else msg.error()
-        if error is not None:  # the member reads nothing, so a message is an error report
-            raise translate(error, f"taking part in group {self.group}")
-        if self._fatal is not None:
-            if self._fatal.code() == KafkaError.INVALID_SESSION_TIMEOUT:
-                raise InvalidConfig(
-                    f"Kafka refused session_timeout={self.session_timeout:g}s for group {self.group}: it must lie"
-                    " within the broker's group.min.session.timeout.ms and group.max.session.timeout.ms"
-                )
-            raise translate(self._fatal, f"taking part in group {self.group}")
+            self._fail(exc.args[0])
+        error = self._fatal if msg is None else msg.error()  # it reads nothing: a message reports an error
+        if error is not None:
+            self._fail(error)
         with self._lock:
             return Assignment(frozenset(self._owned), frozenset())
+
+    def _fail(self, error: KafkaError) -> NoReturn:
+        if error.code() == KafkaError.INVALID_SESSION_TIMEOUT:
+            raise InvalidConfig(
+                f"Kafka refused session_timeout={self.session_timeout:g}s for group {self.group}: it must lie within"
+                " the broker's group.min.session.timeout.ms and group.max.session.timeout.ms"
+            )
+        raise translate(error, f"taking part in group {self.group}")
 
     def release(self, partitions: Iterable[TopicPartition]) -> None:
         """Nothing to do: Kafka takes revoked partitions back when the callback returns."""

@@ -281,7 +281,9 @@ class LogContract:
         log.commit(group, topic, {0: 7})
         assert log.committed(group, topic) == {0: 7, 2: 1}
         assert group in log.list_groups()
+        assert log.group_topics(group) == [topic]
         assert log.committed(unique_topic("other"), topic) == {}
+        assert log.group_topics(unique_topic("other")) == []
 
     def test_commit_to_unknown_partition(self, log: Log, topic: str) -> None:
         with pytest.raises(UnknownPartition):

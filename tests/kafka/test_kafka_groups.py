@@ -1,0 +1,166 @@
+"""The runtime's consumer groups on the real broker: Kafka's group protocol drives assignment,
+the CLI shows and moves the groups, idempotent subscriptions dedupe across members."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inmotion.errors import InvalidConfig
+from inmotion.events import Event
+from inmotion.log import Log, Message, TopicConfig
+from inmotion.runtime import App, Context
+from inmotion.runtime.coordination import Membership, TopicPartition, coordinator_for
+from inmotion.runtime.kafka_groups import KafkaCoordinator, handled_topic
+
+pytestmark = pytest.mark.kafka
+
+INMOTION = str(Path(sys.executable).with_name("inmotion"))
+
+
+def inmotion(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([INMOTION, *args], capture_output=True, text=True, timeout=120)
+
+
+def until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def names(log: Log) -> Iterator[tuple[str, str]]:
+    suffix = uuid.uuid4().hex[:8]
+    topic, group = f"orders-{suffix}", f"billing-{suffix}"
+    log.create_topic(topic, TopicConfig(partitions=2))
+    yield topic, group
+    log.delete_topic(topic)
+
+
+def owned(member: Membership) -> frozenset[TopicPartition]:
+    return member.heartbeat().owned
+
+
+def test_members_split_partitions_and_a_leaver_hands_them_back(log: Log, names: tuple[str, str]) -> None:
+    topic, group = names
+    coordinator = coordinator_for(log)
+    assert isinstance(coordinator, KafkaCoordinator)
+    first = coordinator.join(group, {topic: 2}, session_timeout=3.0, member_id="first-1-00000000")
+    second = None
+    try:
+        until(lambda: len(owned(first)) == 2, "the first member to own both partitions")
+        revoked: list[frozenset[TopicPartition]] = []
+        first.revoke_now = revoked.append
+        second = coordinator.join(group, {topic: 2}, session_timeout=3.0, member_id="second-2-00000000")
+        until(lambda: len(owned(first)) == 1 and len(owned(second)) == 1, "a cooperative rebalance")
+        assert owned(first) | owned(second) == {TopicPartition(topic, 0), TopicPartition(topic, 1)}
+        assert revoked == [frozenset(owned(second))]  # handed over through the callback, once
+        owners = coordinator.owners(group)
+        assert sorted(owners.values()) == ["first-1-00000000", "second-2-00000000"]
+        members = coordinator.members(group)
+        assert [(m.member_id, m.pid, m.topics) for m in members] == [
+            ("first-1-00000000", 1, (topic,)),
+            ("second-2-00000000", 2, (topic,)),
+        ]
+        assert group in coordinator.groups()
+        first.leave()
+        until(lambda: len(owned(second)) == 2, "the leaver's partition to move to the other member")
+    finally:
+        first.leave()
+        if second is not None:
+            second.leave()
+        coordinator.close()
+    assert coordinator_for(log).members(group) == []
+
+
+def test_a_session_timeout_kafka_refuses_is_a_clear_error(log: Log, names: tuple[str, str]) -> None:
+    topic, group = names
+    coordinator = coordinator_for(log)
+    member = coordinator.join(group, {topic: 2}, session_timeout=0.2)  # the broker's minimum is 0.5 s here
+    try:
+        with pytest.raises(InvalidConfig, match=r"Kafka refused session_timeout=0\.2s"):
+            until(lambda: bool(owned(member)), "an error", limit=15)
+    finally:
+        member.leave()
+        coordinator.close()
+
+
+def test_groups_and_replay_commands_on_kafka(log: Log, log_url: str, names: tuple[str, str]) -> None:
+    topic, group = names
+    log.append(topic, [Message(value=b"{}", key=f"k{n}".encode()) for n in range(20)])
+    latest = {p: log.latest_offset(topic, p) for p in range(2)}
+    log.commit(group, topic, {0: 1})  # an empty group: through the admin client
+    coordinator = coordinator_for(log)
+    member = coordinator.join(group, {topic: 2}, session_timeout=5.0, member_id="cli-7-00000000")
+    try:
+        until(lambda: len(owned(member)) == 2, "the member to own both partitions")
+        listed = inmotion("groups", "list", "--broker", log_url, "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert {"group": group, "members": 1, "topics": [topic], "lag": latest[0] - 1 + latest[1]} in rows
+        described = inmotion("groups", "describe", group, "--broker", log_url, "--json")
+        assert described.returncode == 0, described.stderr
+        document: dict[str, Any] = json.loads(described.stdout)
+        assert [m["member"] for m in document["members"]] == ["cli-7-00000000"]
+        assert [(p["partition"], p["owner"], p["committed"]) for p in document["partitions"]] == [
+            (0, "cli-7-00000000", 1),
+            (1, "cli-7-00000000", None),
+        ]
+        refused = inmotion("replay", topic, "--group", group, "--from-beginning", "--broker", log_url)
+        assert refused.returncode != 0
+        assert "live member" in refused.stderr
+        # Kafka itself refuses offset changes of a group with members, even with --force
+        forced = inmotion("replay", topic, "--group", group, "--offset", "0", "--force", "--broker", log_url)
+        assert forced.returncode != 0
+        assert len(forced.stderr.strip().splitlines()) == 1, forced.stderr
+        assert forced.stderr.startswith(f"error: committing offsets of group {group}: "), forced.stderr
+    finally:
+        member.leave()
+        coordinator.close()
+    until(lambda: not coordinator_for(log).members(group), "the group to empty")
+    back = inmotion("replay", topic, "--group", group, "--offset", "3", "--broker", log_url, "--json")
+    assert back.returncode == 0, back.stderr
+    assert log.committed(group, topic) == {p: min(3, latest[p]) for p in range(2)}
+
+
+def test_idempotent_subscriptions_dedupe_across_members_on_kafka(log_url: str, names: tuple[str, str]) -> None:
+    topic, group = names
+    handled: list[tuple[str, int]] = []
+    event = Event.create("shop.order.placed", {"n": 1}, source="shop", key="k1")
+
+    async def one_member(name: str, publish: list[Event], expect: int) -> None:
+        with App(name, log_url, session_timeout=3.0) as app:
+
+            @app.subscribe(topic, group=group, idempotent=True)
+            async def handle(payload: dict[str, int], ctx: Context) -> None:
+                handled.append((ctx.event.id, payload["n"]))
+
+            await app.start()
+            for e in publish:
+                await app.publish(topic, e)
+            marker = await app.publish(topic, {"n": -1}, key="k1")
+            deadline = time.monotonic() + 30
+            while marker.id not in [h[0] for h in handled]:
+                assert time.monotonic() < deadline, "the marker never arrived"
+                await asyncio.sleep(0.05)
+            await app.stop()
+            assert len(handled) == expect
+
+    asyncio.run(one_member("a", [event, event], expect=2))  # the event once, then the marker
+    # a later member of the group (another App, another coordinator) knows the event was handled
+    asyncio.run(one_member("b", [event], expect=3))
+    assert [n for _, n in handled] == [1, -1, -1]
+    with App("check", log_url) as app:
+        assert handled_topic(group) not in app.log.list_topics()  # kept out of sight, like __consumer_offsets
+        assert app.log.latest_offset(handled_topic(group), 0) >= 3
