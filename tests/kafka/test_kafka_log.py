@@ -3,6 +3,7 @@ Kafka-side topic settings, errors by name, and no acknowledged record lost acros
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import threading
@@ -19,6 +20,7 @@ from inmotion.errors import BrokerUnavailable, InmotionError, InvalidConfig, Not
 from inmotion.events import Event
 from inmotion.log import Log, Message, Record, TopicConfig, partition_for_key
 from inmotion.log.kafka import translate
+from inmotion.runtime import App
 from inmotion.testing import unique_topic
 
 pytestmark = pytest.mark.kafka
@@ -274,3 +276,54 @@ def test_broker_restart_loses_nothing_acknowledged(log_url: str) -> None:
         for position, value in acknowledged.items():
             assert stored[position] == value
         assert sorted(seen) == sorted((p, o, v) for (p, o), v in stored.items())
+
+
+@pytest.mark.slow
+def test_an_app_rides_out_a_broker_restart_and_handles_everything_it_published(log_url: str) -> None:
+    """An app publishes and consumes in a group while the broker is stopped and started again:
+    every event whose publish returned is handled (at least once) after the restart."""
+    if subprocess.run([str(SCRIPT), "status"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("the broker was not started by scripts/kafka, so this test cannot restart it")
+    topic = unique_topic("app-restart")
+    published: set[int] = set()
+    handled: set[int] = set()
+
+    async def scenario() -> None:
+        with App("restart", log_url, session_timeout=6.0, commit_interval=0.2) as app:
+            app.log.create_topic(topic, TopicConfig(partitions=2))
+
+            @app.subscribe(topic, group=f"{topic}-group")
+            async def handle(order: dict[str, int]) -> None:
+                handled.add(order["n"])
+
+            await app.start()
+            restarted = asyncio.Event()
+            after_restart = 0
+
+            async def publish() -> None:
+                nonlocal after_restart
+                n = 0
+                while after_restart < 50:
+                    await app.publish(topic, {"n": n}, key=f"k{n % 10}")
+                    published.add(n)
+                    n += 1
+                    if restarted.is_set():
+                        after_restart += 1
+                    await asyncio.sleep(0.005)
+
+            publisher = asyncio.create_task(publish())
+            while len(handled) < 100:
+                assert not publisher.done(), publisher
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(_kafka, "down")
+            await asyncio.to_thread(_kafka, "up")
+            restarted.set()
+            await asyncio.wait_for(publisher, 180)
+            deadline = time.monotonic() + 120
+            while not published <= handled:
+                assert time.monotonic() < deadline, f"never handled: {sorted(published - handled)[:10]}"
+                await asyncio.sleep(0.1)
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert len(published) > 150
