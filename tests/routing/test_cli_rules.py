@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from inmotion.cli.main import app
+from tests.conftest import Place
 
 runner = CliRunner()
 
@@ -186,7 +187,7 @@ def test_route_once_delivers_and_commits(tmp_path: Path) -> None:
     assert "routed 0 events" in again.stderr
 
 
-def test_two_router_processes_share_the_partitions(tmp_path: Path) -> None:
+def test_two_router_processes_share_the_partitions(place: Place, tmp_path: Path) -> None:
     import os
     import signal
     import subprocess
@@ -197,29 +198,36 @@ def test_two_router_processes_share_the_partitions(tmp_path: Path) -> None:
     from inmotion.log import TopicConfig, connect
     from inmotion.runtime import coordinator_for
 
-    broker = f"sqlite:///{tmp_path}/shared.db"
+    broker, orders, copies, routers_group = place.url, place.topic, f"{place.topic}-copies", f"{place.group}-routers"
     with connect(broker) as log:
-        log.create_topic("orders", TopicConfig(partitions=4))
-        log.create_topic("copies", TopicConfig(partitions=1))
+        log.create_topic(orders, TopicConfig(partitions=4))
+        log.create_topic(copies, TopicConfig(partitions=1))
     (tmp_path / "rules.yaml").write_text(
-        "rules:\n  - name: all\n    sources: [orders]\n    pattern: {type: [order]}\n    targets: [{topic: copies}]\n"
+        f"rules:\n  - name: all\n    sources: [{orders}]\n    pattern: {{type: [order]}}\n"
+        f"    targets: [{{topic: {copies}}}]\n"
     )
     command = [sys.executable, "-m", "inmotion", "route", "--rules", str(tmp_path / "rules.yaml")]
-    command += ["--group", "routers", "--broker", broker]
+    command += ["--group", routers_group, "--broker", broker]
     routers = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ) for _ in range(2)]
     try:
         with connect(broker) as log:
             coordinator = coordinator_for(log)
             deadline = time.monotonic() + 60
-            while len(coordinator.members("routers")) < 2 or len(coordinator.owners("routers")) < 4:
+
+            def split() -> bool:
+                owners = coordinator.owners(routers_group)
+                return len(owners) == 4 and len(set(owners.values())) == 2
+
+            while not split():
                 assert time.monotonic() < deadline, "the two routers never split the partitions"
                 time.sleep(0.05)
             log.append_events(
-                "orders", [Event.create("order", {"n": n}, source="/shop", key=f"k{n}") for n in range(200)]
+                orders, [Event.create("order", {"n": n}, source="/shop", key=f"k{n}") for n in range(200)]
             )
-            while log.latest_offset("copies", 0) < 200:
+            while log.latest_offset(copies, 0) < 200:
                 assert time.monotonic() < deadline, "not everything was routed"
                 time.sleep(0.05)
+            coordinator.close()
         for router in routers:
             router.send_signal(signal.SIGTERM)
         errors = [router.communicate(timeout=60)[1] for router in routers]
@@ -230,4 +238,4 @@ def test_two_router_processes_share_the_partitions(tmp_path: Path) -> None:
     assert all(count > 0 for count in counts), errors
     assert sum(counts) == 200
     with connect(broker) as log:
-        assert sorted(r.event().data["n"] for r in log.read("copies", 0, 0, limit=1000)) == list(range(200))
+        assert sorted(r.event().data["n"] for r in log.read(copies, 0, 0, limit=1000)) == list(range(200))

@@ -18,7 +18,7 @@ import pytest
 from inmotion.log import TopicConfig, connect
 from inmotion.runtime import App
 from inmotion.runtime.coordination import TopicPartition, coordinator_for
-from tests.runtime.conftest import Place
+from tests.conftest import Place
 
 WORKER = str(Path(__file__).with_name("worker.py"))
 TOPIC = "orders"
