@@ -151,7 +151,8 @@ def encode_data(event: Event) -> tuple[bytes | None, str | None]:
         return data, content_type or BYTES_CONTENT_TYPE
     if isinstance(data, str) and not is_json_content_type(content_type):
         return data.encode(), content_type
-    if isinstance(data, pydantic.BaseModel):
+    # Plain dicts and lists skip the isinstance check: its first call imports pydantic's models.
+    if type(data) is not dict and type(data) is not list and isinstance(data, pydantic.BaseModel):
         return data.model_dump_json().encode(), content_type or JSON_CONTENT_TYPE
     try:
         return _json_encoder.encode(data), content_type or JSON_CONTENT_TYPE  # dicts, dataclasses, Structs...

@@ -72,7 +72,8 @@ class Publisher:
         self.linger = linger
         self.metrics = metrics
         self.topic_config = topic_config
-        self._pending: list[tuple[str, Message, asyncio.Future[Position]]] = []
+        self._pending: list[tuple[str, list[Message], asyncio.Future[list[Position]]]] = []
+        self._pending_count = 0
         self._flushing: asyncio.Task[None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inmotion-publish")
         self._appended: dict[str, asyncio.Event] = {}
@@ -92,39 +93,63 @@ class Publisher:
 
     async def send_many(self, topic: str, messages: list[Message]) -> list[Position]:
         """Queue `messages` for the next append; returns their positions once durable."""
-        loop = asyncio.get_running_loop()
-        futures = []
-        for message in messages:
-            future: asyncio.Future[Position] = loop.create_future()
-            self._pending.append((topic, message, future))
-            futures.append(future)
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush())
-        return list(await asyncio.gather(*futures))
+        if len(messages) > _MAX_BATCH:
+            chunks = [messages[i : i + _MAX_BATCH] for i in range(0, len(messages), _MAX_BATCH)]
+            return [
+                p
+                for positions in await asyncio.gather(*map(self._queue, [topic] * len(chunks), chunks))
+                for p in positions
+            ]
+        return await self._queue(topic, messages)
+
+    def _queue(self, topic: str, messages: list[Message]) -> asyncio.Future[list[Position]]:
+        """One future for the whole batch: a future per message costs more than its append."""
+        future: asyncio.Future[list[Position]] = asyncio.get_running_loop().create_future()
+        if messages:
+            self._pending.append((topic, messages, future))
+            self._pending_count += len(messages)
+            if self._flushing is None or self._flushing.done():
+                self._flushing = asyncio.create_task(self._flush())
+        else:
+            future.set_result([])
+        return future
+
+    def _take_batch(self) -> list[tuple[str, list[Message], asyncio.Future[list[Position]]]]:
+        """The oldest queued sends, up to _MAX_BATCH messages (at least one send)."""
+        count = 0
+        taken = 0
+        for _, messages, _ in self._pending:
+            if taken and count + len(messages) > _MAX_BATCH:
+                break
+            count += len(messages)
+            taken += 1
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        self._pending_count -= count
+        return batch
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
-            if self.linger and len(self._pending) < _MAX_BATCH:
+            if self.linger and self._pending_count < _MAX_BATCH:
                 await asyncio.sleep(self.linger)
-            batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
-            by_topic: dict[str, list[tuple[Message, asyncio.Future[Position]]]] = {}
-            for topic, message, future in batch:
-                by_topic.setdefault(topic, []).append((message, future))
-            for topic, entries in by_topic.items():
+            by_topic: dict[str, list[tuple[list[Message], asyncio.Future[list[Position]]]]] = {}
+            for topic, messages, future in self._take_batch():
+                by_topic.setdefault(topic, []).append((messages, future))
+            for topic, sends in by_topic.items():
+                batch = sends[0][0] if len(sends) == 1 else [m for messages, _ in sends for m in messages]
                 try:
-                    positions = await loop.run_in_executor(
-                        self._executor, self.append, topic, [message for message, _ in entries]
-                    )
+                    positions = await loop.run_in_executor(self._executor, self.append, topic, batch)
                 except Exception as exc:
-                    for _, future in entries:
+                    for _, future in sends:
                         if not future.done():
                             future.set_exception(exc)
                     continue
                 self._announce(topic)
-                for (_, future), position in zip(entries, positions, strict=True):
+                start = 0
+                for messages, future in sends:
                     if not future.done():
-                        future.set_result(position)
+                        future.set_result(positions[start : start + len(messages)])
+                    start += len(messages)
 
     def append(self, topic: str, messages: list[Message]) -> list[Position]:
         try:
