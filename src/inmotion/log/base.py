@@ -152,6 +152,12 @@ class Log(abc.ABC):
         Returns only after the records are durable at the backend's configured durability.
         """
 
+    def append_records(self, topic: str, messages: Sequence[Message]) -> tuple[list[Position], list[Record] | None]:
+        """`append`, also returning the records as stored (offsets and timestamps included) when
+        the backend knows them without reading them back, else None. The runtime hands them to
+        this process's consumers, which then need not read what was just written."""
+        return self.append(topic, messages), None
+
     @abc.abstractmethod
     def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:
         """Up to `limit` records of one partition with offsets >= `offset`, in order."""

@@ -88,6 +88,9 @@ class MemoryLog(Log):
             return len(self._topic(topic)[1])
 
     def append(self, topic: str, messages: Sequence[Message]) -> list[Position]:
+        return self.append_records(topic, messages)[0]
+
+    def append_records(self, topic: str, messages: Sequence[Message]) -> tuple[list[Position], list[Record]]:
         with self._changed:
             partitions = self._topic(topic)[1]
             targets = self.partitions_of(messages, len(partitions))
@@ -96,6 +99,7 @@ class MemoryLog(Log):
                     raise UnknownPartition(topic, target)
             now = int(time.time() * 1000)
             positions = []
+            records = []
             for message, target in zip(messages, targets, strict=True):
                 part = partitions[target]
                 part.last_timestamp = max(part.last_timestamp, now)
@@ -109,11 +113,12 @@ class MemoryLog(Log):
                     tuple(message.headers),
                 )
                 part.records.append(record)
+                records.append(record)
                 part.bytes += _size(record)
                 positions.append(Position(target, part.next_offset))
                 part.next_offset += 1
             self._changed.notify_all()
-            return positions
+            return positions, records
 
     def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:
         with self._changed:

@@ -222,12 +222,13 @@ class SqliteFile:
 
 
 class _PendingAppend:
-    __slots__ = ("done", "error", "messages", "positions", "topic")
+    __slots__ = ("done", "error", "messages", "positions", "records", "topic")
 
-    def __init__(self, topic: str, messages: Sequence[Message]) -> None:
+    def __init__(self, topic: str, messages: Sequence[Message], records: bool) -> None:
         self.topic = topic
         self.messages = messages
         self.positions: list[Position] = []
+        self.records: list[Record] | None = [] if records else None
         self.error: BaseException | None = None
         self.done = False
 
@@ -396,7 +397,13 @@ class SqliteLog(SqliteFile, Log):
 
     # --- append (group commit) ------------------------------------------------------------
     def append(self, topic: str, messages: Sequence[Message]) -> list[Position]:
-        pending = _PendingAppend(topic, messages)
+        return self._append(_PendingAppend(topic, messages, records=False))
+
+    def append_records(self, topic: str, messages: Sequence[Message]) -> tuple[list[Position], list[Record] | None]:
+        pending = _PendingAppend(topic, messages, records=True)
+        return self._append(pending), pending.records
+
+    def _append(self, pending: _PendingAppend) -> list[Position]:
         with self._queue_lock:
             self._queue.append(pending)
         with self._write_lock:
@@ -422,7 +429,7 @@ class SqliteLog(SqliteFile, Log):
                     for pending in batch:
                         conn.execute("SAVEPOINT one")
                         try:
-                            pending.positions = self._insert(conn, pending.topic, pending.messages)
+                            self._insert(conn, pending)
                             conn.execute("RELEASE one")
                         except InmotionError as exc:
                             conn.execute("ROLLBACK TO one")
@@ -435,13 +442,15 @@ class SqliteLog(SqliteFile, Log):
         except BaseException as exc:
             for pending in batch:
                 pending.positions = []
+                pending.records = None
                 pending.error = exc
         finally:
             for pending in batch:
                 pending.done = True
         self._notify()
 
-    def _insert(self, conn: sqlite3.Connection, topic: str, messages: Sequence[Message]) -> list[Position]:
+    def _insert(self, conn: sqlite3.Connection, pending: _PendingAppend) -> None:
+        topic, messages = pending.topic, pending.messages
         topic_id, config = self._topic_row(conn, topic)
         targets = self.partitions_of(messages, config.partitions)
         state: dict[int, list[int]] = {}
@@ -474,8 +483,13 @@ class SqliteLog(SqliteFile, Log):
             "UPDATE partitions SET next_offset = ?, last_timestamp = ?, bytes = bytes + ? WHERE log_id = ?",
             [(n, ts, size, log_id) for n, ts, log_id, size in state.values()],
         )
-        make = tuple.__new__  # Position's own __new__ costs twice as much
-        return [make(Position, position) for position in zip(targets, offsets, strict=True)]
+        make = tuple.__new__  # Position's and Record's own __new__ cost twice as much
+        pending.positions = [make(Position, position) for position in zip(targets, offsets, strict=True)]
+        if pending.records is not None:
+            pending.records = [
+                make(Record, (topic, target, offset, stamps[target], m[1], m[0], tuple(m[2])))
+                for m, target, offset in zip(messages, targets, offsets, strict=True)
+            ]
 
     # --- read -----------------------------------------------------------------------------
     def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:

@@ -288,48 +288,78 @@ class Consumer:
     async def _fetch(self, topic: str) -> None:
         """Read the owned partitions of `topic` and hand records to their workers.
 
-        Reads run on the event loop (WAL reads never wait for a lock, and a thread hop costs
-        more than a short read). When there is nothing new it waits for whichever comes first:
-        an append by this app's publisher, or `Log.wait` in a thread, which notices other
-        publishers and other processes.
+        What this app's publisher appends reaches the workers without a read (`_take_local`);
+        this loop reads everything else. Reads run on the event loop (WAL reads never wait for a
+        lock, and a thread hop costs more than a short read). When there is nothing new it waits
+        for whichever comes first: local records that the workers could not take as they came,
+        or `Log.wait` in a thread, which notices other publishers and other processes.
         """
         loop = asyncio.get_running_loop()
-        appended = self.app.publisher.appended(topic)
+        behind = asyncio.Event()
+        stop_listening = self.app.publisher.listen(topic, lambda records: self._take_local(topic, records, behind))
         waiter: asyncio.Future[bool] | None = None
-        while True:
-            ready = {tp.partition: w for tp, w in self.workers.items() if tp.topic == topic and w.wants_more()}
-            if not ready:
-                self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), _WAIT)
+        try:
+            while True:
+                ready = {tp.partition: w for tp, w in self.workers.items() if tp.topic == topic and w.wants_more()}
+                if not ready:
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), _WAIT)
+                    continue
+                positions = {p: w.next_fetch for p, w in ready.items()}
+                behind.clear()  # before reading: local records left over from now on set it
+                try:
+                    batches = {p: self.log.read(topic, p, offset, _FETCH_LIMIT) for p, offset in positions.items()}
+                except InmotionError as exc:
+                    logger.warning("fetch from %s failed: %s", topic, exc, extra={"group": self.group})
+                    await asyncio.sleep(_WAIT)
+                    continue
+                for partition, records in batches.items():
+                    if records:
+                        ready[partition].dispatch(records)
+                        positions[partition] = records[-1].offset + 1
+                if behind.is_set() or any(len(records) == _FETCH_LIMIT for records in batches.values()):
+                    await asyncio.sleep(0)  # let the handlers run, then read what is already there
+                    continue
+                # Nothing more for now. The waiter returns at once if others appended meanwhile.
+                if waiter is None or waiter.done():
+                    waiter = loop.run_in_executor(self._fetch_pools[topic], self.log.wait, topic, positions, _WAIT)
+                local: asyncio.Future[object] = asyncio.ensure_future(behind.wait())
+                try:
+                    await asyncio.wait((waiter, local), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    local.cancel()
+                if waiter.done() and waiter.exception() is not None:
+                    logger.warning("waiting on %s failed: %s", topic, waiter.exception(), extra={"group": self.group})
+                    waiter = None
+                    await asyncio.sleep(_WAIT)
+        finally:
+            stop_listening()
+
+    def _take_local(self, topic: str, records: list[Record] | None, behind: asyncio.Event) -> None:
+        """Records this app's publisher has just appended to `topic`. Each owned partition's go
+        straight to its worker when they continue from (or overlap) its fetch position; when
+        they do not (others appended in between, the buffer is full, or the log did not say
+        which records it wrote), `behind` makes the fetch loop read from the log instead.
+        Partitions this member does not own are left alone."""
+        if records is None:
+            behind.set()
+            return
+        by_partition: dict[int, list[Record]] = {}
+        for record in records:
+            batch = by_partition.get(record.partition)
+            if batch is None:
+                by_partition[record.partition] = [record]
+            else:
+                batch.append(record)
+        for partition, batch in by_partition.items():
+            worker = self.workers.get(TopicPartition(topic, partition))
+            if worker is None:
                 continue
-            positions = {p: w.next_fetch for p, w in ready.items()}
-            appended.clear()  # before reading: an append from now on shows up as a set event
-            try:
-                batches = {p: self.log.read(topic, p, offset, _FETCH_LIMIT) for p, offset in positions.items()}
-            except InmotionError as exc:
-                logger.warning("fetch from %s failed: %s", topic, exc, extra={"group": self.group})
-                await asyncio.sleep(_WAIT)
-                continue
-            for partition, records in batches.items():
-                if records:
-                    ready[partition].dispatch(records)
-                    positions[partition] = records[-1].offset + 1
-            if appended.is_set() or any(len(records) == _FETCH_LIMIT for records in batches.values()):
-                await asyncio.sleep(0)  # let the handlers run, then read what is already there
-                continue
-            # Nothing more for now. The waiter returns at once if others appended meanwhile.
-            if waiter is None or waiter.done():
-                waiter = loop.run_in_executor(self._fetch_pools[topic], self.log.wait, topic, positions, _WAIT)
-            local: asyncio.Future[object] = asyncio.ensure_future(appended.wait())
-            try:
-                await asyncio.wait((waiter, local), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                local.cancel()
-            if waiter.done() and waiter.exception() is not None:
-                logger.warning("waiting on %s failed: %s", topic, waiter.exception(), extra={"group": self.group})
-                waiter = None
-                await asyncio.sleep(_WAIT)
+            if batch[0].offset <= worker.next_fetch and worker.wants_more():
+                worker.dispatch(batch)
+            else:
+                behind.set()
 
     # --- committing -----------------------------------------------------------------------
     async def _commit_loop(self, stopped: asyncio.Event) -> None:

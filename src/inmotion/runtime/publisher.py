@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from inmotion.errors import InvalidConfig, TopicExists, UnknownTopic
 from inmotion.events import Event
 from inmotion.events.codec import to_binary
-from inmotion.log import Log, Message, Position, TopicConfig
+from inmotion.log import Log, Message, Position, Record, TopicConfig
 from inmotion.runtime.metrics import Metrics
 
 _MAX_BATCH = 5000
+
+T = TypeVar("T")
+Listener = Callable[[list[Record] | None], None]
 
 
 def build_event(
@@ -76,17 +79,20 @@ class Publisher:
         self._pending_count = 0
         self._flushing: asyncio.Task[None] | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inmotion-publish")
-        self._appended: dict[str, asyncio.Event] = {}
+        self._listeners: dict[str, list[Listener]] = {}
 
-    def appended(self, topic: str) -> asyncio.Event:
-        """An event set whenever this publisher's async side appended to `topic`; the app's
-        consumers wait on it to pick up local publishes without polling."""
-        return self._appended.setdefault(topic, asyncio.Event())
+    def listen(self, topic: str, listener: Listener) -> Callable[[], None]:
+        """Call `listener` on the event loop after each append of the async side to `topic`,
+        with the appended records (None when the log cannot tell them without a read); the
+        app's consumers take local publishes this way, without polling or reading them back.
+        Returns the function that stops the calls."""
+        listeners = self._listeners.setdefault(topic, [])
+        listeners.append(listener)
+        return lambda: listeners.remove(listener)
 
-    def _announce(self, topic: str) -> None:
-        event = self._appended.get(topic)
-        if event is not None:
-            event.set()
+    def _announce(self, topic: str, records: list[Record] | None) -> None:
+        for listener in self._listeners.get(topic, ()):
+            listener(records)
 
     async def send(self, topic: str, message: Message) -> Position:
         return (await self.send_many(topic, [message]))[0]
@@ -138,13 +144,13 @@ class Publisher:
             for topic, sends in by_topic.items():
                 batch = sends[0][0] if len(sends) == 1 else [m for messages, _ in sends for m in messages]
                 try:
-                    positions = await loop.run_in_executor(self._executor, self.append, topic, batch)
+                    positions, records = await loop.run_in_executor(self._executor, self._append_records, topic, batch)
                 except Exception as exc:
                     for _, future in sends:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                self._announce(topic)
+                self._announce(topic, records)
                 start = 0
                 for messages, future in sends:
                     if not future.done():
@@ -152,16 +158,22 @@ class Publisher:
                     start += len(messages)
 
     def append(self, topic: str, messages: list[Message]) -> list[Position]:
+        return self._append_with(self.log.append, topic, messages)
+
+    def _append_records(self, topic: str, messages: list[Message]) -> tuple[list[Position], list[Record] | None]:
+        return self._append_with(self.log.append_records, topic, messages)
+
+    def _append_with(self, append: Callable[[str, list[Message]], T], topic: str, messages: list[Message]) -> T:
         try:
-            positions = self.log.append(topic, messages)
+            result = append(topic, messages)
         except UnknownTopic:
             if self.topic_config is None:
                 raise
             with contextlib.suppress(TopicExists):  # another process created it meanwhile
                 self.log.create_topic(topic, self.topic_config)
-            positions = self.log.append(topic, messages)
+            result = append(topic, messages)
         self.metrics.add("inmotion_published_total", len(messages), topic=topic)
-        return positions
+        return result
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -126,6 +126,13 @@ class LogContract:
         assert log.earliest_offset(topic, 1) == 0
         assert log.latest_offset(topic, 0) == 0
 
+    def test_append_records_returns_the_records_as_read_back(self, log: Log, topic: str) -> None:
+        messages = [Message(b"one", key=b"k", headers=(("h", b"v"),)), Message(None, partition=1), Message(b"x")]
+        positions, records = log.append_records(topic, messages)
+        assert len(positions) == 3
+        if records is not None:  # None: the backend cannot tell them without reading back
+            assert records == [log.read(topic, p.partition, p.offset, 1)[0] for p in positions]
+
     def test_read_returns_what_was_appended(self, log: Log, topic: str) -> None:
         headers = (("h1", b"one"), ("h2", b""), ("h1", b"again"))
         log.append(topic, [Message(b"value", key=b"k", headers=headers, partition=2), Message(None, partition=2)])
