@@ -61,24 +61,35 @@ class Event:
     extensions: Mapping[str, ExtensionValue] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("type", "source", "id"):
-            value = getattr(self, name)
-            if type(value) is not str or not value:
-                _require_string(name, value)
+        # The usual event (text type, source and id; no optional text attributes; an aware
+        # time) passes with a handful of type checks; anything else gets the full checks.
+        if not (
+            type(self.type) is str
+            and type(self.source) is str
+            and type(self.id) is str
+            and self.type
+            and self.source
+            and self.id
+        ):
+            for name in ("type", "source", "id"):
+                _require_string(name, getattr(self, name))
         if self.specversion != SPECVERSION:
             raise InvalidEvent("specversion", f"must be {SPECVERSION!r}, got {self.specversion!r}")
-        for name in ("subject", "datacontenttype", "dataschema"):
-            value = getattr(self, name)
-            if value is not None:
-                _require_string(name, value)
-        if self.time is not None:
-            if not isinstance(self.time, datetime):
+        if self.subject is not None or self.datacontenttype is not None or self.dataschema is not None:
+            for name in ("subject", "datacontenttype", "dataschema"):
+                value = getattr(self, name)
+                if value is not None:
+                    _require_string(name, value)
+        time = self.time
+        if time is not None and (type(time) is not datetime or time.tzinfo is None):
+            if not isinstance(time, datetime):
                 raise InvalidEvent("time", "must be a datetime")
-            if self.time.tzinfo is None:
+            if time.tzinfo is None:
                 raise InvalidEvent("time", "must carry a time zone (RFC 3339)")
-        for name, value in self.extensions.items():
+        extensions = dict(self.extensions)
+        for name, value in extensions.items():
             _check_extension(name, value)
-        object.__setattr__(self, "extensions", dict(self.extensions))
+        object.__setattr__(self, "extensions", extensions)
 
     @classmethod
     def create(
@@ -93,9 +104,11 @@ class Event:
     ) -> Event:
         """Build an event; `key` becomes the `partitionkey` extension, unknown keywords
         become extensions, and the known optional attributes are passed through."""
-        known = {name: attributes.pop(name) for name in list(attributes) if name in CORE_ATTRIBUTES}
-        extensions: dict[str, ExtensionValue] = dict(attributes.pop("extensions", {}))
-        extensions.update(attributes)
+        extensions: dict[str, ExtensionValue] = dict(attributes.pop("extensions", None) or ())
+        known = {}
+        if attributes:
+            known = {name: attributes.pop(name) for name in list(attributes) if name in CORE_ATTRIBUTES}
+            extensions.update(attributes)
         if key is not None:
             extensions[PARTITIONKEY] = key
         return cls(type=type, source=source, data=data, subject=subject, extensions=extensions, **known)
