@@ -83,6 +83,21 @@ def test_wait_wakes_on_another_process_append(tmp_path: Path) -> None:
         assert woke.is_set()
 
 
+def test_data_version_changes_on_appends_from_this_process_and_others(tmp_path: Path) -> None:
+    url = _url(tmp_path)
+    with inmotion.connect(url) as log:
+        log.create_topic("shared", TopicConfig(partitions=3))
+        assert log.poll is not None
+        before = log.data_version()
+        assert log.data_version() == before  # nothing written: no change
+        log.append("shared", [Message(b"here")])
+        local = log.data_version()
+        assert local != before
+        worker = _spawn(url, "W", 1)
+        worker.communicate(timeout=60)
+        assert log.data_version() != local
+
+
 def test_kill_9_mid_stream_loses_nothing_acknowledged(tmp_path: Path) -> None:
     url = _url(tmp_path)
     with inmotion.connect(url) as log:

@@ -169,6 +169,15 @@ class Log(abc.ABC):
         Returns True when there is something to read, False when `timeout` seconds passed.
         """
 
+    poll: float | None = None
+    """Set (in seconds) by a backend whose `data_version` is cheap enough to call from an event
+    loop that often, instead of blocking in `wait` on a thread."""
+
+    def data_version(self) -> int:
+        """A number that changes whenever records may have been appended, by this process or any
+        other; only for backends that set `poll`."""
+        raise NotImplementedError(f"{type(self).__name__} has no data_version: use wait")
+
     @abc.abstractmethod
     def earliest_offset(self, topic: str, partition: int) -> int: ...
 

@@ -235,6 +235,7 @@ class _PendingAppend:
 
 class SqliteLog(SqliteFile, Log):
     what = "the log"
+    poll: float
 
     def __init__(
         self,
@@ -550,6 +551,12 @@ class SqliteLog(SqliteFile, Log):
                 with self._appended:
                     if self._appended.wait(min(remaining, self.poll)):
                         version = None  # a write from this process: data_version will not show it
+
+    def data_version(self) -> int:
+        # Changes whenever another connection, of this process (the writer) or another, commits.
+        with self._translate("read"):
+            version: int = self._reader().execute("PRAGMA data_version").fetchone()[0]
+        return version
 
     def earliest_offset(self, topic: str, partition: int) -> int:
         # One partition's first rowid (a b-tree seek), or its next offset when it holds nothing.

@@ -292,7 +292,9 @@ class Consumer:
         this loop reads everything else. Reads run on the event loop (WAL reads never wait for a
         lock, and a thread hop costs more than a short read). When there is nothing new it waits
         for whichever comes first: local records that the workers could not take as they came,
-        or `Log.wait` in a thread, which notices other publishers and other processes.
+        or news from other publishers and processes: a changed `Log.data_version`, polled on
+        the loop when the log has a cheap one (a thread waiting on a busy process's GIL
+        notices late), else `Log.wait` in a thread.
         """
         loop = asyncio.get_running_loop()
         behind = asyncio.Event()
@@ -309,6 +311,7 @@ class Consumer:
                 positions = {p: w.next_fetch for p, w in ready.items()}
                 behind.clear()  # before reading: local records left over from now on set it
                 try:
+                    version = self.log.data_version() if self.log.poll is not None else None
                     batches = {p: self.log.read(topic, p, offset, _FETCH_LIMIT) for p, offset in positions.items()}
                 except InmotionError as exc:
                     logger.warning("fetch from %s failed: %s", topic, exc, extra={"group": self.group})
@@ -320,6 +323,9 @@ class Consumer:
                         positions[partition] = records[-1].offset + 1
                 if behind.is_set() or any(len(records) == _FETCH_LIMIT for records in batches.values()):
                     await asyncio.sleep(0)  # let the handlers run, then read what is already there
+                    continue
+                if version is not None:
+                    await self._poll(version, behind)
                     continue
                 # Nothing more for now. The waiter returns at once if others appended meanwhile.
                 if waiter is None or waiter.done():
@@ -335,6 +341,22 @@ class Consumer:
                     await asyncio.sleep(_WAIT)
         finally:
             stop_listening()
+
+    async def _poll(self, version: int, behind: asyncio.Event) -> None:
+        """Return once the log's data version is no longer `version` (taken before the last
+        read), local records were left over, or _WAIT seconds passed."""
+        poll = self.log.poll
+        assert poll is not None
+        deadline = time.monotonic() + _WAIT
+        while not behind.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(poll)
+            try:
+                if self.log.data_version() != version:
+                    return
+            except InmotionError as exc:
+                logger.warning("polling %s failed: %s", self.log.url, exc, extra={"group": self.group})
+                await asyncio.sleep(_WAIT)
+                return
 
     def _take_local(self, topic: str, records: list[Record] | None, behind: asyncio.Event) -> None:
         """Records this app's publisher has just appended to `topic`. Each owned partition's go
