@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, TopicExists, UnknownTopic
 from inmotion.events import Event
+from inmotion.events.codec import JSON_CONTENT_TYPE
 from inmotion.log import Log, Record
 from inmotion.runtime import deadletter
 from inmotion.runtime.coordination import Assignment, Coordinator, Membership, SqliteCoordinator, TopicPartition
@@ -41,6 +42,7 @@ _BUFFER = 4000
 _WAIT = 0.1
 _HAND_OVER_LIMIT = 300
 """Seconds a revoked partition's in-flight events may take to finish (Kafka's max.poll.interval)."""
+_JSON_BYTES = JSON_CONTENT_TYPE.encode()
 
 
 class _Abandon(Exception):
@@ -150,6 +152,9 @@ class Consumer:
         self._membership: Membership | None = None
         self._last_prune = 0.0
         self._counter_cache: dict[str, dict[str, Counter]] = {}
+        self._needs_event = (
+            subscription.filter is not None or subscription.idempotent or subscription.handler.wants_event
+        )
         if subscription.transaction and not isinstance(coordinator, SqliteCoordinator):
             raise InvalidConfig(f"transaction=True needs the sqlite backend, not {self.log.url}")
 
@@ -440,14 +445,14 @@ class Consumer:
         counters = self._counters(record.topic)
         content_type = None
         for name, value in record.headers:
-            if name in ("content-type", "Content-Type"):
-                content_type = value.decode("utf-8", "replace")
+            if name == "content-type" or name == "Content-Type":
+                content_type = JSON_CONTENT_TYPE if value == _JSON_BYTES else value.decode("utf-8", "replace")
             elif name == deadletter.FOR_GROUP and value.decode("utf-8", "replace") != self.group:
                 counters["skipped"].add()  # redriven for another group only
                 return
         event: Event | None = None
         try:
-            if sub.filter is not None or sub.idempotent or handler.wants_event:
+            if self._needs_event:
                 event = record.event()
                 if sub.filter is not None and not sub.filter.matches(event):
                     counters["skipped"].add()

@@ -168,6 +168,9 @@ class Handler:
         return from_data(decode_data(record.value, content_type), self.payload_type)
 
     async def call(self, payload: Any, context: Context | None) -> None:
+        if self.is_async and self.context_argument is None:  # the usual case, without a kwargs dict
+            await self.function(payload)
+            return
         kwargs = {self.context_argument: context} if self.context_argument else {}
         if self.is_async:
             await self.function(payload, **kwargs)

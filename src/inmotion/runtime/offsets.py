@@ -28,6 +28,10 @@ class OffsetTracker:
         self.next_offset = offset + 1
 
     def finish(self, offset: int) -> None:
+        unfinished = self._unfinished
+        if not self._finished and unfinished and unfinished[0] == offset:  # the oldest, as in order
+            unfinished.popleft()
+            return
         self._finished.add(offset)
         while self._unfinished and self._unfinished[0] in self._finished:
             self._finished.discard(self._unfinished.popleft())
