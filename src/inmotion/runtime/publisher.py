@@ -144,7 +144,13 @@ class Publisher:
             for topic, sends in by_topic.items():
                 batch = sends[0][0] if len(sends) == 1 else [m for messages, _ in sends for m in messages]
                 try:
-                    positions, records = await loop.run_in_executor(self._executor, self._append_records, topic, batch)
+                    if self._listeners.get(topic):
+                        positions, records = await loop.run_in_executor(
+                            self._executor, self._append_records, topic, batch
+                        )
+                    else:  # nobody in this process consumes the topic: no records to build
+                        positions = await loop.run_in_executor(self._executor, self.append, topic, batch)
+                        records = None
                 except Exception as exc:
                     for _, future in sends:
                         if not future.done():
