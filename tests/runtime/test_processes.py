@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from inmotion.log import TopicConfig, connect
+from inmotion.log import Log, Record, TopicConfig, connect
 from inmotion.runtime import App
 from inmotion.runtime.coordination import TopicPartition, coordinator_for
 from tests.conftest import Place
@@ -160,6 +160,17 @@ def test_exactly_once_effects_survive_a_sigkill(tmp_path: Path, workers: Workers
     with sqlite3.connect(place.url.removeprefix("sqlite:///")) as conn:
         count, distinct = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM effects").fetchone()
     assert (count, distinct) == (10_000, 10_000)
+    with connect(place.url) as log:
+        out = [r.event().data for p in range(log.partition_count(f"{TOPIC}.out")) for r in _read_all(log, p)]
+    assert len(out) == 10_000
+    assert len({(d["key"], d["seq"]) for d in out}) == 10_000
+
+
+def _read_all(log: Log, partition: int) -> list[Record]:
+    records: list[Record] = []
+    while batch := log.read(f"{TOPIC}.out", partition, len(records), 5000):
+        records += batch
+    return records
 
 
 @pytest.mark.slow

@@ -2,8 +2,9 @@
 
 MODE `log` appends "time_ns partition offset key seq" for every handled event to LOGFILE;
 MODE `tx` also inserts the event into the `effects` table inside the handler's transaction
-(exactly-once effects); MODE `slow` is `log` with 5 ms per event. Prints "ready" once the
-app runs; exits after SIGTERM once in-flight events are committed.
+and publishes a follow-up event to TOPIC.out (exactly-once effects and events); MODE `slow`
+is `log` with 5 ms per event. Prints "ready" once the app runs; exits after SIGTERM once
+in-flight events are committed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def build(url: str, group: str, logfile: str, mode: str, topic: str = TOPIC) -> 
                 "INSERT INTO effects (event_id, key, seq) VALUES (?, ?, ?)",
                 (ctx.event.id, payload["key"], payload["seq"]),
             )
+            # appended in the same transaction as the effect: exactly once as well
+            ctx.publish_sync(f"{topic}.out", {"key": payload["key"], "seq": payload["seq"]}, key=str(payload["key"]))
             record(payload, ctx)
 
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:

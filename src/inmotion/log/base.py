@@ -173,10 +173,10 @@ class Log(abc.ABC):
     """Set (in seconds) by a backend whose `data_version` is cheap enough to call from an event
     loop that often, instead of blocking in `wait` on a thread."""
 
-    def data_version(self) -> int:
+    def data_version(self) -> int | None:
         """A number that changes whenever records may have been appended, by this process or any
-        other; only for backends that set `poll`."""
-        raise NotImplementedError(f"{type(self).__name__} has no data_version: use wait")
+        other; None from a backend that has no such number (wait with `wait` there)."""
+        return None
 
     @abc.abstractmethod
     def earliest_offset(self, topic: str, partition: int) -> int: ...

@@ -321,28 +321,40 @@ class SqliteLog(SqliteFile, Log):
     # --- topics ---------------------------------------------------------------------------
     def create_topic(self, name: str, config: TopicConfig = TopicConfig()) -> None:
         check_topic_name(name)
+        self._write(lambda conn: self._create(conn, name, config))
 
-        def create(conn: sqlite3.Connection) -> None:
-            if conn.execute("SELECT 1 FROM topics WHERE name = ?", (name,)).fetchone():
-                raise TopicExists(name)
-            cursor = conn.execute(
-                "INSERT INTO topics (name, partitions, retention_ms, retention_bytes, compact, created_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    config.partitions,
-                    config.retention_ms,
-                    config.retention_bytes,
-                    int(config.compact),
-                    _now_ms(),
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO partitions (topic_id, partition) VALUES (?, ?)",
-                [(cursor.lastrowid, p) for p in range(config.partitions)],
-            )
+    @staticmethod
+    def _create(conn: sqlite3.Connection, name: str, config: TopicConfig) -> None:
+        if conn.execute("SELECT 1 FROM topics WHERE name = ?", (name,)).fetchone():
+            raise TopicExists(name)
+        cursor = conn.execute(
+            "INSERT INTO topics (name, partitions, retention_ms, retention_bytes, compact, created_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (name, config.partitions, config.retention_ms, config.retention_bytes, int(config.compact), _now_ms()),
+        )
+        conn.executemany(
+            "INSERT INTO partitions (topic_id, partition) VALUES (?, ?)",
+            [(cursor.lastrowid, p) for p in range(config.partitions)],
+        )
 
-        self._write(create)
+    def append_in(
+        self, conn: sqlite3.Connection, topic: str, messages: Sequence[Message], create: TopicConfig | None = None
+    ) -> list[Position]:
+        """Append inside a transaction that the caller holds on `conn`, its own connection to this
+        log's file (a transactional handler's): the records are stored, and seen, only if the
+        caller commits. A missing topic is created with `create`, when given, in the same
+        transaction."""
+        pending = _PendingAppend(topic, messages, records=False)
+        with self._translate("append to"):
+            try:
+                self._insert(conn, pending)
+            except UnknownTopic:
+                if create is None:
+                    raise
+                check_topic_name(topic)
+                self._create(conn, topic, create)
+                self._insert(conn, pending)
+        return pending.positions
 
     def delete_topic(self, name: str) -> None:
         def delete(conn: sqlite3.Connection) -> list[int]:

@@ -24,11 +24,13 @@ from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, TopicExi
 from inmotion.events import Event
 from inmotion.events.codec import JSON_CONTENT_TYPE
 from inmotion.log import Log, Record
+from inmotion.log.sqlite import SqliteLog
 from inmotion.runtime import deadletter
 from inmotion.runtime.coordination import Assignment, Coordinator, Membership, SqliteCoordinator, TopicPartition
 from inmotion.runtime.handler import Context
 from inmotion.runtime.metrics import Counter
 from inmotion.runtime.offsets import OffsetTracker
+from inmotion.runtime.publisher import to_message
 from inmotion.runtime.subscription import Subscription
 
 if TYPE_CHECKING:
@@ -545,8 +547,11 @@ class Consumer:
         assert self._tx_conn is not None
         assert self._membership is not None
         conn = self._tx_conn
+        log = self.log
+        assert isinstance(log, SqliteLog)
         key = (event.source, event.id)
         deferred: list[tuple[str, Event, Mapping[str, str] | None]] = []
+        published: dict[str, int] = {}
         async with self._tx_lock:
             await asyncio.to_thread(conn.execute, "BEGIN IMMEDIATE")
             try:
@@ -559,6 +564,11 @@ class Consumer:
                 await self.subscription.handler.call(payload, context)
                 if not self.coordinator.holds(conn, self.group, self._membership.member_id, worker.tp):
                     raise _Abandon
+                # the events the handler published go into the log in the same transaction:
+                # stored with its effects and its position, or not at all
+                for topic, follow_up, headers in deferred:
+                    log.append_in(conn, topic, [to_message(follow_up, headers)], self.app.topic_config)
+                    published[topic] = published.get(topic, 0) + 1
                 SqliteCoordinator.remember_in(conn, self.group, [key])
                 point = worker.commit_point(finishing=context.record.offset)
                 SqliteCoordinator.save_position(conn, self.group, worker.tp, point)
@@ -567,5 +577,5 @@ class Consumer:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
-        for topic, follow_up, headers in deferred:
-            await self.app.publish(topic, follow_up, headers=headers)
+        for topic, count in published.items():
+            self.app.metrics.add("inmotion_published_total", count, topic=topic)
