@@ -1,8 +1,9 @@
 """The shop demo: `.venv/bin/python -m examples.shop [--broker URL] [--orders N]`.
 
 Starts the inventory, payment and shipping services as separate processes on one SQLite
-file, places orders from this process (the order service), shows every event as it flows
-through the shop, and ends with a summary. Orders of customer "c-unlucky" hit a payment
+file (or, unchanged, on Kafka: `--broker kafka://127.0.0.1:9092` after `scripts/kafka up`),
+places orders from this process (the order service), shows every event as it flows through
+the shop, and ends with a summary. Orders of customer "c-unlucky" hit a payment
 gateway that always times out: the payment service retries them with backoff and then
 dead-letters them, which the summary shows next to the `inmotion dlq` command to redrive.
 """
@@ -179,7 +180,9 @@ def summarize(status: dict[str, str], flow: Counter[str], broker: str, count: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--broker", help="a sqlite:/// URL (default: a new file in a new temporary directory)")
+    parser.add_argument(
+        "--broker", help="a sqlite:/// or kafka:// URL (default: a new SQLite file in a new temporary directory)"
+    )
     parser.add_argument("--orders", type=int, default=12, help="how many orders to place (default 12)")
     parser.add_argument("--timeout", type=float, default=40.0, help="give up after this many seconds")
     options = parser.parse_args()

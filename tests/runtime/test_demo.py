@@ -33,3 +33,20 @@ def test_the_shop_demo_ships_rejects_and_dead_letters(tmp_path: Path) -> None:
     with connect(url) as log:
         failed = [entry.event().data["order_id"] for entry in entries(log, "shop.payment.dlq")]
         assert sorted(failed) == ["o-002", "o-006"]
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_the_same_demo_runs_on_kafka(kafka_bootstrap: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "INMOTION_BROKER"} | {"COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.shop", "--broker", f"kafka://{kafka_bootstrap}", "--orders", "6"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 orders: 3 shipped, 1 rejected (out of stock), 2 dead-lettered" in result.stdout
+    assert "dead-lettered shop.inventory/" in result.stdout
