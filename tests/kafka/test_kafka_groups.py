@@ -61,11 +61,18 @@ def test_members_split_partitions_and_a_leaver_hands_them_back(log: Log, names: 
     try:
         until(lambda: len(owned(first)) == 2, "the first member to own both partitions")
         revoked: list[frozenset[TopicPartition]] = []
-        first.revoke_now = revoked.append
+
+        def hand_over(partitions: frozenset[TopicPartition]) -> dict[TopicPartition, int]:
+            revoked.append(partitions)
+            return dict.fromkeys(partitions, 1)  # committed by the member before it lets go
+
+        first.revoke_now = hand_over
         second = coordinator.join(group, {topic: 2}, session_timeout=3.0, member_id="second-2-00000000")
         until(lambda: len(owned(first)) == 1 and len(owned(second)) == 1, "a cooperative rebalance")
         assert owned(first) | owned(second) == {TopicPartition(topic, 0), TopicPartition(topic, 1)}
         assert revoked == [frozenset(owned(second))]  # handed over through the callback, once
+        [moved] = revoked[0]
+        assert log.committed(group, topic) == {moved.partition: 1}
         owners = coordinator.owners(group)
         assert sorted(owners.values()) == ["first-1-00000000", "second-2-00000000"]
         members = coordinator.members(group)

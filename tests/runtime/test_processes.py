@@ -214,3 +214,38 @@ def test_sigterm_commits_what_was_handled_and_a_restart_resumes_after_it(
     }
     assert len(rows) + len(again) == total
     check_order(rows + again, total)
+
+
+@pytest.mark.slow
+def test_a_member_joining_mid_stream_takes_partitions_over_without_duplicates(
+    place: Place, tmp_path: Path, workers: Workers
+) -> None:
+    """A graceful rebalance: the first member finishes and commits what it hands over, so the
+    newcomer starts exactly where it stopped: every event handled once, per-key order kept."""
+    url, topic, group = place.url, place.topic, place.group
+    total = 6000
+    with connect(url) as log:
+        log.create_topic(topic, TopicConfig(partitions=8))
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    workers.spawn(place, logs[0], "slow")
+    producer = threading.Thread(target=publish_stream, args=(place, total))
+    producer.start()
+    try:
+        wait_for(lambda: len(handled(logs[0])) >= 500, 30, "the first member to get going")
+        workers.spawn(place, logs[1], "slow")
+        with connect(url) as log:
+            coordinator = coordinator_for(log)
+            try:
+                wait_for(lambda: len(set(coordinator.owners(group).values())) == 2, 30, "the partitions to be split")
+            finally:
+                coordinator.close()
+            wait_for(lambda: len(handled(logs[1])) > 0, 30, "the newcomer to handle events")
+    finally:
+        producer.join()
+    wait_for(lambda: len(handled(logs[0])) + len(handled(logs[1])) >= total, 120, "every event to be handled")
+    for process in workers.processes:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    rows = handled(logs[0]) + handled(logs[1])
+    check_order(rows, total)
+    assert len(rows) == total, f"{len(rows) - total} events handled twice"

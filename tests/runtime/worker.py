@@ -10,6 +10,8 @@ in-flight events are committed.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 import sys
 import time
@@ -54,6 +56,7 @@ def build(url: str, group: str, logfile: str, mode: str, topic: str = TOPIC) -> 
 
 
 async def main() -> None:
+    logging.basicConfig(level=os.environ.get("WORKER_LOG_LEVEL", "WARNING"), format="%(relativeCreated)6d %(message)s")
     url, group, logfile, mode = sys.argv[1:5]
     app = build(url, group, logfile, mode, *sys.argv[5:6])
     ready = asyncio.get_running_loop().call_later(0.2, lambda: print("ready", flush=True))

@@ -145,6 +145,7 @@ class Consumer:
         # heartbeats apart from other I/O: on Kafka a heartbeat can wait for a hand-over, which
         # commits through `_io`
         self._group_io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"inmotion-group:{self.group}")
+        self._commit_io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"inmotion-commit:{self.group}")
         self._fetch_pools = {
             topic: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"inmotion-fetch:{topic}")
             for topic in subscription.topics
@@ -210,6 +211,7 @@ class Consumer:
             logger.info("left group", extra={"group": self.group, "member": membership.member_id})
             self._io.shutdown(wait=True)
             self._group_io.shutdown(wait=True)
+            self._commit_io.shutdown(wait=True)
             for pool in self._fetch_pools.values():
                 pool.shutdown(wait=True)
             if self._tx_conn is not None:
@@ -259,12 +261,14 @@ class Consumer:
         finally:
             self._revoking.discard(tp)
 
-    def _hand_over_from_thread(self, loop: asyncio.AbstractEventLoop, partitions: frozenset[TopicPartition]) -> None:
-        """`Membership.revoke_now`, called on the heartbeat thread: finish and commit the
-        partitions' events on the event loop, and wait for that."""
+    def _hand_over_from_thread(
+        self, loop: asyncio.AbstractEventLoop, partitions: frozenset[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """`Membership.revoke_now`, called on the heartbeat thread: finish the partitions' events
+        on the event loop, wait for that, and return the offsets to commit for them."""
         done = asyncio.run_coroutine_threadsafe(self._hand_over(partitions), loop)
         try:
-            done.result(timeout=_HAND_OVER_LIMIT)
+            return done.result(timeout=_HAND_OVER_LIMIT)
         except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, RuntimeError):
             logger.error(
                 "handing over %s took longer than %ds: gave them up uncommitted",
@@ -272,16 +276,14 @@ class Consumer:
                 _HAND_OVER_LIMIT,
                 extra={"group": self.group},
             )
+            return {}
 
-    async def _hand_over(self, partitions: frozenset[TopicPartition]) -> None:
+    async def _hand_over(self, partitions: frozenset[TopicPartition]) -> dict[TopicPartition, int]:
         workers = [self.workers.pop(tp) for tp in sorted(partitions) if tp in self.workers]
         await asyncio.gather(*(worker.drain() for worker in workers))
-        try:
-            await self._commit(workers)
-        except InmotionError as exc:
-            logger.warning("commit on hand-over failed: %s", exc, extra={"group": self.group})
         for worker in workers:
-            logger.info("handed over %s/%d", worker.tp.topic, worker.tp.partition, extra={"group": self.group})
+            logger.info("handing over %s/%d", worker.tp.topic, worker.tp.partition, extra={"group": self.group})
+        return {worker.tp: point for worker in workers if (point := worker.commit_point()) != worker.committed}
 
     def _start_offset(self, tp: TopicPartition) -> int:
         committed = self.log.committed(self.group, tp.topic).get(tp.partition)
@@ -407,10 +409,12 @@ class Consumer:
             if point != worker.committed:
                 by_topic.setdefault(worker.tp.topic, {})[worker.tp.partition] = point
                 points[worker] = point
+        # Commits wait on a thread of their own: on Kafka one made during a rebalance waits for
+        # it to end, which may wait for handlers that need `_io`.
         if by_topic and self.subscription.idempotent:
-            await self._call(self.coordinator.flush, self.group)
+            await self._call(self.coordinator.flush, self.group, pool=self._commit_io)
         for topic, offsets in by_topic.items():
-            await self._call(self.log.commit, self.group, topic, offsets)
+            await self._call(self.log.commit, self.group, topic, offsets, pool=self._commit_io)
         for worker, point in points.items():
             worker.committed = point
 

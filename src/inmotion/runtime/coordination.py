@@ -178,10 +178,11 @@ class Membership(abc.ABC):
         self.member_id = member_id
         self.session_timeout = session_timeout
         self.heartbeat_interval = min(1.0, session_timeout / 5)
-        self.revoke_now: Callable[[frozenset[TopicPartition]], None] | None = None
+        self.revoke_now: Callable[[frozenset[TopicPartition]], Mapping[TopicPartition, int]] | None = None
         """Set by the consumer for backends whose group protocol takes partitions away at once
         (Kafka's rebalance callbacks, run inside `heartbeat`): called with the partitions being
-        taken, it returns once their in-flight events are finished and committed."""
+        taken, it returns once their in-flight events are finished, with the offsets to commit
+        for them (which the membership commits before it lets the partitions go)."""
 
     @abc.abstractmethod
     def heartbeat(self) -> Assignment: ...

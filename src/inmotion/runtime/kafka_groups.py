@@ -291,8 +291,15 @@ class KafkaMembership(Membership):
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         taken = self._tps(partitions)
         hand_over = self.revoke_now
-        if hand_over is not None and taken:
-            hand_over(taken)
+        points = hand_over(taken) if hand_over is not None and taken else {}
+        if points:
+            # committed here: librdkafka holds any other thread's commit until the rebalance is over
+            self._coordinator.flush(self.group)
+            offsets = [KafkaPartition(tp.topic, tp.partition, offset) for tp, offset in points.items()]
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                logger.warning("committing handed-over partitions of group %s failed: %s", self.group, exc)
         with self._lock:
             self._owned -= taken
         consumer.incremental_unassign(partitions)
