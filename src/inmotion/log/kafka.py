@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -314,7 +315,10 @@ class _Reader:
         self.lock = threading.Lock()
         self.closed = False
 
-    def read(self, offset: int, limit: int, timeout: float) -> list[Record]:
+    def read(self, offset: int, limit: int, timeout: float, latest: Callable[[], int]) -> list[Record]:
+        """`latest` asks the broker for the partition's high watermark on another connection
+        than this consumer's, which may be holding a fetch for up to fetch.wait.max.ms (a broker
+        answers one connection's requests in order)."""
         consumer = self.consumer
         tp = TopicPartition(self.topic, self.partition)
         known = -1
@@ -332,7 +336,7 @@ class _Reader:
         # last fetch) or the one just asked for when ahead of us, else the broker's answer.
         high = max(known, consumer.get_watermark_offsets(tp, cached=True)[1])
         if self.position >= high:
-            _, high = _watermarks(consumer, self.topic, self.partition, timeout)
+            high = latest()
         deadline = time.monotonic() + timeout
         while len(records) < limit and self.position < high and self.end < high:
             remaining = deadline - time.monotonic()
@@ -679,13 +683,14 @@ class KafkaLog(Log):
         self._check_partition(topic, partition)
         if limit <= 0:
             return []
+        latest = functools.partial(self.latest_offset, topic, partition)
         while True:
             reader = self._reader(topic, partition)
             with reader.lock:
                 if reader.closed:
                     continue
                 try:
-                    return reader.read(max(offset, 0), limit, self.config.timeout)
+                    return reader.read(max(offset, 0), limit, self.config.timeout, latest)
                 except BrokerUnavailable:
                     reader.stuck = True
                     raise
