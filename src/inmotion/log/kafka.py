@@ -94,6 +94,8 @@ _logger = logging.getLogger("inmotion.log.kafka")
 
 _OPTIONS = {"timeout", "delivery_timeout", "linger_ms", "readers", "client_id"}
 _IDLE_WAITERS = 4
+_CHUNK = 256
+"""Messages taken from a consumer at a time while reading (see `_Reader._take`)."""
 _PARTITION_EOF = KafkaError._PARTITION_EOF
 _EARLIEST: Any = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 _LATEST: Any = OffsetSpec.latest()  # type: ignore[no-untyped-call]
@@ -331,7 +333,7 @@ class _Reader:
             consumer.assign([TopicPartition(self.topic, self.partition, offset)])
             self.position = offset
             self.end = -1
-        records = self._records(consumer.consume(limit, 0))
+        records = self._take([], limit)
         # Where the partition ended when we were called: the cached high watermark (from the
         # last fetch) or the one just asked for when ahead of us, else the broker's answer.
         high = max(known, consumer.get_watermark_offsets(tp, cached=True)[1])
@@ -343,12 +345,31 @@ class _Reader:
             if remaining <= 0:
                 break
             first = consumer.consume(1, remaining)
-            more = limit - len(records) - 1
-            records += self._records(first + consumer.consume(more, 0) if first and more else first)
+            if first:
+                records += self._take(first, limit - len(records) - 1)
         if not records and self.position < high:
             # records below the watermark never came (a consumer stuck after a broker restart,
             # or only markers there): the log replaces this reader
             self.stuck = True
+        return records
+
+    def _take(self, messages: list[Any], more: int) -> list[Record]:
+        """Records of `messages` and of up to `more` messages that the consumer already holds.
+
+        Taken _CHUNK at a time, so that each chunk's messages (and confluent-kafka's header
+        lists and tuples) are freed soon after the garbage collector first sees them, instead
+        of a whole batch of them surviving into its older generations and being rescanned
+        while the rest of the batch becomes records: that took the collector's share of a
+        read from about 0.85 to 0.55 us per record in bench/kafka.py's consume loop.
+        """
+        records = self._records(messages)
+        consume = self.consumer.consume
+        while more > 0:
+            chunk = consume(min(more, _CHUNK), 0)
+            if not chunk:
+                break
+            more -= len(chunk)
+            records += self._records(chunk)
         return records
 
     def _records(self, messages: list[Any]) -> list[Record]:
