@@ -15,7 +15,8 @@ How the contract maps onto Kafka:
 - Random-access reads use a small pool of consumers, one per recently read partition, each
   assigned its partition (never subscribed, so no group membership; their private group ids
   never commit). Sequential reads keep the consumer's prefetch, so reading a partition in order
-  costs one round trip per fetch, not per call.
+  costs one round trip per fetch, not per call; a read that reaches the end it knows of asks
+  the log's lookup consumer whether the partition has grown since.
   `wait` assigns an idle consumer to the partitions at the given offsets and blocks for one
   record, so the broker wakes it (no polling).
 - Earliest and latest offsets are the partition's watermarks, `offset_for_time` is Kafka's
