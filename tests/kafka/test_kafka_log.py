@@ -115,6 +115,31 @@ def test_librdkafka_partitions_keys_like_partition_for_key(log: Log) -> None:
     assert [p.partition for p in positions] == [partition_for_key(key, 12) for key in keys]
 
 
+def test_a_read_of_many_records_carries_every_field(log: Log) -> None:
+    """Reads take messages from the consumer a chunk at a time: records across many chunks and
+    a limit that is not a multiple of the chunk come out whole and in order."""
+    topic = unique_topic("fields")
+    log.create_topic(topic, TopicConfig(partitions=1))
+    sent = [
+        Message(
+            f"value-{i}".encode() if i % 7 else None,
+            key=f"key-{i}".encode() if i % 5 else None,
+            headers=(("ce_id", f"{i}".encode()), ("empty", b""), ("ce_id", b"again")) if i % 3 else (),
+        )
+        for i in range(1_500)
+    ]
+    log.append(topic, sent)
+    first = log.read(topic, 0, 0, limit=1_100)
+    records = first + log.read(topic, 0, first[-1].offset + 1, limit=1_000)
+    assert len(first) == 1_100
+    assert [(r.topic, r.partition, r.offset) for r in records] == [(topic, 0, i) for i in range(1_500)]
+    assert [(r.value, r.key, r.headers) for r in records] == [(m.value, m.key, m.headers) for m in sent]
+    assert all(type(r) is Record and type(r.headers) is tuple for r in records)
+    stamps = [r.timestamp for r in records]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[0] - time.time() * 1000) < 600_000
+
+
 def test_topic_settings_on_the_broker(log: Log, kafka_bootstrap: str) -> None:
     plain, compacted = unique_topic("plain"), unique_topic("compacted")
     log.create_topic(plain, TopicConfig(partitions=2, retention_bytes=5_000_000))

@@ -15,7 +15,8 @@ How the contract maps onto Kafka:
 - Random-access reads use a small pool of consumers, one per recently read partition, each
   assigned its partition (never subscribed, so no group membership; their private group ids
   never commit). Sequential reads keep the consumer's prefetch, so reading a partition in order
-  costs one round trip per fetch, not per call.
+  costs one round trip per fetch, not per call; a read that reaches the end it knows of asks
+  the log's lookup consumer whether the partition has grown since.
   `wait` assigns an idle consumer to the partitions at the given offsets and blocks for one
   record, so the broker wakes it (no polling).
 - Earliest and latest offsets are the partition's watermarks, `offset_for_time` is Kafka's
@@ -39,6 +40,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -95,6 +97,8 @@ _logger = logging.getLogger("inmotion.log.kafka")
 
 _OPTIONS = {"timeout", "delivery_timeout", "linger_ms", "readers", "client_id"}
 _IDLE_WAITERS = 4
+_CHUNK = 256
+"""Messages taken from a consumer at a time while reading (see `_Reader._take`)."""
 _PARTITION_EOF = KafkaError._PARTITION_EOF
 _EARLIEST: Any = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 _LATEST: Any = OffsetSpec.latest()  # type: ignore[no-untyped-call]
@@ -316,7 +320,10 @@ class _Reader:
         self.lock = threading.Lock()
         self.closed = False
 
-    def read(self, offset: int, limit: int, timeout: float) -> list[Record]:
+    def read(self, offset: int, limit: int, timeout: float, latest: Callable[[], int]) -> list[Record]:
+        """`latest` asks the broker for the partition's high watermark on another connection
+        than this consumer's, which may be holding a fetch for up to fetch.wait.max.ms (a broker
+        answers one connection's requests in order)."""
         consumer = self.consumer
         tp = TopicPartition(self.topic, self.partition)
         known = -1
@@ -329,24 +336,43 @@ class _Reader:
             consumer.assign([TopicPartition(self.topic, self.partition, offset)])
             self.position = offset
             self.end = -1
-        records = self._records(consumer.consume(limit, 0))
+        records = self._take([], limit)
         # Where the partition ended when we were called: the cached high watermark (from the
         # last fetch) or the one just asked for when ahead of us, else the broker's answer.
         high = max(known, consumer.get_watermark_offsets(tp, cached=True)[1])
         if self.position >= high:
-            _, high = _watermarks(consumer, self.topic, self.partition, timeout)
+            high = latest()
         deadline = time.monotonic() + timeout
         while len(records) < limit and self.position < high and self.end < high:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             first = consumer.consume(1, remaining)
-            more = limit - len(records) - 1
-            records += self._records(first + consumer.consume(more, 0) if first and more else first)
+            if first:
+                records += self._take(first, limit - len(records) - 1)
         if not records and self.position < high:
             # records below the watermark never came (a consumer stuck after a broker restart,
             # or only markers there): the log replaces this reader
             self.stuck = True
+        return records
+
+    def _take(self, messages: list[Any], more: int) -> list[Record]:
+        """Records of `messages` and of up to `more` messages that the consumer already holds.
+
+        Taken _CHUNK at a time, so that each chunk's messages (and confluent-kafka's header
+        lists and tuples) are freed soon after the garbage collector first sees them, instead
+        of a whole batch of them surviving into its older generations and being rescanned
+        while the rest of the batch becomes records: that took the collector's share of a
+        read from about 0.85 to 0.55 us per record in bench/kafka.py's consume loop.
+        """
+        records = self._records(messages)
+        consume = self.consumer.consume
+        while more > 0:
+            chunk = consume(min(more, _CHUNK), 0)
+            if not chunk:
+                break
+            more -= len(chunk)
+            records += self._records(chunk)
         return records
 
     def _records(self, messages: list[Any]) -> list[Record]:
@@ -692,13 +718,14 @@ class KafkaLog(Log):
         self._check_partition(topic, partition)
         if limit <= 0:
             return []
+        latest = functools.partial(self.latest_offset, topic, partition)
         while True:
             reader = self._reader(topic, partition)
             with reader.lock:
                 if reader.closed:
                     continue
                 try:
-                    return reader.read(max(offset, 0), limit, self.config.timeout)
+                    return reader.read(max(offset, 0), limit, self.config.timeout, latest)
                 except BrokerUnavailable:
                     reader.stuck = True
                     raise
