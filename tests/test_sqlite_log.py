@@ -98,6 +98,37 @@ def test_data_version_changes_on_appends_from_this_process_and_others(tmp_path: 
         assert log.data_version() != local
 
 
+def test_append_now_and_commit_now_write_at_once_or_not_at_all(tmp_path: Path) -> None:
+    url = _url(tmp_path)
+    with inmotion.connect(url) as log:
+        log.create_topic("t", TopicConfig(partitions=2))
+        assert log.appends_now
+        done = log.append_now("t", [Message(b"a", key=b"k"), Message(b"b", key=b"k")])
+        assert done is not None
+        positions, records = done
+        assert records == log.read("t", positions[0].partition, 0)
+        assert [r.offset for r in records] == [p.offset for p in positions] == [0, 1]
+        assert log.commit_now("g", "t", {positions[0].partition: 2})
+        assert log.committed("g", "t") == {positions[0].partition: 2}
+        # another connection (as another process would) holds the write lock: nothing waits,
+        # nothing is written
+        other = sqlite3.connect(tmp_path / "shared.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            assert log.append_now("t", [Message(b"c")]) is None
+            assert not log.commit_now("g", "t", {0: 0, 1: 0})
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert sum(log.latest_offset("t", p) for p in range(2)) == 2
+        assert log.committed("g", "t") == {positions[0].partition: 2}
+        log.append("t", [Message(b"c")])  # the lock is free again; the blocking path still works
+        assert sum(log.latest_offset("t", p) for p in range(2)) == 3
+    with inmotion.connect(url + "?durability=fsync") as log:
+        assert not log.appends_now  # an fsync'd commit would block the caller's event loop
+        assert log.append_now("t", [Message(b"d")]) is None
+
+
 def test_kill_9_mid_stream_loses_nothing_acknowledged(tmp_path: Path) -> None:
     url = _url(tmp_path)
     with inmotion.connect(url) as log:

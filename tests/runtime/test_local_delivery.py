@@ -45,6 +45,9 @@ def test_local_records_are_delivered_in_order_around_gaps_left_by_other_publishe
                 handled[ctx.partition].append(ctx.offset)
 
             await app.start()
+            # the hand-off needs an owner: publishing before the member holds its partitions
+            # (appends no longer wait on a thread) would leave every record to the fetch loop
+            await eventually(lambda: len(app.coordinator.owners("billing")) == 2, what="the member to join")
             published = 0
             for round in range(20):
                 # The app's own publishes come straight to its consumer; the others' (another

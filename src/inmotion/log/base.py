@@ -158,6 +158,16 @@ class Log(abc.ABC):
         this process's consumers, which then need not read what was just written."""
         return self.append(topic, messages), None
 
+    appends_now = False
+    """True when `append_now` and `commit_now` can succeed (a SQLite log without fsync'd commits)."""
+
+    def append_now(self, topic: str, messages: Sequence[Message]) -> tuple[list[Position], list[Record] | None] | None:
+        """`append_records` if it can be done at once, without waiting for a lock or a disk
+        flush; else None, and nothing is written. An event loop appends small batches this way
+        instead of handing them to a thread (whose every wait for the GIL behind a busy loop
+        adds milliseconds); backends that always wait answer None."""
+        return None
+
     @abc.abstractmethod
     def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:
         """Up to `limit` records of one partition with offsets >= `offset`, in order."""
@@ -193,6 +203,10 @@ class Log(abc.ABC):
     @abc.abstractmethod
     def commit(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
         """Store `offsets` (partition -> next offset to read) for the group."""
+
+    def commit_now(self, group: str, topic: str, offsets: Mapping[int, int]) -> bool:
+        """`commit` if it can be done at once (see `append_now`); False, with nothing written, if not."""
+        return False
 
     @abc.abstractmethod
     def committed(self, group: str, topic: str) -> dict[int, int]:

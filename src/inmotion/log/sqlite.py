@@ -253,6 +253,7 @@ class SqliteLog(SqliteFile, Log):
             raise InvalidConfig(f"durability must be 'normal' or 'fsync', got {durability!r}")
         self.url = url or f"sqlite:///{self.path}"
         self.durability = durability
+        self.appends_now = durability == "normal"
         self.poll = poll
         self.retention_interval = retention_interval
         self._queue_lock = threading.Lock()
@@ -415,6 +416,42 @@ class SqliteLog(SqliteFile, Log):
     def append_records(self, topic: str, messages: Sequence[Message]) -> tuple[list[Position], list[Record] | None]:
         pending = _PendingAppend(topic, messages, records=True)
         return self._append(pending), pending.records
+
+    def append_now(self, topic: str, messages: Sequence[Message]) -> tuple[list[Position], list[Record] | None] | None:
+        pending = _PendingAppend(topic, messages, records=True)
+        if not self._write_now(lambda conn: self._insert(conn, pending)):
+            return None
+        self._appends += 1
+        self._start_maintenance()
+        return pending.positions, pending.records
+
+    def _write_now(self, work: Callable[[sqlite3.Connection], object]) -> bool:
+        """Run `work` in a write transaction if the write lock is free at once (in this process
+        and in the file); False, with nothing done, if it is not."""
+        if not self.appends_now or not self._write_lock.acquire(blocking=False):
+            return False  # fsync'd commits wait for the disk; another thread is writing
+        try:
+            conn = self._writer
+            with self._translate("write to"):
+                if self._closed:
+                    raise Closed(f"{self.what} is closed")
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError:
+                    return False  # another process holds the write lock
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+                try:
+                    work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        finally:
+            self._write_lock.release()
+        self._notify()
+        return True
 
     def _append(self, pending: _PendingAppend) -> list[Position]:
         with self._queue_lock:
@@ -624,6 +661,12 @@ class SqliteLog(SqliteFile, Log):
 
     # --- group offsets --------------------------------------------------------------------
     def commit(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        self._write(self._committing(group, topic, offsets))
+
+    def commit_now(self, group: str, topic: str, offsets: Mapping[int, int]) -> bool:
+        return self._write_now(self._committing(group, topic, offsets))
+
+    def _committing(self, group: str, topic: str, offsets: Mapping[int, int]) -> Callable[[sqlite3.Connection], None]:
         check_group_name(group)
 
         def commit(conn: sqlite3.Connection) -> None:
@@ -639,7 +682,7 @@ class SqliteLog(SqliteFile, Log):
                 [(group, topic_id, p, o, now) for p, o in offsets.items()],
             )
 
-        self._write(commit)
+        return commit
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         with self._translate("read"):

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -30,7 +31,7 @@ from inmotion.runtime.coordination import Assignment, Coordinator, Membership, S
 from inmotion.runtime.handler import Context
 from inmotion.runtime.metrics import Counter
 from inmotion.runtime.offsets import OffsetTracker
-from inmotion.runtime.publisher import to_message
+from inmotion.runtime.publisher import soon, to_message
 from inmotion.runtime.subscription import Subscription
 
 if TYPE_CHECKING:
@@ -414,9 +415,13 @@ class Consumer:
         if by_topic and self.subscription.idempotent:
             await self._call(self.coordinator.flush, self.group, pool=self._commit_io)
         for topic, offsets in by_topic.items():
-            await self._call(self.log.commit, self.group, topic, offsets, pool=self._commit_io)
+            if not await soon(self.log, functools.partial(self._commit_now, topic, offsets)):
+                await self._call(self.log.commit, self.group, topic, offsets, pool=self._commit_io)
         for worker, point in points.items():
             worker.committed = point
+
+    def _commit_now(self, topic: str, offsets: dict[int, int]) -> bool | None:
+        return self.log.commit_now(self.group, topic, offsets) or None  # None: not now
 
     async def _observe(self) -> None:
         """Refresh the lag gauges and prune old dedupe records."""

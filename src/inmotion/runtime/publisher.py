@@ -15,6 +15,9 @@ from inmotion.log import Log, Message, Position, Record, TopicConfig
 from inmotion.runtime.metrics import Metrics
 
 _MAX_BATCH = 5000
+_INLINE = 256
+_INLINE_RETRIES = (0, 0.0005, 0.001, 0.002, 0.004, 0.008)
+"""Batches up to this size are appended on the event loop when the log can do it at once."""
 
 T = TypeVar("T")
 Listener = Callable[[list[Record] | None], None]
@@ -59,6 +62,29 @@ def to_message(event: Event, headers: Mapping[str, str] | None) -> Message:
                 raise InvalidConfig(f"header {name!r} is reserved for the CloudEvents binding: set the attribute")
         ce_headers.extend((name, text.encode()) for name, text in headers.items())
     return Message(value=value, key=key, headers=tuple(ce_headers))
+
+
+class _UseThread(Exception):
+    """An attempt in `soon` that should not be repeated on the event loop."""
+
+
+async def soon(log: Log, attempt: Callable[[], T | None]) -> T | None:
+    """`attempt()` (a `Log.append_now` or `commit_now`) on the event loop, tried again for a few
+    milliseconds while another writer holds the lock: asleep, the loop lets a writer thread of
+    this process finish at once. None when the log cannot, or the lock stayed busy: do it in a
+    thread then."""
+    if not log.appends_now:
+        return None
+    for pause in _INLINE_RETRIES:
+        if pause:
+            await asyncio.sleep(pause)
+        try:
+            done = attempt()
+        except _UseThread:
+            return None
+        if done is not None:
+            return done
+    return None
 
 
 class Publisher:
@@ -144,7 +170,11 @@ class Publisher:
             for topic, sends in by_topic.items():
                 batch = sends[0][0] if len(sends) == 1 else [m for messages, _ in sends for m in messages]
                 try:
-                    if self._listeners.get(topic):
+                    now = await self._append_soon(topic, batch) if len(batch) <= _INLINE else None
+                    if now is not None:
+                        positions, records = now
+                        self.metrics.add("inmotion_published_total", len(batch), topic=topic)
+                    elif self._listeners.get(topic):
                         positions, records = await loop.run_in_executor(
                             self._executor, self._append_records, topic, batch
                         )
@@ -162,6 +192,20 @@ class Publisher:
                     if not future.done():
                         future.set_result(positions[start : start + len(messages)])
                     start += len(messages)
+
+    async def _append_soon(
+        self, topic: str, messages: list[Message]
+    ) -> tuple[list[Position], list[Record] | None] | None:
+        """Append on the event loop when the log can (`Log.append_now`); None: append in the
+        thread instead (the topic is missing, or the lock stayed busy)."""
+
+        def attempt() -> tuple[list[Position], list[Record] | None] | None:
+            try:
+                return self.log.append_now(topic, messages)
+            except UnknownTopic:
+                raise _UseThread from None  # the thread's append creates it
+
+        return await soon(self.log, attempt)
 
     def append(self, topic: str, messages: list[Message]) -> list[Position]:
         return self._append_with(self.log.append, topic, messages)
