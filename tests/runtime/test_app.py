@@ -187,13 +187,20 @@ def test_concurrent_publishes_are_batched_into_few_appends(tmp_path: Path, linge
     async def scenario() -> None:
         with App("shop", f"sqlite:///{tmp_path / 'log.db'}", linger=linger) as app:
             app.log.create_topic("orders", TopicConfig(partitions=4))
-            original = app.log.append
+            original, original_now = app.log.append, app.log.append_now
 
             def counting(topic: str, messages: Any) -> Any:
                 appends.append(len(messages))
                 return original(topic, messages)
 
+            def counting_now(topic: str, messages: Any) -> Any:
+                done = original_now(topic, messages)
+                if done is not None:  # written on the event loop
+                    appends.append(len(messages))
+                return done
+
             app.log.append = counting  # type: ignore[method-assign]
+            app.log.append_now = counting_now  # type: ignore[method-assign]
             events = await asyncio.gather(*(app.publish("orders", {"n": n}, key=str(n)) for n in range(2000)))
             assert len({e.id for e in events}) == 2000
             total = sum(p.latest for p in app.log.describe_topic("orders").partitions)
