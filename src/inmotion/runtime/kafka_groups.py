@@ -284,25 +284,29 @@ class KafkaMembership(Membership):
         consumer.incremental_assign(partitions)
         if partitions:
             consumer.pause(partitions)
-            self._coordinator.assigned(self.group)
+            try:  # before the partitions count as owned: learn what their last owner handled
+                self._coordinator.assigned(self.group)
+            except InmotionError as exc:  # an exception here would leave the callback half done
+                logger.warning("reading the dedupe records of group %s failed: %s", self.group, exc)
         with self._lock:
             self._owned |= self._tps(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         taken = self._tps(partitions)
         hand_over = self.revoke_now
-        points = hand_over(taken) if hand_over is not None and taken else {}
-        if points:
-            # committed here: librdkafka holds any other thread's commit until the rebalance is over
-            self._coordinator.flush(self.group)
-            offsets = [KafkaPartition(tp.topic, tp.partition, offset) for tp, offset in points.items()]
-            try:
+        try:
+            points = hand_over(taken) if hand_over is not None and taken else {}
+            if points:
+                # committed here: librdkafka holds any other thread's commit until the rebalance is over
+                self._coordinator.flush(self.group)
+                offsets = [KafkaPartition(tp.topic, tp.partition, offset) for tp, offset in points.items()]
                 consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                logger.warning("committing handed-over partitions of group %s failed: %s", self.group, exc)
-        with self._lock:
-            self._owned -= taken
-        consumer.incremental_unassign(partitions)
+        except (KafkaException, InmotionError) as exc:  # handled again by the next owner: at-least-once
+            logger.warning("committing the handed-over partitions of group %s failed: %s", self.group, exc)
+        finally:
+            with self._lock:
+                self._owned -= taken
+            consumer.incremental_unassign(partitions)
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         with self._lock:
