@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from inmotion.errors import InvalidConfig
+from inmotion.errors import InvalidConfig, StorageError
 from inmotion.log import TopicConfig, connect
-from inmotion.runtime import App, Context, TopicPartition
+from inmotion.runtime import App, Context, FakeClock, Retry, TopicPartition
 from inmotion.runtime.coordination import Coordinator, MemoryCoordinator, SqliteCoordinator, deal
 
 from .conftest import Eventually
@@ -192,3 +192,51 @@ def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(
 
     asyncio.run(scenario())
     assert calls == [5, 13, 13]
+
+
+def test_dedupe_storage_failures_neither_stall_nor_drop_events(eventually: Eventually) -> None:
+    """Unreadable dedupe records: the event waits (with backoff) until they can be read, since
+    handling it blind could repeat its effects. Unwritable ones: logged; the event counts as
+    handled and the partition goes on."""
+    clock = FakeClock()
+    handled: list[str] = []
+
+    async def scenario() -> None:
+        with App("billing", "memory://", clock=clock) as app:
+            app.log.create_topic("orders", TopicConfig(partitions=1))
+
+            @app.subscribe("orders", group="billing", idempotent=True, retry=Retry(backoff=0.5, jitter=False))
+            async def charge(order: dict[str, str]) -> None:
+                handled.append(order["id"])
+
+            coordinator = app.coordinator
+            seen, remember = coordinator.seen, coordinator.remember
+            failures = {"seen": 2, "remember": 1}
+
+            def flaky_seen(group: str, keys: Any) -> Any:
+                if failures["seen"]:
+                    failures["seen"] -= 1
+                    raise StorageError("dedupe records unreadable")
+                return seen(group, keys)
+
+            def flaky_remember(group: str, keys: Any) -> None:
+                if failures["remember"]:
+                    failures["remember"] -= 1
+                    raise StorageError("dedupe records unwritable")
+                remember(group, keys)
+
+            coordinator.seen = flaky_seen  # type: ignore[method-assign]
+            coordinator.remember = flaky_remember  # type: ignore[method-assign]
+            await app.start()
+            first = await app.publish("orders", {"id": "a"}, key="k")
+            await app.publish("orders", {"id": "b"}, key="k")
+            await app.publish("orders", first)  # "a" was not recorded: handled again, not lost
+            await app.publish("orders", {"id": "c"}, key="k")
+            await app.publish("orders", await app.publish("orders", {"id": "d"}, key="k"))
+            await eventually(lambda: handled[-1:] == ["d"] and app.metrics.value("inmotion_skipped_total") == 1)
+            await app.stop()
+            assert app.log.committed("billing", "orders") == {0: 6}
+
+    asyncio.run(scenario())
+    assert handled == ["a", "b", "a", "c", "d"]
+    assert clock.sleeps[:2] == [0.5, 1.0]  # the unreadable records were asked for again after a backoff

@@ -152,6 +152,8 @@ class Consumer:
             for topic in subscription.topics
         }
         self._tx_lock = asyncio.Lock()
+        self._to_remember: list[tuple[tuple[str, str], asyncio.Future[None]]] = []
+        self._remembering: asyncio.Task[None] | None = None
         self._tx_conn: sqlite3.Connection | None = None
         self._membership: Membership | None = None
         self._last_prune = 0.0
@@ -475,7 +477,7 @@ class Consumer:
             await self._dead_letter(record, exc, 1, worker)
             return
         key = ("", "") if event is None else (event.source, event.id)
-        if sub.idempotent and not sub.transaction and await self._call(self._seen, key):
+        if sub.idempotent and not sub.transaction and await self._seen(key, worker):
             counters["skipped"].add()
             return
         attempt = 1
@@ -513,11 +515,42 @@ class Consumer:
                 await self._pause(sub.retry.delay(min(attempt, sub.retry.attempts)), worker)
                 attempt += 1
         if sub.idempotent and not sub.transaction:
-            await self._call(self.coordinator.remember, self.group, [key])
+            await self._remember(key)
         counters["consumed"].add()
 
-    def _seen(self, key: tuple[str, str]) -> bool:
-        return bool(self.coordinator.seen(self.group, [key]))
+    async def _seen(self, key: tuple[str, str], worker: _Worker) -> bool:
+        """Has the group handled this event already? Asks again (after a backoff) while the
+        dedupe records cannot be read: handling it without knowing could repeat its effects."""
+        attempt = 1
+        while True:
+            try:
+                # every coordinator answers without waiting (a WAL read, or memory): on the loop
+                return bool(self.coordinator.seen(self.group, [key]))
+            except InmotionError as exc:
+                logger.warning("reading dedupe records failed: %s", exc, extra={"group": self.group})
+                await self._pause(self.subscription.retry.delay(min(attempt, self.subscription.retry.attempts)), worker)
+                attempt += 1
+
+    async def _remember(self, key: tuple[str, str]) -> None:
+        """Record `key` as handled, in one write with the keys of every event that finished
+        meanwhile (other partitions, other keys). A failure is logged, not raised: the event
+        was handled, and without its record a later copy is merely handled again."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_remember.append((key, future))
+        if self._remembering is None or self._remembering.done():
+            self._remembering = asyncio.create_task(self._write_remembered())
+        await future
+
+    async def _write_remembered(self) -> None:
+        while self._to_remember:
+            batch, self._to_remember = self._to_remember, []
+            try:
+                await self._call(self.coordinator.remember, self.group, [key for key, _ in batch])
+            except InmotionError as exc:
+                logger.warning("recording %d dedupe record(s) failed: %s", len(batch), exc, extra={"group": self.group})
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
 
     async def _pause(self, seconds: float, worker: _Worker) -> None:
         """Wait out a backoff, unless the worker stops first."""

@@ -151,7 +151,8 @@ class Coordinator(abc.ABC):
 
     @abc.abstractmethod
     def seen(self, group: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Those of the (source, id) pairs that the group has already handled."""
+        """Those of the (source, id) pairs that the group has already handled. Must not wait
+        for locks or the network: the consumer asks on its event loop."""
 
     @abc.abstractmethod
     def remember(self, group: str, keys: Sequence[tuple[str, str]]) -> None:
@@ -346,6 +347,8 @@ class SqliteCoordinator(_LeaseCoordinator):
         self.path = Path(path)
         self.timeout = timeout
         self._lock = threading.Lock()
+        self._readers = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
         try:
             self._conn = self.connect()
             with self.transaction() as conn:
@@ -462,13 +465,30 @@ class SqliteCoordinator(_LeaseCoordinator):
         return row is not None
 
     def seen(self, group: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """A WAL read on the calling thread's own connection: it waits for no lock, so an event
+        loop may call it."""
+        conn = self._reader()
         found: set[tuple[str, str]] = set()
-        for source, event_id in keys:
-            if self._read(
-                "SELECT 1 FROM grp_handled WHERE grp = ? AND source = ? AND id = ?", (group, source, event_id)
-            ):
-                found.add((source, event_id))
+        try:
+            for source, event_id in keys:
+                if conn.execute(
+                    "SELECT 1 FROM grp_handled WHERE grp = ? AND source = ? AND id = ?", (group, source, event_id)
+                ).fetchone():
+                    found.add((source, event_id))
+        except sqlite3.Error as exc:
+            raise StorageError(f"consumer group storage in {self.path} failed: {exc}") from exc
         return found
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            try:
+                conn = self._readers.conn = self.connect()
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot open consumer group storage in {self.path}: {exc}") from exc
+            with self._lock:
+                self._reader_connections.append(conn)
+        return conn
 
     def remember(self, group: str, keys: Sequence[tuple[str, str]]) -> None:
         with self.transaction() as conn:
@@ -515,8 +535,11 @@ class SqliteCoordinator(_LeaseCoordinator):
             conn.execute("DELETE FROM grp_positions WHERE grp = ? AND topic = ?", (group, topic))
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._conn.close()
+        with self._lock:
+            for conn in [self._conn, *self._reader_connections]:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._reader_connections.clear()
 
 
 _memory_coordinators: weakref.WeakKeyDictionary[Log, MemoryCoordinator] = weakref.WeakKeyDictionary()

@@ -93,29 +93,38 @@ class _Handled:
         )
         self.reader.assign([KafkaPartition(self.topic, 0, 0)])
         self.position = 0
-        self.catch_up(to_end=True)
+        self.catch_up()
 
-    def catch_up(self, *, to_end: bool) -> None:
-        """Take in records written since the last look: all up to the topic's end (`to_end`),
-        or just those already fetched."""
+    def catch_up(self) -> None:
+        """Take in every record up to the topic's end (waiting for fetches, up to the timeout)."""
         with self.lock:
-            high = self.log.latest_offset(self.topic, 0) if to_end else -1
-            deadline = time.monotonic() + self.log.config.timeout
-            while True:
-                wait = max(0.0, deadline - time.monotonic()) if self.position < high else 0.0
-                messages = self.reader.consume(1000, wait)
-                for msg in messages:
-                    if msg.error() is None:
-                        source, _, event_id = (msg.key() or b"").decode().partition("\x00")
-                        self.known[(source, event_id)] = msg.timestamp()[1]
-                        self.position = (msg.offset() or 0) + 1
-                if not messages and (self.position >= high or time.monotonic() >= deadline):
-                    return
+            self._take_in(self.log.latest_offset(self.topic, 0))
+
+    def _take_in(self, high: int) -> None:
+        """Take in the records that the reader fetched, and wait for more until `high` (-1:
+        no wait). Holding the lock."""
+        deadline = time.monotonic() + self.log.config.timeout
+        while True:
+            wait = max(0.0, deadline - time.monotonic()) if self.position < high else 0.0
+            messages = self.reader.consume(1000, wait)
+            for msg in messages:
+                if msg.error() is None:
+                    source, _, event_id = (msg.key() or b"").decode().partition("\x00")
+                    self.known[(source, event_id)] = msg.timestamp()[1]
+                    self.position = (msg.offset() or 0) + 1
+            if not messages and (self.position >= high or time.monotonic() >= deadline):
+                return
 
     def seen(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        self.catch_up(to_end=False)
-        with self.lock:
-            return {key for key in keys if key in self.known}
+        """Never waits (the consumer asks on its event loop): takes in what the reader already
+        fetched, unless a full catch-up holds the lock, then answers from what is known."""
+        if self.lock.acquire(blocking=False):
+            try:
+                self._take_in(-1)
+            finally:
+                self.lock.release()
+        known = self.known
+        return {key for key in keys if key in known}
 
     def remember(self, keys: Sequence[tuple[str, str]]) -> None:
         now = int(time.time() * 1000)
@@ -221,7 +230,7 @@ class KafkaCoordinator(Coordinator):
         with self._lock:
             handled = self._handled.get(group)
         if handled is not None:
-            handled.catch_up(to_end=True)
+            handled.catch_up()
 
     def flush(self, group: str) -> None:
         with self._lock:
