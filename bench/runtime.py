@@ -9,6 +9,8 @@ Every event carries a small JSON payload (an order: id, customer, total, send ti
 Throughput: the producer publishes N events as fast as it can (inmotion: `publish_many` in
 batches of 1,000, each a CloudEvent appended durably to SQLite; asyncio.Queue: `put`;
 FastStream: `broker.publish`), and the clock stops when the handler has seen the last one.
+Also N/4 events to an idempotent subscription, which checks and records each event's
+(source, id) in the group's dedupe store.
 Latency: the producer publishes 10,000 events/s (every millisecond the tick's 10 events, in one
 `publish_many` for inmotion, without waiting for earlier ticks to be durable) and each handler
 records (received - sent) on the shared monotonic clock; p50 and p99 over the run.
@@ -149,20 +151,20 @@ async def publish_tick(app: App, first: int, count: int) -> None:
 # --- inmotion, one process -------------------------------------------------------------------
 
 
-def make_app(url: str, sink: Sink) -> App:
+def make_app(url: str, sink: Sink, idempotent: bool = False) -> App:
     app = App("bench", url)
 
-    @app.subscribe(TOPIC, group="bench")
+    @app.subscribe(TOPIC, group="bench", idempotent=idempotent)
     async def handle(payload: dict[str, Any]) -> None:
         sink.take(payload)
 
     return app
 
 
-async def inmotion_throughput(directory: Path, count: int) -> float:
-    url = f"sqlite:///{directory / 'throughput.db'}"
+async def inmotion_throughput(directory: Path, count: int, idempotent: bool = False) -> float:
+    url = f"sqlite:///{directory / ('idempotent.db' if idempotent else 'throughput.db')}"
     sink = Sink(count)
-    with make_app(url, sink) as app:
+    with make_app(url, sink, idempotent) as app:
         app.log.create_topic(TOPIC, TopicConfig(partitions=PARTITIONS))
         await app.start()
         await asyncio.sleep(0.3)  # let the consumer join its group
@@ -171,7 +173,8 @@ async def inmotion_throughput(directory: Path, count: int) -> float:
             events = [app.build_event(TOPIC, order(n), key=f"c-{n % 5000}") for n in range(first, first + BATCH)]
             await app.publish_many(TOPIC, events)
         await sink.done.wait()
-        rate = report("inmotion in-process (SQLite, batched appends)", count, time.perf_counter() - start)
+        label = "inmotion in-process" + (", idempotent=True" if idempotent else " (SQLite, batched appends)")
+        rate = report(label, count, time.perf_counter() - start)
         await app.stop()
     return rate
 
@@ -331,6 +334,7 @@ async def main(count: int, seconds: float) -> int:
         print(f"throughput: {count:,} events, publish -> handler", flush=True)
         queue_rate = await queue_throughput(count)
         ours = await inmotion_throughput(directory, count)
+        await inmotion_throughput(directory, count // 4, idempotent=True)  # slower: a quarter of the events
         await two_process_throughput(directory, count)
         theirs = await faststream_throughput(count)
         print(f"latency: {RATE:,} events/s for {seconds:g} s", flush=True)
