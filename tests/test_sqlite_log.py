@@ -108,6 +108,10 @@ def test_append_now_and_commit_now_write_at_once_or_not_at_all(tmp_path: Path) -
         positions, records = done
         assert records == log.read("t", positions[0].partition, 0)
         assert [r.offset for r in records] == [p.offset for p in positions] == [0, 1]
+        unrecorded = log.append_now("t", [Message(b"x", key=b"k")], records=False)
+        assert unrecorded is not None
+        assert unrecorded[1] is None  # nobody asked for the records: none built
+        assert unrecorded[0][0].offset == 2
         assert log.commit_now("g", "t", {positions[0].partition: 2})
         assert log.committed("g", "t") == {positions[0].partition: 2}
         # another connection (as another process would) holds the write lock: nothing waits,
@@ -120,10 +124,10 @@ def test_append_now_and_commit_now_write_at_once_or_not_at_all(tmp_path: Path) -
         finally:
             other.execute("ROLLBACK")
             other.close()
-        assert sum(log.latest_offset("t", p) for p in range(2)) == 2
+        assert sum(log.latest_offset("t", p) for p in range(2)) == 3
         assert log.committed("g", "t") == {positions[0].partition: 2}
         log.append("t", [Message(b"c")])  # the lock is free again; the blocking path still works
-        assert sum(log.latest_offset("t", p) for p in range(2)) == 3
+        assert sum(log.latest_offset("t", p) for p in range(2)) == 4
     with inmotion.connect(url + "?durability=fsync") as log:
         assert not log.appends_now  # an fsync'd commit would block the caller's event loop
         assert log.append_now("t", [Message(b"d")]) is None

@@ -193,8 +193,8 @@ def test_concurrent_publishes_are_batched_into_few_appends(tmp_path: Path, linge
                 appends.append(len(messages))
                 return original(topic, messages)
 
-            def counting_now(topic: str, messages: Any) -> Any:
-                done = original_now(topic, messages)
+            def counting_now(topic: str, messages: Any, *, records: bool = True) -> Any:
+                done = original_now(topic, messages, records=records)
                 if done is not None:  # written on the event loop
                     appends.append(len(messages))
                 return done

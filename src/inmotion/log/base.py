@@ -161,11 +161,14 @@ class Log(abc.ABC):
     appends_now = False
     """True when `append_now` and `commit_now` can succeed (a SQLite log without fsync'd commits)."""
 
-    def append_now(self, topic: str, messages: Sequence[Message]) -> tuple[list[Position], list[Record] | None] | None:
-        """`append_records` if it can be done at once, without waiting for a lock or a disk
-        flush; else None, and nothing is written. An event loop appends small batches this way
-        instead of handing them to a thread (whose every wait for the GIL behind a busy loop
-        adds milliseconds); backends that always wait answer None."""
+    def append_now(
+        self, topic: str, messages: Sequence[Message], *, records: bool = True
+    ) -> tuple[list[Position], list[Record] | None] | None:
+        """`append_records` (or, without `records`, `append` and None for the records) if it
+        can be done at once, without waiting for a lock or a disk flush; else None, and nothing
+        is written. An event loop appends this way instead of handing the batch to a thread
+        (whose every wait for the GIL behind a busy loop adds milliseconds); backends that
+        always wait answer None."""
         return None
 
     @abc.abstractmethod

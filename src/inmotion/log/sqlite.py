@@ -149,6 +149,11 @@ def immediate(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T])
     """Run `work` in one `BEGIN IMMEDIATE` transaction: it holds the write lock of every process
     from the start, so what it reads stays true until it commits."""
     conn.execute("BEGIN IMMEDIATE")
+    return finish(conn, work)
+
+
+def finish(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """Run `work` in the transaction just begun on `conn`, then commit; roll back if it fails."""
     try:
         result = work(conn)
         conn.execute("COMMIT")
@@ -417,8 +422,10 @@ class SqliteLog(SqliteFile, Log):
         pending = _PendingAppend(topic, messages, records=True)
         return self._append(pending), pending.records
 
-    def append_now(self, topic: str, messages: Sequence[Message]) -> tuple[list[Position], list[Record] | None] | None:
-        pending = _PendingAppend(topic, messages, records=True)
+    def append_now(
+        self, topic: str, messages: Sequence[Message], *, records: bool = True
+    ) -> tuple[list[Position], list[Record] | None] | None:
+        pending = _PendingAppend(topic, messages, records=records)
         if not self._write_now(lambda conn: self._insert(conn, pending)):
             return None
         self._appends += 1
@@ -442,12 +449,7 @@ class SqliteLog(SqliteFile, Log):
                     return False  # another process holds the write lock
                 finally:
                     conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-                try:
-                    work(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                finish(conn, work)
         finally:
             self._write_lock.release()
         self._notify()

@@ -417,13 +417,10 @@ class Consumer:
         if by_topic and self.subscription.idempotent:
             await self._call(self.coordinator.flush, self.group, pool=self._commit_io)
         for topic, offsets in by_topic.items():
-            if not await soon(self.log, functools.partial(self._commit_now, topic, offsets)):
+            if not await soon(self.log, functools.partial(self.log.commit_now, self.group, topic, offsets)):
                 await self._call(self.log.commit, self.group, topic, offsets, pool=self._commit_io)
         for worker, point in points.items():
             worker.committed = point
-
-    def _commit_now(self, topic: str, offsets: dict[int, int]) -> bool | None:
-        return self.log.commit_now(self.group, topic, offsets) or None  # None: not now
 
     async def _observe(self) -> None:
         """Refresh the lag gauges and prune old dedupe records."""

@@ -71,8 +71,8 @@ class _UseThread(Exception):
 async def soon(log: Log, attempt: Callable[[], T | None]) -> T | None:
     """`attempt()` (a `Log.append_now` or `commit_now`) on the event loop, tried again for a few
     milliseconds while another writer holds the lock: asleep, the loop lets a writer thread of
-    this process finish at once. None when the log cannot, or the lock stayed busy: do it in a
-    thread then."""
+    this process finish at once. What it returned once it was done (None and False mean "not
+    now"); None when the log cannot, or the lock stayed busy: do it in a thread then."""
     if not log.appends_now:
         return None
     for pause in _INLINE_RETRIES:
@@ -82,7 +82,7 @@ async def soon(log: Log, attempt: Callable[[], T | None]) -> T | None:
             done = attempt()
         except _UseThread:
             return None
-        if done is not None:
+        if done:
             return done
     return None
 
@@ -201,9 +201,11 @@ class Publisher:
         """Append on the event loop when the log can (`Log.append_now`); None: append in the
         thread instead (the topic is missing, or the lock stayed busy)."""
 
+        records = bool(self._listeners.get(topic))  # built only for this app's consumers
+
         def attempt() -> tuple[list[Position], list[Record] | None] | None:
             try:
-                return self.log.append_now(topic, messages)
+                return self.log.append_now(topic, messages, records=records)
             except UnknownTopic:
                 raise _UseThread from None  # the thread's append creates it
 
