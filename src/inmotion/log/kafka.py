@@ -886,13 +886,17 @@ class KafkaLog(Log):
             if self._members.get(group) is consumer:
                 del self._members[group]
 
-    def describe_group(self, group: str) -> Any:
-        """Kafka's description of a consumer group (state, members and their assignments)."""
-        check_group_name(group)
+    def describe_groups(self, groups: Sequence[str]) -> dict[str, Any]:
+        """Kafka's descriptions of consumer groups (state, members and their assignments), in
+        one request."""
+        for group in groups:
+            check_group_name(group)
         self._check_open()
+        if not groups:
+            return {}
         timeout = self.config.timeout
-        futures = self._admin.describe_consumer_groups([group], request_timeout=timeout)
-        return _result(futures[group], f"describing consumer group {group}", timeout)
+        futures = self._admin.describe_consumer_groups(list(groups), request_timeout=timeout)
+        return {group: _result(futures[group], f"describing consumer group {group}", timeout) for group in groups}
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         check_group_name(group)

@@ -65,6 +65,23 @@ class Context:
         correlation = self.event.extensions.get(CORRELATION_ID, self.event.id)
         return {CORRELATION_ID: str(correlation), CAUSATION_ID: self.event.id}
 
+    def _follow_up(
+        self,
+        topic: str,
+        payload: Any,
+        key: str | None,
+        type: str | None,
+        subject: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[Event, bool]:
+        """The event to publish, caused by the one being handled, and whether it is held for the
+        handler's transaction (which appends it) rather than to be published now."""
+        event = self.app.build_event(topic, payload, key=key, type=type, subject=subject, extensions=self._causal())
+        if self.deferred is None:
+            return event, False
+        self.deferred.append((topic, event, headers))
+        return event, True
+
     async def publish(
         self,
         topic: str,
@@ -75,11 +92,8 @@ class Context:
         subject: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Event:
-        event = self.app.build_event(topic, payload, key=key, type=type, subject=subject, extensions=self._causal())
-        if self.deferred is not None:
-            self.deferred.append((topic, event, headers))
-            return event
-        return await self.app.publish(topic, event, headers=headers)
+        event, held = self._follow_up(topic, payload, key, type, subject, headers)
+        return event if held else await self.app.publish(topic, event, headers=headers)
 
     def publish_sync(
         self,
@@ -91,11 +105,8 @@ class Context:
         subject: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Event:
-        event = self.app.build_event(topic, payload, key=key, type=type, subject=subject, extensions=self._causal())
-        if self.deferred is not None:
-            self.deferred.append((topic, event, headers))
-            return event
-        return self.app.publish_sync(topic, event, headers=headers)
+        event, held = self._follow_up(topic, payload, key, type, subject, headers)
+        return event if held else self.app.publish_sync(topic, event, headers=headers)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -177,16 +177,11 @@ class KafkaCoordinator(Coordinator):
         return KafkaMembership(self, group, member_id or new_member_id(), sorted(partitions), session_timeout)
 
     def _described(self, group: str) -> Any:
-        return self.log.describe_group(group)
+        return self.log.describe_groups([group])[group]
 
     def groups(self) -> list[str]:
-        found = []
-        for group in self.log.list_groups():
-            if group.startswith(("inmotion-reader-", "inmotion-dedupe-")):
-                continue
-            if _state_name(self._described(group).state) in _ACTIVE_STATES:
-                found.append(group)
-        return found
+        described = self.log.describe_groups(self.log.list_groups())
+        return [group for group, description in described.items() if _state_name(description.state) in _ACTIVE_STATES]
 
     def members(self, group: str, *, live_only: bool = True) -> list[MemberInfo]:
         description = self._described(group)
@@ -257,6 +252,7 @@ class KafkaMembership(Membership):
         self._owned: set[TopicPartition] = set()
         self._lock = threading.Lock()
         self._left = False
+        self._fatal: KafkaError | None = None  # set by error_cb, which poll may run
         session_ms = int(session_timeout * 1000)
         self._consumer = Consumer(
             {
@@ -276,7 +272,6 @@ class KafkaMembership(Membership):
                 "error_cb": self._error,
             }
         )
-        self._fatal: KafkaError | None = None
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         self._log.attach_member(group, self._consumer)
 
