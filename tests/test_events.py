@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -42,6 +44,37 @@ def test_defaults() -> None:
     assert abs(datetime.now(UTC) - event.time) < timedelta(seconds=5)
     assert event.data is None
     assert event.key is None
+
+
+def test_ids_are_unique_uuid_text_in_this_process_and_in_forked_children() -> None:
+    ids = [Event(type="t", source="/s").id for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert {uuid.UUID(i).version for i in ids} == {8}
+    assert {uuid.UUID(i).variant for i in ids} == {uuid.RFC_4122}
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child's ids must not repeat the parent's sequence
+        os.write(write, "\n".join(Event(type="t", source="/s").id for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        theirs = pipe.read().split("\n")
+    os.waitpid(child, 0)
+    ours = [Event(type="t", source="/s").id for _ in range(100)]
+    assert len(theirs) == 100
+    assert not set(theirs) & (set(ours) | set(ids))
+    assert {i[:24] for i in theirs} != {i[:24] for i in ours}
+
+
+@given(st.datetimes(timezones=st.just(UTC)) | st.datetimes(timezones=st.timezones()))
+def test_time_header_is_rfc3339_and_parses_back(moment: datetime) -> None:
+    event = Event(type="t", source="/s", time=moment)
+    headers = dict(to_binary(event)[1])
+    text = headers["ce_time"].decode()
+    if moment.utcoffset() == timedelta(0):
+        assert text.endswith("Z")
+    assert datetime.fromisoformat(text) == moment
+    assert from_binary(*to_binary(event)).time == moment
 
 
 def test_create_sets_key_subject_and_extensions() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -40,8 +40,16 @@ def is_json_content_type(content_type: str | None) -> bool:
 
 
 def format_time(value: datetime) -> str:
+    if value.tzinfo is UTC:
+        return _json_encoder.encode(value)[1:-1].decode()  # RFC 3339 with "Z", 6x faster than isoformat
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _time_bytes(value: datetime) -> bytes:
+    if value.tzinfo is UTC:
+        return _json_encoder.encode(value)[1:-1]
+    return format_time(value).encode()
 
 
 def parse_time(attribute: str, value: object) -> datetime:
@@ -164,7 +172,7 @@ def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], byte
     """(key, headers, value) in the CloudEvents Kafka binary binding."""
     value, content_type = encode_data(event)
     headers = [
-        ("ce_specversion", event.specversion.encode()),
+        ("ce_specversion", b"1.0"),  # the only version an Event can have
         ("ce_id", event.id.encode()),
         ("ce_source", event.source.encode()),
         ("ce_type", event.type.encode()),
@@ -172,7 +180,7 @@ def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], byte
     if event.subject is not None:
         headers.append(("ce_subject", event.subject.encode()))
     if event.time is not None:
-        headers.append(("ce_time", format_time(event.time).encode()))
+        headers.append(("ce_time", _time_bytes(event.time)))
     if event.dataschema is not None:
         headers.append(("ce_dataschema", event.dataschema.encode()))
     key: bytes | None = None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import builtins
-import dataclasses
+import itertools
+import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+
+import msgspec
 
 from inmotion.errors import InvalidEvent
 from inmotion.events.payload import from_data
@@ -29,19 +32,27 @@ def _utcnow() -> datetime:
 
 
 def _new_id() -> str:
-    """A random (version 4) UUID string, at a fraction of the cost of str(uuid.uuid4()).
-
-    `random` is reseeded in forked children, so processes never share a sequence."""
-    h = "%032x" % (random.getrandbits(128) & _UUID_CLEAR | _UUID_V4)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID_V4 = (0x4000 << 64) | (0x8000 << 48)
+    """A unique event id in the UUID text form (RFC 9562 version 8: custom layout): a random
+    prefix drawn once per process (74 random bits) and a counter that starts at a random
+    value below 2**47. Unique like a random UUID, at a fifth of the cost of one (no randomness to
+    draw and format per event). A forked child draws a prefix of its own."""
+    return _id_prefix + "%012x" % next(_id_counter)  # noqa: UP031 - faster than a format spec
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
+def _fresh_ids() -> None:
+    global _id_prefix, _id_counter
+    h = "%020x" % (random.getrandbits(80) & ~(0xF << 28 | 0x3 << 14) | 0x8 << 28 | 0x2 << 14)
+    _id_prefix = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-"
+    _id_counter = itertools.count(random.getrandbits(47))  # 2**47 events before it needs a 13th digit
+
+
+_id_prefix: str
+_id_counter: Iterator[int]
+_fresh_ids()
+os.register_at_fork(after_in_child=_fresh_ids)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
     """One CloudEvent: context attributes, extensions and data.
 
     `data` holds whatever the producer gave (a pydantic model, dataclass, msgspec Struct,
@@ -52,13 +63,13 @@ class Event:
     type: str
     source: str
     data: Any = None
-    id: str = dataclasses.field(default_factory=_new_id)
+    id: str = msgspec.field(default_factory=_new_id)
     specversion: str = SPECVERSION
     subject: str | None = None
-    time: datetime | None = dataclasses.field(default_factory=_utcnow)
+    time: datetime | None = msgspec.field(default_factory=_utcnow)
     datacontenttype: str | None = None
     dataschema: str | None = None
-    extensions: Mapping[str, ExtensionValue] = dataclasses.field(default_factory=dict)
+    extensions: Mapping[str, ExtensionValue] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # The usual event (text type, source and id; no optional text attributes; an aware
@@ -89,7 +100,7 @@ class Event:
         extensions = dict(self.extensions)
         for name, value in extensions.items():
             _check_extension(name, value)
-        object.__setattr__(self, "extensions", extensions)
+        msgspec.structs.force_setattr(self, "extensions", extensions)
 
     @classmethod
     def create(
@@ -124,12 +135,12 @@ class Event:
         return from_data(self.data, cls)
 
     def replace(self, **changes: Any) -> Event:
-        return dataclasses.replace(self, **changes)
+        return msgspec.structs.replace(self, **changes)
 
     def with_extensions(self, **extensions: ExtensionValue) -> Event:
         merged = dict(self.extensions)
         merged.update(extensions)
-        return dataclasses.replace(self, extensions=merged)
+        return msgspec.structs.replace(self, extensions=merged)
 
 
 def _require_string(attribute: str, value: object) -> None:
