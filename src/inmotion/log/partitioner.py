@@ -38,4 +38,15 @@ def murmur2(data: bytes) -> int:
 
 def partition_for_key(key: bytes, partitions: int) -> int:
     """The partition of `key` among `partitions`, as Kafka's default partitioner computes it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    hashed = _hashes.get(key)
+    if hashed is None:
+        hashed = murmur2(key) & 0x7FFFFFFF
+        if len(_hashes) >= _CACHED_KEYS:
+            _hashes.clear()  # keys that recur (customers, orders in flight) come back at once
+        _hashes[key] = hashed
+    return hashed % partitions
+
+
+_CACHED_KEYS = 1 << 16
+_hashes: dict[bytes, int] = {}
+"""Hashes of recent keys: murmur2 in Python costs about 2 us a key, a lookup 0.05 us."""

@@ -100,7 +100,7 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 """
 
 _headers_encoder = msgspec.msgpack.Encoder()
-_headers_decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+_headers_decoder = msgspec.msgpack.Decoder(tuple[tuple[str, bytes], ...])  # a Record's headers, as they are
 
 
 def _now_ms() -> int:
@@ -561,7 +561,7 @@ class SqliteLog(SqliteFile, Log):
         decode = _headers_decoder.decode
         make = tuple.__new__  # Record's own __new__ costs twice as much, and reads make millions
         return [
-            make(Record, (topic, partition, rowid & OFFSET_MASK, ts, key, value, tuple(decode(h)) if h else ()))
+            make(Record, (topic, partition, rowid & OFFSET_MASK, ts, key, value, decode(h) if h else ()))
             for rowid, ts, key, value, h in rows
         ]
 
