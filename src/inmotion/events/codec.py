@@ -172,10 +172,10 @@ def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], byte
     """(key, headers, value) in the CloudEvents Kafka binary binding."""
     value, content_type = encode_data(event)
     headers = [
-        ("ce_specversion", b"1.0"),  # the only version an Event can have
+        _SPECVERSION_HEADER,  # the only version an Event can have
         ("ce_id", event.id.encode()),
-        ("ce_source", event.source.encode()),
-        ("ce_type", event.type.encode()),
+        _shared_header(_sources, "ce_source", event.source),
+        _shared_header(_types, "ce_type", event.type),
     ]
     if event.subject is not None:
         headers.append(("ce_subject", event.subject.encode()))
@@ -190,8 +190,26 @@ def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], byte
         else:
             headers.append(("ce_" + name, _extension_to_text(ext).encode()))
     if content_type is not None:
-        headers.append(("content-type", content_type.encode()))
+        headers.append(_shared_header(_content_types, "content-type", content_type))
     return key, headers, value
+
+
+_SPECVERSION_HEADER = ("ce_specversion", b"1.0")
+_sources: dict[str, tuple[str, bytes]] = {}
+_types: dict[str, tuple[str, bytes]] = {}
+_content_types: dict[str, tuple[str, bytes]] = {}
+
+
+def _shared_header(cache: dict[str, tuple[str, bytes]], name: str, text: str) -> tuple[str, bytes]:
+    """The header `(name, text encoded)`, one object for all events with the same text: most
+    events of a process share a few sources, types and content types, and a header made
+    anew for each would be one more object to build and for the garbage collector to scan."""
+    header = cache.get(text)
+    if header is None:
+        if len(cache) >= 1024:
+            cache.clear()
+        header = cache[text] = (name, text.encode())
+    return header
 
 
 def from_binary(key: bytes | None, headers: Headers, value: bytes | None) -> Event:
