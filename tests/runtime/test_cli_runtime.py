@@ -62,6 +62,8 @@ def test_groups_list_and_describe_show_offsets_lag_and_members(url: str, tmp_pat
     assert described.returncode == 0, described.stderr
     [document] = json_lines(described.stdout)
     assert [m["member"] for m in document["members"]] == ["m-1"]
+    assert document["members"][0]["session_timeout_s"] == 10.0
+    assert 0 <= document["members"][0]["last_heartbeat_s"] < 60
     assert document["partitions"] == [
         {"topic": "orders", "partition": 0, "owner": "m-1", "committed": 1, "latest": latest[0], "lag": latest[0] - 1},
         {"topic": "orders", "partition": 1, "owner": "m-1", "committed": None, "latest": latest[1], "lag": latest[1]},

@@ -87,8 +87,8 @@ def _member_document(member: MemberInfo, now_ms: int) -> dict[str, object]:
         "host": member.host,
         "pid": member.pid,
         "topics": list(member.topics),
-        "last_heartbeat_s": round((now_ms - member.heartbeat_ms) / 1000, 3),
-        "session_timeout_s": member.session_ms / 1000,
+        "last_heartbeat_s": None if member.heartbeat_ms is None else round((now_ms - member.heartbeat_ms) / 1000, 3),
+        "session_timeout_s": None if member.session_ms is None else member.session_ms / 1000,
     }
 
 
@@ -151,8 +151,8 @@ def describe_group(
     if members:
         table = Table("member", "host", "pid", "topics", "last heartbeat", box=None)
         for m in members:
-            age = (now_ms - m.heartbeat_ms) / 1000
-            table.add_row(m.member_id, m.host, str(m.pid), ", ".join(m.topics), f"{age:.1f}s ago")
+            age = "-" if m.heartbeat_ms is None else f"{(now_ms - m.heartbeat_ms) / 1000:.1f}s ago"
+            table.add_row(m.member_id, m.host, str(m.pid), ", ".join(m.topics), age)
         console.print(table)
     table = Table("topic", "partition", "owner", "committed", "latest", "lag", box=None)
     for s in states:

@@ -60,12 +60,15 @@ class MemberInfo:
     host: str
     pid: int
     topics: tuple[str, ...]
-    joined_ms: int
-    heartbeat_ms: int
-    session_ms: int
-    """The member's own session timeout: silent for longer, it counts as gone."""
+    joined_ms: int | None
+    heartbeat_ms: int | None
+    session_ms: int | None
+    """The member's own session timeout: silent for longer, it counts as gone. The times are
+    None where the group's keeper does not tell them (Kafka lists only live members)."""
 
     def live(self, now_ms: int) -> bool:
+        if self.heartbeat_ms is None or self.session_ms is None:
+            return True
         return self.heartbeat_ms >= now_ms - self.session_ms
 
 
@@ -103,6 +106,7 @@ def _heartbeat(state: _GroupState, me: MemberInfo, partitions: Mapping[str, int]
     `me`, and say which held partitions `me` must give up."""
     state.members[me.member_id] = dataclasses.replace(me, heartbeat_ms=now_ms)
     session_ms = me.session_ms
+    assert session_ms is not None  # an embedded group's members always have one
     for member in [m for m, info in state.members.items() if not info.live(now_ms)]:
         del state.members[member]
     for tp in [

@@ -185,7 +185,6 @@ class KafkaCoordinator(Coordinator):
 
     def members(self, group: str, *, live_only: bool = True) -> list[MemberInfo]:
         description = self._described(group)
-        now = int(time.time() * 1000)
         found = []
         for member in description.members:
             # inmotion members use their inmotion member id as client.id: host-pid-random
@@ -193,7 +192,7 @@ class KafkaCoordinator(Coordinator):
             pid = _MEMBER_PID.search(member_id)
             topics = tuple(sorted({tp.topic for tp in member.assignment.topic_partitions}))
             host = member.host.lstrip("/")
-            found.append(MemberInfo(member_id, host, int(pid.group(1)) if pid else 0, topics, now, now, 0))
+            found.append(MemberInfo(member_id, host, int(pid.group(1)) if pid else 0, topics, None, None, None))
         return sorted(found, key=lambda m: m.member_id)
 
     def owners(self, group: str) -> dict[TopicPartition, str]:
