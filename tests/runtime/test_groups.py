@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,7 @@ def test_dedupe_storage_failures_neither_stall_nor_drop_events(eventually: Event
             await app.start()
             first = await app.publish("orders", {"id": "a"}, key="k")
             await app.publish("orders", {"id": "b"}, key="k")
+            await eventually(lambda: handled == ["a", "b"] and not failures["remember"])
             await app.publish("orders", first)  # "a" was not recorded: handled again, not lost
             await app.publish("orders", {"id": "c"}, key="k")
             await app.publish("orders", await app.publish("orders", {"id": "d"}, key="k"))
@@ -240,3 +242,43 @@ def test_dedupe_storage_failures_neither_stall_nor_drop_events(eventually: Event
     asyncio.run(scenario())
     assert handled == ["a", "b", "a", "c", "d"]
     assert clock.sleeps[:2] == [0.5, 1.0]  # the unreadable records were asked for again after a backoff
+
+
+def test_handlers_do_not_wait_for_dedupe_writes_but_commits_do(eventually: Eventually) -> None:
+    """While a dedupe write is slow, the partition goes on, a copy right behind its original
+    is still skipped, and no offset past the handled events is committed until it is done."""
+    handled: list[str] = []
+    release = threading.Event()
+
+    async def scenario() -> None:
+        with App("billing", "memory://", commit_interval=0.05) as app:
+            app.log.create_topic("orders", TopicConfig(partitions=1))
+
+            @app.subscribe("orders", group="billing", idempotent=True)
+            async def charge(order: dict[str, str]) -> None:
+                handled.append(order["id"])
+
+            remember = app.coordinator.remember
+
+            def slow_remember(group: str, keys: Any) -> None:
+                release.wait(30)
+                remember(group, keys)
+
+            app.coordinator.remember = slow_remember  # type: ignore[method-assign]
+            await app.start()
+            first = await app.publish("orders", {"id": "a"}, key="k")
+            await app.publish("orders", first)  # a copy, while the record of "a" is being written
+            await app.publish("orders", {"id": "b"}, key="k")
+            await eventually(lambda: handled == ["a", "b"] and app.metrics.value("inmotion_skipped_total") == 1)
+            await asyncio.sleep(0.3)  # several commit intervals
+            assert app.log.committed("billing", "orders") == {}
+            release.set()
+            await eventually(lambda: app.log.committed("billing", "orders") == {0: 3})
+            assert app.coordinator.seen("billing", [(first.source, first.id)]) == {(first.source, first.id)}
+            await app.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+    assert handled == ["a", "b"]

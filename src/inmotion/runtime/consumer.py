@@ -152,7 +152,9 @@ class Consumer:
             for topic in subscription.topics
         }
         self._tx_lock = asyncio.Lock()
-        self._to_remember: list[tuple[tuple[str, str], asyncio.Future[None]]] = []
+        self._to_remember: list[tuple[str, str]] = []
+        self._unwritten: set[tuple[str, str]] = set()
+        """Keys of handled events whose dedupe records are being written: already seen."""
         self._remembering: asyncio.Task[None] | None = None
         self._tx_conn: sqlite3.Connection | None = None
         self._membership: Membership | None = None
@@ -203,6 +205,7 @@ class Consumer:
                 task.cancel()
             await asyncio.gather(*(w.drain() for w in self.workers.values()))
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._remembered()
             committer.cancel()
             await asyncio.gather(committer, *fetchers, return_exceptions=True)
             with contextlib.suppress(InmotionError):
@@ -284,6 +287,7 @@ class Consumer:
     async def _hand_over(self, partitions: frozenset[TopicPartition]) -> dict[TopicPartition, int]:
         workers = [self.workers.pop(tp) for tp in sorted(partitions) if tp in self.workers]
         await asyncio.gather(*(worker.drain() for worker in workers))
+        await self._remembered()  # the membership flushes them and commits past them
         for worker in workers:
             logger.info("handing over %s/%d", worker.tp.topic, worker.tp.partition, extra={"group": self.group})
         return {worker.tp: point for worker in workers if (point := worker.commit_point()) != worker.committed}
@@ -415,6 +419,7 @@ class Consumer:
         # Commits wait on a thread of their own: on Kafka one made during a rebalance waits for
         # it to end, which may wait for handlers that need `_io`.
         if by_topic and self.subscription.idempotent:
+            await self._remembered()
             await self._call(self.coordinator.flush, self.group, pool=self._commit_io)
         for topic, offsets in by_topic.items():
             if not await soon(self.log, functools.partial(self.log.commit_now, self.group, topic, offsets)):
@@ -512,7 +517,7 @@ class Consumer:
                 await self._pause(sub.retry.delay(min(attempt, sub.retry.attempts)), worker)
                 attempt += 1
         if sub.idempotent and not sub.transaction:
-            await self._remember(key)
+            self._remember(key)
         counters["consumed"].add()
 
     async def _seen(self, key: tuple[str, str], worker: _Worker) -> bool:
@@ -520,6 +525,8 @@ class Consumer:
         dedupe records cannot be read: handling it without knowing could repeat its effects."""
         attempt = 1
         while True:
+            if key in self._unwritten:
+                return True
             try:
                 # every coordinator answers without waiting (a WAL read, or memory): on the loop
                 return bool(self.coordinator.seen(self.group, [key]))
@@ -528,26 +535,33 @@ class Consumer:
                 await self._pause(self.subscription.retry.delay(min(attempt, self.subscription.retry.attempts)), worker)
                 attempt += 1
 
-    async def _remember(self, key: tuple[str, str]) -> None:
-        """Record `key` as handled, in one write with the keys of every event that finished
-        meanwhile (other partitions, other keys). A failure is logged, not raised: the event
-        was handled, and without its record a later copy is merely handled again."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._to_remember.append((key, future))
+    def _remember(self, key: tuple[str, str]) -> None:
+        """Record `key` as handled, in one write with the keys of every event that finishes
+        meanwhile, without waiting for it: the worker goes on to its next event, a copy of
+        this one is caught by `_unwritten` until the write is done, and offsets are committed
+        only after the records of the events they pass (`_remembered`). A failed write is
+        logged, not raised: the event was handled, and without its record a later copy is
+        merely handled again."""
+        self._unwritten.add(key)
+        self._to_remember.append(key)
         if self._remembering is None or self._remembering.done():
             self._remembering = asyncio.create_task(self._write_remembered())
-        await future
 
     async def _write_remembered(self) -> None:
         while self._to_remember:
             batch, self._to_remember = self._to_remember, []
             try:
-                await self._call(self.coordinator.remember, self.group, [key for key, _ in batch])
+                await self._call(self.coordinator.remember, self.group, batch)
             except InmotionError as exc:
                 logger.warning("recording %d dedupe record(s) failed: %s", len(batch), exc, extra={"group": self.group})
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+            finally:
+                self._unwritten.difference_update(batch)
+
+    async def _remembered(self) -> None:
+        """Return once the dedupe records of every event handled so far are written (or their
+        write failed): before offsets past those events are committed."""
+        while self._remembering is not None and not self._remembering.done():
+            await asyncio.shield(self._remembering)
 
     async def _pause(self, seconds: float, worker: _Worker) -> None:
         """Wait out a backoff, unless the worker stops first."""
