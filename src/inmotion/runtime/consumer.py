@@ -552,7 +552,7 @@ class Consumer:
             batch, self._to_remember = self._to_remember, []
             try:
                 await self._call(self.coordinator.remember, self.group, batch)
-            except InmotionError as exc:
+            except Exception as exc:  # commits wait for this task: it must not die
                 logger.warning("recording %d dedupe record(s) failed: %s", len(batch), exc, extra={"group": self.group})
             finally:
                 self._unwritten.difference_update(batch)
