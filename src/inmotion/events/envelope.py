@@ -35,7 +35,8 @@ def _new_id() -> str:
     """A unique event id in the UUID text form (RFC 9562 version 8: custom layout): a random
     prefix drawn once per process (74 random bits) and a counter that starts at a random
     value below 2**47. Unique like a random UUID, at a fifth of the cost of one (no randomness to
-    draw and format per event). A forked child draws a prefix of its own."""
+    draw and format per event). A forked child draws a prefix of its own. Ids that follow each
+    other are easy to guess: an id is a name, never a secret."""
     return _id_prefix + "%012x" % next(_id_counter)  # noqa: UP031 - faster than a format spec
 
 
