@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from inmotion.errors import InvalidConfig
-from inmotion.log import TopicConfig, partition_for_key
+from inmotion.log import Message, TopicConfig, partition_for_key
 from inmotion.runtime import App, Context, DeadLetter, FakeClock, Retry
 from inmotion.runtime.deadletter import entries, redrive
 
@@ -240,3 +240,39 @@ def test_give_up_on_skips_retrying(eventually: Eventually) -> None:
 
     asyncio.run(scenario())
     assert clock.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "attribute"),
+    [
+        ((("ce_specversion", b"1.0"), ("ce_type", b"t"), ("ce_source", b"shop")), "id"),
+        ((("ce_specversion", b"1.0"), ("ce_type", b"t"), ("ce_id", b"1")), "source"),
+        ((("ce_specversion", b"1.0"), ("ce_type", b"t"), ("ce_source", b"shop"), ("ce_id", b"\xff")), "id"),
+    ],
+)
+def test_an_idempotent_subscription_dead_letters_a_record_it_cannot_dedupe(
+    headers: tuple[tuple[str, bytes], ...], attribute: str, eventually: Eventually
+) -> None:
+    """No source or id (or one that is not text): nothing to dedupe by, so the record goes
+    to the dead-letter topic instead of being handled unchecked; the next event is handled."""
+    handled: list[dict[str, int]] = []
+
+    async def scenario() -> None:
+        with App("billing", "memory://") as app:
+            app.log.create_topic("orders", TopicConfig(partitions=1))
+
+            @app.subscribe("orders", group="g", idempotent=True, dead_letter="bad-orders")
+            async def charge(order: dict[str, int]) -> None:
+                handled.append(order)
+
+            await app.start()
+            app.log.append("orders", [Message(b'{"n": 1}', headers=(*headers, ("content-type", b"application/json")))])
+            await app.publish("orders", {"n": 2})
+            await eventually(lambda: handled == [{"n": 2}])
+            await eventually(lambda: app.metrics.value("inmotion_dead_lettered_total") == 1)
+            await app.stop()
+            [entry] = list(entries(app.log, "bad-orders"))
+            assert entry.error["error_type"] == "inmotion.errors.InvalidEvent"
+            assert attribute in entry.error["error_message"]
+
+    asyncio.run(scenario())

@@ -18,7 +18,7 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, TopicExists, UnknownTopic
@@ -50,6 +50,23 @@ _JSON_BYTES = JSON_CONTENT_TYPE.encode()
 
 class _Abandon(Exception):
     """The worker stops (revoked, lost or shutting down) before this event finished."""
+
+
+def _dedupe_key(headers: Iterable[tuple[str, bytes]]) -> tuple[str, str]:
+    """(source, id) of the event in a record, from its headers alone."""
+    source = event_id = None
+    for name, value in headers:
+        if name == "ce_source":
+            source = value
+        elif name == "ce_id":
+            event_id = value
+    if source is None or event_id is None:
+        missing = "source" if source is None else "id"
+        raise InvalidEvent(missing, f"required attribute is missing (no ce_{missing} header)")
+    try:
+        return source.decode(), event_id.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("source" if exc.object is source else "id", "header value is not UTF-8") from exc
 
 
 class _Worker:
@@ -161,7 +178,7 @@ class Consumer:
         self._last_prune = 0.0
         self._counter_cache: dict[str, dict[str, Counter]] = {}
         self._needs_event = (
-            subscription.filter is not None or subscription.idempotent or subscription.handler.wants_event
+            subscription.filter is not None or subscription.transaction or subscription.handler.wants_event
         )
         if subscription.transaction and not isinstance(coordinator, SqliteCoordinator):
             raise InvalidConfig(f"transaction=True needs the sqlite backend, not {self.log.url}")
@@ -475,10 +492,13 @@ class Consumer:
                 payload = handler.decode(event)
             else:  # the handler needs only the payload: skip building the envelope
                 payload = handler.decode_record(record, content_type)
+            if event is not None:
+                key = (event.source, event.id)
+            else:
+                key = _dedupe_key(record.headers) if sub.idempotent else ("", "")
         except InvalidEvent as exc:
             await self._dead_letter(record, exc, 1, worker)
             return
-        key = ("", "") if event is None else (event.source, event.id)
         if sub.idempotent and not sub.transaction and await self._seen(key, worker):
             counters["skipped"].add()
             return
