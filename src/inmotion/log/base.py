@@ -175,6 +175,13 @@ class Log(abc.ABC):
     def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:
         """Up to `limit` records of one partition with offsets >= `offset`, in order."""
 
+    def read_now(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record] | None:
+        """`read` without waiting for the network or a lock: the records from `offset` that the
+        backend holds at once (a prefix of what `read` returns, maybe none), or None when it
+        cannot tell without waiting (read in a thread then). An event loop reads this way. The
+        embedded logs read at once."""
+        return self.read(topic, partition, offset, limit)
+
     @abc.abstractmethod
     def wait(self, topic: str, positions: Mapping[int, int], timeout: float) -> bool:
         """Block until a partition in `positions` has a record at or past its offset.

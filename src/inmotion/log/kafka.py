@@ -356,6 +356,13 @@ class _Reader:
             self.stuck = True
         return records
 
+    def read_now(self, offset: int, limit: int) -> list[Record] | None:
+        """What the consumer has fetched from `offset` on, without waiting; None if it is not
+        reading there (a seek asks the broker)."""
+        if offset != self.position or limit <= 0:
+            return None
+        return self._take([], limit)
+
     def _take(self, messages: list[Any], more: int) -> list[Record]:
         """Records of `messages` and of up to `more` messages that the consumer already holds.
 
@@ -732,6 +739,19 @@ class KafkaLog(Log):
                 finally:
                     if reader.stuck:
                         self._drop_reader(reader)
+
+    def read_now(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record] | None:
+        """The records this partition's reader has fetched already: no network round trip (the
+        high watermark `read` asks for when it has caught up), no waiting for the reader's lock.
+        None before the first read at `offset` and while another thread reads."""
+        with self._lock:
+            reader = self._readers.get((topic, partition))
+        if reader is None or not reader.lock.acquire(blocking=False):
+            return None
+        try:
+            return None if reader.closed else reader.read_now(max(offset, 0), limit)
+        finally:
+            reader.lock.release()
 
     def _drop_reader(self, reader: _Reader) -> None:
         """Close a reader whose consumer went bad; a fresh one (fresh metadata, fresh

@@ -153,6 +153,17 @@ class LogContract:
         assert log.read(topic, 0, 20) == []
         assert [r.offset for r in log.read(topic, 0, 18)] == [18, 19]
 
+    def test_read_now_hands_over_a_prefix_of_read_without_waiting(self, log: Log, topic: str) -> None:
+        _fill(log, topic, 20)
+        assert [r.offset for r in log.read(topic, 0, 0, limit=5)] == [0, 1, 2, 3, 4]
+        now = log.read_now(topic, 0, 5, limit=4)  # None: the backend cannot tell without waiting
+        later = log.read(topic, 0, 5, limit=4)
+        assert [r.offset for r in later] == [5, 6, 7, 8]
+        if now is not None:
+            assert [(r.offset, r.value) for r in now] == [(r.offset, r.value) for r in later][: len(now)]
+        past_end = log.read_now(topic, 0, 20)
+        assert past_end is None or past_end == []
+
     def test_keys_go_to_kafkas_partition(self, log: Log) -> None:
         name = unique_topic()
         log.create_topic(name, TopicConfig(partitions=7))
