@@ -43,6 +43,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import operator
 import threading
 import time
 import uuid
@@ -59,6 +60,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
     AdminClient,
     AlterConfigOpType,
@@ -100,6 +102,16 @@ _IDLE_WAITERS = 4
 _CHUNK = 256
 """Messages taken from a consumer at a time while reading (see `_Reader._take`)."""
 _PARTITION_EOF = KafkaError._PARTITION_EOF
+# confluent-kafka's message accessors, mapped over a consumer's messages while reading
+_error, _offset, _timestamp, _key, _value, _headers = (
+    KafkaMessage.error,
+    KafkaMessage.offset,
+    KafkaMessage.timestamp,
+    KafkaMessage.key,
+    KafkaMessage.value,
+    KafkaMessage.headers,
+)
+_second = operator.itemgetter(1)
 _EARLIEST: Any = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 _LATEST: Any = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
@@ -383,27 +395,31 @@ class _Reader:
         return records
 
     def _records(self, messages: list[Any]) -> list[Record]:
-        topic, partition = self.topic, self.partition
-        new = tuple.__new__  # Record is a named tuple: this skips its Python-level __new__
-        # the hot path of read (once per record), as one comprehension
-        records: list[Record] = [
-            new(
-                Record,
-                (
-                    topic,
-                    partition,
-                    msg.offset(),
-                    msg.timestamp()[1],
-                    msg.key(),
-                    msg.value(),
-                    tuple(msg.headers() or ()),
+        if any(map(_error, messages)):
+            self._events([msg for msg in messages if msg.error() is not None])
+            messages = [msg for msg in messages if msg.error() is None]
+        # The hot path of read (once per record). Each field is taken by mapping confluent-kafka's
+        # accessors over the messages and the records are made by mapping tuple.__new__ over
+        # their fields (Record is a named tuple: this skips its Python-level __new__), so that
+        # no Python bytecode runs per record. A message without headers has None for them.
+        headers: list[Any] = list(map(_headers, messages))
+        if not all(headers):
+            headers = [h or () for h in headers]
+        records: list[Record] = list(
+            map(
+                tuple.__new__,
+                itertools.repeat(Record),
+                zip(
+                    itertools.repeat(self.topic),
+                    itertools.repeat(self.partition),
+                    map(_offset, messages),
+                    map(_second, map(_timestamp, messages)),
+                    map(_key, messages),
+                    map(_value, messages),
+                    map(tuple, headers),
                 ),
             )
-            for msg in messages
-            if msg.error() is None
-        ]
-        if len(records) < len(messages):
-            self._events([msg for msg in messages if msg.error() is not None])
+        )
         if records:
             self.position = records[-1].offset + 1
         return records
