@@ -18,15 +18,19 @@ fetch settings as KafkaLog's readers (librdkafka's default fetch.queue.backoff.m
 stalls a consumer that drains its queue faster than it fills); for reference also a raw
 consumer that builds, per message, the tuple of what a `Record` holds.
 Latency: a producer appends 10,000 events/s in batches of 50 every 5 ms while a consumer waits
-and reads them; each record carries its send time, the p50/p99 is of (received - sent).
+and reads them; each record carries its send time, the p50/p99 is of (received - sent). Also
+through the runtime: an `App` publishes the events (`publish_many_sync`) to 4 partitions and its
+subscriber's handler receives them (the app runs its event loop on a thread of its own).
 Targets: produce and consume >= 0.8x raw confluent-kafka.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import os
+import queue
 import statistics
 import sys
 import threading
@@ -40,6 +44,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 import inmotion
 from inmotion.log import Message, TopicConfig
 from inmotion.log.kafka import KafkaLog
+from inmotion.runtime import App
 
 BATCH = 10_000
 READ_LIMIT = 5_000
@@ -255,6 +260,49 @@ def log_latency(log: KafkaLog, topic: str, seconds: float) -> None:
     latency("inmotion KafkaLog.append -> wait/read", send, receive, seconds)
 
 
+def app_latency(bootstrap: str, topic: str, seconds: float) -> None:
+    received: queue.SimpleQueue[float] = queue.SimpleQueue()
+    app = App("bench", f"kafka://{bootstrap}?timeout=30")
+
+    @app.subscribe(topic, group=f"bench-{topic}")
+    async def handle(sent: float) -> None:
+        received.put(sent)
+
+    started = threading.Event()
+    stop: list[Callable[[], object]] = []
+
+    async def serve() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        stop.append(lambda: loop.call_soon_threadsafe(stopping.set))
+        await app.start()
+        started.set()
+        await stopping.wait()
+        await app.stop()
+
+    def send(batch: list[Row]) -> None:
+        app.publish_many_sync(topic, [app.build_event(topic, float(v), key=k.decode()) for k, _h, v in batch])
+
+    def receive() -> list[bytes]:
+        try:
+            values = [received.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        while not received.empty():
+            values.append(received.get())
+        return [b"%.9f" % value for value in values]
+
+    with app:
+        server = threading.Thread(target=asyncio.run, args=(serve(),))
+        server.start()
+        started.wait(60)
+        try:
+            latency("inmotion App publish -> handler (4 partitions)", send, receive, seconds)
+        finally:
+            stop[0]()
+            server.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1_000_000)
@@ -323,6 +371,7 @@ def main() -> None:
         print(f"end-to-end latency at {RATE:,} events/s for {seconds:g}s:", flush=True)
         raw_latency(bootstrap, fresh_topic("raw-latency", 1), seconds)
         log_latency(log, fresh_topic("inmotion-latency", 1), seconds)
+        app_latency(bootstrap, fresh_topic("app-latency", 4), seconds)
     finally:
         for topic in created:
             log.delete_topic(topic)
