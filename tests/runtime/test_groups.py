@@ -282,3 +282,36 @@ def test_handlers_do_not_wait_for_dedupe_writes_but_commits_do(eventually: Event
     finally:
         release.set()
     assert handled == ["a", "b"]
+
+
+def test_a_partition_whose_offsets_cannot_be_read_yet_is_taken_up_at_a_later_heartbeat(
+    eventually: Eventually,
+) -> None:
+    """Reading a newly assigned partition's committed offset fails (a broker restarting, a
+    locked file): the consumer says so and tries again at the next heartbeat instead of dying."""
+    handled: list[int] = []
+
+    async def scenario() -> None:
+        with App("billing", "memory://", session_timeout=0.5) as app:
+            app.log.create_topic("orders", TopicConfig(partitions=1))
+
+            @app.subscribe("orders", group="billing")
+            async def charge(order: dict[str, int]) -> None:
+                handled.append(order["n"])
+
+            committed = app.log.committed
+            failures = [StorageError("offsets unreadable")]
+
+            def flaky_committed(group: str, topic: str) -> dict[int, int]:
+                if failures:
+                    raise failures.pop()
+                return committed(group, topic)
+
+            app.log.committed = flaky_committed  # type: ignore[method-assign]
+            await app.publish("orders", {"n": 1})
+            await app.start()
+            await eventually(lambda: handled == [1])
+            assert not failures
+            await app.stop()
+
+    asyncio.run(scenario())
