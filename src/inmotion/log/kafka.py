@@ -370,11 +370,10 @@ class _Reader:
 
     def read_now(self, offset: int, limit: int) -> list[Record] | None:
         """What the consumer has fetched from `offset` on, without waiting; None if it is not
-        reading there (a seek asks the broker) or holds nothing (only `read` can tell whether
-        the partition has more, and notice a consumer that stopped fetching)."""
+        reading there (a seek asks the broker)."""
         if offset != self.position or limit <= 0:
             return None
-        return self._take([], limit) or None
+        return self._take([], limit)
 
     def _take(self, messages: list[Any], more: int) -> list[Record]:
         """Records of `messages` and of up to `more` messages that the consumer already holds.
@@ -760,8 +759,9 @@ class KafkaLog(Log):
     def read_now(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record] | None:
         """The records this partition's reader has fetched already: no network round trip (the
         high watermark `read` asks for when it has caught up), no waiting for the reader's lock.
-        None when it has none, before the first read at `offset`, and while another thread
-        reads."""
+        None before the first read at `offset` and while another thread reads. A reader that
+        stopped fetching (after a broker restart) hands over nothing here: `read` notices it
+        and replaces it."""
         with self._lock:
             reader = self._readers.get((topic, partition))
         if reader is None or not reader.lock.acquire(blocking=False):

@@ -332,8 +332,8 @@ class Consumer:
         What this app's publisher appends reaches the workers without a read (`_take_local`);
         this loop reads everything else. Reads run on the event loop (`Log.read_now`: WAL reads
         never wait for a lock, and a thread hop costs more than a short read; a Kafka reader
-        hands over what it has fetched), and on a thread where the log cannot answer at once
-        (Kafka: nothing fetched yet, or a seek). When there is nothing new it waits
+        hands over what it has fetched), and on a thread where the log cannot answer at once or
+        a waiter saw records that the loop's read did not get. When there is nothing new it waits
         for whichever comes first: local records that the workers could not take as they came,
         or news from other publishers and processes: a changed `Log.data_version`, polled on
         the loop when the log has a cheap one (a thread waiting on a busy process's GIL
@@ -343,6 +343,7 @@ class Consumer:
         behind = asyncio.Event()
         stop_listening = self.app.publisher.listen(topic, lambda records: self._take_local(topic, records, behind))
         waiter: asyncio.Future[bool] | None = None
+        announced = False  # a waiter saw records past the positions: read them even if it waits
         try:
             while True:
                 ready = {tp.partition: w for tp, w in self.workers.items() if tp.topic == topic and w.wants_more()}
@@ -355,7 +356,8 @@ class Consumer:
                 behind.clear()  # before reading: local records left over from now on set it
                 try:
                     version = self.log.data_version() if self.log.poll is not None else None
-                    batches = await self._read(topic, positions)
+                    batches = await self._read(topic, positions, announced)
+                    announced = False
                 except InmotionError as exc:
                     logger.warning("fetch from %s failed: %s", topic, exc, extra={"group": self.group})
                     await asyncio.sleep(_WAIT)
@@ -382,16 +384,19 @@ class Consumer:
                     logger.warning("waiting on %s failed: %s", topic, waiter.exception(), extra={"group": self.group})
                     waiter = None
                     await asyncio.sleep(_WAIT)
+                elif waiter.done():
+                    announced = waiter.result()
         finally:
             stop_listening()
 
-    async def _read(self, topic: str, positions: Mapping[int, int]) -> dict[int, list[Record]]:
-        """A batch of records from each partition: what the log hands over at once, else (it
-        cannot tell without waiting) what a read in a thread returns."""
+    async def _read(self, topic: str, positions: Mapping[int, int], announced: bool) -> dict[int, list[Record]]:
+        """A batch of records from each partition: what the log hands over at once, else (the
+        log cannot tell without waiting, or `announced` says there is more than it handed
+        over) what a read in a thread returns."""
         batches = {}
         for partition, offset in positions.items():
             records = self.log.read_now(topic, partition, offset, _FETCH_LIMIT)
-            if records is None:
+            if records is None or (announced and not records):
                 records = await asyncio.get_running_loop().run_in_executor(
                     self._read_pools[topic], self.log.read, topic, partition, offset, _FETCH_LIMIT
                 )
