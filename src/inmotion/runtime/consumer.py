@@ -18,12 +18,12 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, TopicExists, UnknownTopic
 from inmotion.events import Event
-from inmotion.events.codec import JSON_CONTENT_TYPE
+from inmotion.events.codec import JSON_CONTENT_TYPE, source_and_id
 from inmotion.log import Log, Record
 from inmotion.log.sqlite import SqliteLog
 from inmotion.runtime import deadletter
@@ -50,23 +50,6 @@ _JSON_BYTES = JSON_CONTENT_TYPE.encode()
 
 class _Abandon(Exception):
     """The worker stops (revoked, lost or shutting down) before this event finished."""
-
-
-def _dedupe_key(headers: Iterable[tuple[str, bytes]]) -> tuple[str, str]:
-    """(source, id) of the event in a record, from its headers alone."""
-    source = event_id = None
-    for name, value in headers:
-        if name == "ce_source":
-            source = value
-        elif name == "ce_id":
-            event_id = value
-    if source is None or event_id is None:
-        missing = "source" if source is None else "id"
-        raise InvalidEvent(missing, f"required attribute is missing (no ce_{missing} header)")
-    try:
-        return source.decode(), event_id.decode()
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent("source" if exc.object is source else "id", "header value is not UTF-8") from exc
 
 
 class _Worker:
@@ -523,7 +506,7 @@ class Consumer:
             if event is not None:
                 key = (event.source, event.id)
             else:
-                key = _dedupe_key(record.headers) if sub.idempotent else ("", "")
+                key = source_and_id(record.headers) if sub.idempotent else ("", "")
         except InvalidEvent as exc:
             await self._dead_letter(record, exc, 1, worker)
             return

@@ -61,15 +61,14 @@ def build_event(
 
 def to_message(event: Event, headers: Mapping[str, str] | None) -> Message:
     key, ce_headers, value = to_binary(event)
-    if not headers:
-        return _new_message(Message, (value, key, tuple(ce_headers), None))
-    for name, text in headers.items():
-        if not isinstance(name, str) or not isinstance(text, str):
-            raise InvalidConfig("publish headers map header names to text values")
-        if name.startswith("ce_") or name.lower() == "content-type":
-            raise InvalidConfig(f"header {name!r} is reserved for the CloudEvents binding: set the attribute")
-    ce_headers.extend((name, text.encode()) for name, text in headers.items())
-    return Message(value=value, key=key, headers=tuple(ce_headers))
+    if headers:
+        for name, text in headers.items():
+            if not isinstance(name, str) or not isinstance(text, str):
+                raise InvalidConfig("publish headers map header names to text values")
+            if name.startswith("ce_") or name.lower() == "content-type":
+                raise InvalidConfig(f"header {name!r} is reserved for the CloudEvents binding: set the attribute")
+        ce_headers.extend((name, text.encode()) for name, text in headers.items())
+    return _new_message(Message, (value, key, tuple(ce_headers), None))
 
 
 _new_message = tuple.__new__  # Message's own __new__ (keywords, defaults) costs a microsecond more
