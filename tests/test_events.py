@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import uuid
@@ -44,6 +45,12 @@ def test_defaults() -> None:
     assert abs(datetime.now(UTC) - event.time) < timedelta(seconds=5)
     assert event.data is None
     assert event.key is None
+
+
+def test_events_are_not_tracked_by_the_garbage_collector_even_with_container_data() -> None:
+    event = Event(type="shop.order.placed", source="/shop", data={"items": [1, 2]}, extensions={"tenant": "a"})
+    assert not gc.is_tracked(event)
+    assert gc.is_tracked(event.data)  # what the event holds is still collected as usual
 
 
 def test_ids_are_unique_uuid_text_in_this_process_and_in_forked_children() -> None:

@@ -53,12 +53,17 @@ _fresh_ids()
 os.register_at_fork(after_in_child=_fresh_ids)
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One CloudEvent: context attributes, extensions and data.
 
     `data` holds whatever the producer gave (a pydantic model, dataclass, msgspec Struct,
     JSON value or bytes); after decoding from the wire it holds the JSON value or bytes, and
     `data_as(cls)` turns it back into the producer's class.
+
+    The garbage collector does not track events (`gc=False`): services make them by the
+    million and batches of them outlive several collections, each of which scanned them all
+    again. So an event's data must never refer back to the event itself: such a cycle would
+    never be freed.
     """
 
     type: str

@@ -14,7 +14,9 @@ import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, NamedTuple, Self
+from typing import Literal, Self
+
+import msgspec
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event, from_binary, to_binary
@@ -82,8 +84,14 @@ class TopicInfo:
     partitions: tuple[PartitionInfo, ...]
 
 
-class Message(NamedTuple):
-    """What a producer appends. `partition` overrides the key's partition."""
+class Message(msgspec.Struct, frozen=True, gc=False):
+    """What a producer appends. `partition` overrides the key's partition.
+
+    Message, Record and Position are frozen structs that the garbage collector does not track
+    (`gc=False`: they hold only bytes, numbers, text and tuples of those, so they can never be
+    part of a reference cycle). Logs make millions of them, and batches of them outlive several
+    collections: tracked, each batch was scanned again and again and pushed the collector into
+    full collections of the whole heap."""
 
     value: bytes | None
     key: bytes | None = None
@@ -96,8 +104,8 @@ class Message(NamedTuple):
         return cls(value, key, tuple(headers))
 
 
-class Record(NamedTuple):
-    """One stored record. (A named tuple: logs create millions of these.)"""
+class Record(msgspec.Struct, frozen=True, gc=False):
+    """One stored record."""
 
     topic: str
     partition: int
@@ -112,7 +120,7 @@ class Record(NamedTuple):
         return from_binary(self.key, self.headers, self.value)
 
 
-class Position(NamedTuple):
+class Position(msgspec.Struct, frozen=True, gc=False):
     partition: int
     offset: int
 

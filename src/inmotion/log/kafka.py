@@ -307,9 +307,7 @@ class _Delivery:
         return next((error for msg in self.delivered if (error := msg.error()) is not None), None)
 
     def positions(self) -> list[Position]:
-        # Position is a named tuple: tuple.__new__ skips its Python-level __new__ (half the cost)
-        new = tuple.__new__
-        return [new(Position, (msg.partition(), msg.offset())) for msg in self.delivered]
+        return [Position(msg.partition(), msg.offset()) for msg in self.delivered]
 
 
 class _Reader:
@@ -399,25 +397,21 @@ class _Reader:
             self._events([msg for msg in messages if msg.error() is not None])
             messages = [msg for msg in messages if msg.error() is None]
         # The hot path of read (once per record). Each field is taken by mapping confluent-kafka's
-        # accessors over the messages and the records are made by mapping tuple.__new__ over
-        # their fields (Record is a named tuple: this skips its Python-level __new__), so that
-        # no Python bytecode runs per record. A message without headers has None for them.
+        # accessors over the messages and the records are made by mapping Record over them, so
+        # that no Python bytecode runs per record. A message without headers has None for them.
         headers: list[Any] = list(map(_headers, messages))
         if not all(headers):
             headers = [h or () for h in headers]
         records: list[Record] = list(
             map(
-                tuple.__new__,
-                itertools.repeat(Record),
-                zip(
-                    itertools.repeat(self.topic),
-                    itertools.repeat(self.partition),
-                    map(_offset, messages),
-                    map(_second, map(_timestamp, messages)),
-                    map(_key, messages),
-                    map(_value, messages),
-                    map(tuple, headers),
-                ),
+                Record,
+                itertools.repeat(self.topic),
+                itertools.repeat(self.partition),
+                map(_offset, messages),
+                map(_second, map(_timestamp, messages)),
+                map(_key, messages),
+                map(_value, messages),
+                map(tuple, headers),
             )
         )
         if records:
@@ -694,8 +688,8 @@ class KafkaLog(Log):
         with self._lock:
             self._appending += 1
         try:
-            # the hot loop: Message is a named tuple, so unpacking it is the cheapest access
-            for index, (value, key, headers, partition) in enumerate(messages):
+            for index, message in enumerate(messages):  # the hot loop
+                value, key, headers, partition = message.value, message.key, message.headers, message.partition
                 if partition is None:
                     # keyed: librdkafka's murmur2_random picks, as Kafka's Java client would
                     partition = -1 if key is not None else next(spread) % count

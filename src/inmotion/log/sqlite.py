@@ -524,7 +524,7 @@ class SqliteLog(SqliteFile, Log):
         stamps = {target: part[1] for target, part in state.items()}
         encode = _headers_encoder.encode
         rows = [
-            (bases[target] + offset, stamps[target], m[1], m[0], encode(m[2]) if m[2] else None)
+            (bases[target] + offset, stamps[target], m.key, m.value, encode(m.headers) if m.headers else None)
             for m, target, offset in zip(messages, targets, offsets, strict=True)
         ]
         if config.retention_bytes is not None:  # only size-bounded topics pay for counting bytes
@@ -535,11 +535,10 @@ class SqliteLog(SqliteFile, Log):
             "UPDATE partitions SET next_offset = ?, last_timestamp = ?, bytes = bytes + ? WHERE log_id = ?",
             [(n, ts, size, log_id) for n, ts, log_id, size in state.values()],
         )
-        make = tuple.__new__  # Position's and Record's own __new__ cost twice as much
-        pending.positions = [make(Position, position) for position in zip(targets, offsets, strict=True)]
+        pending.positions = list(map(Position, targets, offsets))
         if pending.records is not None:
             pending.records = [
-                make(Record, (topic, target, offset, stamps[target], m[1], m[0], tuple(m[2])))
+                Record(topic, target, offset, stamps[target], m.key, m.value, tuple(m.headers))
                 for m, target, offset in zip(messages, targets, offsets, strict=True)
             ]
 
@@ -559,9 +558,8 @@ class SqliteLog(SqliteFile, Log):
             if not rows:
                 self._check_partition(topic, partition)
         decode = _headers_decoder.decode
-        make = tuple.__new__  # Record's own __new__ costs twice as much, and reads make millions
         return [
-            make(Record, (topic, partition, rowid & OFFSET_MASK, ts, key, value, decode(h) if h else ()))
+            Record(topic, partition, rowid & OFFSET_MASK, ts, key, value, decode(h) if h else ())
             for rowid, ts, key, value, h in rows
         ]
 
