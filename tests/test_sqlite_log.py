@@ -9,11 +9,17 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import inmotion
+import inmotion.log.sqlite as sqlite_module
 from inmotion.errors import InvalidConfig, StorageError
 from inmotion.log import Message, TopicConfig
 from inmotion.log.sqlite import SqliteLog
@@ -236,3 +242,143 @@ def test_background_checkpoint_keeps_the_wal_bounded(tmp_path: Path) -> None:
         assert log.latest_offset("t", 0) == 10_000
     wal = path.with_name(path.name + "-wal")
     assert not wal.exists() or wal.stat().st_size < 64 * 1024 * 1024
+
+
+# --- records stored in batches ------------------------------------------------------------
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.lists(st.sampled_from([b"a", b"b", b"c", None]), max_size=30)),
+        st.tuples(st.just("read"), st.integers(0, 80), st.integers(1, 40)),
+        st.tuples(st.just("compact"), st.none()),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=operations)
+def test_batches_read_compact_and_seek_like_the_memory_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: list[tuple[str, object]]
+) -> None:
+    """Small batches (7 records), so that reads and compaction cross and split them; the memory
+    log, which stores one record at a time, is the model."""
+    monkeypatch.setattr(sqlite_module, "_BATCH", 7)
+    topic = "t"
+    with (
+        inmotion.connect(f"sqlite:///{tmp_path}/{uuid.uuid4().hex}.db") as log,  # one per example
+        inmotion.connect("memory://") as model,
+    ):
+        for each in (log, model):
+            each.create_topic(topic, TopicConfig(partitions=1, compact=True))
+        serial = 0
+        for operation, *arguments in script:
+            if operation == "append":
+                keys = arguments[0]
+                assert isinstance(keys, list)
+                messages = []
+                for key in keys:
+                    serial += 1
+                    tombstone = serial % 5 == 0
+                    value = None if tombstone else f"v{serial}".encode()
+                    messages.append(Message(value, key=key, headers=(("n", str(serial).encode()),), partition=0))
+                assert log.append(topic, messages) == model.append(topic, messages)
+            elif operation == "read":
+                offset, limit = arguments
+                assert isinstance(offset, int)
+                assert isinstance(limit, int)
+                got = [(r.offset, r.key, r.value, r.headers) for r in log.read(topic, 0, offset, limit)]
+                want = [(r.offset, r.key, r.value, r.headers) for r in model.read(topic, 0, offset, limit)]
+                assert got == want
+            else:
+                assert log.enforce_retention() == model.enforce_retention()
+            assert log.earliest_offset(topic, 0) == model.earliest_offset(topic, 0)
+            assert log.latest_offset(topic, 0) == model.latest_offset(topic, 0)
+        everything = [(r.offset, r.value) for r in log.read(topic, 0, 0, 10_000)]
+        assert everything == [(r.offset, r.value) for r in model.read(topic, 0, 0, 10_000)]
+
+
+def test_retention_by_size_splits_a_batch_and_counts_what_stays(tmp_path: Path) -> None:
+    with inmotion.connect(f"sqlite:///{tmp_path}/size.db") as log:
+        log.create_topic("sized", TopicConfig(partitions=1, retention_bytes=5_000))
+        log.append("sized", [Message(b"x" * 100, partition=0) for _ in range(1_200)])  # 3 batches
+        removed = log.enforce_retention()
+        kept = log.read("sized", 0, 0, limit=2_000)
+        assert removed + len(kept) == 1_200
+        assert [r.offset for r in kept] == list(range(removed, 1_200))
+        assert 40 <= len(kept) <= 50
+        assert log.earliest_offset("sized", 0) == removed
+        assert log.enforce_retention() == 0  # the bytes still counted are the records kept
+
+
+def test_offset_for_time_finds_the_first_batch_at_or_after_the_time(tmp_path: Path) -> None:
+    with inmotion.connect(f"sqlite:///{tmp_path}/time.db") as log:
+        log.create_topic("timed", TopicConfig(partitions=1))
+        stamps = []
+        for n in range(30):
+            log.append("timed", [Message(b"v", partition=0) for _ in range(n % 4 + 1)])
+            stamps.append(log.read("timed", 0, log.latest_offset("timed", 0) - 1)[0].timestamp)
+            while int(time.time() * 1000) <= stamps[-1]:
+                time.sleep(0.001)  # the next append gets a later millisecond
+        records = log.read("timed", 0, 0, limit=1_000)
+        for stamp in stamps:
+            expected = next(r.offset for r in records if r.timestamp >= stamp)
+            assert log.offset_for_time("timed", 0, stamp) == expected
+        assert log.offset_for_time("timed", 0, stamps[-1] + 1) == log.latest_offset("timed", 0)
+
+
+SCHEMA_1 = """
+CREATE TABLE topics (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, partitions INTEGER NOT NULL,
+    retention_ms INTEGER, retention_bytes INTEGER, compact INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE partitions (log_id INTEGER PRIMARY KEY AUTOINCREMENT, topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL, next_offset INTEGER NOT NULL DEFAULT 0, last_timestamp INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0, UNIQUE (topic_id, partition));
+CREATE TABLE records (id INTEGER PRIMARY KEY, timestamp INTEGER NOT NULL, key BLOB, value BLOB, headers BLOB);
+CREATE TABLE group_offsets (grp TEXT NOT NULL, topic_id INTEGER NOT NULL, partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL, committed_ms INTEGER NOT NULL, PRIMARY KEY (grp, topic_id, partition)) WITHOUT ROWID;
+"""
+
+
+def test_a_file_of_the_row_per_record_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(SCHEMA_1)
+    conn.execute(f"PRAGMA application_id = {sqlite_module.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO topics VALUES (1, 'old', 2, NULL, NULL, 1, 0)")
+    conn.execute("INSERT INTO partitions VALUES (1, 1, 0, 1300, 3000, 0), (2, 1, 1, 2, 3000, 0)")
+    headers = msgspec.msgpack.encode([["ce_id", b"x"]])
+    rows: list[tuple[int, int, bytes | None, bytes | None, bytes | None]] = [
+        ((1 << 40) + n, 1000 if n < 700 else 3000, b"k", f"v{n}".encode(), headers) for n in range(1300) if n % 100
+    ]
+    rows += [((2 << 40) + n, 2000, None, None, None) for n in range(2)]
+    conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
+    conn.execute("INSERT INTO group_offsets VALUES ('g', 1, 0, 42, 0)")
+    conn.close()
+    with inmotion.connect(f"sqlite:///{path}") as log:
+        kept = log.read("old", 0, 0, limit=2_000)
+        assert [r.offset for r in kept] == [n for n in range(1300) if n % 100]
+        assert [r.value for r in kept] == [f"v{n}".encode() for n in range(1300) if n % 100]
+        assert {r.headers for r in kept} == {(("ce_id", b"x"),)}
+        assert [r.offset for r in log.read("old", 0, 600, limit=3)] == [601, 602, 603]
+        assert log.earliest_offset("old", 0) == 1
+        assert log.offset_for_time("old", 0, 2000) == 701
+        assert [(r.offset, r.value, r.headers) for r in log.read("old", 1, 0)] == [(0, None, ()), (1, None, ())]
+        assert log.committed("g", "old") == {0: 42}
+        assert log.append("old", [Message(b"new", partition=0)])[0].offset == 1300
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_module.SCHEMA_VERSION,)
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'records'").fetchone() == (0,)
+    conn.close()
+
+
+@pytest.mark.parametrize("message", [Message("text", partition=0), Message(b"v", key=42, partition=0)])  # type: ignore[arg-type]
+def test_a_key_or_value_that_is_not_bytes_is_refused_and_nothing_is_written(tmp_path: Path, message: Message) -> None:
+    with inmotion.connect(f"sqlite:///{tmp_path}/typed.db") as log:
+        log.create_topic("typed", TopicConfig(partitions=1))
+        with pytest.raises(InvalidConfig, match=r"bytes or None, not (str|int)"):
+            log.append("typed", [Message(b"fine", partition=0), message])
+        assert log.latest_offset("typed", 0) == 0
+        log.append("typed", [Message(bytearray(b"ba"), key=memoryview(b"mv"), partition=0)])  # type: ignore[arg-type]
+        [record] = log.read("typed", 0, 0)
+        assert (record.key, record.value) == (b"mv", b"ba")

@@ -16,14 +16,17 @@ default 0.002), `retention_interval=SECONDS` (default 30).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import functools
+import itertools
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -37,6 +40,7 @@ from inmotion.errors import (
     UnknownTopic,
 )
 from inmotion.log.base import (
+    Headers,
     Log,
     Message,
     PartitionInfo,
@@ -47,20 +51,30 @@ from inmotion.log.base import (
     check_group_name,
     check_topic_name,
 )
-from inmotion.log.retention import needs_scan, plan_removals
+from inmotion.log.retention import RetentionRow, needs_scan, plan_removals
 
 T = TypeVar("T")
 
 APPLICATION_ID = 0x494E4D4F  # "INMO"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _DELETE_CHUNK = 5000
-# A record's rowid is (log_id << 40) + offset: each partition owns one contiguous rowid range,
-# so appends, reads and deletes are rowid range operations on a single b-tree, the cheapest
-# thing SQLite does. log_ids come from AUTOINCREMENT and are never reused.
+_BATCH = 512
+"""Most records in one stored batch. An append stores each partition's records as one row (a
+row per record cost SQLite 3-4 us each, a batch costs about one row plus its bytes); a read
+that starts inside a batch decodes all of it."""
+# Records are stored in batches, one row each: the records of one append to one partition, up
+# to _BATCH of them. A batch's rowid is (log_id << 40) + the offset of the last record it was
+# written with: each partition owns one contiguous rowid range, so appends, reads and deletes
+# are rowid range operations on a single b-tree, the cheapest thing SQLite does, and the batch
+# holding offset x is the first at or after rowid (log_id << 40) + x. log_ids come from
+# AUTOINCREMENT and are never reused.
 OFFSET_BITS = 40
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 _LOG_ID = "(SELECT log_id FROM partitions WHERE topic_id = (SELECT id FROM topics WHERE name = ?) AND partition = ?)"
-_SIZE = "coalesce(length(key), 0) + coalesce(length(value), 0) + coalesce(length(headers), 0)"
+_FIRST = (  # the first offset a partition `p` still stores, or NULL
+    f"(SELECT b.first FROM batches b WHERE b.id >= p.log_id << {OFFSET_BITS}"
+    f" AND b.id < (p.log_id + 1) << {OFFSET_BITS} ORDER BY b.id LIMIT 1)"
+)
 _MMAP_BYTES = 1 << 30
 
 _SCHEMA = """
@@ -82,12 +96,11 @@ CREATE TABLE IF NOT EXISTS partitions (
     bytes INTEGER NOT NULL DEFAULT 0,
     UNIQUE (topic_id, partition)
 );
-CREATE TABLE IF NOT EXISTS records (
+CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY,
+    first INTEGER NOT NULL,
     timestamp INTEGER NOT NULL,
-    key BLOB,
-    value BLOB,
-    headers BLOB
+    body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL,
@@ -99,8 +112,80 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 ) WITHOUT ROWID;
 """
 
-_headers_encoder = msgspec.msgpack.Encoder()
-_headers_decoder = msgspec.msgpack.Decoder(tuple[tuple[str, bytes], ...])  # a Record's headers, as they are
+# A batch's body: its records' keys, values and headers, and their offsets (nil while they are
+# consecutive from the batch's `first`, as appended; retention and compaction leave gaps).
+# All of a batch's records were appended together and share its timestamp.
+_Body = tuple[list[Any], list[Any], list[Headers], list[int] | None]
+_encoder = msgspec.msgpack.Encoder()
+_body_decoder = msgspec.msgpack.Decoder(_Body)
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """What a record counts towards a partition's `retention_bytes`."""
+    return len(key or b"") + len(value or b"") + (len(_encoder.encode(headers)) if headers else 0)
+
+
+_BLOB_TYPES = {bytes, bytearray, memoryview, type(None)}
+
+
+def _odd_type(items: list[Any]) -> str:
+    return next(type(item).__name__ for item in items if type(item) not in _BLOB_TYPES)
+
+
+def _offsets(first: int, body: _Body) -> Sequence[int]:
+    return body[3] if body[3] is not None else range(first, first + len(body[0]))
+
+
+def _batches_from_rows(conn: sqlite3.Connection) -> None:
+    """Upgrade a file of schema 1 (a row per record) to batches, inside the caller's transaction."""
+    conn.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS batches") :].split(";")[0])
+    decode = msgspec.msgpack.Decoder(Headers).decode
+    rows: list[tuple[int, int, int, bytes]] = []
+    batch: list[tuple[int, int, Any, Any, Headers]] = []  # (log_id, offset, key, value, headers)
+    timestamp = 0
+
+    def close_batch() -> None:
+        log_id, offsets = batch[0][0], [record[1] for record in batch]
+        consecutive = offsets[-1] - offsets[0] == len(offsets) - 1
+        body = ([r[2] for r in batch], [r[3] for r in batch], [r[4] for r in batch], None if consecutive else offsets)
+        rows.append(((log_id << OFFSET_BITS) + offsets[-1], offsets[0], timestamp, _encoder.encode(body)))
+        batch.clear()
+
+    for rowid, stamp, key, value, headers in conn.execute(
+        "SELECT id, timestamp, key, value, headers FROM records ORDER BY id"
+    ):
+        log_id = rowid >> OFFSET_BITS
+        if batch and (batch[0][0] != log_id or stamp != timestamp or len(batch) == _BATCH):
+            close_batch()
+        timestamp = stamp
+        batch.append((log_id, rowid & OFFSET_MASK, key, value, decode(headers) if headers else ()))
+    if batch:
+        close_batch()
+    conn.executemany("INSERT INTO batches (id, first, timestamp, body) VALUES (?, ?, ?, ?)", rows)
+    conn.execute("DROP TABLE records")
+
+
+def _records(
+    topic: str, partition: int, first: int, timestamp: int, blob: bytes, offset: int, limit: int
+) -> list[Record]:
+    """Up to `limit` records of a stored batch, from `offset` on."""
+    body = _body_decoder.decode(blob)
+    keys, values, headers, offsets = body
+    start = max(offset - first, 0) if offsets is None else bisect.bisect_left(offsets, offset)
+    end = start + limit
+    # one Record per stored record with no Python bytecode run per record (mapped, not looped)
+    return list(
+        map(
+            Record,
+            itertools.repeat(topic),
+            itertools.repeat(partition),
+            _offsets(first, body)[start:end],
+            itertools.repeat(timestamp),
+            keys[start:end],
+            values[start:end],
+            headers[start:end],
+        )
+    )
 
 
 def _now_ms() -> int:
@@ -306,11 +391,16 @@ class SqliteLog(SqliteFile, Log):
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
                 raise StorageError(f"{self.path} was written by a newer inmotion (schema {version}); upgrade inmotion")
-            return
+            if version == SCHEMA_VERSION:
+                return
         conn.execute("BEGIN IMMEDIATE")
         try:
             (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-            if app_id != APPLICATION_ID:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if app_id == APPLICATION_ID and version == 1:
+                _batches_from_rows(conn)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif app_id != APPLICATION_ID:
                 tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
                 if app_id != 0 or tables:
                     raise StorageError(f"{self.path} is a SQLite database but not an inmotion log")
@@ -387,16 +477,14 @@ class SqliteLog(SqliteFile, Log):
             try:
                 topic_id, config = self._topic_row(conn, name)
                 rows = conn.execute(
-                    "SELECT p.partition, p.next_offset, (SELECT min(r.id) FROM records r"
-                    f" WHERE r.id >= p.log_id << {OFFSET_BITS} AND r.id < (p.log_id + 1) << {OFFSET_BITS})"
-                    " FROM partitions p WHERE p.topic_id = ? ORDER BY p.partition",
+                    f"SELECT p.partition, p.next_offset, {_FIRST} FROM partitions p WHERE p.topic_id = ?"
+                    " ORDER BY p.partition",
                     (topic_id,),
                 ).fetchall()
             finally:
                 conn.execute("COMMIT")
         partitions = tuple(
-            PartitionInfo(p, next_offset if first is None else first & OFFSET_MASK, next_offset)
-            for p, next_offset, first in rows
+            PartitionInfo(p, next_offset if first is None else first, next_offset) for p, next_offset, first in rows
         )
         return TopicInfo(name, config, partitions)
 
@@ -505,36 +593,49 @@ class SqliteLog(SqliteFile, Log):
         topic, messages = pending.topic, pending.messages
         topic_id, config = self._topic_row(conn, topic)
         targets = self.partitions_of(messages, config.partitions)
-        state: dict[int, list[int]] = {}
+        by_partition: dict[int, list[Message]] = {}
+        for message, target in zip(messages, targets, strict=True):
+            mine = by_partition.get(target)
+            if mine is None:
+                by_partition[target] = [message]
+            else:
+                mine.append(message)
         now = _now_ms()
-        for target in set(targets):
+        rows = []
+        updates = []
+        starts = {}
+        stamps = {}
+        encode = _encoder.encode
+        for target, mine in by_partition.items():
             if not 0 <= target < config.partitions:
                 raise UnknownPartition(topic, target)
             log_id, next_offset, last_ts = conn.execute(
                 "SELECT log_id, next_offset, last_timestamp FROM partitions WHERE topic_id = ? AND partition = ?",
                 (topic_id, target),
             ).fetchone()
-            state[target] = [next_offset, max(last_ts, now), log_id, 0]
+            starts[target] = next_offset
+            stamps[target] = stamp = max(last_ts, now)
+            base = log_id << OFFSET_BITS
+            for at in range(0, len(mine), _BATCH):
+                batch = mine[at : at + _BATCH]
+                first = next_offset + at
+                keys, values = [m.key for m in batch], [m.value for m in batch]
+                if not {*map(type, keys), *map(type, values)} <= _BLOB_TYPES:
+                    raise InvalidConfig(f"a message's key and value are bytes or None, not {_odd_type(keys + values)}")
+                body = (keys, values, [m.headers for m in batch], None)
+                rows.append((base + first + len(batch) - 1, first, stamp, encode(body)))
+            size = 0
+            if config.retention_bytes is not None:  # only size-bounded topics pay for counting bytes
+                size = sum(_record_size(m.key, m.value, m.headers) for m in mine)
+            updates.append((next_offset + len(mine), stamp, size, log_id))
+        conn.executemany("INSERT INTO batches (id, first, timestamp, body) VALUES (?, ?, ?, ?)", rows)
+        conn.executemany(
+            "UPDATE partitions SET next_offset = ?, last_timestamp = ?, bytes = bytes + ? WHERE log_id = ?", updates
+        )
         offsets = []
         for target in targets:
-            part = state[target]
-            offsets.append(part[0])
-            part[0] += 1
-        bases = {target: part[2] << OFFSET_BITS for target, part in state.items()}
-        stamps = {target: part[1] for target, part in state.items()}
-        encode = _headers_encoder.encode
-        rows = [
-            (bases[target] + offset, stamps[target], m.key, m.value, encode(m.headers) if m.headers else None)
-            for m, target, offset in zip(messages, targets, offsets, strict=True)
-        ]
-        if config.retention_bytes is not None:  # only size-bounded topics pay for counting bytes
-            for (_, _, key, value, blob), target in zip(rows, targets, strict=True):
-                state[target][3] += len(key or b"") + len(value or b"") + len(blob or b"")
-        conn.executemany("INSERT INTO records (id, timestamp, key, value, headers) VALUES (?, ?, ?, ?, ?)", rows)
-        conn.executemany(
-            "UPDATE partitions SET next_offset = ?, last_timestamp = ?, bytes = bytes + ? WHERE log_id = ?",
-            [(n, ts, size, log_id) for n, ts, log_id, size in state.values()],
-        )
+            offsets.append(starts[target])
+            starts[target] += 1
         pending.positions = list(map(Position, targets, offsets))
         if pending.records is not None:
             pending.records = [
@@ -544,24 +645,26 @@ class SqliteLog(SqliteFile, Log):
 
     # --- read -----------------------------------------------------------------------------
     def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:
+        offset = max(offset, 0)
+        records: list[Record] = []
         with self._translate("read"):
-            rows = (
-                self._reader()
-                .execute(
-                    "SELECT id, timestamp, key, value, headers FROM records"
+            if limit > 0:
+                cursor = self._reader().execute(
+                    "SELECT first, timestamp, body FROM batches"
                     f" WHERE id >= ({_LOG_ID} << {OFFSET_BITS}) + ? AND id < ({_LOG_ID} + 1) << {OFFSET_BITS}"
-                    " ORDER BY id LIMIT ?",
-                    (topic, partition, max(offset, 0), topic, partition, limit),
+                    " ORDER BY id",
+                    (topic, partition, offset, topic, partition),
                 )
-                .fetchall()
-            )
-            if not rows:
+                try:
+                    for first, timestamp, body in cursor:
+                        records += _records(topic, partition, first, timestamp, body, offset, limit - len(records))
+                        if len(records) >= limit:
+                            break
+                finally:
+                    cursor.close()
+            if not records:
                 self._check_partition(topic, partition)
-        decode = _headers_decoder.decode
-        return [
-            Record(topic, partition, rowid & OFFSET_MASK, ts, key, value, decode(h) if h else ())
-            for rowid, ts, key, value, h in rows
-        ]
+        return records
 
     def _check_partition(self, topic: str, partition: int) -> None:
         count = self._topic_row(self._reader(), topic)[1].partitions
@@ -608,14 +711,13 @@ class SqliteLog(SqliteFile, Log):
         return version
 
     def earliest_offset(self, topic: str, partition: int) -> int:
-        # One partition's first rowid (a b-tree seek), or its next offset when it holds nothing.
+        # One partition's first batch (a b-tree seek), or its next offset when it holds nothing.
         with self._translate("read"):
             row = (
                 self._reader()
                 .execute(
-                    "SELECT p.next_offset, (SELECT min(r.id) FROM records r"
-                    f" WHERE r.id >= p.log_id << {OFFSET_BITS} AND r.id < (p.log_id + 1) << {OFFSET_BITS})"
-                    " FROM partitions p WHERE p.topic_id = (SELECT id FROM topics WHERE name = ?) AND p.partition = ?",
+                    f"SELECT p.next_offset, {_FIRST} FROM partitions p"
+                    " WHERE p.topic_id = (SELECT id FROM topics WHERE name = ?) AND p.partition = ?",
                     (topic, partition),
                 )
                 .fetchone()
@@ -624,7 +726,7 @@ class SqliteLog(SqliteFile, Log):
                 self._check_partition(topic, partition)
                 raise UnknownPartition(topic, partition)
         next_offset, first = row
-        return int(next_offset if first is None else first & OFFSET_MASK)
+        return int(next_offset if first is None else first)
 
     def latest_offset(self, topic: str, partition: int) -> int:
         with self._translate("read"):
@@ -634,30 +736,33 @@ class SqliteLog(SqliteFile, Log):
         return latest[partition]
 
     def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
-        # Timestamps never decrease within a partition: binary search over offsets for the
-        # first x whose next record is at or after the time, using only primary-key lookups.
+        # Timestamps never decrease within a partition and a batch's records share one: binary
+        # search over offsets for the first batch at or after the time, using only primary-key
+        # lookups.
         with self._translate("read"):
             conn = self._reader()
             latest = self.latest_offset(topic, partition)
 
-            def first_from(x: int) -> tuple[int, int] | None:
+            def batch_from(x: int) -> tuple[int, int, int] | None:
+                """(first offset, last offset written, timestamp) of the batch holding offset x
+                or, if none does, of the next one."""
                 row = conn.execute(
-                    f"SELECT id, timestamp FROM records WHERE id >= ({_LOG_ID} << {OFFSET_BITS}) + ?"
+                    f"SELECT first, id, timestamp FROM batches WHERE id >= ({_LOG_ID} << {OFFSET_BITS}) + ?"
                     f" AND id < ({_LOG_ID} + 1) << {OFFSET_BITS} ORDER BY id LIMIT 1",
                     (topic, partition, x, topic, partition),
                 ).fetchone()
-                return None if row is None else (row[0] & OFFSET_MASK, row[1])
+                return None if row is None else (row[0], row[1] & OFFSET_MASK, row[2])
 
             lo, hi = 0, latest
             while lo < hi:
                 mid = (lo + hi) // 2
-                found = first_from(mid)
-                if found is None or found[1] >= timestamp_ms:
+                found = batch_from(mid)
+                if found is None or found[2] >= timestamp_ms:
                     hi = mid
                 else:
-                    lo = found[0] + 1
-            found = first_from(lo)
-        return latest if found is None else found[0]
+                    lo = found[1] + 1
+            found = batch_from(lo)
+        return latest if found is None else max(found[0], lo)
 
     # --- group offsets --------------------------------------------------------------------
     def commit(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
@@ -733,44 +838,78 @@ class SqliteLog(SqliteFile, Log):
 
     def _apply_retention(self, log_id: int, config: TopicConfig, size: int, now_ms: int) -> int:
         base = log_id << OFFSET_BITS
+        sized = config.retention_bytes is not None
+        batches: list[int] = []  # the rowids of the batches scanned, ascending
+
+        def rows(cursor: sqlite3.Cursor) -> Iterator[RetentionRow]:
+            for rowid, first, timestamp, blob in cursor:
+                batches.append(rowid)
+                body = _body_decoder.decode(blob)
+                for offset, key, value, headers in zip(_offsets(first, body), *body[:3], strict=True):
+                    yield offset, timestamp, key, value is None, _record_size(key, value, headers) if sized else 0
+
         with self._translate("read"):
             cursor = self._reader().execute(
-                f"SELECT id - ?, timestamp, key, value IS NULL, {_SIZE} FROM records"
-                " WHERE id >= ? AND id < ? ORDER BY id",
-                (base, base, base + OFFSET_MASK + 1),
+                "SELECT id, first, timestamp, body FROM batches WHERE id >= ? AND id < ? ORDER BY id",
+                (base, base + OFFSET_MASK + 1),
             )
             try:
-                doomed = plan_removals(config, cursor, size, now_ms)
+                doomed = plan_removals(config, rows(cursor), size, now_ms)
             finally:
                 cursor.close()
-        for start in range(0, len(doomed), _DELETE_CHUNK):
-            chunk = [(base + offset,) for offset in doomed[start : start + _DELETE_CHUNK]]
-
-            def delete(conn: sqlite3.Connection, chunk: list[tuple[int]] = chunk) -> None:
-                if config.retention_bytes is None:
-                    conn.executemany("DELETE FROM records WHERE id = ?", chunk)
-                    return
-                freed = 0
-                for row in chunk:
-                    deleted = conn.execute(f"DELETE FROM records WHERE id = ? RETURNING {_SIZE}", row).fetchone()
-                    freed += deleted[0] if deleted else 0
-                conn.execute("UPDATE partitions SET bytes = max(bytes - ?, 0) WHERE log_id = ?", (freed, log_id))
-
-            self._write(delete)
+        by_batch: dict[int, set[int]] = {}
+        for offset in doomed:
+            by_batch.setdefault(batches[bisect.bisect_left(batches, base + offset)], set()).add(offset)
+        affected = list(by_batch.items())
+        at = 0
+        while at < len(affected):  # about _DELETE_CHUNK records a transaction
+            chunk, count = [], 0
+            while at < len(affected) and count < _DELETE_CHUNK:
+                chunk.append(affected[at])
+                count += len(affected[at][1])
+                at += 1
+            self._write(functools.partial(self._remove, log_id, chunk, sized))
         return len(doomed)
 
+    @staticmethod
+    def _remove(log_id: int, chunk: list[tuple[int, set[int]]], sized: bool, conn: sqlite3.Connection) -> None:
+        """Remove records from their batches: rewrite each batch without them, or delete it when
+        none of its records stays. Reads each batch again inside the write transaction, so a
+        removal that raced another (a second process's retention) removes nothing twice."""
+        freed = 0
+        for rowid, gone in chunk:
+            row = conn.execute("SELECT first, body FROM batches WHERE id = ?", (rowid,)).fetchone()
+            if row is None:
+                continue
+            body = _body_decoder.decode(row[1])
+            kept: list[tuple[int, Any, Any, Headers]] = []
+            for record in zip(_offsets(row[0], body), *body[:3], strict=True):
+                if record[0] not in gone:
+                    kept.append(record)
+                elif sized:
+                    freed += _record_size(*record[1:])
+            if not kept:
+                conn.execute("DELETE FROM batches WHERE id = ?", (rowid,))
+                continue
+            offsets, keys, values, headers = (list(column) for column in zip(*kept, strict=True))
+            consecutive = offsets[-1] - offsets[0] == len(offsets) - 1
+            blob = _encoder.encode((keys, values, headers, None if consecutive else offsets))
+            conn.execute("UPDATE batches SET first = ?, body = ? WHERE id = ?", (offsets[0], blob, rowid))
+        if sized:
+            conn.execute("UPDATE partitions SET bytes = max(bytes - ?, 0) WHERE log_id = ?", (freed, log_id))
+
     def _delete_range(self, start: int, end: int) -> None:
-        """Delete records with start <= rowid < end, a chunk per transaction."""
+        """Delete batches with start <= rowid < end, a chunk per transaction."""
         while True:
             deleted = self._write(
                 lambda conn: (
                     conn.execute(
-                        "DELETE FROM records WHERE id IN (SELECT id FROM records WHERE id >= ? AND id < ? LIMIT ?)",
-                        (start, end, _DELETE_CHUNK),
+                        "DELETE FROM batches WHERE id IN (SELECT id FROM batches WHERE id >= ? AND id < ? LIMIT ?)",
+                        (start, end, _DELETE_CHUNK // _BATCH + 1),
                     ).rowcount
                 )
             )
-            if deleted < _DELETE_CHUNK:
+            if deleted < _DELETE_CHUNK // _BATCH + 1:
                 return
 
     def checkpoint(self) -> None:
