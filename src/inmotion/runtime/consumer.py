@@ -520,6 +520,8 @@ class Consumer:
                 if sub.transaction:
                     assert context is not None
                     await self._handle_in_transaction(payload, context, worker)
+                elif handler.is_async and handler.context_argument is None:
+                    await handler.function(payload)  # the usual case, one coroutine less than call's
                 else:
                     await handler.call(payload, context)
                 break

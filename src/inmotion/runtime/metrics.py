@@ -19,34 +19,41 @@ Labels = tuple[tuple[str, str], ...]
 
 
 class Metrics:
-    """Thread-safe counters and gauges keyed by name and labels."""
+    """Thread-safe counters and gauges keyed by name and labels. Each series' value is kept in
+    a cell (a one-item list) that its `Counter` handle adds to without looking the series up."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: dict[str, dict[Labels, float]] = defaultdict(dict)
+        self._values: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
+
+    def _cell(self, name: str, key: Labels) -> list[float]:
+        """Called holding the lock."""
+        series = self._values[name]
+        cell = series.get(key)
+        if cell is None:
+            cell = series[key] = [0]
+        return cell
 
     def add(self, name: str, amount: float = 1, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
         with self._lock:
-            series = self._values[name]
-            series[key] = series.get(key, 0) + amount
+            self._cell(name, key)[0] += amount
 
     def counter(self, name: str, **labels: str) -> Counter:
         """A handle on one series, for hot paths that add to it often."""
         key = tuple(sorted(labels.items()))
         with self._lock:
-            self._values[name].setdefault(key, 0)
-        return Counter(self, name, key)
+            return Counter(self._lock, self._cell(name, key))
 
     def set(self, name: str, value: float, **labels: str) -> None:
         with self._lock:
-            self._values[name][tuple(sorted(labels.items()))] = value
+            self._cell(name, tuple(sorted(labels.items())))[0] = value
 
     def value(self, name: str, **labels: str) -> float:
         """One series' value, or the sum over every series that carries `labels`."""
         wanted = set(labels.items())
         with self._lock:
-            return sum(v for key, v in self._values.get(name, {}).items() if wanted <= set(key))
+            return sum(cell[0] for key, cell in self._values.get(name, {}).items() if wanted <= set(key))
 
     def prometheus(self) -> str:
         lines: list[str] = []
@@ -54,7 +61,7 @@ class Metrics:
             for name, (kind, text) in _HELP.items():
                 lines.append(f"# HELP {name} {text}")
                 lines.append(f"# TYPE {name} {kind}")
-                for labels, value in sorted(self._values.get(name, {}).items()):
+                for labels, (value,) in sorted(self._values.get(name, {}).items()):
                     rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
                     number = int(value) if value == int(value) else value
                     lines.append(f"{name}{{{rendered}}} {number}" if rendered else f"{name} {number}")
@@ -62,17 +69,15 @@ class Metrics:
 
 
 class Counter:
-    __slots__ = ("_key", "_metrics", "_name")
+    __slots__ = ("_cell", "_lock")
 
-    def __init__(self, metrics: Metrics, name: str, key: Labels) -> None:
-        self._metrics = metrics
-        self._name = name
-        self._key = key
+    def __init__(self, lock: threading.Lock, cell: list[float]) -> None:
+        self._lock = lock
+        self._cell = cell
 
     def add(self, amount: float = 1) -> None:
-        metrics = self._metrics
-        with metrics._lock:
-            metrics._values[self._name][self._key] += amount
+        with self._lock:
+            self._cell[0] += amount
 
 
 def _escape(value: str) -> str:
