@@ -16,7 +16,10 @@ Consume: `KafkaLog.read` of a batch from each partition in turn, a `Record` per 
 `Consumer` assigned the partitions, reading each message's value and headers, with the same
 fetch settings as KafkaLog's readers (librdkafka's default fetch.queue.backoff.ms of 1 s
 stalls a consumer that drains its queue faster than it fills); for reference also a raw
-consumer that builds, per message, the tuple of what a `Record` holds.
+consumer that builds, per message, the tuple of what a `Record` holds. All three read the same
+topic (the first produced in the round), and every other round runs its steps in reverse
+order: on this shared 2-core machine a step right after a big produce, or on a topic the broker
+is still flushing, ran up to 2x slower, which made the ratios depend on the order of the steps.
 Latency: a producer appends 10,000 events/s in batches of 50 every 5 ms while a consumer waits
 and reads them; each record carries its send time, the p50/p99 is of (received - sent). Also
 through the runtime: an `App` publishes the events (`publish_many_sync`) to 4 partitions and its
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import os
 import queue
@@ -67,6 +71,10 @@ def rows(count: int) -> list[Row]:
         )
         out.append((b"o-%08d" % i, headers, body % (i, i % 50_000, i % 9_999, i % 7 + 1, i % 500)))
     return out
+
+
+def reversed_list(steps: list[Any]) -> list[Any]:
+    return steps[::-1]
 
 
 def timed(label: str, count: int, work: Callable[[], None]) -> float:
@@ -351,20 +359,34 @@ def main() -> None:
     our_consume_label = f"inmotion KafkaLog.read, limit {READ_LIMIT:,}"
     try:
         for round_ in range(1, repeat + 1):
+            # Every other round runs the steps in reverse order, so that neither side always goes
+            # first (onto a broker still busy with the previous step's records) or last.
+            order: Callable[[list[Any]], list[Any]] = (lambda steps: steps) if round_ % 2 else reversed_list
             print(f"round {round_}: produce (until every record is acknowledged)", flush=True)
-            raw_topic = fresh_topic("raw", partitions)
-            measure(raw_produce_label, lambda: raw_produce(bootstrap, raw_topic, data, callbacks=False))
-            raw_callback_topic = fresh_topic("raw-callbacks", partitions)
-            measure(raw_callback_label, lambda: raw_produce(bootstrap, raw_callback_topic, data, callbacks=True))
-            raw_batches_topic = fresh_topic("raw-batches", partitions)
-            measure(raw_batches_label, lambda: raw_produce(bootstrap, raw_batches_topic, data, True, BATCH))
+            raw_topic, raw_callback_topic, raw_batches_topic = (
+                fresh_topic(kind, partitions) for kind in ("raw", "raw-callbacks", "raw-batches")
+            )
             our_topics = [fresh_topic("inmotion", partitions) for _ in our_produce_labels]
-            for threads, (label, topic) in enumerate(zip(our_produce_labels, our_topics, strict=True), start=1):
-                measure(label, lambda: log_produce(log, topic, messages, threads))
-            print(f"round {round_}: consume (every partition from offset 0)", flush=True)
-            measure(raw_consume_label, lambda: raw_consume(bootstrap, raw_topic, partitions, count, keep=False))
-            measure(raw_tuples_label, lambda: raw_consume(bootstrap, raw_topic, partitions, count, keep=True))
-            measure(our_consume_label, lambda: log_consume(log, our_topics[0], partitions, count))
+            produce_steps: list[tuple[str, Callable[[], None]]] = [
+                (raw_produce_label, lambda: raw_produce(bootstrap, raw_topic, data, callbacks=False)),
+                (raw_callback_label, lambda: raw_produce(bootstrap, raw_callback_topic, data, callbacks=True)),
+                (raw_batches_label, lambda: raw_produce(bootstrap, raw_batches_topic, data, True, BATCH)),
+                *(
+                    (label, functools.partial(log_produce, log, topic, messages, threads))
+                    for threads, (label, topic) in enumerate(zip(our_produce_labels, our_topics, strict=True), start=1)
+                ),
+            ]
+            for label, work in order(produce_steps):
+                measure(label, work)
+            # every consumer reads the same topic (the first one produced this round)
+            print(f"round {round_}: consume {raw_topic} (every partition from offset 0)", flush=True)
+            consume_steps: list[tuple[str, Callable[[], None]]] = [
+                (raw_consume_label, lambda: raw_consume(bootstrap, raw_topic, partitions, count, keep=False)),
+                (raw_tuples_label, lambda: raw_consume(bootstrap, raw_topic, partitions, count, keep=True)),
+                (our_consume_label, lambda: log_consume(log, raw_topic, partitions, count)),
+            ]
+            for label, work in order(consume_steps):
+                measure(label, work)
             for topic in [raw_topic, raw_callback_topic, raw_batches_topic, *our_topics]:
                 log.delete_topic(topic)
                 created.remove(topic)
