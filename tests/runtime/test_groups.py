@@ -185,6 +185,9 @@ def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(
             await eventually(lambda: app.metrics.value("inmotion_consumed_total") == 2)
             await eventually(lambda: sum(p.latest for p in app.log.describe_topic("booked").partitions) == 2)
             await app.stop()
+            # the duplicate counts as skipped only, not also as consumed
+            assert app.metrics.value("inmotion_consumed_total") == 2
+            assert app.metrics.value("inmotion_skipped_total") == 1
             with sqlite3.connect(path) as check:
                 assert check.execute("SELECT amount FROM balances").fetchall() == [(18,)]
                 positions = check.execute("SELECT grp, topic, offset FROM grp_positions").fetchall()
