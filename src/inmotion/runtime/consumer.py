@@ -83,15 +83,20 @@ class _Worker:
         return not self.stopping.is_set() and len(self.offsets) < _BUFFER
 
     def dispatch(self, records: list[Record]) -> None:
-        for record in records:
-            if record.offset < self.next_fetch or self.stopping.is_set():
+        if self.stopping.is_set():
+            return
+        offsets, chains, ordered = self.offsets, self._chains, self._ordered
+        for record in records:  # once per event: names are local, lookups few
+            offset = record.offset
+            if offset < offsets.next_offset:
                 continue
-            self.offsets.start(record.offset)
-            chain: object = None if self._ordered else (record.key if record.key is not None else record.offset)
-            if chain in self._chains:
-                self._chains[chain].append(record)
+            offsets.start(offset)
+            chain: object = None if ordered else (record.key if record.key is not None else offset)
+            waiting = chains.get(chain)
+            if waiting is not None:
+                waiting.append(record)
             else:
-                self._chains[chain] = collections.deque([record])
+                chains[chain] = collections.deque([record])
                 task = asyncio.create_task(self._run_chain(chain))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
