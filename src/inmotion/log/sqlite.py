@@ -20,6 +20,7 @@ import bisect
 import contextlib
 import functools
 import itertools
+import logging
 import os
 import sqlite3
 import threading
@@ -54,6 +55,7 @@ from inmotion.log.base import (
 from inmotion.log.retention import RetentionRow, needs_scan, plan_removals
 
 T = TypeVar("T")
+_logger = logging.getLogger("inmotion.log.sqlite")
 
 APPLICATION_ID = 0x494E4D4F  # "INMO"
 SCHEMA_VERSION = 2
@@ -140,15 +142,17 @@ def _batches_from_rows(conn: sqlite3.Connection) -> None:
     """Upgrade a file of schema 1 (a row per record) to batches, inside the caller's transaction."""
     conn.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS batches") :].split(";")[0])
     decode = msgspec.msgpack.Decoder(Headers).decode
-    rows: list[tuple[int, int, int, bytes]] = []
     batch: list[tuple[int, int, Any, Any, Headers]] = []  # (log_id, offset, key, value, headers)
     timestamp = 0
 
-    def close_batch() -> None:
+    def close_batch() -> None:  # written at once: a big file is never held in memory
         log_id, offsets = batch[0][0], [record[1] for record in batch]
         consecutive = offsets[-1] - offsets[0] == len(offsets) - 1
         body = ([r[2] for r in batch], [r[3] for r in batch], [r[4] for r in batch], None if consecutive else offsets)
-        rows.append(((log_id << OFFSET_BITS) + offsets[-1], offsets[0], timestamp, _encoder.encode(body)))
+        conn.execute(
+            "INSERT INTO batches (id, first, timestamp, body) VALUES (?, ?, ?, ?)",
+            ((log_id << OFFSET_BITS) + offsets[-1], offsets[0], timestamp, _encoder.encode(body)),
+        )
         batch.clear()
 
     for rowid, stamp, key, value, headers in conn.execute(
@@ -161,7 +165,6 @@ def _batches_from_rows(conn: sqlite3.Connection) -> None:
         batch.append((log_id, rowid & OFFSET_MASK, key, value, decode(headers) if headers else ()))
     if batch:
         close_batch()
-    conn.executemany("INSERT INTO batches (id, first, timestamp, body) VALUES (?, ?, ?, ?)", rows)
     conn.execute("DROP TABLE records")
 
 
@@ -398,6 +401,7 @@ class SqliteLog(SqliteFile, Log):
             (app_id,) = conn.execute("PRAGMA application_id").fetchone()
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if app_id == APPLICATION_ID and version == 1:
+                _logger.warning("upgrading %s to schema %d: records stored in batches", self.path, SCHEMA_VERSION)
                 _batches_from_rows(conn)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif app_id != APPLICATION_ID:
