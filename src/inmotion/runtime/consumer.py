@@ -495,8 +495,8 @@ class Consumer:
         counters = self._counter_cache.get(topic)
         if counters is None:
             counters = self._counter_cache[topic] = {
-                name: self.app.metrics.counter(f"inmotion_{name}_total", group=self.group, topic=topic)
-                for name in ("consumed", "skipped", "failed", "retried", "dead_lettered")
+                kind: self.app.metrics.counter(f"inmotion_{kind}_total", group=self.group, topic=topic)
+                for kind in ("consumed", "skipped", "failed", "retried", "dead_lettered")
             }
         return counters[name]
 
