@@ -242,6 +242,35 @@ def test_give_up_on_skips_retrying(eventually: Eventually) -> None:
     assert clock.sleeps == []
 
 
+def test_a_payload_only_handler_that_keeps_failing_is_retried_then_dead_lettered(eventually: Eventually) -> None:
+    """The path a worker takes itself for an async handler of a JSON payload alone."""
+    clock = FakeClock()
+    tries: list[int] = []
+
+    async def scenario() -> None:
+        with App("billing", "memory://", clock=clock) as app:
+
+            @app.subscribe("orders", group="g", retry=Retry(attempts=3, backoff=1, jitter=False))
+            async def charge(order: dict[str, int]) -> None:
+                tries.append(order["n"])
+                raise Broken(f"try {len(tries)}")
+
+            await app.start()
+            await app.publish("orders", {"n": 7})
+            await eventually(lambda: app.metrics.value("inmotion_dead_lettered_total") == 1)
+            await app.stop()
+            [entry] = list(entries(app.log, "g.dlq"))
+            assert entry.error["attempts"] == "3"
+            assert entry.error["error_message"] == "try 3"
+            assert app.metrics.value("inmotion_failed_total") == 3
+            assert app.metrics.value("inmotion_retried_total") == 2
+            assert app.metrics.value("inmotion_consumed_total") == 0
+
+    asyncio.run(scenario())
+    assert tries == [7, 7, 7]
+    assert clock.sleeps == [1, 2]
+
+
 @pytest.mark.parametrize(
     ("headers", "attribute"),
     [

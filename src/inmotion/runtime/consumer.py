@@ -21,6 +21,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, TopicExists, UnknownTopic
 from inmotion.events import Event
 from inmotion.events.codec import JSON_CONTENT_TYPE, source_and_id
@@ -46,6 +48,7 @@ _TALLY = 64
 """Events a worker handles before it adds them to the consumed metric (and whenever it runs out
 of events): one locked add per event was a few percent of a busy consumer's time."""
 _WAIT = 0.1
+_NOT_PLAIN: Any = object()
 _HAND_OVER_LIMIT = 300
 """Seconds a revoked partition's in-flight events may take to finish (Kafka's max.poll.interval)."""
 _JSON_BYTES = JSON_CONTENT_TYPE.encode()
@@ -112,17 +115,28 @@ class _Worker:
     async def _run_chain(self, chain: object) -> None:
         waiting = self._chains[chain]
         consumed = 0  # handled, not yet counted in the consumed metric (counted every _TALLY)
+        consumer = self.consumer
+        plain = consumer.plain and self._ordered
+        function = consumer.subscription.handler.function
         try:
             while waiting and not self.stopping.is_set():
                 record = waiting[0]
                 try:
-                    if self._ordered:
-                        consumed += await self.consumer.process(record, self)
-                    else:
+                    if not self._ordered:
                         async with self._slots:
                             if self.stopping.is_set():
                                 return
-                            consumed += await self.consumer.process(record, self)
+                            consumed += await consumer.process(record, self)
+                    elif plain and (payload := consumer.plain_payload(record)) is not _NOT_PLAIN:
+                        try:  # the usual record: no coroutine but the handler's own
+                            await function(payload)
+                            consumed += 1
+                        except _Abandon:
+                            raise
+                        except Exception as error:
+                            consumed += await consumer.call_with_retries(record, payload, None, self, error)
+                    else:
+                        consumed += await consumer.process(record, self)
                 except _Abandon:
                     return
                 self._finish(record.offset)
@@ -185,6 +199,17 @@ class Consumer:
         self._needs_event = (
             subscription.filter is not None or subscription.transaction or subscription.handler.wants_event
         )
+        handler = subscription.handler
+        self.plain = (
+            not self._needs_event
+            and not subscription.idempotent
+            and handler.is_async
+            and handler.context_argument is None
+            and handler.json_decoder is not None
+        )
+        """Is handling a record just decoding its JSON payload and awaiting the handler with it
+        (no filter, envelope, context, dedupe or transaction)? Workers then do that themselves
+        and call `process` only for the records that need more."""
         if subscription.transaction and not isinstance(coordinator, SqliteCoordinator):
             raise InvalidConfig(f"transaction=True needs the sqlite backend, not {self.log.url}")
 
@@ -532,46 +557,77 @@ class Consumer:
         if sub.idempotent and not sub.transaction and await self._seen(key, worker):
             self.counter("skipped", record.topic).add()
             return False
-        attempt = 1
-        while True:
-            context = None if event is None else Context(event, record, self.group, attempt, self.app)
-            try:
-                if sub.transaction:
-                    assert context is not None
-                    if not await self._handle_in_transaction(payload, context, worker):
-                        return False  # handled before
-                elif handler.is_async and handler.context_argument is None:
-                    await handler.function(payload)  # the usual case, one coroutine less than call's
-                else:
-                    await handler.call(payload, context)
-                break
-            except _Abandon:
-                raise
-            except Exception as error:
-                self.counter("failed", record.topic).add()
-                retry = sub.retry.should_retry(error, attempt) or sub.dead_letter is None
-                logger.warning(
-                    "handler failed (attempt %d%s): %s: %s",
-                    attempt,
-                    ", will retry" if retry else "",
-                    type(error).__name__,
-                    error,
-                    extra={
-                        "group": self.group,
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    },
-                )
-                if not retry:
-                    await self._dead_letter(record, error, attempt, worker)
-                    return False
-                self.counter("retried", record.topic).add()
-                await self._pause(sub.retry.delay(min(attempt, sub.retry.attempts)), worker)
-                attempt += 1
+        if not await self.call_with_retries(record, payload, event, worker):
+            return False
         if sub.idempotent and not sub.transaction:
             self._remember(key)
         return True
+
+    async def call_with_retries(
+        self, record: Record, payload: Any, event: Event | None, worker: _Worker, failure: Exception | None = None
+    ) -> bool:
+        """Call the handler until it finishes (True) or its retries run out and the record is
+        dead-lettered, or a transactional handler finds it handled before (False). `failure`:
+        the first try already failed with it."""
+        sub = self.subscription
+        handler = sub.handler
+        attempt = 1
+        while True:
+            if failure is None:
+                context = None if event is None else Context(event, record, self.group, attempt, self.app)
+                try:
+                    if sub.transaction:
+                        assert context is not None
+                        return await self._handle_in_transaction(payload, context, worker)
+                    if handler.is_async and handler.context_argument is None:
+                        await handler.function(payload)  # the usual case, one coroutine less than call's
+                    else:
+                        await handler.call(payload, context)
+                    return True
+                except _Abandon:
+                    raise
+                except Exception as error:
+                    failure = error
+            self.counter("failed", record.topic).add()
+            retry = sub.retry.should_retry(failure, attempt) or sub.dead_letter is None
+            logger.warning(
+                "handler failed (attempt %d%s): %s: %s",
+                attempt,
+                ", will retry" if retry else "",
+                type(failure).__name__,
+                failure,
+                extra={
+                    "group": self.group,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
+            if not retry:
+                await self._dead_letter(record, failure, attempt, worker)
+                return False
+            self.counter("retried", record.topic).add()
+            await self._pause(sub.retry.delay(min(attempt, sub.retry.attempts)), worker)
+            attempt += 1
+            failure = None
+
+    def plain_payload(self, record: Record) -> Any:
+        """The payload of a record that needs nothing but decoding (a JSON value, not redriven
+        for one group), for a plain subscription (see `plain`); `_NOT_PLAIN` for any other
+        record, which `process` then handles in full (dead-lettering what does not decode)."""
+        content_type = None
+        for name, value in record.headers:
+            if name == "content-type" or name == "Content-Type":
+                content_type = value
+            elif name == deadletter.FOR_GROUP:
+                return _NOT_PLAIN
+        decoder = self.subscription.handler.json_decoder
+        if content_type != _JSON_BYTES or record.value is None or decoder is None:
+            return _NOT_PLAIN
+        try:
+            return decoder.decode(record.value)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return _NOT_PLAIN
 
     async def _seen(self, key: tuple[str, str], worker: _Worker) -> bool:
         """Has the group handled this event already? Asks again (after a backoff) while the
