@@ -14,7 +14,7 @@ import pytest
 
 from inmotion import Event
 from inmotion.errors import InvalidConfig, UnknownTopic
-from inmotion.log import TopicConfig, connect
+from inmotion.log import Message, TopicConfig, connect
 from inmotion.runtime import App, Context, TypeIs, TypePrefix
 from inmotion.runtime.filters import FilterSpec
 
@@ -135,6 +135,37 @@ def test_publish_headers_reach_the_handler(broker: str, eventually: Eventually) 
 
     asyncio.run(scenario())
     assert headers[0]["tenant"] == "acme"
+
+
+def test_a_payload_only_handler_gets_json_whatever_the_order_and_spelling_of_the_headers(
+    eventually: Eventually,
+) -> None:
+    got: list[dict[str, int]] = []
+
+    async def scenario() -> None:
+        with App("shop", "memory://") as app:
+            app.log.create_topic("orders", TopicConfig(partitions=1))
+
+            @app.subscribe("orders", group="g")
+            async def handle(order: dict[str, int]) -> None:
+                got.append(order)
+
+            await app.start()
+            await app.publish("orders", {"n": 1})  # content-type is the last header
+            await app.publish("orders", {"n": 2}, headers={"tenant": "acme"})  # a header after it
+            ce = (("ce_specversion", b"1.0"), ("ce_id", b"x3"), ("ce_source", b"java"), ("ce_type", b"t"))
+            app.log.append(
+                "orders",
+                [
+                    Message(b'{"n": 3}', headers=(("content-type", b"application/json"), *ce)),  # first
+                    Message(b'{"n": 4}', headers=(*ce, ("Content-Type", b"application/json"))),
+                ],
+            )
+            await eventually(lambda: len(got) == 4)
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert got == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]
 
 
 def test_filters_by_exact_type_prefix_and_any_matcher(eventually: Eventually) -> None:
