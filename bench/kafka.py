@@ -316,7 +316,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="100,000 events, one round, 3 s of latency")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=2, help="rounds of throughput runs; the best of each counts")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of throughput runs; the best of each counts")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each latency run")
     parser.add_argument("--bootstrap", default=f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
     args = parser.parse_args()
