@@ -254,6 +254,12 @@ def test_binary_mode_headers_are_the_kafka_binding() -> None:
     assert "ce_partitionkey" not in names
 
 
+def test_data_that_is_not_json_is_refused_naming_its_type() -> None:
+    for data in ({"when": object()}, [object()], object()):
+        with pytest.raises(InvalidEvent, match=r"data: cannot encode (dict|list|object) as JSON"):
+            to_binary(Event(type="t", source="s", data=data))
+
+
 def test_binary_mode_without_required_header() -> None:
     with pytest.raises(InvalidEvent) as caught:
         from_binary(None, [("ce_id", b"1"), ("ce_source", b"/s"), ("ce_specversion", b"1.0")], b"{}")

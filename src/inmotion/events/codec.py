@@ -169,7 +169,16 @@ def encode_data(event: Event) -> tuple[bytes | None, str | None]:
 
 def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], bytes | None]:
     """(key, headers, value) in the CloudEvents Kafka binary binding."""
-    value, content_type = encode_data(event)
+    data = event.data
+    value: bytes | None
+    content_type: str | None
+    if type(data) is dict and event.datacontenttype is None:  # a JSON object: most events
+        try:
+            value, content_type = _json_encoder.encode(data), JSON_CONTENT_TYPE
+        except TypeError:
+            value, content_type = encode_data(event)  # raises InvalidEvent, naming the problem
+    else:
+        value, content_type = encode_data(event)
     headers = [
         _SPECVERSION_HEADER,  # the only version an Event can have
         ("ce_id", event.id.encode()),

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event
+from inmotion.events.envelope import PARTITIONKEY
 from inmotion.log import Log, Position, TopicConfig, connect
 from inmotion.runtime import deadletter
 from inmotion.runtime.consumer import Consumer
@@ -18,7 +19,7 @@ from inmotion.runtime.coordination import DEFAULT_SESSION_TIMEOUT, Coordinator, 
 from inmotion.runtime.filters import FilterSpec, make_filter
 from inmotion.runtime.handler import Handler
 from inmotion.runtime.metrics import Metrics
-from inmotion.runtime.publisher import Publisher, build_event, to_message
+from inmotion.runtime.publisher import Publisher, to_message
 from inmotion.runtime.retry import Clock, Retry, SystemClock
 from inmotion.runtime.subscription import Subscription
 
@@ -88,9 +89,32 @@ class App:
         subject: str | None = None,
         extensions: Mapping[str, str] | None = None,
     ) -> Event:
-        """The event `publish` would send: `type` defaults to the topic, `source` to the app's."""
-        return build_event(
-            payload, topic=topic, source=self.source, key=key, type=type, subject=subject, extensions=extensions
+        """The event `publish` would send: `payload` as its data (`type` defaults to the topic,
+        `source` to the app's), or `payload` itself when it is an Event (`type`, `subject`,
+        `key` and `extensions` then change it)."""
+        if isinstance(payload, Event):
+            event = payload
+            changes: dict[str, Any] = {}
+            if type is not None:
+                changes["type"] = type
+            if subject is not None:
+                changes["subject"] = subject
+            if changes:
+                event = event.replace(**changes)
+            extra = dict(extensions or {})
+            if key is not None:
+                extra[PARTITIONKEY] = key
+            return event.with_extensions(**extra) if extra else event
+        if extensions:
+            return Event.create(
+                type or topic, payload, source=self.source, key=key, subject=subject, extensions=extensions
+            )
+        return Event(
+            type=type or topic,
+            source=self.source,
+            data=payload,
+            subject=subject,
+            extensions={} if key is None else {PARTITIONKEY: key},
         )
 
     async def publish(

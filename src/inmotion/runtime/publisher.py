@@ -6,12 +6,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from inmotion.errors import InvalidConfig, TopicExists, UnknownTopic
 from inmotion.events import Event
 from inmotion.events.codec import to_binary
-from inmotion.events.envelope import PARTITIONKEY
 from inmotion.log import Log, Message, Position, Record, TopicConfig
 from inmotion.runtime.metrics import Metrics
 
@@ -22,41 +21,6 @@ _INLINE_RETRIES = (0, 0.0005, 0.001, 0.002, 0.004, 0.008)
 
 T = TypeVar("T")
 Listener = Callable[[list[Record] | None], None]
-
-
-def build_event(
-    payload: Any,
-    *,
-    topic: str,
-    source: str,
-    key: str | None,
-    type: str | None,
-    subject: str | None,
-    extensions: Mapping[str, str] | None,
-) -> Event:
-    """The event to publish: `payload` as data, or `payload` itself when it is an Event."""
-    if isinstance(payload, Event):
-        event = payload
-        changes: dict[str, Any] = {}
-        if type is not None:
-            changes["type"] = type
-        if subject is not None:
-            changes["subject"] = subject
-        if changes:
-            event = event.replace(**changes)
-        extra = dict(extensions or {})
-        if key is not None:
-            extra["partitionkey"] = key
-        return event.with_extensions(**extra) if extra else event
-    if extensions:
-        return Event.create(type or topic, payload, source=source, key=key, subject=subject, extensions=extensions)
-    return Event(
-        type=type or topic,
-        source=source,
-        data=payload,
-        subject=subject,
-        extensions={} if key is None else {PARTITIONKEY: key},
-    )
 
 
 def to_message(event: Event, headers: Mapping[str, str] | None) -> Message:
