@@ -64,6 +64,7 @@ _BATCH = 512
 """Most records in one stored batch. An append stores each partition's records as one row (a
 row per record cost SQLite 3-4 us each, a batch costs about one row plus its bytes); a read
 that starts inside a batch decodes all of it."""
+_DELETE_BATCHES = _DELETE_CHUNK // _BATCH + 1
 # Records are stored in batches, one row each: the records of one append to one partition, up
 # to _BATCH of them. A batch's rowid is (log_id << 40) + the offset of the last record it was
 # written with: each partition owns one contiguous rowid range, so appends, reads and deletes
@@ -138,31 +139,40 @@ def _offsets(first: int, body: _Body) -> Sequence[int]:
     return body[3] if body[3] is not None else range(first, first + len(body[0]))
 
 
+def _encode_body(records: list[tuple[int, Any, Any, Headers]]) -> bytes:
+    """A batch's body of (offset, key, value, headers) records, ascending by offset."""
+    offsets, keys, values, headers = (list(column) for column in zip(*records, strict=True))
+    consecutive = offsets[-1] - offsets[0] == len(offsets) - 1
+    return _encoder.encode((keys, values, headers, None if consecutive else offsets))
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)  # each IF NOT EXISTS: tables a file has already stay as they are
+
+
 def _batches_from_rows(conn: sqlite3.Connection) -> None:
     """Upgrade a file of schema 1 (a row per record) to batches, inside the caller's transaction."""
-    conn.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS batches") :].split(";")[0])
+    _create_tables(conn)
     decode = msgspec.msgpack.Decoder(Headers).decode
-    batch: list[tuple[int, int, Any, Any, Headers]] = []  # (log_id, offset, key, value, headers)
-    timestamp = 0
+    batch: list[tuple[int, Any, Any, Headers]] = []  # (offset, key, value, headers) of one partition
+    log_id = timestamp = 0
 
     def close_batch() -> None:  # written at once: a big file is never held in memory
-        log_id, offsets = batch[0][0], [record[1] for record in batch]
-        consecutive = offsets[-1] - offsets[0] == len(offsets) - 1
-        body = ([r[2] for r in batch], [r[3] for r in batch], [r[4] for r in batch], None if consecutive else offsets)
         conn.execute(
             "INSERT INTO batches (id, first, timestamp, body) VALUES (?, ?, ?, ?)",
-            ((log_id << OFFSET_BITS) + offsets[-1], offsets[0], timestamp, _encoder.encode(body)),
+            ((log_id << OFFSET_BITS) + batch[-1][0], batch[0][0], timestamp, _encode_body(batch)),
         )
         batch.clear()
 
     for rowid, stamp, key, value, headers in conn.execute(
         "SELECT id, timestamp, key, value, headers FROM records ORDER BY id"
     ):
-        log_id = rowid >> OFFSET_BITS
-        if batch and (batch[0][0] != log_id or stamp != timestamp or len(batch) == _BATCH):
+        if batch and (rowid >> OFFSET_BITS != log_id or stamp != timestamp or len(batch) == _BATCH):
             close_batch()
-        timestamp = stamp
-        batch.append((log_id, rowid & OFFSET_MASK, key, value, decode(headers) if headers else ()))
+        log_id, timestamp = rowid >> OFFSET_BITS, stamp
+        batch.append((rowid & OFFSET_MASK, key, value, decode(headers) if headers else ()))
     if batch:
         close_batch()
     conn.execute("DROP TABLE records")
@@ -173,8 +183,9 @@ def _records(
 ) -> list[Record]:
     """Up to `limit` records of a stored batch, from `offset` on."""
     body = _body_decoder.decode(blob)
-    keys, values, headers, offsets = body
-    start = max(offset - first, 0) if offsets is None else bisect.bisect_left(offsets, offset)
+    keys, values, headers, _ = body
+    offsets = _offsets(first, body)
+    start = bisect.bisect_left(offsets, offset)  # a range bisects too
     end = start + limit
     # one Record per stored record with no Python bytecode run per record (mapped, not looped)
     return list(
@@ -182,7 +193,7 @@ def _records(
             Record,
             itertools.repeat(topic),
             itertools.repeat(partition),
-            _offsets(first, body)[start:end],
+            offsets[start:end],
             itertools.repeat(timestamp),
             keys[start:end],
             values[start:end],
@@ -408,9 +419,7 @@ class SqliteLog(SqliteFile, Log):
                 tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
                 if app_id != 0 or tables:
                     raise StorageError(f"{self.path} is a SQLite database but not an inmotion log")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                _create_tables(conn)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -895,10 +904,7 @@ class SqliteLog(SqliteFile, Log):
             if not kept:
                 conn.execute("DELETE FROM batches WHERE id = ?", (rowid,))
                 continue
-            offsets, keys, values, headers = (list(column) for column in zip(*kept, strict=True))
-            consecutive = offsets[-1] - offsets[0] == len(offsets) - 1
-            blob = _encoder.encode((keys, values, headers, None if consecutive else offsets))
-            conn.execute("UPDATE batches SET first = ?, body = ? WHERE id = ?", (offsets[0], blob, rowid))
+            conn.execute("UPDATE batches SET first = ?, body = ? WHERE id = ?", (kept[0][0], _encode_body(kept), rowid))
         if sized:
             conn.execute("UPDATE partitions SET bytes = max(bytes - ?, 0) WHERE log_id = ?", (freed, log_id))
 
@@ -909,11 +915,11 @@ class SqliteLog(SqliteFile, Log):
                 lambda conn: (
                     conn.execute(
                         "DELETE FROM batches WHERE id IN (SELECT id FROM batches WHERE id >= ? AND id < ? LIMIT ?)",
-                        (start, end, _DELETE_CHUNK // _BATCH + 1),
+                        (start, end, _DELETE_BATCHES),
                     ).rowcount
                 )
             )
-            if deleted < _DELETE_CHUNK // _BATCH + 1:
+            if deleted < _DELETE_BATCHES:
                 return
 
     def checkpoint(self) -> None:
