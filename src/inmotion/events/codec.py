@@ -152,15 +152,16 @@ def encode_data(event: Event) -> tuple[bytes | None, str | None]:
     """The record value for the event's data and the content type that describes it."""
     data = event.data
     content_type = event.datacontenttype
-    if data is None:
-        return None, content_type
-    if isinstance(data, bytes):
-        return data, content_type or BYTES_CONTENT_TYPE
-    if isinstance(data, str) and not is_json_content_type(content_type):
-        return data.encode(), content_type
-    # Plain dicts and lists skip the isinstance check: its first call imports pydantic's models.
-    if type(data) is not dict and type(data) is not list and isinstance(data, pydantic.BaseModel):
-        return data.model_dump_json().encode(), content_type or JSON_CONTENT_TYPE
+    if type(data) is not dict:  # a JSON object, most events' data, goes straight to the encoder
+        if data is None:
+            return None, content_type
+        if isinstance(data, bytes):
+            return data, content_type or BYTES_CONTENT_TYPE
+        if isinstance(data, str) and not is_json_content_type(content_type):
+            return data.encode(), content_type
+        # Lists skip the isinstance check too: its first call imports pydantic's models.
+        if type(data) is not list and isinstance(data, pydantic.BaseModel):
+            return data.model_dump_json().encode(), content_type or JSON_CONTENT_TYPE
     try:
         return _json_encoder.encode(data), content_type or JSON_CONTENT_TYPE  # dicts, dataclasses, Structs...
     except TypeError as exc:
@@ -169,16 +170,7 @@ def encode_data(event: Event) -> tuple[bytes | None, str | None]:
 
 def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], bytes | None]:
     """(key, headers, value) in the CloudEvents Kafka binary binding."""
-    data = event.data
-    value: bytes | None
-    content_type: str | None
-    if type(data) is dict and event.datacontenttype is None:  # a JSON object: most events
-        try:
-            value, content_type = _json_encoder.encode(data), JSON_CONTENT_TYPE
-        except TypeError:
-            value, content_type = encode_data(event)  # raises InvalidEvent, naming the problem
-    else:
-        value, content_type = encode_data(event)
+    value, content_type = encode_data(event)
     headers = [
         _SPECVERSION_HEADER,  # the only version an Event can have
         ("ce_id", event.id.encode()),

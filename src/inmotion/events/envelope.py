@@ -158,8 +158,7 @@ def _require_string(attribute: str, value: object) -> None:
 
 
 def _check_extension(name: str, value: object) -> None:
-    if type(value) is str and name in _known_good_names:
-        return
+    """Called for extensions not yet known good (see `__post_init__`)."""
     if not isinstance(name, str) or not _EXTENSION_NAME.fullmatch(name):
         raise InvalidEvent(str(name), "extension names use only lower-case letters a-z and digits 0-9")
     if name in RESERVED_NAMES:

@@ -21,8 +21,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgspec
-
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, TopicExists, UnknownTopic
 from inmotion.events import Event
 from inmotion.events.codec import JSON_CONTENT_TYPE, source_and_id
@@ -205,11 +203,10 @@ class Consumer:
             and not subscription.idempotent
             and handler.is_async
             and handler.context_argument is None
-            and handler.json_decoder is not None
         )
-        """Is handling a record just decoding its JSON payload and awaiting the handler with it
-        (no filter, envelope, context, dedupe or transaction)? Workers then do that themselves
-        and call `process` only for the records that need more."""
+        """Is handling a record just decoding its payload and awaiting the handler with it (no
+        filter, envelope, context, dedupe or transaction)? Workers then do that themselves and
+        call `process` only for the records that need more."""
         if subscription.transaction and not isinstance(coordinator, SqliteCoordinator):
             raise InvalidConfig(f"transaction=True needs the sqlite backend, not {self.log.url}")
 
@@ -530,13 +527,10 @@ class Consumer:
         handler finished with it, for the worker to count in the consumed metric."""
         sub = self.subscription
         handler = sub.handler
-        content_type = None
-        for name, value in record.headers:
-            if name == "content-type" or name == "Content-Type":
-                content_type = JSON_CONTENT_TYPE if value == _JSON_BYTES else value.decode("utf-8", "replace")
-            elif name == deadletter.FOR_GROUP and value.decode("utf-8", "replace") != self.group:
-                self.counter("skipped", record.topic).add()  # redriven for another group only
-                return False
+        content_type, elsewhere = self._content_type(record)
+        if elsewhere:
+            self.counter("skipped", record.topic).add()  # redriven for another group only
+            return False
         event: Event | None = None
         try:
             if self._needs_event:
@@ -579,10 +573,7 @@ class Consumer:
                     if sub.transaction:
                         assert context is not None
                         return await self._handle_in_transaction(payload, context, worker)
-                    if handler.is_async and handler.context_argument is None:
-                        await handler.function(payload)  # the usual case, one coroutine less than call's
-                    else:
-                        await handler.call(payload, context)
+                    await handler.call(payload, context)
                     return True
                 except _Abandon:
                     raise
@@ -611,22 +602,27 @@ class Consumer:
             attempt += 1
             failure = None
 
-    def plain_payload(self, record: Record) -> Any:
-        """The payload of a record that needs nothing but decoding (a JSON value, not redriven
-        for one group), for a plain subscription (see `plain`); `_NOT_PLAIN` for any other
-        record, which `process` then handles in full (dead-lettering what does not decode)."""
+    def _content_type(self, record: Record) -> tuple[str | None, bool]:
+        """The record's content type, and whether it was redriven for another group only."""
         content_type = None
+        elsewhere = False
         for name, value in record.headers:
             if name == "content-type" or name == "Content-Type":
-                content_type = value
-            elif name == deadletter.FOR_GROUP:
-                return _NOT_PLAIN
-        decoder = self.subscription.handler.json_decoder
-        if content_type != _JSON_BYTES or record.value is None or decoder is None:
+                content_type = JSON_CONTENT_TYPE if value == _JSON_BYTES else value.decode("utf-8", "replace")
+            elif name == deadletter.FOR_GROUP and value.decode("utf-8", "replace") != self.group:
+                elsewhere = True
+        return content_type, elsewhere
+
+    def plain_payload(self, record: Record) -> Any:
+        """The payload of a record for a plain subscription (see `plain`); `_NOT_PLAIN` for a
+        record redriven for another group or whose payload does not decode, which `process`
+        then handles in full (skipping or dead-lettering it)."""
+        content_type, elsewhere = self._content_type(record)
+        if elsewhere:
             return _NOT_PLAIN
         try:
-            return decoder.decode(record.value)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+            return self.subscription.handler.decode_record(record, content_type)
+        except InvalidEvent:
             return _NOT_PLAIN
 
     async def _seen(self, key: tuple[str, str], worker: _Worker) -> bool:
