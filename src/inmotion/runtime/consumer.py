@@ -50,6 +50,7 @@ _NOT_PLAIN: Any = object()
 _HAND_OVER_LIMIT = 300
 """Seconds a revoked partition's in-flight events may take to finish (Kafka's max.poll.interval)."""
 _JSON_BYTES = JSON_CONTENT_TYPE.encode()
+_JSON_HEADER = ("content-type", _JSON_BYTES)
 
 
 class _Abandon(Exception):
@@ -87,45 +88,53 @@ class _Worker:
         if self.stopping.is_set():
             return
         offsets, chains, ordered = self.offsets, self._chains, self._ordered
+        if ordered:  # one chain for the whole partition: the batch joins it at once
+            if records and records[0].offset < offsets.next_offset:
+                records = [record for record in records if record.offset >= offsets.next_offset]
+            if records:
+                offsets.start_many([record.offset for record in records])
+                waiting = chains.get(None)
+                if waiting is not None:
+                    waiting.extend(records)
+                else:
+                    chains[None] = collections.deque(records)
+                    self._start_chain(None)
+            return
         for record in records:  # once per event: names are local, lookups few
             offset = record.offset
             if offset < offsets.next_offset:
                 continue
             offsets.start(offset)
-            chain: object = None if ordered else (record.key if record.key is not None else offset)
+            chain = record.key if record.key is not None else offset
             waiting = chains.get(chain)
             if waiting is not None:
                 waiting.append(record)
             else:
                 chains[chain] = collections.deque([record])
-                task = asyncio.create_task(self._run_chain(chain))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._start_chain(chain)
+
+    def _start_chain(self, chain: object) -> None:
+        task = asyncio.create_task(self._run_chain(chain))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def commit_point(self, finishing: int | None = None) -> int:
         return self.offsets.commit_point(finishing)
-
-    def _finish(self, offset: int) -> None:
-        self.offsets.finish(offset)
-        if len(self.offsets) <= _BUFFER // 2:
-            self.consumer.wake.set()
 
     async def _run_chain(self, chain: object) -> None:
         waiting = self._chains[chain]
         consumed = 0  # handled, not yet counted in the consumed metric (counted every _TALLY)
         consumer = self.consumer
         plain = consumer.plain and self._ordered
+        plain_payload = consumer.plain_payload
         function = consumer.subscription.handler.function
+        finish = self.offsets.finish
+        stopping = self.stopping
         try:
-            while waiting and not self.stopping.is_set():
+            while waiting and not stopping.is_set():
                 record = waiting[0]
                 try:
-                    if not self._ordered:
-                        async with self._slots:
-                            if self.stopping.is_set():
-                                return
-                            consumed += await consumer.process(record, self)
-                    elif plain and (payload := consumer.plain_payload(record)) is not _NOT_PLAIN:
+                    if plain and (payload := plain_payload(record)) is not _NOT_PLAIN:
                         try:  # the usual record: no coroutine but the handler's own
                             await function(payload)
                             consumed += 1
@@ -133,11 +142,17 @@ class _Worker:
                             raise
                         except Exception as error:
                             consumed += await consumer.call_with_retries(record, payload, None, self, error)
-                    else:
+                    elif self._ordered:
                         consumed += await consumer.process(record, self)
+                    else:
+                        async with self._slots:
+                            if stopping.is_set():
+                                return
+                            consumed += await consumer.process(record, self)
                 except _Abandon:
                     return
-                self._finish(record.offset)
+                if finish(record.offset) <= _BUFFER // 2:  # room for the fetch loop to read more
+                    consumer.wake.set()
                 waiting.popleft()
                 if consumed >= _TALLY:
                     self._consumed.add(consumed)
@@ -603,14 +618,19 @@ class Consumer:
             failure = None
 
     def _content_type(self, record: Record) -> tuple[str | None, bool]:
-        """The record's content type, and whether it was redriven for another group only."""
+        """The record's content type, and whether it was redriven for another group only (its
+        last header is `deadletter.FOR_GROUP`, naming another group)."""
+        headers = record.headers
+        if not headers:
+            return None, False
+        last = headers[-1]
+        if last == _JSON_HEADER:  # what inmotion writes: content type last, no redrive mark
+            return JSON_CONTENT_TYPE, False
+        elsewhere = last[0] == deadletter.FOR_GROUP and (last[1] or b"").decode("utf-8", "replace") != self.group
         content_type = None
-        elsewhere = False
-        for name, value in record.headers:
-            if name == "content-type" or name == "Content-Type":
+        for name, value in headers:  # a Kafka header may have no value (None)
+            if (name == "content-type" or name == "Content-Type") and value is not None:
                 content_type = JSON_CONTENT_TYPE if value == _JSON_BYTES else value.decode("utf-8", "replace")
-            elif name == deadletter.FOR_GROUP and value.decode("utf-8", "replace") != self.group:
-                elsewhere = True
         return content_type, elsewhere
 
     def plain_payload(self, record: Record) -> Any:

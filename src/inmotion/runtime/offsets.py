@@ -27,14 +27,25 @@ class OffsetTracker:
         self._unfinished.append(offset)
         self.next_offset = offset + 1
 
-    def finish(self, offset: int) -> None:
+    def start_many(self, offsets: list[int]) -> None:
+        """`start` each of `offsets` (increasing), in one call."""
+        if offsets:
+            if offsets[0] < self.next_offset:
+                raise ValueError(f"offset {offsets[0]} was already handed out (next is {self.next_offset})")
+            self._unfinished.extend(offsets)
+            self.next_offset = offsets[-1] + 1
+
+    def finish(self, offset: int) -> int:
+        """Mark `offset` finished; returns how many handed-out offsets are still below the
+        commit point (`len(self)`)."""
         unfinished = self._unfinished
         if not self._finished and unfinished and unfinished[0] == offset:  # the oldest, as in order
             unfinished.popleft()
-            return
+            return len(unfinished)
         self._finished.add(offset)
-        while self._unfinished and self._unfinished[0] in self._finished:
-            self._finished.discard(self._unfinished.popleft())
+        while unfinished and unfinished[0] in self._finished:
+            self._finished.discard(unfinished.popleft())
+        return len(unfinished)
 
     def commit_point(self, finishing: int | None = None) -> int:
         """The next offset to read once everything finished so far (and `finishing`) is done."""
