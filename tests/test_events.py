@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from inmotion import Event
 from inmotion.errors import InvalidEvent
 from inmotion.events import from_batch, from_binary, from_dict, from_json, to_batch, to_binary, to_dict, to_json
+from inmotion.events.envelope import new_event
 
 
 class OrderPlaced(pydantic.BaseModel):
@@ -310,3 +311,39 @@ def test_any_json_data_round_trips_in_binary_mode(data: Any, key: str | None) ->
     decoded = from_binary(*to_binary(event))
     assert decoded.data == event.data
     assert decoded.key == key
+
+
+def test_new_event_is_the_event_its_attributes_make_with_its_own_id_time_and_extensions() -> None:
+    before = datetime.now(UTC)
+    first = new_event("shop.order.placed", "/shop", {"n": 1}, key="c-1")
+    second = new_event("shop.order.placed", "/shop", {"n": 2}, subject="orders/2")
+    third = new_event("shop.order.placed", "/shop", [3], key="c-3")  # the first one's template again
+    expected = Event(type="shop.order.placed", source="/shop", data={"n": 1}, extensions={"partitionkey": "c-1"})
+    assert first == msgspec.structs.replace(expected, id=first.id, time=first.time)
+    assert (second.subject, second.key, second.extensions, second.data) == ("orders/2", None, {}, {"n": 2})
+    assert (third.key, third.data, third.subject) == ("c-3", [3], None)
+    assert len({first.id, second.id, third.id}) == 3
+    assert first.time is not None
+    assert first.time.tzinfo is UTC
+    assert first.time >= before
+    assert first.extensions is not third.extensions  # no dict shared between events
+    assert to_binary(first)[0] == b"c-1"
+    number: Any = 7
+    assert new_event("t", "/s", key=number).extensions == {"partitionkey": 7}  # as Event takes it
+
+
+@pytest.mark.parametrize(
+    ("arguments", "attribute"),
+    [
+        ({"type": "", "source": "/s"}, "type"),
+        ({"type": ["t"], "source": "/s"}, "type"),  # unhashable: no template, Event names it
+        ({"type": "t", "source": 5}, "source"),
+        ({"type": "t", "source": "/s", "subject": ""}, "subject"),
+        ({"type": "t", "source": "/s", "key": 1.5}, "partitionkey"),
+    ],
+)
+def test_new_event_checks_what_event_checks(arguments: dict[str, Any], attribute: str) -> None:
+    for _ in range(2):  # a refused template is not kept: the second call is refused too
+        with pytest.raises(InvalidEvent) as caught:
+            new_event(**arguments)
+        assert caught.value.attribute == attribute

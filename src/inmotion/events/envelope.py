@@ -8,7 +8,7 @@ import itertools
 import os
 import random
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -148,6 +148,37 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         merged = dict(self.extensions)
         merged.update(extensions)
         return msgspec.structs.replace(self, extensions=merged)
+
+
+def new_event(type: str, source: str, data: Any = None, *, subject: str | None = None, key: str | None = None) -> Event:
+    """`Event(type=type, source=source, data=data, subject=subject)` with `key` as its
+    partitionkey, at about half the cost: how publishers make events by the million.
+
+    The attributes that repeat from event to event (type, source, subject) are checked once,
+    when a template event is built for them; each event is a copy of its template with an id,
+    a time, data and extensions of its own, so `Event.__post_init__` does not run again."""
+    if key is not None and builtins.type(key) is not str:  # Event checks other extension values
+        return Event(type=type, source=source, data=data, subject=subject, extensions={PARTITIONKEY: key})
+    try:
+        template = _templates.get((type, source, subject))
+    except TypeError:  # an unhashable attribute: Event names it
+        template = None
+    if template is None:
+        template = Event(type=type, source=source, subject=subject)
+        if len(_templates) < _MAX_TEMPLATES:
+            _templates[(type, source, subject)] = template
+    event = _copy(template)
+    _force_setattr(event, "id", _new_id())
+    _force_setattr(event, "time", _utcnow())
+    _force_setattr(event, "data", data)
+    _force_setattr(event, "extensions", {} if key is None else {PARTITIONKEY: key})
+    return event
+
+
+_templates: dict[tuple[str, str, str | None], Event] = {}
+_MAX_TEMPLATES = 4096
+_force_setattr = msgspec.structs.force_setattr
+_copy: Callable[[Event], Event] = Event.__copy__  # type: ignore[attr-defined]  # msgspec's, skips __post_init__
 
 
 def _require_string(attribute: str, value: object) -> None:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event
-from inmotion.events.envelope import PARTITIONKEY
+from inmotion.events.envelope import PARTITIONKEY, new_event
 from inmotion.log import Log, Position, TopicConfig, connect
 from inmotion.runtime import deadletter
 from inmotion.runtime.consumer import Consumer
@@ -109,13 +109,7 @@ class App:
             return Event.create(
                 type or topic, payload, source=self.source, key=key, subject=subject, extensions=extensions
             )
-        return Event(
-            type=type or topic,
-            source=self.source,
-            data=payload,
-            subject=subject,
-            extensions={} if key is None else {PARTITIONKEY: key},
-        )
+        return new_event(type or topic, self.source, payload, subject=subject, key=key)
 
     async def publish(
         self,
