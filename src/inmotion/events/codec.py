@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -174,13 +173,14 @@ def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], byte
     headers = [
         _SPECVERSION_HEADER,  # the only version an Event can have
         ("ce_id", event.id.encode()),
-        _shared_header("ce_source", event.source),
-        _shared_header("ce_type", event.type),
+        _SOURCES.get(event.source) or _shared_header(_SOURCES, "ce_source", event.source),
+        _TYPES.get(event.type) or _shared_header(_TYPES, "ce_type", event.type),
     ]
     if event.subject is not None:
         headers.append(("ce_subject", event.subject.encode()))
-    if event.time is not None:
-        headers.append(("ce_time", _time_bytes(event.time)))
+    time = event.time
+    if time is not None:
+        headers.append(("ce_time", _json_encoder.encode(time)[1:-1] if time.tzinfo is UTC else _time_bytes(time)))
     if event.dataschema is not None:
         headers.append(("ce_dataschema", event.dataschema.encode()))
     key: bytes | None = None
@@ -190,19 +190,26 @@ def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], byte
         else:
             headers.append(("ce_" + name, _extension_to_text(ext).encode()))
     if content_type is not None:
-        headers.append(_shared_header("content-type", content_type))
+        headers.append(_CONTENT_TYPES.get(content_type) or _shared_header(_CONTENT_TYPES, "content-type", content_type))
     return key, headers, value
 
 
 _SPECVERSION_HEADER = ("ce_specversion", b"1.0")
+_SOURCES: dict[str, tuple[str, bytes]] = {}
+_TYPES: dict[str, tuple[str, bytes]] = {}
+_CONTENT_TYPES: dict[str, tuple[str, bytes]] = {}
+_MAX_SHARED = 4096
 
 
-@functools.lru_cache(maxsize=4096)
-def _shared_header(name: str, text: str) -> tuple[str, bytes]:
-    """The header `(name, text encoded)`, one object for all events with the same text: most
-    events of a process share a few sources, types and content types, and a header made
-    anew for each would be one more object to build and for the garbage collector to scan."""
-    return name, text.encode()
+def _shared_header(known: dict[str, tuple[str, bytes]], name: str, text: str) -> tuple[str, bytes]:
+    """The header `(name, text encoded)`, one object for all events with the same text (kept
+    in `known`, up to _MAX_SHARED texts): most events of a process share a few sources, types
+    and content types, and a header made anew for each would be one more object to build and
+    for the garbage collector to scan. A dict lookup costs a fifth of an lru_cache call."""
+    header = name, text.encode()
+    if len(known) < _MAX_SHARED:
+        known[text] = header
+    return header
 
 
 def source_and_id(headers: Headers) -> tuple[str, str]:
