@@ -20,7 +20,7 @@ import msgspec
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event, from_binary, to_binary
-from inmotion.log.partitioner import partition_for_key
+from inmotion.log.partitioner import key_hash
 
 Headers = tuple[tuple[str, bytes], ...]
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -255,7 +255,7 @@ class Log(abc.ABC):
         return [
             m.partition
             if m.partition is not None
-            else partition_for_key(m.key, partitions)
+            else key_hash(m.key) % partitions  # partition_for_key, one call less per message
             if m.key is not None
             else next(spread) % partitions
             for m in messages
