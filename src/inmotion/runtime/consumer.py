@@ -222,6 +222,7 @@ class Consumer:
         """Is handling a record just decoding its payload and awaiting the handler with it (no
         filter, envelope, context, dedupe or transaction)? Workers then do that themselves and
         call `process` only for the records that need more."""
+        self._decode_record = handler.decode_record
         if subscription.transaction and not isinstance(coordinator, SqliteCoordinator):
             raise InvalidConfig(f"transaction=True needs the sqlite backend, not {self.log.url}")
 
@@ -637,11 +638,15 @@ class Consumer:
         """The payload of a record for a plain subscription (see `plain`); `_NOT_PLAIN` for a
         record redriven for another group or whose payload does not decode, which `process`
         then handles in full (skipping or dead-lettering it)."""
-        content_type, elsewhere = self._content_type(record)
-        if elsewhere:
-            return _NOT_PLAIN
+        headers = record.headers
+        if headers and headers[-1] == _JSON_HEADER:  # _content_type's first check, a call less
+            content_type: str | None = JSON_CONTENT_TYPE
+        else:
+            content_type, elsewhere = self._content_type(record)
+            if elsewhere:
+                return _NOT_PLAIN
         try:
-            return self.subscription.handler.decode_record(record, content_type)
+            return self._decode_record(record, content_type)
         except InvalidEvent:
             return _NOT_PLAIN
 
