@@ -150,7 +150,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return msgspec.structs.replace(self, extensions=merged)
 
 
-def new_event(type: str, source: str, data: Any = None, *, subject: str | None = None, key: str | None = None) -> Event:
+def new_event(type: str, source: str, data: Any = None, subject: str | None = None, key: str | None = None) -> Event:
     """`Event(type=type, source=source, data=data, subject=subject)` with `key` as its
     partitionkey, at about half the cost: how publishers make events by the million.
 

@@ -109,7 +109,7 @@ class App:
             return Event.create(
                 type or topic, payload, source=self.source, key=key, subject=subject, extensions=extensions
             )
-        return new_event(type or topic, self.source, payload, subject=subject, key=key)
+        return new_event(type or topic, self.source, payload, subject, key)  # positional: faster
 
     async def publish(
         self,
