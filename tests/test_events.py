@@ -16,7 +16,17 @@ from hypothesis import strategies as st
 
 from inmotion import Event
 from inmotion.errors import InvalidEvent
-from inmotion.events import from_batch, from_binary, from_dict, from_json, to_batch, to_binary, to_dict, to_json
+from inmotion.events import (
+    envelope,
+    from_batch,
+    from_binary,
+    from_dict,
+    from_json,
+    to_batch,
+    to_binary,
+    to_dict,
+    to_json,
+)
 from inmotion.events.envelope import new_event
 
 
@@ -340,6 +350,7 @@ def test_new_event_is_the_event_its_attributes_make_with_its_own_id_time_and_ext
         ({"type": "t", "source": 5}, "source"),
         ({"type": "t", "source": "/s", "subject": ""}, "subject"),
         ({"type": "t", "source": "/s", "key": 1.5}, "partitionkey"),
+        ({"type": "t", "source": "/s", "subject": 5}, "subject"),
     ],
 )
 def test_new_event_checks_what_event_checks(arguments: dict[str, Any], attribute: str) -> None:
@@ -347,3 +358,14 @@ def test_new_event_checks_what_event_checks(arguments: dict[str, Any], attribute
         with pytest.raises(InvalidEvent) as caught:
             new_event(**arguments)
         assert caught.value.attribute == attribute
+
+
+def test_new_event_builds_in_full_once_its_templates_are_all_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(envelope, "_MAX_TEMPLATES", 0)
+    monkeypatch.setattr(envelope, "_templates", {})
+    event = new_event("t.full", "/s", {"n": 1}, subject="orders/1", key="k")
+    assert (event.type, event.source, event.data) == ("t.full", "/s", {"n": 1})
+    assert (event.subject, event.key) == ("orders/1", "k")
+    assert envelope._templates == {}
+    with pytest.raises(InvalidEvent, match="subject"):
+        new_event("t.full", "/s", subject="")
