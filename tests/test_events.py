@@ -14,19 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import inmotion.events.envelope
 from inmotion import Event
 from inmotion.errors import InvalidEvent
-from inmotion.events import (
-    envelope,
-    from_batch,
-    from_binary,
-    from_dict,
-    from_json,
-    to_batch,
-    to_binary,
-    to_dict,
-    to_json,
-)
+from inmotion.events import from_batch, from_binary, from_dict, from_json, to_batch, to_binary, to_dict, to_json
 from inmotion.events.envelope import new_event
 
 
@@ -361,11 +352,11 @@ def test_new_event_checks_what_event_checks(arguments: dict[str, Any], attribute
 
 
 def test_new_event_builds_in_full_once_its_templates_are_all_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(envelope, "_MAX_TEMPLATES", 0)
-    monkeypatch.setattr(envelope, "_templates", {})
+    monkeypatch.setattr("inmotion.events.envelope._MAX_TEMPLATES", 0)
+    monkeypatch.setattr("inmotion.events.envelope._templates", {})
     event = new_event("t.full", "/s", {"n": 1}, subject="orders/1", key="k")
     assert (event.type, event.source, event.data) == ("t.full", "/s", {"n": 1})
     assert (event.subject, event.key) == ("orders/1", "k")
-    assert envelope._templates == {}
+    assert not inmotion.events.envelope._templates
     with pytest.raises(InvalidEvent, match="subject"):
         new_event("t.full", "/s", subject="")
