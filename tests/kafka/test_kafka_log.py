@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
 
 import inmotion
@@ -62,6 +62,44 @@ def test_a_plain_confluent_consumer_reads_the_cloudevent(log: Log, kafka_bootstr
     assert msg.key() == b"order-7"
     assert msg.value() == b'{"order":7,"total":12.5}'
     assert msg.partition() == partition_for_key(b"order-7", 3)
+
+
+def test_a_subscription_takes_records_of_other_producers_with_headers_without_value(
+    log_url: str, kafka_bootstrap: str
+) -> None:
+    """Kafka headers may have no value (None); the consumer reads past them, wherever they are."""
+    topic = unique_topic("foreign")
+    ce: list[tuple[str, str | bytes | None]] = [("ce_specversion", b"1.0"), ("ce_source", b"java"), ("ce_type", b"t")]
+    json = ("content-type", b"application/json")
+    got: list[dict[str, int]] = []
+
+    async def scenario() -> None:
+        with App("foreign", log_url) as app:
+            app.log.create_topic(topic, TopicConfig(partitions=1))
+
+            all_in = asyncio.Event()
+
+            @app.subscribe(topic, group=f"{topic}-group")
+            async def handle(payload: dict[str, int]) -> None:
+                got.append(payload)
+                if len(got) == 3:
+                    all_in.set()
+
+            await app.start()
+            producer = Producer({"bootstrap.servers": kafka_bootstrap})
+            headers_of: tuple[list[tuple[str, str | bytes | None]], ...] = (
+                [*ce, ("ce_id", b"j1"), json, ("trace", None)],
+                [*ce, ("ce_id", b"j2"), ("content-type", None), json, ("trace", None)],
+                [*ce, ("ce_id", b"j3"), ("trace", None), json],
+            )
+            for n, headers in enumerate(headers_of, 1):
+                producer.produce(topic, value=b'{"n": %d}' % n, headers=headers)
+            assert producer.flush(30) == 0
+            await asyncio.wait_for(all_in.wait(), 60)
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert got == [{"n": 1}, {"n": 2}, {"n": 3}]
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 from inmotion import Event
 from inmotion.errors import InvalidConfig, UnknownTopic
 from inmotion.log import Message, TopicConfig, connect
-from inmotion.runtime import App, Context, TypeIs, TypePrefix
+from inmotion.runtime import App, Context, TypeIs, TypePrefix, deadletter
 from inmotion.runtime.filters import FilterSpec
 
 from .conftest import Eventually
@@ -154,18 +154,21 @@ def test_a_payload_only_handler_gets_json_whatever_the_order_and_spelling_of_the
             await app.publish("orders", {"n": 1})  # content-type is the last header
             await app.publish("orders", {"n": 2}, headers={"tenant": "acme"})  # a header after it
             ce = (("ce_specversion", b"1.0"), ("ce_id", b"x3"), ("ce_source", b"java"), ("ce_type", b"t"))
+            json = b"application/json"
             app.log.append(
                 "orders",
                 [
                     Message(b'{"n": 3}', headers=(("content-type", b"application/json"), *ce)),  # first
                     Message(b'{"n": 4}', headers=(*ce, ("Content-Type", b"application/json"))),
+                    # the redrive mark counts only in last place (where redrive puts it)
+                    Message(b'{"n": 5}', headers=(*ce, (deadletter.FOR_GROUP, b"other"), ("content-type", json))),
                 ],
             )
-            await eventually(lambda: len(got) == 4)
+            await eventually(lambda: len(got) == 5)
             await app.stop()
 
     asyncio.run(scenario())
-    assert got == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]
+    assert got == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}, {"n": 5}]
 
 
 def test_filters_by_exact_type_prefix_and_any_matcher(eventually: Eventually) -> None:
