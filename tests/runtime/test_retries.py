@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -11,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from inmotion.errors import InvalidConfig
-from inmotion.log import Message, TopicConfig, partition_for_key
+from inmotion.errors import InvalidConfig, StorageError
+from inmotion.log import Message, Position, TopicConfig, partition_for_key
 from inmotion.runtime import App, Context, DeadLetter, FakeClock, Retry
 from inmotion.runtime.deadletter import entries, redrive
 
@@ -305,3 +306,45 @@ def test_an_idempotent_subscription_dead_letters_a_record_it_cannot_dedupe(
             assert attribute in entry.error["error_message"]
 
     asyncio.run(scenario())
+
+
+def test_a_failed_dead_letter_append_is_logged_and_the_event_tried_again(
+    eventually: Eventually, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault outside the handler (here the dead-letter append) neither loses the event nor
+    stops its partition: it is logged, and after a backoff the event is handled again."""
+    clock = FakeClock()
+    calls: list[str] = []
+
+    async def scenario() -> None:
+        with App("billing", "memory://", clock=clock) as app:
+            app.log.create_topic("orders", TopicConfig(partitions=1))
+
+            @app.subscribe("orders", group="g", retry=Retry(attempts=2, backoff=0.5, jitter=False))
+            async def charge(order: dict[str, str]) -> None:
+                calls.append(order["id"])
+                if order["id"] == "bad":
+                    raise Broken("cannot charge bad")
+
+            send = app.publisher.send
+            failures = [StorageError("disk full")]
+
+            async def flaky_send(topic: str, message: Message) -> Position:
+                if topic == "g.dlq" and failures:
+                    raise failures.pop()
+                return await send(topic, message)
+
+            app.publisher.send = flaky_send  # type: ignore[method-assign]
+            await app.start()
+            await app.publish("orders", {"id": "bad"})
+            await app.publish("orders", {"id": "ok"})
+            await eventually(lambda: calls[-1:] == ["ok"], what="the event after the poison one")
+            await app.stop()
+            assert [e.event().data for e in entries(app.log, "g.dlq")] == [{"id": "bad"}]
+            # the retry backoff, the fault's backoff, then the retry backoff of the second round
+            assert clock.sleeps == [0.5, 0.5, 0.5]
+
+    with caplog.at_level(logging.ERROR, logger="inmotion.runtime"):
+        asyncio.run(scenario())
+    assert calls == ["bad", "bad", "bad", "bad", "ok"]
+    assert any("orders/0@0 failed: StorageError: disk full; trying it again" in r.getMessage() for r in caplog.records)

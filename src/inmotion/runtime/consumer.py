@@ -130,6 +130,7 @@ class _Worker:
         function = consumer.subscription.handler.function
         finish = self.offsets.finish
         stopping = self.stopping
+        faults = 0  # in a row, on the first waiting record
         try:
             while waiting and not stopping.is_set():
                 record = waiting[0]
@@ -151,6 +152,12 @@ class _Worker:
                             consumed += await consumer.process(record, self)
                 except _Abandon:
                     return
+                except Exception as fault:  # not the handler's: the log failed (a dead-letter append)
+                    faults += 1
+                    if not await self._fault(record, fault, faults):
+                        return
+                    continue  # the same record again: it is not finished, so nothing passes it
+                faults = 0
                 if finish(record.offset) <= _BUFFER // 2:  # room for the fetch loop to read more
                     consumer.wake.set()
                 waiting.popleft()
@@ -162,6 +169,29 @@ class _Worker:
         finally:
             if consumed:
                 self._consumed.add(consumed)
+
+    async def _fault(self, record: Record, fault: Exception, faults: int) -> bool:
+        """Log a fault that handling `record` ran into outside the handler (a handler's own
+        errors are retried and dead-lettered by the consumer) and wait a backoff before the
+        record is tried again; False if the worker stops meanwhile."""
+        retry = self.consumer.subscription.retry
+        delay = retry.delay(min(faults, retry.attempts))
+        logger.error(
+            "handling %s/%d@%d failed: %s: %s; trying it again in %.1fs",
+            record.topic,
+            record.partition,
+            record.offset,
+            type(fault).__name__,
+            fault,
+            delay,
+            exc_info=fault,
+            extra={"group": self.consumer.group},
+        )
+        try:
+            await self.consumer._pause(delay, self)
+        except _Abandon:
+            return False
+        return True
 
     async def drain(self) -> None:
         """Finish the events being handled, drop the waiting ones (they stay uncommitted)."""
