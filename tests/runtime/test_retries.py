@@ -348,3 +348,33 @@ def test_a_failed_dead_letter_append_is_logged_and_the_event_tried_again(
         asyncio.run(scenario())
     assert calls == ["bad", "bad", "bad", "bad", "ok"]
     assert any("orders/0@0 failed: StorageError: disk full; trying it again" in r.getMessage() for r in caplog.records)
+
+
+def test_without_a_dead_letter_topic_an_undecodable_event_is_logged_and_tried_again(
+    eventually: Eventually, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`dead_letter=False`: an event that does not decode holds up its partition, tried again
+    after a growing backoff and logged each time; events behind it wait, none is skipped."""
+    clock = FakeClock()
+    got: list[dict[str, int]] = []
+
+    async def scenario() -> None:
+        with App("billing", "memory://", clock=clock) as app:
+            app.log.create_topic("orders", TopicConfig(partitions=1))
+
+            @app.subscribe("orders", group="g", dead_letter=False, retry=Retry(backoff=0.5, jitter=False))
+            async def charge(order: dict[str, int]) -> None:
+                got.append(order)
+
+            await app.start()
+            json = ("content-type", b"application/json")
+            app.log.append("orders", [Message(b"{not json", headers=(json,)), Message(b'{"n": 2}', headers=(json,))])
+            await eventually(lambda: len(clock.sleeps) >= 3, what="three tries of the bad event")
+            await app.stop()
+            assert clock.sleeps[:3] == [0.5, 1.0, 2.0]
+            assert app.log.committed("g", "orders") in ({}, {0: 0})
+
+    with caplog.at_level(logging.ERROR, logger="inmotion.runtime"):
+        asyncio.run(scenario())
+    assert got == []
+    assert any("orders/0@0 failed: InvalidEvent" in r.getMessage() for r in caplog.records)

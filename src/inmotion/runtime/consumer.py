@@ -592,7 +592,7 @@ class Consumer:
             else:
                 key = source_and_id(record.headers) if sub.idempotent else ("", "")
         except InvalidEvent as exc:
-            await self._dead_letter(record, exc, 1, worker)
+            await self._dead_letter(record, exc, 1)
             return False
         if sub.idempotent and not sub.transaction and await self._seen(key, worker):
             self.counter("skipped", record.topic).add()
@@ -641,7 +641,7 @@ class Consumer:
                 },
             )
             if not retry:
-                await self._dead_letter(record, failure, attempt, worker)
+                await self._dead_letter(record, failure, attempt)
                 return False
             self.counter("retried", record.topic).add()
             await self._pause(sub.retry.delay(min(attempt, sub.retry.attempts)), worker)
@@ -733,11 +733,10 @@ class Consumer:
         if worker.stopping.is_set():
             raise _Abandon
 
-    async def _dead_letter(self, record: Record, error: BaseException, attempts: int, worker: _Worker) -> None:
+    async def _dead_letter(self, record: Record, error: BaseException, attempts: int) -> None:
         topic = self.subscription.dead_letter
-        if topic is None:  # nowhere to put it: only an undecodable event gets here; keep trying
-            await self._pause(self.subscription.retry.max_backoff, worker)
-            raise _Abandon
+        if topic is None:  # nowhere to put it (only an undecodable event gets here): the worker
+            raise error  # logs it and tries it again after a backoff, holding up its partition
         message = deadletter.dead_letter(record, error, attempts, self.group, self.app.clock.time())
         await self.app.publisher.send(topic, message)
         self.counter("dead_lettered", record.topic).add()
