@@ -16,6 +16,7 @@ from inmotion import Event
 from inmotion.errors import InvalidConfig, UnknownTopic
 from inmotion.log import Message, TopicConfig, connect
 from inmotion.runtime import App, Context, TypeIs, TypePrefix, deadletter
+from inmotion.runtime.consumer import Consumer
 from inmotion.runtime.filters import FilterSpec
 
 from .conftest import Eventually
@@ -373,3 +374,27 @@ def test_the_routers_event_patterns_plug_in_as_filters(eventually: Eventually, a
 
     asyncio.run(scenario())
     assert sorted(big) == [101.0, 150.0]
+
+
+def test_a_fault_in_the_fetch_loop_ends_run_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fetch loop handles the log's errors itself; anything else is a fault that `run`
+    (and so `inmotion run`) ends with, instead of a member that holds partitions it no longer
+    reads."""
+
+    async def broken_read(self: Consumer, topic: str, positions: object, announced: bool) -> None:
+        raise RuntimeError("a bug in the fetch loop")
+
+    monkeypatch.setattr(Consumer, "_read", broken_read)
+
+    async def scenario() -> None:
+        with App("shop", "memory://", session_timeout=1.0) as app:
+            app.log.create_topic("orders", TopicConfig(partitions=1))
+
+            @app.subscribe("orders", group="g")
+            async def handle(order: dict[str, int]) -> None:
+                pass
+
+            with pytest.raises(RuntimeError, match="a bug in the fetch loop"):
+                await asyncio.wait_for(app.run(), 30)
+
+    asyncio.run(scenario())

@@ -293,6 +293,9 @@ class Consumer:
                         logger.warning("taking up the assignment failed: %s", exc, extra={"group": self.group})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopped.wait(), membership.heartbeat_interval)
+                for task in (*fetchers, committer):  # they handle the log's errors: this is a fault
+                    if task.done() and not stopped.is_set():
+                        raise task.exception() or RuntimeError(f"{task.get_coro()} ended")
         finally:
             for task in fetchers:
                 task.cancel()
