@@ -178,9 +178,8 @@ def to_binary(event: Event) -> tuple[bytes | None, list[tuple[str, bytes]], byte
     ]
     if event.subject is not None:
         headers.append(("ce_subject", event.subject.encode()))
-    time = event.time
-    if time is not None:
-        headers.append(("ce_time", _json_encoder.encode(time)[1:-1] if time.tzinfo is UTC else _time_bytes(time)))
+    if event.time is not None:
+        headers.append(("ce_time", _time_bytes(event.time)))
     if event.dataschema is not None:
         headers.append(("ce_dataschema", event.dataschema.encode()))
     key: bytes | None = None

@@ -671,13 +671,9 @@ class Consumer:
         """The payload of a record for a plain subscription (see `plain`); `_NOT_PLAIN` for a
         record redriven for another group or whose payload does not decode, which `process`
         then handles in full (skipping or dead-lettering it)."""
-        headers = record.headers
-        if headers and headers[-1] == _JSON_HEADER:  # _content_type's first check, a call less
-            content_type: str | None = JSON_CONTENT_TYPE
-        else:
-            content_type, elsewhere = self._content_type(record)
-            if elsewhere:
-                return _NOT_PLAIN
+        content_type, elsewhere = self._content_type(record)
+        if elsewhere:
+            return _NOT_PLAIN
         try:
             return self._decode_record(record, content_type)
         except InvalidEvent:
