@@ -49,6 +49,7 @@ PUBLIC = {
         "murmur2",
         "partition_for_key",
     ],
+    "inmotion.patterns": ["Matcher", "Pattern", "event_document"],
     "inmotion.testing": ["LogContract", "unique_topic"],
 }
 

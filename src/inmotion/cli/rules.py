@@ -14,7 +14,7 @@ import typer
 from inmotion.cli.common import BrokerOption, fail, open_log
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern
 from inmotion.log import Log
-from inmotion.routing import Pattern
+from inmotion.patterns import Pattern
 from inmotion.routing.router import route_file
 from inmotion.routing.rules import load_rules
 from inmotion.runtime.coordination import DEFAULT_SESSION_TIMEOUT, Membership, coordinator_for

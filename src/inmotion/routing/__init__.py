@@ -1,4 +1,5 @@
-"""Routing: EventBridge event patterns, the compiled matcher, rules, targets and the router.
+"""Routing: rules, targets and the router, above the runtime; the pattern language and its
+compiled matcher live below it, in `inmotion.patterns`, and are re-exported here.
 
 `Pattern(p).matches(document)` is the reference matcher for one pattern; `Matcher` compiles many
 named patterns into one structure whose matching cost does not grow with the number of rules.
@@ -6,8 +7,8 @@ named patterns into one structure whose matching cost does not grow with the num
 `Router.route(event)` delivers one event, `Router.run()` consumes source topics.
 """
 
-from inmotion.routing.matcher import Matcher
-from inmotion.routing.pattern import Pattern, event_document
+from inmotion.patterns.matcher import Matcher
+from inmotion.patterns.pattern import Pattern, event_document
 from inmotion.routing.router import Delivery, DeliveryFailed, Router
 from inmotion.routing.rules import (
     HandlerTarget,

@@ -24,8 +24,8 @@ from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, UnknownT
 from inmotion.events import STRUCTURED_CONTENT_TYPE, Event, to_binary, to_json
 from inmotion.log import Log
 from inmotion.log.base import check_group_name
-from inmotion.routing.matcher import Matcher
-from inmotion.routing.pattern import event_document
+from inmotion.patterns.matcher import Matcher
+from inmotion.patterns.pattern import event_document
 from inmotion.routing.rules import HandlerTarget, HttpTarget, Rule, RuleSet, Target, TopicTarget, load_rules
 
 Status = Literal["delivered", "dead-lettered", "failed"]

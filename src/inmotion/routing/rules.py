@@ -36,7 +36,7 @@ import yaml
 from inmotion.errors import InvalidConfig, InvalidPattern
 from inmotion.events import Event
 from inmotion.log.base import check_topic_name
-from inmotion.routing.pattern import Pattern, event_document
+from inmotion.patterns.pattern import Pattern, event_document
 
 Handler: TypeAlias = Callable[[Event], object]
 

@@ -177,7 +177,7 @@ class App:
 
         - `group`: the consumer group, default `<app name>.<function name>`.
         - `filter`: an event type ("a.b"), a type prefix ("a.*"), anything with
-          `matches(event)` (such as `inmotion.routing.Pattern`) or a function of the event.
+          `matches(event)` (such as `inmotion.patterns.Pattern`) or a function of the event.
         - `retry`: how often and how patiently a failing event is tried again.
         - `dead_letter`: a topic name, True for `<group>.dlq`, or False to retry a failing event
           until it succeeds (its partition waits).

@@ -1,7 +1,7 @@
 """Subscription filters: which events of a topic a handler sees.
 
 A filter is anything with a `matches(event) -> bool` method, so the router's event patterns
-(`inmotion.routing.Pattern`, or a plain pattern dict) plug in unchanged; `TypeIs` and `TypePrefix` cover the common
+(`inmotion.patterns.Pattern`, or a plain pattern dict) plug in unchanged; `TypeIs` and `TypePrefix` cover the common
 cases, and a plain string is shorthand for them ("shop.order.placed" or "shop.order.*").
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event
-from inmotion.routing import Pattern
+from inmotion.patterns import Pattern
 
 
 @runtime_checkable
@@ -63,7 +63,7 @@ FilterSpec = str | Mapping[str, Any] | EventFilter | Callable[[Event], bool] | N
 
 def make_filter(spec: FilterSpec) -> EventFilter | None:
     """The filter that `spec` describes: None (everything), a type string ("a.b", "a.*"), an
-    EventBridge event pattern (a dict, see `inmotion.routing.Pattern`), an object with
+    EventBridge event pattern (a dict, see `inmotion.patterns.Pattern`), an object with
     `matches(event)`, or a function of the event."""
     if spec is None:
         return None

@@ -25,7 +25,7 @@ from typing import Any
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event
-from inmotion.routing.pattern import (
+from inmotion.patterns.pattern import (
     AnythingBut,
     AnythingButMatching,
     Branch,
