@@ -20,6 +20,7 @@ PUBLIC = {
         "__version__",
         "connect",
     ],
+    "inmotion.clock": ["Clock", "FakeClock", "SystemClock"],
     "inmotion.events": [
         "BATCH_CONTENT_TYPE",
         "STRUCTURED_CONTENT_TYPE",

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from inmotion.clock import FakeClock
 from inmotion.errors import InvalidConfig, StorageError
 from inmotion.log import TopicConfig, connect
-from inmotion.runtime import App, Context, FakeClock, Retry, TopicPartition
+from inmotion.runtime import App, Context, Retry, TopicPartition
 from inmotion.runtime.coordination import Coordinator, MemoryCoordinator, SqliteCoordinator, deal
 
 from .conftest import Eventually

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from inmotion.clock import FakeClock
 from inmotion.errors import InvalidConfig, StorageError
 from inmotion.log import Message, Position, TopicConfig, partition_for_key
-from inmotion.runtime import App, Context, DeadLetter, FakeClock, Retry
+from inmotion.runtime import App, Context, DeadLetter, Retry
 from inmotion.runtime.deadletter import entries, redrive
 
 from .conftest import Eventually, Place

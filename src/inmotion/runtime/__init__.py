@@ -30,21 +30,18 @@ from inmotion.runtime.coordination import (
 from inmotion.runtime.deadletter import DeadLetter
 from inmotion.runtime.filters import EventFilter, TypeIs, TypePrefix
 from inmotion.runtime.handler import Context
-from inmotion.runtime.retry import Clock, FakeClock, Retry, SystemClock
+from inmotion.runtime.retry import Retry
 
 __all__ = [
     "App",
     "Assignment",
-    "Clock",
     "Context",
     "Coordinator",
     "DeadLetter",
     "EventFilter",
-    "FakeClock",
     "MemberInfo",
     "Membership",
     "Retry",
-    "SystemClock",
     "TopicPartition",
     "TypeIs",
     "TypePrefix",

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from inmotion.clock import Clock, SystemClock
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event
 from inmotion.events.envelope import PARTITIONKEY, new_event
@@ -20,7 +21,7 @@ from inmotion.runtime.filters import FilterSpec, make_filter
 from inmotion.runtime.handler import Handler
 from inmotion.runtime.metrics import Metrics
 from inmotion.runtime.publisher import Publisher, to_message
-from inmotion.runtime.retry import Clock, Retry, SystemClock
+from inmotion.runtime.retry import Retry
 from inmotion.runtime.subscription import Subscription
 
 F = TypeVar("F", bound=Callable[..., Any])
