@@ -21,6 +21,20 @@ PUBLIC = {
         "connect",
     ],
     "inmotion.clock": ["Clock", "FakeClock", "SystemClock"],
+    "inmotion.errors": [
+        "BrokerUnavailable",
+        "Closed",
+        "ConcurrencyError",
+        "InmotionError",
+        "InvalidConfig",
+        "InvalidEvent",
+        "InvalidPattern",
+        "NotAuthorized",
+        "StorageError",
+        "TopicExists",
+        "UnknownPartition",
+        "UnknownTopic",
+    ],
     "inmotion.events": [
         "BATCH_CONTENT_TYPE",
         "STRUCTURED_CONTENT_TYPE",
@@ -38,19 +52,67 @@ PUBLIC = {
     ],
     "inmotion.log": [
         "DEFAULT_BROKER",
+        "DEFAULT_SESSION_TIMEOUT",
+        "Assignment",
+        "Coordinator",
         "Log",
+        "MemberInfo",
+        "Membership",
         "Message",
         "PartitionInfo",
         "Position",
         "Record",
         "TopicConfig",
         "TopicInfo",
+        "TopicPartition",
+        "Transaction",
         "connect",
         "default_broker",
         "murmur2",
         "partition_for_key",
+        "register_backend",
     ],
     "inmotion.patterns": ["Matcher", "Pattern", "event_document"],
+    "inmotion.routing": [
+        "Delivery",
+        "DeliveryFailed",
+        "HandlerTarget",
+        "HttpTarget",
+        "InputTransform",
+        "Matcher",
+        "Pattern",
+        "RetryPolicy",
+        "Router",
+        "Rule",
+        "RuleSet",
+        "Target",
+        "TopicTarget",
+        "event_document",
+        "load_rules",
+        "parse_rules",
+    ],
+    "inmotion.runtime": ["App", "Context", "DeadLetter", "EventFilter", "Retry", "TypeIs", "TypePrefix"],
+    "inmotion.sourcing": [
+        "Aggregate",
+        "AggregateNotFound",
+        "EventStore",
+        "EventTypes",
+        "NewEvent",
+        "NewSnapshot",
+        "OutboxRelay",
+        "Projection",
+        "Projector",
+        "Repository",
+        "Source",
+        "StoreSource",
+        "StoredEvent",
+        "StoredSnapshot",
+        "TopicSource",
+        "Transaction",
+        "UnreadableEvent",
+        "applies",
+        "handles",
+    ],
     "inmotion.testing": ["LogContract", "unique_topic"],
 }
 
@@ -61,6 +123,14 @@ def test_exports_are_exactly_the_public_api(module: str) -> None:
     assert sorted(imported.__all__) == sorted(PUBLIC[module])
     for name in imported.__all__:
         assert getattr(imported, name) is not None
+
+
+def test_the_top_level_package_offers_the_app() -> None:
+    import inmotion.runtime
+
+    assert inmotion.App is inmotion.runtime.App
+    assert inmotion.Context is inmotion.runtime.Context
+    assert inmotion.Retry is inmotion.runtime.Retry
 
 
 def test_importing_the_core_does_not_import_kafka() -> None:

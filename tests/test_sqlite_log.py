@@ -19,10 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import inmotion
-import inmotion.log.sqlite as sqlite_module
+import inmotion.log.sqlite.log as sqlite_module
 from inmotion.errors import InvalidConfig, StorageError
 from inmotion.log import Message, TopicConfig
 from inmotion.log.sqlite import SqliteLog
+from inmotion.log.sqlite.file import APPLICATION_ID
 
 APPENDER = textwrap.dedent(
     """
@@ -343,7 +344,7 @@ def test_a_file_of_the_row_per_record_schema_is_upgraded_in_place(tmp_path: Path
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(SCHEMA_1)
-    conn.execute(f"PRAGMA application_id = {sqlite_module.APPLICATION_ID}")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO topics VALUES (1, 'old', 2, NULL, NULL, 1, 0)")
     conn.execute("INSERT INTO partitions VALUES (1, 1, 0, 1300, 3000, 0), (2, 1, 1, 2, 3000, 0)")

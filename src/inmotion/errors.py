@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "BrokerUnavailable",
+    "Closed",
+    "ConcurrencyError",
+    "InmotionError",
+    "InvalidConfig",
+    "InvalidEvent",
+    "InvalidPattern",
+    "NotAuthorized",
+    "StorageError",
+    "TopicExists",
+    "UnknownPartition",
+    "UnknownTopic",
+]
+
 
 class InmotionError(Exception):
     """Base class of every error inmotion raises on purpose."""

@@ -17,10 +17,9 @@ import pytest
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event
-from inmotion.log import Log, Message, TopicConfig
+from inmotion.log import Log, Membership, Message, TopicConfig, TopicPartition
+from inmotion.log.kafka.groups import KafkaCoordinator, handled_topic
 from inmotion.runtime import App, Context
-from inmotion.runtime.coordination import Membership, TopicPartition, coordinator_for
-from inmotion.runtime.kafka_groups import KafkaCoordinator, handled_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -54,7 +53,7 @@ def owned(member: Membership) -> frozenset[TopicPartition]:
 
 def test_members_split_partitions_and_a_leaver_hands_them_back(log: Log, names: tuple[str, str]) -> None:
     topic, group = names
-    coordinator = coordinator_for(log)
+    coordinator = log.group_coordinator()
     assert isinstance(coordinator, KafkaCoordinator)
     first = coordinator.join(group, {topic: 2}, session_timeout=3.0, member_id="first-1-00000000")
     second = None
@@ -88,12 +87,12 @@ def test_members_split_partitions_and_a_leaver_hands_them_back(log: Log, names: 
         if second is not None:
             second.leave()
         coordinator.close()
-    assert coordinator_for(log).members(group) == []
+    assert log.group_coordinator().members(group) == []
 
 
 def test_a_session_timeout_kafka_refuses_is_a_clear_error(log: Log, names: tuple[str, str]) -> None:
     topic, group = names
-    coordinator = coordinator_for(log)
+    coordinator = log.group_coordinator()
     member = coordinator.join(group, {topic: 2}, session_timeout=0.2)  # the broker's minimum is 0.5 s here
     try:
         with pytest.raises(InvalidConfig, match=r"Kafka refused session_timeout=0\.2s"):
@@ -108,7 +107,7 @@ def test_groups_and_replay_commands_on_kafka(log: Log, log_url: str, names: tupl
     log.append(topic, [Message(value=b"{}", key=f"k{n}".encode()) for n in range(20)])
     latest = {p: log.latest_offset(topic, p) for p in range(2)}
     log.commit(group, topic, {0: 1})  # an empty group: through the admin client
-    coordinator = coordinator_for(log)
+    coordinator = log.group_coordinator()
     member = coordinator.join(group, {topic: 2}, session_timeout=5.0, member_id="cli-7-00000000")
     try:
         until(lambda: len(owned(member)) == 2, "the member to own both partitions")
@@ -137,7 +136,7 @@ def test_groups_and_replay_commands_on_kafka(log: Log, log_url: str, names: tupl
     finally:
         member.leave()
         coordinator.close()
-    until(lambda: not coordinator_for(log).members(group), "the group to empty")
+    until(lambda: not log.group_coordinator().members(group), "the group to empty")
     back = inmotion("replay", topic, "--group", group, "--offset", "3", "--broker", log_url, "--json")
     assert back.returncode == 0, back.stderr
     assert log.committed(group, topic) == {p: min(3, latest[p]) for p in range(2)}

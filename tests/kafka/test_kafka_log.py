@@ -19,7 +19,7 @@ import inmotion
 from inmotion.errors import BrokerUnavailable, InmotionError, InvalidConfig, NotAuthorized, UnknownTopic
 from inmotion.events import Event
 from inmotion.log import Log, Message, Record, TopicConfig, partition_for_key
-from inmotion.log.kafka import translate
+from inmotion.log.kafka.log import translate
 from inmotion.runtime import App
 from inmotion.testing import unique_topic
 

@@ -196,7 +196,6 @@ def test_two_router_processes_share_the_partitions(place: Place, tmp_path: Path)
 
     from inmotion import Event
     from inmotion.log import TopicConfig, connect
-    from inmotion.runtime import coordinator_for
 
     broker, orders, copies, routers_group = place.url, place.topic, f"{place.topic}-copies", f"{place.group}-routers"
     with connect(broker) as log:
@@ -211,7 +210,7 @@ def test_two_router_processes_share_the_partitions(place: Place, tmp_path: Path)
     routers = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ) for _ in range(2)]
     try:
         with connect(broker) as log:
-            coordinator = coordinator_for(log)
+            coordinator = log.group_coordinator()
             deadline = time.monotonic() + 60
 
             def split() -> bool:

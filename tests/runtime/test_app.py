@@ -317,7 +317,9 @@ def test_bad_subscriptions_are_refused_with_a_clear_error() -> None:
             app.subscribe("orders", idempotent=True, transaction=True)(lambda data: None)
             await app.run(asyncio.Event())
 
-    with pytest.raises(InvalidConfig, match="transaction=True needs the sqlite backend"):
+    with pytest.raises(
+        InvalidConfig, match="transaction=True is not supported by MemoryCoordinator: use the sqlite backend"
+    ):
         asyncio.run(scenario())
     with pytest.raises(InvalidConfig, match="unknown broker URL"):
         App("x", "nope://")

@@ -15,7 +15,7 @@ import pytest
 
 from inmotion.events import Event
 from inmotion.log import Message, TopicConfig, connect
-from inmotion.runtime.coordination import SqliteCoordinator
+from inmotion.log.sqlite.groups import SqliteCoordinator
 
 INMOTION = str(Path(sys.executable).with_name("inmotion"))
 

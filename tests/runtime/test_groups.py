@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import threading
 import time
@@ -13,9 +14,12 @@ import pytest
 
 from inmotion.clock import FakeClock
 from inmotion.errors import InvalidConfig, StorageError
-from inmotion.log import TopicConfig, connect
-from inmotion.runtime import App, Context, Retry, TopicPartition
-from inmotion.runtime.coordination import Coordinator, MemoryCoordinator, SqliteCoordinator, deal
+from inmotion.log import Coordinator, TopicConfig, TopicPartition, connect
+from inmotion.log.groups import deal
+from inmotion.log.memory import MemoryCoordinator
+from inmotion.log.sqlite.groups import SqliteCoordinator
+from inmotion.runtime import App, Context, Retry
+from inmotion.runtime.consumer import begin
 
 from .conftest import Eventually
 
@@ -191,9 +195,8 @@ def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(
             assert app.metrics.value("inmotion_skipped_total") == 1
             with sqlite3.connect(path) as check:
                 assert check.execute("SELECT amount FROM balances").fetchall() == [(18,)]
-                positions = check.execute("SELECT grp, topic, offset FROM grp_positions").fetchall()
-            assert positions[0][:2] == ("ledger", "payments")
-            assert sum(o for _, _, o in positions) == 3
+            # the position went into the group's committed offsets, the one store of positions
+            assert sum(app.log.committed("ledger", "payments").values()) == 3
 
     asyncio.run(scenario())
     assert calls == [5, 13, 13]
@@ -319,3 +322,46 @@ def test_a_partition_whose_offsets_cannot_be_read_yet_is_taken_up_at_a_later_hea
             await app.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_transaction_abandoned_while_waiting_for_the_lock_gives_it_back(tmp_path: Path) -> None:
+    """A worker stopped (its partition lost) while its transaction waits for another process's
+    write lock: when the lock comes, it is rolled back at once, not held until the process dies."""
+    path = tmp_path / "log.db"
+    with connect(f"sqlite:///{path}") as log:
+        coordinator = log.group_coordinator()
+        transaction = coordinator.transaction("ledger")
+        other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+
+        async def abandon() -> None:
+            waiting = asyncio.ensure_future(begin(transaction, pool))
+            await asyncio.sleep(0)  # the BEGIN is now waiting in the pool's thread
+            waiting.cancel()
+            other.execute("COMMIT")  # the lock is free: the abandoned BEGIN takes it
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+
+        asyncio.run(abandon())
+        pool.shutdown(wait=True)
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" if the abandoned one kept it
+        other.execute("COMMIT")
+        other.close()
+        transaction.close()
+        coordinator.close()
+
+
+def test_positions_of_transactional_handlers_in_files_of_before_join_the_committed_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    with connect(f"sqlite:///{path}") as log:
+        log.create_topic("payments", TopicConfig(partitions=2))
+        log.commit("ledger", "payments", {0: 5, 1: 9})
+    with sqlite3.connect(path, isolation_level=None) as old:  # the table a file of before kept them in
+        old.execute("CREATE TABLE grp_positions (grp TEXT, topic TEXT, partition INTEGER, offset INTEGER)")
+        old.execute("INSERT INTO grp_positions VALUES ('ledger', 'payments', 0, 7), ('ledger', 'payments', 1, 3)")
+    with connect(f"sqlite:///{path}") as log:
+        log.group_coordinator().close()
+        assert log.committed("ledger", "payments") == {0: 7, 1: 9}  # the later of the two
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT 1 FROM sqlite_master WHERE name = 'grp_positions'").fetchone() is None

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from inmotion.log import Log, Record, TopicConfig, connect
+from inmotion.log import Log, Record, TopicConfig, TopicPartition, connect
 from inmotion.runtime import App
-from inmotion.runtime.coordination import TopicPartition, coordinator_for
 from tests.conftest import Place
 
 WORKER = str(Path(__file__).with_name("worker.py"))
@@ -111,7 +110,7 @@ def run_kill_test(place: Place, tmp_path: Path, workers: Workers, mode: str) -> 
     a = workers.spawn(place, logs[0], mode)
     b = workers.spawn(place, logs[1], mode)
     with connect(url) as log:
-        coordinator = coordinator_for(log)
+        coordinator = log.group_coordinator()
         try:
             wait_for(lambda: len(set(coordinator.owners(group).values())) == 2, 20, "both members to own partitions")
             producer = threading.Thread(target=publish_stream, args=(place, total))
@@ -196,7 +195,7 @@ def test_sigterm_commits_what_was_handled_and_a_restart_resumes_after_it(
             last[partition] = max(last.get(partition, -1), offset)
         # Nothing handled is left uncommitted, and nothing unhandled is committed.
         assert committed == {p: o + 1 for p, o in last.items()}
-        coordinator = coordinator_for(log)
+        coordinator = log.group_coordinator()
         try:
             assert coordinator.members(group) == []
         finally:
@@ -234,7 +233,7 @@ def test_a_member_joining_mid_stream_takes_partitions_over_without_duplicates(
         wait_for(lambda: len(handled(logs[0])) >= 500, 30, "the first member to get going")
         workers.spawn(place, logs[1], "slow")
         with connect(url) as log:
-            coordinator = coordinator_for(log)
+            coordinator = log.group_coordinator()
             try:
                 wait_for(lambda: len(set(coordinator.owners(group).values())) == 2, 30, "the partitions to be split")
             finally:

@@ -111,8 +111,10 @@ def test_bad_input_is_refused_before_anything_is_written(store: EventStore) -> N
     with pytest.raises(InvalidEvent, match="cannot encode"):
         store.append("s", [*events(1), NewEvent("X", object())], 0)
     assert store.last_position() == 0
-    with pytest.raises(InvalidConfig, match="unknown event store URL"):
+    with pytest.raises(InvalidConfig, match="unknown broker URL"):
         EventStore("postgres://x")
+    with pytest.raises(InvalidConfig, match="the event store cannot live on kafka://"):
+        EventStore("kafka://127.0.0.1:9")
 
 
 def test_wait_wakes_on_an_append_and_times_out_otherwise(store: EventStore) -> None:

@@ -13,11 +13,10 @@ import typer
 
 from inmotion.cli.common import BrokerOption, fail, open_log
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern
-from inmotion.log import Log
+from inmotion.log import DEFAULT_SESSION_TIMEOUT, Log, Membership
 from inmotion.patterns import Pattern
 from inmotion.routing.router import route_file
 from inmotion.routing.rules import load_rules
-from inmotion.runtime.coordination import DEFAULT_SESSION_TIMEOUT, Membership, coordinator_for
 
 rules_app = typer.Typer(help="Test event patterns and check rules files.", no_args_is_help=True)
 
@@ -91,7 +90,7 @@ class _GroupSeat:
         self.log = log
         self.group = group
         self.session_timeout = session_timeout
-        self.coordinator = coordinator_for(log)
+        self.coordinator = log.group_coordinator()
         self.membership: Membership | None = None
         self.sources: tuple[str, ...] = ()
 

@@ -17,15 +17,8 @@ from rich.table import Table
 
 from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, parse_time_ms, print_json
 from inmotion.errors import InvalidConfig, UnknownTopic
-from inmotion.log import Log
+from inmotion.log import Coordinator, Log, MemberInfo, TopicPartition
 from inmotion.runtime import deadletter, logs
-from inmotion.runtime.coordination import (
-    Coordinator,
-    MemberInfo,
-    SqliteCoordinator,
-    TopicPartition,
-    coordinator_for,
-)
 
 groups_app = typer.Typer(help="Inspect consumer groups: members, assignments, offsets, lag.", no_args_is_help=True)
 dlq_app = typer.Typer(help="List and redrive dead-letter topics.", no_args_is_help=True)
@@ -34,7 +27,7 @@ dlq_app = typer.Typer(help="List and redrive dead-letter topics.", no_args_is_he
 @contextlib.contextmanager
 def _open(broker: str | None) -> Iterator[tuple[Log, Coordinator]]:
     with open_log(broker) as log:
-        coordinator = coordinator_for(log)
+        coordinator = log.group_coordinator()
         try:
             yield log, coordinator
         finally:
@@ -327,8 +320,6 @@ def replay(
                 targets[p] = min(max(offset, earliest), latest)
         before = log.committed(group, topic)
         log.commit(group, topic, targets)
-        if isinstance(coordinator, SqliteCoordinator):
-            coordinator.clear_positions(group, topic)
     if json:
         for p, target in targets.items():
             print_json({"topic": topic, "group": group, "partition": p, "from": before.get(p), "to": target})

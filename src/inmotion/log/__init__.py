@@ -1,15 +1,16 @@
 """The durable log: the contract, its records and `connect(url)` to pick a backend.
 
 `memory://` (tests), `sqlite:///path/to/file.db` (the embedded default) and
-`kafka://host:port[,host:port]` (Apache Kafka, needs the `kafka` extra).
+`kafka://host:port[,host:port]` (Apache Kafka, needs the `kafka` extra): one package each under
+`inmotion/log/`, chosen by URL scheme (`registry`). Nothing outside a backend's package imports
+it; the contracts it implements are here: `Log` (base), consumer groups (groups) and, in
+`inmotion.sourcing`, the event store's recorder.
 """
 
 from __future__ import annotations
 
 import os
-from urllib.parse import parse_qsl, urlsplit
 
-from inmotion.errors import InvalidConfig
 from inmotion.log.base import (
     Log,
     Message,
@@ -19,23 +20,41 @@ from inmotion.log.base import (
     TopicConfig,
     TopicInfo,
 )
+from inmotion.log.groups import (
+    DEFAULT_SESSION_TIMEOUT,
+    Assignment,
+    Coordinator,
+    MemberInfo,
+    Membership,
+    TopicPartition,
+    Transaction,
+)
 from inmotion.log.partitioner import murmur2, partition_for_key
+from inmotion.log.registry import backend_for, register_backend
 
 DEFAULT_BROKER = "sqlite:///./inmotion.db"
 
 __all__ = [
     "DEFAULT_BROKER",
+    "DEFAULT_SESSION_TIMEOUT",
+    "Assignment",
+    "Coordinator",
     "Log",
+    "MemberInfo",
+    "Membership",
     "Message",
     "PartitionInfo",
     "Position",
     "Record",
     "TopicConfig",
     "TopicInfo",
+    "TopicPartition",
+    "Transaction",
     "connect",
     "default_broker",
     "murmur2",
     "partition_for_key",
+    "register_backend",
 ]
 
 
@@ -47,22 +66,6 @@ def default_broker() -> str:
 def connect(url: str | None = None) -> Log:
     """Open the log that `url` names (default: `INMOTION_BROKER`, else ./inmotion.db)."""
     url = url or default_broker()
-    parts = urlsplit(url)
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    if parts.scheme == "memory":
-        from inmotion.log.memory import MemoryLog
-
-        return MemoryLog(url)
-    if parts.scheme == "sqlite":
-        from inmotion.log.sqlite import SqliteLog
-
-        return SqliteLog.from_url(url, parts.path, options)
-    if parts.scheme == "kafka":
-        try:
-            from inmotion.log.kafka import KafkaLog  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
-            if "confluent_kafka" in str(exc):
-                raise InvalidConfig("the kafka backend needs confluent-kafka: pip install 'inmotion[kafka]'") from exc
-            raise
-        return KafkaLog.from_url(url, parts.netloc, options)  # type: ignore[no-any-return,unused-ignore]
-    raise InvalidConfig(f"unknown broker URL {url!r}: use memory://, sqlite:///path/to/file.db or kafka://host:port")
+    backend, parts, options = backend_for(url)
+    log: Log = backend.open_log(url, parts, options)
+    return log

@@ -14,13 +14,16 @@ import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 import msgspec
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event, from_binary, to_binary
 from inmotion.log.partitioner import key_hash
+
+if TYPE_CHECKING:
+    from inmotion.log.groups import Coordinator
 
 Headers = tuple[tuple[str, bytes], ...]
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -236,6 +239,11 @@ class Log(abc.ABC):
     def group_topics(self, group: str) -> list[str]:
         """The topics on which `group` has committed offsets, sorted (backends answer in one lookup)."""
         return [topic for topic in self.list_topics() if self.committed(group, topic)]
+
+    def group_coordinator(self) -> Coordinator:
+        """The group side of this backend: membership, partition ownership, dedupe records
+        (see `inmotion.log.groups`). The caller closes it."""
+        raise InvalidConfig(f"consumer groups are not supported on {self.url}")
 
     # --- maintenance ----------------------------------------------------------------------
     @abc.abstractmethod

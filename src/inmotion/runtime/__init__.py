@@ -19,14 +19,6 @@ the same file; `inmotion groups`, `inmotion dlq` and `inmotion replay` inspect a
 """
 
 from inmotion.runtime.app import App
-from inmotion.runtime.coordination import (
-    Assignment,
-    Coordinator,
-    MemberInfo,
-    Membership,
-    TopicPartition,
-    coordinator_for,
-)
 from inmotion.runtime.deadletter import DeadLetter
 from inmotion.runtime.filters import EventFilter, TypeIs, TypePrefix
 from inmotion.runtime.handler import Context
@@ -34,16 +26,10 @@ from inmotion.runtime.retry import Retry
 
 __all__ = [
     "App",
-    "Assignment",
     "Context",
-    "Coordinator",
     "DeadLetter",
     "EventFilter",
-    "MemberInfo",
-    "Membership",
     "Retry",
-    "TopicPartition",
     "TypeIs",
     "TypePrefix",
-    "coordinator_for",
 ]

@@ -13,10 +13,9 @@ from inmotion.clock import Clock, SystemClock
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event
 from inmotion.events.envelope import PARTITIONKEY, new_event
-from inmotion.log import Log, Position, TopicConfig, connect
+from inmotion.log import DEFAULT_SESSION_TIMEOUT, Coordinator, Log, Position, TopicConfig, connect
 from inmotion.runtime import deadletter
 from inmotion.runtime.consumer import Consumer
-from inmotion.runtime.coordination import DEFAULT_SESSION_TIMEOUT, Coordinator, coordinator_for
 from inmotion.runtime.filters import FilterSpec, make_filter
 from inmotion.runtime.handler import Handler
 from inmotion.runtime.metrics import Metrics
@@ -228,7 +227,7 @@ class App:
     @property
     def coordinator(self) -> Coordinator:
         if self._coordinator is None:
-            self._coordinator = coordinator_for(self.log)
+            self._coordinator = self.log.group_coordinator()
         return self._coordinator
 
     async def start(self) -> None:

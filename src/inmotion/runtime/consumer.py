@@ -16,18 +16,15 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, TopicExists, UnknownTopic
+from inmotion.errors import InmotionError, InvalidEvent, TopicExists, UnknownTopic
 from inmotion.events import Event
 from inmotion.events.codec import JSON_CONTENT_TYPE, source_and_id
-from inmotion.log import Log, Record
-from inmotion.log.sqlite import SqliteLog
+from inmotion.log import Assignment, Coordinator, Log, Membership, Record, TopicPartition, Transaction
 from inmotion.runtime import deadletter
-from inmotion.runtime.coordination import Assignment, Coordinator, Membership, SqliteCoordinator, TopicPartition
 from inmotion.runtime.handler import Context
 from inmotion.runtime.metrics import Counter
 from inmotion.runtime.offsets import OffsetTracker
@@ -51,6 +48,27 @@ _HAND_OVER_LIMIT = 300
 """Seconds a revoked partition's in-flight events may take to finish (Kafka's max.poll.interval)."""
 _JSON_BYTES = JSON_CONTENT_TYPE.encode()
 _JSON_HEADER = ("content-type", _JSON_BYTES)
+
+
+async def begin(transaction: Transaction, pool: concurrent.futures.Executor) -> None:
+    """Begin `transaction` in a thread of `pool` (it may wait for another process's write lock).
+    When the caller is cancelled meanwhile (its partition was lost), the lock may still come
+    later: wait for it and give it back, so that no abandoned transaction keeps every process
+    on the file from writing."""
+    began = asyncio.get_running_loop().run_in_executor(pool, transaction.begin)
+    try:
+        await asyncio.shield(began)
+    except asyncio.CancelledError:
+        while True:  # cancelled again meanwhile: the lock must still be given back
+            try:
+                await asyncio.shield(began)
+            except asyncio.CancelledError:
+                continue
+            except Exception:
+                raise asyncio.CancelledError from None  # it never began: nothing to give back
+            break
+        transaction.rollback()
+        raise
 
 
 class _Abandon(Exception):
@@ -235,7 +253,6 @@ class Consumer:
         self._unwritten: set[tuple[str, str]] = set()
         """Keys of handled events whose dedupe records are being written: already seen."""
         self._remembering: asyncio.Task[None] | None = None
-        self._tx_conn: sqlite3.Connection | None = None
         self._membership: Membership | None = None
         self._last_prune = 0.0
         self._counter_cache: dict[str, dict[str, Counter]] = {}
@@ -253,8 +270,9 @@ class Consumer:
         filter, envelope, context, dedupe or transaction)? Workers then do that themselves and
         call `process` only for the records that need more."""
         self._decode_record = handler.decode_record
-        if subscription.transaction and not isinstance(coordinator, SqliteCoordinator):
-            raise InvalidConfig(f"transaction=True needs the sqlite backend, not {self.log.url}")
+        self._transaction: Transaction | None = (
+            coordinator.transaction(self.group) if subscription.transaction else None
+        )
 
     async def _call(self, function: Callable[..., T], *args: Any, pool: concurrent.futures.Executor | None = None) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool or self._io, function, *args)
@@ -264,8 +282,6 @@ class Consumer:
         partitions = {topic: await self._call(self._prepare_topic, topic) for topic in self.subscription.topics}
         if self.subscription.dead_letter is not None:
             await self._call(deadletter.ensure_topic, self.log, self.subscription.dead_letter)
-        if isinstance(self.coordinator, SqliteCoordinator):
-            self._tx_conn = self.coordinator.connect() if self.subscription.transaction else None
         membership = self._membership = self.coordinator.join(
             self.group, partitions, session_timeout=self.app.session_timeout
         )
@@ -316,8 +332,8 @@ class Consumer:
             self._commit_io.shutdown(wait=True)
             for pool in [*self._fetch_pools.values(), *self._read_pools.values()]:
                 pool.shutdown(wait=True)
-            if self._tx_conn is not None:
-                self._tx_conn.close()
+            if self._transaction is not None:
+                self._transaction.close()
 
     def _prepare_topic(self, topic: str) -> int:
         try:
@@ -390,10 +406,6 @@ class Consumer:
 
     def _start_offset(self, tp: TopicPartition) -> int:
         committed = self.log.committed(self.group, tp.topic).get(tp.partition)
-        if isinstance(self.coordinator, SqliteCoordinator) and self.subscription.transaction:
-            position = self.coordinator.position(self.group, tp)
-            if position is not None:
-                committed = max(committed or 0, position)
         return self.log.earliest_offset(tp.topic, tp.partition) if committed is None else committed
 
     # --- fetching -------------------------------------------------------------------------
@@ -752,42 +764,36 @@ class Consumer:
         )
 
     async def _handle_in_transaction(self, payload: Any, context: Context, worker: _Worker) -> bool:
-        """Run the handler inside one SQLite transaction with the dedupe record and position;
-        False when the group had handled the event already."""
-        event = context.event
-        assert isinstance(self.coordinator, SqliteCoordinator)
-        assert self._tx_conn is not None
+        """Run the handler inside one transaction with the dedupe record, the events it
+        publishes and the group's position (the backend's `Transaction`); False when the group
+        had handled the event already."""
+        transaction = self._transaction
+        assert transaction is not None
         assert self._membership is not None
-        conn = self._tx_conn
-        log = self.log
-        assert isinstance(log, SqliteLog)
+        event = context.event
         key = (event.source, event.id)
         deferred: list[tuple[str, Event, Mapping[str, str] | None]] = []
         published: dict[str, int] = {}
         async with self._tx_lock:
-            await asyncio.to_thread(conn.execute, "BEGIN IMMEDIATE")
+            await begin(transaction, self._io)
             try:
-                if SqliteCoordinator.seen_in(conn, self.group, key):
-                    conn.execute("ROLLBACK")
+                if transaction.seen(key):
+                    transaction.rollback()
                     self.counter("skipped", worker.tp.topic).add()
                     return False
-                context.db = conn
+                context.db = transaction.connection
                 context.deferred = deferred
                 await self.subscription.handler.call(payload, context)
-                if not self.coordinator.holds(conn, self.group, self._membership.member_id, worker.tp):
-                    raise _Abandon
                 # the events the handler published go into the log in the same transaction:
                 # stored with its effects and its position, or not at all
                 for topic, follow_up, headers in deferred:
-                    log.append_in(conn, topic, [to_message(follow_up, headers)], self.app.topic_config)
+                    transaction.append(topic, [to_message(follow_up, headers)], self.app.topic_config)
                     published[topic] = published.get(topic, 0) + 1
-                SqliteCoordinator.remember_in(conn, self.group, [key])
                 point = worker.commit_point(finishing=context.record.offset)
-                SqliteCoordinator.save_position(conn, self.group, worker.tp, point)
-                conn.execute("COMMIT")
+                if not transaction.commit(key, worker.tp, point, self._membership.member_id):
+                    raise _Abandon  # the partition is another member's now
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+                transaction.rollback()
                 raise
         for topic, count in published.items():
             self.app.metrics.add("inmotion_published_total", count, topic=topic)

@@ -42,9 +42,9 @@ from typing import Any, ClassVar, TypeVar
 
 from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.log import Log, Record
-from inmotion.log.sqlite import database_path, immediate, translate_errors
+from inmotion.log.sqlite.file import database_path, immediate, translate_errors
+from inmotion.log.sqlite.store import connect, create_tables
 from inmotion.sourcing.aggregate import marked_methods, marker
-from inmotion.sourcing.sqlite import connect, create_tables
 from inmotion.sourcing.store import EventStore, StoredEvent, encode_json
 from inmotion.sourcing.versioning import EventTypes, event_type_name
 

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, NamedTuple, Self
-from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 import pydantic
@@ -25,6 +24,7 @@ import pydantic
 from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.events import Event
 from inmotion.log import default_broker
+from inmotion.log.registry import backend_for
 from inmotion.sourcing.errors import UnreadableEvent
 
 EVENT_SOURCE = "inmotion.sourcing"
@@ -291,17 +291,12 @@ class EventStore:
 
 
 def _open_recorder(url: str) -> Recorder:
-    parts = urlsplit(url)
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    if parts.scheme == "memory":
-        from inmotion.sourcing.memory import MemoryRecorder
-
-        return MemoryRecorder()
-    if parts.scheme == "sqlite":
-        from inmotion.sourcing.sqlite import SqliteRecorder
-
-        return SqliteRecorder.from_url(url, parts.path, options)
-    raise InvalidConfig(f"unknown event store URL {url!r}: use memory:// or sqlite:///path/to/file.db")
+    backend, parts, options = backend_for(url)
+    opener = getattr(backend, "open_recorder", None)
+    if opener is None:
+        raise InvalidConfig(f"the event store cannot live on {parts.scheme}://: use sqlite:///path/to/file.db")
+    recorder: Recorder = opener(url, parts, options)
+    return recorder
 
 
 def _check_stream_id(stream_id: object) -> None:

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from inmotion.errors import ConcurrencyError, InvalidConfig, StorageError
-from inmotion.log.sqlite import (
+from inmotion.log.sqlite.file import (
     APPLICATION_ID,
     SqliteFile,
-    SqliteLog,
     database_path,
     immediate,
     open_connection,
     translate_errors,
 )
+from inmotion.log.sqlite.log import SqliteLog
 from inmotion.sourcing.store import EncodedEvent, Recorder, StoredEvent, StoredSnapshot
 
 T = TypeVar("T")

@@ -37,8 +37,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 
 from inmotion.errors import InmotionError, InvalidConfig, TopicExists
 from inmotion.log.base import TopicConfig, check_group_name
-from inmotion.log.kafka import KafkaLog, translate
-from inmotion.runtime.coordination import (
+from inmotion.log.groups import (
     DEFAULT_SESSION_TIMEOUT,
     Assignment,
     Coordinator,
@@ -47,8 +46,9 @@ from inmotion.runtime.coordination import (
     TopicPartition,
     new_member_id,
 )
+from inmotion.log.kafka.log import KafkaLog, translate
 
-logger = logging.getLogger("inmotion.runtime")
+logger = logging.getLogger("inmotion.log.kafka")
 
 _ACTIVE_STATES = {"STABLE", "PREPARING_REBALANCE", "COMPLETING_REBALANCE", "ASSIGNING", "RECONCILING"}
 _MEMBER_PID = re.compile(r"-(\d+)-[0-9a-f]{8}$")

@@ -92,6 +92,7 @@ from inmotion.log.base import (
     check_group_name,
     check_topic_name,
 )
+from inmotion.log.groups import Coordinator
 
 T = TypeVar("T")
 
@@ -964,6 +965,11 @@ class KafkaLog(Log):
     def enforce_retention(self, now_ms: int | None = None) -> int:
         """Kafka applies retention and compaction itself, on its own schedule: nothing to do."""
         return 0
+
+    def group_coordinator(self) -> Coordinator:
+        from inmotion.log.kafka.groups import KafkaCoordinator  # it builds on this module
+
+        return KafkaCoordinator(self)
 
     def close(self) -> None:
         with self._lock:

@@ -17,7 +17,6 @@ default 0.002), `retention_interval=SECONDS` (default 30).
 from __future__ import annotations
 
 import bisect
-import contextlib
 import functools
 import itertools
 import logging
@@ -26,7 +25,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -52,12 +50,13 @@ from inmotion.log.base import (
     check_group_name,
     check_topic_name,
 )
+from inmotion.log.groups import Coordinator
 from inmotion.log.retention import RetentionRow, needs_scan, plan_removals
+from inmotion.log.sqlite.file import APPLICATION_ID, SqliteFile, database_path, finish
 
 T = TypeVar("T")
 _logger = logging.getLogger("inmotion.log.sqlite")
 
-APPLICATION_ID = 0x494E4D4F  # "INMO"
 SCHEMA_VERSION = 2
 _DELETE_CHUNK = 5000
 _BATCH = 512
@@ -204,125 +203,6 @@ def _records(
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def database_path(url: str, path: str) -> Path:
-    """The file a `sqlite:///...` URL names: sqlite:///x.db is relative, sqlite:////x.db absolute."""
-    if not path or path == "/":
-        raise InvalidConfig(f"sqlite URL {url!r} names no file: use sqlite:///path/to/file.db")
-    return Path(path[1:] if path.startswith("/") else path)
-
-
-@contextlib.contextmanager
-def translate_errors(path: Path, action: str, timeout: float) -> Iterator[None]:
-    """sqlite3's exceptions as StorageError with a message a user can act on."""
-    try:
-        yield
-    except InmotionError:
-        raise
-    except sqlite3.Error as exc:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            message = f"{path} is locked by another process (waited {timeout:g}s)"
-        elif "not a database" in text or "malformed" in text:
-            message = f"{path} is corrupt or not a SQLite database ({text})"
-        elif "unable to open" in text or "readonly" in text or "disk I/O" in text:
-            message = f"cannot {action} {path}: {text} (check that the file is readable and writable)"
-        else:
-            message = f"cannot {action} {path}: {text}"
-        raise StorageError(message) from exc
-
-
-def open_connection(path: Path, timeout: float) -> sqlite3.Connection:
-    """An autocommit connection (transactions are explicit) that waits `timeout` seconds for
-    another process's write lock."""
-    if not path.parent.exists():
-        raise StorageError(f"cannot open {path}: directory {path.parent} does not exist")
-    with translate_errors(path, "open", timeout):
-        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-    return conn
-
-
-def immediate(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """Run `work` in one `BEGIN IMMEDIATE` transaction: it holds the write lock of every process
-    from the start, so what it reads stays true until it commits."""
-    conn.execute("BEGIN IMMEDIATE")
-    return finish(conn, work)
-
-
-def finish(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """Run `work` in the transaction just begun on `conn`, then commit; roll back if it fails."""
-    try:
-        result = work(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return result
-
-
-class SqliteFile:
-    """What every inmotion object on a SQLite file shares: one connection per thread for
-    reading, one writer behind a lock, sqlite3's errors as StorageError, and a condition that
-    wakes this process's waiters after each write. Subclasses open connections (`_connect`)
-    and set `_writer`."""
-
-    what = "the file"
-    _writer: sqlite3.Connection
-
-    def __init__(self, path: str | os.PathLike[str], timeout: float) -> None:
-        self.path = Path(path)
-        self.timeout = timeout
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._appended = threading.Condition()
-        self._closed = False
-
-    def _keep(self, conn: sqlite3.Connection) -> sqlite3.Connection:
-        """Remember `conn` so that close() closes it."""
-        with self._connections_lock:
-            self._connections.append(conn)
-        return conn
-
-    def _connect(self) -> sqlite3.Connection:
-        return self._keep(open_connection(self.path, self.timeout))
-
-    def _reader(self) -> sqlite3.Connection:
-        if self._closed:
-            raise Closed(f"{self.what} is closed")
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-        return conn
-
-    def _translate(self, action: str) -> contextlib.AbstractContextManager[None]:
-        return translate_errors(self.path, action, self.timeout)
-
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one IMMEDIATE transaction on the writer connection."""
-        with self._write_lock, self._translate("write to"):
-            if self._closed:
-                raise Closed(f"{self.what} is closed")
-            result = immediate(self._writer, work)
-        self._notify()
-        return result
-
-    def _notify(self) -> None:
-        with self._appended:
-            self._appended.notify_all()
-
-    def _close_connections(self) -> None:
-        self._closed = True
-        self._notify()
-        with self._write_lock, self._connections_lock:
-            for conn in self._connections:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._connections.clear()
 
 
 class _PendingAppend:
@@ -802,6 +682,17 @@ class SqliteLog(SqliteFile, Log):
 
         return commit
 
+    def commit_in(self, conn: sqlite3.Connection, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+        """Inside a transaction that the caller holds on `conn` (a transactional handler's):
+        move the group's offsets forward, never back."""
+        topic_id, _ = self._topic_row(conn, topic)
+        conn.executemany(
+            "INSERT INTO group_offsets (grp, topic_id, partition, offset, committed_ms) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (grp, topic_id, partition)"
+            " DO UPDATE SET offset = max(offset, excluded.offset), committed_ms = excluded.committed_ms",
+            [(group, topic_id, p, o, _now_ms()) for p, o in offsets.items()],
+        )
+
     def committed(self, group: str, topic: str) -> dict[int, int]:
         with self._translate("read"):
             conn = self._reader()
@@ -955,6 +846,11 @@ class SqliteLog(SqliteFile, Log):
             except (InmotionError, OSError):
                 # Locked by another process, or closing: try again on the next round.
                 continue
+
+    def group_coordinator(self) -> Coordinator:
+        from inmotion.log.sqlite.groups import SqliteCoordinator  # it builds on this module
+
+        return SqliteCoordinator(self.path, self.timeout, log=self)
 
     def close(self) -> None:
         if self._closed:

@@ -18,6 +18,7 @@ from inmotion.log.base import (
     check_group_name,
     check_topic_name,
 )
+from inmotion.log.memory.groups import MemoryCoordinator
 from inmotion.log.retention import plan_removals
 
 
@@ -38,6 +39,8 @@ class _Partition:
 class MemoryLog(Log):
     def __init__(self, url: str = "memory://") -> None:
         super().__init__()
+        self._coordinator: MemoryCoordinator | None = None
+        self._coordinator_lock = threading.Lock()
         self.url = url
         self._topics: dict[str, tuple[TopicConfig, list[_Partition]]] = {}
         self._groups: dict[str, dict[str, dict[int, int]]] = {}
@@ -186,6 +189,13 @@ class MemoryLog(Log):
                         part.bytes = sum(_size(r) for r in part.records)
                         removed += len(doomed)
         return removed
+
+    def group_coordinator(self) -> MemoryCoordinator:
+        """The one coordinator of this log's groups (its state lives in it; closing it is a no-op)."""
+        with self._coordinator_lock:
+            if self._coordinator is None:
+                self._coordinator = MemoryCoordinator()
+            return self._coordinator
 
     def close(self) -> None:
         with self._changed:

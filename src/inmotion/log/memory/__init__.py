@@ -1,0 +1,26 @@
+"""`memory://`: the log, its consumer groups and the event store in this process's memory, for
+tests; the same rules as the other backends (the contract suites check it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import SplitResult
+
+from inmotion.log.memory.groups import MemoryCoordinator
+from inmotion.log.memory.log import MemoryLog
+
+if TYPE_CHECKING:
+    from inmotion.sourcing.store import Recorder
+
+__all__ = ["MemoryCoordinator", "MemoryLog", "open_log", "open_recorder"]
+
+
+def open_log(url: str, parts: SplitResult, options: Mapping[str, str]) -> MemoryLog:
+    return MemoryLog(url)
+
+
+def open_recorder(url: str, parts: SplitResult, options: Mapping[str, str]) -> Recorder:
+    from inmotion.log.memory.store import MemoryRecorder  # the event store's layer, loaded when used
+
+    return MemoryRecorder()
