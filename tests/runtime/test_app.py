@@ -16,7 +16,7 @@ from inmotion import Event
 from inmotion.errors import InvalidConfig, UnknownTopic
 from inmotion.log import Message, TopicConfig, connect
 from inmotion.runtime import App, Context, TypeIs, TypePrefix, deadletter
-from inmotion.runtime.consumer import Consumer
+from inmotion.runtime.fetcher import Fetcher
 from inmotion.runtime.filters import FilterSpec
 
 from .conftest import Eventually
@@ -383,10 +383,10 @@ def test_a_fault_in_the_fetch_loop_ends_run_with_it(monkeypatch: pytest.MonkeyPa
     (and so `inmotion run`) ends with, instead of a member that holds partitions it no longer
     reads."""
 
-    async def broken_read(self: Consumer, topic: str, positions: object, announced: bool) -> None:
+    async def broken_read(self: Fetcher, positions: object, announced: bool) -> None:
         raise RuntimeError("a bug in the fetch loop")
 
-    monkeypatch.setattr(Consumer, "_read", broken_read)
+    monkeypatch.setattr(Fetcher, "read", broken_read)
 
     async def scenario() -> None:
         with App("shop", "memory://", session_timeout=1.0) as app:
