@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import enum
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,15 +36,27 @@ _JSON_HEADER = ("content-type", _JSON_BYTES)
 _NO_KEY: Key = ("", "")
 
 
-class Outcome(enum.Enum):
-    HANDLED = "handled"
-    """The handler finished with it."""
-    SKIPPED = "skipped"
-    """Not for this subscription (filtered out, redriven for another group) or handled before."""
-    DEAD_LETTERED = "dead-lettered"
-    """It failed every try, or does not decode, and went to the dead-letter topic."""
-    ABANDONED = "abandoned"
-    """The worker stopped (revoked, lost, shutting down) before it finished: not finished."""
+class Outcome:
+    """What became of a record: one of the four below, compared by identity (module constants,
+    not an Enum: a member's lookup through its class costs ten times a global's, per record)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.name!r})"
+
+
+HANDLED = Outcome("handled")
+"""The handler finished with it."""
+SKIPPED = Outcome("skipped")
+"""Not for this subscription (filtered out, redriven for another group) or handled before."""
+DEAD_LETTERED = Outcome("dead-lettered")
+"""It failed every try, or does not decode, and went to the dead-letter topic."""
+ABANDONED = Outcome("abandoned")
+"""The worker stopped (revoked, lost, shutting down) before it finished: not finished."""
 
 
 class Seat(Protocol):
@@ -95,24 +106,38 @@ class Pipeline:
         if self.dedupe is not None:
             seen = await self._seen(key, seat)
             if seen is None:
-                return Outcome.ABANDONED
+                return ABANDONED
             if seen:
                 self.counter("skipped", record.topic).add()
-                return Outcome.SKIPPED
+                return SKIPPED
         attempt = 1
-        while True:
-            result = await self._handle(payload, event, key, record, attempt, seat)
-            if result is Outcome.HANDLED:
+        function = self._function
+        while True:  # one try of the handler a turn: HANDLED, or the error it failed with
+            try:
+                if function is not None:  # the usual handler, awaited directly
+                    await function(payload)
+                    result: Outcome | Exception = HANDLED
+                elif self.transaction is not None:  # may also find the event handled before or the partition gone
+                    assert event is not None  # a transactional handler always gets the envelope
+                    context = Context(event, record, self.group, attempt, self.app)
+                    result = await self._handle_in_transaction(payload, context, key, seat)
+                else:
+                    await self.handler.call(
+                        payload, None if event is None else Context(event, record, self.group, attempt, self.app)
+                    )
+                    result = HANDLED
+            except Exception as error:
+                result = error
+            if result is HANDLED:
                 if self.dedupe is not None:
                     self.dedupe.remember(key)
                 return result
             if isinstance(result, Outcome):
                 return result
-            retry = self._failed(record, result, attempt)
-            if not retry:
+            if not self._failed(record, result, attempt):
                 return await self.dead_letter(record, result, attempt)
             if not await self.backoff(attempt, seat):
-                return Outcome.ABANDONED
+                return ABANDONED
             attempt += 1
 
     async def _seen(self, key: Key, seat: Seat) -> bool | None:
@@ -136,7 +161,7 @@ class Pipeline:
         content_type, elsewhere = self._content_type(record)
         if elsewhere:
             self.counter("skipped", record.topic).add()  # redriven for another group only
-            return Outcome.SKIPPED
+            return SKIPPED
         try:
             if not self._needs_event:  # the handler needs only the payload: skip the envelope
                 payload = self._decode_record(record, content_type)
@@ -145,7 +170,7 @@ class Pipeline:
             event = record.event()
             if self.subscription.filter is not None and not self.subscription.filter.matches(event):
                 self.counter("skipped", record.topic).add()
-                return Outcome.SKIPPED
+                return SKIPPED
             return self.handler.decode(event), event, (event.source, event.id)
         except InvalidEvent as exc:
             return exc
@@ -165,25 +190,6 @@ class Pipeline:
             if (name == "content-type" or name == "Content-Type") and value is not None:
                 content_type = JSON_CONTENT_TYPE if value == _JSON_BYTES else value.decode("utf-8", "replace")
         return content_type, elsewhere
-
-    async def _handle(
-        self, payload: Any, event: Event | None, key: Key, record: Record, attempt: int, seat: Seat
-    ) -> Outcome | Exception:
-        """One try of the handler: HANDLED, or the error it failed with; a transactional
-        handler may also find the event handled before (SKIPPED) or its partition gone
-        (ABANDONED)."""
-        try:
-            if self._function is not None:
-                await self._function(payload)
-                return Outcome.HANDLED
-            context = None if event is None else Context(event, record, self.group, attempt, self.app)
-            if self.transaction is not None:
-                assert context is not None  # a transactional handler always gets the envelope
-                return await self._handle_in_transaction(payload, context, key, seat)
-            await self.handler.call(payload, context)
-            return Outcome.HANDLED
-        except Exception as error:
-            return error
 
     def _failed(self, record: Record, error: Exception, attempt: int) -> bool:
         """Count and log a failed try; whether to try again (else dead-letter)."""
@@ -238,7 +244,7 @@ class Pipeline:
             error,
             extra={"group": self.group},
         )
-        return Outcome.DEAD_LETTERED
+        return DEAD_LETTERED
 
     async def _handle_in_transaction(self, payload: Any, context: Context, key: Key, seat: Seat) -> Outcome:
         """Run the handler inside one transaction with the dedupe record, the events it
@@ -253,7 +259,7 @@ class Pipeline:
                 if transaction.seen(key):
                     transaction.rollback()
                     self.counter("skipped", seat.tp.topic).add()
-                    return Outcome.SKIPPED
+                    return SKIPPED
                 context.db = transaction.connection
                 context.deferred = deferred
                 await self.handler.call(payload, context)
@@ -264,13 +270,13 @@ class Pipeline:
                     published[topic] = published.get(topic, 0) + 1
                 point = seat.commit_point(finishing=context.record.offset)
                 if not transaction.commit(key, seat.tp, point, self._member_id()):
-                    return Outcome.ABANDONED  # the partition is another member's now
+                    return ABANDONED  # the partition is another member's now
             except BaseException:
                 transaction.rollback()
                 raise
         for topic, count in published.items():
             self.app.metrics.add("inmotion_published_total", count, topic=topic)
-        return Outcome.HANDLED
+        return HANDLED
 
 
 async def begin(transaction: Transaction, pool: concurrent.futures.Executor) -> None:

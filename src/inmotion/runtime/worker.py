@@ -17,7 +17,7 @@ from collections.abc import Callable
 from inmotion.log import Record, TopicPartition
 from inmotion.runtime.metrics import Counter
 from inmotion.runtime.offsets import OffsetTracker
-from inmotion.runtime.pipeline import Outcome, Pipeline
+from inmotion.runtime.pipeline import ABANDONED, HANDLED, Pipeline
 
 logger = logging.getLogger("inmotion.runtime")
 
@@ -118,10 +118,10 @@ class Worker:
                     if not await self._fault(record, fault, faults):
                         return
                     continue  # the same record again: it is not finished, so nothing passes it
-                if outcome is Outcome.ABANDONED:
+                if outcome is ABANDONED:
                     return
                 faults = 0
-                if outcome is Outcome.HANDLED:
+                if outcome is HANDLED:
                     consumed += 1
                 if finish(record.offset) <= BUFFER // 2:
                     self._room()
