@@ -7,9 +7,9 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from inmotion.errors import InmotionError
+from inmotion.errors import InmotionError, UnknownTopic
 from inmotion.log import Coordinator, Log
 from inmotion.runtime.dedupe import Dedupe
 from inmotion.runtime.publisher import soon
@@ -19,8 +19,12 @@ logger = logging.getLogger("inmotion.runtime")
 
 
 class Committer:
-    def __init__(self, log: Log, coordinator: Coordinator, group: str, dedupe: Dedupe | None) -> None:
+    def __init__(
+        self, log: Log, coordinator: Coordinator, group: str, dedupe: Dedupe | None, topic_ids: Mapping[str, str | None]
+    ) -> None:
         self.log = log
+        self.topic_ids = topic_ids
+        """The id each topic had when its workers started (see `Log.topic_id`)."""
         self.coordinator = coordinator
         self.group = group
         self.dedupe = dedupe
@@ -49,10 +53,24 @@ class Committer:
             await self.dedupe.written()
             await loop.run_in_executor(self._pool, self.coordinator.flush, self.group)
         for topic, offsets in by_topic.items():
+            if not self._same_topic(topic):
+                continue
             if not await soon(self.log, functools.partial(self.log.commit_now, self.group, topic, offsets)):
                 await loop.run_in_executor(self._pool, self.log.commit, self.group, topic, offsets)
         for worker, point in points.items():
             worker.committed = point
+
+    def _same_topic(self, topic: str) -> bool:
+        """Is `topic` still the one the workers started on? Offsets of a topic deleted (and
+        created again) under them would skip the new topic's first records; the consumer
+        starts such workers over at its next heartbeat."""
+        started = self.topic_ids.get(topic)
+        if started is None:  # the backend cannot tell
+            return True
+        try:
+            return self.log.topic_id(topic) == started
+        except UnknownTopic:
+            return False
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

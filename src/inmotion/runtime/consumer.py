@@ -62,6 +62,9 @@ class Consumer:
         self._membership: Membership | None = None
         self._last_prune = 0.0
         self._counter_cache: dict[str, dict[str, Counter]] = {}
+        self._topic_ids: dict[str, str | None] = {}
+        """Each topic's id (`Log.topic_id`) when its workers started: another id means the topic
+        was deleted and created again under them."""
         transaction = coordinator.transaction(self.group) if subscription.transaction else None
         self.dedupe = (
             Dedupe(coordinator, self.group, self._io) if subscription.idempotent and transaction is None else None
@@ -70,7 +73,7 @@ class Consumer:
         self.fetchers = {
             topic: Fetcher(self.log, app.publisher, topic, self.group, self.workers) for topic in subscription.topics
         }
-        self.committer = Committer(self.log, coordinator, self.group, self.dedupe)
+        self.committer = Committer(self.log, coordinator, self.group, self.dedupe, self._topic_ids)
 
     def _member_id(self) -> str:
         assert self._membership is not None
@@ -105,6 +108,7 @@ class Consumer:
                 else:
                     last_heartbeat = time.monotonic()
                     try:
+                        await self._check_topics()
                         await self._apply(assignment)
                         await self._observe()
                     except InmotionError as exc:  # a new partition's offsets unreadable: next beat
@@ -163,6 +167,8 @@ class Consumer:
                 self._spawn(self._revoke(tp, self.workers[tp]))
         started = False
         for tp in sorted(assignment.owned - self.workers.keys() - assignment.revoke):
+            if tp.topic not in self._topic_ids:
+                self._topic_ids[tp.topic] = await self._call(self.log.topic_id, tp.topic)
             start = await self._call(self._start_offset, tp)
             self.workers[tp] = Worker(
                 self.pipeline,
@@ -224,6 +230,28 @@ class Consumer:
     def _start_offset(self, tp: TopicPartition) -> int:
         committed = self.log.committed(self.group, tp.topic).get(tp.partition)
         return self.log.earliest_offset(tp.topic, tp.partition) if committed is None else committed
+
+    async def _check_topics(self) -> None:
+        """Start a topic's partitions over when the topic was deleted (and maybe created again)
+        under their workers: the positions they hold belong to records that are gone. The next
+        assignment takes the partitions up again from their committed offsets, which went with
+        the topic (so from the start of a topic created anew)."""
+        for topic in sorted({tp.topic for tp in self.workers}):
+            try:
+                current = await self._call(self.log.topic_id, topic)
+                gone = False
+            except UnknownTopic:
+                current, gone = None, True
+            if gone or current != self._topic_ids.get(topic):
+                for tp in [tp for tp in self.workers if tp.topic == topic]:
+                    self.workers.pop(tp).abort()
+                del self._topic_ids[topic]
+                logger.warning(
+                    "topic %s was deleted%s: its partitions start over",
+                    topic,
+                    "" if gone else " and created again",
+                    extra={"group": self.group},
+                )
 
     async def _observe(self) -> None:
         """Refresh the lag gauges and prune old dedupe records."""

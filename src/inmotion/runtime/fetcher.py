@@ -58,6 +58,7 @@ class Fetcher:
         stop_listening = self.publisher.listen(self.topic, lambda records: self._take_local(records, behind))
         waiter: asyncio.Future[bool] | None = None
         announced = False  # a waiter saw records past the positions: read them even if it waits
+        failing: str | None = None  # the error the last reads failed with
         try:
             while True:
                 ready = {tp.partition: w for tp, w in self.workers.items() if tp.topic == self.topic and w.wants_more()}
@@ -72,8 +73,11 @@ class Fetcher:
                     version = self.log.data_version() if self.log.poll is not None else None
                     batches = await self.read(positions, announced)
                     announced = False
+                    failing = None
                 except InmotionError as exc:
-                    logger.warning("fetch from %s failed: %s", self.topic, exc, extra={"group": self.group})
+                    if str(exc) != failing:  # once, not ten times a second (a deleted topic)
+                        logger.warning("fetch from %s failed: %s", self.topic, exc, extra={"group": self.group})
+                        failing = str(exc)
                     await asyncio.sleep(_WAIT)
                     continue
                 for partition, records in batches.items():
