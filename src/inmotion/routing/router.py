@@ -36,7 +36,7 @@ from inmotion.runtime import App, Context, Retry
 from inmotion.runtime.coordination import DEFAULT_SESSION_TIMEOUT
 from inmotion.runtime.publisher import to_message
 
-ROUTING_CONCURRENCY = 256
+ROUTING_CONCURRENCY = 16
 """Events of different keys a source partition routes at once: their appends are gathered into
 one write (the runtime's publisher batches concurrent sends), while one key's stay in order."""
 DELIVERY_CONCURRENCY = 16
