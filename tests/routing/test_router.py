@@ -35,7 +35,7 @@ from inmotion.routing import (
     parse_rules,
     route_file,
 )
-from inmotion.routing.http import encode_header
+from inmotion.routing.http import HttpClient, encode_header
 from inmotion.runtime import App, DeadLetter, Retry
 from tests.runtime.conftest import _eventually as eventually
 
@@ -520,3 +520,32 @@ def test_route_file_names_every_missing_topic(log: Log, tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidConfig, match="missing topics: absent-source, absent-target"):
         asyncio.run(route_file(log, path))
+
+
+def test_a_kept_alive_connection_that_the_server_closed_is_replaced_once() -> None:
+    """A server may close an idle kept-alive connection without saying so; the next request
+    on it fails before any answer, and is sent again on a fresh connection."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(204)
+            self.end_headers()
+            self.close_connection = True  # without "Connection: close": the client keeps it
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = HttpClient()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        for n in range(3):
+            client.post(url, order(500, n))
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
