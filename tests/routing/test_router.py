@@ -35,7 +35,7 @@ from inmotion.routing import (
     parse_rules,
     route_file,
 )
-from inmotion.routing.http import HttpClient, encode_header
+from inmotion.routing.http import DeliveryRejected, HttpClient, encode_header, request_of
 from inmotion.runtime import App, DeadLetter, Retry
 from tests.runtime.conftest import _eventually as eventually
 
@@ -359,6 +359,21 @@ def test_binary_mode_percent_encodes_ce_headers_and_they_decode_back(log: Log, e
         assert urllib.parse.unquote(raw, errors="strict") == event.subject
         assert "injected" not in headers
     assert encode_header("Euro € 😀") == "Euro%20%E2%82%AC%20%F0%9F%98%80"  # the binding's example
+
+
+def test_binary_mode_sends_the_content_type_as_it_is(log: Log, endpoint: Endpoint) -> None:
+    event = order(500).replace(datacontenttype="application/json; charset=utf-8")
+
+    async def scenario(app: App, router: Router) -> None:
+        await publish(app, event)
+        await eventually(lambda: len(endpoint.requests) == 1)
+
+    routing(log, [rule(HttpTarget(url=endpoint.url))], scenario)
+    ((headers, body),) = endpoint.requests
+    assert headers["content-type"] == "application/json; charset=utf-8"
+    assert json.loads(body) == {"id": "o-1", "amount": 500}
+    with pytest.raises(DeliveryRejected, match="cannot be sent as an HTTP header"):
+        request_of(order(1).replace(datacontenttype="text/plain\r\nInjected: 1"), "binary")
 
 
 def test_http_5xx_is_retried_until_it_succeeds_and_labelled_as_what_it_is(
