@@ -119,8 +119,11 @@ class HttpClient:
         return response.status, response.reason
 
     def _connection(self, parts: urllib.parse.SplitResult, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
-        connections: dict[tuple[str, str], http.client.HTTPConnection] = getattr(self._local, "connections", None) or {}
-        self._local.connections = connections
+        connections: dict[tuple[str, str], http.client.HTTPConnection] | None = getattr(
+            self._local, "connections", None
+        )
+        if connections is None:
+            connections = self._local.connections = {}
         place = (parts.scheme, parts.netloc)
         connection = connections.get(place)
         if connection is not None:
@@ -129,7 +132,7 @@ class HttpClient:
                 connection.sock.settimeout(timeout)
             return connection, connection.sock is not None
         kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        connection = connections[place] = kind(parts.netloc, timeout=timeout)
+        connection = connections[place] = kind(parts.hostname or "", parts.port, timeout=timeout)
         with self._lock:
             self._open.add(connection)
         return connection, False
