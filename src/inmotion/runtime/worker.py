@@ -46,6 +46,7 @@ class Worker:
         self._room = room
         """Called when the worker has room for more events (the fetcher may read again)."""
         self._ordered = concurrency == 1
+        self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._chains: dict[object, collections.deque[Record]] = {}
         self._consumed = consumed
@@ -82,7 +83,8 @@ class Worker:
             if offset < offsets.next_offset:
                 continue
             offsets.start(offset)
-            chain = record.key if record.key is not None else offset
+            # events without a key need no order: they share `concurrency` chains, not a task each
+            chain = record.key if record.key is not None else offset % self._concurrency
             waiting = chains.get(chain)
             if waiting is not None:
                 waiting.append(record)
