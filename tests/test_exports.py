@@ -113,7 +113,7 @@ PUBLIC = {
         "applies",
         "handles",
     ],
-    "inmotion.testing": ["LogContract", "unique_topic"],
+    "inmotion.testing": ["LogContract", "eventually", "unique_topic", "wait_until"],
 }
 
 

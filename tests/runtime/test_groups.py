@@ -20,8 +20,7 @@ from inmotion.log.memory import MemoryCoordinator
 from inmotion.log.sqlite.groups import SqliteCoordinator
 from inmotion.runtime import App, Context, Retry
 from inmotion.runtime.consumer import begin
-
-from .conftest import Eventually
+from inmotion.testing import eventually
 
 
 def tps(topic: str, *partitions: int) -> frozenset[TopicPartition]:
@@ -96,9 +95,7 @@ def test_session_timeout_is_checked() -> None:
 
 
 @pytest.mark.parametrize("backend", ["memory", "sqlite"])
-def test_two_apps_in_one_group_split_partitions_and_hand_over_without_loss(
-    backend: str, tmp_path: Path, eventually: Eventually
-) -> None:
+def test_two_apps_in_one_group_split_partitions_and_hand_over_without_loss(backend: str, tmp_path: Path) -> None:
     shared = connect("memory://" if backend == "memory" else f"sqlite:///{tmp_path / 'log.db'}")
     handled: dict[str, list[int]] = {"one": [], "two": []}
 
@@ -136,7 +133,7 @@ def test_two_apps_in_one_group_split_partitions_and_hand_over_without_loss(
         asyncio.run(scenario())
 
 
-def test_idempotent_subscriptions_skip_events_they_already_handled(tmp_path: Path, eventually: Eventually) -> None:
+def test_idempotent_subscriptions_skip_events_they_already_handled(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.db'}"
     handled: list[str] = []
 
@@ -159,9 +156,7 @@ def test_idempotent_subscriptions_skip_events_they_already_handled(tmp_path: Pat
     assert handled == ["a", "b"]
 
 
-def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(
-    tmp_path: Path, eventually: Eventually
-) -> None:
+def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.db'}"
     path = tmp_path / "log.db"
     calls: list[int] = []
@@ -202,7 +197,7 @@ def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(
     assert calls == [5, 13, 13]
 
 
-def test_dedupe_storage_failures_neither_stall_nor_drop_events(eventually: Eventually) -> None:
+def test_dedupe_storage_failures_neither_stall_nor_drop_events() -> None:
     """Unreadable dedupe records: the event waits (with backoff) until they can be read, since
     handling it blind could repeat its effects. Unwritable ones: logged; the event counts as
     handled and the partition goes on."""
@@ -251,7 +246,7 @@ def test_dedupe_storage_failures_neither_stall_nor_drop_events(eventually: Event
     assert clock.sleeps[:2] == [0.5, 1.0]  # the unreadable records were asked for again after a backoff
 
 
-def test_handlers_do_not_wait_for_dedupe_writes_but_commits_do(eventually: Eventually) -> None:
+def test_handlers_do_not_wait_for_dedupe_writes_but_commits_do() -> None:
     """While a dedupe write is slow, the partition goes on, a copy right behind its original
     is still skipped, and no offset past the handled events is committed until it is done."""
     handled: list[str] = []
@@ -291,9 +286,7 @@ def test_handlers_do_not_wait_for_dedupe_writes_but_commits_do(eventually: Event
     assert handled == ["a", "b"]
 
 
-def test_a_partition_whose_offsets_cannot_be_read_yet_is_taken_up_at_a_later_heartbeat(
-    eventually: Eventually,
-) -> None:
+def test_a_partition_whose_offsets_cannot_be_read_yet_is_taken_up_at_a_later_heartbeat() -> None:
     """Reading a newly assigned partition's committed offset fails (a broker restarting, a
     locked file): the consumer says so and tries again at the next heartbeat instead of dying."""
     handled: list[int] = []

@@ -1,5 +1,7 @@
-"""Test helpers that ship with inmotion: the log contract suite any backend runs."""
+"""Test helpers that ship with inmotion: the log contract suite any backend runs, and waiting
+for a condition that another thread, process or task makes true."""
 
 from inmotion.testing.log_contract import LogContract, unique_topic
+from inmotion.testing.waiting import eventually, wait_until
 
-__all__ = ["LogContract", "unique_topic"]
+__all__ = ["LogContract", "eventually", "unique_topic", "wait_until"]
