@@ -113,7 +113,7 @@ PUBLIC = {
         "applies",
         "handles",
     ],
-    "inmotion.testing": ["LogContract", "eventually", "unique_topic", "wait_until"],
+    "inmotion.testing": ["GroupContract", "LogContract", "eventually", "unique_topic", "wait_until"],
 }
 
 

@@ -1,7 +1,8 @@
-"""Test helpers that ship with inmotion: the log contract suite any backend runs, and waiting
-for a condition that another thread, process or task makes true."""
+"""Test helpers that ship with inmotion: the contract suites any backend runs, and waiting for
+a condition that another thread, process or task makes true."""
 
+from inmotion.testing.group_contract import GroupContract
 from inmotion.testing.log_contract import LogContract, unique_topic
 from inmotion.testing.waiting import eventually, wait_until
 
-__all__ = ["LogContract", "eventually", "unique_topic", "wait_until"]
+__all__ = ["GroupContract", "LogContract", "eventually", "unique_topic", "wait_until"]
