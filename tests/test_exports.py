@@ -113,7 +113,14 @@ PUBLIC = {
         "applies",
         "handles",
     ],
-    "inmotion.testing": ["GroupContract", "LogContract", "eventually", "unique_topic", "wait_until"],
+    "inmotion.testing": [
+        "GroupContract",
+        "LogContract",
+        "RecorderContract",
+        "eventually",
+        "unique_topic",
+        "wait_until",
+    ],
 }
 
 
