@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inmotion.errors import ConcurrencyError
+from inmotion.errors import Closed, ConcurrencyError
 from inmotion.sourcing.store import EncodedEvent, Recorder, StoredEvent, new_event_id
 
 
@@ -177,6 +177,24 @@ class RecorderContract:
         thread.join()
         assert recorder.wait(0, timeout=0.01) is True
         assert recorder.wait(1, timeout=0.01) is False
+
+    # --- closing --------------------------------------------------------------------------
+    def test_a_closed_recorder_refuses_everything(self, recorder: Recorder) -> None:
+        recorder.append("s", counted(1), 0, ("Counter", 1, b"{}"))
+        recorder.close()
+        for call in (
+            lambda: recorder.append("s", counted(2), 1, None),
+            lambda: recorder.read_stream("s", 1, None),
+            lambda: recorder.read_all(1, 10),
+            lambda: recorder.stream_version("s"),
+            lambda: recorder.last_position(),
+            lambda: recorder.load_snapshot("s"),
+            lambda: recorder.cursor("relay"),
+            lambda: recorder.save_cursor("relay", 1),
+        ):
+            with pytest.raises(Closed):
+                call()
+        recorder.close()  # twice is fine
 
     # --- invariants, against a model ------------------------------------------------------
     @settings(
