@@ -4,6 +4,8 @@ subpackages. A name added or removed here is a decision, not an accident."""
 from __future__ import annotations
 
 import importlib
+import re
+from pathlib import Path
 
 import pytest
 
@@ -114,7 +116,14 @@ PUBLIC = {
         "applies",
         "handles",
     ],
-    "inmotion.testing": ["LogContract", "unique_topic"],
+    "inmotion.testing": [
+        "GroupContract",
+        "LogContract",
+        "RecorderContract",
+        "eventually",
+        "unique_topic",
+        "wait_until",
+    ],
 }
 
 
@@ -141,3 +150,38 @@ def test_importing_the_core_does_not_import_kafka() -> None:
     code = "import sys, inmotion, inmotion.cli.main; print('confluent_kafka' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_testing_extra_installs_what_inmotion_testing_imports() -> None:
+    import ast
+    import sys
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    module_of = {"pyyaml": "yaml", "confluent-kafka": "confluent_kafka"}
+
+    def modules(requirements: list[str]) -> set[str]:
+        names = {re.split(r"[<>=!~\[ ]", requirement)[0].lower() for requirement in requirements}
+        return {module_of.get(name, name) for name in names}
+
+    imported: set[str] = set()
+    for path in (root / "src" / "inmotion" / "testing").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"inmotion"}
+    assert third_party - modules(project["dependencies"]) == modules(project["optional-dependencies"]["testing"])
+
+
+@pytest.mark.parametrize("missing", ["pytest", "hypothesis"])
+def test_inmotion_testing_without_its_extra_says_how_to_install_it(missing: str) -> None:
+    import subprocess
+    import sys
+
+    code = f"import sys; sys.modules[{missing!r}] = None; import inmotion.testing"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"ImportError: inmotion.testing needs {missing}: pip install 'inmotion[testing]'" in result.stderr

@@ -383,3 +383,18 @@ def test_a_key_or_value_that_is_not_bytes_is_refused_and_nothing_is_written(tmp_
         log.append("typed", [Message(bytearray(b"ba"), key=memoryview(b"mv"), partition=0)])  # type: ignore[arg-type]
         [record] = log.read("typed", 0, 0)
         assert (record.key, record.value) == (b"mv", b"ba")
+
+
+def test_positions_of_transactional_handlers_in_files_of_before_join_the_committed_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    with inmotion.connect(f"sqlite:///{path}") as log:
+        log.create_topic("payments", TopicConfig(partitions=2))
+        log.commit("ledger", "payments", {0: 5, 1: 9})
+    with sqlite3.connect(path, isolation_level=None) as old:  # the table a file of before kept them in
+        old.execute("CREATE TABLE grp_positions (grp TEXT, topic TEXT, partition INTEGER, offset INTEGER)")
+        old.execute("INSERT INTO grp_positions VALUES ('ledger', 'payments', 0, 7), ('ledger', 'payments', 1, 3)")
+    with inmotion.connect(f"sqlite:///{path}") as log:
+        log.group_coordinator().close()
+        assert log.committed("ledger", "payments") == {0: 7, 1: 9}  # the later of the two
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT 1 FROM sqlite_master WHERE name = 'grp_positions'").fetchone() is None

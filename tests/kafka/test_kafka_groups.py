@@ -1,5 +1,6 @@
-"""The runtime's consumer groups on the real broker: Kafka's group protocol drives assignment,
-the CLI shows and moves the groups, idempotent subscriptions dedupe across members."""
+"""Consumer groups on the real broker beyond the contract (tests/kafka/test_kafka_contract.py):
+session timeouts Kafka refuses, the CLI showing and moving groups, idempotent subscriptions
+deduping across members."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ import pytest
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event
 from inmotion.log import Log, Membership, Message, TopicConfig, TopicPartition
-from inmotion.log.kafka.groups import KafkaCoordinator, handled_topic
+from inmotion.log.kafka.groups import handled_topic
 from inmotion.runtime import App, Context
+from inmotion.testing import eventually, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -28,14 +29,6 @@ INMOTION = str(Path(sys.executable).with_name("inmotion"))
 
 def inmotion(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([INMOTION, *args], capture_output=True, text=True, timeout=120)
-
-
-def until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -51,52 +44,13 @@ def owned(member: Membership) -> frozenset[TopicPartition]:
     return member.heartbeat().owned
 
 
-def test_members_split_partitions_and_a_leaver_hands_them_back(log: Log, names: tuple[str, str]) -> None:
-    topic, group = names
-    coordinator = log.group_coordinator()
-    assert isinstance(coordinator, KafkaCoordinator)
-    first = coordinator.join(group, {topic: 2}, session_timeout=3.0, member_id="first-1-00000000")
-    second = None
-    try:
-        until(lambda: len(owned(first)) == 2, "the first member to own both partitions")
-        revoked: list[frozenset[TopicPartition]] = []
-
-        def hand_over(partitions: frozenset[TopicPartition]) -> dict[TopicPartition, int]:
-            revoked.append(partitions)
-            return dict.fromkeys(partitions, 1)  # committed by the member before it lets go
-
-        first.revoke_now = hand_over
-        second = coordinator.join(group, {topic: 2}, session_timeout=3.0, member_id="second-2-00000000")
-        until(lambda: len(owned(first)) == 1 and len(owned(second)) == 1, "a cooperative rebalance")
-        assert owned(first) | owned(second) == {TopicPartition(topic, 0), TopicPartition(topic, 1)}
-        assert revoked == [frozenset(owned(second))]  # handed over through the callback, once
-        [moved] = revoked[0]
-        assert log.committed(group, topic) == {moved.partition: 1}
-        owners = coordinator.owners(group)
-        assert sorted(owners.values()) == ["first-1-00000000", "second-2-00000000"]
-        members = coordinator.members(group)
-        assert [(m.member_id, m.pid, m.topics) for m in members] == [
-            ("first-1-00000000", 1, (topic,)),
-            ("second-2-00000000", 2, (topic,)),
-        ]
-        assert group in coordinator.groups()
-        first.leave()
-        until(lambda: len(owned(second)) == 2, "the leaver's partition to move to the other member")
-    finally:
-        first.leave()
-        if second is not None:
-            second.leave()
-        coordinator.close()
-    assert log.group_coordinator().members(group) == []
-
-
 def test_a_session_timeout_kafka_refuses_is_a_clear_error(log: Log, names: tuple[str, str]) -> None:
     topic, group = names
     coordinator = log.group_coordinator()
     member = coordinator.join(group, {topic: 2}, session_timeout=0.2)  # the broker's minimum is 0.5 s here
     try:
         with pytest.raises(InvalidConfig, match=r"Kafka refused session_timeout=0\.2s"):
-            until(lambda: bool(owned(member)), "an error", limit=15)
+            wait_until(lambda: bool(owned(member)), 15, "an error")
     finally:
         member.leave()
         coordinator.close()
@@ -110,7 +64,7 @@ def test_groups_and_replay_commands_on_kafka(log: Log, log_url: str, names: tupl
     coordinator = log.group_coordinator()
     member = coordinator.join(group, {topic: 2}, session_timeout=5.0, member_id="cli-7-00000000")
     try:
-        until(lambda: len(owned(member)) == 2, "the member to own both partitions")
+        wait_until(lambda: len(owned(member)) == 2, 30, "the member to own both partitions")
         listed = inmotion("groups", "list", "--broker", log_url, "--json")
         assert listed.returncode == 0, listed.stderr
         rows = [json.loads(line) for line in listed.stdout.splitlines()]
@@ -136,7 +90,7 @@ def test_groups_and_replay_commands_on_kafka(log: Log, log_url: str, names: tupl
     finally:
         member.leave()
         coordinator.close()
-    until(lambda: not log.group_coordinator().members(group), "the group to empty")
+    wait_until(lambda: not log.group_coordinator().members(group), 30, "the group to empty")
     back = inmotion("replay", topic, "--group", group, "--offset", "3", "--broker", log_url, "--json")
     assert back.returncode == 0, back.stderr
     assert log.committed(group, topic) == {p: min(3, latest[p]) for p in range(2)}
@@ -158,10 +112,7 @@ def test_idempotent_subscriptions_dedupe_across_members_on_kafka(log_url: str, n
             for e in publish:
                 await app.publish(topic, e)
             marker = await app.publish(topic, {"n": -1}, key="k1")
-            deadline = time.monotonic() + 30
-            while marker.id not in [h[0] for h in handled]:
-                assert time.monotonic() < deadline, "the marker never arrived"
-                await asyncio.sleep(0.05)
+            await eventually(lambda: marker.id in [h[0] for h in handled], 30, "the marker")
             await app.stop()
             assert len(handled) == expect
 

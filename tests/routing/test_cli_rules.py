@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from inmotion import Event
 from inmotion.cli.main import app
 from inmotion.log import TopicConfig, connect
+from inmotion.testing import wait_until
 from tests.conftest import Place
 
 runner = CliRunner()
@@ -274,21 +275,16 @@ def test_two_router_processes_share_the_partitions(place: Place, tmp_path: Path)
     try:
         with connect(broker) as log:
             coordinator = log.group_coordinator()
-            deadline = time.monotonic() + 60
 
             def split() -> bool:
                 owners = coordinator.owners(routers_group)
                 return len(owners) == 4 and len(set(owners.values())) == 2
 
-            while not split():
-                assert time.monotonic() < deadline, "the two routers never split the partitions"
-                time.sleep(0.05)
+            wait_until(split, 60, "the two routers to split the partitions")
             log.append_events(
                 orders, [Event.create("order", {"n": n}, source="/shop", key=f"k{n}") for n in range(200)]
             )
-            while log.latest_offset(copies, 0) < 200:
-                assert time.monotonic() < deadline, "not everything was routed"
-                time.sleep(0.05)
+            wait_until(lambda: log.latest_offset(copies, 0) >= 200, 60, "everything to be routed")
             coordinator.close()
         for router in routers:
             router.send_signal(signal.SIGTERM)

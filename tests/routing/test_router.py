@@ -37,7 +37,7 @@ from inmotion.routing import (
 )
 from inmotion.routing.http import DeliveryRejected, HttpClient, encode_header, request_of
 from inmotion.runtime import App, DeadLetter, Retry
-from tests.runtime.conftest import _eventually as eventually
+from inmotion.testing import eventually
 
 Answer = int | str
 """What an Endpoint answers a request: a status code, "hang" (hold it until the test ends, so

@@ -18,8 +18,7 @@ from inmotion.log import Message, TopicConfig, connect
 from inmotion.runtime import App, Context, TypeIs, TypePrefix, deadletter
 from inmotion.runtime.fetcher import Fetcher
 from inmotion.runtime.filters import FilterSpec
-
-from .conftest import Eventually
+from inmotion.testing import eventually
 
 
 @dataclasses.dataclass
@@ -43,7 +42,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'log.db'}"
 
 
-def test_handlers_get_their_payload_decoded_into_their_annotation(broker: str, eventually: Eventually) -> None:
+def test_handlers_get_their_payload_decoded_into_their_annotation(broker: str) -> None:
     received: dict[str, list[Any]] = {"dc": [], "model": [], "struct": [], "dict": [], "event": [], "plain": []}
 
     async def scenario() -> None:
@@ -89,7 +88,7 @@ def test_handlers_get_their_payload_decoded_into_their_annotation(broker: str, e
     assert (event.type, event.source, event.subject, event.key) == ("shop.order.placed", "shop", "o-1", "o-1")
 
 
-def test_context_publish_stamps_correlation_and_causation(broker: str, eventually: Eventually) -> None:
+def test_context_publish_stamps_correlation_and_causation(broker: str) -> None:
     seen: list[tuple[Event, dict[str, str], int]] = []
 
     async def scenario() -> None:
@@ -119,7 +118,7 @@ def test_context_publish_stamps_correlation_and_causation(broker: str, eventuall
     assert seen[0][1]["ce_type"] == "billing.charged"
 
 
-def test_publish_headers_reach_the_handler(broker: str, eventually: Eventually) -> None:
+def test_publish_headers_reach_the_handler(broker: str) -> None:
     headers: list[dict[str, str]] = []
 
     async def scenario() -> None:
@@ -138,9 +137,7 @@ def test_publish_headers_reach_the_handler(broker: str, eventually: Eventually) 
     assert headers[0]["tenant"] == "acme"
 
 
-def test_a_payload_only_handler_gets_json_whatever_the_order_and_spelling_of_the_headers(
-    eventually: Eventually,
-) -> None:
+def test_a_payload_only_handler_gets_json_whatever_the_order_and_spelling_of_the_headers() -> None:
     got: list[dict[str, int]] = []
 
     async def scenario() -> None:
@@ -172,7 +169,7 @@ def test_a_payload_only_handler_gets_json_whatever_the_order_and_spelling_of_the
     assert got == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}, {"n": 5}]
 
 
-def test_filters_by_exact_type_prefix_and_any_matcher(eventually: Eventually) -> None:
+def test_filters_by_exact_type_prefix_and_any_matcher() -> None:
     got: dict[str, list[str]] = {"exact": [], "prefix": [], "star": [], "matcher": [], "function": []}
 
     class SubjectIs:
@@ -264,7 +261,7 @@ def test_topics_are_created_on_first_use_unless_disabled() -> None:
         app.publish_sync("fresh", 1)
 
 
-def test_metrics_are_readable_in_prometheus_text(eventually: Eventually) -> None:
+def test_metrics_are_readable_in_prometheus_text() -> None:
     async def scenario() -> str:
         with App("shop", "memory://") as app:
 
@@ -327,7 +324,7 @@ def test_bad_subscriptions_are_refused_with_a_clear_error() -> None:
         App("x", "memory://", linger=-1)
 
 
-def test_the_filter_runs_before_the_payload_is_decoded(eventually: Eventually) -> None:
+def test_the_filter_runs_before_the_payload_is_decoded() -> None:
     got: list[PlacedDC] = []
 
     async def scenario() -> None:
@@ -349,7 +346,7 @@ def test_the_filter_runs_before_the_payload_is_decoded(eventually: Eventually) -
 
 
 @pytest.mark.parametrize("as_dict", [False, True], ids=["Pattern", "dict"])
-def test_the_routers_event_patterns_plug_in_as_filters(eventually: Eventually, as_dict: bool) -> None:
+def test_the_routers_event_patterns_plug_in_as_filters(as_dict: bool) -> None:
     from inmotion.routing import Pattern
 
     big: list[float] = []
@@ -402,7 +399,7 @@ def test_a_fault_in_the_fetch_loop_ends_run_with_it(monkeypatch: pytest.MonkeyPa
     asyncio.run(scenario())
 
 
-def test_a_topic_deleted_and_created_again_is_consumed_from_its_start(broker: str, eventually: Eventually) -> None:
+def test_a_topic_deleted_and_created_again_is_consumed_from_its_start(broker: str) -> None:
     """The running consumer's workers held positions in the old topic: they start over on the
     new one (from its committed offsets, gone with the old topic), so no new event is skipped;
     the error is logged once, not at every fetch."""
@@ -424,7 +421,7 @@ def test_a_topic_deleted_and_created_again_is_consumed_from_its_start(broker: st
             app.log.create_topic("orders", TopicConfig(partitions=2))
             for n in range(100, 150):
                 await app.publish("orders", {"n": n}, key=str(n))
-            await eventually(lambda: set(range(100, 150)) <= set(seen), limit=30, what="the new topic's events")
+            await eventually(lambda: set(range(100, 150)) <= set(seen), what="the new topic's events")
             await app.stop()
             assert app.log.committed("g", "orders") == {
                 p.partition: p.latest for p in app.log.describe_topic("orders").partitions

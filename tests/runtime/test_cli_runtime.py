@@ -16,6 +16,7 @@ import pytest
 from inmotion.events import Event
 from inmotion.log import Message, TopicConfig, connect
 from inmotion.log.sqlite.groups import SqliteCoordinator
+from inmotion.testing import wait_until
 
 INMOTION = str(Path(sys.executable).with_name("inmotion"))
 
@@ -142,10 +143,7 @@ def test_run_serves_an_app_until_sigterm_and_dlq_list_shows_its_failures(url: st
     )
     try:
         handled = tmp_path / "handled.txt"
-        deadline = time.monotonic() + 30
-        while not (handled.exists() and len(handled.read_text().split()) == 9):
-            assert time.monotonic() < deadline, "the service did not handle the events"
-            time.sleep(0.1)
+        wait_until(lambda: handled.exists() and len(handled.read_text().split()) == 9, 30, "the handled events")
         time.sleep(0.3)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)

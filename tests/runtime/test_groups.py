@@ -1,4 +1,6 @@
-"""Consumer-group coordination: the deal, leases, hand-over, expiry, dedupe records."""
+"""Consumer groups in the runtime: apps that share a group, idempotent and transactional
+subscriptions, and what the consumer does when the group's storage fails. The coordinators
+themselves pass `inmotion.testing.GroupContract` (tests/test_group_contract.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import asyncio
 import concurrent.futures
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,11 @@ import pytest
 
 from inmotion.clock import FakeClock
 from inmotion.errors import InvalidConfig, StorageError
-from inmotion.log import Coordinator, TopicConfig, TopicPartition, connect
+from inmotion.log import TopicConfig, TopicPartition, connect
 from inmotion.log.groups import deal
-from inmotion.log.memory import MemoryCoordinator
-from inmotion.log.sqlite.groups import SqliteCoordinator
 from inmotion.runtime import App, Context, Retry
 from inmotion.runtime.pipeline import begin
-
-from .conftest import Eventually
+from inmotion.testing import eventually
 
 
 def tps(topic: str, *partitions: int) -> frozenset[TopicPartition]:
@@ -33,72 +31,13 @@ def test_deal_spreads_each_topics_partitions_round_robin_over_its_members() -> N
     assert wanted == {"m1": set(tps("a", 0, 2) | tps("b", 0)), "m2": set(tps("a", 1, 3)), "m3": set()}
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def coordinator(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "memory":
-        yield MemoryCoordinator()
-        return
-    with connect(f"sqlite:///{tmp_path / 'log.db'}"):
-        coordinator = SqliteCoordinator(tmp_path / "log.db")
-        yield coordinator
-        coordinator.close()
-
-
-def test_a_joining_member_gets_partitions_only_after_the_owner_releases_them(coordinator: Coordinator) -> None:
-    a = coordinator.join("g", {"t": 4}, member_id="a")
-    assert a.heartbeat().owned == tps("t", 0, 1, 2, 3)
-    b = coordinator.join("g", {"t": 4}, member_id="b")
-    first = b.heartbeat()
-    assert first.owned == frozenset()  # a still holds everything
-    handover = a.heartbeat()
-    assert handover.revoke == tps("t", 1, 3)
-    assert handover.owned == tps("t", 0, 1, 2, 3)  # held until released
-    a.release(handover.revoke)
-    assert b.heartbeat().owned == tps("t", 1, 3)
-    assert a.heartbeat().owned == tps("t", 0, 2)
-    assert coordinator.owners("g") == {TopicPartition("t", p): "ab"[p % 2] for p in range(4)}
-    assert [m.member_id for m in coordinator.members("g")] == ["a", "b"]
-    b.leave()
-    assert a.heartbeat().owned == tps("t", 0, 1, 2, 3)
-    assert coordinator.groups() == ["g"]
-
-
-def test_a_silent_member_loses_its_partitions_after_the_session_timeout(coordinator: Coordinator) -> None:
-    a = coordinator.join("g", {"t": 2}, member_id="a", session_timeout=0.3)
-    b = coordinator.join("g", {"t": 2}, member_id="b", session_timeout=0.3)
-    a.heartbeat()
-    b.heartbeat()
-    a.release(a.heartbeat().revoke)
-    assert a.heartbeat().owned == tps("t", 0)
-    assert b.heartbeat().owned == tps("t", 1)
-    time.sleep(0.2)
-    assert b.heartbeat().owned == tps("t", 1)  # a is late but not gone yet
-    time.sleep(0.2)
-    assert b.heartbeat().owned == tps("t", 0, 1)
-    assert [m.member_id for m in coordinator.members("g")] == ["b"]
-    # a comes back: it holds nothing until b hands partition 0 over
-    assert a.heartbeat().owned == frozenset()
-
-
-def test_dedupe_records_are_kept_per_group_and_pruned_by_age(coordinator: Coordinator) -> None:
-    coordinator.remember("g", [("src", "1"), ("src", "2")])
-    assert coordinator.seen("g", [("src", "1"), ("src", "3")]) == {("src", "1")}
-    assert coordinator.seen("other", [("src", "1")]) == set()
-    assert coordinator.forget_before("g", int(time.time() * 1000) + 1000) == 2
-    assert coordinator.seen("g", [("src", "1")]) == set()
-
-
-def test_session_timeout_is_checked() -> None:
-    with pytest.raises(InvalidConfig, match="session_timeout"):
-        MemoryCoordinator().join("g", {"t": 1}, session_timeout=0)
+def test_an_apps_session_timeout_is_checked() -> None:
     with pytest.raises(InvalidConfig, match="session_timeout"):
         App("x", "memory://", session_timeout=-1)
 
 
 @pytest.mark.parametrize("backend", ["memory", "sqlite"])
-def test_two_apps_in_one_group_split_partitions_and_hand_over_without_loss(
-    backend: str, tmp_path: Path, eventually: Eventually
-) -> None:
+def test_two_apps_in_one_group_split_partitions_and_hand_over_without_loss(backend: str, tmp_path: Path) -> None:
     shared = connect("memory://" if backend == "memory" else f"sqlite:///{tmp_path / 'log.db'}")
     handled: dict[str, list[int]] = {"one": [], "two": []}
 
@@ -136,7 +75,7 @@ def test_two_apps_in_one_group_split_partitions_and_hand_over_without_loss(
         asyncio.run(scenario())
 
 
-def test_idempotent_subscriptions_skip_events_they_already_handled(tmp_path: Path, eventually: Eventually) -> None:
+def test_idempotent_subscriptions_skip_events_they_already_handled(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.db'}"
     handled: list[str] = []
 
@@ -159,9 +98,7 @@ def test_idempotent_subscriptions_skip_events_they_already_handled(tmp_path: Pat
     assert handled == ["a", "b"]
 
 
-def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(
-    tmp_path: Path, eventually: Eventually
-) -> None:
+def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.db'}"
     path = tmp_path / "log.db"
     calls: list[int] = []
@@ -202,7 +139,7 @@ def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(
     assert calls == [5, 13, 13]
 
 
-def test_dedupe_storage_failures_neither_stall_nor_drop_events(eventually: Eventually) -> None:
+def test_dedupe_storage_failures_neither_stall_nor_drop_events() -> None:
     """Unreadable dedupe records: the event waits (with backoff) until they can be read, since
     handling it blind could repeat its effects. Unwritable ones: logged; the event counts as
     handled and the partition goes on."""
@@ -251,7 +188,7 @@ def test_dedupe_storage_failures_neither_stall_nor_drop_events(eventually: Event
     assert clock.sleeps[:2] == [0.5, 1.0]  # the unreadable records were asked for again after a backoff
 
 
-def test_handlers_do_not_wait_for_dedupe_writes_but_commits_do(eventually: Eventually) -> None:
+def test_handlers_do_not_wait_for_dedupe_writes_but_commits_do() -> None:
     """While a dedupe write is slow, the partition goes on, a copy right behind its original
     is still skipped, and no offset past the handled events is committed until it is done."""
     handled: list[str] = []
@@ -291,9 +228,7 @@ def test_handlers_do_not_wait_for_dedupe_writes_but_commits_do(eventually: Event
     assert handled == ["a", "b"]
 
 
-def test_a_partition_whose_offsets_cannot_be_read_yet_is_taken_up_at_a_later_heartbeat(
-    eventually: Eventually,
-) -> None:
+def test_a_partition_whose_offsets_cannot_be_read_yet_is_taken_up_at_a_later_heartbeat() -> None:
     """Reading a newly assigned partition's committed offset fails (a broker restarting, a
     locked file): the consumer says so and tries again at the next heartbeat instead of dying."""
     handled: list[int] = []
@@ -350,18 +285,3 @@ def test_a_transaction_abandoned_while_waiting_for_the_lock_gives_it_back(tmp_pa
         other.close()
         transaction.close()
         coordinator.close()
-
-
-def test_positions_of_transactional_handlers_in_files_of_before_join_the_committed_offsets(tmp_path: Path) -> None:
-    path = tmp_path / "log.db"
-    with connect(f"sqlite:///{path}") as log:
-        log.create_topic("payments", TopicConfig(partitions=2))
-        log.commit("ledger", "payments", {0: 5, 1: 9})
-    with sqlite3.connect(path, isolation_level=None) as old:  # the table a file of before kept them in
-        old.execute("CREATE TABLE grp_positions (grp TEXT, topic TEXT, partition INTEGER, offset INTEGER)")
-        old.execute("INSERT INTO grp_positions VALUES ('ledger', 'payments', 0, 7), ('ledger', 'payments', 1, 3)")
-    with connect(f"sqlite:///{path}") as log:
-        log.group_coordinator().close()
-        assert log.committed("ledger", "payments") == {0: 7, 1: 9}  # the later of the two
-    with sqlite3.connect(path) as check:
-        assert check.execute("SELECT 1 FROM sqlite_master WHERE name = 'grp_positions'").fetchone() is None

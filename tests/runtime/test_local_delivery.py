@@ -12,8 +12,7 @@ import pytest
 
 from inmotion.log import Log, Record, TopicConfig, connect
 from inmotion.runtime import App, Context
-
-from .conftest import Eventually
+from inmotion.testing import eventually
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -22,9 +21,7 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         yield log
 
 
-def test_local_records_are_delivered_in_order_around_gaps_left_by_other_publishers(
-    shared: Log, eventually: Eventually
-) -> None:
+def test_local_records_are_delivered_in_order_around_gaps_left_by_other_publishers(shared: Log) -> None:
     handled: dict[int, list[int]] = {0: [], 1: []}
     read: set[tuple[int, int]] = set()
     original_read = shared.read
@@ -71,7 +68,7 @@ def test_local_records_are_delivered_in_order_around_gaps_left_by_other_publishe
     assert delivered - read, "every record was read back: the local hand-off was not used"
 
 
-def test_local_records_of_partitions_another_member_owns_are_left_to_it(shared: Log, eventually: Eventually) -> None:
+def test_local_records_of_partitions_another_member_owns_are_left_to_it(shared: Log) -> None:
     handled: dict[str, list[tuple[int, int]]] = {"one": [], "two": []}
 
     def make(name: str) -> App:

@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from inmotion.log import Log, Record, TopicConfig, TopicPartition, connect
 from inmotion.runtime import App
+from inmotion.testing import wait_until
 from tests.conftest import Place
 
 WORKER = str(Path(__file__).with_name("worker.py"))
@@ -69,14 +70,6 @@ def handled(logfile: Path) -> list[tuple[int, int, int, str, int]]:
     return rows
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def publish_stream(place: Place, total: int, per_batch: int = 100, pause: float = 0.02) -> None:
     with App("producer", place.url, topic_config=None) as app:
         seqs: dict[str, int] = defaultdict(int)
@@ -112,10 +105,10 @@ def run_kill_test(place: Place, tmp_path: Path, workers: Workers, mode: str) -> 
     with connect(url) as log:
         coordinator = log.group_coordinator()
         try:
-            wait_for(lambda: len(set(coordinator.owners(group).values())) == 2, 20, "both members to own partitions")
+            wait_until(lambda: len(set(coordinator.owners(group).values())) == 2, 20, "both members to own partitions")
             producer = threading.Thread(target=publish_stream, args=(place, total))
             producer.start()
-            wait_for(lambda: len(handled(logs[0])) >= 1500, 30, "worker a to get going")
+            wait_until(lambda: len(handled(logs[0])) >= 1500, 30, "worker a to get going")
             a_partitions = {p for _, p, _, _, _ in handled(logs[0])}
             os.kill(a.pid, signal.SIGKILL)
             killed_at = time.time_ns()
@@ -126,7 +119,7 @@ def run_kill_test(place: Place, tmp_path: Path, workers: Workers, mode: str) -> 
                 committed = log.committed(group, topic)
                 return all(committed.get(p, 0) == log.latest_offset(topic, p) for p in range(8))
 
-            wait_for(caught_up, 60, "the survivor to commit every event")
+            wait_until(caught_up, 60, "the survivor to commit every event")
             owners = coordinator.owners(group)
             assert set(owners) == {TopicPartition(topic, p) for p in range(8)}
             assert len(set(owners.values())) == 1
@@ -183,7 +176,7 @@ def test_sigterm_commits_what_was_handled_and_a_restart_resumes_after_it(
     publish_stream(place, total, per_batch=500, pause=0)
     first, second = tmp_path / "first.log", tmp_path / "second.log"
     worker = workers.spawn(place, first, "slow")
-    wait_for(lambda: len(handled(first)) >= 200, 30, "the worker to get going")
+    wait_until(lambda: len(handled(first)) >= 200, 30, "the worker to get going")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     rows = handled(first)
@@ -201,7 +194,7 @@ def test_sigterm_commits_what_was_handled_and_a_restart_resumes_after_it(
         finally:
             coordinator.close()
     worker = workers.spawn(place, second, "log")
-    wait_for(lambda: len(handled(second)) >= total - len(rows), 30, "the restarted worker to finish")
+    wait_until(lambda: len(handled(second)) >= total - len(rows), 30, "the restarted worker to finish")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     again = handled(second)
@@ -230,18 +223,18 @@ def test_a_member_joining_mid_stream_takes_partitions_over_without_duplicates(
     producer = threading.Thread(target=publish_stream, args=(place, total))
     producer.start()
     try:
-        wait_for(lambda: len(handled(logs[0])) >= 500, 30, "the first member to get going")
+        wait_until(lambda: len(handled(logs[0])) >= 500, 30, "the first member to get going")
         workers.spawn(place, logs[1], "slow")
         with connect(url) as log:
             coordinator = log.group_coordinator()
             try:
-                wait_for(lambda: len(set(coordinator.owners(group).values())) == 2, 30, "the partitions to be split")
+                wait_until(lambda: len(set(coordinator.owners(group).values())) == 2, 30, "the partitions to be split")
             finally:
                 coordinator.close()
-            wait_for(lambda: len(handled(logs[1])) > 0, 30, "the newcomer to handle events")
+            wait_until(lambda: len(handled(logs[1])) > 0, 30, "the newcomer to handle events")
     finally:
         producer.join()
-    wait_for(lambda: len(handled(logs[0])) + len(handled(logs[1])) >= total, 120, "every event to be handled")
+    wait_until(lambda: len(handled(logs[0])) + len(handled(logs[1])) >= total, 120, "every event to be handled")
     for process in workers.processes:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

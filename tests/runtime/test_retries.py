@@ -17,8 +17,8 @@ from inmotion.errors import InvalidConfig, StorageError
 from inmotion.log import Message, Position, TopicConfig, partition_for_key
 from inmotion.runtime import App, Context, DeadLetter, Retry
 from inmotion.runtime.deadletter import entries, redrive
-
-from .conftest import Eventually, Place
+from inmotion.testing import eventually
+from tests.conftest import Place
 
 INMOTION = str(Path(sys.executable).with_name("inmotion"))
 
@@ -55,9 +55,7 @@ def test_retry_policy_backoff_doubles_caps_and_jitters() -> None:
             Retry(**bad)
 
 
-def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven(
-    place: Place, eventually: Eventually
-) -> None:
+def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_then_redriven(place: Place) -> None:
     url, topic, group = place.url, place.topic, place.group
     dlq = f"{group}.dlq"
     clock = FakeClock()
@@ -140,7 +138,7 @@ def keys_in_different_partitions(partitions: int) -> tuple[str, str]:
     return first, other
 
 
-def test_a_backoff_holds_only_its_own_partition(eventually: Eventually) -> None:
+def test_a_backoff_holds_only_its_own_partition() -> None:
     clock = FakeClock(autojump=False)
     handled: list[str] = []
     failures = 0
@@ -173,9 +171,7 @@ def test_a_backoff_holds_only_its_own_partition(eventually: Eventually) -> None:
     asyncio.run(scenario())
 
 
-def test_concurrency_lets_other_keys_pass_a_backoff_and_commits_only_the_finished_prefix(
-    eventually: Eventually,
-) -> None:
+def test_concurrency_lets_other_keys_pass_a_backoff_and_commits_only_the_finished_prefix() -> None:
     clock = FakeClock(autojump=False)
     handled: list[str] = []
 
@@ -210,7 +206,7 @@ def test_concurrency_lets_other_keys_pass_a_backoff_and_commits_only_the_finishe
     asyncio.run(scenario())
 
 
-def test_an_event_that_does_not_fit_the_annotation_is_dead_lettered_at_once(eventually: Eventually) -> None:
+def test_an_event_that_does_not_fit_the_annotation_is_dead_lettered_at_once() -> None:
     clock = FakeClock()
 
     async def scenario() -> None:
@@ -232,7 +228,7 @@ def test_an_event_that_does_not_fit_the_annotation_is_dead_lettered_at_once(even
     assert clock.sleeps == []
 
 
-def test_give_up_on_skips_retrying(eventually: Eventually) -> None:
+def test_give_up_on_skips_retrying() -> None:
     clock = FakeClock()
 
     async def scenario() -> None:
@@ -252,7 +248,7 @@ def test_give_up_on_skips_retrying(eventually: Eventually) -> None:
     assert clock.sleeps == []
 
 
-def test_a_payload_only_handler_that_keeps_failing_is_retried_then_dead_lettered(eventually: Eventually) -> None:
+def test_a_payload_only_handler_that_keeps_failing_is_retried_then_dead_lettered() -> None:
     """The path a worker takes itself for an async handler of a JSON payload alone."""
     clock = FakeClock()
     tries: list[int] = []
@@ -290,7 +286,7 @@ def test_a_payload_only_handler_that_keeps_failing_is_retried_then_dead_lettered
     ],
 )
 def test_an_idempotent_subscription_dead_letters_a_record_it_cannot_dedupe(
-    headers: tuple[tuple[str, bytes], ...], attribute: str, eventually: Eventually
+    headers: tuple[tuple[str, bytes], ...], attribute: str
 ) -> None:
     """No source or id (or one that is not text): nothing to dedupe by, so the record goes
     to the dead-letter topic instead of being handled unchecked; the next event is handled."""
@@ -317,9 +313,7 @@ def test_an_idempotent_subscription_dead_letters_a_record_it_cannot_dedupe(
     asyncio.run(scenario())
 
 
-def test_a_failed_dead_letter_append_is_logged_and_the_event_tried_again(
-    eventually: Eventually, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_failed_dead_letter_append_is_logged_and_the_event_tried_again(caplog: pytest.LogCaptureFixture) -> None:
     """A fault outside the handler (here the dead-letter append) neither loses the event nor
     stops its partition: it is logged, and after a backoff the event is handled again."""
     clock = FakeClock()
@@ -360,7 +354,7 @@ def test_a_failed_dead_letter_append_is_logged_and_the_event_tried_again(
 
 
 def test_without_a_dead_letter_topic_an_undecodable_event_is_logged_and_tried_again(
-    eventually: Eventually, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`dead_letter=False`: an event that does not decode holds up its partition, tried again
     after a growing backoff and logged each time; events behind it wait, none is skipped."""

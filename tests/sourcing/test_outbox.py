@@ -11,8 +11,7 @@ from inmotion.errors import StorageError
 from inmotion.log import Log, Position
 from inmotion.log.memory import MemoryLog
 from inmotion.sourcing import EventStore, NewEvent, OutboxRelay
-
-from .waiting import wait_until
+from inmotion.testing import wait_until
 
 
 def append_round(store: EventStore, streams: Sequence[str], per_stream: int) -> None:

@@ -15,10 +15,10 @@ from typing import Any
 
 import inmotion
 from inmotion.sourcing import EventStore, NewEvent, OutboxRelay, Projector, Repository
+from inmotion.testing import wait_until
 
 from . import workers
 from .bank import Account
-from .waiting import wait_until
 
 spawn = multiprocessing.get_context("spawn")
 

@@ -26,9 +26,9 @@ from inmotion.sourcing import (
     UnreadableEvent,
     handles,
 )
+from inmotion.testing import wait_until
 
 from .bank import Account, Deposited, Opened, Withdrawn
-from .waiting import wait_until
 
 
 class Balances(Projection):

@@ -77,6 +77,8 @@ class _Handled:
         self.topic = handled_topic(group)
         self.lock = threading.Lock()
         self.known: dict[tuple[str, str], int] = {}
+        self.cutoff_ms = 0
+        """Records older than this were forgotten: the reader, still behind, must not bring them back."""
         self.retention_ms = _DEDUPE_RETENTION_MS
         with contextlib.suppress(TopicExists):
             log.create_topic(self.topic, TopicConfig(partitions=1, retention_ms=_DEDUPE_RETENTION_MS))
@@ -110,7 +112,9 @@ class _Handled:
             for msg in messages:
                 if msg.error() is None:
                     source, _, event_id = (msg.key() or b"").decode().partition("\x00")
-                    self.known[(source, event_id)] = msg.timestamp()[1]
+                    stamp = msg.timestamp()[1]
+                    if stamp >= self.cutoff_ms:
+                        self.known[(source, event_id)] = stamp
                     self.position = (msg.offset() or 0) + 1
             if not messages and (self.position >= high or time.monotonic() >= deadline):
                 return
@@ -143,6 +147,7 @@ class _Handled:
 
     def forget_before(self, cutoff_ms: int) -> int:
         with self.lock:
+            self.cutoff_ms = max(self.cutoff_ms, cutoff_ms)
             old = [key for key, at in self.known.items() if at < cutoff_ms]
             for key in old:
                 del self.known[key]

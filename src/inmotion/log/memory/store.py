@@ -65,14 +65,17 @@ class MemoryRecorder(Recorder):
 
     def stream_version(self, stream_id: str) -> int:
         with self._changed:
+            self._check_open()
             return len(self._streams.get(stream_id, ()))
 
     def last_position(self) -> int:
         with self._changed:
+            self._check_open()
             return len(self._events)
 
     def load_snapshot(self, stream_id: str) -> StoredSnapshot | None:
         with self._changed:
+            self._check_open()
             return self._snapshots.get(stream_id)
 
     def wait(self, after_position: int, timeout: float) -> bool:
@@ -83,6 +86,7 @@ class MemoryRecorder(Recorder):
 
     def cursor(self, name: str) -> int:
         with self._changed:
+            self._check_open()
             return self._cursors.get(name, 0)
 
     def save_cursor(self, name: str, position: int) -> None:
