@@ -210,6 +210,10 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
     ("wildcard-no-regex", {"t": [{"wildcard": "a.c"}]}, {"t": "abc"}, False),
     ("wildcard-strings-only", {"t": [{"wildcard": "1*"}]}, {"t": 123}, False),
     ("wildcard-newline", {"t": [{"wildcard": "a*b"}]}, {"t": "a\nb"}, True),
+    ("wildcard-run-found-later", {"t": [{"wildcard": "*ab*abc"}]}, {"t": "aababxabc"}, True),
+    ("wildcard-prefix-and-suffix-overlap", {"t": [{"wildcard": "ab*ba"}]}, {"t": "aba"}, False),
+    ("wildcard-suffix-after-middle", {"t": [{"wildcard": "*a*a"}]}, {"t": "a"}, False),
+    ("wildcard-middle-not-in-suffix", {"t": [{"wildcard": "x*yz*z"}]}, {"t": "xyz"}, False),
     # --- anything-but -------------------------------------------------------------------
     ("anything-but-string", {"detail": {"state": [{"anything-but": "initializing"}]}}, EC2, True),
     ("anything-but-string-excluded", {"detail": {"state": [{"anything-but": "terminated"}]}}, EC2, False),
@@ -499,6 +503,25 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("wildcard-bad-escape", {"a": [{"wildcard": "a\\b"}]}, "a[0].wildcard", "backslash"),
     ("wildcard-trailing-backslash", {"a": [{"wildcard": "a\\"}]}, "a[0].wildcard", "backslash"),
     ("wildcard-number", {"a": [{"wildcard": 1}]}, "a[0].wildcard", "takes a string"),
+    ("wildcard-six-stars", {"a": [{"wildcard": "*a*a*a*a*a*b"}]}, "a[0].wildcard", "too complex: at most 5"),
+    (
+        "wildcard-field-too-complex",
+        {"a": [{"wildcard": "*x*y*"}, {"wildcard": "*y*z*"}, {"anything-but": {"wildcard": ["*u*v*w*", "w*"]}}]},
+        "a",
+        "at most 10 wildcard characters over one field's wildcards, got 11",
+    ),
+    (
+        "wildcard-field-too-complex-across-or",
+        {
+            "$or": [
+                {"a": [{"wildcard": "*x*y*z*w*"}]},
+                {"a": [{"wildcard": "*y*z*w*v*"}]},
+                {"a": [{"wildcard": "*q*"}], "b": ["x"]},
+            ]
+        },
+        "a",
+        "got 12",
+    ),
     ("anything-but-null", {"a": [{"anything-but": None}]}, "a[0].anything-but", "strings or numbers"),
     ("anything-but-bool", {"a": [{"anything-but": True}]}, "a[0].anything-but", "strings or numbers"),
     ("anything-but-mixed", {"a": [{"anything-but": ["x", 1]}]}, "a[0].anything-but", "not both"),
@@ -551,6 +574,16 @@ def test_invalid_patterns(pattern: Any, path: str, words: str) -> None:
     assert words in caught.value.problem
     with pytest.raises(InvalidPattern):
         Matcher().add("rule", pattern)
+
+
+@pytest.mark.timeout(5)
+def test_wildcards_match_in_linear_time() -> None:
+    """Five stars against 100,000 characters: a backtracking regex never finishes."""
+    pattern = {"a": [{"wildcard": "*a*a*a*a*b"}], "b": [{"anything-but": {"wildcard": "*a*a*a*a*b"}}]}
+    event = {"a": "a" * 100_000, "b": "a" * 100_000}
+    assert not Pattern(pattern).matches(event)
+    assert Matcher({"r": pattern}).match(event) == []
+    assert Matcher({"r": {"a": [{"wildcard": "*a*a*a*a*b"}]}}).match({"a": "a" * 100_000 + "b"}) == ["r"]
 
 
 def test_json_text_and_dict_agree() -> None:

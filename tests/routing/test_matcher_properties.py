@@ -117,6 +117,25 @@ def test_pattern_survives_a_json_round_trip(raw: dict[str, Any], doc: dict[str, 
     assert Pattern(json.dumps(raw)).matches(doc) == pattern.matches(doc)
 
 
+glob = st.lists(st.sampled_from(["a", "b", "ab", "*", "\\*"]), max_size=8).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=glob.filter(lambda t: "**" not in t and t.count("*") - t.count("\\*") <= 5), value=st.text("ab*", max_size=10)
+)
+def test_wildcard_agrees_with_a_regex(text: str, value: str) -> None:
+    """The segment search gives a backtracking regex's answer (fine on short strings)."""
+    import re
+
+    regex = "".join(
+        ".*" if part == "*" else re.escape(part.lstrip("\\")) for part in re.findall(r"\\\*|\*|[^*\\]", text)
+    )
+    expected = re.fullmatch(regex, value, re.DOTALL) is not None
+    assert Pattern({"f": [{"wildcard": text}]}).matches({"f": value}) is expected
+    assert Matcher({"r": {"f": [{"wildcard": text}]}}).match({"f": value}) == (["r"] if expected else [])
+
+
 @pytest.mark.parametrize("count", [1, 50])
 def test_removing_rules_forgets_them(count: int) -> None:
     matcher = Matcher({f"r{n}": {"a": [n]} for n in range(count)})

@@ -28,7 +28,6 @@ import dataclasses
 import ipaddress
 import json
 import math
-import re
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
@@ -40,6 +39,15 @@ NUMERIC_LIMIT = 5e9
 """EventBridge compares numbers between -5.0e9 and +5.0e9 inclusive."""
 MAX_BRANCHES = 1024
 """How many alternatives `$or` may multiply into; EventBridge limits pattern complexity too."""
+MAX_WILDCARDS = 5
+"""`*` characters in one wildcard value. EventBridge refuses a rule whose wildcards one value
+could keep alive at once beyond a complexity limit it does not publish ("Rule is too complex -
+try using fewer wildcard characters..."); LocalStack, checked against AWS, refuses a value with
+more than five."""
+MAX_FIELD_WILDCARDS = 10
+"""`*` characters over all the wildcards of one field in one pattern (anything-but's included):
+together they bound how many wildcard prefixes one value can keep alive, the measure EventBridge
+limits (event-ruler's MachineComplexityEvaluator)."""
 
 OR = "$or"
 _OPERATORS = frozenset(
@@ -146,12 +154,36 @@ class Numeric(Condition):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Wildcard(Condition):
+    """`*` matches any run of characters. The literal runs between the stars are found left to
+    right, each at its first place after the previous one: taking the earliest place never
+    loses a match, so a test costs at most one scan of the value per run, never backtracking."""
+
     text: str
-    regex: re.Pattern[str] = dataclasses.field(compare=False, hash=False)
+    segments: tuple[str, ...] = dataclasses.field(compare=False, hash=False)
+    """The literal runs around the stars: one more than there are stars."""
     rank: ClassVar[int] = 3
 
+    @property
+    def stars(self) -> int:
+        return len(self.segments) - 1
+
     def test(self, value: Any) -> bool:
-        return type(value) is str and self.regex.fullmatch(value) is not None
+        if type(value) is not str:
+            return False
+        segments = self.segments
+        first, last = segments[0], segments[-1]
+        if len(segments) == 1:
+            return value == first
+        end = len(value) - len(last)
+        if end < len(first) or not value.startswith(first) or not value.endswith(last):
+            return False
+        position = len(first)
+        for middle in segments[1:-1]:
+            found = value.find(middle, position, end)
+            if found < 0:
+                return False
+            position = found + len(middle)
+        return True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -287,6 +319,7 @@ class Pattern:
     def __init__(self, pattern: Mapping[str, Any] | str | bytes) -> None:
         self.source: dict[str, Any] = _load(pattern)
         self._root = _parse_fields(self.source, ())
+        _check_wildcards(self._root)
         self._branches = _expand(self._root, ())
 
     @property
@@ -570,7 +603,8 @@ def _parse_affix(kind: type[Prefix] | type[Suffix], operand: Any, where: str) ->
 
 def wildcard(text: str, where: str) -> Wildcard:
     """A wildcard condition: `*` matches any run of characters, `\\*` a star, `\\\\` a backslash."""
-    parts: list[str] = []
+    segments: list[str] = []
+    run: list[str] = []
     previous_star = False
     index = 0
     while index < len(text):
@@ -579,20 +613,27 @@ def wildcard(text: str, where: str) -> Wildcard:
             following = text[index + 1 : index + 2]
             if following not in ("*", "\\"):
                 raise InvalidPattern(where, "a backslash may escape only '*' or '\\'")
-            parts.append(re.escape(following))
+            run.append(following)
             previous_star = False
             index += 2
             continue
         if char == "*":
             if previous_star:
                 raise InvalidPattern(where, "consecutive wildcard characters ('**') are not allowed")
-            parts.append(".*")
+            segments.append("".join(run))
+            run = []
             previous_star = True
         else:
-            parts.append(re.escape(char))
+            run.append(char)
             previous_star = False
         index += 1
-    return Wildcard(text, re.compile("".join(parts), re.DOTALL))
+    segments.append("".join(run))
+    if len(segments) - 1 > MAX_WILDCARDS:
+        raise InvalidPattern(
+            where,
+            f"rule is too complex: at most {MAX_WILDCARDS} wildcard characters in one value, got {len(segments) - 1}",
+        )
+    return Wildcard(text, tuple(segments))
 
 
 def _parse_anything_but(operand: Any, where: str) -> Condition:
@@ -687,6 +728,34 @@ def _parse_cidr(operand: Any, where: str) -> Cidr:
         return Cidr(ipaddress.ip_network(text, strict=False))
     except ValueError as exc:
         raise InvalidPattern(where, f"not a CIDR block: {exc}") from exc
+
+
+def _leaves(node: Fields, path: Path) -> Iterator[tuple[Path, Leaf]]:
+    """Every leaf of the pattern once, `$or` alternatives included (not multiplied out)."""
+    for key, child in node.fields:
+        here = (*path, key)
+        if isinstance(child, Leaf):
+            yield here, child
+        else:
+            yield from _leaves(child, here)
+    for group in node.alternatives:
+        for alternative in group:
+            yield from _leaves(alternative, path)
+
+
+def _check_wildcards(root: Fields) -> None:
+    stars: dict[Path, int] = {}
+    for path, leaf in _leaves(root, ()):
+        for condition in leaf.conditions:
+            inner = condition.excluded if isinstance(condition, AnythingButMatching) else (condition,)
+            stars[path] = stars.get(path, 0) + sum(c.stars for c in inner if isinstance(c, Wildcard))
+    for path, count in stars.items():
+        if count > MAX_FIELD_WILDCARDS:
+            raise InvalidPattern(
+                _at(path),
+                f"rule is too complex: at most {MAX_FIELD_WILDCARDS} wildcard characters over one field's "
+                f"wildcards, got {count}",
+            )
 
 
 def _expand(node: Fields, path: Path) -> tuple[Branch, ...]:
