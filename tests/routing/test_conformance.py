@@ -195,6 +195,43 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
     ("equals-ignore-case-no-prefix", {"source": [{"equals-ignore-case": "AWS"}]}, EC2, False),
     ("equals-ignore-case-mixed", {"name": [{"equals-ignore-case": "alice"}]}, {"name": "ALiCe"}, True),
     ("equals-ignore-case-strings-only", {"v": [{"equals-ignore-case": "true"}]}, {"v": True}, False),
+    # --- dotted keys: a field is named by its keys joined with dots (event-ruler README) --------
+    (
+        "dotted-key-in-pattern",
+        {"detail": {"state.status": ["running"]}},
+        {"detail": {"state": {"status": "running"}}},
+        True,
+    ),
+    (
+        "dotted-key-in-event",
+        {"detail": {"state": {"status": ["running"]}}},
+        {"detail": {"state.status": "running"}},
+        True,
+    ),
+    ("dotted-key-in-both", {"detail.state.status": ["running"]}, {"detail": {"state.status": "running"}}, True),
+    (
+        "dotted-key-other-value",
+        {"detail": {"state.status": ["running"]}},
+        {"detail": {"state": {"status": "off"}}},
+        False,
+    ),
+    ("dotted-key-not-a-substring", {"a": {"b": ["x"]}}, {"ab": "x"}, False),
+    (
+        "dotted-key-merged-with-nested",
+        {"detail": {"state.status": ["running"], "state": {"code": [16]}}},
+        {"detail": {"state": {"code": 16}, "state.status": "running"}},
+        True,
+    ),
+    ("dotted-key-and-nested-both-values", {"a": {"b": ["x"]}}, {"a": {"b": "y"}, "a.b": "x"}, True),
+    ("dotted-key-leaf-and-object", {"a": ["x"], "a.b": ["y"]}, {"a": "x", "a.b": "y"}, True),
+    ("dotted-key-exists-false", {"a": {"b": [{"exists": False}]}}, {"a.b": 1}, False),
+    ("dotted-key-array-elements-apart", {"a": {"b": ["x"], "c": ["z"]}}, {"a": [{"b": "x"}, {"c.d": 1}]}, False),
+    (
+        "dotted-key-beside-an-array-meets-each-element",
+        {"a": {"b": ["y"], "c": ["z"]}},
+        {"a": [{"b": "x"}, {"b": "y"}], "a.c": "z"},
+        True,
+    ),
     # --- wildcard -------------------------------------------------------------------------
     ("wildcard-middle", {"source": [{"wildcard": "Simple*Service"}]}, {"source": "SimpleQueueService"}, True),
     ("wildcard-empty-run", {"source": [{"wildcard": "Simple*Service"}]}, {"source": "SimpleService"}, True),
@@ -561,6 +598,8 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("or-not-objects", {"$or": [{"a": ["x"]}, "b"]}, "$or[1]", "only objects"),
     ("or-empty-object", {"$or": [{"a": ["x"]}, {}]}, "$or[1]", "empty objects"),
     ("or-operator-as-field", {"$or": [{"numeric": [1]}, {"prefix": ["abc"]}]}, "numeric", "operator"),
+    ("dotted-key-twice", {"a.b": ["x"], "a": {"b": ["y"]}}, "a.b", "appears twice"),
+    ("dotted-key-twice-in-or", {"a.b": ["x"], "$or": [{"a": {"b": ["y"]}}, {"c": ["z"]}]}, "a.b", "only once"),
     ("or-duplicate-path", {"a": ["x"], "$or": [{"a": ["y"]}, {"b": ["z"]}]}, "a", "only once"),
     ("not-json-value", {"a": [object()]}, "a[0]", "not JSON"),
 ]

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from inmotion.errors import InvalidPattern
 from inmotion.routing import Matcher, Pattern
 
-KEYS = ["a", "b", "c"]
+KEYS = ["a", "b", "c", "a.b", "b.c"]
+"""Field names; the dotted ones name the same fields as nested objects do."""
 STRINGS = ["", "x", "X", "xy", "Xy", "yx", "a*b", "a\\b", "10.0.0.7", "10.0.1.7", "::1", "2001:db8::5"]
 NUMBERS = [0, 1, 1.0, 2.5, -3, 300, 300.0, 5_000_000_001]
 SCALARS: list[Any] = [*STRINGS, *NUMBERS, True, False, None]

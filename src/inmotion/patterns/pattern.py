@@ -17,9 +17,13 @@ Semantics, as EventBridge (the `aws/event-ruler` engine) defines them:
 
 Known differences from event-ruler: numbers compare exactly (event-ruler keeps six decimal
 places); an exact string that spells an IP address is compared as text (event-ruler compares
-addresses, which only matters for unusual IPv6 spellings); a dotted key is one field name
-(event-ruler would also match `{"a.b": ...}` against `{"a": {"b": ...}}`); `$or` is always the
-operator, never a field name.
+addresses, which only matters for unusual IPv6 spellings); `$or` is always the operator, never a
+field name.
+
+Dotted keys: event-ruler names a field by its keys joined with dots, so in events and patterns
+alike `{"a.b": ...}` and `{"a": {"b": ...}}` are the same field (its README documents this and
+calls it subject to change). A pattern's dotted key is split into nested objects when parsed;
+an event's dotted keys are read as paths as the walk reaches them (`expanded`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ NUMERIC_LIMIT = 5e9
 """EventBridge compares numbers between -5.0e9 and +5.0e9 inclusive."""
 MAX_BRANCHES = 1024
 """How many alternatives `$or` may multiply into; EventBridge limits pattern complexity too."""
+MAX_DEPTH = 100
+"""Objects a pattern may nest. EventBridge bounds a pattern by its size (2,048 characters, 4,096
+at most); what matters here is depth, which parsing and matching recurse on."""
 MAX_WILDCARDS = 5
 """`*` characters in one wildcard value. EventBridge refuses a rule whose wildcards one value
 could keep alive at once beyond a complexity limit it does not publish ("Rule is too complex -
@@ -388,11 +395,11 @@ def resolve(document: Any, path: Path) -> tuple[list[Any], bool]:
     for depth, key in enumerate(path):
         following: list[Any] = []
         for node in nodes:
-            child = node.get(key, _MISSING) if type(node) is dict else _MISSING
+            child = expanded(node).get(key, _MISSING) if type(node) is dict else _MISSING
             if child is _MISSING:
                 continue
             if type(child) is list:
-                items = list(_flatten(child))
+                items = list(flatten(child))
                 if depth == last:
                     values.extend(item for item in items if type(item) is not dict)
                 else:
@@ -407,19 +414,59 @@ def resolve(document: Any, path: Path) -> tuple[list[Any], bool]:
     return values, crossed
 
 
-def _flatten(items: list[Any]) -> Iterator[Any]:
-    for item in items:
-        if type(item) is list:
-            yield from _flatten(item)
-        else:
+def flatten(items: list[Any]) -> Iterator[Any]:
+    """The items of an array, nested arrays flattened (iteratively: an event may nest deeply)."""
+    stack = [iter(items)]
+    while stack:
+        for item in stack[-1]:
+            if type(item) is list:
+                stack.append(iter(item))
+                break
             yield item
+        else:
+            stack.pop()
+
+
+def expanded(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with its dotted keys read as paths: EventBridge names a field by the keys on
+    its way joined with dots, so `{"a.b": 1}` holds the field that `{"a": {"b": 1}}` does. A
+    key "a.b" becomes {"a": {"b": ...}} merged with what "a" holds (one level at a time)."""
+    for key in obj:
+        if type(key) is str and "." in key:
+            break
+    else:
+        return obj
+    result: dict[str, Any] = {}
+    for key, value in obj.items():
+        if type(key) is str and "." in key:
+            key, _, rest = key.partition(".")
+            value = {rest: value}
+        result[key] = _merge(result[key], value) if key in result else value
+    return result
+
+
+def _merge(first: Any, second: Any) -> Any:
+    """Two values found for one field. Objects merge field by field. Otherwise the field holds
+    both, as an array would; two groups of objects combine pairwise, since no array holds both
+    groups (fields of different elements of one array must not meet, fields of two arrays may)."""
+    if type(first) is dict and type(second) is dict:
+        merged = dict(first)
+        for key, value in second.items():
+            merged[key] = _merge(merged[key], value) if key in merged else value
+        return merged
+    items = [list(flatten(value)) if type(value) is list else [value] for value in (first, second)]
+    objects = [[item for item in group if type(item) is dict] for group in items]
+    leaves = [item for group in items for item in group if type(item) is not dict]
+    if objects[0] and objects[1]:
+        return [*leaves, *(_merge(one, other) for one in objects[0] for other in objects[1])]
+    return [*leaves, *objects[0], *objects[1]]
 
 
 def _fields_match(node: Fields, value: Any, root: dict[str, Any], path: Path) -> bool:
     if type(value) is list:
-        elements = list(_flatten(value)) or [_MISSING]
+        elements = list(flatten(value)) or [_MISSING]
         return any(_fields_match(node, element, root, path) for element in elements)
-    obj = value if type(value) is dict else {}
+    obj = expanded(value) if type(value) is dict else {}
     for key, child in node.fields:
         here = (*path, key)
         if isinstance(child, Fields):
@@ -436,7 +483,7 @@ def _leaf_match(leaf: Leaf, value: Any, root: dict[str, Any], path: Path) -> boo
     if value is _MISSING or type(value) is dict:
         values = []
     elif type(value) is list:
-        values = [item for item in _flatten(value) if type(item) is not dict]
+        values = [item for item in flatten(value) if type(item) is not dict]
     else:
         values = [value]
     if values:
@@ -502,6 +549,8 @@ def _at(path: Path, index: int | None = None) -> str:
 def _parse_fields(obj: Mapping[str, Any], path: Path, *, in_or: bool = False) -> Fields:
     if not obj:
         raise InvalidPattern(_at(path), "empty objects are not allowed")
+    if len(path) >= MAX_DEPTH:
+        raise InvalidPattern(_at(path), f"patterns nest at most {MAX_DEPTH} objects deep")
     fields: list[tuple[str, Leaf | Fields]] = []
     alternatives: list[tuple[Fields, ...]] = []
     for key, value in obj.items():
@@ -513,13 +562,33 @@ def _parse_fields(obj: Mapping[str, Any], path: Path, *, in_or: bool = False) ->
             continue
         if in_or and key in _OPERATORS:
             raise InvalidPattern(_at(here), f"{key!r} is an operator and cannot be a field name inside $or")
-        if isinstance(value, Mapping):
-            fields.append((key, _parse_fields(value, here, in_or=in_or)))
+        head, dot, rest = key.partition(".")
+        if dot:  # "a.b": [...] names the field that {"a": {"b": [...]}} does
+            _add_field(fields, head, _parse_fields({rest: value}, (*path, head), in_or=in_or), here)
+        elif isinstance(value, Mapping):
+            _add_field(fields, key, _parse_fields(value, here, in_or=in_or), here)
         elif isinstance(value, list | tuple):
-            fields.append((key, _parse_leaf(value, here)))
+            _add_field(fields, key, _parse_leaf(value, here), here)
         else:
             raise InvalidPattern(_at(here), f"must be an object or a non-empty array, got {_json_type(value)}")
     return Fields(tuple(fields), tuple(alternatives))
+
+
+def _add_field(fields: list[tuple[str, Leaf | Fields]], key: str, child: Leaf | Fields, here: Path) -> None:
+    """Add a field, merging it with an object already given for the same key (through a dotted
+    key): both sets of fields then apply to the same object of the event."""
+    for index, (known, existing) in enumerate(fields):
+        if known != key or isinstance(existing, Leaf) != isinstance(child, Leaf):
+            continue
+        if isinstance(existing, Leaf):
+            raise InvalidPattern(_at(here), "the field appears twice (a dotted key names the field of nested objects)")
+        assert isinstance(child, Fields)
+        merged = list(existing.fields)
+        for inner_key, inner in child.fields:
+            _add_field(merged, inner_key, inner, (*here, inner_key))
+        fields[index] = (key, Fields(tuple(merged), existing.alternatives + child.alternatives))
+        return
+    fields.append((key, child))
 
 
 def _parse_or(value: Any, path: Path) -> tuple[Fields, ...]:
