@@ -76,6 +76,31 @@ def test_invalid_input_exits_2_with_one_line(pattern: str, event: str, message: 
     assert err.startswith(message)
 
 
+def test_nesting_beyond_the_limits_is_invalid_not_a_mismatch() -> None:
+    for depth, message in [
+        (10_000, "error: invalid pattern at <root>: nested too deeply: patterns nest at most 100 objects deep"),
+        (150, "error: invalid pattern at " + ".".join(["a"] * 100) + ": nested too deeply"),
+    ]:
+        code, out, err = rules("test", "-p", '{"a":' * depth + '["x"]' + "}" * depth, "-e", '{"a": 1}')
+        assert (code, out, len(err.splitlines())) == (2, "", 1)
+        assert err.startswith(message)
+    code, out, err = rules("test", "-p", '{"a": ["x"]}', "-e", '{"a":' * 2_000 + '"x"' + "}" * 2_000)
+    assert (code, out, err) == (2, "", "error: invalid event: nested too deeply to read\n")
+    code, out, _ = rules("test", "-p", '{"a": ["x"]}', "-e", '{"a":' + "[" * 400 + '"x"' + "]" * 400 + "}")
+    assert (code, out.splitlines()[0]) == (0, "match")
+
+
+def test_files_that_are_not_utf8_are_invalid(tmp_path: Path) -> None:
+    (tmp_path / "event.json").write_bytes(b'{"a": "caf\xe9"}')
+    code, out, err = rules("test", "-p", '{"a": ["x"]}', "-e", f"@{tmp_path / 'event.json'}")
+    assert (code, out) == (2, "")
+    assert err == f"error: cannot read event file '{tmp_path / 'event.json'}': not UTF-8 text (byte 10 is 0xe9)\n"
+    (tmp_path / "rules.yaml").write_bytes(b"rules:\n  - name: caf\xe9\n")
+    code, out, err = rules("check", str(tmp_path / "rules.yaml"))
+    assert (code, out) == (2, "")
+    assert err == f"error: cannot read rules file '{tmp_path / 'rules.yaml'}': not UTF-8 text (byte 20 is 0xe9)\n"
+
+
 VALID = """
 unmatched: orders.unmatched
 rules:

@@ -625,6 +625,50 @@ def test_wildcards_match_in_linear_time() -> None:
     assert Matcher({"r": {"a": [{"wildcard": "*a*a*a*a*b"}]}}).match({"a": "a" * 100_000 + "b"}) == ["r"]
 
 
+def nested(depth: int, leaf: Any, key: str = "a") -> Any:
+    """`{key: {key: ... leaf}}` with `depth` objects, built without recursion."""
+    value = leaf
+    for _ in range(depth):
+        value = {key: value}
+    return value
+
+
+def test_patterns_nest_at_most_100_objects() -> None:
+    assert Pattern(nested(100, ["x"])).matches(nested(100, "x"))
+    for too_deep in (nested(101, ["x"]), nested(10_000, ["x"])):
+        with pytest.raises(InvalidPattern, match="nested too deeply: patterns nest at most 100 objects deep"):
+            Pattern(too_deep)
+    alternatives: dict[str, Any] = {"a": ["x"]}
+    for _ in range(150):
+        alternatives = {"$or": [alternatives, {"b": ["y"]}]}
+    with pytest.raises(InvalidPattern, match="nested too deeply"):
+        Pattern(alternatives)
+
+
+def test_pattern_text_nested_beyond_the_json_parser() -> None:
+    with pytest.raises(InvalidPattern) as caught:
+        Pattern('{"a":' * 10_000 + '["x"]' + "}" * 10_000)
+    assert caught.value.path == ""
+    assert "nested too deeply" in caught.value.problem
+
+
+def test_deeply_nested_arrays_in_an_event_are_flattened() -> None:
+    deep: Any = "x"
+    for _ in range(10_000):
+        deep = [deep]
+    assert Pattern({"a": ["x"]}).matches({"a": deep})
+    assert Matcher({"r": {"a": ["x"]}}).match({"a": deep}) == ["r"]
+    assert Matcher({"r": {"a": {"b": ["x"]}}}).match({"a": [{"b": deep}, {"c": 1}]}) == ["r"]
+
+
+def test_an_event_nested_too_deeply_to_merge_is_invalid() -> None:
+    event = {"a": nested(5_000, "x"), "a.a": nested(5_000, "y")}
+    with pytest.raises(InvalidEvent, match="nested too deeply"):
+        Pattern({"a": {"a": ["x"]}}).matches(event)
+    with pytest.raises(InvalidEvent, match="nested too deeply"):
+        Matcher({"r": {"a": {"a": ["x"]}}}).match(event)
+
+
 def test_json_text_and_dict_agree() -> None:
     text = '{"detail": {"state": [{"anything-but": "initializing"}], "c-count": [{"numeric": [">", 0]}]}}'
     assert Pattern(text) == Pattern(

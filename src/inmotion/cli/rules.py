@@ -32,6 +32,11 @@ def _text(argument: str, what: str) -> str:
         return typer.get_text_stream("stdin").read() if name == "-" else Path(name).read_text(encoding="utf-8")
     except OSError as exc:
         fail(f"cannot read {what} file {name!r}: {exc.strerror or exc}", EXIT_INVALID)
+    except UnicodeDecodeError as exc:
+        fail(
+            f"cannot read {what} file {name!r}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})",
+            EXIT_INVALID,
+        )
 
 
 def _event(text: str) -> dict[str, Any]:
@@ -39,6 +44,8 @@ def _event(text: str) -> dict[str, Any]:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidEvent("<event>", f"malformed JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidEvent("<event>", "nested too deeply to read") from None
     if not isinstance(document, dict):
         raise InvalidEvent("<event>", "an event is a JSON object")
     return document

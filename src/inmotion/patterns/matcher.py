@@ -45,6 +45,7 @@ from inmotion.patterns.pattern import (
     as_document,
     flatten,
     ip_number,
+    nested_too_deeply,
     resolve,
 )
 
@@ -111,7 +112,10 @@ class Matcher:
     def match(self, document: Mapping[str, Any] | Event) -> list[str]:
         """The names of the rules whose patterns match the document."""
         compiled = self._compiled or self._compile()
-        return compiled.match(document if type(document) is dict else as_document(document))
+        try:
+            return compiled.match(document if type(document) is dict else as_document(document))
+        except RecursionError:
+            raise nested_too_deeply() from None
 
     def _compile(self) -> _Compiled:
         with self._lock:

@@ -335,11 +335,19 @@ class Pattern:
 
     def matches(self, document: Mapping[str, Any] | Event) -> bool:
         root = as_document(document)
-        return _fields_match(self._root, root, root, ())
+        try:
+            return _fields_match(self._root, root, root, ())
+        except RecursionError:
+            raise nested_too_deeply() from None
 
     def explain(self, document: Mapping[str, Any] | Event) -> list[str]:
         """Human-readable lines saying why the document matches or not, field by field."""
-        root = as_document(document)
+        try:
+            return self._explain(as_document(document))
+        except RecursionError:
+            raise nested_too_deeply() from None
+
+    def _explain(self, root: dict[str, Any]) -> list[str]:
         lines: list[str] = []
         several = len(self._branches) > 1
         for number, branch in enumerate(self._branches, 1):
@@ -376,6 +384,13 @@ def as_document(document: Mapping[str, Any] | Event) -> dict[str, Any]:
 def event_document(event: Event) -> dict[str, Any]:
     """The event as patterns see it: CloudEvents attributes at the top level, payload under `data`."""
     return to_dict(event)
+
+
+def nested_too_deeply() -> InvalidEvent:
+    """The error for an event that exhausts the stack: matching walks the pattern recursively
+    (its depth is bounded) and the event in loops, but an event crafted to nest where dotted
+    keys merge can still go too deep."""
+    return InvalidEvent("<event>", "nested too deeply to match")
 
 
 def dotted(path: Path) -> str:
@@ -503,6 +518,8 @@ def _load(pattern: Mapping[str, Any] | str | bytes) -> dict[str, Any]:
             raise InvalidPattern("", f"malformed JSON: {exc}") from exc
         except ValueError as exc:
             raise InvalidPattern("", str(exc)) from exc
+        except RecursionError:
+            raise InvalidPattern("", f"nested too deeply: patterns nest at most {MAX_DEPTH} objects deep") from None
     elif isinstance(pattern, Mapping):
         loaded = dict(pattern)
     else:
@@ -546,11 +563,11 @@ def _at(path: Path, index: int | None = None) -> str:
     return text if index is None else f"{text}[{index}]"
 
 
-def _parse_fields(obj: Mapping[str, Any], path: Path, *, in_or: bool = False) -> Fields:
+def _parse_fields(obj: Mapping[str, Any], path: Path, *, in_or: bool = False, depth: int = 1) -> Fields:
     if not obj:
         raise InvalidPattern(_at(path), "empty objects are not allowed")
-    if len(path) >= MAX_DEPTH:
-        raise InvalidPattern(_at(path), f"patterns nest at most {MAX_DEPTH} objects deep")
+    if depth > MAX_DEPTH:
+        raise InvalidPattern(_at(path), f"nested too deeply: patterns nest at most {MAX_DEPTH} objects deep")
     fields: list[tuple[str, Leaf | Fields]] = []
     alternatives: list[tuple[Fields, ...]] = []
     for key, value in obj.items():
@@ -558,15 +575,15 @@ def _parse_fields(obj: Mapping[str, Any], path: Path, *, in_or: bool = False) ->
             raise InvalidPattern(_at(path), f"field names are strings, got {key!r}")
         here = (*path, key)
         if key == OR:
-            alternatives.append(_parse_or(value, here))
+            alternatives.append(_parse_or(value, here, depth + 1))
             continue
         if in_or and key in _OPERATORS:
             raise InvalidPattern(_at(here), f"{key!r} is an operator and cannot be a field name inside $or")
         head, dot, rest = key.partition(".")
         if dot:  # "a.b": [...] names the field that {"a": {"b": [...]}} does
-            _add_field(fields, head, _parse_fields({rest: value}, (*path, head), in_or=in_or), here)
+            _add_field(fields, head, _parse_fields({rest: value}, (*path, head), in_or=in_or, depth=depth + 1), here)
         elif isinstance(value, Mapping):
-            _add_field(fields, key, _parse_fields(value, here, in_or=in_or), here)
+            _add_field(fields, key, _parse_fields(value, here, in_or=in_or, depth=depth + 1), here)
         elif isinstance(value, list | tuple):
             _add_field(fields, key, _parse_leaf(value, here), here)
         else:
@@ -591,7 +608,7 @@ def _add_field(fields: list[tuple[str, Leaf | Fields]], key: str, child: Leaf | 
     fields.append((key, child))
 
 
-def _parse_or(value: Any, path: Path) -> tuple[Fields, ...]:
+def _parse_or(value: Any, path: Path, depth: int) -> tuple[Fields, ...]:
     if not isinstance(value, list | tuple):
         raise InvalidPattern(_at(path), f"$or takes an array of objects, got {_json_type(value)}")
     if len(value) < 2:
@@ -603,7 +620,7 @@ def _parse_or(value: Any, path: Path) -> tuple[Fields, ...]:
             raise InvalidPattern(_at(path, index), f"$or takes only objects, got {_json_type(item)}")
         if not item:
             raise InvalidPattern(_at(path, index), "empty objects are not allowed")
-        alternatives.append(_parse_fields(item, parent, in_or=True))
+        alternatives.append(_parse_fields(item, parent, in_or=True, depth=depth))
     return tuple(alternatives)
 
 

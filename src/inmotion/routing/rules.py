@@ -284,6 +284,10 @@ def load_rules(path: str | Path) -> RuleSet:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidConfig(f"cannot read rules file {str(path)!r}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidConfig(
+            f"cannot read rules file {str(path)!r}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})"
+        ) from None
     return parse_rules(text, str(path))
 
 
