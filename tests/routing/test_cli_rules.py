@@ -162,6 +162,36 @@ def test_check_accepts_a_valid_file(tmp_path: Path) -> None:
             "    transform: {paths: {}, template: '<id>'}",
             "the template uses <id>",
         ),
+        (
+            "rules:\n  - name: r\n    pattern: {a: [x]}\n    pattern: {a: [y]}\n    targets: [{topic: t}]",
+            "not valid YAML at line 4, column 5: duplicate key 'pattern' (first at line 3)",
+        ),
+        ("rules:\n  - {name: r, name: s, pattern: {a: [x]}, targets: [{topic: t}]}", "duplicate key 'name'"),
+        ("rules: []\nunmatched: a\nunmatched: b", "line 3, column 1: duplicate key 'unmatched' (first at line 2)"),
+        ("rules:\n  - name: r\n    pattern: {a: [x], a: [y]}\n    targets: [{topic: t}]", "duplicate key 'a'"),
+        *(
+            (
+                f"rules:\n  - name: r\n    pattern: {{a: [x]}}\n"
+                f"    targets: [{{http: 'http://x', timeout: {timeout}}}]",
+                f"rule 'r': HTTP timeout must be a positive, finite number of seconds, got {shown}",
+            )
+            for timeout, shown in [(".inf", "inf"), (".nan", "nan"), ("-1", "-1"), ("0", "0"), ("'5'", "'5'")]
+        ),
+        (
+            "rules:\n  - name: r\n    pattern: {a: [x]}\n"
+            '    targets: [{http: "http://x", headers: {X-Note: "a\\r\\nX-Admin: yes"}}]',
+            "rule 'r': HTTP header 'X-Note': the value holds a control character (CR, LF, ...)",
+        ),
+        (
+            'rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{http: "http://x", headers: {"X Note": "a"}}]',
+            "HTTP header name 'X Note' is not a token",
+        ),
+        (
+            'rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{http: "http://x", headers: {X-List: [1, 2]}}]',
+            "HTTP header 'X-List': the value is a string or a number",
+        ),
+        ("rules: &loop [*loop]", "not valid YAML at line 1, column 8: an alias refers to a node that contains it"),
+        ("rules: " + "[" * 5_000 + "]" * 5_000, "not valid YAML: nested too deeply"),
     ],
 )
 def test_check_rejects_a_bad_file_with_one_line(tmp_path: Path, text: str, message: str) -> None:
@@ -172,6 +202,39 @@ def test_check_rejects_a_bad_file_with_one_line(tmp_path: Path, text: str, messa
     assert out == ""
     assert len(err.splitlines()) == 1
     assert message in err
+
+
+def test_check_refuses_aliases_that_expand_past_the_limit(tmp_path: Path) -> None:
+    """A million strings in a few lines (main accepted it, walking every one)."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 6)]
+    text = (
+        "rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: t}]\n"
+        f"    description: {{{', '.join(levels)}}}\n"
+    )
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    code, out, err = rules("check", str(path))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: {path}: not valid YAML at line 5, column 243: ")
+    assert err.endswith(": the document expands to more than 100,000 nodes (aliases count at each use)\n")
+
+
+def test_check_accepts_anchors_aliases_and_merge_keys(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - name: first\n    pattern: &orders {type: [order]}\n"
+        "    targets: [&hook {http: 'http://127.0.0.1:9/hook', timeout: 2.5, headers: {X-Team: 7}}]\n"
+        "  - name: second\n    pattern: *orders\n"
+        "    targets: [{<<: *hook, timeout: 1}]\n"
+    )
+    code, out, err = rules("check", str(path))
+    assert code == 0, err
+    assert out.splitlines()[1:] == [
+        "  first: all sources -> POST http://127.0.0.1:9/hook (binary)",
+        "  second: all sources -> POST http://127.0.0.1:9/hook (binary)",
+    ]
 
 
 def test_check_a_missing_file(tmp_path: Path) -> None:
