@@ -49,6 +49,39 @@ def test_fields_in_different_array_elements_are_explained() -> None:
     assert "only in different elements of one array" in out
 
 
+def test_json_gives_one_object_with_the_verdict_and_each_field() -> None:
+    code, out, err = rules("test", "--json", "-p", json.dumps(PATTERN), "-e", json.dumps(EVENT))
+    assert (code, err) == (0, "")
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {
+            "match": True,
+            "fields": [
+                {"alternative": 1, "field": "source", "values": ["aws.ec2"], "condition": ["aws.ec2"], "ok": True},
+                {
+                    "alternative": 1,
+                    "field": "detail.state",
+                    "values": ["running"],
+                    "condition": [{"anything-but": "initializing"}],
+                    "ok": True,
+                },
+            ],
+        }
+    ]
+    pattern = {"$or": [{"a": [1]}, {"b": [{"exists": False}]}]}
+    code, out, _ = rules("test", "--json", "-p", json.dumps(pattern), "-e", '{"b": 2}')
+    assert code == 1
+    assert json.loads(out) == {
+        "match": False,
+        "fields": [
+            {"alternative": 1, "field": "a", "values": [], "condition": [1], "ok": False},
+            {"alternative": 2, "field": "b", "values": [2], "condition": [{"exists": False}], "ok": False},
+        ],
+    }
+    code, out, err = rules("test", "--json", "-p", '{"a": 1}', "-e", "{}")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: invalid pattern at a:")
+
+
 def test_pattern_and_event_from_files(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps(PATTERN))
     (tmp_path / "e.json").write_text(json.dumps(EVENT))
@@ -133,6 +166,26 @@ def test_check_accepts_a_valid_file(tmp_path: Path) -> None:
         "  big-orders: orders -> topic big-orders; POST http://127.0.0.1:9/hook (structured)",
         "  everything-eu: all sources -> handler dumps",
     ]
+
+
+def test_check_json_gives_one_object_per_rule(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(VALID)
+    code, out, err = rules("check", "--json", str(path))
+    assert (code, err) == (0, "")
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {
+            "file": str(path),
+            "rule": "big-orders",
+            "sources": ["orders"],
+            "targets": ["topic big-orders", "POST http://127.0.0.1:9/hook (structured)"],
+        },
+        {"file": str(path), "rule": "everything-eu", "sources": [], "targets": ["handler dumps"]},
+    ]
+    path.write_text("rules: [")
+    code, out, err = rules("check", "--json", str(path))
+    assert (code, out) == (2, "")
+    assert "not valid YAML" in err
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,11 @@ from typing import Annotated, Any
 
 import typer
 
-from inmotion.cli.common import BrokerOption, fail, open_log
+from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, print_json
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern
 from inmotion.log import DEFAULT_SESSION_TIMEOUT, Log, Membership
 from inmotion.patterns import Pattern
+from inmotion.patterns.pattern import FieldCheck
 from inmotion.routing.router import route_file
 from inmotion.routing.rules import load_rules
 
@@ -51,35 +52,65 @@ def _event(text: str) -> dict[str, Any]:
     return document
 
 
+def _check_document(check: FieldCheck) -> dict[str, Any]:
+    return {
+        "alternative": check.alternative,
+        "field": check.field,
+        "values": check.values,
+        "condition": json.loads(check.condition),
+        "ok": check.ok,
+    }
+
+
 @rules_app.command("test")
 def try_pattern(
     pattern: Annotated[str, typer.Option("--pattern", "-p", help="The event pattern: JSON text, or @file.")],
     event: Annotated[str, typer.Option("--event", "-e", help="The event: JSON text, or @file (@- for stdin).")],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; answer with the exit code.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Does the pattern match the event? Exit 0 if it matches, 1 if not, 2 if either is invalid."""
+    """Does the pattern match the event? Exit 0 if it matches, 1 if not, 2 if either is invalid.
+
+    Prints the verdict and each field of the pattern with the values the event has there; with
+    --json, one object: {"match": true|false, "fields": [{"alternative", "field", "values",
+    "condition", "ok"}, ...]}, "alternative" counting the ways $or gives, from 1.
+    """
     try:
         compiled = Pattern(_text(pattern, "pattern"))
         document = _event(_text(event, "event"))
         matched = compiled.matches(document)
+        checks = compiled.check_fields(document)
     except InmotionError as error:
         fail(str(error), EXIT_INVALID)
-    if not quiet:
+    if as_json:
+        print_json({"match": matched, "fields": [_check_document(check) for check in checks]})
+    elif not quiet:
         typer.echo("match" if matched else "no match")
         for line in compiled.explain(document):
             typer.echo(f"  {line}")
-        if not matched and all(line.lstrip().startswith(("ok", "alternative")) for line in compiled.explain(document)):
+        if not matched and any(
+            all(c.ok for c in checks if c.alternative == n) for n in {c.alternative for c in checks}
+        ):
             typer.echo("  (each field matches, but only in different elements of one array)")
     raise typer.Exit(EXIT_MATCH if matched else EXIT_NO_MATCH)
 
 
 @rules_app.command("check")
-def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")]) -> None:
-    """Validate a rules file: patterns, targets, topics. Exit 0 if valid, 2 if not."""
+def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")], as_json: JsonOption = False) -> None:
+    """Validate a rules file: patterns, targets, topics. Exit 0 if valid, 2 if not.
+
+    Prints each rule with its sources and targets; with --json, one object per rule:
+    {"file", "rule", "sources", "targets"} (no sources: every source topic).
+    """
     try:
         rule_set = load_rules(path)
     except InmotionError as error:
         fail(str(error), EXIT_INVALID)
+    if as_json:
+        for rule in rule_set.rules:
+            described = [target.describe() for target in rule.targets]
+            print_json({"file": str(path), "rule": rule.name, "sources": list(rule.sources), "targets": described})
+        return
     count = len(rule_set.rules)
     typer.echo(f"{path}: {count} rule{'s' if count != 1 else ''} OK")
     for rule in rule_set.rules:

@@ -309,6 +309,22 @@ class Fields:
     alternatives: tuple[tuple[Fields, ...], ...] = ()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FieldCheck:
+    """One field of one alternative of a pattern, checked against a document."""
+
+    alternative: int
+    """The alternative's number, from 1 (a pattern without `$or` has one)."""
+    first: bool
+    """Is this the alternative's first field?"""
+    field: str
+    values: list[Any]
+    """The field's leaf values in the document, across array elements."""
+    condition: str
+    """The leaf as the pattern wrote it (JSON)."""
+    ok: bool
+
+
 Branch: TypeAlias = tuple[tuple[Path, Leaf], ...]
 """One way to satisfy a pattern once `$or` is multiplied out: (path, leaf) pairs, all required."""
 
@@ -342,23 +358,29 @@ class Pattern:
 
     def explain(self, document: Mapping[str, Any] | Event) -> list[str]:
         """Human-readable lines saying why the document matches or not, field by field."""
+        several = len(self._branches) > 1
+        lines: list[str] = []
+        for check in self.check_fields(document):
+            if several and check.first:
+                lines.append(f"alternative {check.alternative} of {len(self._branches)}:")
+            verdict = "ok  " if check.ok else "FAIL"
+            found = ", ".join(json.dumps(v) for v in check.values) if check.values else "no value"
+            lines.append(f"{'  ' if several else ''}{verdict} {check.field}: {found} against {check.condition}")
+        return lines
+
+    def check_fields(self, document: Mapping[str, Any] | Event) -> list[FieldCheck]:
+        """Each field of each alternative (`$or` multiplied out) checked against the document,
+        looking at every value the field has (explanations look no further)."""
+        root = as_document(document)
+        checks: list[FieldCheck] = []
         try:
-            return self._explain(as_document(document))
+            for number, branch in enumerate(self._branches, 1):
+                for index, (path, leaf) in enumerate(branch):
+                    values, _ = resolve(root, path)
+                    checks.append(FieldCheck(number, index == 0, dotted(path), values, leaf.text, leaf.accepts(values)))
         except RecursionError:
             raise nested_too_deeply() from None
-
-    def _explain(self, root: dict[str, Any]) -> list[str]:
-        lines: list[str] = []
-        several = len(self._branches) > 1
-        for number, branch in enumerate(self._branches, 1):
-            if several:
-                lines.append(f"alternative {number} of {len(self._branches)}:")
-            for path, leaf in branch:
-                values, _ = resolve(root, path)
-                verdict = "ok  " if leaf.accepts(values) else "FAIL"
-                found = ", ".join(json.dumps(v) for v in values) if values else "no value"
-                lines.append(f"{'  ' if several else ''}{verdict} {dotted(path)}: {found} against {leaf.text}")
-        return lines
+        return checks
 
     def __repr__(self) -> str:
         return f"Pattern({json.dumps(self.source)})"
