@@ -290,6 +290,20 @@ def test_check_accepts_anchors_aliases_and_merge_keys(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("command", [["rules", "check", "--help"], ["route", "--help"]])
+def test_help_describes_the_rules_file(command: list[str]) -> None:
+    result = runner.invoke(app, command, env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for words in [
+        "rules: the list of rules (required). unmatched: a topic for events no rule matches.",
+        "A rule: name (unique, required); pattern (an EventBridge event pattern",
+        "A target names one of: topic: TOPIC; handler: package.module:function; http: URL, with mode",
+        "retry (attempts 3, backoff 0.5, multiplier 2, max_backoff 30 seconds) and dead_letter: TOPIC.",
+    ]:
+        assert words in text
+
+
 def test_check_a_missing_file(tmp_path: Path) -> None:
     code, _, err = rules("check", str(tmp_path / "absent.yaml"))
     assert code == 2

@@ -23,6 +23,25 @@ rules_app = typer.Typer(help="Test event patterns and check rules files.", no_ar
 
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_INVALID = 0, 1, 2
 
+RULES_FILE_HELP = """\
+Rules file (YAML), its keys:
+
+rules: the list of rules (required). unmatched: a topic for events no rule matches.
+
+A rule: name (unique, required); pattern (an EventBridge event pattern, as YAML or as JSON
+text, required); targets (a non-empty list, required); sources (a topic or a list of them;
+none: every source topic); transform (paths: {variable: JSONPath}, template: text with
+<variable>, as EventBridge's input transformer); description.
+
+A target names one of: topic: TOPIC; handler: package.module:function; http: URL, with
+mode (binary or structured CloudEvent, default binary), timeout (seconds, default 5) and
+headers ({name: value}). A target may add retry (attempts 3, backoff 0.5, multiplier 2,
+max_backoff 30 seconds) and dead_letter: TOPIC.
+
+A file is refused, nothing routed, if a key is unknown or given twice, a pattern is
+invalid, or aliases expand it past 100,000 nodes.
+"""
+
 
 def _text(argument: str, what: str) -> str:
     """JSON given inline, or @path to read it from a file (@- for stdin)."""
@@ -95,7 +114,7 @@ def try_pattern(
     raise typer.Exit(EXIT_MATCH if matched else EXIT_NO_MATCH)
 
 
-@rules_app.command("check")
+@rules_app.command("check", epilog=RULES_FILE_HELP)
 def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")], as_json: JsonOption = False) -> None:
     """Validate a rules file: patterns, targets, topics. Exit 0 if valid, 2 if not.
 
