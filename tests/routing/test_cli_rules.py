@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from inmotion import Event
 from inmotion.cli.main import app
+from inmotion.log import TopicConfig, connect
 from tests.conftest import Place
 
 runner = CliRunner()
@@ -159,7 +166,11 @@ rules:
 def test_check_accepts_a_valid_file(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(VALID)
-    code, out, err = rules("check", str(path))
+    broker = f"sqlite:///{tmp_path}/check.db"
+    with connect(broker) as log:
+        for topic in ("orders", "big-orders"):  # the unmatched and dead-letter topics are made as needed
+            log.create_topic(topic)
+    code, out, err = rules("check", str(path), "--broker", broker)
     assert code == 0, err
     assert out.splitlines() == [
         f"{path}: 2 rules OK",
@@ -204,7 +215,14 @@ def test_check_json_gives_one_object_per_rule(tmp_path: Path) -> None:
         ("rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: t, http: 'http://x'}]", "exactly one"),
         ("rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{http: 'ftp://x'}]", "http:// or https://"),
         ("rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{handler: 'nope.nothing:f'}]", "cannot import"),
-        ("rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: t, retry: {attempts: 0}}]", "attempts"),
+        (
+            "rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{handler: 'json:dumps', retry: {attempts: 0}}]",
+            "attempts",
+        ),
+        (
+            "rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: t, retry: {attempts: 2}}]",
+            "topic target: retry",
+        ),
         (
             "rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: t}]\n"
             "  - name: r\n    pattern: {a: [y]}\n    targets: [{topic: t}]",
@@ -310,16 +328,15 @@ def test_check_a_missing_file(tmp_path: Path) -> None:
     assert "cannot read rules file" in err
 
 
-def test_route_once_delivers_and_commits(tmp_path: Path) -> None:
-    import typer
+def route(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["route", *args])
+    return result.exit_code, result.stdout, result.stderr
 
-    from inmotion import Event
-    from inmotion.cli.rules import route
-    from inmotion.log import connect
 
+def test_route_once_delivers_and_commits_creating_the_unmatched_topic(tmp_path: Path) -> None:
     broker = f"sqlite:///{tmp_path}/route.db"
     with connect(broker) as log:
-        for topic in ("orders", "big", "rest"):
+        for topic in ("orders", "big"):
             log.create_topic(topic)
         log.append_events(
             "orders", [Event.create("order", {"amount": amount}, source="/shop") for amount in (5, 500, 700)]
@@ -328,30 +345,76 @@ def test_route_once_delivers_and_commits(tmp_path: Path) -> None:
         "unmatched: rest\nrules:\n  - name: big\n    sources: [orders]\n"
         '    pattern: {data: {amount: [{numeric: [">", 100]}]}}\n    targets: [{topic: big}]\n'
     )
-    command = typer.Typer()
-    command.command()(route)
     arguments = ["--rules", str(tmp_path / "rules.yaml"), "--once", "--broker", broker]
-    result = runner.invoke(command, arguments)
-    assert result.exit_code == 0, result.stderr
-    assert "routed 3 events, 1 matched no rule" in result.stderr
+    code, _, err = route(*arguments)
+    assert code == 0, err
+    assert "routed 3 events, 1 matched no rule" in err
     with connect(broker) as log:
         assert [r.event().data["amount"] for r in log.read("big", 0, 0)] == [500, 700]
-        assert [r.event().data["amount"] for r in log.read("rest", 0, 0)] == [5]
+        assert [r.event().data["amount"] for p in range(4) for r in log.read("rest", p, 0)] == [5]
         assert log.committed("inmotion-router", "orders") == {0: 3}
-    again = runner.invoke(command, arguments)
-    assert "routed 0 events" in again.stderr
+    code, _, err = route(*arguments)
+    assert (code, "routed 0 events" in err) == (0, True)
+
+
+def test_check_and_route_name_every_missing_topic_and_route_nothing(tmp_path: Path) -> None:
+    broker = f"sqlite:///{tmp_path}/missing.db"
+    with connect(broker) as log:
+        log.create_topic("orders")
+        log.append_events("orders", [Event.create("order", {"amount": 500}, source="/shop")])
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "unmatched: rest\nrules:\n  - name: big\n    sources: [orders, returns]\n"
+        "    pattern: {type: [order]}\n    targets: [{topic: big}, {handler: 'json:dumps'}]\n"
+    )
+    code, out, err = rules("check", str(path), "--broker", broker)
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [f"error: {path}: missing topics: big, returns (create them: inmotion topics create)"]
+    code, _, err = route("--rules", str(path), "--once", "--broker", broker)
+    assert code != 0
+    assert err.splitlines() == [f"error: {path}: missing topics: big, returns (create them: inmotion topics create)"]
+    with connect(broker) as log:
+        assert log.list_topics() == ["orders"]
+        assert log.committed("inmotion-router", "orders") == {}
+
+
+def test_dlq_list_and_redrive_on_a_router_dead_letter_reach_only_its_target(tmp_path: Path) -> None:
+    from tests.routing.test_router import Endpoint
+
+    broker = f"sqlite:///{tmp_path}/dlq.db"
+    with connect(broker) as log:
+        for topic in ("orders", "copies"):
+            log.create_topic(topic)
+        log.append_events("orders", [Event.create("order", {"n": 1}, source="/shop", key="k1")])
+    endpoint = Endpoint()
+    try:
+        endpoint.script = [403]
+        (tmp_path / "rules.yaml").write_text(
+            f"rules:\n  - name: all\n    sources: [orders]\n    pattern: {{type: [order]}}\n"
+            f"    targets: [{{topic: copies}}, {{http: '{endpoint.url}'}}]\n"
+        )
+        arguments = ["--rules", str(tmp_path / "rules.yaml"), "--once", "--broker", broker]
+        code, _, err = route(*arguments)
+        assert code == 0, err
+        listed = runner.invoke(app, ["dlq", "list", "--broker", broker])
+        assert listed.exit_code == 0, listed.stderr
+        (line,) = listed.stdout.splitlines()
+        assert line.startswith("inmotion-router.all.1.dlq@0  from inmotion-router.all.1/")
+        assert line.endswith(f"attempts=1  DeliveryRejected: HTTP 403 Forbidden from {endpoint.url}")
+        redriven = runner.invoke(app, ["dlq", "redrive", "inmotion-router.all.1.dlq", "--broker", broker])
+        assert redriven.exit_code == 0, redriven.stderr
+        assert "redrove 1 event(s)" in redriven.stdout
+        code, _, err = route(*arguments)
+        assert code == 0, err
+    finally:
+        endpoint.close()
+    assert len(endpoint.requests) == 2  # the first try, refused, and the redriven one
+    assert len({headers["ce-id"] for headers, _ in endpoint.requests}) == 1
+    with connect(broker) as log:
+        assert log.latest_offset("copies", 0) == 1  # the other target did not get it again
 
 
 def test_two_router_processes_share_the_partitions(place: Place, tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from inmotion import Event
-    from inmotion.log import TopicConfig, connect
-
     broker, orders, copies, routers_group = place.url, place.topic, f"{place.topic}-copies", f"{place.group}-routers"
     with connect(broker) as log:
         log.create_topic(orders, TopicConfig(partitions=4))
@@ -393,3 +456,61 @@ def test_two_router_processes_share_the_partitions(place: Place, tmp_path: Path)
     assert sum(counts) == 200
     with connect(broker) as log:
         assert sorted(r.event().data["n"] for r in log.read(copies, 0, 0, limit=1000)) == list(range(200))
+
+
+def test_two_routers_with_a_slow_target_deliver_each_event_once_in_key_order(tmp_path: Path) -> None:
+    """The review's case: a delivery that outlasts the session timeout (2.5 s against 1 s) let
+    the second router take the partition mid-batch and deliver everything again, out of key
+    order. Leases now heartbeat while targets work, and each target has its own group."""
+    from tests.routing.test_router import Endpoint
+
+    broker = f"sqlite:///{tmp_path}/slow.db"
+    with connect(broker) as log:
+        log.create_topic("orders", TopicConfig(partitions=2))
+    endpoint = Endpoint()
+    endpoint.delay = 2.5
+    (tmp_path / "rules.yaml").write_text(
+        f"rules:\n  - name: all\n    sources: [orders]\n    pattern: {{type: [order]}}\n"
+        f"    targets: [{{http: '{endpoint.url}', timeout: 10}}]\n"
+    )
+    command = [sys.executable, "-m", "inmotion", "route", "--rules", str(tmp_path / "rules.yaml")]
+    command += ["--group", "routers", "--session-timeout", "1", "--broker", broker]
+    routers = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=os.environ) for _ in range(2)]
+    try:
+        with connect(broker) as log:
+            coordinator = log.group_coordinator()
+            deadline = time.monotonic() + 60
+            while len(set(coordinator.owners("routers").values())) < 2:
+                assert time.monotonic() < deadline, "the two routers never split the partitions"
+                time.sleep(0.05)
+            log.append_events(
+                "orders",
+                [Event.create("order", {"n": n}, source="/shop", key=f"k{n % 3}") for n in range(6)],
+            )
+            delivery = "routers.all.0"
+
+            def delivered() -> bool:
+                if delivery not in log.list_topics():
+                    return False
+                committed = log.committed(delivery, delivery)
+                return (
+                    sum(committed.values())
+                    == 6
+                    == sum(log.latest_offset(delivery, p) for p in range(log.partition_count(delivery)))
+                )
+
+            while not delivered():
+                assert time.monotonic() < deadline, f"not everything was delivered: {len(endpoint.requests)}"
+                time.sleep(0.05)
+            coordinator.close()
+        for router in routers:
+            router.send_signal(signal.SIGTERM)
+        errors = [router.communicate(timeout=60)[1] for router in routers]
+    finally:
+        for router in routers:
+            router.kill()
+        endpoint.close()
+    received = [json.loads(body)["n"] for _, body in endpoint.requests]
+    assert sorted(received) == list(range(6)), errors
+    for key in range(3):
+        assert [n for n in received if n % 3 == key] == [key, key + 3]

@@ -16,7 +16,7 @@ from inmotion import Event
 from inmotion.errors import InvalidConfig, UnknownTopic
 from inmotion.log import Message, TopicConfig, connect
 from inmotion.runtime import App, Context, TypeIs, TypePrefix, deadletter
-from inmotion.runtime.consumer import Consumer
+from inmotion.runtime.fetcher import Fetcher
 from inmotion.runtime.filters import FilterSpec
 
 from .conftest import Eventually
@@ -383,10 +383,10 @@ def test_a_fault_in_the_fetch_loop_ends_run_with_it(monkeypatch: pytest.MonkeyPa
     (and so `inmotion run`) ends with, instead of a member that holds partitions it no longer
     reads."""
 
-    async def broken_read(self: Consumer, topic: str, positions: object, announced: bool) -> None:
+    async def broken_read(self: Fetcher, positions: object, announced: bool) -> None:
         raise RuntimeError("a bug in the fetch loop")
 
-    monkeypatch.setattr(Consumer, "_read", broken_read)
+    monkeypatch.setattr(Fetcher, "read", broken_read)
 
     async def scenario() -> None:
         with App("shop", "memory://", session_timeout=1.0) as app:
@@ -400,3 +400,64 @@ def test_a_fault_in_the_fetch_loop_ends_run_with_it(monkeypatch: pytest.MonkeyPa
                 await asyncio.wait_for(app.run(), 30)
 
     asyncio.run(scenario())
+
+
+def test_a_topic_deleted_and_created_again_is_consumed_from_its_start(broker: str, eventually: Eventually) -> None:
+    """The running consumer's workers held positions in the old topic: they start over on the
+    new one (from its committed offsets, gone with the old topic), so no new event is skipped;
+    the error is logged once, not at every fetch."""
+    seen: list[int] = []
+
+    async def scenario() -> None:
+        with App("shop", broker, session_timeout=1.0) as app:
+            app.log.create_topic("orders", TopicConfig(partitions=2))
+
+            @app.subscribe("orders", group="g")
+            async def handle(order: dict[str, int]) -> None:
+                seen.append(order["n"])
+
+            await app.start()
+            for n in range(30):
+                await app.publish("orders", {"n": n}, key=str(n))
+            await eventually(lambda: len(seen) == 30, what="the old topic's events")
+            app.log.delete_topic("orders")
+            app.log.create_topic("orders", TopicConfig(partitions=2))
+            for n in range(100, 150):
+                await app.publish("orders", {"n": n}, key=str(n))
+            await eventually(lambda: set(range(100, 150)) <= set(seen), limit=30, what="the new topic's events")
+            await app.stop()
+            assert app.log.committed("g", "orders") == {
+                p.partition: p.latest for p in app.log.describe_topic("orders").partitions
+            }
+
+    asyncio.run(scenario())
+    assert sorted(seen[:30]) == list(range(30))
+
+
+def test_a_transactional_group_starts_a_topic_created_again_from_its_start(tmp_path: Path) -> None:
+    """Its positions went with the deleted topic (they are the group's committed offsets)."""
+    handled: list[int] = []
+    broker = f"sqlite:///{tmp_path / 'log.db'}"
+
+    async def run_until(count: int) -> None:
+        with App("ledger", broker) as app:
+            done = asyncio.Event()
+
+            @app.subscribe("payments", group="ledger", idempotent=True, transaction=True)
+            async def book(payment: dict[str, int], ctx: Context) -> None:
+                handled.append(payment["n"])
+                if len(handled) == count:
+                    done.set()
+
+            await app.run(until=done)
+
+    with connect(broker) as log:
+        log.create_topic("payments", TopicConfig(partitions=1))
+        log.append_events("payments", [Event.create("pay", {"n": n}, source="/t") for n in range(20)])
+    asyncio.run(run_until(20))
+    with connect(broker) as log:
+        log.delete_topic("payments")
+        log.create_topic("payments", TopicConfig(partitions=1))
+        log.append_events("payments", [Event.create("pay", {"n": n}, source="/t") for n in range(100, 110)])
+    asyncio.run(run_until(30))
+    assert handled[20:] == list(range(100, 110))

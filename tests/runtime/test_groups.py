@@ -19,7 +19,7 @@ from inmotion.log.groups import deal
 from inmotion.log.memory import MemoryCoordinator
 from inmotion.log.sqlite.groups import SqliteCoordinator
 from inmotion.runtime import App, Context, Retry
-from inmotion.runtime.consumer import begin
+from inmotion.runtime.pipeline import begin
 
 from .conftest import Eventually
 

@@ -41,7 +41,15 @@ def test_retry_policy_backoff_doubles_caps_and_jitters() -> None:
     assert skip.should_retry(Broken(), 1)
     assert not skip.should_retry(Broken(), 3)
     assert not skip.should_retry(Fatal(), 1)
-    bad_options: list[dict[str, Any]] = [{"attempts": 0}, {"backoff": -1}, {"give_up_on": (42,)}]
+    assert [Retry(backoff=1, multiplier=3, jitter=False).delay(n) for n in (1, 2, 3)] == [1, 3, 9]
+    bad_options: list[dict[str, Any]] = [
+        {"attempts": 0},
+        {"backoff": -1},
+        {"backoff": "1"},
+        {"multiplier": -2},
+        {"max_backoff": True},
+        {"give_up_on": (42,)},
+    ]
     for bad in bad_options:
         with pytest.raises(InvalidConfig):
             Retry(**bad)

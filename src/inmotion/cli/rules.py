@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,10 +11,10 @@ import typer
 
 from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, print_json
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern
-from inmotion.log import DEFAULT_SESSION_TIMEOUT, Log, Membership
+from inmotion.log import DEFAULT_SESSION_TIMEOUT
 from inmotion.patterns import Pattern
 from inmotion.patterns.pattern import FieldCheck
-from inmotion.routing.router import route_file
+from inmotion.routing.router import missing_topics, route_file
 from inmotion.routing.rules import load_rules
 
 rules_app = typer.Typer(help="Test event patterns and check rules files.", no_args_is_help=True)
@@ -35,8 +33,9 @@ none: every source topic); transform (paths: {variable: JSONPath}, template: tex
 
 A target names one of: topic: TOPIC; handler: package.module:function; http: URL, with
 mode (binary or structured CloudEvent, default binary), timeout (seconds, default 5) and
-headers ({name: value}). A target may add retry (attempts 3, backoff 0.5, multiplier 2,
-max_backoff 30 seconds) and dead_letter: TOPIC.
+headers ({name: value}). A handler or HTTP target may add retry (attempts 5, backoff 0.2,
+multiplier 2, max_backoff 30 seconds, jittered) and dead_letter: TOPIC (default: its own
+delivery topic's .dlq).
 
 A file is refused, nothing routed, if a key is unknown or given twice, a pattern is
 invalid, or aliases expand it past 100,000 nodes.
@@ -115,8 +114,13 @@ def try_pattern(
 
 
 @rules_app.command("check", epilog=RULES_FILE_HELP)
-def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")], as_json: JsonOption = False) -> None:
-    """Validate a rules file: patterns, targets, topics. Exit 0 if valid, 2 if not.
+def check_file(
+    path: Annotated[Path, typer.Argument(help="A rules file (YAML).")],
+    broker: BrokerOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate a rules file: patterns, targets, and that the topics it names (sources, topic
+    targets) exist. Exit 0 if valid, 1 if topics are missing, 2 if the file is invalid.
 
     Prints each rule with its sources and targets; with --json, one object per rule:
     {"file", "rule", "sources", "targets"} (no sources: every source topic).
@@ -125,6 +129,13 @@ def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")
         rule_set = load_rules(path)
     except InmotionError as error:
         fail(str(error), EXIT_INVALID)
+    try:
+        with open_log(broker) as log:
+            missing = missing_topics(log, rule_set)
+    except InmotionError as error:
+        fail(str(error))
+    if missing:
+        fail(f"{path}: missing topics: {', '.join(missing)} (create them: inmotion topics create)")
     if as_json:
         for rule in rule_set.rules:
             described = [target.describe() for target in rule.targets]
@@ -138,43 +149,10 @@ def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")
         typer.echo(f"  {rule.name}: {sources} -> {targets}")
 
 
-class _GroupSeat:
-    """A router process's seat in its consumer group: it joins for the current source topics,
-    heartbeats before every batch and hands revoked partitions over at once (the router commits
-    every batch before it asks again), so several routers share the partitions."""
-
-    def __init__(self, log: Log, group: str, session_timeout: float) -> None:
-        self.log = log
-        self.group = group
-        self.session_timeout = session_timeout
-        self.coordinator = log.group_coordinator()
-        self.membership: Membership | None = None
-        self.sources: tuple[str, ...] = ()
-
-    def __call__(self, sources: tuple[str, ...]) -> dict[str, set[int]]:
-        if self.membership is None or sources != self.sources:
-            self.leave()
-            partitions = {topic: self.log.partition_count(topic) for topic in sources}
-            self.membership = self.coordinator.join(self.group, partitions, session_timeout=self.session_timeout)
-            self.sources = sources
-        assignment = self.membership.heartbeat()
-        if assignment.revoke:
-            self.membership.release(assignment.revoke)
-        owned: dict[str, set[int]] = {}
-        for tp in assignment.owned - assignment.revoke:
-            owned.setdefault(tp.topic, set()).add(tp.partition)
-        return owned
-
-    def leave(self) -> None:
-        if self.membership is not None:
-            self.membership.leave()
-            self.membership = None
-
-
 def route(
     rules: Annotated[Path, typer.Option("--rules", "-r", help="The rules file (YAML).")],
     group: Annotated[str, typer.Option("--group", "-g", help="Consumer group of the router.")] = "inmotion-router",
-    once: Annotated[bool, typer.Option("--once", help="Route what is there now, then exit.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Route and deliver what is there now, then exit.")] = False,
     session_timeout: Annotated[
         float, typer.Option(help="Seconds without a heartbeat before a router's partitions go to the others.")
     ] = DEFAULT_SESSION_TIMEOUT,
@@ -183,23 +161,25 @@ def route(
     """Route events from the rules' source topics to their targets, as a consumer group.
 
     Several `inmotion route` processes with the same --group share the partitions; one that
-    dies loses them to the others within the session timeout. Editing the rules file reloads
-    it between batches; offsets are committed per batch, so no event is lost or skipped across
-    a reload. A file that fails to load keeps the old rules. SIGTERM or Ctrl-C stop it after
-    the batch in hand.
+    dies loses them to the others within the session timeout. Handler and HTTP targets are
+    delivered from a topic of their own (`<group>.<rule>.<n>`), each with its retries and its
+    dead-letter topic (default `<group>.<rule>.<n>.dlq`, see `inmotion dlq`). The topics the
+    rules name must exist. Editing the rules file reloads it (the router finishes what it
+    holds and commits first); a file that fails to load keeps the old rules. SIGTERM or
+    Ctrl-C stop it once the events in hand are finished.
     """
-    stop = threading.Event()
-    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
-    with contextlib.ExitStack() as restore, open_log(broker) as log:
-        restore.callback(lambda: [signal.signal(signum, handler) for signum, handler in previous.items()])
-        seat = _GroupSeat(log, group, session_timeout)
+    with open_log(broker) as log:
         try:
-            totals = route_file(
-                log, rules, stop, group=group, once=once, say=lambda line: typer.echo(line, err=True), assignment=seat
+            totals = asyncio.run(
+                route_file(
+                    log,
+                    rules,
+                    group=group,
+                    once=once,
+                    session_timeout=session_timeout,
+                    say=lambda line: typer.echo(line, err=True),
+                )
             )
         except InmotionError as error:
             fail(str(error), EXIT_INVALID if isinstance(error, InvalidConfig | InvalidPattern) else 1)
-        finally:
-            seat.leave()
-            seat.coordinator.close()
     typer.echo(f"routed {totals.routed} events, {totals.unmatched} matched no rule", err=True)

@@ -155,6 +155,13 @@ class Log(abc.ABC):
     @abc.abstractmethod
     def partition_count(self, topic: str) -> int: ...
 
+    def topic_id(self, name: str) -> str | None:
+        """An id of the topic that changes when it is deleted and created again, so that a
+        consumer notices it must start over (UnknownTopic if there is no such topic; None from a
+        backend that cannot tell)."""
+        self.partition_count(name)
+        return None
+
     # --- records --------------------------------------------------------------------------
     @abc.abstractmethod
     def append(self, topic: str, messages: Sequence[Message]) -> list[Position]:

@@ -4,17 +4,18 @@ compiled matcher live below it, in `inmotion.patterns`, and are re-exported here
 `Pattern(p).matches(document)` is the reference matcher for one pattern; `Matcher` compiles many
 named patterns into one structure whose matching cost does not grow with the number of rules.
 `Rule`s send matching events to targets (topics, in-process handlers, HTTP endpoints);
-`Router.route(event)` delivers one event, `Router.run()` consumes source topics.
+`Router(app, rules)` routes the rules' source topics on the app's delivery pipeline (consumer
+groups, retries, dead letters, metrics), and `Router.route(event)` says where an event goes.
 """
 
 from inmotion.patterns.matcher import Matcher
 from inmotion.patterns.pattern import Pattern, event_document
-from inmotion.routing.router import Delivery, DeliveryFailed, Router
+from inmotion.routing.http import DeliveryFailed, DeliveryRejected
+from inmotion.routing.router import Forward, Router, route_file
 from inmotion.routing.rules import (
     HandlerTarget,
     HttpTarget,
     InputTransform,
-    RetryPolicy,
     Rule,
     RuleSet,
     Target,
@@ -24,14 +25,14 @@ from inmotion.routing.rules import (
 )
 
 __all__ = [
-    "Delivery",
     "DeliveryFailed",
+    "DeliveryRejected",
+    "Forward",
     "HandlerTarget",
     "HttpTarget",
     "InputTransform",
     "Matcher",
     "Pattern",
-    "RetryPolicy",
     "Router",
     "Rule",
     "RuleSet",
@@ -40,4 +41,5 @@ __all__ = [
     "event_document",
     "load_rules",
     "parse_rules",
+    "route_file",
 ]

@@ -38,43 +38,20 @@ from inmotion.errors import InvalidConfig, InvalidPattern
 from inmotion.events import Event
 from inmotion.log.base import check_topic_name
 from inmotion.patterns.pattern import Pattern, event_document
+from inmotion.runtime.retry import Retry
 
 Handler: TypeAlias = Callable[[Event], object]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """`attempts` tries in all; the wait before try n+1 is backoff * multiplier**(n-1), capped."""
-
-    attempts: int = 3
-    backoff: float = 0.5
-    multiplier: float = 2.0
-    max_backoff: float = 30.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
-            raise InvalidConfig(f"retry attempts must be an integer >= 1, got {self.attempts!r}")
-        for name in ("backoff", "multiplier", "max_backoff"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise InvalidConfig(f"retry {name} must be a number >= 0, got {value!r}")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed try number `attempt` (1-based)."""
-        return float(min(self.max_backoff, self.backoff * self.multiplier ** (attempt - 1)))
-
-
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TopicTarget:
-    """Forward the event to a topic of the log."""
+    """Forward the event to a topic of the log: the router appends it itself, so a failed
+    append is retried, then dead-lettered, with the router's own group."""
 
     topic: str
-    retry: RetryPolicy = RetryPolicy()
-    dead_letter: str | None = None
 
     def __post_init__(self) -> None:
         check_topic_name(self.topic)
-        _check_dead_letter(self.dead_letter)
 
     def describe(self) -> str:
         return f"topic {self.topic}"
@@ -82,10 +59,12 @@ class TopicTarget:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class HandlerTarget:
-    """Call a function in this process; an exception is a failed try."""
+    """Call a function (plain, in a worker thread, or async) in this process; an exception is
+    a failed try. Without `dead_letter` an event that fails every try goes to the target's
+    own `<delivery topic>.dlq`."""
 
     handler: Handler
-    retry: RetryPolicy = RetryPolicy()
+    retry: Retry = Retry()
     dead_letter: str | None = None
 
     def __post_init__(self) -> None:
@@ -99,14 +78,15 @@ class HandlerTarget:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class HttpTarget:
-    """POST the CloudEvent to an HTTP endpoint: 2xx delivered, timeouts, connection errors and
-    5xx retried with backoff, any other status straight to the dead-letter topic."""
+    """POST the CloudEvent to an HTTP endpoint: 2xx delivered; timeouts, connection errors,
+    redirects (never followed), 408, 429 and 5xx retried with backoff; any other 4xx straight
+    to the dead-letter topic (without `dead_letter`, the target's own `<delivery topic>.dlq`)."""
 
     url: str
     mode: Literal["binary", "structured"] = "binary"
     timeout: float = 5.0
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    retry: RetryPolicy = RetryPolicy()
+    retry: Retry = Retry()
     dead_letter: str | None = None
 
     def __post_init__(self) -> None:
@@ -116,6 +96,9 @@ class HttpTarget:
             raise InvalidConfig(f"HTTP mode is 'binary' or 'structured', got {self.mode!r}")
         if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float) or self.timeout <= 0:
             raise InvalidConfig(f"HTTP timeout must be a positive number of seconds, got {self.timeout!r}")
+        for name, value in self.headers.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or not re.fullmatch(r"[\t\x20-\x7e]*", value):
+                raise InvalidConfig(f"HTTP header {name!r}: names are tokens, values printable ASCII (no CR or LF)")
         _check_dead_letter(self.dead_letter)
 
     def describe(self) -> str:
@@ -440,10 +423,10 @@ def _target(entry: object) -> Target:
     if not isinstance(retry, dict):
         raise InvalidConfig("retry is a mapping: {attempts, backoff, multiplier, max_backoff}")
     _only(retry, {"attempts", "backoff", "multiplier", "max_backoff"}, "retry")
-    common: dict[str, Any] = {"retry": RetryPolicy(**retry), "dead_letter": entry.get("dead_letter")}
-    if kinds == ["topic"]:
-        _only(entry, {"topic", "retry", "dead_letter"}, "topic target")
-        return TopicTarget(topic=entry["topic"], **common)
+    if kinds == ["topic"]:  # appended by the router itself, with its group's retries
+        _only(entry, {"topic"}, "topic target")
+        return TopicTarget(topic=entry["topic"])
+    common: dict[str, Any] = {"retry": Retry(**retry), "dead_letter": entry.get("dead_letter")}
     if kinds == ["http"]:
         _only(entry, {"http", "mode", "timeout", "headers", "retry", "dead_letter"}, "HTTP target")
         return HttpTarget(

@@ -184,7 +184,12 @@ class App:
         - `concurrency`: events of different keys handled at once per partition; one key's
           events stay in order, and only the finished prefix of offsets is committed.
         - `idempotent`: skip events whose (source, id) the group already handled within
-          `dedupe_window` seconds.
+          `dedupe_window` seconds: copies that a producer published twice, replays, redrives.
+          It promises at-least-once plus those skips, not exactly-once effects: an event's
+          dedupe record is written in the background after its handler returns (and before
+          any offset past it is committed), so a process killed in between handles the event
+          again after the restart, repeating its effects. `transaction=True` makes effects
+          happen exactly once.
         - `transaction` (SQLite, with `idempotent`): `ctx.db` is an open transaction on the
           log's file that commits with the dedupe record and position: exactly-once effects.
           Transactions of one subscription run one at a time, and events published from the

@@ -25,6 +25,13 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
+        self._help = dict(_HELP)
+
+    def describe(self, name: str, kind: str, text: str) -> None:
+        """Announce a series of a component above the runtime (the router's), so that
+        `prometheus` shows it like the runtime's own."""
+        with self._lock:
+            self._help.setdefault(name, (kind, text))
 
     def _cell(self, name: str, key: Labels) -> list[float]:
         """Called holding the lock."""
@@ -58,7 +65,7 @@ class Metrics:
     def prometheus(self) -> str:
         lines: list[str] = []
         with self._lock:
-            for name, (kind, text) in _HELP.items():
+            for name, (kind, text) in self._help.items():
                 lines.append(f"# HELP {name} {text}")
                 lines.append(f"# TYPE {name} {kind}")
                 for labels, (value,) in sorted(self._values.get(name, {}).items()):

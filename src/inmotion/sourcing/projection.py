@@ -1,4 +1,4 @@
-"""Projections: CQRS read models in SQLite, built from events with exactly-once effects.
+"""Projections: CQRS read models in SQL tables, built from events with exactly-once effects.
 
     class Balances(Projection):
         name = "balances"
@@ -16,8 +16,9 @@
     projector.run(stop)         # catch up, then follow new events until `stop` is set
 
 A projector reads events in order from a source (the event store's global order, or the
-partitions of a log topic), applies a batch in one SQLite transaction and saves its position
-in that same transaction: after a crash it resumes exactly where its last committed batch
+partitions of a log topic), applies a batch in one transaction of the read model's database
+(a `ReadModel` that a backend supplies: SQLite, `sqlite:///read.db` or a plain path) and saves
+its position in that same transaction: after a crash it resumes exactly where its last committed batch
 ended, so each event's effects happen once. `{name}` in SQL names a projection table.
 
 Tables live in generations: the data of `balances` sits in `balances__g1`, and a view
@@ -29,21 +30,16 @@ event while the old one keeps serving readers, then switches the views over in o
 from __future__ import annotations
 
 import abc
-import functools
 import hashlib
-import json
 import os
 import re
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.log import Log, Record
-from inmotion.log.sqlite.file import database_path, immediate, translate_errors
-from inmotion.log.sqlite.store import connect, create_tables
+from inmotion.log.registry import backend_for
 from inmotion.sourcing.aggregate import marked_methods, marker
 from inmotion.sourcing.store import EventStore, StoredEvent, encode_json
 from inmotion.sourcing.versioning import EventTypes, event_type_name
@@ -52,31 +48,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _HANDLES = "__inmotion_handles__"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS es_projections (
-    name TEXT PRIMARY KEY,
-    active INTEGER NOT NULL,
-    building INTEGER,
-    ddl_hash TEXT NOT NULL,
-    tables TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS es_projection_positions (
-    name TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    cursor TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    PRIMARY KEY (name, generation, cursor)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS es_projection_streams (
-    name TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    stream_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    PRIMARY KEY (name, generation, stream_id)
-) WITHOUT ROWID;
-"""
 
 
 def handles(*event_classes: type) -> Callable[[F], F]:
@@ -88,7 +59,7 @@ class Transaction:
     """What a handler writes through: the read model's open transaction, with `{table}` names
     resolved to the generation being written, and `stored`, the event being applied."""
 
-    def __init__(self, conn: sqlite3.Connection, tables: Mapping[str, str]) -> None:
+    def __init__(self, conn: Any, tables: Mapping[str, str]) -> None:
         self.connection = conn
         self._tables = tables
         self._sql: dict[str, str] = {}
@@ -104,10 +75,10 @@ class Transaction:
                 raise InvalidConfig(f"unknown projection table {exc} in {statement!r}") from exc
         return resolved
 
-    def execute(self, statement: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
+    def execute(self, statement: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         return self.connection.execute(self.sql(statement), parameters)
 
-    def executemany(self, statement: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> sqlite3.Cursor:
+    def executemany(self, statement: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> Any:
         return self.connection.executemany(self.sql(statement), rows)
 
 
@@ -232,9 +203,74 @@ class TopicSource(Source):
         return {str(p): self.log.latest_offset(self.topic, p) for p in range(partitions)}
 
 
+# --- the read model ----------------------------------------------------------------------------------
+class ReadModel(abc.ABC):
+    """Where a projection's tables live, with the projector's positions beside them: the
+    storage side of a `Projector`, supplied by a backend (`open_read_model`).
+
+    Tables live in generations, one active (behind views named as the projection's tables) and
+    at most one being rebuilt; each generation has its own positions per source cursor and,
+    for sources that may repeat events, the last applied version of each stream.
+    """
+
+    @abc.abstractmethod
+    def positions(self, *, building: bool) -> tuple[int, dict[str, int]]:
+        """The active (or the rebuilding) generation and its next position per cursor.
+        InvalidConfig when the active tables' DDL changed since they were built (rebuild them),
+        or when another rebuild took this one over."""
+
+    @abc.abstractmethod
+    def apply(
+        self,
+        *,
+        building: bool,
+        generation: int,
+        positions: dict[str, int],
+        batch: Batch,
+        dedupe: bool,
+        apply: Callable[[Transaction, StoredEvent], None],
+    ) -> bool:
+        """In one transaction: apply a batch read from `positions` of `generation` (skipping,
+        with `dedupe`, events whose stream version is at or below the last applied one) and
+        save the new positions; False, with nothing written, when another projector moved the
+        generation or its positions meanwhile (read again)."""
+
+    @abc.abstractmethod
+    def start_building(self, start: Mapping[str, int]) -> None:
+        """Create a fresh generation to rebuild into, positioned at `start` (dropping an
+        abandoned rebuild's tables)."""
+
+    @abc.abstractmethod
+    def switch(self) -> None:
+        """Make the rebuilt generation the active one and drop the old one, in one transaction."""
+
+    @abc.abstractmethod
+    def query(self, statement: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+def open_read_model(
+    location: str | os.PathLike[str], name: str, tables: Mapping[str, str], start: Mapping[str, int], timeout: float
+) -> ReadModel:
+    """The read model at `location`: a backend URL (`sqlite:///read.db`) or a file path (SQLite)."""
+    text = os.fspath(location)
+    url = text if "://" in text else f"sqlite:///{text}"
+    backend, parts, options = backend_for(url)
+    opener = getattr(backend, "open_read_model", None)
+    if opener is None:
+        raise InvalidConfig(f"read models cannot live on {parts.scheme}://: use sqlite:///path/to/read.db")
+    ddl_hash = hashlib.sha256(repr(sorted(tables.items())).encode()).hexdigest()[:16]
+    read_model: ReadModel = opener(
+        url, parts, options, name=name, tables=tables, ddl_hash=ddl_hash, start=start, timeout=timeout
+    )
+    return read_model
+
+
 # --- the projector -----------------------------------------------------------------------------------
 class Projector:
-    """Keeps one projection's read model (a SQLite file) up to date with a source."""
+    """Keeps one projection's read model up to date with a source."""
 
     def __init__(
         self,
@@ -251,20 +287,9 @@ class Projector:
             raise InvalidConfig(f"batch_size must be positive, got {batch_size}")
         self.projection = projection
         self.source = StoreSource(source) if isinstance(source, EventStore) else source
-        path = str(read_model)
-        self.path = database_path(path, path[len("sqlite://") :]) if path.startswith("sqlite://") else Path(path)
         self.batch_size = batch_size
-        self.timeout = timeout
-        self._name = projection.name
-        self._ddl_hash = hashlib.sha256(repr(sorted(projection.tables.items())).encode()).hexdigest()[:16]
         self._lock = threading.RLock()
-        self._conn = connect(self.path, timeout)
-        try:
-            create_tables(self._conn, _SCHEMA, "projection_schema", SCHEMA_VERSION, self.path)
-            self._transaction(self._first_generation)
-        except BaseException:
-            self._conn.close()
-            raise
+        self.read_model = open_read_model(read_model, projection.name, projection.tables, self.source.start(), timeout)
 
     # --- running ------------------------------------------------------------------------------
     def run_once(self) -> int:
@@ -280,16 +305,17 @@ class Projector:
     def rebuild(self) -> None:
         """Rebuild the read model from the first event into fresh tables, then switch readers to
         them in one transaction (blue/green); the old tables serve readers until then."""
-        self._transaction(self._start_building)
+        with self._lock:
+            self.read_model.start_building(self.source.start())
         self._catch_up(building=True)
-        self._transaction(self._switch)
+        with self._lock:
+            self.read_model.switch()
 
     # --- observing --------------------------------------------------------------------------------
     def positions(self) -> dict[str, int]:
         """The active read model's next position to read, per source cursor."""
-        with self._lock, translate_errors(self.path, "read", self.timeout):
-            active = self._generation(self._conn, building=False)
-            return self._positions(self._conn, active)
+        with self._lock:
+            return self.read_model.positions(building=False)[1]
 
     def lag(self) -> int:
         """How many events the active read model is behind its source."""
@@ -299,12 +325,12 @@ class Projector:
 
     def query(self, statement: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         """Rows of a query on the read model (its views name the active tables)."""
-        with self._lock, translate_errors(self.path, "read", self.timeout):
-            return self._conn.execute(statement, parameters).fetchall()
+        with self._lock:
+            return self.read_model.query(statement, parameters)
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self.read_model.close()
 
     def __enter__(self) -> Projector:
         return self
@@ -313,142 +339,22 @@ class Projector:
         self.close()
 
     # --- internals --------------------------------------------------------------------------------
-    def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock, translate_errors(self.path, "write to", self.timeout):
-            return immediate(self._conn, work)
-
     def _catch_up(self, *, building: bool) -> int:
         total = 0
         while True:
-            with self._lock, translate_errors(self.path, "read", self.timeout):
-                generation = self._generation(self._conn, building=building)
-                positions = self._positions(self._conn, generation)
+            with self._lock:
+                generation, positions = self.read_model.positions(building=building)
             batch = self.source.read(positions, self.batch_size)
             if not batch:
                 return total
-            if self._transaction(
-                functools.partial(
-                    self._apply, building=building, generation=generation, positions=positions, batch=batch
+            with self._lock:
+                applied = self.read_model.apply(
+                    building=building,
+                    generation=generation,
+                    positions=positions,
+                    batch=batch,
+                    dedupe=self.source.dedupe,
+                    apply=self.projection.apply,
                 )
-            ):
+            if applied:
                 total += len(batch)
-
-    def _apply(
-        self,
-        conn: sqlite3.Connection,
-        *,
-        building: bool,
-        generation: int,
-        positions: dict[str, int],
-        batch: Batch,
-    ) -> bool:
-        """Apply a batch read from `positions` of `generation`, unless another projector moved
-        either on meanwhile (then the caller reads again); save the new positions."""
-        if self._generation(conn, building=building) != generation or self._positions(conn, generation) != positions:
-            return False
-        tx = Transaction(conn, self._physical_tables(generation))
-        last_versions: dict[str, int] = {}
-        for cursor, next_position, stored in batch:
-            positions[cursor] = next_position
-            if self.source.dedupe and stored.version > 0:
-                last = last_versions.get(stored.stream_id)
-                if last is None:
-                    row = conn.execute(
-                        "SELECT version FROM es_projection_streams WHERE name = ? AND generation = ? AND stream_id = ?",
-                        (self._name, generation, stored.stream_id),
-                    ).fetchone()
-                    last = 0 if row is None else row[0]
-                if stored.version <= last:
-                    continue
-                last_versions[stored.stream_id] = stored.version
-            self.projection.apply(tx, stored)
-        conn.executemany(
-            "INSERT OR REPLACE INTO es_projection_streams (name, generation, stream_id, version) VALUES (?, ?, ?, ?)",
-            [(self._name, generation, stream, version) for stream, version in last_versions.items()],
-        )
-        conn.executemany(
-            "UPDATE es_projection_positions SET position = ? WHERE name = ? AND generation = ? AND cursor = ?",
-            [(position, self._name, generation, cursor) for cursor, position in positions.items()],
-        )
-        return True
-
-    def _generation(self, conn: sqlite3.Connection, *, building: bool) -> int:
-        row = conn.execute("SELECT active, building, ddl_hash FROM es_projections WHERE name = ?", (self._name,))
-        active, rebuilding, ddl_hash = row.fetchone()
-        if building:
-            if rebuilding is None:
-                raise InvalidConfig(f"the rebuild of projection {self._name!r} was taken over by another rebuild")
-            return int(rebuilding)
-        if ddl_hash != self._ddl_hash:
-            raise InvalidConfig(
-                f"the tables of projection {self._name!r} changed since its read model was built: call rebuild()"
-            )
-        return int(active)
-
-    def _positions(self, conn: sqlite3.Connection, generation: int) -> dict[str, int]:
-        rows = conn.execute(
-            "SELECT cursor, position FROM es_projection_positions WHERE name = ? AND generation = ?",
-            (self._name, generation),
-        ).fetchall()
-        return dict(rows)
-
-    def _physical_tables(self, generation: int) -> dict[str, str]:
-        return {table: f"{table}__g{generation}" for table in self.projection.tables}
-
-    def _create_generation(self, conn: sqlite3.Connection, generation: int) -> None:
-        tx = Transaction(conn, self._physical_tables(generation))
-        for ddl in self.projection.tables.values():
-            for statement in ddl.split(";"):
-                if statement.strip():
-                    tx.execute(statement)
-        conn.executemany(
-            "INSERT INTO es_projection_positions (name, generation, cursor, position) VALUES (?, ?, ?, ?)",
-            [(self._name, generation, cursor, position) for cursor, position in self.source.start().items()],
-        )
-
-    def _drop_generation(self, conn: sqlite3.Connection, generation: int) -> None:
-        for physical in self._physical_tables(generation).values():
-            conn.execute(f"DROP TABLE IF EXISTS {physical}")
-        for table in ("es_projection_positions", "es_projection_streams"):
-            conn.execute(f"DELETE FROM {table} WHERE name = ? AND generation = ?", (self._name, generation))
-
-    def _point_views(self, conn: sqlite3.Connection, generation: int) -> None:
-        for table, physical in self._physical_tables(generation).items():
-            conn.execute(f"DROP VIEW IF EXISTS {table}")
-            conn.execute(f"CREATE VIEW {table} AS SELECT * FROM {physical}")
-
-    def _first_generation(self, conn: sqlite3.Connection) -> None:
-        if conn.execute("SELECT 1 FROM es_projections WHERE name = ?", (self._name,)).fetchone():
-            return
-        self._create_generation(conn, 1)
-        self._point_views(conn, 1)
-        conn.execute(
-            "INSERT INTO es_projections (name, active, building, ddl_hash, tables) VALUES (?, 1, NULL, ?, ?)",
-            (self._name, self._ddl_hash, json.dumps(list(self.projection.tables))),
-        )
-
-    def _start_building(self, conn: sqlite3.Connection) -> None:
-        active, building = conn.execute(
-            "SELECT active, building FROM es_projections WHERE name = ?", (self._name,)
-        ).fetchone()
-        if building is not None:  # an abandoned rebuild: its tables may hold anything
-            self._drop_generation(conn, building)
-        new = max(active, building or 0) + 1
-        self._create_generation(conn, new)
-        conn.execute("UPDATE es_projections SET building = ? WHERE name = ?", (new, self._name))
-
-    def _switch(self, conn: sqlite3.Connection) -> None:
-        new = self._generation(conn, building=True)
-        active, tables = conn.execute(
-            "SELECT active, tables FROM es_projections WHERE name = ?", (self._name,)
-        ).fetchone()
-        old_tables = json.loads(tables)
-        for table in old_tables:
-            conn.execute(f"DROP VIEW IF EXISTS {table}")
-            conn.execute(f"DROP TABLE IF EXISTS {table}__g{active}")
-        self._point_views(conn, new)
-        conn.execute(
-            "UPDATE es_projections SET active = ?, building = NULL, ddl_hash = ?, tables = ? WHERE name = ?",
-            (new, self._ddl_hash, json.dumps(list(self.projection.tables)), self._name),
-        )
-        self._drop_generation(conn, active)

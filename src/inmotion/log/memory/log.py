@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,8 @@ class MemoryLog(Log):
         self._coordinator_lock = threading.Lock()
         self.url = url
         self._topics: dict[str, tuple[TopicConfig, list[_Partition]]] = {}
+        self._topic_ids: dict[str, int] = {}
+        self._created = itertools.count(1)
         self._groups: dict[str, dict[str, dict[int, int]]] = {}
         self._changed = threading.Condition()
         self._closed = False
@@ -67,6 +70,7 @@ class MemoryLog(Log):
             if name in self._topics:
                 raise TopicExists(name)
             self._topics[name] = (config, [_Partition() for _ in range(config.partitions)])
+            self._topic_ids[name] = next(self._created)
 
     def delete_topic(self, name: str) -> None:
         with self._changed:
@@ -75,6 +79,11 @@ class MemoryLog(Log):
             for topics in self._groups.values():
                 topics.pop(name, None)
             self._changed.notify_all()
+
+    def topic_id(self, name: str) -> str:
+        with self._changed:
+            self._topic(name)
+            return str(self._topic_ids[name])
 
     def list_topics(self) -> list[str]:
         with self._changed:

@@ -1,19 +1,23 @@
 """`sqlite:///path/to/file.db`: the embedded default. The log, its consumer groups (leases in the
 same file), transactional handlers' effects and the event store share one SQLite file in WAL
-mode, which several processes may open at once."""
+mode, which several processes may open at once; projections' read models are SQLite files too
+(the same file or another)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult
 
+from inmotion.errors import InvalidConfig
+from inmotion.log.sqlite.file import database_path
 from inmotion.log.sqlite.log import SqliteLog
 
 if TYPE_CHECKING:
+    from inmotion.sourcing.projection import ReadModel
     from inmotion.sourcing.store import Recorder
 
-__all__ = ["SqliteLog", "open_log", "open_recorder"]
+__all__ = ["SqliteLog", "open_log", "open_read_model", "open_recorder"]
 
 
 def open_log(url: str, parts: SplitResult, options: Mapping[str, str]) -> SqliteLog:
@@ -24,3 +28,11 @@ def open_recorder(url: str, parts: SplitResult, options: Mapping[str, str]) -> R
     from inmotion.log.sqlite.store import SqliteRecorder  # the event store's layer, loaded when used
 
     return SqliteRecorder.from_url(url, parts.path, options)
+
+
+def open_read_model(url: str, parts: SplitResult, options: Mapping[str, str], **settings: Any) -> ReadModel:
+    from inmotion.log.sqlite.read_model import SqliteReadModel  # the sourcing layer's, loaded when used
+
+    if options:
+        raise InvalidConfig(f"unknown read model URL option(s): {', '.join(sorted(options))}")
+    return SqliteReadModel(database_path(url, parts.path), **settings)

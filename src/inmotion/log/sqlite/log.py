@@ -381,6 +381,11 @@ class SqliteLog(SqliteFile, Log):
         )
         return TopicInfo(name, config, partitions)
 
+    def topic_id(self, name: str) -> str:
+        with self._translate("read"):
+            topic_id, _ = self._topic_row(self._reader(), name)
+        return str(topic_id)  # AUTOINCREMENT: never reused
+
     def partition_count(self, topic: str) -> int:
         with self._translate("read"):
             return self._topic_row(self._reader(), topic)[1].partitions
