@@ -33,7 +33,7 @@ def test_readme_rules_file_checks_as_shown(tmp_path: Path) -> None:
     console = re.findall(r"```console\n(.*?)```", section, flags=re.DOTALL)[0]
     (tmp_path / "rules.yaml").write_text(rules_file)
     runs = re.findall(r"^\$ inmotion (.*)\n((?:[^$].*\n)*)", console, flags=re.MULTILINE)
-    assert len(runs) == 3
+    assert len(runs) == 5
     for command, shown in runs:
         arguments = [sys.executable, "-m", "inmotion", *shlex.split(command)]
         result = subprocess.run(arguments, cwd=tmp_path, capture_output=True, text=True, timeout=120)
