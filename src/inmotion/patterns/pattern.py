@@ -49,8 +49,8 @@ at most); what matters here is depth, which parsing and matching recurse on."""
 MAX_WILDCARDS = 5
 """`*` characters in one wildcard value. EventBridge refuses a rule whose wildcards one value
 could keep alive at once beyond a complexity limit it does not publish ("Rule is too complex -
-try using fewer wildcard characters..."); LocalStack, checked against AWS, refuses a value with
-more than five."""
+try using fewer wildcard characters..."); LocalStack's emulation refuses, with that message, a
+value with more than five."""
 MAX_FIELD_WILDCARDS = 10
 """`*` characters over all the wildcards of one field in one pattern (anything-but's included):
 together they bound how many wildcard prefixes one value can keep alive, the measure EventBridge
@@ -369,8 +369,9 @@ class Pattern:
         return lines
 
     def check_fields(self, document: Mapping[str, Any] | Event) -> list[FieldCheck]:
-        """Each field of each alternative (`$or` multiplied out) checked against the document,
-        looking at every value the field has (explanations look no further)."""
+        """Each field of each alternative (`$or` multiplied out) checked against all the values
+        the document has there, across array elements: fields that all pass can still fail to
+        match together when they sit in different elements of one array."""
         root = as_document(document)
         checks: list[FieldCheck] = []
         try:
