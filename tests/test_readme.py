@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,17 @@ def test_readme_example_runs(source: str, tmp_path: Path) -> None:
     script.write_text(source)
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_readme_rules_file_checks_as_shown(tmp_path: Path) -> None:
+    """The rules-file section's example file gives the output the README shows."""
+    section = README.read_text().split("### Rules files", 1)[1]
+    rules_file = re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL)[0]
+    console = re.findall(r"```console\n(.*?)```", section, flags=re.DOTALL)[0]
+    (tmp_path / "rules.yaml").write_text(rules_file)
+    runs = re.findall(r"^\$ inmotion (.*)\n((?:[^$].*\n)*)", console, flags=re.MULTILINE)
+    assert len(runs) == 5
+    for command, shown in runs:
+        arguments = [sys.executable, "-m", "inmotion", *shlex.split(command)]
+        result = subprocess.run(arguments, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert (result.returncode, result.stdout) == (0, shown), result.stderr

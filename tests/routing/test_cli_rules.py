@@ -57,6 +57,39 @@ def test_fields_in_different_array_elements_are_explained() -> None:
     assert "only in different elements of one array" in out
 
 
+def test_json_gives_one_object_with_the_verdict_and_each_field() -> None:
+    code, out, err = rules("test", "--json", "-p", json.dumps(PATTERN), "-e", json.dumps(EVENT))
+    assert (code, err) == (0, "")
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {
+            "match": True,
+            "fields": [
+                {"alternative": 1, "field": "source", "values": ["aws.ec2"], "condition": ["aws.ec2"], "ok": True},
+                {
+                    "alternative": 1,
+                    "field": "detail.state",
+                    "values": ["running"],
+                    "condition": [{"anything-but": "initializing"}],
+                    "ok": True,
+                },
+            ],
+        }
+    ]
+    pattern = {"$or": [{"a": [1]}, {"b": [{"exists": False}]}]}
+    code, out, _ = rules("test", "--json", "-p", json.dumps(pattern), "-e", '{"b": 2}')
+    assert code == 1
+    assert json.loads(out) == {
+        "match": False,
+        "fields": [
+            {"alternative": 1, "field": "a", "values": [], "condition": [1], "ok": False},
+            {"alternative": 2, "field": "b", "values": [2], "condition": [{"exists": False}], "ok": False},
+        ],
+    }
+    code, out, err = rules("test", "--json", "-p", '{"a": 1}', "-e", "{}")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: invalid pattern at a:")
+
+
 def test_pattern_and_event_from_files(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps(PATTERN))
     (tmp_path / "e.json").write_text(json.dumps(EVENT))
@@ -82,6 +115,31 @@ def test_invalid_input_exits_2_with_one_line(pattern: str, event: str, message: 
     assert out == ""
     assert len(err.splitlines()) == 1
     assert err.startswith(message)
+
+
+def test_nesting_beyond_the_limits_is_invalid_not_a_mismatch() -> None:
+    for depth, message in [
+        (10_000, "error: invalid pattern at <root>: nested too deeply: patterns nest at most 100 objects deep"),
+        (150, "error: invalid pattern at " + ".".join(["a"] * 100) + ": nested too deeply"),
+    ]:
+        code, out, err = rules("test", "-p", '{"a":' * depth + '["x"]' + "}" * depth, "-e", '{"a": 1}')
+        assert (code, out, len(err.splitlines())) == (2, "", 1)
+        assert err.startswith(message)
+    code, out, err = rules("test", "-p", '{"a": ["x"]}', "-e", '{"a":' * 2_000 + '"x"' + "}" * 2_000)
+    assert (code, out, err) == (2, "", "error: invalid event: nested too deeply to read\n")
+    code, out, _ = rules("test", "-p", '{"a": ["x"]}', "-e", '{"a":' + "[" * 400 + '"x"' + "]" * 400 + "}")
+    assert (code, out.splitlines()[0]) == (0, "match")
+
+
+def test_files_that_are_not_utf8_are_invalid(tmp_path: Path) -> None:
+    (tmp_path / "event.json").write_bytes(b'{"a": "caf\xe9"}')
+    code, out, err = rules("test", "-p", '{"a": ["x"]}', "-e", f"@{tmp_path / 'event.json'}")
+    assert (code, out) == (2, "")
+    assert err == f"error: cannot read event file '{tmp_path / 'event.json'}': not UTF-8 text (byte 10 is 0xe9)\n"
+    (tmp_path / "rules.yaml").write_bytes(b"rules:\n  - name: caf\xe9\n")
+    code, out, err = rules("check", str(tmp_path / "rules.yaml"))
+    assert (code, out) == (2, "")
+    assert err == f"error: cannot read rules file '{tmp_path / 'rules.yaml'}': not UTF-8 text (byte 20 is 0xe9)\n"
 
 
 VALID = """
@@ -122,6 +180,30 @@ def test_check_accepts_a_valid_file(tmp_path: Path) -> None:
     ]
 
 
+def test_check_json_gives_one_object_per_rule(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(VALID)
+    broker = f"sqlite:///{tmp_path}/check.db"
+    with connect(broker) as log:
+        for topic in ("orders", "big-orders"):
+            log.create_topic(topic)
+    code, out, err = rules("check", "--json", str(path), "--broker", broker)
+    assert (code, err) == (0, "")
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {
+            "file": str(path),
+            "rule": "big-orders",
+            "sources": ["orders"],
+            "targets": ["topic big-orders", "POST http://127.0.0.1:9/hook (structured)"],
+        },
+        {"file": str(path), "rule": "everything-eu", "sources": [], "targets": ["handler dumps"]},
+    ]
+    path.write_text("rules: [")
+    code, out, err = rules("check", "--json", str(path), "--broker", broker)
+    assert (code, out) == (2, "")
+    assert "not valid YAML" in err
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -156,6 +238,36 @@ def test_check_accepts_a_valid_file(tmp_path: Path) -> None:
             "    transform: {paths: {}, template: '<id>'}",
             "the template uses <id>",
         ),
+        (
+            "rules:\n  - name: r\n    pattern: {a: [x]}\n    pattern: {a: [y]}\n    targets: [{topic: t}]",
+            "not valid YAML at line 4, column 5: duplicate key 'pattern' (first at line 3)",
+        ),
+        ("rules:\n  - {name: r, name: s, pattern: {a: [x]}, targets: [{topic: t}]}", "duplicate key 'name'"),
+        ("rules: []\nunmatched: a\nunmatched: b", "line 3, column 1: duplicate key 'unmatched' (first at line 2)"),
+        ("rules:\n  - name: r\n    pattern: {a: [x], a: [y]}\n    targets: [{topic: t}]", "duplicate key 'a'"),
+        *(
+            (
+                f"rules:\n  - name: r\n    pattern: {{a: [x]}}\n"
+                f"    targets: [{{http: 'http://x', timeout: {timeout}}}]",
+                f"rule 'r': HTTP timeout must be a positive, finite number of seconds, got {shown}",
+            )
+            for timeout, shown in [(".inf", "inf"), (".nan", "nan"), ("-1", "-1"), ("0", "0"), ("'5'", "'5'")]
+        ),
+        (
+            "rules:\n  - name: r\n    pattern: {a: [x]}\n"
+            '    targets: [{http: "http://x", headers: {X-Note: "a\\r\\nX-Admin: yes"}}]',
+            "rule 'r': HTTP header 'X-Note': names are tokens, values printable ASCII (no CR or LF)",
+        ),
+        (
+            'rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{http: "http://x", headers: {"X Note": "a"}}]',
+            "HTTP header 'X Note': names are tokens",
+        ),
+        (
+            'rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{http: "http://x", headers: {X-List: [1, 2]}}]',
+            "HTTP header 'X-List': the value is a string or a number",
+        ),
+        ("rules: &loop [*loop]", "not valid YAML at line 1, column 8: an alias refers to a node that contains it"),
+        ("rules: " + "[" * 5_000 + "]" * 5_000, "not valid YAML: nested too deeply"),
     ],
 )
 def test_check_rejects_a_bad_file_with_one_line(tmp_path: Path, text: str, message: str) -> None:
@@ -166,6 +278,53 @@ def test_check_rejects_a_bad_file_with_one_line(tmp_path: Path, text: str, messa
     assert out == ""
     assert len(err.splitlines()) == 1
     assert message in err
+
+
+def test_check_refuses_aliases_that_expand_past_the_limit(tmp_path: Path) -> None:
+    """A million strings in a few lines (main accepted it, walking every one)."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 6)]
+    text = (
+        "rules:\n  - name: r\n    pattern: {a: [x]}\n    targets: [{topic: t}]\n"
+        f"    description: {{{', '.join(levels)}}}\n"
+    )
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    code, out, err = rules("check", str(path))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: {path}: not valid YAML at line 5, column 243: ")
+    assert err.endswith(": the document expands to more than 100,000 nodes (aliases count at each use)\n")
+
+
+def test_check_accepts_anchors_aliases_and_merge_keys(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - name: first\n    pattern: &orders {type: [order]}\n"
+        "    targets: [&hook {http: 'http://127.0.0.1:9/hook', timeout: 2.5, headers: {X-Team: 7}}]\n"
+        "  - name: second\n    pattern: *orders\n"
+        "    targets: [{<<: *hook, timeout: 1}]\n"
+    )
+    code, out, err = rules("check", str(path), "--broker", "memory://")
+    assert code == 0, err
+    assert out.splitlines()[1:] == [
+        "  first: all sources -> POST http://127.0.0.1:9/hook (binary)",
+        "  second: all sources -> POST http://127.0.0.1:9/hook (binary)",
+    ]
+
+
+@pytest.mark.parametrize("command", [["rules", "check", "--help"], ["route", "--help"]])
+def test_help_describes_the_rules_file(command: list[str]) -> None:
+    result = runner.invoke(app, command, env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for words in [
+        "rules: the list of rules (required). unmatched: a topic for events no rule matches.",
+        "A rule: name (unique, required); pattern (an EventBridge event pattern",
+        "A target names one of: topic: TOPIC; handler: package.module:function; http: URL, with mode",
+        "A handler or HTTP target may add retry (attempts 5, backoff 0.2, multiplier 2, max_backoff 30 seconds,",
+    ]:
+        assert words in text
 
 
 def test_check_a_missing_file(tmp_path: Path) -> None:

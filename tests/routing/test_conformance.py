@@ -195,6 +195,43 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
     ("equals-ignore-case-no-prefix", {"source": [{"equals-ignore-case": "AWS"}]}, EC2, False),
     ("equals-ignore-case-mixed", {"name": [{"equals-ignore-case": "alice"}]}, {"name": "ALiCe"}, True),
     ("equals-ignore-case-strings-only", {"v": [{"equals-ignore-case": "true"}]}, {"v": True}, False),
+    # --- dotted keys: a field is named by its keys joined with dots (event-ruler README) --------
+    (
+        "dotted-key-in-pattern",
+        {"detail": {"state.status": ["running"]}},
+        {"detail": {"state": {"status": "running"}}},
+        True,
+    ),
+    (
+        "dotted-key-in-event",
+        {"detail": {"state": {"status": ["running"]}}},
+        {"detail": {"state.status": "running"}},
+        True,
+    ),
+    ("dotted-key-in-both", {"detail.state.status": ["running"]}, {"detail": {"state.status": "running"}}, True),
+    (
+        "dotted-key-other-value",
+        {"detail": {"state.status": ["running"]}},
+        {"detail": {"state": {"status": "off"}}},
+        False,
+    ),
+    ("dotted-key-not-a-substring", {"a": {"b": ["x"]}}, {"ab": "x"}, False),
+    (
+        "dotted-key-merged-with-nested",
+        {"detail": {"state.status": ["running"], "state": {"code": [16]}}},
+        {"detail": {"state": {"code": 16}, "state.status": "running"}},
+        True,
+    ),
+    ("dotted-key-and-nested-both-values", {"a": {"b": ["x"]}}, {"a": {"b": "y"}, "a.b": "x"}, True),
+    ("dotted-key-leaf-and-object", {"a": ["x"], "a.b": ["y"]}, {"a": "x", "a.b": "y"}, True),
+    ("dotted-key-exists-false", {"a": {"b": [{"exists": False}]}}, {"a.b": 1}, False),
+    ("dotted-key-array-elements-apart", {"a": {"b": ["x"], "c": ["z"]}}, {"a": [{"b": "x"}, {"c.d": 1}]}, False),
+    (
+        "dotted-key-beside-an-array-meets-each-element",
+        {"a": {"b": ["y"], "c": ["z"]}},
+        {"a": [{"b": "x"}, {"b": "y"}], "a.c": "z"},
+        True,
+    ),
     # --- wildcard -------------------------------------------------------------------------
     ("wildcard-middle", {"source": [{"wildcard": "Simple*Service"}]}, {"source": "SimpleQueueService"}, True),
     ("wildcard-empty-run", {"source": [{"wildcard": "Simple*Service"}]}, {"source": "SimpleService"}, True),
@@ -210,6 +247,10 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
     ("wildcard-no-regex", {"t": [{"wildcard": "a.c"}]}, {"t": "abc"}, False),
     ("wildcard-strings-only", {"t": [{"wildcard": "1*"}]}, {"t": 123}, False),
     ("wildcard-newline", {"t": [{"wildcard": "a*b"}]}, {"t": "a\nb"}, True),
+    ("wildcard-run-found-later", {"t": [{"wildcard": "*ab*abc"}]}, {"t": "aababxabc"}, True),
+    ("wildcard-prefix-and-suffix-overlap", {"t": [{"wildcard": "ab*ba"}]}, {"t": "aba"}, False),
+    ("wildcard-suffix-after-middle", {"t": [{"wildcard": "*a*a"}]}, {"t": "a"}, False),
+    ("wildcard-middle-not-in-suffix", {"t": [{"wildcard": "x*yz*z"}]}, {"t": "xyz"}, False),
     # --- anything-but -------------------------------------------------------------------
     ("anything-but-string", {"detail": {"state": [{"anything-but": "initializing"}]}}, EC2, True),
     ("anything-but-string-excluded", {"detail": {"state": [{"anything-but": "terminated"}]}}, EC2, False),
@@ -499,6 +540,25 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("wildcard-bad-escape", {"a": [{"wildcard": "a\\b"}]}, "a[0].wildcard", "backslash"),
     ("wildcard-trailing-backslash", {"a": [{"wildcard": "a\\"}]}, "a[0].wildcard", "backslash"),
     ("wildcard-number", {"a": [{"wildcard": 1}]}, "a[0].wildcard", "takes a string"),
+    ("wildcard-six-stars", {"a": [{"wildcard": "*a*a*a*a*a*b"}]}, "a[0].wildcard", "too complex: at most 5"),
+    (
+        "wildcard-field-too-complex",
+        {"a": [{"wildcard": "*x*y*"}, {"wildcard": "*y*z*"}, {"anything-but": {"wildcard": ["*u*v*w*", "w*"]}}]},
+        "a",
+        "at most 10 wildcard characters over one field's wildcards, got 11",
+    ),
+    (
+        "wildcard-field-too-complex-across-or",
+        {
+            "$or": [
+                {"a": [{"wildcard": "*x*y*z*w*"}]},
+                {"a": [{"wildcard": "*y*z*w*v*"}]},
+                {"a": [{"wildcard": "*q*"}], "b": ["x"]},
+            ]
+        },
+        "a",
+        "got 12",
+    ),
     ("anything-but-null", {"a": [{"anything-but": None}]}, "a[0].anything-but", "strings or numbers"),
     ("anything-but-bool", {"a": [{"anything-but": True}]}, "a[0].anything-but", "strings or numbers"),
     ("anything-but-mixed", {"a": [{"anything-but": ["x", 1]}]}, "a[0].anything-but", "not both"),
@@ -538,6 +598,8 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("or-not-objects", {"$or": [{"a": ["x"]}, "b"]}, "$or[1]", "only objects"),
     ("or-empty-object", {"$or": [{"a": ["x"]}, {}]}, "$or[1]", "empty objects"),
     ("or-operator-as-field", {"$or": [{"numeric": [1]}, {"prefix": ["abc"]}]}, "numeric", "operator"),
+    ("dotted-key-twice", {"a.b": ["x"], "a": {"b": ["y"]}}, "a.b", "appears twice"),
+    ("dotted-key-twice-in-or", {"a.b": ["x"], "$or": [{"a": {"b": ["y"]}}, {"c": ["z"]}]}, "a.b", "only once"),
     ("or-duplicate-path", {"a": ["x"], "$or": [{"a": ["y"]}, {"b": ["z"]}]}, "a", "only once"),
     ("not-json-value", {"a": [object()]}, "a[0]", "not JSON"),
 ]
@@ -551,6 +613,60 @@ def test_invalid_patterns(pattern: Any, path: str, words: str) -> None:
     assert words in caught.value.problem
     with pytest.raises(InvalidPattern):
         Matcher().add("rule", pattern)
+
+
+@pytest.mark.timeout(5)
+def test_wildcards_match_in_linear_time() -> None:
+    """Five stars against 100,000 characters: a backtracking regex never finishes."""
+    pattern = {"a": [{"wildcard": "*a*a*a*a*b"}], "b": [{"anything-but": {"wildcard": "*a*a*a*a*b"}}]}
+    event = {"a": "a" * 100_000, "b": "a" * 100_000}
+    assert not Pattern(pattern).matches(event)
+    assert Matcher({"r": pattern}).match(event) == []
+    assert Matcher({"r": {"a": [{"wildcard": "*a*a*a*a*b"}]}}).match({"a": "a" * 100_000 + "b"}) == ["r"]
+
+
+def nested(depth: int, leaf: Any, key: str = "a") -> Any:
+    """`{key: {key: ... leaf}}` with `depth` objects, built without recursion."""
+    value = leaf
+    for _ in range(depth):
+        value = {key: value}
+    return value
+
+
+def test_patterns_nest_at_most_100_objects() -> None:
+    assert Pattern(nested(100, ["x"])).matches(nested(100, "x"))
+    for too_deep in (nested(101, ["x"]), nested(10_000, ["x"])):
+        with pytest.raises(InvalidPattern, match="nested too deeply: patterns nest at most 100 objects deep"):
+            Pattern(too_deep)
+    alternatives: dict[str, Any] = {"a": ["x"]}
+    for _ in range(150):
+        alternatives = {"$or": [alternatives, {"b": ["y"]}]}
+    with pytest.raises(InvalidPattern, match="nested too deeply"):
+        Pattern(alternatives)
+
+
+def test_pattern_text_nested_beyond_the_json_parser() -> None:
+    with pytest.raises(InvalidPattern) as caught:
+        Pattern('{"a":' * 10_000 + '["x"]' + "}" * 10_000)
+    assert caught.value.path == ""
+    assert "nested too deeply" in caught.value.problem
+
+
+def test_deeply_nested_arrays_in_an_event_are_flattened() -> None:
+    deep: Any = "x"
+    for _ in range(10_000):
+        deep = [deep]
+    assert Pattern({"a": ["x"]}).matches({"a": deep})
+    assert Matcher({"r": {"a": ["x"]}}).match({"a": deep}) == ["r"]
+    assert Matcher({"r": {"a": {"b": ["x"]}}}).match({"a": [{"b": deep}, {"c": 1}]}) == ["r"]
+
+
+def test_an_event_nested_too_deeply_to_merge_is_invalid() -> None:
+    event = {"a": nested(5_000, "x"), "a.a": nested(5_000, "y")}
+    with pytest.raises(InvalidEvent, match="nested too deeply"):
+        Pattern({"a": {"a": ["x"]}}).matches(event)
+    with pytest.raises(InvalidEvent, match="nested too deeply"):
+        Matcher({"r": {"a": {"a": ["x"]}}}).match(event)
 
 
 def test_json_text_and_dict_agree() -> None:

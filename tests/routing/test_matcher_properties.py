@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from inmotion.errors import InvalidPattern
 from inmotion.routing import Matcher, Pattern
 
-KEYS = ["a", "b", "c"]
+KEYS = ["a", "b", "c", "a.b", "b.c"]
+"""Field names; the dotted ones name the same fields as nested objects do."""
 STRINGS = ["", "x", "X", "xy", "Xy", "yx", "a*b", "a\\b", "10.0.0.7", "10.0.1.7", "::1", "2001:db8::5"]
 NUMBERS = [0, 1, 1.0, 2.5, -3, 300, 300.0, 5_000_000_001]
 SCALARS: list[Any] = [*STRINGS, *NUMBERS, True, False, None]
@@ -115,6 +116,25 @@ def test_pattern_survives_a_json_round_trip(raw: dict[str, Any], doc: dict[str, 
 
     pattern = valid(raw)
     assert Pattern(json.dumps(raw)).matches(doc) == pattern.matches(doc)
+
+
+glob = st.lists(st.sampled_from(["a", "b", "ab", "*", "\\*"]), max_size=8).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=glob.filter(lambda t: "**" not in t and t.count("*") - t.count("\\*") <= 5), value=st.text("ab*", max_size=10)
+)
+def test_wildcard_agrees_with_a_regex(text: str, value: str) -> None:
+    """The segment search gives a backtracking regex's answer (fine on short strings)."""
+    import re
+
+    regex = "".join(
+        ".*" if part == "*" else re.escape(part.lstrip("\\")) for part in re.findall(r"\\\*|\*|[^*\\]", text)
+    )
+    expected = re.fullmatch(regex, value, re.DOTALL) is not None
+    assert Pattern({"f": [{"wildcard": text}]}).matches({"f": value}) is expected
+    assert Matcher({"r": {"f": [{"wildcard": text}]}}).match({"f": value}) == (["r"] if expected else [])
 
 
 @pytest.mark.parametrize("count", [1, 50])

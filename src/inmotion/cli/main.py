@@ -8,7 +8,7 @@ import typer
 
 from inmotion.cli.common import explain
 from inmotion.cli.records import publish, tail
-from inmotion.cli.rules import route, rules_app
+from inmotion.cli.rules import RULES_FILE_HELP, route, rules_app
 from inmotion.cli.runtime import dlq_app, groups_app, replay, run
 from inmotion.cli.topics import topics_app
 from inmotion.errors import InmotionError
@@ -28,7 +28,7 @@ app.add_typer(dlq_app, name="dlq")
 app.command("replay")(replay)
 app.command("run")(run)
 app.add_typer(rules_app, name="rules")
-app.command("route")(route)
+app.command("route", epilog=RULES_FILE_HELP)(route)
 
 
 def main() -> None:

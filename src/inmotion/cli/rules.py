@@ -9,16 +9,37 @@ from typing import Annotated, Any
 
 import typer
 
-from inmotion.cli.common import BrokerOption, fail, open_log
+from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, print_json
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern
 from inmotion.log import DEFAULT_SESSION_TIMEOUT
 from inmotion.patterns import Pattern
+from inmotion.patterns.pattern import FieldCheck
 from inmotion.routing.router import missing_topics, route_file
 from inmotion.routing.rules import load_rules
 
 rules_app = typer.Typer(help="Test event patterns and check rules files.", no_args_is_help=True)
 
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_INVALID = 0, 1, 2
+
+RULES_FILE_HELP = """\
+Rules file (YAML), its keys:
+
+rules: the list of rules (required). unmatched: a topic for events no rule matches.
+
+A rule: name (unique, required); pattern (an EventBridge event pattern, as YAML or as JSON
+text, required); targets (a non-empty list, required); sources (a topic or a list of them;
+none: every source topic); transform (paths: {variable: JSONPath}, template: text with
+<variable>, as EventBridge's input transformer); description.
+
+A target names one of: topic: TOPIC; handler: package.module:function; http: URL, with
+mode (binary or structured CloudEvent, default binary), timeout (seconds, default 5) and
+headers ({name: value}). A handler or HTTP target may add retry (attempts 5, backoff 0.2,
+multiplier 2, max_backoff 30 seconds, jittered) and dead_letter: TOPIC (default: its own
+delivery topic's .dlq).
+
+A file is refused, nothing routed, if a key is unknown or given twice, a pattern is
+invalid, or aliases expand it past 100,000 nodes.
+"""
 
 
 def _text(argument: str, what: str) -> str:
@@ -30,6 +51,11 @@ def _text(argument: str, what: str) -> str:
         return typer.get_text_stream("stdin").read() if name == "-" else Path(name).read_text(encoding="utf-8")
     except OSError as exc:
         fail(f"cannot read {what} file {name!r}: {exc.strerror or exc}", EXIT_INVALID)
+    except UnicodeDecodeError as exc:
+        fail(
+            f"cannot read {what} file {name!r}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})",
+            EXIT_INVALID,
+        )
 
 
 def _event(text: str) -> dict[str, Any]:
@@ -37,9 +63,21 @@ def _event(text: str) -> dict[str, Any]:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidEvent("<event>", f"malformed JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidEvent("<event>", "nested too deeply to read") from None
     if not isinstance(document, dict):
         raise InvalidEvent("<event>", "an event is a JSON object")
     return document
+
+
+def _check_document(check: FieldCheck) -> dict[str, Any]:
+    return {
+        "alternative": check.alternative,
+        "field": check.field,
+        "values": check.values,
+        "condition": json.loads(check.condition),
+        "ok": check.ok,
+    }
 
 
 @rules_app.command("test")
@@ -47,27 +85,46 @@ def try_pattern(
     pattern: Annotated[str, typer.Option("--pattern", "-p", help="The event pattern: JSON text, or @file.")],
     event: Annotated[str, typer.Option("--event", "-e", help="The event: JSON text, or @file (@- for stdin).")],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; answer with the exit code.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Does the pattern match the event? Exit 0 if it matches, 1 if not, 2 if either is invalid."""
+    """Does the pattern match the event? Exit 0 if it matches, 1 if not, 2 if either is invalid.
+
+    Prints the verdict and each field of the pattern with the values the event has there; with
+    --json, one object: {"match": true|false, "fields": [{"alternative", "field", "values",
+    "condition", "ok"}, ...]}, "alternative" counting the ways $or gives, from 1.
+    """
     try:
         compiled = Pattern(_text(pattern, "pattern"))
         document = _event(_text(event, "event"))
         matched = compiled.matches(document)
+        checks = compiled.check_fields(document)
     except InmotionError as error:
         fail(str(error), EXIT_INVALID)
-    if not quiet:
+    if as_json:
+        print_json({"match": matched, "fields": [_check_document(check) for check in checks]})
+    elif not quiet:
         typer.echo("match" if matched else "no match")
         for line in compiled.explain(document):
             typer.echo(f"  {line}")
-        if not matched and all(line.lstrip().startswith(("ok", "alternative")) for line in compiled.explain(document)):
+        if not matched and any(
+            all(c.ok for c in checks if c.alternative == n) for n in {c.alternative for c in checks}
+        ):
             typer.echo("  (each field matches, but only in different elements of one array)")
     raise typer.Exit(EXIT_MATCH if matched else EXIT_NO_MATCH)
 
 
-@rules_app.command("check")
-def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")], broker: BrokerOption = None) -> None:
+@rules_app.command("check", epilog=RULES_FILE_HELP)
+def check_file(
+    path: Annotated[Path, typer.Argument(help="A rules file (YAML).")],
+    broker: BrokerOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Validate a rules file: patterns, targets, and that the topics it names (sources, topic
-    targets) exist. Exit 0 if valid, 1 if topics are missing, 2 if the file is invalid."""
+    targets) exist. Exit 0 if valid, 1 if topics are missing, 2 if the file is invalid.
+
+    Prints each rule with its sources and targets; with --json, one object per rule:
+    {"file", "rule", "sources", "targets"} (no sources: every source topic).
+    """
     try:
         rule_set = load_rules(path)
     except InmotionError as error:
@@ -79,6 +136,11 @@ def check_file(path: Annotated[Path, typer.Argument(help="A rules file (YAML).")
         fail(str(error))
     if missing:
         fail(f"{path}: missing topics: {', '.join(missing)} (create them: inmotion topics create)")
+    if as_json:
+        for rule in rule_set.rules:
+            described = [target.describe() for target in rule.targets]
+            print_json({"file": str(path), "rule": rule.name, "sources": list(rule.sources), "targets": described})
+        return
     count = len(rule_set.rules)
     typer.echo(f"{path}: {count} rule{'s' if count != 1 else ''} OK")
     for rule in rule_set.rules:

@@ -12,7 +12,8 @@ Matching walks the trie from the root with the event's leaf values: one generate
 fetches the root's paths in a single walk of the document, deeper paths are fetched when a
 state first needs them. The walk sees all leaf values of a path at once, across array elements; a branch whose fields
 went through an array holding several objects is then confirmed by the reference matcher, so
-fields from different elements of one array never combine into a match.
+fields from different elements of one array never combine into a match. A path met through an
+array or a dotted key of the event is read by the general `resolve`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from inmotion.patterns.pattern import (
     Suffix,
     Wildcard,
     as_document,
+    flatten,
     ip_number,
+    nested_too_deeply,
     resolve,
 )
 
@@ -109,7 +112,10 @@ class Matcher:
     def match(self, document: Mapping[str, Any] | Event) -> list[str]:
         """The names of the rules whose patterns match the document."""
         compiled = self._compiled or self._compile()
-        return compiled.match(document if type(document) is dict else as_document(document))
+        try:
+            return compiled.match(document if type(document) is dict else as_document(document))
+        except RecursionError:
+            raise nested_too_deeply() from None
 
     def _compile(self) -> _Compiled:
         with self._lock:
@@ -213,7 +219,8 @@ def _by_order(rule: _Rule) -> int:
 def _extractor(paths: list[tuple[int, Path]]) -> Callable[[dict[str, Any], list[Any]], None]:
     """A function, generated for some paths, that fetches all their leaf values in one walk
     sharing common prefixes: `found[path_id]` becomes the values, or None where an array stands
-    in the middle of the path (the caller then uses the general `resolve`)."""
+    in the middle of the path or a dotted key reaches it (the caller then uses the general
+    `resolve`)."""
     tree: dict[str, Any] = {}
     for path_id, path in paths:
         node = tree
@@ -226,7 +233,26 @@ def _extractor(paths: list[tuple[int, Path]]) -> Callable[[dict[str, Any], list[
     def below(node: dict[str, Any]) -> list[int]:
         return [pid for children, ends in node.values() for pid in [*ends, *below(children)]]
 
+    def remainders(node: dict[str, Any]) -> list[tuple[tuple[str, ...], int]]:
+        """(the rest of the path from this node, its id) for every path below the node."""
+        rests: list[tuple[tuple[str, ...], int]] = []
+        for key, (children, ends) in node.items():
+            rests.extend(((key,), pid) for pid in ends)
+            rests.extend(((key, *rest), pid) for rest, pid in remainders(children))
+        return rests
+
     def emit(parent: str, node: dict[str, Any], indent: str) -> None:
+        emit_keys(parent, node, indent)
+        # A dotted key ("b.c" for the rest b, c of a path) also reaches the path: then the
+        # general resolve reads it, merging what each way reaches.
+        dotted: dict[str, list[int]] = {}
+        for rest, path_id in remainders(node):
+            for end in range(2, len(rest) + 1):
+                dotted.setdefault(".".join(rest[:end]), []).append(path_id)
+        for key, path_ids in dotted.items():
+            lines.append(f"{indent}if {key!r} in {parent}: {' = '.join(f'found[{pid}]' for pid in path_ids)} = None")
+
+    def emit_keys(parent: str, node: dict[str, Any], indent: str) -> None:
         for key, (children, ends) in node.items():
             name = f"n{next(names)}"
             lines.append(f"{indent}{name} = {parent}.get({key!r}, MISSING)")
@@ -263,14 +289,7 @@ def _leaf_list(items: list[Any]) -> list[Any]:
             break
     else:
         return items
-    values: list[Any] = []
-    for item in items:
-        kind = type(item)
-        if kind is list:
-            values.extend(_leaf_list(item))
-        elif kind is not dict:
-            values.append(item)
-    return values
+    return [item for item in flatten(items) if type(item) is not dict]
 
 
 def _ordered(branch: Branch, variety: dict[tuple[Path, object], set[Condition]]) -> list[tuple[Path, Leaf]]:

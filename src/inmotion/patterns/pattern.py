@@ -17,9 +17,13 @@ Semantics, as EventBridge (the `aws/event-ruler` engine) defines them:
 
 Known differences from event-ruler: numbers compare exactly (event-ruler keeps six decimal
 places); an exact string that spells an IP address is compared as text (event-ruler compares
-addresses, which only matters for unusual IPv6 spellings); a dotted key is one field name
-(event-ruler would also match `{"a.b": ...}` against `{"a": {"b": ...}}`); `$or` is always the
-operator, never a field name.
+addresses, which only matters for unusual IPv6 spellings); `$or` is always the operator, never a
+field name.
+
+Dotted keys: event-ruler names a field by its keys joined with dots, so in events and patterns
+alike `{"a.b": ...}` and `{"a": {"b": ...}}` are the same field (its README documents this and
+calls it subject to change). A pattern's dotted key is split into nested objects when parsed;
+an event's dotted keys are read as paths as the walk reaches them (`expanded`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import dataclasses
 import ipaddress
 import json
 import math
-import re
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
@@ -40,6 +43,18 @@ NUMERIC_LIMIT = 5e9
 """EventBridge compares numbers between -5.0e9 and +5.0e9 inclusive."""
 MAX_BRANCHES = 1024
 """How many alternatives `$or` may multiply into; EventBridge limits pattern complexity too."""
+MAX_DEPTH = 100
+"""Objects a pattern may nest. EventBridge bounds a pattern by its size (2,048 characters, 4,096
+at most); what matters here is depth, which parsing and matching recurse on."""
+MAX_WILDCARDS = 5
+"""`*` characters in one wildcard value. EventBridge refuses a rule whose wildcards one value
+could keep alive at once beyond a complexity limit it does not publish ("Rule is too complex -
+try using fewer wildcard characters..."); LocalStack's emulation refuses, with that message, a
+value with more than five."""
+MAX_FIELD_WILDCARDS = 10
+"""`*` characters over all the wildcards of one field in one pattern (anything-but's included):
+together they bound how many wildcard prefixes one value can keep alive, the measure EventBridge
+limits (event-ruler's MachineComplexityEvaluator)."""
 
 OR = "$or"
 _OPERATORS = frozenset(
@@ -146,12 +161,36 @@ class Numeric(Condition):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Wildcard(Condition):
+    """`*` matches any run of characters. The literal runs between the stars are found left to
+    right, each at its first place after the previous one: taking the earliest place never
+    loses a match, so a test costs at most one scan of the value per run, never backtracking."""
+
     text: str
-    regex: re.Pattern[str] = dataclasses.field(compare=False, hash=False)
+    segments: tuple[str, ...] = dataclasses.field(compare=False, hash=False)
+    """The literal runs around the stars: one more than there are stars."""
     rank: ClassVar[int] = 3
 
+    @property
+    def stars(self) -> int:
+        return len(self.segments) - 1
+
     def test(self, value: Any) -> bool:
-        return type(value) is str and self.regex.fullmatch(value) is not None
+        if type(value) is not str:
+            return False
+        segments = self.segments
+        first, last = segments[0], segments[-1]
+        if len(segments) == 1:
+            return value == first
+        end = len(value) - len(last)
+        if end < len(first) or not value.startswith(first) or not value.endswith(last):
+            return False
+        position = len(first)
+        for middle in segments[1:-1]:
+            found = value.find(middle, position, end)
+            if found < 0:
+                return False
+            position = found + len(middle)
+        return True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -270,6 +309,22 @@ class Fields:
     alternatives: tuple[tuple[Fields, ...], ...] = ()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FieldCheck:
+    """One field of one alternative of a pattern, checked against a document."""
+
+    alternative: int
+    """The alternative's number, from 1 (a pattern without `$or` has one)."""
+    first: bool
+    """Is this the alternative's first field?"""
+    field: str
+    values: list[Any]
+    """The field's leaf values in the document, across array elements."""
+    condition: str
+    """The leaf as the pattern wrote it (JSON)."""
+    ok: bool
+
+
 Branch: TypeAlias = tuple[tuple[Path, Leaf], ...]
 """One way to satisfy a pattern once `$or` is multiplied out: (path, leaf) pairs, all required."""
 
@@ -287,6 +342,7 @@ class Pattern:
     def __init__(self, pattern: Mapping[str, Any] | str | bytes) -> None:
         self.source: dict[str, Any] = _load(pattern)
         self._root = _parse_fields(self.source, ())
+        _check_wildcards(self._root)
         self._branches = _expand(self._root, ())
 
     @property
@@ -295,22 +351,37 @@ class Pattern:
 
     def matches(self, document: Mapping[str, Any] | Event) -> bool:
         root = as_document(document)
-        return _fields_match(self._root, root, root, ())
+        try:
+            return _fields_match(self._root, root, root, ())
+        except RecursionError:
+            raise nested_too_deeply() from None
 
     def explain(self, document: Mapping[str, Any] | Event) -> list[str]:
         """Human-readable lines saying why the document matches or not, field by field."""
-        root = as_document(document)
-        lines: list[str] = []
         several = len(self._branches) > 1
-        for number, branch in enumerate(self._branches, 1):
-            if several:
-                lines.append(f"alternative {number} of {len(self._branches)}:")
-            for path, leaf in branch:
-                values, _ = resolve(root, path)
-                verdict = "ok  " if leaf.accepts(values) else "FAIL"
-                found = ", ".join(json.dumps(v) for v in values) if values else "no value"
-                lines.append(f"{'  ' if several else ''}{verdict} {dotted(path)}: {found} against {leaf.text}")
+        lines: list[str] = []
+        for check in self.check_fields(document):
+            if several and check.first:
+                lines.append(f"alternative {check.alternative} of {len(self._branches)}:")
+            verdict = "ok  " if check.ok else "FAIL"
+            found = ", ".join(json.dumps(v) for v in check.values) if check.values else "no value"
+            lines.append(f"{'  ' if several else ''}{verdict} {check.field}: {found} against {check.condition}")
         return lines
+
+    def check_fields(self, document: Mapping[str, Any] | Event) -> list[FieldCheck]:
+        """Each field of each alternative (`$or` multiplied out) checked against all the values
+        the document has there, across array elements: fields that all pass can still fail to
+        match together when they sit in different elements of one array."""
+        root = as_document(document)
+        checks: list[FieldCheck] = []
+        try:
+            for number, branch in enumerate(self._branches, 1):
+                for index, (path, leaf) in enumerate(branch):
+                    values, _ = resolve(root, path)
+                    checks.append(FieldCheck(number, index == 0, dotted(path), values, leaf.text, leaf.accepts(values)))
+        except RecursionError:
+            raise nested_too_deeply() from None
+        return checks
 
     def __repr__(self) -> str:
         return f"Pattern({json.dumps(self.source)})"
@@ -338,6 +409,13 @@ def event_document(event: Event) -> dict[str, Any]:
     return to_dict(event)
 
 
+def nested_too_deeply() -> InvalidEvent:
+    """The error for an event that exhausts the stack: matching walks the pattern recursively
+    (its depth is bounded) and the event in loops, but an event crafted to nest where dotted
+    keys merge can still go too deep."""
+    return InvalidEvent("<event>", "nested too deeply to match")
+
+
 def dotted(path: Path) -> str:
     return ".".join(path) or "<root>"
 
@@ -355,11 +433,11 @@ def resolve(document: Any, path: Path) -> tuple[list[Any], bool]:
     for depth, key in enumerate(path):
         following: list[Any] = []
         for node in nodes:
-            child = node.get(key, _MISSING) if type(node) is dict else _MISSING
+            child = expanded(node).get(key, _MISSING) if type(node) is dict else _MISSING
             if child is _MISSING:
                 continue
             if type(child) is list:
-                items = list(_flatten(child))
+                items = list(flatten(child))
                 if depth == last:
                     values.extend(item for item in items if type(item) is not dict)
                 else:
@@ -374,19 +452,59 @@ def resolve(document: Any, path: Path) -> tuple[list[Any], bool]:
     return values, crossed
 
 
-def _flatten(items: list[Any]) -> Iterator[Any]:
-    for item in items:
-        if type(item) is list:
-            yield from _flatten(item)
-        else:
+def flatten(items: list[Any]) -> Iterator[Any]:
+    """The items of an array, nested arrays flattened (iteratively: an event may nest deeply)."""
+    stack = [iter(items)]
+    while stack:
+        for item in stack[-1]:
+            if type(item) is list:
+                stack.append(iter(item))
+                break
             yield item
+        else:
+            stack.pop()
+
+
+def expanded(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with its dotted keys read as paths: EventBridge names a field by the keys on
+    its way joined with dots, so `{"a.b": 1}` holds the field that `{"a": {"b": 1}}` does. A
+    key "a.b" becomes {"a": {"b": ...}} merged with what "a" holds (one level at a time)."""
+    for key in obj:
+        if type(key) is str and "." in key:
+            break
+    else:
+        return obj
+    result: dict[str, Any] = {}
+    for key, value in obj.items():
+        if type(key) is str and "." in key:
+            key, _, rest = key.partition(".")
+            value = {rest: value}
+        result[key] = _merge(result[key], value) if key in result else value
+    return result
+
+
+def _merge(first: Any, second: Any) -> Any:
+    """Two values found for one field. Objects merge field by field. Otherwise the field holds
+    both, as an array would; two groups of objects combine pairwise, since no array holds both
+    groups (fields of different elements of one array must not meet, fields of two arrays may)."""
+    if type(first) is dict and type(second) is dict:
+        merged = dict(first)
+        for key, value in second.items():
+            merged[key] = _merge(merged[key], value) if key in merged else value
+        return merged
+    items = [list(flatten(value)) if type(value) is list else [value] for value in (first, second)]
+    objects = [[item for item in group if type(item) is dict] for group in items]
+    leaves = [item for group in items for item in group if type(item) is not dict]
+    if objects[0] and objects[1]:
+        return [*leaves, *(_merge(one, other) for one in objects[0] for other in objects[1])]
+    return [*leaves, *objects[0], *objects[1]]
 
 
 def _fields_match(node: Fields, value: Any, root: dict[str, Any], path: Path) -> bool:
     if type(value) is list:
-        elements = list(_flatten(value)) or [_MISSING]
+        elements = list(flatten(value)) or [_MISSING]
         return any(_fields_match(node, element, root, path) for element in elements)
-    obj = value if type(value) is dict else {}
+    obj = expanded(value) if type(value) is dict else {}
     for key, child in node.fields:
         here = (*path, key)
         if isinstance(child, Fields):
@@ -403,7 +521,7 @@ def _leaf_match(leaf: Leaf, value: Any, root: dict[str, Any], path: Path) -> boo
     if value is _MISSING or type(value) is dict:
         values = []
     elif type(value) is list:
-        values = [item for item in _flatten(value) if type(item) is not dict]
+        values = [item for item in flatten(value) if type(item) is not dict]
     else:
         values = [value]
     if values:
@@ -423,6 +541,8 @@ def _load(pattern: Mapping[str, Any] | str | bytes) -> dict[str, Any]:
             raise InvalidPattern("", f"malformed JSON: {exc}") from exc
         except ValueError as exc:
             raise InvalidPattern("", str(exc)) from exc
+        except RecursionError:
+            raise InvalidPattern("", f"nested too deeply: patterns nest at most {MAX_DEPTH} objects deep") from None
     elif isinstance(pattern, Mapping):
         loaded = dict(pattern)
     else:
@@ -466,9 +586,11 @@ def _at(path: Path, index: int | None = None) -> str:
     return text if index is None else f"{text}[{index}]"
 
 
-def _parse_fields(obj: Mapping[str, Any], path: Path, *, in_or: bool = False) -> Fields:
+def _parse_fields(obj: Mapping[str, Any], path: Path, *, in_or: bool = False, depth: int = 1) -> Fields:
     if not obj:
         raise InvalidPattern(_at(path), "empty objects are not allowed")
+    if depth > MAX_DEPTH:
+        raise InvalidPattern(_at(path), f"nested too deeply: patterns nest at most {MAX_DEPTH} objects deep")
     fields: list[tuple[str, Leaf | Fields]] = []
     alternatives: list[tuple[Fields, ...]] = []
     for key, value in obj.items():
@@ -476,20 +598,40 @@ def _parse_fields(obj: Mapping[str, Any], path: Path, *, in_or: bool = False) ->
             raise InvalidPattern(_at(path), f"field names are strings, got {key!r}")
         here = (*path, key)
         if key == OR:
-            alternatives.append(_parse_or(value, here))
+            alternatives.append(_parse_or(value, here, depth + 1))
             continue
         if in_or and key in _OPERATORS:
             raise InvalidPattern(_at(here), f"{key!r} is an operator and cannot be a field name inside $or")
-        if isinstance(value, Mapping):
-            fields.append((key, _parse_fields(value, here, in_or=in_or)))
+        head, dot, rest = key.partition(".")
+        if dot:  # "a.b": [...] names the field that {"a": {"b": [...]}} does
+            _add_field(fields, head, _parse_fields({rest: value}, (*path, head), in_or=in_or, depth=depth + 1), here)
+        elif isinstance(value, Mapping):
+            _add_field(fields, key, _parse_fields(value, here, in_or=in_or, depth=depth + 1), here)
         elif isinstance(value, list | tuple):
-            fields.append((key, _parse_leaf(value, here)))
+            _add_field(fields, key, _parse_leaf(value, here), here)
         else:
             raise InvalidPattern(_at(here), f"must be an object or a non-empty array, got {_json_type(value)}")
     return Fields(tuple(fields), tuple(alternatives))
 
 
-def _parse_or(value: Any, path: Path) -> tuple[Fields, ...]:
+def _add_field(fields: list[tuple[str, Leaf | Fields]], key: str, child: Leaf | Fields, here: Path) -> None:
+    """Add a field, merging it with an object already given for the same key (through a dotted
+    key): both sets of fields then apply to the same object of the event."""
+    for index, (known, existing) in enumerate(fields):
+        if known != key or isinstance(existing, Leaf) != isinstance(child, Leaf):
+            continue
+        if isinstance(existing, Leaf):
+            raise InvalidPattern(_at(here), "the field appears twice (a dotted key names the field of nested objects)")
+        assert isinstance(child, Fields)
+        merged = list(existing.fields)
+        for inner_key, inner in child.fields:
+            _add_field(merged, inner_key, inner, (*here, inner_key))
+        fields[index] = (key, Fields(tuple(merged), existing.alternatives + child.alternatives))
+        return
+    fields.append((key, child))
+
+
+def _parse_or(value: Any, path: Path, depth: int) -> tuple[Fields, ...]:
     if not isinstance(value, list | tuple):
         raise InvalidPattern(_at(path), f"$or takes an array of objects, got {_json_type(value)}")
     if len(value) < 2:
@@ -501,7 +643,7 @@ def _parse_or(value: Any, path: Path) -> tuple[Fields, ...]:
             raise InvalidPattern(_at(path, index), f"$or takes only objects, got {_json_type(item)}")
         if not item:
             raise InvalidPattern(_at(path, index), "empty objects are not allowed")
-        alternatives.append(_parse_fields(item, parent, in_or=True))
+        alternatives.append(_parse_fields(item, parent, in_or=True, depth=depth))
     return tuple(alternatives)
 
 
@@ -570,7 +712,8 @@ def _parse_affix(kind: type[Prefix] | type[Suffix], operand: Any, where: str) ->
 
 def wildcard(text: str, where: str) -> Wildcard:
     """A wildcard condition: `*` matches any run of characters, `\\*` a star, `\\\\` a backslash."""
-    parts: list[str] = []
+    segments: list[str] = []
+    run: list[str] = []
     previous_star = False
     index = 0
     while index < len(text):
@@ -579,20 +722,27 @@ def wildcard(text: str, where: str) -> Wildcard:
             following = text[index + 1 : index + 2]
             if following not in ("*", "\\"):
                 raise InvalidPattern(where, "a backslash may escape only '*' or '\\'")
-            parts.append(re.escape(following))
+            run.append(following)
             previous_star = False
             index += 2
             continue
         if char == "*":
             if previous_star:
                 raise InvalidPattern(where, "consecutive wildcard characters ('**') are not allowed")
-            parts.append(".*")
+            segments.append("".join(run))
+            run = []
             previous_star = True
         else:
-            parts.append(re.escape(char))
+            run.append(char)
             previous_star = False
         index += 1
-    return Wildcard(text, re.compile("".join(parts), re.DOTALL))
+    segments.append("".join(run))
+    if len(segments) - 1 > MAX_WILDCARDS:
+        raise InvalidPattern(
+            where,
+            f"rule is too complex: at most {MAX_WILDCARDS} wildcard characters in one value, got {len(segments) - 1}",
+        )
+    return Wildcard(text, tuple(segments))
 
 
 def _parse_anything_but(operand: Any, where: str) -> Condition:
@@ -687,6 +837,34 @@ def _parse_cidr(operand: Any, where: str) -> Cidr:
         return Cidr(ipaddress.ip_network(text, strict=False))
     except ValueError as exc:
         raise InvalidPattern(where, f"not a CIDR block: {exc}") from exc
+
+
+def _leaves(node: Fields, path: Path) -> Iterator[tuple[Path, Leaf]]:
+    """Every leaf of the pattern once, `$or` alternatives included (not multiplied out)."""
+    for key, child in node.fields:
+        here = (*path, key)
+        if isinstance(child, Leaf):
+            yield here, child
+        else:
+            yield from _leaves(child, here)
+    for group in node.alternatives:
+        for alternative in group:
+            yield from _leaves(alternative, path)
+
+
+def _check_wildcards(root: Fields) -> None:
+    stars: dict[Path, int] = {}
+    for path, leaf in _leaves(root, ()):
+        for condition in leaf.conditions:
+            inner = condition.excluded if isinstance(condition, AnythingButMatching) else (condition,)
+            stars[path] = stars.get(path, 0) + sum(c.stars for c in inner if isinstance(c, Wildcard))
+    for path, count in stars.items():
+        if count > MAX_FIELD_WILDCARDS:
+            raise InvalidPattern(
+                _at(path),
+                f"rule is too complex: at most {MAX_FIELD_WILDCARDS} wildcard characters over one field's "
+                f"wildcards, got {count}",
+            )
 
 
 def _expand(node: Fields, path: Path) -> tuple[Branch, ...]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -93,8 +94,12 @@ class HttpTarget:
             raise InvalidConfig(f"an HTTP target needs an http:// or https:// URL, got {self.url!r}")
         if self.mode not in ("binary", "structured"):
             raise InvalidConfig(f"HTTP mode is 'binary' or 'structured', got {self.mode!r}")
-        if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float) or self.timeout <= 0:
-            raise InvalidConfig(f"HTTP timeout must be a positive number of seconds, got {self.timeout!r}")
+        if (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, int | float)
+            or not 0 < self.timeout < math.inf
+        ):
+            raise InvalidConfig(f"HTTP timeout must be a positive, finite number of seconds, got {self.timeout!r}")
         for name, value in self.headers.items():
             if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or not re.fullmatch(r"[\t\x20-\x7e]*", value):
                 raise InvalidConfig(f"HTTP header {name!r}: names are tokens, values printable ASCII (no CR or LF)")
@@ -267,17 +272,23 @@ def load_rules(path: str | Path) -> RuleSet:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidConfig(f"cannot read rules file {str(path)!r}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidConfig(
+            f"cannot read rules file {str(path)!r}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x})"
+        ) from None
     return parse_rules(text, str(path))
 
 
 def parse_rules(text: str, origin: str = "<rules>") -> RuleSet:
     try:
-        document = yaml.safe_load(text)
+        document = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise InvalidConfig(f"{origin}: not valid YAML{where}: {problem}") from exc
+    except RecursionError:
+        raise InvalidConfig(f"{origin}: not valid YAML: nested too deeply") from None
     if not isinstance(document, dict) or not isinstance(document.get("rules"), list):
         raise InvalidConfig(f"{origin}: expected a mapping with a 'rules' list")
     unknown = set(document) - {"rules", "unmatched"}
@@ -298,6 +309,79 @@ def parse_rules(text: str, origin: str = "<rules>") -> RuleSet:
         return RuleSet(tuple(rules), document.get("unmatched"))
     except InvalidConfig as exc:
         raise InvalidConfig(f"{origin}: {exc}") from exc
+
+
+MAX_YAML_NODES = 100_000
+"""YAML nodes a rules file may expand to, an alias counted at each use: aliases of aliases
+multiply (a few lines can stand for billions of nodes), and the rules are walked expanded."""
+
+
+class _RulesLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *defaults may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = first_lines.get(key)
+            except TypeError:  # an unhashable key: the safe loader refuses it itself
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark
+                )
+            first_lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _RulesLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand it past MAX_YAML_NODES, or into itself. An alias
+    is its anchor's node again, so sizes are counted once per node and summed per use."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = _children(node)
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"the document expands to more than {MAX_YAML_NODES:,} nodes (aliases count at each use)",
+                    node.start_mark,
+                )
+        elif id(node) in open_nodes:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it", node.start_mark)
+        elif id(node) not in sizes:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _rule(entry: object) -> Rule:
@@ -353,11 +437,28 @@ def _target(entry: object) -> Target:
             url=entry["http"],
             mode=entry.get("mode", "binary"),
             timeout=entry.get("timeout", 5.0),
-            headers={str(k): str(v) for k, v in (entry.get("headers") or {}).items()},
+            headers=_headers(entry.get("headers")),
             **common,
         )
     _only(entry, {"handler", "retry", "dead_letter"}, "handler target")
     return HandlerTarget(handler=import_handler(entry["handler"]), **common)
+
+
+def _headers(value: object) -> dict[str, str]:
+    """The headers as the file gives them: a mapping of names to strings or numbers (the HTTP
+    target checks the names and values themselves)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidConfig("headers is a mapping of header names to values")
+    headers: dict[str, str] = {}
+    for name, text in value.items():
+        if not isinstance(name, str):
+            raise InvalidConfig(f"HTTP header names are strings, got {name!r}")
+        if isinstance(text, bool) or not isinstance(text, str | int | float):
+            raise InvalidConfig(f"HTTP header {name!r}: the value is a string or a number, got {text!r}")
+        headers[name] = str(text)
+    return headers
 
 
 def import_handler(reference: object) -> Handler:
