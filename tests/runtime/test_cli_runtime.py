@@ -177,11 +177,43 @@ def test_run_serves_an_app_until_sigterm_and_dlq_list_shows_its_failures(url: st
     assert "redrove 0 event(s)" in none.stdout
 
 
+JOBS = """
+from pathlib import Path
+from inmotion.runtime import App
+
+app = App("jobs")
+
+
+@app.task
+async def sweep() -> None:
+    Path(__file__).with_name("swept.txt").write_text("swept")
+    raise RuntimeError("the sweep broke")
+"""
+
+
+@pytest.mark.slow
+def test_run_serves_an_app_of_background_tasks_and_ends_with_a_tasks_error(url: str, tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(JOBS)
+    result = inmotion("run", "jobs:app", "--broker", url, "--json-logs", cwd=tmp_path)
+    assert result.returncode != 0
+    assert (tmp_path / "swept.txt").read_text() == "swept"
+    [logged] = [entry for entry in json_lines_of(result.stderr) if "background task" in entry["message"]]
+    assert logged["message"] == "background task sweep failed"
+    assert "RuntimeError: the sweep broke" in result.stderr
+
+
+def json_lines_of(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a process's stderr (a traceback may follow them)."""
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
 @pytest.mark.slow
 def test_run_refuses_what_is_not_an_app(tmp_path: Path) -> None:
     (tmp_path / "notapp.py").write_text("app = 42\n")
     (tmp_path / "own.py").write_text("from inmotion import App\napp = App('own', 'memory://')\n")
+    (tmp_path / "idle.py").write_text("from inmotion import App\napp = App('idle')\n")
     for spec, message in [
+        ("idle:app", "idle:app has no subscriptions or background tasks to run"),
         ("own:app", "names its own broker (memory://)"),
         ("notapp:app", "is a int, not an inmotion.App"),
         ("notapp:missing", "has no attribute 'missing'"),

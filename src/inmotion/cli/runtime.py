@@ -360,7 +360,8 @@ def run(
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
     broker: BrokerOption = None,
 ) -> None:
-    """Run an app's subscribers until SIGTERM or Ctrl-C (then finish, commit and leave)."""
+    """Run an app's subscribers and background tasks until SIGTERM or Ctrl-C (then finish,
+    commit, leave the groups and run the shutdown hooks)."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--log-level must be debug, info, warning or error, got {log_level!r}")
     if broker:
@@ -370,8 +371,8 @@ def run(
     if broker and app.log.url != broker:
         app.close()
         fail(f"{app_spec} names its own broker ({app.log.url}): drop --broker or create the App without one")
-    if not app.subscriptions:
-        fail(f"{app_spec} has no subscriptions to run")
+    if not app.subscriptions and not app.lifecycle.tasks:
+        fail(f"{app_spec} has no subscriptions or background tasks to run")
     try:
         app.run_sync()
     finally:

@@ -18,6 +18,7 @@ from inmotion.runtime import deadletter
 from inmotion.runtime.consumer import Consumer
 from inmotion.runtime.filters import FilterSpec, make_filter
 from inmotion.runtime.handler import Handler
+from inmotion.runtime.lifecycle import Lifecycle
 from inmotion.runtime.metrics import Metrics
 from inmotion.runtime.publisher import Publisher, to_message
 from inmotion.runtime.retry import Retry
@@ -40,7 +41,17 @@ class App:
     often finished offsets are committed (and always on shutdown and hand-over). `linger`:
     how long `publish` waits to gather more events into one append (0: append as soon as the
     previous append is done; a few milliseconds trade latency for fewer, larger transactions).
-    `clock`: where retries read the time and sleep (`FakeClock` in tests).
+    `clock`: where retries and periodic jobs read the time and sleep (`FakeClock` in tests).
+
+    `@app.on_startup` and `@app.on_shutdown` register hooks (to open and close what handlers
+    use), `@app.task` a background coroutine; a periodic job is a task that loops on
+    `app.clock.sleep`:
+
+        @app.task
+        async def expire_carts() -> None:
+            while True:
+                await app.clock.sleep(60)
+                await app.publish("shop.carts", {"older_than": "1h"}, type="shop.cart.expire")
     """
 
     def __init__(
@@ -77,6 +88,8 @@ class App:
         self._coordinator: Coordinator | None = None
         self._stopped: asyncio.Event | None = None
         self._running: list[asyncio.Task[None]] = []
+        self.lifecycle = Lifecycle()
+        """The start-up and shutdown hooks and background tasks (`on_startup`, `on_shutdown`, `task`)."""
 
     # --- publishing -----------------------------------------------------------------------
     def build_event(
@@ -228,6 +241,30 @@ class App:
 
         return register
 
+    # --- lifecycle ------------------------------------------------------------------------
+    def on_startup(self, function: F) -> F:
+        """Register a function (async or plain, no argument) to run when the app starts,
+        before any subscriber joins its group; hooks run in registration order, and one that
+        fails stops the start with its error."""
+        self.lifecycle.add_hook(self.lifecycle.startup, function, "a start-up hook")
+        return function
+
+    def on_shutdown(self, function: F) -> F:
+        """Register a function (async or plain, no argument) to run when the app stops, after
+        its consumers left their groups; hooks run in registration order, each one even if
+        another failed (`stop` then raises the first error). They do not run when start-up
+        failed."""
+        self.lifecycle.add_hook(self.lifecycle.shutdown, function, "a shutdown hook")
+        return function
+
+    def task(self, function: F) -> F:
+        """Run an async function without arguments in the background while the app runs
+        (`app.task(fn)` or `@app.task`): started after start-up, cancelled at shutdown. A task
+        that raises is logged and ends `run` with its error; one that returns just ends. A
+        periodic job loops on `app.clock.sleep(seconds)`, so tests drive it with a `FakeClock`."""
+        self.lifecycle.add_task(function)
+        return function
+
     # --- running --------------------------------------------------------------------------
     @property
     def coordinator(self) -> Coordinator:
@@ -236,27 +273,36 @@ class App:
         return self._coordinator
 
     async def start(self) -> None:
-        """Start every subscription's consumer in the background."""
+        """Run the start-up hooks, then start every subscription's consumer and the background
+        tasks."""
         if self._stopped is not None:
             raise InvalidConfig(f"app {self.name!r} is already running")
+        await self.lifecycle.start_up()
         self._stopped = asyncio.Event()
         consumers = [Consumer(self, s, self.coordinator) for s in self.subscriptions]
         self._running = [asyncio.create_task(c.run(self._stopped)) for c in consumers]
+        self.lifecycle.start_tasks()
 
     async def stop(self) -> None:
-        """Finish the events being handled, commit, leave the groups."""
+        """Cancel the background tasks; finish the events being handled, commit, leave the
+        groups; then run the shutdown hooks. Raises the first error of a consumer, a task or a
+        hook."""
         if self._stopped is None:
             return
         self._stopped.set()
+        task_errors = await self.lifecycle.stop_tasks()
         results = await asyncio.gather(*self._running, return_exceptions=True)
         self._stopped = None
         self._running = []
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
+        errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
+        errors += task_errors
+        errors += await self.lifecycle.shut_down()
+        if errors:
+            raise errors[0]
 
     async def run(self, until: asyncio.Event | None = None) -> None:
-        """Run the subscribers until `until` is set, SIGTERM or SIGINT arrives, or one fails."""
+        """Run the app until `until` is set, SIGTERM or SIGINT arrives, or a subscriber or a
+        background task fails."""
         stop = until or asyncio.Event()
         loop = asyncio.get_running_loop()
         installed = []
@@ -264,15 +310,27 @@ class App:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
                 installed.append(sig)
-        await self.start()
         try:
-            waiting = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([waiting, *self._running], return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
+            await self.start()
+            await self._until_stopped(stop)
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+    async def _until_stopped(self, stop: asyncio.Event) -> None:
+        """Return once `stop` is set, a consumer ends or a background task fails (a task that
+        returns is done, nothing more)."""
+        waiting = asyncio.ensure_future(stop.wait())
+        watched: set[asyncio.Future[Any]] = {waiting, *self._running, *self.lifecycle.running}
+        try:
+            while True:
+                done, watched = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                finished_tasks = [t for t in done if t in self.lifecycle.running]
+                if len(finished_tasks) < len(done) or any(t.cancelled() or t.exception() for t in finished_tasks):
+                    return
+        finally:
+            waiting.cancel()
 
     def run_sync(self) -> None:
         """`run` in a fresh event loop; returns after SIGTERM/SIGINT and a clean shutdown."""
