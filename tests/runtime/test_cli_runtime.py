@@ -177,6 +177,83 @@ def test_run_serves_an_app_until_sigterm_and_dlq_list_shows_its_failures(url: st
     assert "redrove 0 event(s)" in none.stdout
 
 
+STUCK = """
+import asyncio
+from pathlib import Path
+from inmotion.runtime import App
+
+app = App("stuck", session_timeout=60)
+here = Path(__file__).parent
+
+
+@app.subscribe("orders", group="stuck")
+async def handle(order: dict) -> None:
+    (here / "handling.txt").write_text("handling")
+    await asyncio.Event().wait()  # never finishes on its own
+
+
+@app.task
+async def watch() -> None:  # cancelled when the shutdown begins
+    try:
+        await asyncio.Event().wait()
+    finally:
+        (here / "stopping.txt").write_text("stopping")
+"""
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert process.poll() is None, f"the process ended ({process.returncode}) before {path.name} appeared"
+        assert time.monotonic() < deadline, f"{path.name} did not appear"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_signal_during_shutdown_still_leaves_the_group(
+    url: str, tmp_path: Path, second: signal.Signals
+) -> None:
+    """`timeout` and impatient users send a second signal while handlers finish: the process
+    must still leave its group, or the next one waits a whole session timeout (60 s here) for
+    the partitions."""
+    (tmp_path / "stuck.py").write_text(STUCK)
+    env = {k: v for k, v in os.environ.items() if k != "INMOTION_BROKER"}
+
+    def start() -> subprocess.Popen[str]:
+        command = [INMOTION, "run", "stuck:app", "--broker", url]
+        return subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+
+    coordinator = SqliteCoordinator(tmp_path / "log.db")
+    first = start()
+    try:
+        wait_for_file(tmp_path / "handling.txt", first)
+        first.send_signal(signal.SIGTERM)
+        wait_for_file(tmp_path / "stopping.txt", first)
+        first.send_signal(second)
+        _, stderr = first.communicate(timeout=30)
+        assert coordinator.members("stuck", live_only=False) == []
+        assert coordinator.owners("stuck") == {}
+        assert first.returncode == 0, stderr
+        assert "cancelling the handlers still running" in stderr
+        (tmp_path / "handling.txt").unlink()
+        later = start()
+        try:
+            wait_for_file(tmp_path / "handling.txt", later)
+            [member] = coordinator.members("stuck")
+            assert member.pid == later.pid
+            assert set(coordinator.owners("stuck").values()) == {member.member_id}
+            assert len(coordinator.owners("stuck")) == 2
+        finally:
+            later.kill()
+            later.communicate()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        coordinator.close()
+
+
 JOBS = """
 from pathlib import Path
 from inmotion.runtime import App

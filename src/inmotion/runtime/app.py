@@ -87,6 +87,8 @@ class App:
         self.publisher = Publisher(self.log, self.metrics, topic_config, linger)
         self._coordinator: Coordinator | None = None
         self._stopped: asyncio.Event | None = None
+        self._hurry: asyncio.Event | None = None
+        """Set by a second signal: cancel the async handlers still running instead of waiting."""
         self._running: list[asyncio.Task[None]] = []
         self.lifecycle = Lifecycle()
         """The start-up and shutdown hooks and background tasks (`on_startup`, `on_shutdown`, `task`)."""
@@ -279,8 +281,9 @@ class App:
             raise InvalidConfig(f"app {self.name!r} is already running")
         await self.lifecycle.start_up()
         self._stopped = asyncio.Event()
+        self._hurry = asyncio.Event()
         consumers = [Consumer(self, s, self.coordinator) for s in self.subscriptions]
-        self._running = [asyncio.create_task(c.run(self._stopped)) for c in consumers]
+        self._running = [asyncio.create_task(c.run(self._stopped, self._hurry)) for c in consumers]
         self.lifecycle.start_tasks()
 
     async def stop(self) -> None:
@@ -292,7 +295,7 @@ class App:
         self._stopped.set()
         task_errors = await self.lifecycle.stop_tasks()
         results = await asyncio.gather(*self._running, return_exceptions=True)
-        self._stopped = None
+        self._stopped = self._hurry = None
         self._running = []
         errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
         errors += task_errors
@@ -302,21 +305,38 @@ class App:
 
     async def run(self, until: asyncio.Event | None = None) -> None:
         """Run the app until `until` is set, SIGTERM or SIGINT arrives, or a subscriber or a
-        background task fails."""
+        background task fails.
+
+        A signal that arrives while the app stops (`timeout` sends a second one, impatient
+        users press Ctrl-C again) cancels the async handlers still running, whose events stay
+        uncommitted to be handled again; the consumers still commit what finished and leave
+        their groups, so that other members take the partitions over at once. Plain handlers
+        run in threads, which cannot be cancelled: they finish first."""
         stop = until or asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if not stop.is_set():
+                logger.info("stopping: finishing the events being handled (a second signal cancels them)")
+                stop.set()
+            elif self._hurry is not None and not self._hurry.is_set():
+                logger.warning("signal while stopping: cancelling the handlers still running, then leaving the groups")
+                self._hurry.set()
+
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
                 installed.append(sig)
         try:
             await self.start()
             await self._until_stopped(stop)
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            await self.stop()
+            try:  # the handlers stay until the groups are left: a default handler would kill the process
+                await self.stop()
+            finally:
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
 
     async def _until_stopped(self, stop: asyncio.Event) -> None:
         """Return once `stop` is set, a consumer ends or a background task fails (a task that
