@@ -124,8 +124,9 @@ class Coordinator(abc.ABC):
 
 
 class Transaction(abc.ABC):
-    """A handler's writes, committed together with the event's dedupe record, the events the
-    handler published and the group's next offset, or not at all: exactly-once effects.
+    """A handler's writes, committed together with the events the handler published, the
+    group's next offset and (idempotent subscriptions) the event's dedupe record, or not at
+    all: exactly-once effects.
 
     One transaction at a time, on one thread at a time; `begin` may wait for the backend's write
     lock, so callers on an event loop run it in a thread.
@@ -147,9 +148,10 @@ class Transaction(abc.ABC):
         """Append inside the transaction (a missing topic is created with `create`, when given)."""
 
     @abc.abstractmethod
-    def commit(self, key: tuple[str, str], tp: TopicPartition, next_offset: int, member_id: str) -> bool:
-        """Record `key` as handled and `next_offset` as the group's position on `tp`, then
-        commit; False, with everything rolled back, when `member_id` no longer holds `tp`."""
+    def commit(self, key: tuple[str, str] | None, tp: TopicPartition, next_offset: int, member_id: str) -> bool:
+        """Record `key` as handled (unless None: the position alone makes the effects
+        exactly-once) and `next_offset` as the group's position on `tp`, then commit; False,
+        with everything rolled back, when `member_id` no longer holds `tp`."""
 
     @abc.abstractmethod
     def rollback(self) -> None:

@@ -205,10 +205,11 @@ class App:
           any offset past it is committed), so a process killed in between handles the event
           again after the restart, repeating its effects. `transaction=True` makes effects
           happen exactly once.
-        - `transaction` (SQLite, with `idempotent`): `ctx.db` is an open transaction on the
-          log's file that commits with the dedupe record and position: exactly-once effects.
-          Transactions of one subscription run one at a time, and events published from the
-          handler are appended right after its commit.
+        - `transaction` (SQLite): `ctx.db` is an open transaction on the log's file that commits
+          with the group's position (and, with `idempotent`, the dedupe record): exactly-once
+          effects without `idempotent`, which adds skipping copies of an event published
+          twice. Transactions of one subscription run one at a time, and events published from
+          the handler are appended right after its commit.
         """
         names = (topics,) if isinstance(topics, str) else tuple(topics)
         if retry is not None and not isinstance(retry, Retry):

@@ -10,8 +10,8 @@ to hand over (finish, commit, release) or lost (stop at once, commit nothing).
 Delivery is at-least-once: a partition's committed offset is the lowest offset whose handling
 has not finished (handled, skipped or dead-lettered), so it never passes unfinished work.
 Idempotent subscriptions skip events whose (source, id) the group has handled; transactional
-ones commit the handler's writes with the event's dedupe record and position (exactly-once
-effects) through the backend's `Transaction`.
+ones commit the handler's writes with the position (and, if idempotent, the event's dedupe
+record) through the backend's `Transaction`: exactly-once effects.
 """
 
 from __future__ import annotations

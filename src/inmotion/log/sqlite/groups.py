@@ -278,13 +278,14 @@ class SqliteTransaction(Transaction):
     def append(self, topic: str, messages: Sequence[Message], create: TopicConfig | None) -> None:
         self.coordinator.log.append_in(self.connection, topic, messages, create)
 
-    def commit(self, key: tuple[str, str], tp: TopicPartition, next_offset: int, member_id: str) -> bool:
+    def commit(self, key: tuple[str, str] | None, tp: TopicPartition, next_offset: int, member_id: str) -> bool:
         conn = self.connection
         with self._translate():
             if not self.coordinator.holds(conn, self.group, member_id, tp):
                 conn.execute("ROLLBACK")
                 return False
-            self.coordinator.remember_in(conn, self.group, [key])
+            if key is not None:
+                self.coordinator.remember_in(conn, self.group, [key])
             self.coordinator.log.commit_in(conn, self.group, tp.topic, {tp.partition: next_offset})
             conn.execute("COMMIT")
         return True
