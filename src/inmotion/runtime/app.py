@@ -317,7 +317,7 @@ class App:
         loop = asyncio.get_running_loop()
 
         def on_signal() -> None:
-            if not stop.is_set():
+            if not (stop.is_set() or (self._stopped is not None and self._stopped.is_set())):
                 logger.info("stopping: finishing the events being handled (a second signal cancels them)")
                 stop.set()
             elif self._hurry is not None and not self._hurry.is_set():
