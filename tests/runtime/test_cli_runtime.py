@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 from inmotion.events import Event
 from inmotion.log import Message, TopicConfig, connect
 from inmotion.log.sqlite.groups import SqliteCoordinator
+from inmotion.runtime import App
 
 INMOTION = str(Path(sys.executable).with_name("inmotion"))
 
@@ -111,6 +113,57 @@ def test_replay_moves_offsets_and_refuses_while_the_group_is_live(url: str, tmp_
     unknown = inmotion("replay", "nope", "--group", "billing", "--from-beginning", "--broker", url)
     assert unknown.returncode != 0
     assert "unknown topic 'nope'" in unknown.stderr
+
+
+def handle_all(url: str, group: str) -> list[int]:
+    """Run an idempotent subscriber of `orders` until it has committed every event; the `n` of
+    each event its handler got."""
+    handled: list[int] = []
+
+    async def scenario() -> None:
+        with App("ledger", url) as app:
+
+            @app.subscribe("orders", group=group, idempotent=True)
+            async def handle(order: dict[str, int]) -> None:
+                handled.append(order["n"])
+
+            await app.start()
+            deadline = time.monotonic() + 30
+            while app.log.committed(group, "orders") != {p: app.log.latest_offset("orders", p) for p in range(2)}:
+                assert time.monotonic() < deadline, "the subscriber did not commit every event"
+                await asyncio.sleep(0.05)
+            await app.stop()
+
+    asyncio.run(scenario())
+    return sorted(handled)
+
+
+@pytest.mark.slow
+def test_replay_of_an_idempotent_group_warns_of_its_dedupe_records_and_can_forget_them(url: str) -> None:
+    assert handle_all(url, "ledger") == list(range(10))
+    with connect(url) as log:
+        log.append("orders", _messages(1))  # not handled yet: no dedupe record
+        later = {p: log.latest_offset("orders", p) for p in range(2)}
+    warned = inmotion("replay", "orders", "--group", "ledger", "--from-beginning", "--broker", url, "--json")
+    assert warned.returncode == 0, warned.stderr
+    assert warned.stderr.strip() == (
+        "warning: group 'ledger' has dedupe records for 10 of the 11 event(s) from the replay point on:"
+        " an idempotent subscription skips them as seen. Pass --forget-dedupe to handle them again."
+    )
+    documents = json_lines(warned.stdout)
+    assert [(d["partition"], d["to"], d["events"]) for d in documents] == [(p, 0, later[p]) for p in range(2)]
+    assert sum(d["dedupe_records"] for d in documents) == 10
+    assert handle_all(url, "ledger") == [0]  # the new event; the ten others skipped as seen
+    forgot = inmotion("replay", "orders", "--group", "ledger", "--from-beginning", "--forget-dedupe", "--broker", url)
+    assert forgot.returncode == 0, forgot.stderr
+    assert forgot.stderr == ""
+    assert forgot.stdout.splitlines()[-1] == (
+        "forgot the dedupe records of group 'ledger' for 11 of the 11 event(s) replayed"
+    )
+    assert handle_all(url, "ledger") == sorted([0, *range(10)])
+    other = inmotion("replay", "orders", "--group", "billing", "--from-beginning", "--broker", url)
+    assert other.returncode == 0, other.stderr
+    assert other.stderr == ""  # a group without dedupe records: nothing to say
 
 
 SERVICE = """

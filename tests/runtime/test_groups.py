@@ -88,6 +88,15 @@ def test_dedupe_records_are_kept_per_group_and_pruned_by_age(coordinator: Coordi
     assert coordinator.seen("g", [("src", "1")]) == set()
 
 
+def test_dedupe_records_of_chosen_events_can_be_forgotten(coordinator: Coordinator) -> None:
+    coordinator.remember("g", [("src", "1"), ("src", "2"), ("src", "3")])
+    coordinator.remember("other", [("src", "1")])
+    assert coordinator.forget("g", [("src", "1"), ("src", "2"), ("src", "2"), ("src", "9")]) == 2
+    assert coordinator.seen("g", [("src", "1"), ("src", "2"), ("src", "3")]) == {("src", "3")}
+    assert coordinator.seen("other", [("src", "1")]) == {("src", "1")}
+    assert coordinator.forget("g", [("src", "1")]) == 0
+
+
 def test_session_timeout_is_checked() -> None:
     with pytest.raises(InvalidConfig, match="session_timeout"):
         MemoryCoordinator().join("g", {"t": 1}, session_timeout=0)

@@ -9,7 +9,8 @@ fits the same shape (its assign/revoke callbacks fill the `Assignment`); the emb
 share the lease rules of `inmotion.log.leases`.
 
 The same storage remembers which events a group has handled (`seen`/`remember`), for
-idempotent subscriptions, within a bounded window; and a backend that can commit a handler's
+idempotent subscriptions, within a bounded window (`forget_before`), and forgets chosen ones
+when a replay asks for them to be handled again (`forget`); and a backend that can commit a handler's
 own writes with its position offers `transactions` (`transaction=True` subscriptions).
 """
 
@@ -110,6 +111,11 @@ class Coordinator(abc.ABC):
     @abc.abstractmethod
     def forget_before(self, group: str, cutoff_ms: int) -> int:
         """Drop the group's dedupe records older than `cutoff_ms` (the window's far end); returns how many."""
+
+    @abc.abstractmethod
+    def forget(self, group: str, keys: Sequence[tuple[str, str]]) -> int:
+        """Drop the group's dedupe records of these (source, id) pairs, so that the group
+        handles those events again (a replay); returns how many it had. Durable on return."""
 
     def flush(self, group: str) -> None:  # noqa: B027 - most coordinators remember synchronously
         """Make the group's remembered dedupe records durable (before offsets past them are committed)."""

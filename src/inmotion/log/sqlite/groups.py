@@ -240,6 +240,13 @@ class SqliteCoordinator(LeaseCoordinator):
         ).fetchone()
         return row is not None
 
+    def forget(self, group: str, keys: Sequence[tuple[str, str]]) -> int:
+        with self._writing() as conn:
+            return conn.executemany(
+                "DELETE FROM grp_handled WHERE grp = ? AND source = ? AND id = ?",
+                [(group, source, event_id) for source, event_id in set(keys)],
+            ).rowcount
+
     def forget_before(self, group: str, cutoff_ms: int) -> int:
         with self._writing() as conn:
             return conn.execute("DELETE FROM grp_handled WHERE grp = ? AND handled_ms < ?", (group, cutoff_ms)).rowcount
