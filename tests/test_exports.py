@@ -98,6 +98,7 @@ PUBLIC = {
     "inmotion.sourcing": [
         "Aggregate",
         "AggregateNotFound",
+        "ConcurrencyError",
         "EventStore",
         "EventTypes",
         "NewEvent",
@@ -141,6 +142,13 @@ def test_the_top_level_package_offers_the_app() -> None:
     assert inmotion.App is inmotion.runtime.App
     assert inmotion.Context is inmotion.runtime.Context
     assert inmotion.Retry is inmotion.runtime.Retry
+
+
+def test_sourcing_offers_the_error_that_a_lost_save_race_raises() -> None:
+    import inmotion.errors
+    import inmotion.sourcing
+
+    assert inmotion.sourcing.ConcurrencyError is inmotion.errors.ConcurrencyError
 
 
 def test_importing_the_core_does_not_import_kafka() -> None:

@@ -54,6 +54,12 @@ STAGE = {
 console = Console(highlight=False)
 
 
+def short_id(event_id: str) -> str:
+    """An event id for display: its last 8 characters. Ids made in one process share their
+    first 24 (a random prefix per process, then a counter), so only the end tells them apart."""
+    return event_id[-8:]
+
+
 def start_services(broker: str) -> list[subprocess.Popen[str]]:
     processes = []
     for name in SERVICES:
@@ -127,7 +133,7 @@ async def run(broker: str, count: int, patience: float) -> int:
             source = ctx.headers.get("dlq_group", "?").removeprefix("shop.")
         else:
             cause = event.extensions.get("causationid")
-            detail = f"caused by {str(cause)[:8]}" if cause else ""
+            detail = f"caused by {short_id(str(cause))}" if cause else ""
             color = COLORS.get(kind, "white")
             source = str(event.source).rsplit("/", 1)[-1]
         flow[kind] += 1

@@ -123,3 +123,11 @@ def test_idempotent_subscriptions_dedupe_across_members_on_kafka(log_url: str, n
     with App("check", log_url) as app:
         assert handled_topic(group) not in app.log.list_topics()  # kept out of sight, like __consumer_offsets
         assert app.log.latest_offset(handled_topic(group), 0) >= 3
+    # a replay forgets the record (a tombstone in the topic): another coordinator no longer knows it
+    key = (event.source, event.id)
+    with App("replay", log_url) as app:
+        assert app.coordinator.forget(group, [key, key, ("shop", "never-handled")]) == 1
+    with App("later", log_url) as app:
+        assert app.coordinator.seen(group, [key]) == set()
+    asyncio.run(one_member("c", [event], expect=5))  # the event handled again, then the marker
+    assert [n for _, n in handled] == [1, -1, -1, 1, -1]

@@ -291,8 +291,6 @@ def test_bad_subscriptions_are_refused_with_a_clear_error() -> None:
             app.subscribe("orders", concurrency=0)(lambda data: None)
         with pytest.raises(InvalidConfig, match="invalid topic name"):
             app.subscribe("bad topic!")(lambda data: None)
-        with pytest.raises(InvalidConfig, match="idempotent"):
-            app.subscribe("orders", transaction=True)(lambda data: None)
         with pytest.raises(InvalidConfig, match="filter"):
             app.subscribe("orders", filter=42)(lambda data: None)  # type: ignore[arg-type]
 
@@ -311,7 +309,7 @@ def test_bad_subscriptions_are_refused_with_a_clear_error() -> None:
 
     async def scenario() -> None:
         with App("x", "memory://") as app:
-            app.subscribe("orders", idempotent=True, transaction=True)(lambda data: None)
+            app.subscribe("orders", transaction=True)(lambda data: None)
             await app.run(asyncio.Event())
 
     with pytest.raises(

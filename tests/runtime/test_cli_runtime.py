@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 from inmotion.events import Event
 from inmotion.log import Message, TopicConfig, connect
 from inmotion.log.sqlite.groups import SqliteCoordinator
+from inmotion.runtime import App
 from inmotion.testing import wait_until
 
 INMOTION = str(Path(sys.executable).with_name("inmotion"))
@@ -114,6 +116,57 @@ def test_replay_moves_offsets_and_refuses_while_the_group_is_live(url: str, tmp_
     assert "unknown topic 'nope'" in unknown.stderr
 
 
+def handle_all(url: str, group: str) -> list[int]:
+    """Run an idempotent subscriber of `orders` until it has committed every event; the `n` of
+    each event its handler got."""
+    handled: list[int] = []
+
+    async def scenario() -> None:
+        with App("ledger", url) as app:
+
+            @app.subscribe("orders", group=group, idempotent=True)
+            async def handle(order: dict[str, int]) -> None:
+                handled.append(order["n"])
+
+            await app.start()
+            deadline = time.monotonic() + 30
+            while app.log.committed(group, "orders") != {p: app.log.latest_offset("orders", p) for p in range(2)}:
+                assert time.monotonic() < deadline, "the subscriber did not commit every event"
+                await asyncio.sleep(0.05)
+            await app.stop()
+
+    asyncio.run(scenario())
+    return sorted(handled)
+
+
+@pytest.mark.slow
+def test_replay_of_an_idempotent_group_warns_of_its_dedupe_records_and_can_forget_them(url: str) -> None:
+    assert handle_all(url, "ledger") == list(range(10))
+    with connect(url) as log:
+        log.append("orders", _messages(1))  # not handled yet: no dedupe record
+        later = {p: log.latest_offset("orders", p) for p in range(2)}
+    warned = inmotion("replay", "orders", "--group", "ledger", "--from-beginning", "--broker", url, "--json")
+    assert warned.returncode == 0, warned.stderr
+    assert warned.stderr.strip() == (
+        "warning: group 'ledger' has dedupe records for 10 of the 11 event(s) from the replay point on:"
+        " an idempotent subscription skips them as seen. Pass --forget-dedupe to handle them again."
+    )
+    documents = json_lines(warned.stdout)
+    assert [(d["partition"], d["to"], d["events"]) for d in documents] == [(p, 0, later[p]) for p in range(2)]
+    assert sum(d["dedupe_records"] for d in documents) == 10
+    assert handle_all(url, "ledger") == [0]  # the new event; the ten others skipped as seen
+    forgot = inmotion("replay", "orders", "--group", "ledger", "--from-beginning", "--forget-dedupe", "--broker", url)
+    assert forgot.returncode == 0, forgot.stderr
+    assert forgot.stderr == ""
+    assert forgot.stdout.splitlines()[-1] == (
+        "forgot the dedupe records of group 'ledger' for 11 of the 11 event(s) replayed"
+    )
+    assert handle_all(url, "ledger") == sorted([0, *range(10)])
+    other = inmotion("replay", "orders", "--group", "billing", "--from-beginning", "--broker", url)
+    assert other.returncode == 0, other.stderr
+    assert other.stderr == ""  # a group without dedupe records: nothing to say
+
+
 SERVICE = """
 from pathlib import Path
 from inmotion.runtime import App, Context, Retry
@@ -175,11 +228,120 @@ def test_run_serves_an_app_until_sigterm_and_dlq_list_shows_its_failures(url: st
     assert "redrove 0 event(s)" in none.stdout
 
 
+STUCK = """
+import asyncio
+from pathlib import Path
+from inmotion.runtime import App
+
+app = App("stuck", session_timeout=60)
+here = Path(__file__).parent
+
+
+@app.subscribe("orders", group="stuck")
+async def handle(order: dict) -> None:
+    (here / "handling.txt").write_text("handling")
+    await asyncio.Event().wait()  # never finishes on its own
+
+
+@app.task
+async def watch() -> None:  # cancelled when the shutdown begins
+    try:
+        await asyncio.Event().wait()
+    finally:
+        (here / "stopping.txt").write_text("stopping")
+"""
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert process.poll() is None, f"the process ended ({process.returncode}) before {path.name} appeared"
+        assert time.monotonic() < deadline, f"{path.name} did not appear"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_signal_during_shutdown_still_leaves_the_group(
+    url: str, tmp_path: Path, second: signal.Signals
+) -> None:
+    """`timeout` and impatient users send a second signal while handlers finish: the process
+    must still leave its group, or the next one waits a whole session timeout (60 s here) for
+    the partitions."""
+    (tmp_path / "stuck.py").write_text(STUCK)
+    env = {k: v for k, v in os.environ.items() if k != "INMOTION_BROKER"}
+
+    def start() -> subprocess.Popen[str]:
+        command = [INMOTION, "run", "stuck:app", "--broker", url]
+        return subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+
+    coordinator = SqliteCoordinator(tmp_path / "log.db")
+    first = start()
+    try:
+        wait_for_file(tmp_path / "handling.txt", first)
+        first.send_signal(signal.SIGTERM)
+        wait_for_file(tmp_path / "stopping.txt", first)
+        first.send_signal(second)
+        _, stderr = first.communicate(timeout=30)
+        assert coordinator.members("stuck", live_only=False) == []
+        assert coordinator.owners("stuck") == {}
+        assert first.returncode == 0, stderr
+        assert "cancelling the handlers still running" in stderr
+        (tmp_path / "handling.txt").unlink()
+        later = start()
+        try:
+            wait_for_file(tmp_path / "handling.txt", later)
+            [member] = coordinator.members("stuck")
+            assert member.pid == later.pid
+            assert set(coordinator.owners("stuck").values()) == {member.member_id}
+            assert len(coordinator.owners("stuck")) == 2
+        finally:
+            later.kill()
+            later.communicate()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        coordinator.close()
+
+
+JOBS = """
+from pathlib import Path
+from inmotion.runtime import App
+
+app = App("jobs")
+
+
+@app.task
+async def sweep() -> None:
+    Path(__file__).with_name("swept.txt").write_text("swept")
+    raise RuntimeError("the sweep broke")
+"""
+
+
+@pytest.mark.slow
+def test_run_serves_an_app_of_background_tasks_and_ends_with_a_tasks_error(url: str, tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(JOBS)
+    result = inmotion("run", "jobs:app", "--broker", url, "--json-logs", cwd=tmp_path)
+    assert result.returncode != 0
+    assert (tmp_path / "swept.txt").read_text() == "swept"
+    [logged] = [entry for entry in json_lines_of(result.stderr) if "background task" in entry["message"]]
+    assert logged["message"] == "background task sweep failed"
+    assert "RuntimeError: the sweep broke" in result.stderr
+
+
+def json_lines_of(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a process's stderr (a traceback may follow them)."""
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
 @pytest.mark.slow
 def test_run_refuses_what_is_not_an_app(tmp_path: Path) -> None:
     (tmp_path / "notapp.py").write_text("app = 42\n")
     (tmp_path / "own.py").write_text("from inmotion import App\napp = App('own', 'memory://')\n")
+    (tmp_path / "idle.py").write_text("from inmotion import App\napp = App('idle')\n")
     for spec, message in [
+        ("idle:app", "idle:app has no subscriptions or background tasks to run"),
         ("own:app", "names its own broker (memory://)"),
         ("notapp:app", "is a int, not an inmotion.App"),
         ("notapp:missing", "has no attribute 'missing'"),

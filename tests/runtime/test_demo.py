@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,10 @@ def test_the_shop_demo_ships_rejects_and_dead_letters(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shop.db'}"
     output = run_demo(url)
     assert "handler failed (attempt 1, will retry): GatewayTimeout" in output
+    # every follow-up event has a cause of its own: their short ids must differ
+    causes = re.findall(r"caused by (\S+)", output)
+    assert len(causes) >= 6
+    assert len(set(causes)) == len(causes), causes
     with connect(url) as log:
         failed = [entry.event().data["order_id"] for entry in entries(log, "shop.payment.dlq")]
         assert sorted(failed) == ["o-002", "o-006"]

@@ -139,6 +139,39 @@ def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(tmp_p
     assert calls == [5, 13, 13]
 
 
+def test_a_transactional_handler_is_exactly_once_without_dedupe_records(tmp_path: Path) -> None:
+    """The position commits with the handler's writes: a failed try leaves neither, and no
+    dedupe record is needed (nor written) for the effects to happen once."""
+    path = tmp_path / "log.db"
+    calls: list[int] = []
+
+    async def scenario() -> None:
+        with App("ledger", f"sqlite:///{path}") as app:
+            app.log.create_topic("payments", TopicConfig(partitions=1))
+            with sqlite3.connect(path) as setup:
+                setup.execute("CREATE TABLE booked (amount INTEGER)")
+
+            @app.subscribe("payments", group="ledger", transaction=True, retry=Retry(attempts=3, backoff=0))
+            def book(payment: dict[str, int], ctx: Context) -> None:
+                assert ctx.db is not None
+                calls.append(payment["amount"])
+                ctx.db.execute("INSERT INTO booked VALUES (?)", (payment["amount"],))
+                if payment["amount"] == 13 and calls.count(13) == 1:
+                    raise RuntimeError("unlucky: the write above must roll back")
+
+            await app.start()
+            for amount in (5, 13, 8):
+                await app.publish("payments", {"amount": amount})
+            await eventually(lambda: app.log.committed("ledger", "payments") == {0: 3})
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert calls == [5, 13, 13, 8]
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT amount FROM booked").fetchall() == [(5,), (13,), (8,)]
+        assert check.execute("SELECT count(*) FROM grp_handled").fetchone() == (0,)
+
+
 def test_dedupe_storage_failures_neither_stall_nor_drop_events() -> None:
     """Unreadable dedupe records: the event waits (with backoff) until they can be read, since
     handling it blind could repeat its effects. Unwritable ones: logged; the event counts as

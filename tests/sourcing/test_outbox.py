@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import inmotion
-from inmotion.errors import StorageError
+from inmotion.errors import InvalidConfig, StorageError
 from inmotion.log import Log, Position
 from inmotion.log.memory import MemoryLog
 from inmotion.sourcing import EventStore, NewEvent, OutboxRelay
@@ -111,3 +111,14 @@ def test_the_relay_follows_appends_into_a_sqlite_log(directory: Path) -> None:
     assert len(events) == 8
     check_complete_and_in_order(store, events)
     store.close()
+
+
+def test_a_type_prefix_namespaces_the_published_types(store: EventStore) -> None:
+    log = MemoryLog("memory://")
+    append_round(store, ["a"], 2)
+    relay = OutboxRelay(store, log, "events", type_prefix="bank.")
+    assert relay.relay_once() == 2
+    assert [event.type for event in published(log, "events")] == ["bank.Step", "bank.Step"]
+    for bad in ["bank account.", None]:
+        with pytest.raises(InvalidConfig, match="type_prefix must be text without whitespace"):
+            OutboxRelay(store, log, "events", type_prefix=bad)  # type: ignore[arg-type]

@@ -332,6 +332,15 @@ def test_a_projection_reads_a_log_topic_and_applies_duplicates_once(
     log.close()
 
 
+def test_a_projection_takes_the_relays_type_prefix_off(store: EventStore, read_model: Path) -> None:
+    with inmotion.connect("memory://") as log:
+        open_accounts(store, 2)
+        OutboxRelay(store, log, "accounts", type_prefix="bank.").relay_once()
+        with Projector(Balances(), TopicSource(log, "accounts", type_prefix="bank."), read_model) as projector:
+            assert projector.run_once() == 8
+            assert balances(projector) == {"acc-0": 6, "acc-1": 6}
+
+
 def test_a_record_that_is_no_cloudevent_names_its_place(directory: Path, read_model: Path) -> None:
     with inmotion.connect("memory://") as log:
         log.create_topic("accounts")

@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, parse_time_ms, print_json
-from inmotion.errors import InvalidConfig, UnknownTopic
-from inmotion.log import Coordinator, Log, MemberInfo, TopicPartition
+from inmotion.errors import InvalidConfig, InvalidEvent, UnknownTopic
+from inmotion.events.codec import source_and_id
+from inmotion.log import Coordinator, Log, MemberInfo, Record, TopicPartition
 from inmotion.runtime import deadletter, logs
 
 groups_app = typer.Typer(help="Inspect consumer groups: members, assignments, offsets, lag.", no_args_is_help=True)
@@ -287,10 +288,22 @@ def replay(
     offset: Annotated[int | None, typer.Option("--offset", help="This offset in every chosen partition.")] = None,
     partition: Annotated[list[int] | None, typer.Option("--partition", "-p", help="Only these partitions.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Move offsets even while the group has live members.")] = False,
+    forget_dedupe: Annotated[
+        bool,
+        typer.Option(
+            "--forget-dedupe",
+            help="Forget the group's dedupe records of the events from the replay point on, so that an"
+            " idempotent subscription handles them again instead of skipping them as seen.",
+        ),
+    ] = False,
     broker: BrokerOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Move a consumer group's offsets so that it handles a topic's events again."""
+    """Move a consumer group's offsets so that it handles a topic's events again.
+
+    An idempotent subscription skips events it has dedupe records for: replay tells how many of
+    the events from the replay point on that is (a warning on stderr), and --forget-dedupe
+    forgets those records first, so that the events are handled again."""
     if sum((from_beginning, since is not None, offset is not None)) != 1:
         fail("choose exactly one of --from-beginning, --since TIME and --offset N")
     if offset is not None and offset < 0:
@@ -319,13 +332,73 @@ def replay(
                 assert offset is not None
                 targets[p] = min(max(offset, earliest), latest)
         before = log.committed(group, topic)
+        replayed = {
+            p: _replayed(log, coordinator, group, topic, p, target, forget_dedupe) for p, target in targets.items()
+        }
         log.commit(group, topic, targets)
+    events = sum(count for count, _ in replayed.values())
+    deduped = sum(count for _, count in replayed.values())
+    if deduped and not forget_dedupe:
+        typer.echo(
+            f"warning: group {group!r} has dedupe records for {deduped} of the {events} event(s) from the replay"
+            " point on: an idempotent subscription skips them as seen. Pass --forget-dedupe to handle them again.",
+            err=True,
+        )
     if json:
         for p, target in targets.items():
-            print_json({"topic": topic, "group": group, "partition": p, "from": before.get(p), "to": target})
+            print_json(
+                {
+                    "topic": topic,
+                    "group": group,
+                    "partition": p,
+                    "from": before.get(p),
+                    "to": target,
+                    "events": replayed[p][0],
+                    "dedupe_records": replayed[p][1],
+                    "dedupe_forgotten": forget_dedupe,
+                }
+            )
         return
     for p, target in targets.items():
         typer.echo(f"{topic}/{p}: {before.get(p, '-')} -> {target}")
+    if deduped and forget_dedupe:
+        typer.echo(f"forgot the dedupe records of group {group!r} for {deduped} of the {events} event(s) replayed")
+
+
+_SCAN = 1000
+
+
+def _replayed(
+    log: Log, coordinator: Coordinator, group: str, topic: str, partition: int, start: int, forget: bool
+) -> tuple[int, int]:
+    """How many events the partition holds from `start` on, and for how many of them `group`
+    has dedupe records (which, with `forget`, are forgotten). Records that are no CloudEvent
+    have none: a consumer dead-letters them."""
+    events = deduped = 0
+    offset, end = start, log.latest_offset(topic, partition)
+    while offset < end:
+        records = log.read(topic, partition, offset, min(_SCAN, end - offset))
+        if not records:
+            break
+        keys = []
+        for record in records:
+            with contextlib.suppress(InvalidEvent):
+                keys.append(_event_key(record))
+        if keys:
+            deduped += coordinator.forget(group, keys) if forget else len(coordinator.seen(group, keys))
+        events += len(records)
+        offset = records[-1].offset + 1
+    return events, deduped
+
+
+def _event_key(record: Record) -> tuple[str, str]:
+    """(source, id), as the consumer keys dedupe records: from the headers of the binary
+    binding, else from the decoded event."""
+    try:
+        return source_and_id(record.headers)
+    except InvalidEvent:
+        event = record.event()
+        return event.source, event.id
 
 
 # --- run ------------------------------------------------------------------------------------
@@ -360,7 +433,8 @@ def run(
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
     broker: BrokerOption = None,
 ) -> None:
-    """Run an app's subscribers until SIGTERM or Ctrl-C (then finish, commit and leave)."""
+    """Run an app's subscribers and background tasks until SIGTERM or Ctrl-C (then finish,
+    commit, leave the groups and run the shutdown hooks)."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--log-level must be debug, info, warning or error, got {log_level!r}")
     if broker:
@@ -370,8 +444,8 @@ def run(
     if broker and app.log.url != broker:
         app.close()
         fail(f"{app_spec} names its own broker ({app.log.url}): drop --broker or create the App without one")
-    if not app.subscriptions:
-        fail(f"{app_spec} has no subscriptions to run")
+    if not app.subscriptions and not app.lifecycle.tasks:
+        fail(f"{app_spec} has no subscriptions or background tasks to run")
     try:
         app.run_sync()
     finally:

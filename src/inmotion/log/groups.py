@@ -9,7 +9,8 @@ fits the same shape (its assign/revoke callbacks fill the `Assignment`); the emb
 share the lease rules of `inmotion.log.leases`.
 
 The same storage remembers which events a group has handled (`seen`/`remember`), for
-idempotent subscriptions, within a bounded window; and a backend that can commit a handler's
+idempotent subscriptions, within a bounded window (`forget_before`), and forgets chosen ones
+when a replay asks for them to be handled again (`forget`); and a backend that can commit a handler's
 own writes with its position offers `transactions` (`transaction=True` subscriptions).
 """
 
@@ -111,6 +112,11 @@ class Coordinator(abc.ABC):
     def forget_before(self, group: str, cutoff_ms: int) -> int:
         """Drop the group's dedupe records older than `cutoff_ms` (the window's far end); returns how many."""
 
+    @abc.abstractmethod
+    def forget(self, group: str, keys: Sequence[tuple[str, str]]) -> int:
+        """Drop the group's dedupe records of these (source, id) pairs, so that the group
+        handles those events again (a replay); returns how many it had. Durable on return."""
+
     def flush(self, group: str) -> None:  # noqa: B027 - most coordinators remember synchronously
         """Make the group's remembered dedupe records durable (before offsets past them are committed)."""
 
@@ -124,8 +130,9 @@ class Coordinator(abc.ABC):
 
 
 class Transaction(abc.ABC):
-    """A handler's writes, committed together with the event's dedupe record, the events the
-    handler published and the group's next offset, or not at all: exactly-once effects.
+    """A handler's writes, committed together with the events the handler published, the
+    group's next offset and (idempotent subscriptions) the event's dedupe record, or not at
+    all: exactly-once effects.
 
     One transaction at a time, on one thread at a time; `begin` may wait for the backend's write
     lock, so callers on an event loop run it in a thread.
@@ -147,9 +154,10 @@ class Transaction(abc.ABC):
         """Append inside the transaction (a missing topic is created with `create`, when given)."""
 
     @abc.abstractmethod
-    def commit(self, key: tuple[str, str], tp: TopicPartition, next_offset: int, member_id: str) -> bool:
-        """Record `key` as handled and `next_offset` as the group's position on `tp`, then
-        commit; False, with everything rolled back, when `member_id` no longer holds `tp`."""
+    def commit(self, key: tuple[str, str] | None, tp: TopicPartition, next_offset: int, member_id: str) -> bool:
+        """Record `key` as handled (unless None: the position alone makes the effects
+        exactly-once) and `next_offset` as the group's position on `tp`, then commit; False,
+        with everything rolled back, when `member_id` no longer holds `tp`."""
 
     @abc.abstractmethod
     def rollback(self) -> None:

@@ -1,5 +1,5 @@
 """The runtime: `App` with publish, subscribe, consumer groups, retries, dead letters,
-idempotency and metrics.
+idempotency, lifecycle hooks (`on_startup`, `on_shutdown`), background tasks and metrics.
 
     from inmotion import App, Context, Retry
 
@@ -9,6 +9,12 @@ idempotency and metrics.
                    retry=Retry(attempts=5, backoff=0.2), concurrency=8, idempotent=True)
     async def charge(order: Order, ctx: Context) -> None:   # Order: pydantic, dataclass, Struct...
         await ctx.publish("billing.payments", Payment(order.id), key=order.id, type="billing.charged")
+
+    @app.task                 # a background job: started after start-up, cancelled at shutdown
+    async def reconcile() -> None:
+        while True:
+            await app.clock.sleep(300)   # periodic on the app's clock (FakeClock in tests)
+            ...
 
     app.run_sync()            # or: inmotion run billing.service:app
 

@@ -18,6 +18,7 @@ from inmotion.runtime import deadletter
 from inmotion.runtime.consumer import Consumer
 from inmotion.runtime.filters import FilterSpec, make_filter
 from inmotion.runtime.handler import Handler
+from inmotion.runtime.lifecycle import Lifecycle
 from inmotion.runtime.metrics import Metrics
 from inmotion.runtime.publisher import Publisher, to_message
 from inmotion.runtime.retry import Retry
@@ -40,7 +41,17 @@ class App:
     often finished offsets are committed (and always on shutdown and hand-over). `linger`:
     how long `publish` waits to gather more events into one append (0: append as soon as the
     previous append is done; a few milliseconds trade latency for fewer, larger transactions).
-    `clock`: where retries read the time and sleep (`FakeClock` in tests).
+    `clock`: where retries and periodic jobs read the time and sleep (`FakeClock` in tests).
+
+    `@app.on_startup` and `@app.on_shutdown` register hooks (to open and close what handlers
+    use), `@app.task` a background coroutine; a periodic job is a task that loops on
+    `app.clock.sleep`:
+
+        @app.task
+        async def expire_carts() -> None:
+            while True:
+                await app.clock.sleep(60)
+                await app.publish("shop.carts", {"older_than": "1h"}, type="shop.cart.expire")
     """
 
     def __init__(
@@ -76,7 +87,11 @@ class App:
         self.publisher = Publisher(self.log, self.metrics, topic_config, linger)
         self._coordinator: Coordinator | None = None
         self._stopped: asyncio.Event | None = None
+        self._hurry: asyncio.Event | None = None
+        """Set by a second signal: cancel the async handlers still running instead of waiting."""
         self._running: list[asyncio.Task[None]] = []
+        self.lifecycle = Lifecycle()
+        """The start-up and shutdown hooks and background tasks (`on_startup`, `on_shutdown`, `task`)."""
 
     # --- publishing -----------------------------------------------------------------------
     def build_event(
@@ -190,10 +205,11 @@ class App:
           any offset past it is committed), so a process killed in between handles the event
           again after the restart, repeating its effects. `transaction=True` makes effects
           happen exactly once.
-        - `transaction` (SQLite, with `idempotent`): `ctx.db` is an open transaction on the
-          log's file that commits with the dedupe record and position: exactly-once effects.
-          Transactions of one subscription run one at a time, and events published from the
-          handler are appended right after its commit.
+        - `transaction` (SQLite): `ctx.db` is an open transaction on the log's file that commits
+          with the group's position (and, with `idempotent`, the dedupe record): exactly-once
+          effects without `idempotent`, which adds skipping copies of an event published
+          twice. Transactions of one subscription run one at a time, and events published from
+          the handler are appended right after its commit.
         """
         names = (topics,) if isinstance(topics, str) else tuple(topics)
         if retry is not None and not isinstance(retry, Retry):
@@ -228,6 +244,30 @@ class App:
 
         return register
 
+    # --- lifecycle ------------------------------------------------------------------------
+    def on_startup(self, function: F) -> F:
+        """Register a function (async or plain, no argument) to run when the app starts,
+        before any subscriber joins its group; hooks run in registration order, and one that
+        fails stops the start with its error."""
+        self.lifecycle.add_hook(self.lifecycle.startup, function, "a start-up hook")
+        return function
+
+    def on_shutdown(self, function: F) -> F:
+        """Register a function (async or plain, no argument) to run when the app stops, after
+        its consumers left their groups; hooks run in registration order, each one even if
+        another failed (`stop` then raises the first error). They do not run when start-up
+        failed."""
+        self.lifecycle.add_hook(self.lifecycle.shutdown, function, "a shutdown hook")
+        return function
+
+    def task(self, function: F) -> F:
+        """Run an async function without arguments in the background while the app runs
+        (`app.task(fn)` or `@app.task`): started after start-up, cancelled at shutdown. A task
+        that raises is logged and ends `run` with its error; one that returns just ends. A
+        periodic job loops on `app.clock.sleep(seconds)`, so tests drive it with a `FakeClock`."""
+        self.lifecycle.add_task(function)
+        return function
+
     # --- running --------------------------------------------------------------------------
     @property
     def coordinator(self) -> Coordinator:
@@ -236,43 +276,82 @@ class App:
         return self._coordinator
 
     async def start(self) -> None:
-        """Start every subscription's consumer in the background."""
+        """Run the start-up hooks, then start every subscription's consumer and the background
+        tasks."""
         if self._stopped is not None:
             raise InvalidConfig(f"app {self.name!r} is already running")
+        await self.lifecycle.start_up()
         self._stopped = asyncio.Event()
+        self._hurry = asyncio.Event()
         consumers = [Consumer(self, s, self.coordinator) for s in self.subscriptions]
-        self._running = [asyncio.create_task(c.run(self._stopped)) for c in consumers]
+        self._running = [asyncio.create_task(c.run(self._stopped, self._hurry)) for c in consumers]
+        self.lifecycle.start_tasks()
 
     async def stop(self) -> None:
-        """Finish the events being handled, commit, leave the groups."""
+        """Cancel the background tasks; finish the events being handled, commit, leave the
+        groups; then run the shutdown hooks. Raises the first error of a consumer, a task or a
+        hook."""
         if self._stopped is None:
             return
         self._stopped.set()
+        task_errors = await self.lifecycle.stop_tasks()
         results = await asyncio.gather(*self._running, return_exceptions=True)
-        self._stopped = None
+        self._stopped = self._hurry = None
         self._running = []
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
+        errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
+        errors += task_errors
+        errors += await self.lifecycle.shut_down()
+        if errors:
+            raise errors[0]
 
     async def run(self, until: asyncio.Event | None = None) -> None:
-        """Run the subscribers until `until` is set, SIGTERM or SIGINT arrives, or one fails."""
+        """Run the app until `until` is set, SIGTERM or SIGINT arrives, or a subscriber or a
+        background task fails.
+
+        A signal that arrives while the app stops (`timeout` sends a second one, impatient
+        users press Ctrl-C again) cancels the async handlers still running, whose events stay
+        uncommitted to be handled again; the consumers still commit what finished and leave
+        their groups, so that other members take the partitions over at once. Plain handlers
+        run in threads, which cannot be cancelled: they finish first."""
         stop = until or asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if not (stop.is_set() or (self._stopped is not None and self._stopped.is_set())):
+                logger.info("stopping: finishing the events being handled (a second signal cancels them)")
+                stop.set()
+            elif self._hurry is not None and not self._hurry.is_set():
+                logger.warning("signal while stopping: cancelling the handlers still running, then leaving the groups")
+                self._hurry.set()
+
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
                 installed.append(sig)
-        await self.start()
         try:
-            waiting = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([waiting, *self._running], return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
+            await self.start()
+            await self._until_stopped(stop)
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            await self.stop()
+            try:  # the handlers stay until the groups are left: a default handler would kill the process
+                await self.stop()
+            finally:
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
+
+    async def _until_stopped(self, stop: asyncio.Event) -> None:
+        """Return once `stop` is set, a consumer ends or a background task fails (a task that
+        returns is done, nothing more)."""
+        waiting = asyncio.ensure_future(stop.wait())
+        watched: set[asyncio.Future[Any]] = {waiting, *self._running, *self.lifecycle.running}
+        try:
+            while True:
+                done, watched = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                finished_tasks = [t for t in done if t in self.lifecycle.running]
+                if len(finished_tasks) < len(done) or any(t.cancelled() or t.exception() for t in finished_tasks):
+                    return
+        finally:
+            waiting.cancel()
 
     def run_sync(self) -> None:
         """`run` in a fresh event loop; returns after SIGTERM/SIGINT and a clean shutdown."""

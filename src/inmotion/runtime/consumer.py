@@ -10,8 +10,8 @@ to hand over (finish, commit, release) or lost (stop at once, commit nothing).
 Delivery is at-least-once: a partition's committed offset is the lowest offset whose handling
 has not finished (handled, skipped or dead-lettered), so it never passes unfinished work.
 Idempotent subscriptions skip events whose (source, id) the group has handled; transactional
-ones commit the handler's writes with the event's dedupe record and position (exactly-once
-effects) through the backend's `Transaction`.
+ones commit the handler's writes with the position (and, if idempotent, the event's dedupe
+record) through the backend's `Transaction`: exactly-once effects.
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ class Consumer:
         return await asyncio.get_running_loop().run_in_executor(pool or self._io, function, *args)
 
     # --- lifecycle ------------------------------------------------------------------------
-    async def run(self, stopped: asyncio.Event) -> None:
+    async def run(self, stopped: asyncio.Event, hurry: asyncio.Event) -> None:
+        """Take part in the group until `stopped` is set, then finish the events being handled
+        (unless `hurry` is set meanwhile), commit and leave."""
         partitions = {topic: await self._call(self._prepare_topic, topic) for topic in self.subscription.topics}
         if self.subscription.dead_letter is not None:
             await self._call(deadletter.ensure_topic, self.log, self.subscription.dead_letter)
@@ -121,7 +123,7 @@ class Consumer:
         finally:
             for task in fetchers:
                 task.cancel()
-            await asyncio.gather(*(w.drain() for w in self.workers.values()))
+            await self._drain(hurry)
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self.dedupe is not None:
                 await self.dedupe.written()
@@ -146,6 +148,21 @@ class Consumer:
         """The workers whose progress the periodic commit stores (not those being handed over,
         whose hand-over commits them)."""
         return [worker for tp, worker in self.workers.items() if tp not in self._revoking]
+
+    async def _drain(self, hurry: asyncio.Event) -> None:
+        """Let the workers finish the events being handled; when `hurry` is set first, cancel
+        async handlers (their events stay uncommitted). Plain handlers run on in their threads
+        whatever is cancelled, so they are waited for."""
+        workers = list(self.workers.values())
+        draining: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(w.drain() for w in workers)))
+        hurrying: asyncio.Future[Any] = asyncio.ensure_future(hurry.wait())
+        await asyncio.wait({draining, hurrying}, return_when=asyncio.FIRST_COMPLETED)
+        hurrying.cancel()
+        if not draining.done() and self.subscription.handler.is_async:
+            logger.warning("cancelling the handlers still running", extra={"group": self.group})
+            for worker in workers:
+                worker.abort()
+        await draining
 
     def _prepare_topic(self, topic: str) -> int:
         try:

@@ -247,16 +247,18 @@ class Pipeline:
         return DEAD_LETTERED
 
     async def _handle_in_transaction(self, payload: Any, context: Context, key: Key, seat: Seat) -> Outcome:
-        """Run the handler inside one transaction with the dedupe record, the events it
-        publishes and the group's position (the backend's `Transaction`)."""
+        """Run the handler inside one transaction with the events it publishes, the group's
+        position and, for an idempotent subscription, the dedupe record (the backend's
+        `Transaction`); SKIPPED when an idempotent group had handled the event already."""
         transaction = self.transaction
         assert transaction is not None
+        dedupe_key = key if self.subscription.idempotent else None
         deferred: list[tuple[str, Event, Mapping[str, str] | None]] = []
         published: dict[str, int] = {}
         async with self._transaction_lock:
             await begin(transaction, self._pool)
             try:
-                if transaction.seen(key):
+                if dedupe_key is not None and transaction.seen(dedupe_key):
                     transaction.rollback()
                     self.counter("skipped", seat.tp.topic).add()
                     return SKIPPED
@@ -269,7 +271,7 @@ class Pipeline:
                     transaction.append(topic, [to_message(follow_up, headers)], self.app.topic_config)
                     published[topic] = published.get(topic, 0) + 1
                 point = seat.commit_point(finishing=context.record.offset)
-                if not transaction.commit(key, seat.tp, point, self._member_id()):
+                if not transaction.commit(dedupe_key, seat.tp, point, self._member_id()):
                     return ABANDONED  # the partition is another member's now
             except BaseException:
                 transaction.rollback()

@@ -41,9 +41,5 @@ class Subscription:
             or not 1 <= self.concurrency <= 1000
         ):
             raise InvalidConfig(f"concurrency must be an integer between 1 and 1000, got {self.concurrency!r}")
-        if self.transaction and not self.idempotent:
-            raise InvalidConfig(
-                "transaction=True needs idempotent=True: the dedupe record makes the effects exactly-once"
-            )
         if self.dedupe_window <= 0:
             raise InvalidConfig(f"dedupe_window must be positive, got {self.dedupe_window!r}")

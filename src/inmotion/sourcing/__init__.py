@@ -4,9 +4,14 @@
 - `Aggregate`, `applies`, `Repository`: typed events, appliers, snapshots, sync and async.
 - `EventTypes` and `upcast_vN_vN+1` methods: schema versions migrated on read.
 - `Projection`, `handles`, `Projector`: read models in SQLite with exactly-once effects.
-- `OutboxRelay`: the store's events, published to a log topic in order.
+- `OutboxRelay`: the store's events, published to a log topic in order (`type_prefix` namespaces
+  their types).
+
+`Repository.save` raises `ConcurrencyError` (re-exported from `inmotion.errors`) when another
+writer saved the aggregate first: load it again and retry the command.
 """
 
+from inmotion.errors import ConcurrencyError
 from inmotion.sourcing.aggregate import Aggregate, Repository, applies
 from inmotion.sourcing.errors import AggregateNotFound, UnreadableEvent
 from inmotion.sourcing.outbox import OutboxRelay
@@ -25,6 +30,7 @@ from inmotion.sourcing.versioning import EventTypes
 __all__ = [
     "Aggregate",
     "AggregateNotFound",
+    "ConcurrencyError",
     "EventStore",
     "EventTypes",
     "NewEvent",

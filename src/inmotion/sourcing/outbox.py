@@ -7,6 +7,11 @@ store and publishes everything after it, oldest first, keyed by stream id, so ev
 stream lands in one partition in version order. It saves the cursor only after the log has
 accepted a batch: a crash in between publishes that batch again on restart, never skips it.
 Consumers dedupe by the CloudEvent id (a projection on a `TopicSource` does so by stream version).
+
+A stored event's type is its class name (`Deposited`); on a topic that other services read,
+`type_prefix="bank."` publishes it as `bank.Deposited`, so that routing rules and type filters
+can tell one domain's events from another's (a `TopicSource` with the same prefix takes it off
+again for projections).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import threading
 
 from inmotion.errors import InvalidConfig, TopicExists
 from inmotion.log import Log, TopicConfig, connect
-from inmotion.sourcing.store import EVENT_SOURCE, EventStore
+from inmotion.sourcing.store import EVENT_SOURCE, EventStore, check_type_prefix
 
 
 class OutboxRelay:
@@ -32,9 +37,11 @@ class OutboxRelay:
         source: str = EVENT_SOURCE,
         batch_size: int = 500,
         topic_config: TopicConfig = TopicConfig(),
+        type_prefix: str = "",
     ) -> None:
         if batch_size < 1:
             raise InvalidConfig(f"batch_size must be positive, got {batch_size}")
+        check_type_prefix(type_prefix)
         self.store = store
         self._owns_log = isinstance(log, str)
         self.log = connect(log) if isinstance(log, str) else log
@@ -42,6 +49,7 @@ class OutboxRelay:
         self.cursor_name = name or f"outbox:{topic}"
         self.source = source
         self.batch_size = batch_size
+        self.type_prefix = type_prefix
         if topic not in self.log.list_topics():
             with contextlib.suppress(TopicExists):  # another relay or process created it first
                 self.log.create_topic(topic, topic_config)
@@ -54,7 +62,7 @@ class OutboxRelay:
             events = self.store.read_all(cursor + 1, self.batch_size)
             if not events:
                 return published
-            self.log.append_events(self.topic, [event.to_cloudevent(self.source) for event in events])
+            self.log.append_events(self.topic, [event.to_cloudevent(self.source, self.type_prefix) for event in events])
             self.store.recorder.save_cursor(self.cursor_name, events[-1].position)
             published += len(events)
 

@@ -41,7 +41,7 @@ from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.log import Log, Record
 from inmotion.log.registry import backend_for
 from inmotion.sourcing.aggregate import marked_methods, marker
-from inmotion.sourcing.store import EventStore, StoredEvent, encode_json
+from inmotion.sourcing.store import EventStore, StoredEvent, check_type_prefix, encode_json
 from inmotion.sourcing.versioning import EventTypes, event_type_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -155,13 +155,16 @@ class StoreSource(Source):
 
 class TopicSource(Source):
     """A log topic (any `Log` backend): one cursor per partition, the next offset. Events that the
-    outbox relay published twice are applied once (see `dedupe`)."""
+    outbox relay published twice are applied once (see `dedupe`). `type_prefix`: the relay's, taken
+    off the events' types so that they meet the projection's handlers by class name."""
 
     dedupe = True
 
-    def __init__(self, log: Log, topic: str) -> None:
+    def __init__(self, log: Log, topic: str, *, type_prefix: str = "") -> None:
+        check_type_prefix(type_prefix)
         self.log = log
         self.topic = topic
+        self.type_prefix = type_prefix
 
     def start(self) -> dict[str, int]:
         partitions = self.log.partition_count(self.topic)
@@ -186,7 +189,7 @@ class TopicSource(Source):
                 event.subject or event.key or "",
                 int(str(version)),
                 record.offset,
-                event.type,
+                event.type.removeprefix(self.type_prefix),
                 int(str(schema_version)),
                 event.id,
                 record.timestamp,

@@ -98,10 +98,11 @@ class StoredEvent(msgspec.Struct, frozen=True):
     def recorded_at(self) -> datetime:
         return datetime.fromtimestamp(self.recorded_ms / 1000, UTC)
 
-    def to_cloudevent(self, source: str = EVENT_SOURCE) -> Event:
-        """The event as a CloudEvent keyed by its stream, so a log keeps each stream in order."""
+    def to_cloudevent(self, source: str = EVENT_SOURCE, type_prefix: str = "") -> Event:
+        """The event as a CloudEvent keyed by its stream, so a log keeps each stream in order;
+        its type is the stored one after `type_prefix` (`bank.` + `Deposited`)."""
         return Event.create(
-            self.type,
+            type_prefix + self.type,
             self.data,
             source=source,
             key=self.stream_id,
@@ -288,6 +289,12 @@ class EventStore:
     @property
     def recorder(self) -> Recorder:
         return self._recorder
+
+
+def check_type_prefix(prefix: object) -> None:
+    """A prefix for the types of published events (`bank.`): text, without whitespace."""
+    if not isinstance(prefix, str) or any(c.isspace() for c in prefix):
+        raise InvalidConfig(f"type_prefix must be text without whitespace, e.g. 'bank.', got {prefix!r}")
 
 
 def _open_recorder(url: str) -> Recorder:

@@ -230,6 +230,15 @@ class GroupContract:
         assert coordinator.seen(group, [("src", "1"), ("src", "3")]) == {("src", "1")}
         assert coordinator.seen(f"{group}-other", [("src", "1")]) == set()
 
+    def test_dedupe_records_of_chosen_events_can_be_forgotten(self, coordinator: Coordinator, group: str) -> None:
+        coordinator.remember(group, [("src", "1"), ("src", "2"), ("src", "3")])
+        coordinator.remember(f"{group}-other", [("src", "1")])
+        coordinator.flush(group)
+        assert coordinator.forget(group, [("src", "1"), ("src", "2"), ("src", "2"), ("src", "9")]) == 2
+        assert coordinator.seen(group, [("src", "1"), ("src", "2"), ("src", "3")]) == {("src", "3")}
+        assert coordinator.seen(f"{group}-other", [("src", "1")]) == {("src", "1")}
+        assert coordinator.forget(group, [("src", "1")]) == 0
+
     def test_flushed_dedupe_records_are_seen_by_every_coordinator_of_the_log(
         self, log: Log, coordinator: Coordinator, group: str
     ) -> None:

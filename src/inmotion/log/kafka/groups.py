@@ -16,9 +16,9 @@ refuses offset changes from the admin client while a group has members.
 
 Dedupe records of idempotent subscriptions live in a topic per group,
 `__inmotion-handled-<group>` (one partition; records expire with the dedupe window through
-`retention.ms`). A coordinator reads the topic into memory when first asked and keeps up
-with it; a member reads to its end again whenever it is assigned partitions, so it knows
-what the previous owner handled.
+`retention.ms`; `forget` writes tombstones, records without a value). A coordinator reads the
+topic into memory when first asked and keeps up with it; a member reads to its end again
+whenever it is assigned partitions, so it knows what the previous owner handled.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any, NoReturn
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaPartition
 
-from inmotion.errors import InmotionError, InvalidConfig, TopicExists
+from inmotion.errors import BrokerUnavailable, InmotionError, InvalidConfig, TopicExists
 from inmotion.log.base import TopicConfig, check_group_name
 from inmotion.log.groups import (
     DEFAULT_SESSION_TIMEOUT,
@@ -112,8 +112,9 @@ class _Handled:
             for msg in messages:
                 if msg.error() is None:
                     source, _, event_id = (msg.key() or b"").decode().partition("\x00")
-                    stamp = msg.timestamp()[1]
-                    if stamp >= self.cutoff_ms:
+                    if msg.value() is None:  # forgotten
+                        self.known.pop((source, event_id), None)
+                    elif (stamp := msg.timestamp()[1]) >= self.cutoff_ms:
                         self.known[(source, event_id)] = stamp
                     self.position = (msg.offset() or 0) + 1
             if not messages and (self.position >= high or time.monotonic() >= deadline):
@@ -144,6 +145,15 @@ class _Handled:
         if remaining:
             # at-least-once still holds: without their records the events may be handled again
             logger.warning("%d dedupe record(s) of group %s not stored yet", remaining, self.group)
+
+    def forget(self, keys: Sequence[tuple[str, str]]) -> int:
+        with self.lock:
+            forgotten = [key for key in set(keys) if self.known.pop(key, None) is not None]
+        for source, event_id in forgotten:
+            self.producer.produce(self.topic, value=None, key=f"{source}\x00{event_id}".encode())
+        if self.producer.flush(self.log.config.timeout):
+            raise BrokerUnavailable(f"forgetting dedupe records of group {self.group}: not all stored in time")
+        return len(forgotten)
 
     def forget_before(self, cutoff_ms: int) -> int:
         with self.lock:
@@ -223,6 +233,9 @@ class KafkaCoordinator(Coordinator):
 
     def forget_before(self, group: str, cutoff_ms: int) -> int:
         return self._dedupe(group).forget_before(cutoff_ms)
+
+    def forget(self, group: str, keys: Sequence[tuple[str, str]]) -> int:
+        return self._dedupe(group).forget(keys)
 
     def assigned(self, group: str) -> None:
         """A member of `group` got partitions: what their previous owner handled is news."""

@@ -51,6 +51,11 @@ class MemoryCoordinator(LeaseCoordinator):
         with self._lock:
             self._seen.setdefault(group, {}).update(dict.fromkeys(keys, now))
 
+    def forget(self, group: str, keys: Sequence[tuple[str, str]]) -> int:
+        with self._lock:
+            known = self._seen.get(group, {})
+            return sum(known.pop(key, None) is not None for key in set(keys))
+
     def forget_before(self, group: str, cutoff_ms: int) -> int:
         with self._lock:
             known = self._seen.get(group, {})

@@ -240,6 +240,13 @@ class SqliteCoordinator(LeaseCoordinator):
         ).fetchone()
         return row is not None
 
+    def forget(self, group: str, keys: Sequence[tuple[str, str]]) -> int:
+        with self._writing() as conn:
+            return conn.executemany(
+                "DELETE FROM grp_handled WHERE grp = ? AND source = ? AND id = ?",
+                [(group, source, event_id) for source, event_id in set(keys)],
+            ).rowcount
+
     def forget_before(self, group: str, cutoff_ms: int) -> int:
         with self._writing() as conn:
             return conn.execute("DELETE FROM grp_handled WHERE grp = ? AND handled_ms < ?", (group, cutoff_ms)).rowcount
@@ -278,13 +285,14 @@ class SqliteTransaction(Transaction):
     def append(self, topic: str, messages: Sequence[Message], create: TopicConfig | None) -> None:
         self.coordinator.log.append_in(self.connection, topic, messages, create)
 
-    def commit(self, key: tuple[str, str], tp: TopicPartition, next_offset: int, member_id: str) -> bool:
+    def commit(self, key: tuple[str, str] | None, tp: TopicPartition, next_offset: int, member_id: str) -> bool:
         conn = self.connection
         with self._translate():
             if not self.coordinator.holds(conn, self.group, member_id, tp):
                 conn.execute("ROLLBACK")
                 return False
-            self.coordinator.remember_in(conn, self.group, [key])
+            if key is not None:
+                self.coordinator.remember_in(conn, self.group, [key])
             self.coordinator.log.commit_in(conn, self.group, tp.topic, {tp.partition: next_offset})
             conn.execute("COMMIT")
         return True
