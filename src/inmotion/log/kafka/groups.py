@@ -148,6 +148,9 @@ class _Handled:
 
     def forget(self, keys: Sequence[tuple[str, str]]) -> int:
         with self.lock:
+            # take in every record stored so far first: one still on its way to the reader
+            # would bring a forgotten key back until the tombstone behind it arrives
+            self._take_in(self.log.latest_offset(self.topic, 0))
             forgotten = [key for key in set(keys) if self.known.pop(key, None) is not None]
         for source, event_id in forgotten:
             self.producer.produce(self.topic, value=None, key=f"{source}\x00{event_id}".encode())
