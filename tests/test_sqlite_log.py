@@ -3,6 +3,7 @@ kill -9, and turn locked, corrupt or unreadable files into one clear StorageErro
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -21,9 +23,10 @@ from hypothesis import strategies as st
 import inmotion
 import inmotion.log.sqlite.log as sqlite_module
 from inmotion.errors import InvalidConfig, StorageError
-from inmotion.log import Message, TopicConfig
+from inmotion.log import Message, TopicConfig, connect
 from inmotion.log.sqlite import SqliteLog
 from inmotion.log.sqlite.file import APPLICATION_ID
+from inmotion.sourcing import EventStore
 
 APPENDER = textwrap.dedent(
     """
@@ -398,3 +401,41 @@ def test_positions_of_transactional_handlers_in_files_of_before_join_the_committ
         assert log.committed("ledger", "payments") == {0: 7, 1: 9}  # the later of the two
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT 1 FROM sqlite_master WHERE name = 'grp_positions'").fetchone() is None
+
+
+def test_a_file_of_another_application_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "theirs.db"
+    with sqlite3.connect(path) as theirs:
+        theirs.execute("CREATE TABLE notes (text TEXT)")
+        theirs.execute("INSERT INTO notes VALUES ('mine')")
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="not an inmotion log"):
+        connect(f"sqlite:///{path}")
+    with pytest.raises(StorageError, match="not an inmotion log"):
+        EventStore(f"sqlite:///{path}")
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as theirs:
+        assert theirs.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def _open_new_files(directory: str, rounds: int, start: Any) -> list[str]:
+    failures = []
+    for n in range(rounds):
+        start.wait()
+        try:
+            connect(f"sqlite:///{directory}/new-{n}.db").close()
+        except StorageError as exc:
+            failures.append(str(exc))
+    return failures
+
+
+def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Switching a new file to WAL takes a lock for which SQLite calls no busy handler: three
+    processes racing to open it used to fail at once with 'locked' (11 of 120 times)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        start = manager.Barrier(3)
+        with context.Pool(3) as pool:
+            results = [pool.apply_async(_open_new_files, (str(tmp_path), 30, start)) for _ in range(3)]
+            failures = [failure for result in results for failure in result.get(timeout=120)]
+    assert failures == []

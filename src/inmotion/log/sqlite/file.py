@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -135,3 +136,31 @@ class SqliteFile:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()
+
+
+def refuse_foreign(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a SQLite file of another application before anything changes it (not even its
+    journal mode): it is ours (our `application_id`) or new (no id, no tables)."""
+    # one statement, one snapshot: another process may be creating the schema meanwhile
+    app_id, tables = conn.execute(
+        "SELECT application_id, (SELECT count(*) FROM sqlite_master) FROM pragma_application_id()"
+    ).fetchone()
+    if app_id != APPLICATION_ID and (app_id != 0 or tables):
+        raise StorageError(f"{path} is a SQLite database but not an inmotion log")
+
+
+def use_wal(conn: sqlite3.Connection, path: Path, timeout: float) -> None:
+    """Put the file in WAL mode. Switching takes an exclusive lock for which SQLite does not call
+    the busy handler: processes opening a new file at once retry here, up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        if time.monotonic() > deadline:
+            raise StorageError(f"{path} is locked by another process (waited {timeout:g}s)")
+        time.sleep(0.005)

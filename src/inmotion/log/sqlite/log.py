@@ -52,7 +52,7 @@ from inmotion.log.base import (
 )
 from inmotion.log.groups import Coordinator
 from inmotion.log.retention import RetentionRow, needs_scan, plan_removals
-from inmotion.log.sqlite.file import APPLICATION_ID, SqliteFile, database_path, finish
+from inmotion.log.sqlite.file import APPLICATION_ID, SqliteFile, database_path, finish, refuse_foreign, use_wal
 
 T = TypeVar("T")
 _logger = logging.getLogger("inmotion.log.sqlite")
@@ -270,7 +270,8 @@ class SqliteLog(SqliteFile, Log):
         conn = self._connect()
         try:
             with self._translate("open"):
-                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                refuse_foreign(conn, self.path)
+                use_wal(conn, self.path, self.timeout)
                 conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'fsync' else 'NORMAL'}")
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
                 self._ensure_schema(conn)
@@ -296,9 +297,7 @@ class SqliteLog(SqliteFile, Log):
                 _batches_from_rows(conn)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif app_id != APPLICATION_ID:
-                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-                if app_id != 0 or tables:
-                    raise StorageError(f"{self.path} is a SQLite database but not an inmotion log")
+                refuse_foreign(conn, self.path)  # again, under the lock: another process may have been first
                 _create_tables(conn)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

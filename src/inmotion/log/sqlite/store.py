@@ -25,6 +25,7 @@ from inmotion.log.sqlite.file import (
     immediate,
     open_connection,
     translate_errors,
+    use_wal,
 )
 from inmotion.log.sqlite.log import SqliteLog
 from inmotion.sourcing.store import EncodedEvent, Recorder, StoredEvent, StoredSnapshot
@@ -92,7 +93,7 @@ def connect(path: Path, timeout: float, *, durability: str = "normal") -> sqlite
             (app_id,) = conn.execute("PRAGMA application_id").fetchone()
             if app_id != APPLICATION_ID:
                 SqliteLog(path, timeout=timeout).close()
-            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            use_wal(conn, path, timeout)
             conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'fsync' else 'NORMAL'}")
         except BaseException:
             conn.close()
