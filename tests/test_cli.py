@@ -179,3 +179,53 @@ def test_corrupt_and_locked_database(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "locked by another process" in result.stderr
     assert run(f"sqlite:///{locked}", "tail", "t").stdout == ""
+
+
+def run_bytes(broker: str, *args: str | bytes, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "INMOTION_BROKER": broker}
+    return subprocess.run([INMOTION, *args], input=stdin, capture_output=True, env=env, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "says"),
+    [
+        ((b"publish", b"orders", b'"\xff"'), b"", "not valid UTF-8"),
+        ((b"publish", b"orders", b"-"), b'{"ok": 1}\n"\xff\xfe"\n', "line 2: invalid event: not valid UTF-8"),
+        ((b"publish", b"orders", b"-"), b"[" * 1500 + b"]" * 1500 + b"\n", "nested too deeply"),
+        ((b"tail", b"orders", b"--offset", b"99999999999999999999"), b"", "--offset must be between 0 and"),
+        ((b"tail", b"orders", b"--offset", b"-5"), b"", "--offset must be between 0 and"),
+        ((b"replay", b"orders", b"--group", b"g", b"--offset", b"99999999999999999999"), b"", "--offset must be"),
+        ((b"topics", b"create", b"big", b"--retention", b"99999999999999999999w"), b"", "duration must be positive"),
+        ((b"topics", b"create", b"big", b"--retention-bytes", b"99999999999999999999TiB"), b"", "size must be"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(
+    broker: str, args: tuple[bytes, ...], stdin: bytes, says: str
+) -> None:
+    run(broker, "topics", "create", "orders")
+    result = run_bytes(broker, *args, stdin=stdin)
+    stderr = result.stderr.decode()
+    assert result.returncode != 0
+    assert says in stderr
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    listed = [json.loads(line)["name"] for line in run(broker, "topics", "list", "--json").stdout.splitlines()]
+    assert listed == ["orders"]
+    assert run(broker, "tail", "orders", "--json").stdout == ""
+
+
+@pytest.mark.parametrize("command", [["tail", "orders"], ["groups", "list"], ["topics", "list"], ["dlq", "list"]])
+def test_commands_that_only_look_do_not_create_a_log(tmp_path: Path, command: list[str]) -> None:
+    mistyped = tmp_path / "typo.db"
+    result = run(f"sqlite:///{mistyped}", *command, check=False)
+    assert result.returncode == 1
+    assert f"{mistyped} does not exist" in result.stderr
+    assert not mistyped.exists()
+
+
+@pytest.mark.parametrize("option", ["poll=0", "timeout=-1", "retention_interval=0", "poll=inf"])
+def test_sqlite_url_options_must_be_positive(broker: str, option: str) -> None:
+    run(broker, "topics", "create", "orders")
+    result = run(f"{broker}?{option}", "tail", "orders", check=False)
+    assert result.returncode == 1
+    assert "must be a positive number of seconds" in result.stderr

@@ -104,7 +104,7 @@ def test_replay_moves_offsets_and_refuses_while_the_group_is_live(url: str, tmp_
         assert log.committed("billing", "orders") == {0: 0, 1: 0}
     for bad, message in [
         (["--from-beginning", "--offset", "1"], "choose exactly one"),
-        (["--offset", "-1"], "must not be negative"),
+        (["--offset", "-1"], "--offset must be between 0 and"),
         (["--since", "yesterday"], "invalid time"),
         (["--from-beginning", "-p", "7"], "has no partition 7"),
     ]:

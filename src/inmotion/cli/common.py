@@ -46,10 +46,14 @@ _SIZE_FACTOR = {
 }
 
 json_encoder = msgspec.json.Encoder()
+LARGEST = 2**63 - 1
+"""The largest offset, size or time in milliseconds that the logs store (a signed 64-bit integer)."""
 
 
-def open_log(broker: str | None) -> Log:
-    return connect(broker or default_broker())
+def open_log(broker: str | None, *, create: bool = True) -> Log:
+    """The log `--broker` names; with `create=False` (commands that only look) a SQLite file
+    that does not exist is an error instead of a new, empty log."""
+    return connect(broker or default_broker(), create=create)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -74,8 +78,8 @@ def parse_duration_ms(text: str) -> int:
     if not match:
         raise InvalidConfig(f"invalid duration {text!r}: use a number and a unit (ms, s, m, h, d, w), e.g. 7d")
     value = int(float(match.group(1)) * _DURATION_MS[match.group(2)])
-    if value <= 0:
-        raise InvalidConfig(f"duration must be positive, got {text!r}")
+    if not 0 < value <= LARGEST:
+        raise InvalidConfig(f"duration must be positive and at most {LARGEST} ms, got {text!r}")
     return value
 
 
@@ -85,9 +89,15 @@ def parse_size(text: str) -> int:
     if not match:
         raise InvalidConfig(f"invalid size {text!r}: use bytes or a unit (KB, MB, GB, KiB, MiB, GiB), e.g. 100MB")
     value = int(match.group(1)) * _SIZE_FACTOR[(match.group(2) or "b").lower()]
-    if value <= 0:
-        raise InvalidConfig(f"size must be positive, got {text!r}")
+    if not 0 < value <= LARGEST:
+        raise InvalidConfig(f"size must be positive and at most {LARGEST} bytes, got {text!r}")
     return value
+
+
+def check_offset(offset: int, option: str = "--offset") -> int:
+    if not 0 <= offset <= LARGEST:
+        fail(f"{option} must be between 0 and {LARGEST}, got {offset}", code=2)
+    return offset
 
 
 def parse_time_ms(text: str, now: datetime | None = None) -> int:

@@ -14,6 +14,7 @@ import typer
 from inmotion.cli.common import (
     BrokerOption,
     JsonOption,
+    check_offset,
     fail,
     json_encoder,
     open_log,
@@ -54,8 +55,8 @@ def publish(
     else:
         try:
             value = decode_json_document(data)
-        except InvalidEvent:
-            fail(f"DATA is not valid JSON: {data!r} (quote strings: '\"text\"')", code=2)
+        except InvalidEvent as error:
+            fail(f"DATA is not valid JSON: {error.problem} (quote strings: '\"text\"')", code=2)
         events = [Event.create(type, value, source=source, key=key, subject=subject)]
     if not events:
         typer.echo("nothing to publish: stdin was empty", err=True)
@@ -107,7 +108,9 @@ def tail(
         fail("choose one start: --from-beginning, --offset or --since", code=2)
     if limit is not None and limit < 0:
         fail("--limit must be 0 or more", code=2)
-    with open_log(broker) as log:
+    if offset is not None:
+        check_offset(offset)
+    with open_log(broker, create=False) as log:
         count = log.partition_count(topic)
         if partition is not None and not 0 <= partition < count:
             fail(f"topic {topic!r} has no partition {partition} (it has {count})", code=2)

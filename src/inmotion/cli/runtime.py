@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, parse_time_ms, print_json
+from inmotion.cli.common import BrokerOption, JsonOption, check_offset, fail, open_log, parse_time_ms, print_json
 from inmotion.errors import InvalidConfig, InvalidEvent, UnknownTopic
 from inmotion.events.codec import source_and_id
 from inmotion.log import Coordinator, Log, MemberInfo, Record, TopicPartition
@@ -27,7 +27,7 @@ dlq_app = typer.Typer(help="List and redrive dead-letter topics.", no_args_is_he
 
 @contextlib.contextmanager
 def _open(broker: str | None) -> Iterator[tuple[Log, Coordinator]]:
-    with open_log(broker) as log:
+    with open_log(broker, create=False) as log:
         coordinator = log.group_coordinator()
         try:
             yield log, coordinator
@@ -192,7 +192,7 @@ def dlq_list(
     """List dead-lettered events with their errors."""
     if limit <= 0:
         fail(f"--limit must be positive, got {limit}")
-    with open_log(broker) as log:
+    with open_log(broker, create=False) as log:
         found = []
         for name in _dlq_topics(log, topic):
             for count, entry in enumerate(deadletter.entries(log, name)):
@@ -255,7 +255,7 @@ def dlq_redrive(
             return False
         return not event_id or entry.event().id in event_id
 
-    with open_log(broker) as log:
+    with open_log(broker, create=False) as log:
         if to is not None and to not in log.list_topics():
             raise UnknownTopic(to)
         if dry_run:
@@ -306,8 +306,8 @@ def replay(
     forgets those records first, so that the events are handled again."""
     if sum((from_beginning, since is not None, offset is not None)) != 1:
         fail("choose exactly one of --from-beginning, --since TIME and --offset N")
-    if offset is not None and offset < 0:
-        fail(f"--offset must not be negative, got {offset}")
+    if offset is not None:
+        check_offset(offset)
     since_ms = None if since is None else parse_time_ms(since)
     with _open(broker) as (log, coordinator):
         count = log.partition_count(topic)

@@ -50,7 +50,7 @@ def create(
 @topics_app.command("list")
 def list_topics(broker: BrokerOption = None, json: JsonOption = False) -> None:
     """List topics with their partitions and record counts."""
-    with open_log(broker) as log:
+    with open_log(broker, create=False) as log:
         infos = [log.describe_topic(name) for name in log.list_topics()]
     if json:
         for info in infos:
@@ -69,7 +69,7 @@ def list_topics(broker: BrokerOption = None, json: JsonOption = False) -> None:
 @topics_app.command("describe")
 def describe(name: str, broker: BrokerOption = None, json: JsonOption = False) -> None:
     """Show a topic's configuration and the offsets of each partition."""
-    with open_log(broker) as log:
+    with open_log(broker, create=False) as log:
         info = log.describe_topic(name)
     if json:
         print_json(_describe(info))
@@ -90,7 +90,7 @@ def describe(name: str, broker: BrokerOption = None, json: JsonOption = False) -
 @topics_app.command("delete")
 def delete(name: str, broker: BrokerOption = None) -> None:
     """Delete a topic, its records and its consumer groups' offsets."""
-    with open_log(broker) as log:
+    with open_log(broker, create=False) as log:
         log.delete_topic(name)
     typer.echo(f"deleted topic {name}")
 

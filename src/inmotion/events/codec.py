@@ -139,7 +139,13 @@ def from_batch(text: str | bytes) -> list[Event]:
 
 def decode_json_document(text: str | bytes) -> Any:
     try:
+        if isinstance(text, str):  # text read with surrogateescape (argv, stdin) may hide bytes
+            text = text.encode()
         return _json_decoder.decode(text)
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent("<json>", f"not valid UTF-8 (character {exc.start + 1})") from None
+    except RecursionError:
+        raise InvalidEvent("<json>", "nested too deeply to read") from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent("<json>", str(exc)) from exc
 

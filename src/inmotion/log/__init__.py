@@ -63,9 +63,10 @@ def default_broker() -> str:
     return os.environ.get("INMOTION_BROKER") or DEFAULT_BROKER
 
 
-def connect(url: str | None = None) -> Log:
-    """Open the log that `url` names (default: `INMOTION_BROKER`, else ./inmotion.db)."""
+def connect(url: str | None = None, *, create: bool = True) -> Log:
+    """Open the log that `url` names (default: `INMOTION_BROKER`, else ./inmotion.db). With
+    `create=False` an embedded log that does not exist yet is a StorageError, not a new log."""
     url = url or default_broker()
     backend, parts, options = backend_for(url)
-    log: Log = backend.open_log(url, parts, options)
+    log: Log = backend.open_log(url, parts, options, create=create)
     return log

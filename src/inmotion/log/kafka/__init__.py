@@ -12,5 +12,5 @@ from inmotion.log.kafka.log import KafkaLog
 __all__ = ["KafkaLog", "open_log"]
 
 
-def open_log(url: str, parts: SplitResult, options: Mapping[str, str]) -> KafkaLog:
+def open_log(url: str, parts: SplitResult, options: Mapping[str, str], *, create: bool = True) -> KafkaLog:
     return KafkaLog.from_url(url, parts.netloc, options)

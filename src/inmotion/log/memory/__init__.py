@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryCoordinator", "MemoryLog", "open_log", "open_recorder"]
 
 
-def open_log(url: str, parts: SplitResult, options: Mapping[str, str]) -> MemoryLog:
+def open_log(url: str, parts: SplitResult, options: Mapping[str, str], *, create: bool = True) -> MemoryLog:
     return MemoryLog(url)
 
 

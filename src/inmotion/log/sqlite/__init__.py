@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult
 
-from inmotion.errors import InvalidConfig
+from inmotion.errors import InvalidConfig, StorageError
 from inmotion.log.sqlite.file import database_path
 from inmotion.log.sqlite.log import SqliteLog
 
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["SqliteLog", "open_log", "open_read_model", "open_recorder"]
 
 
-def open_log(url: str, parts: SplitResult, options: Mapping[str, str]) -> SqliteLog:
+def open_log(url: str, parts: SplitResult, options: Mapping[str, str], *, create: bool = True) -> SqliteLog:
+    if not create and not database_path(url, parts.path).exists():
+        raise StorageError(f"{database_path(url, parts.path)} does not exist (check the broker URL)")
     return SqliteLog.from_url(url, parts.path, options)
 
 

@@ -20,6 +20,7 @@ import bisect
 import functools
 import itertools
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -257,6 +258,9 @@ class SqliteLog(SqliteFile, Log):
             numbers = {k: float(options[k]) for k in ("timeout", "poll", "retention_interval") if k in options}
         except ValueError as exc:
             raise InvalidConfig(f"sqlite URL options must be numbers: {exc}") from exc
+        for name, value in numbers.items():  # poll=0 would spin a core, timeout=-1 never wait
+            if not 0 < value < math.inf:
+                raise InvalidConfig(f"sqlite URL option {name} must be a positive number of seconds, got {value:g}")
         return cls(file, durability=options.get("durability", "normal"), url=url, **numbers)
 
     # --- connections ----------------------------------------------------------------------
