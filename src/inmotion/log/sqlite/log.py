@@ -52,7 +52,15 @@ from inmotion.log.base import (
 )
 from inmotion.log.groups import Coordinator
 from inmotion.log.retention import RetentionRow, needs_scan, plan_removals
-from inmotion.log.sqlite.file import APPLICATION_ID, SqliteFile, database_path, finish, refuse_foreign, use_wal
+from inmotion.log.sqlite.file import (
+    APPLICATION_ID,
+    SqliteFile,
+    database_path,
+    finish,
+    refuse_foreign,
+    rollback,
+    use_wal,
+)
 
 T = TypeVar("T")
 _logger = logging.getLogger("inmotion.log.sqlite")
@@ -303,7 +311,7 @@ class SqliteLog(SqliteFile, Log):
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
 
     # --- topics ---------------------------------------------------------------------------
@@ -474,7 +482,7 @@ class SqliteLog(SqliteFile, Log):
                             pending.error = exc
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    rollback(conn)
                     raise
         except BaseException as exc:
             for pending in batch:
