@@ -179,3 +179,37 @@ def test_corrupt_and_locked_database(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "locked by another process" in result.stderr
     assert run(f"sqlite:///{locked}", "tail", "t").stdout == ""
+
+
+def run_bytes(broker: str, *args: str | bytes, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "INMOTION_BROKER": broker}
+    return subprocess.run([INMOTION, *args], input=stdin, capture_output=True, env=env, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "problem"),
+    [
+        (["publish", "t", b'"\xff"'], b"", b"not valid UTF-8"),
+        (["publish", "t", "-"], b'"\xff"\n', b"not valid UTF-8"),
+        (["publish", "t", "[" * 1500 + "]" * 1500], b"", b"nested too deeply"),
+        (["publish", "t", "-"], b"[" * 1500 + b"]" * 1500 + b"\n", b"nested too deeply"),
+        (["publish", "t", '"\\ud800"'], b"", b"lone UTF-16 surrogate"),
+        (["publish", "t", "-"], b'{"a": "\\ud800"}\n', b"lone UTF-16 surrogate"),
+        (["tail", "t", "--offset", "99999999999999999999"], b"", b"--offset must be from 0"),
+        (["tail", "t", "--offset", "-5"], b"", b"--offset must be from 0"),
+        (["topics", "create", "u", "--retention", "99999999999999999999w"], b"", b"duration must be positive"),
+        (["topics", "create", "u", "--retention-bytes", "99999999999999999999TB"], b"", b"size must be positive"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(
+    broker: str, args: list[str | bytes], stdin: bytes, problem: bytes
+) -> None:
+    run(broker, "topics", "create", "t")
+    result = run_bytes(broker, *args, stdin=stdin)
+    assert result.returncode != 0
+    [line] = result.stderr.splitlines()
+    assert line.startswith(b"error: "), result.stderr
+    assert problem in line, result.stderr
+    assert run(broker, "tail", "t", "--from-beginning").stdout == ""
+    with inmotion.connect(broker) as log:
+        assert log.list_topics() == ["t"]

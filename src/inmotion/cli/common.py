@@ -46,6 +46,8 @@ _SIZE_FACTOR = {
 }
 
 json_encoder = msgspec.json.Encoder()
+MAX_INT64 = 2**63 - 1
+"""The largest offset, size or duration the backends store (SQLite INTEGER, Kafka int64)."""
 
 
 def open_log(broker: str | None) -> Log:
@@ -74,8 +76,8 @@ def parse_duration_ms(text: str) -> int:
     if not match:
         raise InvalidConfig(f"invalid duration {text!r}: use a number and a unit (ms, s, m, h, d, w), e.g. 7d")
     value = int(float(match.group(1)) * _DURATION_MS[match.group(2)])
-    if value <= 0:
-        raise InvalidConfig(f"duration must be positive, got {text!r}")
+    if not 0 < value <= MAX_INT64:
+        raise InvalidConfig(f"duration must be positive and at most {MAX_INT64}ms, got {text!r}")
     return value
 
 
@@ -85,8 +87,8 @@ def parse_size(text: str) -> int:
     if not match:
         raise InvalidConfig(f"invalid size {text!r}: use bytes or a unit (KB, MB, GB, KiB, MiB, GiB), e.g. 100MB")
     value = int(match.group(1)) * _SIZE_FACTOR[(match.group(2) or "b").lower()]
-    if value <= 0:
-        raise InvalidConfig(f"size must be positive, got {text!r}")
+    if not 0 < value <= MAX_INT64:
+        raise InvalidConfig(f"size must be positive and at most {MAX_INT64} bytes, got {text!r}")
     return value
 
 

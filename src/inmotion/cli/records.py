@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from inmotion.cli.common import (
+    MAX_INT64,
     BrokerOption,
     JsonOption,
     fail,
@@ -54,8 +55,8 @@ def publish(
     else:
         try:
             value = decode_json_document(data)
-        except InvalidEvent:
-            fail(f"DATA is not valid JSON: {data!r} (quote strings: '\"text\"')", code=2)
+        except InvalidEvent as error:
+            fail(f"DATA is not valid JSON: {error.problem} (quote strings: '\"text\"')", code=2)
         events = [Event.create(type, value, source=source, key=key, subject=subject)]
     if not events:
         typer.echo("nothing to publish: stdin was empty", err=True)
@@ -107,6 +108,8 @@ def tail(
         fail("choose one start: --from-beginning, --offset or --since", code=2)
     if limit is not None and limit < 0:
         fail("--limit must be 0 or more", code=2)
+    if offset is not None and not 0 <= offset <= MAX_INT64:
+        fail(f"--offset must be from 0 to {MAX_INT64}", code=2)
     with open_log(broker) as log:
         count = log.partition_count(topic)
         if partition is not None and not 0 <= partition < count:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,8 @@ BYTES_CONTENT_TYPE = "application/octet-stream"
 _OPTIONAL_STRINGS = ("subject", "datacontenttype", "dataschema")
 _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
+_LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u)")
+"""A high-surrogate escape with no low one after it: msgspec calls it 'Input data was truncated'."""
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -139,9 +142,19 @@ def from_batch(text: str | bytes) -> list[Event]:
 
 def decode_json_document(text: str | bytes) -> Any:
     try:
-        return _json_decoder.decode(text)
+        raw = text.encode() if isinstance(text, str) else text
+    except UnicodeEncodeError:  # a command-line argument's undecodable bytes, as surrogates
+        raise InvalidEvent("<json>", "JSON is not valid UTF-8") from None
+    try:
+        return _json_decoder.decode(raw)
     except msgspec.DecodeError as exc:
+        if "truncated" in str(exc) and _LONE_HIGH_SURROGATE.search(raw):
+            raise InvalidEvent(
+                "<json>", "JSON has a lone UTF-16 surrogate escape (\\ud800-\\udbff without its pair)"
+            ) from exc
         raise InvalidEvent("<json>", str(exc)) from exc
+    except RecursionError:
+        raise InvalidEvent("<json>", "JSON is nested too deeply") from None
 
 
 # --- binary mode (record key, headers, value) -------------------------------------------------
