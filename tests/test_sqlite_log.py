@@ -224,9 +224,19 @@ def test_locked_file_gives_clear_error_and_writes_nothing(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite:///x.db?durability=sometimes", "sqlite:///x.db?colour=blue", "sqlite:///x.db?timeout=soon", "sqlite://"],
+    [
+        "sqlite:///x.db?durability=sometimes",
+        "sqlite:///x.db?colour=blue",
+        "sqlite:///x.db?timeout=soon",
+        "sqlite://",
+        "sqlite:///x.db?poll=0",
+        "sqlite:///x.db?timeout=-1",
+        "sqlite:///x.db?retention_interval=nan",
+        "sqlite:///x.db?timeout=inf",
+    ],
 )
-def test_bad_urls(url: str) -> None:
+def test_bad_urls(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a URL accepted by mistake creates x.db here
     with pytest.raises(InvalidConfig):
         inmotion.connect(url)
 

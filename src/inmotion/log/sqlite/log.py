@@ -20,6 +20,7 @@ import bisect
 import functools
 import itertools
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -243,6 +244,12 @@ class SqliteLog(SqliteFile, Log):
         SqliteFile.__init__(self, path, timeout)
         if durability not in ("normal", "fsync"):
             raise InvalidConfig(f"durability must be 'normal' or 'fsync', got {durability!r}")
+        if not 0 <= timeout < math.inf:
+            raise InvalidConfig(f"timeout must be 0 or more seconds, got {timeout}")
+        # poll=0 would have every idle waiter (an idle `tail -f`) spin a core
+        for name, seconds in (("poll", poll), ("retention_interval", retention_interval)):
+            if not 0 < seconds < math.inf:
+                raise InvalidConfig(f"{name} must be a positive number of seconds, got {seconds}")
         self.url = url or f"sqlite:///{self.path}"
         self.durability = durability
         self.appends_now = durability == "normal"
