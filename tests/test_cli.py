@@ -141,11 +141,15 @@ def test_tail_follow_prints_new_events(broker: str) -> None:
         (("topics", "describe", "nope"), "unknown topic"),
         (("tail", "x", "--broker", "redis://localhost"), "unknown broker URL"),
         (("tail", "x", "--since", "someday"), "invalid time"),
+        (("tail", "x", "--since", "20261203"), "invalid time"),
+        (("tail", "x", "--since", "2026-12-03T10"), "invalid time"),
+        (("publish", "x", "-"), "not an RFC 3339 timestamp"),
     ],
 )
 def test_errors_are_one_clear_line(broker: str, args: tuple[str, ...], message: str) -> None:
     run(broker, "topics", "create", "x")
-    result = run(broker, *args, check=False)
+    stdin = '{"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "time": "2026-W49-4T10:00:00Z"}\n'
+    result = run(broker, *args, stdin=stdin if args[-1] == "-" else None, check=False)
     assert result.returncode != 0
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -53,11 +53,19 @@ def _time_bytes(value: datetime) -> bytes:
     return (text[:-6] + "Z" if text.endswith("+00:00") else text).encode()
 
 
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2}(:\d{2})?)?")
+"""An RFC 3339 date-time, its zone left optional for callers that assume one: `fromisoformat`
+alone also takes ISO 8601's other forms (20261203, 2026-W49, 2026-12-03T10). Offsets may carry
+seconds: `format_time` writes them for historical zones (-03:30:52) and must read them back."""
+
+
 def parse_time(attribute: str, value: object) -> datetime:
     if not isinstance(value, str):
         raise InvalidEvent(attribute, "must be an RFC 3339 timestamp string")
     try:
-        parsed = datetime.fromisoformat(value)
+        if not RFC3339.fullmatch(value):
+            raise ValueError(value)
+        parsed = datetime.fromisoformat(value.upper())
     except ValueError as exc:
         raise InvalidEvent(attribute, f"not an RFC 3339 timestamp: {value!r}") from exc
     if parsed.tzinfo is None:
