@@ -141,11 +141,15 @@ def test_tail_follow_prints_new_events(broker: str) -> None:
         (("topics", "describe", "nope"), "unknown topic"),
         (("tail", "x", "--broker", "redis://localhost"), "unknown broker URL"),
         (("tail", "x", "--since", "someday"), "invalid time"),
+        (("tail", "x", "--since", "20261203"), "invalid time"),
+        (("tail", "x", "--since", "2026-12-03T10"), "invalid time"),
+        (("publish", "x", "-"), "not an RFC 3339 timestamp"),
     ],
 )
 def test_errors_are_one_clear_line(broker: str, args: tuple[str, ...], message: str) -> None:
     run(broker, "topics", "create", "x")
-    result = run(broker, *args, check=False)
+    stdin = '{"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "time": "2026-W49-4T10:00:00Z"}\n'
+    result = run(broker, *args, stdin=stdin if args[-1] == "-" else None, check=False)
     assert result.returncode != 0
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -190,8 +194,11 @@ def run_bytes(broker: str, *args: str | bytes, stdin: bytes = b"") -> subprocess
     ("args", "stdin", "says"),
     [
         ((b"publish", b"orders", b'"\xff"'), b"", "not valid UTF-8"),
-        ((b"publish", b"orders", b"-"), b'{"ok": 1}\n"\xff\xfe"\n', "line 2: invalid event: not valid UTF-8"),
+        ((b"publish", b"orders", b"-"), b'{"ok": 1}\n"\xff\xfe"\n', "line 2: invalid event: JSON is not valid UTF-8"),
         ((b"publish", b"orders", b"-"), b"[" * 1500 + b"]" * 1500 + b"\n", "nested too deeply"),
+        ((b"publish", b"orders", b"[" * 1500 + b"]" * 1500), b"", "nested too deeply"),
+        ((b"publish", b"orders", b'"\\ud800"'), b"", "lone UTF-16 surrogate"),
+        ((b"publish", b"orders", b"-"), b'{"a": "\\ud800"}\n', "lone UTF-16 surrogate"),
         ((b"tail", b"orders", b"--offset", b"99999999999999999999"), b"", "--offset must be between 0 and"),
         ((b"tail", b"orders", b"--offset", b"-5"), b"", "--offset must be between 0 and"),
         ((b"replay", b"orders", b"--group", b"g", b"--offset", b"99999999999999999999"), b"", "--offset must be"),
@@ -228,4 +235,4 @@ def test_sqlite_url_options_must_be_positive(broker: str, option: str) -> None:
     run(broker, "topics", "create", "orders")
     result = run(f"{broker}?{option}", "tail", "orders", check=False)
     assert result.returncode == 1
-    assert "must be a positive number of seconds" in result.stderr
+    assert "seconds, got" in result.stderr

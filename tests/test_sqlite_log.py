@@ -224,9 +224,19 @@ def test_locked_file_gives_clear_error_and_writes_nothing(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite:///x.db?durability=sometimes", "sqlite:///x.db?colour=blue", "sqlite:///x.db?timeout=soon", "sqlite://"],
+    [
+        "sqlite:///x.db?durability=sometimes",
+        "sqlite:///x.db?colour=blue",
+        "sqlite:///x.db?timeout=soon",
+        "sqlite://",
+        "sqlite:///x.db?poll=0",
+        "sqlite:///x.db?timeout=-1",
+        "sqlite:///x.db?retention_interval=nan",
+        "sqlite:///x.db?timeout=inf",
+    ],
 )
-def test_bad_urls(url: str) -> None:
+def test_bad_urls(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a URL accepted by mistake creates x.db here
     with pytest.raises(InvalidConfig):
         inmotion.connect(url)
 
@@ -439,3 +449,16 @@ def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> Non
             results = [pool.apply_async(_open_new_files, (str(tmp_path), 30, start)) for _ in range(3)]
             failures = [failure for result in results for failure in result.get(timeout=120)]
     assert failures == []
+
+
+def test_a_full_disk_says_so_and_loses_nothing_written_before(tmp_path: Path) -> None:
+    path = tmp_path / "full.db"
+    with SqliteLog(path) as log:
+        log.create_topic("t", TopicConfig(partitions=1))
+        log.append("t", [Message(b"kept")])
+        (pages,) = log._writer.execute("PRAGMA page_count").fetchone()
+        log._writer.execute(f"PRAGMA max_page_count = {pages + 2}")  # as if the disk had room for 2 pages
+        with pytest.raises(StorageError, match="disk is full"):
+            log.append("t", [Message(bytes(100_000))])
+        assert [record.value for record in log.read("t", 0, 0)] == [b"kept"]
+        assert log.latest_offset("t", 0) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -18,6 +19,7 @@ from inmotion.errors import InvalidConfig, StorageError
 from inmotion.log import TopicConfig, TopicPartition, connect
 from inmotion.log.groups import deal
 from inmotion.runtime import App, Context, Retry
+from inmotion.runtime.consumer import Consumer
 from inmotion.runtime.pipeline import begin
 from inmotion.testing import eventually
 
@@ -318,3 +320,29 @@ def test_a_transaction_abandoned_while_waiting_for_the_lock_gives_it_back(tmp_pa
         other.close()
         transaction.close()
         coordinator.close()
+
+
+def test_a_hand_over_that_cannot_commit_is_logged_not_lost(caplog: pytest.LogCaptureFixture) -> None:
+    app = App("one", "memory://")
+
+    @app.subscribe("orders", group="billing")
+    async def charge(order: dict[str, int], ctx: Context) -> None: ...
+
+    consumer = Consumer(app, app.subscriptions[0], app.log.group_coordinator())
+
+    class Drained:
+        async def drain(self) -> None: ...
+
+    async def locked(workers: Any) -> None:
+        raise StorageError("log.db is locked by another process (waited 10s)")
+
+    consumer.committer.commit = locked  # type: ignore[method-assign]
+    tp = TopicPartition("orders", 0)
+    consumer._revoking.add(tp)
+    with caplog.at_level(logging.ERROR, logger="inmotion.runtime"):
+        asyncio.run(consumer._revoke(tp, Drained()))  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not hand over orders/0: log.db is locked by another process (waited 10s)"
+    ]
+    assert tp not in consumer._revoking
+    app.close()

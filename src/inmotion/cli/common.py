@@ -12,6 +12,7 @@ import msgspec
 import typer
 
 from inmotion.errors import InmotionError, InvalidConfig, UnknownTopic
+from inmotion.events.codec import RFC3339
 from inmotion.log import Log, connect, default_broker
 
 BrokerOption = Annotated[
@@ -101,15 +102,17 @@ def check_offset(offset: int, option: str = "--offset") -> int:
 
 
 def parse_time_ms(text: str, now: datetime | None = None) -> int:
-    """An ISO 8601 time (UTC when it names no zone) or a duration ago ('10m') in epoch ms."""
+    """An RFC 3339 time (UTC when it names no zone) or a duration ago ('10m') in epoch ms."""
     now = now or datetime.now(UTC)
     if _DURATION.fullmatch(text.strip().lower()):
         return int(now.timestamp() * 1000) - parse_duration_ms(text)
     try:
-        moment = datetime.fromisoformat(text.strip())
+        if not RFC3339.fullmatch(text.strip()):
+            raise ValueError(text)
+        moment = datetime.fromisoformat(text.strip().upper())
     except ValueError:
         raise InvalidConfig(
-            f"invalid time {text!r}: use ISO 8601 (2026-11-26T09:30:00Z) or a duration ago (10m, 2h, 1d)"
+            f"invalid time {text!r}: use RFC 3339 (2026-11-26T09:30:00Z) or a duration ago (10m, 2h, 1d)"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

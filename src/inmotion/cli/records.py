@@ -92,7 +92,8 @@ def tail(
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest record.")] = False,
     offset: Annotated[int | None, typer.Option("--offset", help="Start at this offset in each partition.")] = None,
     since: Annotated[
-        str | None, typer.Option("--since", help="Start at this time: ISO 8601, or a duration ago (10m).")
+        str | None,
+        typer.Option("--since", help="Start at this time: RFC 3339 (UTC if no zone), or a duration ago (10m)."),
     ] = None,
     limit: Annotated[
         int | None,

@@ -284,7 +284,7 @@ def replay(
     topic: Annotated[str, typer.Argument(help="The topic whose offsets to move.")],
     group: Annotated[str, typer.Option("--group", "-g", help="The consumer group.")],
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Go back to the earliest offset.")] = False,
-    since: Annotated[str | None, typer.Option("--since", help="A time (ISO 8601) or a duration ago (10m, 2h).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="A time (RFC 3339) or a duration ago (10m, 2h).")] = None,
     offset: Annotated[int | None, typer.Option("--offset", help="This offset in every chosen partition.")] = None,
     partition: Annotated[list[int] | None, typer.Option("--partition", "-p", help="Only these partitions.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Move offsets even while the group has live members.")] = False,

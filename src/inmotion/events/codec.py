@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,8 @@ BYTES_CONTENT_TYPE = "application/octet-stream"
 _OPTIONAL_STRINGS = ("subject", "datacontenttype", "dataschema")
 _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
+_LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u)")
+"""A high-surrogate escape with no low one after it: msgspec calls it 'Input data was truncated'."""
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -50,11 +53,19 @@ def _time_bytes(value: datetime) -> bytes:
     return (text[:-6] + "Z" if text.endswith("+00:00") else text).encode()
 
 
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2}(:\d{2})?)?")
+"""An RFC 3339 date-time, its zone left optional for callers that assume one: `fromisoformat`
+alone also takes ISO 8601's other forms (20261203, 2026-W49, 2026-12-03T10). Offsets may carry
+seconds: `format_time` writes them for historical zones (-03:30:52) and must read them back."""
+
+
 def parse_time(attribute: str, value: object) -> datetime:
     if not isinstance(value, str):
         raise InvalidEvent(attribute, "must be an RFC 3339 timestamp string")
     try:
-        parsed = datetime.fromisoformat(value)
+        if not RFC3339.fullmatch(value):
+            raise ValueError(value)
+        parsed = datetime.fromisoformat(value.upper())
     except ValueError as exc:
         raise InvalidEvent(attribute, f"not an RFC 3339 timestamp: {value!r}") from exc
     if parsed.tzinfo is None:
@@ -139,15 +150,19 @@ def from_batch(text: str | bytes) -> list[Event]:
 
 def decode_json_document(text: str | bytes) -> Any:
     try:
-        if isinstance(text, str):  # text read with surrogateescape (argv, stdin) may hide bytes
-            text = text.encode()
-        return _json_decoder.decode(text)
-    except UnicodeEncodeError as exc:
-        raise InvalidEvent("<json>", f"not valid UTF-8 (character {exc.start + 1})") from None
-    except RecursionError:
-        raise InvalidEvent("<json>", "nested too deeply to read") from None
+        raw = text.encode() if isinstance(text, str) else text
+    except UnicodeEncodeError:  # a command-line argument's undecodable bytes, as surrogates
+        raise InvalidEvent("<json>", "JSON is not valid UTF-8") from None
+    try:
+        return _json_decoder.decode(raw)
     except msgspec.DecodeError as exc:
+        if "truncated" in str(exc) and _LONE_HIGH_SURROGATE.search(raw):
+            raise InvalidEvent(
+                "<json>", "JSON has a lone UTF-16 surrogate escape (\\ud800-\\udbff without its pair)"
+            ) from exc
         raise InvalidEvent("<json>", str(exc)) from exc
+    except RecursionError:
+        raise InvalidEvent("<json>", "JSON is nested too deeply") from None
 
 
 # --- binary mode (record key, headers, value) -------------------------------------------------

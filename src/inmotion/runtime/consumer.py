@@ -215,6 +215,15 @@ class Consumer:
             assert self._membership is not None
             await self._call(self._membership.release, [tp], pool=self._group_io)
             logger.info("handed over %s/%d", tp.topic, tp.partition, extra={"group": self.group})
+        except Exception as exc:  # a spawned task: nobody awaits it to hear of its failure
+            logger.error(
+                "could not hand over %s/%d: %s",
+                tp.topic,
+                tp.partition,
+                exc,
+                exc_info=not isinstance(exc, InmotionError),
+                extra={"group": self.group},
+            )
         finally:
             self._revoking.discard(tp)
 

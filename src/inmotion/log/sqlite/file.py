@@ -37,6 +37,8 @@ def translate_errors(path: Path, action: str, timeout: float) -> Iterator[None]:
         text = str(exc)
         if "locked" in text or "busy" in text:
             message = f"{path} is locked by another process (waited {timeout:g}s)"
+        elif "disk is full" in text:  # SQLITE_FULL: the transaction was rolled back, nothing written
+            message = f"cannot {action} {path}: the disk is full (nothing was written)"
         elif "not a database" in text or "malformed" in text:
             message = f"{path} is corrupt or not a SQLite database ({text})"
         elif "unable to open" in text or "readonly" in text or "disk I/O" in text:
@@ -70,9 +72,16 @@ def finish(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) ->
         result = work(conn)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     return result
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the transaction a failure interrupted, if SQLite has not already: it rolls
+    back by itself on some errors (SQLITE_FULL), and ROLLBACK would then hide them."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 class SqliteFile:

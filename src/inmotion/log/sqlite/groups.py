@@ -17,7 +17,7 @@ from inmotion.errors import StorageError
 from inmotion.log.base import Message, TopicConfig
 from inmotion.log.groups import MemberInfo, TopicPartition, Transaction
 from inmotion.log.leases import GroupState, Lease, LeaseCoordinator
-from inmotion.log.sqlite.file import translate_errors
+from inmotion.log.sqlite.file import rollback, translate_errors
 from inmotion.log.sqlite.log import SqliteLog
 
 _SCHEMA = """
@@ -106,7 +106,7 @@ class SqliteCoordinator(LeaseCoordinator):
                     yield self._conn
                     self._conn.execute("COMMIT")
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    rollback(self._conn)
                     raise
             except sqlite3.Error as exc:
                 raise StorageError(f"consumer group storage in {self.path} failed: {exc}") from exc

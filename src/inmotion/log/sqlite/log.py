@@ -53,7 +53,15 @@ from inmotion.log.base import (
 )
 from inmotion.log.groups import Coordinator
 from inmotion.log.retention import RetentionRow, needs_scan, plan_removals
-from inmotion.log.sqlite.file import APPLICATION_ID, SqliteFile, database_path, finish, refuse_foreign, use_wal
+from inmotion.log.sqlite.file import (
+    APPLICATION_ID,
+    SqliteFile,
+    database_path,
+    finish,
+    refuse_foreign,
+    rollback,
+    use_wal,
+)
 
 T = TypeVar("T")
 _logger = logging.getLogger("inmotion.log.sqlite")
@@ -236,6 +244,12 @@ class SqliteLog(SqliteFile, Log):
         SqliteFile.__init__(self, path, timeout)
         if durability not in ("normal", "fsync"):
             raise InvalidConfig(f"durability must be 'normal' or 'fsync', got {durability!r}")
+        if not 0 <= timeout < math.inf:
+            raise InvalidConfig(f"timeout must be 0 or more seconds, got {timeout}")
+        # poll=0 would have every idle waiter (an idle `tail -f`) spin a core
+        for name, seconds in (("poll", poll), ("retention_interval", retention_interval)):
+            if not 0 < seconds < math.inf:
+                raise InvalidConfig(f"{name} must be a positive number of seconds, got {seconds}")
         self.url = url or f"sqlite:///{self.path}"
         self.durability = durability
         self.appends_now = durability == "normal"
@@ -258,9 +272,6 @@ class SqliteLog(SqliteFile, Log):
             numbers = {k: float(options[k]) for k in ("timeout", "poll", "retention_interval") if k in options}
         except ValueError as exc:
             raise InvalidConfig(f"sqlite URL options must be numbers: {exc}") from exc
-        for name, value in numbers.items():  # poll=0 would spin a core, timeout=-1 never wait
-            if not 0 < value < math.inf:
-                raise InvalidConfig(f"sqlite URL option {name} must be a positive number of seconds, got {value:g}")
         return cls(file, durability=options.get("durability", "normal"), url=url, **numbers)
 
     # --- connections ----------------------------------------------------------------------
@@ -307,7 +318,7 @@ class SqliteLog(SqliteFile, Log):
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
 
     # --- topics ---------------------------------------------------------------------------
@@ -478,7 +489,7 @@ class SqliteLog(SqliteFile, Log):
                             pending.error = exc
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    rollback(conn)
                     raise
         except BaseException as exc:
             for pending in batch:
