@@ -340,8 +340,10 @@ class _Reader:
         known = -1
         if offset != self.position:
             # random access: nothing to assign for at or past the end (an offset past the
-            # end would make the consumer reset to the earliest offset)
-            _, known = _watermarks(consumer, self.topic, self.partition, timeout)
+            # end would make the consumer reset to the earliest offset). Asked through `latest`:
+            # a reader that has caught up has a fetch held on its own connection, behind which
+            # its own question waited up to fetch.wait.max.ms.
+            known = latest()
             if offset >= known:
                 return []
             consumer.assign([TopicPartition(self.topic, self.partition, offset)])
