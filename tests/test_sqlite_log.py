@@ -386,6 +386,60 @@ def test_a_file_of_the_row_per_record_schema_is_upgraded_in_place(tmp_path: Path
     conn.close()
 
 
+GROUP_OFFSETS = SCHEMA_1.split(";")[3]
+
+
+def test_a_file_of_schema_2_has_its_group_offsets_moved_to_the_positions_table(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(sqlite_module._SCHEMA + GROUP_OFFSETS)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO topics VALUES (1, 'a', 2, NULL, NULL, 0, 0), (2, 'b', 1, NULL, NULL, 0, 0)")
+    conn.execute("INSERT INTO partitions VALUES (1, 1, 0, 0, 0, 0), (2, 1, 1, 0, 0, 0), (3, 2, 0, 0, 0, 0)")
+    conn.execute("INSERT INTO group_offsets VALUES ('g', 1, 0, 42, 5), ('g', 1, 1, 7, 5), ('h', 2, 0, 3, 5)")
+    conn.close()
+    with inmotion.connect(f"sqlite:///{path}") as log:
+        assert log.committed("g", "a") == {0: 42, 1: 7}
+        assert log.committed("h", "b") == {0: 3}
+        assert log.list_groups() == ["g", "h"]
+        assert log.group_topics("g") == ["a"]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_module.SCHEMA_VERSION,)
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'group_offsets'").fetchone() == (0,)
+    conn.close()
+
+
+def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    SqliteLog(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {sqlite_module.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StorageError, match="newer inmotion"):
+        SqliteLog(path).list_topics()
+
+
+def test_deleting_a_topic_clears_every_tracker_s_positions_in_it(tmp_path: Path) -> None:
+    with SqliteLog(tmp_path / "log.db") as log:
+        log.create_topic("t")
+        log.create_topic("other")
+        log.commit("g", "t", {0: 5})
+        log.commit("g", "other", {0: 1})
+        with sqlite3.connect(log.path, isolation_level=None) as conn:
+            conn.execute(
+                "INSERT INTO positions VALUES ('projection', 'p', 't', 0, 9, 0), ('cursor', 'c', 't', 0, 9, 0)"
+            )
+        conn.close()
+        log.delete_topic("t")
+        log.create_topic("t")
+        assert log.committed("g", "t") == {}
+        assert log.committed("g", "other") == {0: 1}
+        with sqlite3.connect(log.path) as conn:
+            assert conn.execute("SELECT kind FROM positions WHERE source = 't'").fetchall() == []
+        conn.close()
+
+
 @pytest.mark.parametrize("message", [Message("text", partition=0), Message(b"v", key=42, partition=0)])  # type: ignore[arg-type]
 def test_a_key_or_value_that_is_not_bytes_is_refused_and_nothing_is_written(tmp_path: Path, message: Message) -> None:
     with inmotion.connect(f"sqlite:///{tmp_path}/typed.db") as log:

@@ -52,9 +52,9 @@ CREATE INDEX IF NOT EXISTS grp_handled_by_time ON grp_handled (grp, handled_ms);
 # Files written before positions had one store kept transactional handlers' positions apart, in
 # grp_positions: they join the group's committed offsets (the later of the two wins).
 _MERGE_OLD_POSITIONS = """
-INSERT INTO group_offsets (grp, topic_id, partition, offset, committed_ms)
-SELECT p.grp, t.id, p.partition, p.offset, 0 FROM grp_positions p JOIN topics t ON t.name = p.topic WHERE true
-ON CONFLICT (grp, topic_id, partition) DO UPDATE SET offset = max(offset, excluded.offset);
+INSERT INTO positions (kind, tracker, source, partition, position, updated_ms)
+SELECT 'group', p.grp, p.topic, p.partition, p.offset, 0 FROM grp_positions p JOIN topics t ON t.name = p.topic
+WHERE true ON CONFLICT (kind, tracker, source, partition) DO UPDATE SET position = max(position, excluded.position);
 DROP TABLE grp_positions
 """
 

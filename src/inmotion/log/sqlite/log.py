@@ -53,6 +53,7 @@ from inmotion.log.base import (
 )
 from inmotion.log.groups import Coordinator
 from inmotion.log.retention import RetentionRow, needs_scan, plan_removals
+from inmotion.log.sqlite import positions
 from inmotion.log.sqlite.file import (
     APPLICATION_ID,
     SqliteFile,
@@ -66,7 +67,7 @@ from inmotion.log.sqlite.file import (
 T = TypeVar("T")
 _logger = logging.getLogger("inmotion.log.sqlite")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _DELETE_CHUNK = 5000
 _BATCH = 512
 """Most records in one stored batch. An append stores each partition's records as one row (a
@@ -113,14 +114,6 @@ CREATE TABLE IF NOT EXISTS batches (
     timestamp INTEGER NOT NULL,
     body BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS group_offsets (
-    grp TEXT NOT NULL,
-    topic_id INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    committed_ms INTEGER NOT NULL,
-    PRIMARY KEY (grp, topic_id, partition)
-) WITHOUT ROWID;
 """
 
 # A batch's body: its records' keys, values and headers, and their offsets (nil while they are
@@ -155,9 +148,21 @@ def _encode_body(records: list[tuple[int, Any, Any, Headers]]) -> bytes:
 
 
 def _create_tables(conn: sqlite3.Connection) -> None:
-    for statement in _SCHEMA.split(";"):
+    for statement in (_SCHEMA + positions.SCHEMA).split(";"):
         if statement.strip():
             conn.execute(statement)  # each IF NOT EXISTS: tables a file has already stay as they are
+
+
+def _positions_from_group_offsets(conn: sqlite3.Connection) -> None:
+    """Upgrade a file of schema 2 (groups' offsets in a table of their own, by topic id) to the one
+    positions table (STYLE.md point 10), inside the caller's transaction."""
+    _create_tables(conn)
+    conn.execute(
+        "INSERT INTO positions (kind, tracker, source, partition, position, updated_ms)"
+        " SELECT 'group', g.grp, t.name, g.partition, g.offset, g.committed_ms"
+        " FROM group_offsets g JOIN topics t ON t.id = g.topic_id"
+    )
+    conn.execute("DROP TABLE group_offsets")
 
 
 def _batches_from_rows(conn: sqlite3.Connection) -> None:
@@ -307,9 +312,12 @@ class SqliteLog(SqliteFile, Log):
         try:
             (app_id,) = conn.execute("PRAGMA application_id").fetchone()
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if app_id == APPLICATION_ID and version == 1:
-                _logger.warning("upgrading %s to schema %d: records stored in batches", self.path, SCHEMA_VERSION)
-                _batches_from_rows(conn)
+            if app_id == APPLICATION_ID and version in (1, 2):
+                if version == 1:
+                    _logger.warning("upgrading %s to schema 2: records stored in batches", self.path)
+                    _batches_from_rows(conn)
+                _logger.warning("upgrading %s to schema %d: one positions table", self.path, SCHEMA_VERSION)
+                _positions_from_group_offsets(conn)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif app_id != APPLICATION_ID:
                 refuse_foreign(conn, self.path)  # again, under the lock: another process may have been first
@@ -365,7 +373,7 @@ class SqliteLog(SqliteFile, Log):
             log_ids = [i for (i,) in conn.execute("SELECT log_id FROM partitions WHERE topic_id = ?", (topic_id,))]
             conn.execute("DELETE FROM topics WHERE id = ?", (topic_id,))
             conn.execute("DELETE FROM partitions WHERE topic_id = ?", (topic_id,))
-            conn.execute("DELETE FROM group_offsets WHERE topic_id = ?", (topic_id,))
+            positions.clear_source(conn, name)  # every tracker's: a topic created again starts from nothing
             return log_ids
 
         # log_ids are never reused, so the records can go in small chunks afterwards.
@@ -687,58 +695,33 @@ class SqliteLog(SqliteFile, Log):
         check_group_name(group)
 
         def commit(conn: sqlite3.Connection) -> None:
-            topic_id, config = self._topic_row(conn, topic)
+            _, config = self._topic_row(conn, topic)
             for partition in offsets:
                 if not 0 <= partition < config.partitions:
                     raise UnknownPartition(topic, partition)
-            now = _now_ms()
-            conn.executemany(
-                "INSERT INTO group_offsets (grp, topic_id, partition, offset, committed_ms)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (grp, topic_id, partition)"
-                " DO UPDATE SET offset = excluded.offset, committed_ms = excluded.committed_ms",
-                [(group, topic_id, p, o, now) for p, o in offsets.items()],
-            )
+            positions.save(conn, "group", group, topic, offsets)
 
         return commit
 
     def commit_in(self, conn: sqlite3.Connection, group: str, topic: str, offsets: Mapping[int, int]) -> None:
         """Inside a transaction that the caller holds on `conn` (a transactional handler's):
         move the group's offsets forward, never back."""
-        topic_id, _ = self._topic_row(conn, topic)
-        conn.executemany(
-            "INSERT INTO group_offsets (grp, topic_id, partition, offset, committed_ms) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (grp, topic_id, partition)"
-            " DO UPDATE SET offset = max(offset, excluded.offset), committed_ms = excluded.committed_ms",
-            [(group, topic_id, p, o, _now_ms()) for p, o in offsets.items()],
-        )
+        self._topic_row(conn, topic)
+        positions.save(conn, "group", group, topic, offsets, forward_only=True)
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         with self._translate("read"):
             conn = self._reader()
-            topic_id, _ = self._topic_row(conn, topic)
-            rows = conn.execute(
-                "SELECT partition, offset FROM group_offsets WHERE grp = ? AND topic_id = ?",
-                (group, topic_id),
-            ).fetchall()
-        return dict(rows)
+            self._topic_row(conn, topic)
+            return positions.load(conn, "group", group, topic)
 
     def group_topics(self, group: str) -> list[str]:
         with self._translate("read"):
-            rows = (
-                self._reader()
-                .execute(
-                    "SELECT DISTINCT t.name FROM group_offsets g JOIN topics t ON t.id = g.topic_id"
-                    " WHERE g.grp = ? ORDER BY t.name",
-                    (group,),
-                )
-                .fetchall()
-            )
-        return [t for (t,) in rows]
+            return positions.sources(self._reader(), "group", group)
 
     def list_groups(self) -> list[str]:
         with self._translate("read"):
-            rows = self._reader().execute("SELECT DISTINCT grp FROM group_offsets ORDER BY grp").fetchall()
-        return [g for (g,) in rows]
+            return positions.trackers(self._reader(), "group")
 
     # --- maintenance ----------------------------------------------------------------------
     def enforce_retention(self, now_ms: int | None = None) -> int:
