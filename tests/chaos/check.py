@@ -37,14 +37,14 @@ class Report:
 def check(
     acknowledged: Iterable[tuple[str, int]],
     handled: Mapping[str, tuple[str, Sequence[Handled]]],
-    progress: Sequence[tuple[float, int]] = (),
+    progress: Sequence[tuple[float, int, int]] = (),
     stall_after: float = float("inf"),
 ) -> Report:
     """Checks a run.
 
     `handled` maps each subscription to its guarantee level and its effects in the order they
-    happened; `progress` holds (time, events still pending) samples, a stall being pending work
-    with the pending count unchanged for longer than `stall_after` seconds.
+    happened; `progress` holds (time, effects so far, events still pending) samples, a stall being
+    pending work with no new effect for longer than `stall_after` seconds.
     """
     acked = set(acknowledged)
     report = Report(acknowledged=len(acked))
@@ -68,13 +68,13 @@ def check(
     return report
 
 
-def _stalls(progress: Sequence[tuple[float, int]], stall_after: float) -> int:
+def _stalls(progress: Sequence[tuple[float, int, int]], stall_after: float) -> int:
     stalls = 0
     since: tuple[float, int] | None = None
     counted = False
-    for at, pending in progress:
-        if pending == 0 or since is None or pending != since[1]:
-            since, counted = (at, pending), False
+    for at, effects, pending in progress:
+        if pending == 0 or since is None or effects != since[1]:
+            since, counted = (at, effects), False
         elif not counted and at - since[0] > stall_after:
             stalls, counted = stalls + 1, True
     return stalls

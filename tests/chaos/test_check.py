@@ -25,7 +25,7 @@ def test_each_violation_of_a_made_up_run_is_reported() -> None:
             # b/0 never handled; a/1 handled twice in a transaction; a/2 before a/1
             "tx": ("transactional", effects(("a", 0), ("a", 2), ("a", 1), ("a", 1))),
         },
-        progress=[(0.0, 3), (1.0, 3), (5.0, 3), (6.0, 0)],
+        progress=[(0.0, 1, 3), (1.0, 1, 3), (5.0, 1, 3), (6.0, 4, 0)],
         stall_after=4.0,
     )
     assert (report.lost, report.duplicates["transactional"], report.order, report.stalls) == (1, 1, 1, 1)
