@@ -1,7 +1,7 @@
 """The chaos run's app: one subscription per guarantee level on topic `chaos.events`.
 
 `CHAOS_DIR` is where plain and idempotent effects go, one append-only file per process and
-level ("key seq" lines, flushed per effect, never fsynced: a kill -9 loses nothing the OS
+level ("time_ns key seq" lines, flushed per effect, never fsynced: a kill -9 loses nothing the OS
 has); transactional effects go to the log's own file (`chaos_effects`) through `ctx.db`.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +24,8 @@ def _record(level: str, payload: dict[str, Any]) -> None:
     if level not in _files:
         path = Path(os.environ["CHAOS_DIR"]) / f"{level}.{os.getpid()}.effects"
         _files[level] = path.open("a")
-    _files[level].write(f"{payload['key']} {payload['seq']}\n")
+    # the time orders effects of different processes when the checker merges their files
+    _files[level].write(f"{time.time_ns()} {payload['key']} {payload['seq']}\n")
     _files[level].flush()
 
 

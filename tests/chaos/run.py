@@ -61,6 +61,16 @@ def _read_pairs(paths: list[Path]) -> list[tuple[str, int]]:
     return pairs
 
 
+def _read_effects(paths: list[Path]) -> list[tuple[str, int]]:
+    timed = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                timed.append((int(parts[0]), parts[1], int(parts[2])))
+    return [(key, seq) for _, key, seq in sorted(timed)]
+
+
 class Run:
     def __init__(self, directory: Path, broker: str) -> None:
         self.directory = directory
@@ -88,7 +98,7 @@ class Run:
             if level == "transactional":
                 pairs = self._transactional()
             else:
-                pairs = _read_pairs(sorted(self.directory.glob(f"{level}.*.effects")))
+                pairs = _read_effects(sorted(self.directory.glob(f"{level}.*.effects")))
             result[group] = (level, [Handled(key, seq) for key, seq in pairs])
         return result
 
