@@ -1,0 +1,36 @@
+from tests.chaos.check import Handled, check, summary
+
+
+def effects(*pairs: tuple[str, int]) -> list[Handled]:
+    return [Handled(key, seq) for key, seq in pairs]
+
+
+def test_a_clean_run_with_plain_redeliveries_is_no_violation() -> None:
+    acked = [("a", 0), ("a", 1), ("b", 0)]
+    report = check(
+        acked,
+        {
+            "plain": ("plain", effects(("a", 0), ("b", 0), ("a", 0), ("a", 1))),
+            "tx": ("transactional", effects(("a", 0), ("a", 1), ("b", 0))),
+        },
+    )
+    assert (report.lost, report.duplicates["plain"], report.order, report.violated) == (0, 1, 0, False)
+
+
+def test_each_violation_of_a_made_up_run_is_reported() -> None:
+    acked = [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
+    report = check(
+        acked,
+        {
+            # b/0 never handled; a/1 handled twice in a transaction; a/2 before a/1
+            "tx": ("transactional", effects(("a", 0), ("a", 2), ("a", 1), ("a", 1))),
+        },
+        progress=[(0.0, 1, 3), (1.0, 1, 3), (5.0, 1, 3), (6.0, 4, 0)],
+        stall_after=4.0,
+    )
+    assert (report.lost, report.duplicates["transactional"], report.order, report.stalls) == (1, 1, 1, 1)
+    assert report.violated
+    assert summary(report, "1s sqlite seed=1", kills=0, stops=0) == (
+        "chaos: 1s sqlite seed=1 kills=0 stops=0 acknowledged=4 lost=1 dup(plain)=0 dup(idempotent)=0"
+        " dup(transactional)=1 order=1 stalls=1"
+    )
