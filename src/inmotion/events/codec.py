@@ -252,11 +252,11 @@ def from_binary(key: bytes | None, headers: Headers, value: bytes | None) -> Eve
     attributes: dict[str, Any] = {}
     extensions: dict[str, ExtensionValue] = {}
     content_type: str | None = None
-    for name, raw in headers:
-        text = _header_text(name, raw)
+    for name, raw in headers:  # other headers (a tracing id, one without a value) are not the event's
         if name.lower() == "content-type":
-            content_type = text
+            content_type = _header_text(name, raw)
         elif name.startswith("ce_"):
+            text = _header_text(name, raw)
             attribute = name[3:]
             if attribute == "time":
                 attributes["time"] = parse_time("time", text)
@@ -289,9 +289,11 @@ def decode_data(value: bytes | None, content_type: str | None) -> Any:
     return value
 
 
-def _header_text(name: str, raw: bytes | str) -> str:
+def _header_text(name: str, raw: bytes | str | None) -> str:
     if isinstance(raw, str):
         return raw
+    if raw is None:  # a Kafka header may have no value
+        raise InvalidEvent(name, "header has no value")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
