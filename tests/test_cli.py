@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import inmotion
+from tests.damage import damage
 
 INMOTION = shutil.which("inmotion", path=str(Path(sys.executable).parent)) or "inmotion"
 
@@ -183,6 +184,22 @@ def test_corrupt_and_locked_database(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "locked by another process" in result.stderr
     assert run(f"sqlite:///{locked}", "tail", "t").stdout == ""
+
+
+def test_tail_names_a_damaged_record_in_one_error_line(broker: str) -> None:
+    """A flipped bit in a stored record: `tail` prints the records before it, then one error
+    line naming topic/partition@offset (it was a msgspec traceback)."""
+    run(broker, "topics", "create", "orders", "--partitions", "1")
+    for n in range(3):
+        run(broker, "publish", "orders", f'{{"n": {n}}}')
+    damage(broker.removeprefix("sqlite:///"), "orders", 0, 1)
+    for json_option in ((), ("--json",)):
+        result = run(broker, "tail", "orders", "--from-beginning", *json_option, check=False)
+        assert result.returncode == 1
+        assert len(result.stdout.splitlines()) == 1
+        assert '"n":0' in result.stdout
+        assert result.stderr.startswith("error: corrupt record orders/0@1: the stored batch does not decode: ")
+        assert len(result.stderr.splitlines()) == 1
 
 
 def run_bytes(broker: str, *args: str | bytes, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

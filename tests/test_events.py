@@ -268,6 +268,19 @@ def test_binary_mode_without_required_header() -> None:
     assert caught.value.attribute == "type"
 
 
+def test_binary_mode_headers_without_a_value_from_other_kafka_clients() -> None:
+    """A Kafka header may have no value (None): it counts as absent, as the consumers' own
+    reading of the content type has it (it was an AttributeError, which tail showed as a
+    traceback and a consumer that wants the envelope took for a fault of the log, retrying
+    the record forever)."""
+    headers = [("ce_id", b"1"), ("ce_source", b"/s"), ("ce_specversion", b"1.0")]
+    nothing: list[tuple[str, Any]] = [("traceparent", None), ("ce_subject", None), ("content-type", None)]
+    event = from_binary(None, [*headers, ("ce_type", b"t"), *nothing], b'{"a": 1}')
+    assert (event.subject, event.datacontenttype, event.data) == (None, None, {"a": 1})
+    with pytest.raises(InvalidEvent, match="type: required attribute is missing"):
+        from_binary(None, [*headers, ("ce_type", None)], b"{}")
+
+
 def test_binary_mode_foreign_bytes_without_content_type_stay_bytes() -> None:
     headers = [("ce_id", b"1"), ("ce_source", b"/s"), ("ce_specversion", b"1.0"), ("ce_type", b"t")]
     assert from_binary(None, headers, b"\x00not json").data == b"\x00not json"

@@ -27,6 +27,7 @@ PUBLIC = {
         "BrokerUnavailable",
         "Closed",
         "ConcurrencyError",
+        "CorruptRecord",
         "InmotionError",
         "InvalidConfig",
         "InvalidEvent",

@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 
 import inmotion
 import inmotion.log.sqlite.log as sqlite_module
-from inmotion.errors import InvalidConfig, StorageError
+from inmotion.errors import CorruptRecord, InvalidConfig, StorageError
 from inmotion.log import Message, TopicConfig, connect
 from inmotion.log.sqlite import SqliteLog
 from inmotion.log.sqlite.file import APPLICATION_ID
 from inmotion.sourcing import EventStore
+from tests.damage import damage
 
 APPENDER = textwrap.dedent(
     """
@@ -182,6 +183,57 @@ def test_corrupt_file(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database at all, just some text " * 100)
     with pytest.raises(StorageError, match="corrupt or not a SQLite database"):
         inmotion.connect(f"sqlite:///{path}")
+
+
+def test_a_damaged_batch_is_a_corrupt_record_error_naming_its_offsets(tmp_path: Path) -> None:
+    """A flipped bit in a stored body passes SQLite's integrity check: reads name the topic,
+    partition and offsets of the damaged batch (they raised msgspec's DecodeError), after
+    returning the records before it, and reads past it are unaffected."""
+    path = tmp_path / "log.db"
+    with SqliteLog(path) as log:
+        log.create_topic("orders", TopicConfig(partitions=2))
+        for values in ([b"a", b"b"], [b"c", b"d", b"e"], [b"f"]):  # three batches in partition 1
+            log.append("orders", [Message(value, partition=1) for value in values])
+        log.append("orders", [Message(b"other", partition=0)])
+        assert damage(path, "orders", 1, 3) == (2, 4)
+        assert [r.value for r in log.read("orders", 1, 0)] == [b"a", b"b"]
+        for offset in (2, 3):
+            with pytest.raises(CorruptRecord, match=r"^corrupt records orders/1@2-4: the stored batch does not decode"):
+                log.read("orders", 1, offset)
+        with pytest.raises(CorruptRecord) as caught:
+            log.read("orders", 1, 2)
+        error = caught.value
+        assert (error.topic, error.partition, error.first, error.last) == ("orders", 1, 2, 4)
+        assert error.raw
+        assert isinstance(error, StorageError)
+        assert [r.value for r in log.read("orders", 1, 5)] == [b"f"]
+        assert [r.value for r in log.read("orders", 0, 0)] == [b"other"]
+
+
+def test_a_body_that_decodes_into_the_wrong_types_is_corrupt(tmp_path: Path) -> None:
+    """One bit turns a key's nil into true: the body still decodes as msgpack, but not as keys
+    (it made a Record whose key was True, which failed later as an AttributeError)."""
+    path = tmp_path / "log.db"
+    with SqliteLog(path) as log:
+        log.create_topic("t", TopicConfig(partitions=1))
+        log.append("t", [Message(b"v")])
+        damage(path, "t", 0, 0, lambda body: body.replace(b"\x91\xc0", b"\x91\xc3", 1))
+        with pytest.raises(CorruptRecord, match=r"corrupt record t/0@0: .*Expected `bytes \| null`, got `bool`"):
+            log.read("t", 0, 0)
+
+
+def test_retention_of_the_other_partitions_goes_on_past_a_damaged_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "log.db"
+    with SqliteLog(path) as log:
+        log.create_topic("t", TopicConfig(partitions=2, retention_ms=1000))
+        for partition in (0, 1):
+            log.append("t", [Message(b"old", partition=partition)])
+        damage(path, "t", 0, 0)
+        assert log.enforce_retention(now_ms=int(time.time() * 1000) + 10_000) == 1
+        assert log.earliest_offset("t", 1) == 1
+        assert "retention of t/0 cannot go past a damaged batch: corrupt record t/0@0" in caplog.text
 
 
 def test_foreign_sqlite_database(tmp_path: Path) -> None:
@@ -367,6 +419,8 @@ def test_a_file_of_the_row_per_record_schema_is_upgraded_in_place(tmp_path: Path
     ]
     rows += [((2 << 40) + n, 2000, None, None, None) for n in range(2)]
     conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)", rows)
+    # schema 1 kept a key or value given as text or a number as such; stored records are bytes now
+    conn.execute("UPDATE records SET key = 'text', value = 42 WHERE id = ?", ((2 << 40) + 1,))
     conn.execute("INSERT INTO group_offsets VALUES ('g', 1, 0, 42, 0)")
     conn.close()
     with inmotion.connect(f"sqlite:///{path}") as log:
@@ -377,7 +431,10 @@ def test_a_file_of_the_row_per_record_schema_is_upgraded_in_place(tmp_path: Path
         assert [r.offset for r in log.read("old", 0, 600, limit=3)] == [601, 602, 603]
         assert log.earliest_offset("old", 0) == 1
         assert log.offset_for_time("old", 0, 2000) == 701
-        assert [(r.offset, r.value, r.headers) for r in log.read("old", 1, 0)] == [(0, None, ()), (1, None, ())]
+        assert [(r.offset, r.key, r.value, r.headers) for r in log.read("old", 1, 0)] == [
+            (0, None, None, ()),
+            (1, b"text", b"42", ()),
+        ]
         assert log.committed("g", "old") == {0: 42}
         assert log.append("old", [Message(b"new", partition=0)])[0].offset == 1300
     with sqlite3.connect(path) as conn:

@@ -6,6 +6,7 @@ __all__ = [
     "BrokerUnavailable",
     "Closed",
     "ConcurrencyError",
+    "CorruptRecord",
     "InmotionError",
     "InvalidConfig",
     "InvalidEvent",
@@ -66,6 +67,23 @@ class UnknownPartition(InmotionError, LookupError):
 
 class StorageError(InmotionError):
     """The log's storage cannot be used: locked, unreadable, corrupt, full."""
+
+
+class CorruptRecord(StorageError):
+    """Stored records that cannot be decoded: offsets `first` to `last` of a partition (a batch
+    of them, on SQLite), damaged in a way the storage's own checks do not see (a flipped bit in
+    a record's bytes passes SQLite's `PRAGMA integrity_check`). `raw` holds their stored bytes,
+    for a dead-letter topic."""
+
+    def __init__(self, topic: str, partition: int, first: int, last: int, problem: str, raw: bytes = b"") -> None:
+        where = f"{topic}/{partition}@{first}" + ("" if last == first else f"-{last}")
+        super().__init__(f"corrupt record{'' if last == first else 's'} {where}: {problem}")
+        self.topic = topic
+        self.partition = partition
+        self.first = first
+        self.last = last
+        self.problem = problem
+        self.raw = raw
 
 
 class NotAuthorized(InmotionError, PermissionError):

@@ -21,7 +21,7 @@ from inmotion.events import Event
 from inmotion.log import Log, Message, Record, TopicConfig, partition_for_key
 from inmotion.log.kafka.log import translate
 from inmotion.runtime import App
-from inmotion.testing import unique_topic
+from inmotion.testing import eventually, unique_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -100,6 +100,41 @@ def test_a_subscription_takes_records_of_other_producers_with_headers_without_va
 
     asyncio.run(scenario())
     assert got == [{"n": 1}, {"n": 2}, {"n": 3}]
+
+
+def test_records_of_another_client_that_are_no_cloudevent_are_dead_lettered_not_retried(
+    log_url: str, kafka_bootstrap: str
+) -> None:
+    """The Kafka backend decodes nothing itself (the client hands over key, value and headers),
+    so a record of another client is never a CorruptRecord: one that is no CloudEvent is
+    dead-lettered as an InvalidEvent, and value-less headers count as absent for a handler of
+    the whole Event (they were an AttributeError, retried forever as a fault)."""
+    topic = unique_topic("raw")
+    got: list[Event] = []
+
+    async def scenario() -> None:
+        with App("raw", log_url) as app:
+            app.log.create_topic(topic, TopicConfig(partitions=1))
+
+            @app.subscribe(topic, group=f"{topic}-group", on_corrupt="dead-letter")
+            async def handle(event: Event) -> None:
+                got.append(event)
+
+            await app.start()
+            producer = Producer({"bootstrap.servers": kafka_bootstrap})
+            producer.produce(topic, value=b"\x00\xffraw bytes", headers=[("trace", None)])
+            ce = [("ce_specversion", b"1.0"), ("ce_id", b"j1"), ("ce_source", b"java"), ("ce_type", b"t")]
+            producer.produce(topic, value=b'{"n": 1}', headers=[*ce, ("ce_subject", None), ("trace", None)])
+            assert producer.flush(30) == 0
+            await eventually(
+                lambda: bool(got) and app.metrics.value("inmotion_dead_lettered_total") == 1, 60, "both records"
+            )
+            await app.stop()
+            [entry] = [r for r in app.log.read(f"{topic}-group.dlq", 0, 0) if r.value == b"\x00\xffraw bytes"]
+            assert dict(entry.headers)["dlq_error_type"] == b"inmotion.errors.InvalidEvent"
+
+    asyncio.run(scenario())
+    assert [(e.id, e.subject, e.data) for e in got] == [("j1", None, {"n": 1})]
 
 
 @pytest.mark.slow

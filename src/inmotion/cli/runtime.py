@@ -17,6 +17,7 @@ from rich.table import Table
 
 from inmotion.cli.common import BrokerOption, JsonOption, check_offset, fail, open_log, parse_time_ms, print_json
 from inmotion.errors import InvalidConfig, InvalidEvent, UnknownTopic
+from inmotion.events import Event
 from inmotion.events.codec import source_and_id
 from inmotion.log import Coordinator, Log, MemberInfo, Record, TopicPartition
 from inmotion.runtime import deadletter, logs
@@ -166,16 +167,25 @@ def _dlq_topics(log: Log, topic: str | None) -> list[str]:
     return [t for t in log.list_topics() if t.endswith(".dlq")]
 
 
+def _event(entry: deadletter.DeadLetter) -> Event | None:
+    """The entry's CloudEvent; None for one that is not (a record of another producer, or the
+    raw bytes of records that the log could not decode)."""
+    try:
+        return entry.event()
+    except InvalidEvent:
+        return None
+
+
 def _entry_document(dlq_topic: str, entry: deadletter.DeadLetter) -> dict[str, object]:
-    event = entry.event()
+    event = _event(entry)
     document: dict[str, object] = {
         "dlq": dlq_topic,
         "dlq_partition": entry.record.partition,
         "dlq_offset": entry.record.offset,
-        "id": event.id,
-        "source": event.source,
-        "type": event.type,
-        "key": event.key,
+        "id": None if event is None else event.id,
+        "source": None if event is None else event.source,
+        "type": None if event is None else event.type,
+        "key": None if event is None else event.key,
     }
     document.update({k: v for k, v in entry.error.items() if k != "error_traceback"})
     return document
@@ -211,9 +221,10 @@ def dlq_list(
         return
     for d in found:
         error_type = str(d.get("error_type", "")).rsplit(".", 1)[-1]
+        what = "(not a CloudEvent)" if d["type"] is None else f"{d['type']}  {d['id']}"
         typer.echo(
             f"{d['dlq']}@{d['dlq_offset']}  from {d.get('topic')}/{d.get('partition')}@{d.get('offset')}"
-            f"  {d['type']}  {d['id']}  attempts={d.get('attempts')}  {error_type}: {d.get('error_message', '')}"
+            f"  {what}  attempts={d.get('attempts')}  {error_type}: {d.get('error_message', '')}"
         )
         if traceback:
             typer.echo("    " + str(d["error_traceback"]).rstrip().replace("\n", "\n    "))
@@ -246,14 +257,15 @@ def dlq_redrive(
     type_filter = make_filter(event_type)
 
     def accept(entry: deadletter.DeadLetter) -> bool:
-        if type_filter is not None and not type_filter.matches(entry.event()):
+        event = _event(entry)
+        if type_filter is not None and (event is None or not type_filter.matches(event)):
             return False
         if error_type is not None and error_type not in (
             entry.error.get("error_type", ""),
             entry.error.get("error_type", "").rsplit(".", 1)[-1],
         ):
             return False
-        return not event_id or entry.event().id in event_id
+        return not event_id or (event is not None and event.id in event_id)
 
     with open_log(broker, create=False) as log:
         if to is not None and to not in log.list_topics():
@@ -274,7 +286,9 @@ def dlq_redrive(
     verb = "would redrive" if dry_run else "redrove"
     typer.echo(f"{verb} {len(chosen)} event(s) from {topic}")
     for entry in chosen:
-        typer.echo(f"  {entry.event().type} {entry.event().id} -> {to or entry.original_topic}")
+        event = _event(entry)
+        what = "(not a CloudEvent)" if event is None else f"{event.type} {event.id}"
+        typer.echo(f"  {what} -> {to or entry.original_topic}")
 
 
 # --- replay ---------------------------------------------------------------------------------

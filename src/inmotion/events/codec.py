@@ -32,7 +32,8 @@ _json_decoder = msgspec.json.Decoder()
 _LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u)")
 """A high-surrogate escape with no low one after it: msgspec calls it 'Input data was truncated'."""
 
-Headers = Sequence[tuple[str, bytes]]
+Headers = Sequence[tuple[str, bytes | None]]
+"""Kafka lets a header have no value (None); inmotion never writes one."""
 
 
 def is_json_content_type(content_type: str | None) -> bool:
@@ -252,11 +253,13 @@ def from_binary(key: bytes | None, headers: Headers, value: bytes | None) -> Eve
     attributes: dict[str, Any] = {}
     extensions: dict[str, ExtensionValue] = {}
     content_type: str | None = None
-    for name, raw in headers:
-        text = _header_text(name, raw)
+    for name, raw in headers:  # headers not the event's (a tracing id) are not even decoded
+        if raw is None:  # a Kafka header may have no value: as if it were absent (as consumers read it)
+            continue
         if name.lower() == "content-type":
-            content_type = text
+            content_type = _header_text(name, raw)
         elif name.startswith("ce_"):
+            text = _header_text(name, raw)
             attribute = name[3:]
             if attribute == "time":
                 attributes["time"] = parse_time("time", text)

@@ -191,7 +191,10 @@ class Log(abc.ABC):
 
     @abc.abstractmethod
     def read(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record]:
-        """Up to `limit` records of one partition with offsets >= `offset`, in order."""
+        """Up to `limit` records of one partition with offsets >= `offset`, in order.
+
+        Stored records that cannot be decoded end what a read returns; a read that starts at
+        them raises CorruptRecord, naming their offsets."""
 
     def read_now(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record] | None:
         """`read` without waiting for the network or a lock: the records from `offset` that the

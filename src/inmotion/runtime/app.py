@@ -22,7 +22,7 @@ from inmotion.runtime.lifecycle import Lifecycle
 from inmotion.runtime.metrics import Metrics
 from inmotion.runtime.publisher import Publisher, to_message
 from inmotion.runtime.retry import Retry
-from inmotion.runtime.subscription import Subscription
+from inmotion.runtime.subscription import OnCorrupt, Subscription
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("inmotion.runtime")
@@ -182,6 +182,7 @@ class App:
         idempotent: bool = False,
         transaction: bool = False,
         dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
+        on_corrupt: OnCorrupt = "stop",
     ) -> Callable[[F], F]:
         """Register the decorated function (async or plain) as a handler of `topics`.
 
@@ -210,6 +211,12 @@ class App:
           effects without `idempotent`, which adds skipping copies of an event published
           twice. Transactions of one subscription run one at a time, and events published from
           the handler are appended right after its commit.
+        - `on_corrupt`: what becomes of stored records that the log cannot decode (a damaged
+          file, `CorruptRecord`): "stop" (the default) stops reading their partition there,
+          with the error logged and nothing committed past them; "skip" goes past them, logged
+          with their offsets; "dead-letter" sends their raw bytes with the error to the
+          dead-letter topic. An event that decodes but whose data does not fit the handler's
+          type is not corrupt: it is dead-lettered as a failure.
         """
         names = (topics,) if isinstance(topics, str) else tuple(topics)
         if retry is not None and not isinstance(retry, Retry):
@@ -236,6 +243,7 @@ class App:
                 idempotent=idempotent,
                 transaction=transaction,
                 dedupe_window=dedupe_window,
+                on_corrupt=on_corrupt,
             )
             if any(s.group == chosen for s in self.subscriptions):
                 raise InvalidConfig(f"group {chosen!r} already has a subscription in this app: name another group")

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Mapping
 
-from inmotion.errors import InmotionError
+from inmotion.errors import CorruptRecord, InmotionError
 from inmotion.log import Log, Record, TopicPartition
 from inmotion.runtime.publisher import Publisher
 from inmotion.runtime.worker import Worker
@@ -71,7 +71,7 @@ class Fetcher:
                 behind.clear()  # before reading: local records left over from now on set it
                 try:
                     version = self.log.data_version() if self.log.poll is not None else None
-                    batches = await self.read(positions, announced)
+                    batches, damaged = await self.read(positions, announced)
                     announced = False
                     failing = None
                 except InmotionError as exc:
@@ -84,7 +84,9 @@ class Fetcher:
                     if records:
                         ready[partition].dispatch(records)
                         positions[partition] = records[-1].offset + 1
-                if behind.is_set() or any(len(records) == _FETCH_LIMIT for records in batches.values()):
+                for partition, error in damaged.items():  # its worker stops there or goes past them
+                    ready[partition].corrupt(error)
+                if behind.is_set() or damaged or any(len(records) == _FETCH_LIMIT for records in batches.values()):
                     await asyncio.sleep(0)  # let the handlers run, then read what is already there
                     continue
                 if version is not None:
@@ -109,19 +111,27 @@ class Fetcher:
         finally:
             stop_listening()
 
-    async def read(self, positions: Mapping[int, int], announced: bool) -> dict[int, list[Record]]:
+    async def read(
+        self, positions: Mapping[int, int], announced: bool
+    ) -> tuple[dict[int, list[Record]], dict[int, CorruptRecord]]:
         """A batch of records from each partition: what the log hands over at once, else (the
         log cannot tell without waiting, or `announced` says there is more than it handed
-        over) what a read in a thread returns."""
+        over) what a read in a thread returns. And the partitions whose next records the log
+        cannot decode, apart: the others' reads go on."""
         batches = {}
+        damaged = {}
         for partition, offset in positions.items():
-            records = self.log.read_now(self.topic, partition, offset, _FETCH_LIMIT)
-            if records is None or (announced and not records):
-                records = await asyncio.get_running_loop().run_in_executor(
-                    self._read_pool, self.log.read, self.topic, partition, offset, _FETCH_LIMIT
-                )
+            try:
+                records = self.log.read_now(self.topic, partition, offset, _FETCH_LIMIT)
+                if records is None or (announced and not records):
+                    records = await asyncio.get_running_loop().run_in_executor(
+                        self._read_pool, self.log.read, self.topic, partition, offset, _FETCH_LIMIT
+                    )
+            except CorruptRecord as error:
+                damaged[partition] = error
+                continue
             batches[partition] = records
-        return batches
+        return batches, damaged
 
     async def _poll(self, version: int, behind: asyncio.Event) -> None:
         """Return once the log's data version is no longer `version` (taken before the last

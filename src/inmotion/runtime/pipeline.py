@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from inmotion.errors import InmotionError, InvalidEvent
+from inmotion.errors import CorruptRecord, InmotionError, InvalidEvent
 from inmotion.events import Event
 from inmotion.events.codec import JSON_CONTENT_TYPE, source_and_id
 from inmotion.log import Record, TopicPartition, Transaction
@@ -52,9 +52,10 @@ class Outcome:
 HANDLED = Outcome("handled")
 """The handler finished with it."""
 SKIPPED = Outcome("skipped")
-"""Not for this subscription (filtered out, redriven for another group) or handled before."""
+"""Not for this subscription (filtered out, redriven for another group), handled before, or
+corrupt and skipped (`on_corrupt="skip"`)."""
 DEAD_LETTERED = Outcome("dead-lettered")
-"""It failed every try, or does not decode, and went to the dead-letter topic."""
+"""It failed every try, or does not decode, or is corrupt, and went to the dead-letter topic."""
 ABANDONED = Outcome("abandoned")
 """The worker stopped (revoked, lost, shutting down) before it finished: not finished."""
 
@@ -245,6 +246,25 @@ class Pipeline:
             extra={"group": self.group},
         )
         return DEAD_LETTERED
+
+    async def pass_corrupt(self, error: CorruptRecord, offset: int) -> Outcome:
+        """Skip or dead-letter, as the subscription's `on_corrupt` says, the stored records from
+        `offset` to `error.last` that the log cannot decode. Their dead-letter entry carries
+        their raw stored bytes as its value and the error in the usual headers."""
+        if self.subscription.on_corrupt == "skip":
+            self.counter("skipped", error.topic).add(error.last - offset + 1)
+            logger.error(
+                "skipped %s/%d@%d-%d (on_corrupt='skip'): %s",
+                error.topic,
+                error.partition,
+                offset,
+                error.last,
+                error,
+                extra={"group": self.group},
+            )
+            return SKIPPED
+        record = Record(error.topic, error.partition, offset, 0, None, error.raw, ())
+        return await self.dead_letter(record, error, 1)
 
     async def _handle_in_transaction(self, payload: Any, context: Context, key: Key, seat: Seat) -> Outcome:
         """Run the handler inside one transaction with the events it publishes, the group's

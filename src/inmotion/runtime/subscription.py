@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal, get_args
 
 from inmotion.errors import InvalidConfig
 from inmotion.log.base import check_group_name, check_topic_name
 from inmotion.runtime.filters import EventFilter
 from inmotion.runtime.handler import Handler
 from inmotion.runtime.retry import Retry
+
+OnCorrupt = Literal["stop", "skip", "dead-letter"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -24,6 +27,9 @@ class Subscription:
     idempotent: bool
     transaction: bool
     dedupe_window: float
+    on_corrupt: OnCorrupt
+    """What becomes of stored records that the log cannot decode (`CorruptRecord`): the
+    partition stops there, or they are skipped, or their raw bytes are dead-lettered."""
 
     def __post_init__(self) -> None:
         if not self.topics:
@@ -41,5 +47,9 @@ class Subscription:
             or not 1 <= self.concurrency <= 1000
         ):
             raise InvalidConfig(f"concurrency must be an integer between 1 and 1000, got {self.concurrency!r}")
+        if self.on_corrupt not in get_args(OnCorrupt):
+            raise InvalidConfig(f"on_corrupt must be 'stop', 'skip' or 'dead-letter', got {self.on_corrupt!r}")
+        if self.on_corrupt == "dead-letter" and self.dead_letter is None:
+            raise InvalidConfig("on_corrupt='dead-letter' needs a dead-letter topic, and dead_letter=False gives none")
         if self.dedupe_window <= 0:
             raise InvalidConfig(f"dedupe_window must be positive, got {self.dedupe_window!r}")

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+from inmotion.errors import CorruptRecord
 from inmotion.log import Record, TopicPartition
 from inmotion.runtime.metrics import Counter
 from inmotion.runtime.offsets import OffsetTracker
@@ -43,6 +45,8 @@ class Worker:
         self.offsets = OffsetTracker(start)
         self.committed = start
         self.stopping = asyncio.Event()
+        self.halted = False
+        """Stopped at records the log cannot decode (`on_corrupt="stop"`): nothing more is read."""
         self._room = room
         """Called when the worker has room for more events (the fetcher may read again)."""
         self._ordered = concurrency == 1
@@ -57,7 +61,7 @@ class Worker:
         return self.offsets.next_offset
 
     def wants_more(self) -> bool:
-        return not self.stopping.is_set() and len(self.offsets) < BUFFER
+        return not self.stopping.is_set() and not self.halted and len(self.offsets) < BUFFER
 
     def commit_point(self, finishing: int | None = None) -> int:
         return self.offsets.commit_point(finishing)
@@ -92,8 +96,47 @@ class Worker:
                 chains[chain] = collections.deque([record])
                 self._start_chain(chain)
 
+    def corrupt(self, error: CorruptRecord) -> None:
+        """The log cannot decode the records from the fetch position to `error.last`: stop the
+        partition there, so that its commit point stays before them, or skip or dead-letter
+        them (the subscription's `on_corrupt`)."""
+        if self.stopping.is_set() or self.halted or error.last < self.offsets.next_offset:
+            return
+        if self.pipeline.subscription.on_corrupt == "stop":
+            self.halted = True
+            logger.error(
+                "stopped reading %s/%d at offset %d: %s (on_corrupt='skip' or 'dead-letter' goes past it)",
+                self.tp.topic,
+                self.tp.partition,
+                self.offsets.next_offset,
+                error,
+                extra={"group": self.pipeline.group},
+            )
+            return
+        offsets = list(range(self.offsets.next_offset, error.last + 1))
+        self.offsets.start_many(offsets)
+        self._spawn(self._pass_corrupt(error, offsets))
+
+    async def _pass_corrupt(self, error: CorruptRecord, offsets: list[int]) -> None:
+        faults = 0  # in a row: the dead-letter append failed
+        while not self.stopping.is_set():
+            try:
+                await self.pipeline.pass_corrupt(error, offsets[0])
+            except Exception as fault:
+                faults += 1
+                if not await self._fault(offsets[0], fault, faults):
+                    return
+                continue
+            for offset in offsets:
+                self.offsets.finish(offset)
+            self._room()
+            return
+
     def _start_chain(self, chain: object) -> None:
-        task = asyncio.create_task(self._run_chain(chain))
+        self._spawn(self._run_chain(chain))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -117,7 +160,7 @@ class Worker:
                             outcome = await deliver(record, self)
                 except Exception as fault:  # not the handler's: the log failed (a dead-letter append)
                     faults += 1
-                    if not await self._fault(record, fault, faults):
+                    if not await self._fault(record.offset, fault, faults):
                         return
                     continue  # the same record again: it is not finished, so nothing passes it
                 if outcome is ABANDONED:
@@ -137,14 +180,14 @@ class Worker:
             if consumed:
                 self._consumed.add(consumed)
 
-    async def _fault(self, record: Record, fault: Exception, faults: int) -> bool:
-        """Log a fault that handling `record` ran into outside the handler and wait a backoff
-        before the record is tried again; False if the worker stops meanwhile."""
+    async def _fault(self, offset: int, fault: Exception, faults: int) -> bool:
+        """Log a fault that handling the record at `offset` ran into outside the handler and
+        wait a backoff before the record is tried again; False if the worker stops meanwhile."""
         logger.error(
             "handling %s/%d@%d failed: %s: %s; trying it again in %.1fs",
-            record.topic,
-            record.partition,
-            record.offset,
+            self.tp.topic,
+            self.tp.partition,
+            offset,
             type(fault).__name__,
             fault,
             self.pipeline.delay(faults),

@@ -32,6 +32,7 @@ import msgspec
 
 from inmotion.errors import (
     Closed,
+    CorruptRecord,
     InmotionError,
     InvalidConfig,
     StorageError,
@@ -119,9 +120,36 @@ CREATE TABLE IF NOT EXISTS batches (
 # A batch's body: its records' keys, values and headers, and their offsets (nil while they are
 # consecutive from the batch's `first`, as appended; retention and compaction leave gaps).
 # All of a batch's records were appended together and share its timestamp.
-_Body = tuple[list[Any], list[Any], list[Headers], list[int] | None]
+_Body = tuple[list[bytes | None], list[bytes | None], list[Headers], list[int] | None]
 _encoder = msgspec.msgpack.Encoder()
-_body_decoder = msgspec.msgpack.Decoder(_Body)
+_body_decoder = msgspec.msgpack.Decoder(_Body)  # typed: a damaged body fails here, not in a consumer
+
+
+def _decode_body(topic: str, partition: int, rowid: int, first: int, blob: bytes) -> _Body:
+    """A stored batch's body; CorruptRecord, naming the batch's offsets, when it does not decode
+    or its columns do not fit together (SQLite checks its pages, not the bytes of a blob)."""
+    last = rowid & OFFSET_MASK
+    try:
+        body = _body_decoder.decode(blob)
+    except msgspec.MsgspecError as exc:
+        problem = str(exc)
+    else:
+        keys, values, headers, offsets = body
+        count = len(keys)
+        # retention may have removed a batch's last records: its offsets may end before `last`
+        if (
+            count > 0
+            and len(values) == count
+            and len(headers) == count
+            and (
+                first + count - 1 <= last
+                if offsets is None
+                else len(offsets) == count and offsets[0] == first and offsets[-1] <= last
+            )
+        ):
+            return body
+        problem = "its keys, values, headers and offsets do not fit together"
+    raise CorruptRecord(topic, partition, first, last, f"the stored batch does not decode: {problem}", blob)
 
 
 def _record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
@@ -179,8 +207,9 @@ def _batches_from_rows(conn: sqlite3.Connection) -> None:
         )
         batch.clear()
 
+    # keys and values that schema 1 kept as SQLite text or integers become bytes, as stored now
     for rowid, stamp, key, value, headers in conn.execute(
-        "SELECT id, timestamp, key, value, headers FROM records ORDER BY id"
+        "SELECT id, timestamp, CAST(key AS BLOB), CAST(value AS BLOB), headers FROM records ORDER BY id"
     ):
         if batch and (rowid >> OFFSET_BITS != log_id or stamp != timestamp or len(batch) == _BATCH):
             close_batch()
@@ -192,10 +221,10 @@ def _batches_from_rows(conn: sqlite3.Connection) -> None:
 
 
 def _records(
-    topic: str, partition: int, first: int, timestamp: int, blob: bytes, offset: int, limit: int
+    topic: str, partition: int, rowid: int, first: int, timestamp: int, blob: bytes, offset: int, limit: int
 ) -> list[Record]:
     """Up to `limit` records of a stored batch, from `offset` on."""
-    body = _body_decoder.decode(blob)
+    body = _decode_body(topic, partition, rowid, first, blob)
     keys, values, headers, _ = body
     offsets = _offsets(first, body)
     start = bisect.bisect_left(offsets, offset)  # a range bisects too
@@ -570,14 +599,21 @@ class SqliteLog(SqliteFile, Log):
         with self._translate("read"):
             if limit > 0:
                 cursor = self._reader().execute(
-                    "SELECT first, timestamp, body FROM batches"
+                    "SELECT id, first, timestamp, body FROM batches"
                     f" WHERE id >= ({_LOG_ID} << {OFFSET_BITS}) + ? AND id < ({_LOG_ID} + 1) << {OFFSET_BITS}"
                     " ORDER BY id",
                     (topic, partition, offset, topic, partition),
                 )
                 try:
-                    for first, timestamp, body in cursor:
-                        records += _records(topic, partition, first, timestamp, body, offset, limit - len(records))
+                    for rowid, first, timestamp, body in cursor:
+                        try:
+                            wanted = limit - len(records)
+                            more = _records(topic, partition, rowid, first, timestamp, body, offset, wanted)
+                        except CorruptRecord:
+                            if records:  # the records before the damaged batch; the next read raises
+                                break
+                            raise
+                        records += more
                         if len(records) >= limit:
                             break
                 finally:
@@ -730,19 +766,24 @@ class SqliteLog(SqliteFile, Log):
             partitions = (
                 self._reader()
                 .execute(
-                    "SELECT t.partitions, t.retention_ms, t.retention_bytes, t.compact, p.log_id, p.bytes"
-                    " FROM topics t JOIN partitions p ON p.topic_id = t.id"
+                    "SELECT t.name, p.partition, t.partitions, t.retention_ms, t.retention_bytes, t.compact,"
+                    " p.log_id, p.bytes FROM topics t JOIN partitions p ON p.topic_id = t.id"
                 )
                 .fetchall()
             )
         removed = 0
-        for count, retention_ms, retention_bytes, compact, log_id, size in partitions:
+        for topic, partition, count, retention_ms, retention_bytes, compact, log_id, size in partitions:
             config = TopicConfig(count, retention_ms, retention_bytes, bool(compact))
             if needs_scan(config):
-                removed += self._apply_retention(log_id, config, size, now_ms)
+                try:
+                    removed += self._apply_retention(topic, partition, log_id, config, size, now_ms)
+                except CorruptRecord as exc:  # the other partitions' retention goes on
+                    _logger.error("retention of %s/%d cannot go past a damaged batch: %s", topic, partition, exc)
         return removed
 
-    def _apply_retention(self, log_id: int, config: TopicConfig, size: int, now_ms: int) -> int:
+    def _apply_retention(
+        self, topic: str, partition: int, log_id: int, config: TopicConfig, size: int, now_ms: int
+    ) -> int:
         base = log_id << OFFSET_BITS
         sized = config.retention_bytes is not None
         batches: list[int] = []  # the rowids of the batches scanned, ascending
@@ -750,7 +791,7 @@ class SqliteLog(SqliteFile, Log):
         def rows(cursor: sqlite3.Cursor) -> Iterator[RetentionRow]:
             for rowid, first, timestamp, blob in cursor:
                 batches.append(rowid)
-                body = _body_decoder.decode(blob)
+                body = _decode_body(topic, partition, rowid, first, blob)
                 for offset, key, value, headers in zip(_offsets(first, body), *body[:3], strict=True):
                     yield offset, timestamp, key, value is None, _record_size(key, value, headers) if sized else 0
 
@@ -774,11 +815,18 @@ class SqliteLog(SqliteFile, Log):
                 chunk.append(affected[at])
                 count += len(affected[at][1])
                 at += 1
-            self._write(functools.partial(self._remove, log_id, chunk, sized))
+            self._write(functools.partial(self._remove, topic, partition, log_id, chunk, sized))
         return len(doomed)
 
     @staticmethod
-    def _remove(log_id: int, chunk: list[tuple[int, set[int]]], sized: bool, conn: sqlite3.Connection) -> None:
+    def _remove(
+        topic: str,
+        partition: int,
+        log_id: int,
+        chunk: list[tuple[int, set[int]]],
+        sized: bool,
+        conn: sqlite3.Connection,
+    ) -> None:
         """Remove records from their batches: rewrite each batch without them, or delete it when
         none of its records stays. Reads each batch again inside the write transaction, so a
         removal that raced another (a second process's retention) removes nothing twice."""
@@ -787,7 +835,7 @@ class SqliteLog(SqliteFile, Log):
             row = conn.execute("SELECT first, body FROM batches WHERE id = ?", (rowid,)).fetchone()
             if row is None:
                 continue
-            body = _body_decoder.decode(row[1])
+            body = _decode_body(topic, partition, rowid, row[0], row[1])
             kept: list[tuple[int, Any, Any, Headers]] = []
             for record in zip(_offsets(row[0], body), *body[:3], strict=True):
                 if record[0] not in gone:
