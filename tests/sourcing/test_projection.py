@@ -332,6 +332,25 @@ def test_a_projection_reads_a_log_topic_and_applies_duplicates_once(
     log.close()
 
 
+def test_a_projection_of_a_topic_created_again_reads_it_from_its_start(store: EventStore, directory: Path) -> None:
+    path = directory / "inmotion.db"  # the read model in the log's file, where deleting a topic clears its positions
+    with inmotion.connect(f"sqlite:///{path}") as log:
+        open_accounts(store, 1)
+        relay = OutboxRelay(store, log, "accounts")
+        assert relay.relay_once() == 4
+        with Projector(Balances(), TopicSource(log, "accounts"), path) as projector:
+            assert projector.run_once() == 4
+            log.delete_topic("accounts")
+            log.create_topic("accounts")
+            open_accounts(store, 1, start=1)
+            assert relay.relay_once() == 4  # at offsets 0-3 of the new topic
+            assert projector.lag() == 4
+            assert projector.positions() == {}
+            assert projector.source.wait(projector.positions(), 0)  # a live projector wakes up
+            assert projector.run_once() == 4
+            assert balances(projector) == {"acc-0": 6, "acc-1": 6}
+
+
 def test_a_projection_takes_the_relays_type_prefix_off(store: EventStore, read_model: Path) -> None:
     with inmotion.connect("memory://") as log:
         open_accounts(store, 2)

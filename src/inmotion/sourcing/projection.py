@@ -177,7 +177,7 @@ class TopicSource(Source):
 
     def read(self, positions: Mapping[int, int], limit: int) -> Batch:
         batch: Batch = []
-        for partition, offset in positions.items():
+        for partition, offset in self._every_partition(positions).items():
             for record in self.log.read(self.topic, partition, offset, limit - len(batch)):
                 batch.append((partition, record.offset + 1, self._stored(record)))
             if len(batch) >= limit:
@@ -204,7 +204,15 @@ class TopicSource(Source):
             raise InvalidEvent("data", f"{where} is not a readable CloudEvent: {exc}") from exc
 
     def wait(self, positions: Mapping[int, int], timeout: float) -> bool:
-        return self.log.wait(self.topic, positions, timeout)
+        return self.log.wait(self.topic, self._every_partition(positions), timeout)
+
+    def _every_partition(self, positions: Mapping[int, int]) -> dict[int, int]:
+        """`positions`, and the earliest offset of a partition without one: deleting a topic
+        clears every position in it, and a projection of it starts again when it is created again."""
+        return {
+            p: positions[p] if p in positions else self.log.earliest_offset(self.topic, p)
+            for p in range(self.log.partition_count(self.topic))
+        }
 
     def heads(self) -> dict[int, int]:
         partitions = self.log.partition_count(self.topic)
