@@ -12,6 +12,7 @@ from typing import ClassVar
 import pytest
 
 import inmotion
+from inmotion.errors import StorageError
 from inmotion.log.sqlite import log as log_module
 from inmotion.log.sqlite import store as store_module
 from inmotion.log.sqlite.file import APPLICATION_ID
@@ -140,3 +141,13 @@ def test_a_file_of_this_version_opens_unchanged(directory: Path, caplog: pytest.
         == []
     )
     watcher.close()
+
+
+def test_an_event_store_refuses_a_file_of_a_newer_log_schema(directory: Path) -> None:
+    path = directory / "new.db"
+    EventStore(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {log_module.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StorageError, match="newer inmotion"):
+        EventStore(f"sqlite:///{path}")
