@@ -21,6 +21,7 @@ from inmotion.sourcing import (
     Projection,
     Projector,
     Repository,
+    StoreSource,
     TopicSource,
     Transaction,
     UnreadableEvent,
@@ -260,6 +261,13 @@ def test_bad_projections_are_refused(store: EventStore, read_model: Path) -> Non
 
     with pytest.raises(InvalidConfig, match="name must be an identifier"):
         Projector(Nameless(), store, read_model)
+
+    class UnnamedSource(StoreSource):  # a source of before this attribute: no name to keep positions against
+        name = None  # type: ignore[assignment]
+
+    with pytest.raises(InvalidConfig, match=r"UnnamedSource\.name must say what its positions are kept against"):
+        Projector(Counts(), UnnamedSource(store), read_model)
+    assert not read_model.exists()
 
     class UnknownTable(Counts):
         @handles(Opened)

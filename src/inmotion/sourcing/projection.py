@@ -313,6 +313,10 @@ class Projector:
             raise InvalidConfig(f"batch_size must be positive, got {batch_size}")
         self.projection = projection
         self.source = StoreSource(source) if isinstance(source, EventStore) else source
+        if not isinstance(getattr(self.source, "name", None), str):
+            raise InvalidConfig(
+                f"{type(self.source).__qualname__}.name must say what its positions are kept against (a topic's name)"
+            )
         self.batch_size = batch_size
         self._lock = threading.RLock()
         self.read_model = open_read_model(read_model, projection.name, projection.tables, self.source, timeout)
