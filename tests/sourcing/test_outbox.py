@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +112,21 @@ def test_the_relay_follows_appends_into_a_sqlite_log(directory: Path) -> None:
     assert len(events) == 8
     check_complete_and_in_order(store, events)
     store.close()
+
+
+def test_the_relay_s_cursor_is_kept_with_the_file_s_other_positions(directory: Path) -> None:
+    path = directory / "inmotion.db"
+    with EventStore(f"sqlite:///{path}") as store, inmotion.connect(f"sqlite:///{path}") as log:
+        append_round(store, ["a", "b"], 3)
+        relay = OutboxRelay(store, log, "events")
+        assert relay.relay_once() == 6
+        log.commit("billing", "events", {0: 6})
+        log.delete_topic("events")  # clears the group's positions in the topic, not the relay's in the store
+        with sqlite3.connect(path) as conn:
+            rows = conn.execute("SELECT kind, tracker, source, partition, position FROM positions").fetchall()
+        conn.close()
+        assert rows == [("cursor", "outbox:events", "store:all", 0, 6)]
+        assert relay.pending() == 0
 
 
 def test_a_type_prefix_namespaces_the_published_types(store: EventStore) -> None:

@@ -21,6 +21,7 @@ from inmotion.sourcing import (
     Projection,
     Projector,
     Repository,
+    StoreSource,
     TopicSource,
     Transaction,
     UnreadableEvent,
@@ -76,7 +77,7 @@ def test_catch_up_applies_every_event_once(store: EventStore, read_model: Path) 
         assert projector.run_once() == 20
         assert balances(projector) == {f"acc-{i}": 6 for i in range(5)}
         assert projector.lag() == 0
-        assert projector.positions() == {"store": 21}
+        assert projector.positions() == {0: 21}
         assert projector.run_once() == 0
         open_accounts(store, 1, deposits=0, start=5)
         account = Repository(store, Account).get("acc-1")
@@ -110,7 +111,7 @@ def test_a_failing_handler_writes_nothing_of_its_batch(store: EventStore, read_m
         with pytest.raises(RuntimeError, match="boom"):
             projector.run_once()
         assert balances(projector) == {}
-        assert projector.positions() == {"store": 1}
+        assert projector.positions() == {0: 1}
         projection.fail_on = -1
         assert projector.run_once() == 5
         assert balances(projector) == {"acc-0": 3}
@@ -261,6 +262,13 @@ def test_bad_projections_are_refused(store: EventStore, read_model: Path) -> Non
     with pytest.raises(InvalidConfig, match="name must be an identifier"):
         Projector(Nameless(), store, read_model)
 
+    class UnnamedSource(StoreSource):  # a source of before this attribute: no name to keep positions against
+        name = None  # type: ignore[assignment]
+
+    with pytest.raises(InvalidConfig, match=r"UnnamedSource\.name must say what its positions are kept against"):
+        Projector(Counts(), UnnamedSource(store), read_model)
+    assert not read_model.exists()
+
     class UnknownTable(Counts):
         @handles(Opened)
         def _opened(self, tx: Transaction, event: Opened) -> None:
@@ -330,6 +338,25 @@ def test_a_projection_reads_a_log_topic_and_applies_duplicates_once(
         assert projector.run_once() == 4
         assert balances(projector)["acc-4"] == 6
     log.close()
+
+
+def test_a_projection_of_a_topic_created_again_reads_it_from_its_start(store: EventStore, directory: Path) -> None:
+    path = directory / "inmotion.db"  # the read model in the log's file, where deleting a topic clears its positions
+    with inmotion.connect(f"sqlite:///{path}") as log:
+        open_accounts(store, 1)
+        relay = OutboxRelay(store, log, "accounts")
+        assert relay.relay_once() == 4
+        with Projector(Balances(), TopicSource(log, "accounts"), path) as projector:
+            assert projector.run_once() == 4
+            log.delete_topic("accounts")
+            log.create_topic("accounts")
+            open_accounts(store, 1, start=1)
+            assert relay.relay_once() == 4  # at offsets 0-3 of the new topic
+            assert projector.lag() == 4
+            assert projector.positions() == {}
+            assert projector.source.wait(projector.positions(), 0)  # a live projector wakes up
+            assert projector.run_once() == 4
+            assert balances(projector) == {"acc-0": 6, "acc-1": 6}
 
 
 def test_a_projection_takes_the_relays_type_prefix_off(store: EventStore, read_model: Path) -> None:

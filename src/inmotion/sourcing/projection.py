@@ -41,7 +41,7 @@ from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.log import Log, Record
 from inmotion.log.registry import backend_for
 from inmotion.sourcing.aggregate import marked_methods, marker
-from inmotion.sourcing.store import EventStore, StoredEvent, check_type_prefix, encode_json
+from inmotion.sourcing.store import ALL_EVENTS, EventStore, StoredEvent, check_type_prefix, encode_json
 from inmotion.sourcing.versioning import EventTypes, event_type_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,53 +108,58 @@ class Projection:
 
 
 # --- sources ---------------------------------------------------------------------------------------
-Batch = list[tuple[str, int, StoredEvent]]
-"""(cursor, the cursor's next position after the event, the event)"""
+Batch = list[tuple[int, int, StoredEvent]]
+"""(partition, the partition's next position after the event, the event)"""
 
 
 class Source(abc.ABC):
-    """Where a projector reads events: named cursors, each with a next position to read."""
+    """Where a projector reads events: partitions, each with a next position to read."""
 
+    name: str
+    """What the read model keeps positions in this source against: a topic's name, or the
+    store's `ALL_EVENTS` (so that deleting a topic clears the positions of projections of it)."""
     dedupe = False
     """Whether the same event may come twice (at-least-once delivery), so that events with a
     stream version at or below the last applied one are skipped."""
 
     @abc.abstractmethod
-    def start(self) -> dict[str, int]:
-        """The cursors' positions before the first event."""
+    def start(self) -> dict[int, int]:
+        """The partitions' positions before the first event."""
 
     @abc.abstractmethod
-    def read(self, positions: Mapping[str, int], limit: int) -> Batch: ...
+    def read(self, positions: Mapping[int, int], limit: int) -> Batch: ...
 
     @abc.abstractmethod
-    def wait(self, positions: Mapping[str, int], timeout: float) -> bool: ...
+    def wait(self, positions: Mapping[int, int], timeout: float) -> bool: ...
 
     @abc.abstractmethod
-    def heads(self) -> dict[str, int]:
-        """Each cursor's position after the newest event."""
+    def heads(self) -> dict[int, int]:
+        """Each partition's position after the newest event."""
 
 
 class StoreSource(Source):
-    """The event store in global order: one cursor, the next position."""
+    """The event store in global order: one partition (0), the next position."""
+
+    name = ALL_EVENTS
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
 
-    def start(self) -> dict[str, int]:
-        return {"store": 1}
+    def start(self) -> dict[int, int]:
+        return {0: 1}
 
-    def read(self, positions: Mapping[str, int], limit: int) -> Batch:
-        return [("store", event.position + 1, event) for event in self.store.read_all(positions["store"], limit)]
+    def read(self, positions: Mapping[int, int], limit: int) -> Batch:
+        return [(0, event.position + 1, event) for event in self.store.read_all(positions[0], limit)]
 
-    def wait(self, positions: Mapping[str, int], timeout: float) -> bool:
-        return self.store.wait(positions["store"] - 1, timeout)
+    def wait(self, positions: Mapping[int, int], timeout: float) -> bool:
+        return self.store.wait(positions[0] - 1, timeout)
 
-    def heads(self) -> dict[str, int]:
-        return {"store": self.store.last_position() + 1}
+    def heads(self) -> dict[int, int]:
+        return {0: self.store.last_position() + 1}
 
 
 class TopicSource(Source):
-    """A log topic (any `Log` backend): one cursor per partition, the next offset. Events that the
+    """A log topic (any `Log` backend): its partitions, each at the next offset. Events that the
     outbox relay published twice are applied once (see `dedupe`). `type_prefix`: the relay's, taken
     off the events' types so that they meet the projection's handlers by class name."""
 
@@ -163,18 +168,18 @@ class TopicSource(Source):
     def __init__(self, log: Log, topic: str, *, type_prefix: str = "") -> None:
         check_type_prefix(type_prefix)
         self.log = log
-        self.topic = topic
+        self.topic = self.name = topic
         self.type_prefix = type_prefix
 
-    def start(self) -> dict[str, int]:
+    def start(self) -> dict[int, int]:
         partitions = self.log.partition_count(self.topic)
-        return {str(p): self.log.earliest_offset(self.topic, p) for p in range(partitions)}
+        return {p: self.log.earliest_offset(self.topic, p) for p in range(partitions)}
 
-    def read(self, positions: Mapping[str, int], limit: int) -> Batch:
+    def read(self, positions: Mapping[int, int], limit: int) -> Batch:
         batch: Batch = []
-        for cursor, offset in positions.items():
-            for record in self.log.read(self.topic, int(cursor), offset, limit - len(batch)):
-                batch.append((cursor, record.offset + 1, self._stored(record)))
+        for partition, offset in self._every_partition(positions).items():
+            for record in self.log.read(self.topic, partition, offset, limit - len(batch)):
+                batch.append((partition, record.offset + 1, self._stored(record)))
             if len(batch) >= limit:
                 break
         return batch
@@ -198,12 +203,20 @@ class TopicSource(Source):
         except (InvalidEvent, ValueError, TypeError) as exc:
             raise InvalidEvent("data", f"{where} is not a readable CloudEvent: {exc}") from exc
 
-    def wait(self, positions: Mapping[str, int], timeout: float) -> bool:
-        return self.log.wait(self.topic, {int(c): offset for c, offset in positions.items()}, timeout)
+    def wait(self, positions: Mapping[int, int], timeout: float) -> bool:
+        return self.log.wait(self.topic, self._every_partition(positions), timeout)
 
-    def heads(self) -> dict[str, int]:
+    def _every_partition(self, positions: Mapping[int, int]) -> dict[int, int]:
+        """`positions`, and the earliest offset of a partition without one: deleting a topic
+        clears every position in it, and a projection of it starts again when it is created again."""
+        return {
+            p: positions[p] if p in positions else self.log.earliest_offset(self.topic, p)
+            for p in range(self.log.partition_count(self.topic))
+        }
+
+    def heads(self) -> dict[int, int]:
         partitions = self.log.partition_count(self.topic)
-        return {str(p): self.log.latest_offset(self.topic, p) for p in range(partitions)}
+        return {p: self.log.latest_offset(self.topic, p) for p in range(partitions)}
 
 
 # --- the read model ----------------------------------------------------------------------------------
@@ -212,13 +225,14 @@ class ReadModel(abc.ABC):
     storage side of a `Projector`, supplied by a backend (`open_read_model`).
 
     Tables live in generations, one active (behind views named as the projection's tables) and
-    at most one being rebuilt; each generation has its own positions per source cursor and,
-    for sources that may repeat events, the last applied version of each stream.
+    at most one being rebuilt; each generation has its own positions per source partition
+    (kept against the source's `name`, with the backend's other positions) and, for sources
+    that may repeat events, the last applied version of each stream.
     """
 
     @abc.abstractmethod
-    def positions(self, *, building: bool) -> tuple[int, dict[str, int]]:
-        """The active (or the rebuilding) generation and its next position per cursor.
+    def positions(self, *, building: bool) -> tuple[int, dict[int, int]]:
+        """The active (or the rebuilding) generation and its next position per partition.
         InvalidConfig when the active tables' DDL changed since they were built (rebuild them),
         or when another rebuild took this one over."""
 
@@ -228,7 +242,7 @@ class ReadModel(abc.ABC):
         *,
         building: bool,
         generation: int,
-        positions: dict[str, int],
+        positions: dict[int, int],
         batch: Batch,
         dedupe: bool,
         apply: Callable[[Transaction, StoredEvent], None],
@@ -239,7 +253,7 @@ class ReadModel(abc.ABC):
         generation or its positions meanwhile (read again)."""
 
     @abc.abstractmethod
-    def start_building(self, start: Mapping[str, int]) -> None:
+    def start_building(self, start: Mapping[int, int]) -> None:
         """Create a fresh generation to rebuild into, positioned at `start` (dropping an
         abandoned rebuild's tables)."""
 
@@ -255,9 +269,10 @@ class ReadModel(abc.ABC):
 
 
 def open_read_model(
-    location: str | os.PathLike[str], name: str, tables: Mapping[str, str], start: Mapping[str, int], timeout: float
+    location: str | os.PathLike[str], name: str, tables: Mapping[str, str], source: Source, timeout: float
 ) -> ReadModel:
-    """The read model at `location`: a backend URL (`sqlite:///read.db`) or a file path (SQLite)."""
+    """The read model at `location`: a backend URL (`sqlite:///read.db`) or a file path (SQLite),
+    of the projection `name` of `source`."""
     text = os.fspath(location)
     url = text if "://" in text else f"sqlite:///{text}"
     backend, parts, options = backend_for(url)
@@ -266,7 +281,15 @@ def open_read_model(
         raise InvalidConfig(f"read models cannot live on {parts.scheme}://: use sqlite:///path/to/read.db")
     ddl_hash = hashlib.sha256(repr(sorted(tables.items())).encode()).hexdigest()[:16]
     read_model: ReadModel = opener(
-        url, parts, options, name=name, tables=tables, ddl_hash=ddl_hash, start=start, timeout=timeout
+        url,
+        parts,
+        options,
+        name=name,
+        tables=tables,
+        ddl_hash=ddl_hash,
+        source=source.name,
+        start=source.start(),
+        timeout=timeout,
     )
     return read_model
 
@@ -290,9 +313,13 @@ class Projector:
             raise InvalidConfig(f"batch_size must be positive, got {batch_size}")
         self.projection = projection
         self.source = StoreSource(source) if isinstance(source, EventStore) else source
+        if not isinstance(getattr(self.source, "name", None), str):
+            raise InvalidConfig(
+                f"{type(self.source).__qualname__}.name must say what its positions are kept against (a topic's name)"
+            )
         self.batch_size = batch_size
         self._lock = threading.RLock()
-        self.read_model = open_read_model(read_model, projection.name, projection.tables, self.source.start(), timeout)
+        self.read_model = open_read_model(read_model, projection.name, projection.tables, self.source, timeout)
 
     # --- running ------------------------------------------------------------------------------
     def run_once(self) -> int:
@@ -315,8 +342,9 @@ class Projector:
             self.read_model.switch()
 
     # --- observing --------------------------------------------------------------------------------
-    def positions(self) -> dict[str, int]:
-        """The active read model's next position to read, per source cursor."""
+    def positions(self) -> dict[int, int]:
+        """The active read model's next position to read, per source partition (the event
+        store's global order is partition 0)."""
         with self._lock:
             return self.read_model.positions(building=False)[1]
 
@@ -324,7 +352,7 @@ class Projector:
         """How many events the active read model is behind its source."""
         heads = self.source.heads()
         positions = self.positions()
-        return sum(max(head - positions.get(cursor, 0), 0) for cursor, head in heads.items())
+        return sum(max(head - positions.get(partition, 0), 0) for partition, head in heads.items())
 
     def query(self, statement: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         """Rows of a query on the read model (its views name the active tables)."""

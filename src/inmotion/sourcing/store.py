@@ -29,6 +29,9 @@ from inmotion.sourcing.errors import UnreadableEvent
 
 EVENT_SOURCE = "inmotion.sourcing"
 """The CloudEvents `source` of events that leave the store (see `StoredEvent.to_cloudevent`)."""
+ALL_EVENTS = "store:all"
+"""What positions in the store's global order are kept against, where a topic's are kept against
+its name (a relay's cursor, a projection of the store): ':' is in no topic name."""
 
 _json_decode = msgspec.json.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
@@ -181,7 +184,8 @@ class Recorder(abc.ABC):
 
     @abc.abstractmethod
     def cursor(self, name: str) -> int:
-        """A named reader's saved position (0 if never saved); the outbox relay keeps its own here."""
+        """A named reader's saved position in `ALL_EVENTS` (0 if never saved); the outbox relay keeps
+        its own here, with the backend's other positions (SQLite: its positions table)."""
 
     @abc.abstractmethod
     def save_cursor(self, name: str, position: int) -> None: ...

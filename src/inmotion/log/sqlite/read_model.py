@@ -1,11 +1,13 @@
 """A projection's read model in a SQLite file: its tables in generations behind views, and the
-projector's positions and stream versions beside them, written in the same transaction as the
-handlers' writes (so each event's effects happen once)."""
+projector's positions (in the file's positions table, kind 'projection', one tracker per
+generation) and stream versions beside them, written in the same transaction as the handlers'
+writes (so each event's effects happen once)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -14,12 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from inmotion.errors import InvalidConfig
+from inmotion.log.sqlite import positions as tracking
 from inmotion.log.sqlite.file import immediate, translate_errors
 from inmotion.log.sqlite.store import connect, create_tables
 from inmotion.sourcing.projection import Batch, ReadModel, Transaction
 from inmotion.sourcing.store import StoredEvent
 
-SCHEMA_VERSION = 1
+_logger = logging.getLogger("inmotion.log.sqlite")
+
+SCHEMA_VERSION = 2
+# Schema 1 kept positions in es_projection_positions by cursor name ('store', or a partition
+# number as text) without the topic: a projection's rows move to the positions table when it is
+# next opened, knowing its source, and the table goes with the last of them. Schema 2 stops an
+# older inmotion, which would find no positions, from opening the file.
+_OLD_POSITIONS = "es_projection_positions"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS es_projections (
@@ -28,13 +38,6 @@ CREATE TABLE IF NOT EXISTS es_projections (
     building INTEGER,
     ddl_hash TEXT NOT NULL,
     tables TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS es_projection_positions (
-    name TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    cursor TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    PRIMARY KEY (name, generation, cursor)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS es_projection_streams (
     name TEXT NOT NULL,
@@ -54,7 +57,8 @@ class SqliteReadModel(ReadModel):
         name: str,
         tables: Mapping[str, str],
         ddl_hash: str,
-        start: Mapping[str, int],
+        source: str,
+        start: Mapping[int, int],
         timeout: float = 10.0,
     ) -> None:
         self.path = Path(path)
@@ -62,16 +66,17 @@ class SqliteReadModel(ReadModel):
         self.tables = dict(tables)
         self._name = name
         self._ddl_hash = ddl_hash
+        self._source = source
         self._lock = threading.RLock()
         self._conn = connect(self.path, timeout)
         try:
             create_tables(self._conn, _SCHEMA, "projection_schema", SCHEMA_VERSION, self.path)
-            self._transaction(functools.partial(self._first_generation, start=start))
+            self._transaction(functools.partial(self._open, start=start))
         except BaseException:
             self._conn.close()
             raise
 
-    def positions(self, *, building: bool) -> tuple[int, dict[str, int]]:
+    def positions(self, *, building: bool) -> tuple[int, dict[int, int]]:
         with self._lock, translate_errors(self.path, "read", self.timeout):
             generation = self._generation(self._conn, building=building)
             return generation, self._positions(self._conn, generation)
@@ -81,7 +86,7 @@ class SqliteReadModel(ReadModel):
         *,
         building: bool,
         generation: int,
-        positions: dict[str, int],
+        positions: dict[int, int],
         batch: Batch,
         dedupe: bool,
         apply: Callable[[Transaction, StoredEvent], None],
@@ -100,7 +105,7 @@ class SqliteReadModel(ReadModel):
             )
         )
 
-    def start_building(self, start: Mapping[str, int]) -> None:
+    def start_building(self, start: Mapping[int, int]) -> None:
         self._transaction(functools.partial(self._start_building, start=start))
 
     def switch(self) -> None:
@@ -125,7 +130,7 @@ class SqliteReadModel(ReadModel):
         *,
         building: bool,
         generation: int,
-        positions: dict[str, int],
+        positions: dict[int, int],
         batch: Batch,
         dedupe: bool,
         apply: Callable[[Transaction, StoredEvent], None],
@@ -136,8 +141,8 @@ class SqliteReadModel(ReadModel):
             return False
         tx = Transaction(conn, self._physical_tables(generation))
         last_versions: dict[str, int] = {}
-        for cursor, next_position, stored in batch:
-            positions[cursor] = next_position
+        for partition, next_position, stored in batch:
+            positions[partition] = next_position
             if dedupe and stored.version > 0:
                 last = last_versions.get(stored.stream_id)
                 if last is None:
@@ -154,10 +159,7 @@ class SqliteReadModel(ReadModel):
             "INSERT OR REPLACE INTO es_projection_streams (name, generation, stream_id, version) VALUES (?, ?, ?, ?)",
             [(self._name, generation, stream, version) for stream, version in last_versions.items()],
         )
-        conn.executemany(
-            "UPDATE es_projection_positions SET position = ? WHERE name = ? AND generation = ? AND cursor = ?",
-            [(position, self._name, generation, cursor) for cursor, position in positions.items()],
-        )
+        tracking.save(conn, "projection", self._tracker(generation), self._source, positions)
         return True
 
     def _generation(self, conn: sqlite3.Connection, *, building: bool) -> int:
@@ -173,39 +175,55 @@ class SqliteReadModel(ReadModel):
             )
         return int(active)
 
-    def _positions(self, conn: sqlite3.Connection, generation: int) -> dict[str, int]:
+    def _positions(self, conn: sqlite3.Connection, generation: int) -> dict[int, int]:
+        return tracking.load(conn, "projection", self._tracker(generation), self._source)
+
+    def _tracker(self, generation: int) -> str:
+        """A generation's tracker in the positions table: named as its tables are."""
+        return f"{self._name}__g{generation}"
+
+    def _move_old_positions(self, conn: sqlite3.Connection) -> None:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (_OLD_POSITIONS,)).fetchone():
+            return
         rows = conn.execute(
-            "SELECT cursor, position FROM es_projection_positions WHERE name = ? AND generation = ?",
-            (self._name, generation),
+            f"SELECT generation, cursor, position FROM {_OLD_POSITIONS} WHERE name = ?", (self._name,)
         ).fetchall()
-        return dict(rows)
+        if rows:
+            _logger.warning("moving the positions of projection %r in %s to the positions table", self._name, self.path)
+        for generation, cursor, position in rows:
+            partition = 0 if cursor == "store" else int(cursor)
+            tracking.save(conn, "projection", self._tracker(generation), self._source, {partition: position})
+        conn.execute(f"DELETE FROM {_OLD_POSITIONS} WHERE name = ?", (self._name,))
+        if conn.execute(f"SELECT 1 FROM {_OLD_POSITIONS} LIMIT 1").fetchone() is None:
+            conn.execute(f"DROP TABLE {_OLD_POSITIONS}")
 
     def _physical_tables(self, generation: int) -> dict[str, str]:
         return {table: f"{table}__g{generation}" for table in self.tables}
 
-    def _create_generation(self, conn: sqlite3.Connection, generation: int, start: Mapping[str, int]) -> None:
+    def _create_generation(self, conn: sqlite3.Connection, generation: int, start: Mapping[int, int]) -> None:
         tx = Transaction(conn, self._physical_tables(generation))
         for ddl in self.tables.values():
             for statement in ddl.split(";"):
                 if statement.strip():
                     tx.execute(statement)
-        conn.executemany(
-            "INSERT INTO es_projection_positions (name, generation, cursor, position) VALUES (?, ?, ?, ?)",
-            [(self._name, generation, cursor, position) for cursor, position in start.items()],
-        )
+        tracking.save(conn, "projection", self._tracker(generation), self._source, start)
 
     def _drop_generation(self, conn: sqlite3.Connection, generation: int) -> None:
         for physical in self._physical_tables(generation).values():
             conn.execute(f"DROP TABLE IF EXISTS {physical}")
-        for table in ("es_projection_positions", "es_projection_streams"):
-            conn.execute(f"DELETE FROM {table} WHERE name = ? AND generation = ?", (self._name, generation))
+        tracking.clear_tracker(conn, "projection", self._tracker(generation))
+        conn.execute("DELETE FROM es_projection_streams WHERE name = ? AND generation = ?", (self._name, generation))
 
     def _point_views(self, conn: sqlite3.Connection, generation: int) -> None:
         for table, physical in self._physical_tables(generation).items():
             conn.execute(f"DROP VIEW IF EXISTS {table}")
             conn.execute(f"CREATE VIEW {table} AS SELECT * FROM {physical}")
 
-    def _first_generation(self, conn: sqlite3.Connection, start: Mapping[str, int]) -> None:
+    def _open(self, conn: sqlite3.Connection, start: Mapping[int, int]) -> None:
+        self._move_old_positions(conn)
+        self._first_generation(conn, start)
+
+    def _first_generation(self, conn: sqlite3.Connection, start: Mapping[int, int]) -> None:
         if conn.execute("SELECT 1 FROM es_projections WHERE name = ?", (self._name,)).fetchone():
             return
         self._create_generation(conn, 1, start)
@@ -215,7 +233,7 @@ class SqliteReadModel(ReadModel):
             (self._name, self._ddl_hash, json.dumps(list(self.tables))),
         )
 
-    def _start_building(self, conn: sqlite3.Connection, start: Mapping[str, int]) -> None:
+    def _start_building(self, conn: sqlite3.Connection, start: Mapping[int, int]) -> None:
         active, building = conn.execute(
             "SELECT active, building FROM es_projections WHERE name = ?", (self._name,)
         ).fetchone()

@@ -10,14 +10,16 @@ whole batch or nothing. Tables are prefixed `es_` and the file carries the log's
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from inmotion.errors import ConcurrencyError, InvalidConfig, StorageError
+from inmotion.log.sqlite import positions
 from inmotion.log.sqlite.file import (
     APPLICATION_ID,
     SqliteFile,
@@ -27,12 +29,14 @@ from inmotion.log.sqlite.file import (
     translate_errors,
     use_wal,
 )
+from inmotion.log.sqlite.log import SCHEMA_VERSION as LOG_SCHEMA_VERSION
 from inmotion.log.sqlite.log import SqliteLog
-from inmotion.sourcing.store import EncodedEvent, Recorder, StoredEvent, StoredSnapshot
+from inmotion.sourcing.store import ALL_EVENTS, EncodedEvent, Recorder, StoredEvent, StoredSnapshot
 
 T = TypeVar("T")
+_logger = logging.getLogger("inmotion.log.sqlite")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS es_events (
@@ -52,10 +56,6 @@ CREATE TABLE IF NOT EXISTS es_snapshots (
     type TEXT NOT NULL,
     schema_version INTEGER NOT NULL,
     payload BLOB NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS es_cursors (
-    name TEXT PRIMARY KEY,
-    position INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -85,13 +85,15 @@ def connect(path: Path, timeout: float, *, durability: str = "normal") -> sqlite
     """A connection in autocommit mode (transactions are explicit) to an inmotion file in WAL mode.
 
     A fresh file gets the log's schema and `application_id` first, so that the log accepts it
-    later; a SQLite file of some other application is refused.
+    later, and a file of an older log schema is upgraded (the positions table that the store's
+    tables use is the log's); a SQLite file of some other application is refused.
     """
     conn = open_connection(path, timeout)
     with translate_errors(path, "open", timeout):
         try:
             (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-            if app_id != APPLICATION_ID:
+            (log_version,) = conn.execute("PRAGMA user_version").fetchone()
+            if app_id != APPLICATION_ID or log_version != LOG_SCHEMA_VERSION:
                 SqliteLog(path, timeout=timeout).close()
             use_wal(conn, path, timeout)
             conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'fsync' else 'NORMAL'}")
@@ -101,21 +103,41 @@ def connect(path: Path, timeout: float, *, durability: str = "normal") -> sqlite
     return conn
 
 
-def create_tables(conn: sqlite3.Connection, schema: str, schema_key: str, version: int, path: Path) -> None:
-    """Create `schema` (idempotent DDL) in one transaction and refuse a file from a newer inmotion."""
+class Upgrade(NamedTuple):
+    """How tables of the schema version before are brought up to date."""
+
+    what: str  # for the warning: what the new version changes
+    run: Callable[[sqlite3.Connection], None]
+
+
+def create_tables(
+    conn: sqlite3.Connection, schema: str, schema_key: str, version: int, path: Path, upgrade: Upgrade | None = None
+) -> None:
+    """Create `schema` (idempotent DDL) in one transaction and refuse a file from a newer
+    inmotion; tables of the version before are upgraded in the same transaction."""
 
     def create(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS es_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+        row = conn.execute("SELECT value FROM es_meta WHERE key = ?", (schema_key,)).fetchone()
+        if row is not None and row[0] > version:
+            raise StorageError(f"{path} was written by a newer inmotion ({schema_key} {row[0]}); upgrade inmotion")
+        if row is not None and row[0] < version and upgrade is not None:
+            _logger.warning("upgrading %s to %s %d: %s", path, schema_key, version, upgrade.what)
+            upgrade.run(conn)
         for statement in schema.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        conn.execute("CREATE TABLE IF NOT EXISTS es_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
-        row = conn.execute("SELECT value FROM es_meta WHERE key = ?", (schema_key,)).fetchone()
-        if row is None:
-            conn.execute("INSERT INTO es_meta (key, value) VALUES (?, ?)", (schema_key, version))
-        elif row[0] > version:
-            raise StorageError(f"{path} was written by a newer inmotion ({schema_key} {row[0]}); upgrade inmotion")
+        if row is None or row[0] < version:
+            conn.execute("INSERT OR REPLACE INTO es_meta (key, value) VALUES (?, ?)", (schema_key, version))
 
     immediate(conn, create)
+
+
+def _cursors_to_positions(conn: sqlite3.Connection) -> None:
+    """Event store schema 1 kept cursors in a table of their own."""
+    for name, position in conn.execute("SELECT name, position FROM es_cursors").fetchall():
+        positions.save(conn, "cursor", name, ALL_EVENTS, {0: position})
+    conn.execute("DROP TABLE es_cursors")
 
 
 class SqliteRecorder(SqliteFile, Recorder):
@@ -136,7 +158,14 @@ class SqliteRecorder(SqliteFile, Recorder):
         self.poll = poll
         self._writer = self._connect()
         try:
-            create_tables(self._writer, _SCHEMA, "event_store_schema", SCHEMA_VERSION, self.path)
+            create_tables(
+                self._writer,
+                _SCHEMA,
+                "event_store_schema",
+                SCHEMA_VERSION,
+                self.path,
+                Upgrade("relays' cursors in the positions table", _cursors_to_positions),
+            )
         except BaseException:
             self.close()
             raise
@@ -189,11 +218,7 @@ class SqliteRecorder(SqliteFile, Recorder):
         return self._write(append)
 
     def save_cursor(self, name: str, position: int) -> None:
-        self._write(
-            lambda conn: conn.execute(
-                "INSERT OR REPLACE INTO es_cursors (name, position) VALUES (?, ?)", (name, position)
-            )
-        )
+        self._write(lambda conn: positions.save(conn, "cursor", name, ALL_EVENTS, {0: position}))
 
     # --- reading --------------------------------------------------------------------------
     def read_stream(self, stream_id: str, from_version: int, to_version: int | None) -> list[StoredEvent]:
@@ -249,8 +274,7 @@ class SqliteRecorder(SqliteFile, Recorder):
 
     def cursor(self, name: str) -> int:
         with self._translate("read"):
-            row = self._reader().execute("SELECT position FROM es_cursors WHERE name = ?", (name,)).fetchone()
-        return 0 if row is None else int(row[0])
+            return positions.load(self._reader(), "cursor", name, ALL_EVENTS).get(0, 0)
 
     def wait(self, after_position: int, timeout: float) -> bool:
         # `PRAGMA data_version` changes when another connection commits: a cheap check without
