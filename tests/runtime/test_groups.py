@@ -16,7 +16,7 @@ import pytest
 
 from inmotion.clock import FakeClock
 from inmotion.errors import InvalidConfig, StorageError
-from inmotion.log import TopicConfig, TopicPartition, connect
+from inmotion.log import Assignment, TopicConfig, TopicPartition, connect
 from inmotion.log.groups import deal
 from inmotion.runtime import App, Context, Retry
 from inmotion.runtime.consumer import Consumer
@@ -346,3 +346,52 @@ def test_a_hand_over_that_cannot_commit_is_logged_not_lost(caplog: pytest.LogCap
     ]
     assert tp not in consumer._revoking
     app.close()
+
+
+def test_a_partition_lost_while_a_plain_transactional_handler_runs_leaves_none_of_its_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain (non-async) handler runs in a thread that cancelling cannot stop: when its
+    partition is lost meanwhile, its transaction is rolled back after its last write, never
+    before (a write after the rollback would land on its own, and the event, handled again,
+    would have its effect twice)."""
+    path = tmp_path / "log.db"
+    consumers: list[Consumer] = []
+
+    class Recorded(Consumer):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            consumers.append(self)
+
+    monkeypatch.setattr("inmotion.runtime.app.Consumer", Recorded)
+    started, release = threading.Event(), threading.Event()
+
+    async def scenario() -> None:
+        with App("ledger", f"sqlite:///{path}") as app:
+            app.log.create_topic("payments", TopicConfig(partitions=1))
+            with sqlite3.connect(path) as setup:
+                setup.execute("CREATE TABLE booked (amount INTEGER)")
+
+            @app.subscribe("payments", group="ledger", transaction=True)
+            def book(payment: dict[str, int], ctx: Context) -> None:
+                assert ctx.db is not None
+                if not started.is_set():  # the first try: still running when the partition is lost
+                    started.set()
+                    release.wait(30)
+                ctx.db.execute("INSERT INTO booked VALUES (?)", (payment["amount"],))
+
+            await app.start()
+            await app.publish("payments", {"amount": 5})
+            await eventually(started.is_set)
+            (consumer,) = consumers
+            await consumer._apply(Assignment(frozenset(), frozenset()))  # its leases lapsed
+            for _ in range(3):  # the cancelled worker's task runs its clean-up now
+                await asyncio.sleep(0)
+            release.set()
+            # the next heartbeat takes the partition up again and the event is handled anew
+            await eventually(lambda: app.log.committed("ledger", "payments") == {0: 1})
+            await app.stop()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT amount FROM booked").fetchall() == [(5,)]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from inmotion.errors import CorruptRecord, InmotionError, InvalidEvent
 from inmotion.events import Event
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from inmotion.runtime.app import App
 
 logger = logging.getLogger("inmotion.runtime")
+T = TypeVar("T")
 
 _JSON_BYTES = JSON_CONTENT_TYPE.encode()
 _JSON_HEADER = ("content-type", _JSON_BYTES)
@@ -284,7 +285,9 @@ class Pipeline:
                     return SKIPPED
                 context.db = transaction.connection
                 context.deferred = deferred
-                await self.handler.call(payload, context)
+                # a partition lost meanwhile cancels this; the rollback below waits for the
+                # handler's writes to end (a plain handler's thread runs on whatever is cancelled)
+                await to_the_end(self.handler.call(payload, context), cancel=self.handler.is_async)
                 # the events the handler published go into the log in the same transaction:
                 # stored with its effects and its position, or not at all
                 for topic, follow_up, headers in deferred:
@@ -306,17 +309,34 @@ async def begin(transaction: Transaction, pool: concurrent.futures.Executor) -> 
     When the caller is cancelled meanwhile (its partition was lost), the lock may still come
     later: wait for it and give it back, so that no abandoned transaction keeps every process
     on the file from writing."""
-    began = asyncio.get_running_loop().run_in_executor(pool, transaction.begin)
     try:
-        await asyncio.shield(began)
+        await to_the_end(asyncio.get_running_loop().run_in_executor(pool, transaction.begin))
     except asyncio.CancelledError:
-        while True:  # cancelled again meanwhile: the lock must still be given back
-            try:
-                await asyncio.shield(began)
-            except asyncio.CancelledError:
-                continue
-            except Exception:
-                raise asyncio.CancelledError from None  # it never began: nothing to give back
-            break
         transaction.rollback()
         raise
+
+
+async def to_the_end(work: Awaitable[T], *, cancel: bool = False) -> T:
+    """Await `work` until it ends, even when the caller is cancelled meanwhile, then raise the
+    cancellation. Work in a thread cannot be stopped: a transaction rolled back while it runs
+    would let its later writes land outside the transaction. With `cancel`, the cancellation
+    is passed on into `work` (a coroutine stops at its next await), which is still awaited."""
+    future = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.done():  # `work` itself was cancelled, or ended as the caller was
+                raise
+            cancelled = True
+            if cancel:
+                future.cancel()
+            continue
+        except Exception:
+            if cancelled:
+                raise asyncio.CancelledError from None
+            raise
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
