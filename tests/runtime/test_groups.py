@@ -18,9 +18,11 @@ from inmotion.clock import FakeClock
 from inmotion.errors import InvalidConfig, StorageError
 from inmotion.log import Assignment, TopicConfig, TopicPartition, connect
 from inmotion.log.groups import deal
+from inmotion.log.sqlite.groups import SqliteCoordinator
 from inmotion.runtime import App, Context, Retry
 from inmotion.runtime.consumer import Consumer
 from inmotion.runtime.pipeline import begin
+from inmotion.runtime.worker import Worker
 from inmotion.testing import eventually
 
 
@@ -395,3 +397,67 @@ def test_a_partition_lost_while_a_plain_transactional_handler_runs_leaves_none_o
     asyncio.run(scenario())
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT amount FROM booked").fetchall() == [(5,)]
+
+
+def test_a_transaction_that_finds_its_lease_lapsed_starts_its_partition_over(tmp_path: Path) -> None:
+    """A transactional handler's commit that finds the partition's lease lapsed (the process
+    was paused past its session) rolls back. When the group gives the partition back to the
+    same member, its events are handled from the committed offset: the partition never stalls."""
+    path = tmp_path / "log.db"
+    handled: list[int] = []
+
+    async def scenario() -> None:
+        with App("ledger", f"sqlite:///{path}") as app:
+            app.log.create_topic("payments", TopicConfig(partitions=1))
+            with sqlite3.connect(path) as setup:
+                setup.execute("CREATE TABLE booked (amount INTEGER)")
+            coordinator = app.coordinator
+            assert isinstance(coordinator, SqliteCoordinator)
+            holds = coordinator.holds
+            lapses = [True]
+
+            def lapsed_once(conn: sqlite3.Connection, group: str, member_id: str, tp: TopicPartition) -> bool:
+                return not lapses.pop() if lapses else holds(conn, group, member_id, tp)
+
+            coordinator.holds = lapsed_once  # type: ignore[method-assign]
+
+            @app.subscribe("payments", group="ledger", transaction=True)
+            def book(payment: dict[str, int], ctx: Context) -> None:
+                assert ctx.db is not None
+                handled.append(payment["amount"])
+                ctx.db.execute("INSERT INTO booked VALUES (?)", (payment["amount"],))
+
+            await app.start()
+            for amount in (5, 8):
+                await app.publish("payments", {"amount": amount})
+            await eventually(lambda: app.log.committed("ledger", "payments") == {0: 2}, limit=20)
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert handled == [5, 5, 8]
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT amount FROM booked").fetchall() == [(5,), (8,)]
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_commit_made_late_never_takes_the_group_back(tmp_path: Path, backend: str) -> None:
+    """A consumer paused past its session (SIGSTOP) commits, when it wakes, what it had finished
+    before the pause; another member has gone further meanwhile. The group's offset stays where
+    the other member left it: taken back, the events in between would be handled twice."""
+    url = "memory://" if backend == "memory" else f"sqlite:///{tmp_path / 'log.db'}"
+    with App("one", url) as app:
+        app.log.create_topic("orders", TopicConfig(partitions=1))
+
+        @app.subscribe("orders", group="billing")
+        async def charge(order: dict[str, int]) -> None: ...
+
+        consumer = Consumer(app, app.subscriptions[0], app.coordinator)
+        tp = TopicPartition("orders", 0)
+        paused = Worker(consumer.pipeline, tp, 3, 1, consumer.counter("consumed", "orders"), lambda: None)
+        paused.committed = 2  # finished up to 3 before the pause, committed up to 2
+        app.log.commit("billing", "orders", {0: 10})  # the member that took the partition over
+        asyncio.run(consumer.committer.commit([paused]))
+        assert app.log.committed("billing", "orders") == {0: 10}
+        consumer.committer.close()
+        app.log.commit("billing", "orders", {0: 4})  # a reset (inmotion replay) still moves it back
+        assert app.log.committed("billing", "orders") == {0: 4}

@@ -232,10 +232,14 @@ class Log(abc.ABC):
 
     # --- consumer group offsets ----------------------------------------------------------
     @abc.abstractmethod
-    def commit(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
-        """Store `offsets` (partition -> next offset to read) for the group."""
+    def commit(self, group: str, topic: str, offsets: Mapping[int, int], *, forward_only: bool = False) -> None:
+        """Store `offsets` (partition -> next offset to read) for the group. With `forward_only`,
+        a partition's stored offset that is further on stays: a consumer's commits never move
+        its group back, though a member paused past its session may make one late, after
+        another member went on (a reset, as `inmotion replay` does, moves offsets back). A
+        backend whose group fences a lapsed member's commits may ignore it."""
 
-    def commit_now(self, group: str, topic: str, offsets: Mapping[int, int]) -> bool:
+    def commit_now(self, group: str, topic: str, offsets: Mapping[int, int], *, forward_only: bool = False) -> bool:
         """`commit` if it can be done at once (see `append_now`); False, with nothing written, if not."""
         return False
 

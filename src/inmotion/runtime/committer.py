@@ -55,8 +55,12 @@ class Committer:
         for topic, offsets in by_topic.items():
             if not self._same_topic(topic):
                 continue
-            if not await soon(self.log, functools.partial(self.log.commit_now, self.group, topic, offsets)):
-                await loop.run_in_executor(self._pool, self.log.commit, self.group, topic, offsets)
+            # forward only: a commit made late (the process was paused past its session) must not
+            # take the group back over events another member has handled since
+            commit_now = functools.partial(self.log.commit_now, self.group, topic, offsets, forward_only=True)
+            if not await soon(self.log, commit_now):
+                commit = functools.partial(self.log.commit, self.group, topic, offsets, forward_only=True)
+                await loop.run_in_executor(self._pool, commit)
         for worker, point in points.items():
             worker.committed = point
 

@@ -175,6 +175,9 @@ class Consumer:
             return self.log.partition_count(topic)
 
     async def _apply(self, assignment: Assignment) -> None:
+        for tp in [tp for tp, worker in self.workers.items() if worker.lapsed and tp not in self._revoking]:
+            logger.warning("lease on %s/%d lapsed: starting over", tp.topic, tp.partition, extra={"group": self.group})
+            del self.workers[tp]
         for tp in [tp for tp in self.workers if tp not in assignment.owned]:
             logger.warning("lost partition %s/%d", tp.topic, tp.partition, extra={"group": self.group})
             self.workers.pop(tp).abort()

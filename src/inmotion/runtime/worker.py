@@ -47,6 +47,9 @@ class Worker:
         self.stopping = asyncio.Event()
         self.halted = False
         """Stopped at records the log cannot decode (`on_corrupt="stop"`): nothing more is read."""
+        self.lapsed = False
+        """Stopped because a transaction found the partition's lease lapsed: the consumer starts
+        the partition over from its committed offset if the group still gives it to this member."""
         self._room = room
         """Called when the worker has room for more events (the fetcher may read again)."""
         self._ordered = concurrency == 1
@@ -164,6 +167,9 @@ class Worker:
                         return
                     continue  # the same record again: it is not finished, so nothing passes it
                 if outcome is ABANDONED:
+                    if not stopping.is_set():  # not stopped: its transaction found the lease lapsed
+                        self.lapsed = True
+                        self.abort()
                     return
                 faults = 0
                 if outcome is HANDLED:

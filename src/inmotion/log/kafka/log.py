@@ -876,7 +876,9 @@ class KafkaLog(Log):
         return int(found.offset) if found.offset >= 0 else self.latest_offset(topic, partition)
 
     # --- consumer group offsets ----------------------------------------------------------
-    def commit(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+    def commit(self, group: str, topic: str, offsets: Mapping[int, int], *, forward_only: bool = False) -> None:
+        # forward_only is not needed here: a consumer commits as a member of its group, whose
+        # commits the broker refuses once its generation is over
         check_group_name(group)
         for partition in offsets:
             self._check_partition(topic, partition)

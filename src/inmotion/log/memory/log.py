@@ -165,12 +165,15 @@ class MemoryLog(Log):
                     return record.offset
             return part.next_offset
 
-    def commit(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+    def commit(self, group: str, topic: str, offsets: Mapping[int, int], *, forward_only: bool = False) -> None:
         check_group_name(group)
         with self._changed:
             for partition in offsets:
                 self._partition(topic, partition)
-            self._groups.setdefault(group, {}).setdefault(topic, {}).update(offsets)
+            stored = self._groups.setdefault(group, {}).setdefault(topic, {})
+            if forward_only:
+                offsets = {p: max(o, stored.get(p, o)) for p, o in offsets.items()}
+            stored.update(offsets)
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         with self._changed:

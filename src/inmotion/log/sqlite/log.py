@@ -721,13 +721,15 @@ class SqliteLog(SqliteFile, Log):
         return latest if found is None else max(found[0], lo)
 
     # --- group offsets --------------------------------------------------------------------
-    def commit(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
-        self._write(self._committing(group, topic, offsets))
+    def commit(self, group: str, topic: str, offsets: Mapping[int, int], *, forward_only: bool = False) -> None:
+        self._write(self._committing(group, topic, offsets, forward_only))
 
-    def commit_now(self, group: str, topic: str, offsets: Mapping[int, int]) -> bool:
-        return self._write_now(self._committing(group, topic, offsets))
+    def commit_now(self, group: str, topic: str, offsets: Mapping[int, int], *, forward_only: bool = False) -> bool:
+        return self._write_now(self._committing(group, topic, offsets, forward_only))
 
-    def _committing(self, group: str, topic: str, offsets: Mapping[int, int]) -> Callable[[sqlite3.Connection], None]:
+    def _committing(
+        self, group: str, topic: str, offsets: Mapping[int, int], forward_only: bool
+    ) -> Callable[[sqlite3.Connection], None]:
         check_group_name(group)
 
         def commit(conn: sqlite3.Connection) -> None:
@@ -735,7 +737,7 @@ class SqliteLog(SqliteFile, Log):
             for partition in offsets:
                 if not 0 <= partition < config.partitions:
                     raise UnknownPartition(topic, partition)
-            positions.save(conn, "group", group, topic, offsets)
+            positions.save(conn, "group", group, topic, offsets, forward_only=forward_only)
 
         return commit
 

@@ -25,8 +25,8 @@ _INSERT = "INTO positions (kind, tracker, source, partition, position, updated_m
 # An overwrite REPLACEs the row: on this key of three texts and a number SQLite's upsert (DO
 # UPDATE) costs a group commit noticeably more; the figures are in the commit that chose it.
 _OVERWRITE = "INSERT OR REPLACE " + _INSERT
-# A transactional handler's commit only moves forward: a redelivered batch must not take the
-# position back.
+# A consumer's commits only move forward: a redelivered batch, or a commit made late by a member
+# paused past its session, must not take the position back.
 _FORWARD = (
     "INSERT " + _INSERT + " ON CONFLICT (kind, tracker, source, partition)"
     " DO UPDATE SET position = max(position, excluded.position), updated_ms = excluded.updated_ms"
