@@ -461,3 +461,44 @@ def test_a_commit_made_late_never_takes_the_group_back(tmp_path: Path, backend: 
         consumer.committer.close()
         app.log.commit("billing", "orders", {0: 4})  # a reset (inmotion replay) still moves it back
         assert app.log.committed("billing", "orders") == {0: 4}
+
+
+def test_a_transactional_subscription_with_concurrency_handles_each_event_once_across_restarts(tmp_path: Path) -> None:
+    """With `concurrency` > 1, an event can finish while an earlier one of another key has not:
+    its transaction commits its effects with a position before it. Handled again after a
+    restart from that position, its effects must not happen twice."""
+    path = tmp_path / "log.db"
+    tries: list[str] = []
+
+    def app_with(fail_first_key: bool) -> App:
+        app = App("ledger", f"sqlite:///{path}")
+
+        @app.subscribe("payments", group="ledger", transaction=True, concurrency=2, retry=Retry(backoff=30))
+        async def book(payment: dict[str, str], ctx: Context) -> None:
+            assert ctx.db is not None
+            tries.append(payment["key"])
+            if fail_first_key and payment["key"] == "a":
+                raise RuntimeError("the first key fails: its retry waits")
+            ctx.db.execute("INSERT INTO booked VALUES (?)", (payment["key"],))
+
+        return app
+
+    async def scenario() -> None:
+        with app_with(fail_first_key=True) as app:
+            app.log.create_topic("payments", TopicConfig(partitions=1))
+            with sqlite3.connect(path) as setup:
+                setup.execute("CREATE TABLE booked (key TEXT)")
+            for key in ("a", "b"):
+                await app.publish("payments", {"key": key}, key=key)
+            await app.start()
+            await eventually(lambda: "b" in tries)
+            await app.stop()  # "a" waits for its retry: not finished, the position stays before it
+            assert app.log.committed("ledger", "payments") == {0: 0}
+        with app_with(fail_first_key=False) as app:
+            await app.start()
+            await eventually(lambda: app.log.committed("ledger", "payments") == {0: 2})
+            await app.stop()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as check:
+        assert sorted(check.execute("SELECT key FROM booked").fetchall()) == [("a",), ("b",)]

@@ -209,8 +209,11 @@ class App:
         - `transaction` (SQLite): `ctx.db` is an open transaction on the log's file that commits
           with the group's position (and, with `idempotent`, the dedupe record): exactly-once
           effects without `idempotent`, which adds skipping copies of an event published
-          twice. Transactions of one subscription run one at a time, and events published from
-          the handler are appended right after its commit.
+          twice. With `concurrency` > 1 an event may finish before an earlier one whose
+          position it cannot pass, so its dedupe record commits with it too (kept for
+          `dedupe_window`, like an idempotent group's). Transactions of one subscription run
+          one at a time, and events published from the handler are appended right after its
+          commit.
         - `on_corrupt`: what becomes of stored records that the log cannot decode (a damaged
           file, `CorruptRecord`): "stop" (the default) stops reading their partition there,
           with the error logged and nothing committed past them; "skip" goes past them, logged

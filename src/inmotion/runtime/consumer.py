@@ -294,7 +294,7 @@ class Consumer:
         for tp, lag in lags.items():
             self.app.metrics.set("inmotion_lag", lag, group=self.group, topic=tp.topic, partition=str(tp.partition))
         now = self.app.clock.time()
-        if self.subscription.idempotent and now - self._last_prune > 60:
+        if self.subscription.keeps_dedupe_records and now - self._last_prune > 60:
             self._last_prune = now
             cutoff = int((now - self.subscription.dedupe_window) * 1000)
             await self._call(self.coordinator.forget_before, self.group, cutoff)

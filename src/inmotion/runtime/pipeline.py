@@ -273,7 +273,7 @@ class Pipeline:
         `Transaction`); SKIPPED when an idempotent group had handled the event already."""
         transaction = self.transaction
         assert transaction is not None
-        dedupe_key = key if self.subscription.idempotent else None
+        dedupe_key = key if self.subscription.keeps_dedupe_records else None
         deferred: list[tuple[str, Event, Mapping[str, str] | None]] = []
         published: dict[str, int] = {}
         async with self._transaction_lock:

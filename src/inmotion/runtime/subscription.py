@@ -53,3 +53,11 @@ class Subscription:
             raise InvalidConfig("on_corrupt='dead-letter' needs a dead-letter topic, and dead_letter=False gives none")
         if self.dedupe_window <= 0:
             raise InvalidConfig(f"dedupe_window must be positive, got {self.dedupe_window!r}")
+
+    @property
+    def keeps_dedupe_records(self) -> bool:
+        """Does the group record the events it handled? An idempotent one does; so does a
+        transactional one with `concurrency` > 1, where an event can finish before an earlier
+        one of another key: its position cannot pass it, so only its dedupe record, committed
+        with its effects, keeps it from being handled again after a restart."""
+        return self.idempotent or (self.transaction and self.concurrency > 1)
