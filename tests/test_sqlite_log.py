@@ -573,3 +573,21 @@ def test_a_full_disk_says_so_and_loses_nothing_written_before(tmp_path: Path) ->
             log.append("t", [Message(bytes(100_000))])
         assert [record.value for record in log.read("t", 0, 0)] == [b"kept"]
         assert log.latest_offset("t", 0) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [(("trace", None),), (("trace", "text"),), ((1, b"x"),), (("a", b"x", b"y"),), ("ab",), 5, None],
+    ids=["value None", "value str", "name int", "a triple", "not pairs", "not iterable", "None"],
+)
+def test_a_message_whose_headers_are_not_str_bytes_pairs_is_refused_and_its_partition_stays_readable(
+    tmp_path: Path, headers: Any
+) -> None:
+    """Stored, such a header made the whole batch undecodable: every later read of the
+    partition met a CorruptRecord. It is refused where the message is made."""
+    with connect(f"sqlite:///{tmp_path / 'log.db'}") as log:
+        log.create_topic("t", TopicConfig(partitions=1))
+        with pytest.raises(InvalidConfig, match=r"a message's headers are \(str, bytes\) pairs, got "):
+            log.append("t", [Message(b"bad", None, headers)])
+        log.append("t", [Message(b"ok", None, (("trace", b"1"),))])
+        assert [(r.offset, r.value, r.headers) for r in log.read("t", 0, 0)] == [(0, b"ok", (("trace", b"1"),))]

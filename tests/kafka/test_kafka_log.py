@@ -132,6 +132,7 @@ def test_records_of_another_client_that_are_no_cloudevent_are_dead_lettered_not_
             await app.stop()
             [entry] = [r for r in app.log.read(f"{topic}-group.dlq", 0, 0) if r.value == b"\x00\xffraw bytes"]
             assert dict(entry.headers)["dlq_error_type"] == b"inmotion.errors.InvalidEvent"
+            assert "trace" not in dict(entry.headers)  # value-less: absent, as a Message has none
 
     asyncio.run(scenario())
     assert [(e.id, e.subject, e.data) for e in got] == [("j1", None, {"n": 1})]

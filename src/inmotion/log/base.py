@@ -12,6 +12,7 @@ import abc
 import dataclasses
 import itertools
 import re
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self
@@ -100,6 +101,19 @@ class Message(msgspec.Struct, frozen=True, gc=False):
     key: bytes | None = None
     headers: Headers = ()
     partition: int | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here, where the message is made: stored, a header of another type would make
+        # the SQLite log's batch undecodable (a CorruptRecord for every later reader)
+        try:
+            for name, value in self.headers:
+                if type(name) is not str or type(value) is not bytes:
+                    break
+            else:
+                return
+        except (TypeError, ValueError):  # not pairs
+            pass
+        raise InvalidConfig(f"a message's headers are (str, bytes) pairs, got {reprlib.repr(self.headers)}")
 
     @classmethod
     def from_event(cls, event: Event) -> Message:

@@ -46,7 +46,8 @@ def dead_letter(record: Record, error: BaseException, attempts: int, group: str,
         "group": group,
         "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
-    headers = tuple(h for h in record.headers if not h[0].startswith(PREFIX))
+    # a value-less header (a Kafka client may write one) counts as absent, and a Message has none
+    headers = tuple(h for h in record.headers if not h[0].startswith(PREFIX) and h[1] is not None)
     headers += tuple((PREFIX + name, value.encode()) for name, value in added.items())
     return Message(value=record.value, key=record.key, headers=headers)
 
@@ -80,7 +81,9 @@ class DeadLetter:
     def original(self, only_group: bool = False) -> Message:
         """The message as it was before it failed; with `only_group`, marked for the group
         that dead-lettered it alone."""
-        headers = tuple(h for h in self.record.headers if not h[0].startswith(PREFIX) and h[0] != FOR_GROUP)
+        headers = tuple(
+            h for h in self.record.headers if not h[0].startswith(PREFIX) and h[0] != FOR_GROUP and h[1] is not None
+        )
         if only_group:
             headers += ((FOR_GROUP, self.error["group"].encode()),)
         return Message(value=self.record.value, key=self.record.key, headers=headers)
