@@ -25,6 +25,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -68,7 +69,7 @@ from inmotion.log.sqlite.file import (
 T = TypeVar("T")
 _logger = logging.getLogger("inmotion.log.sqlite")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _DELETE_CHUNK = 5000
 _BATCH = 512
 """Most records in one stored batch. An append stores each partition's records as one row (a
@@ -113,9 +114,12 @@ CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY,
     first INTEGER NOT NULL,
     timestamp INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    crc INTEGER
 );
 """
+# `crc`: the CRC-32 of `body`, NULL in batches written before schema 4. SQLite checks its pages,
+# not the bytes of a blob: without it, most flipped bits of a body decode into other data.
 
 # A batch's body: its records' keys, values and headers, and their offsets (nil while they are
 # consecutive from the batch's `first`, as appended; retention and compaction leave gaps).
@@ -125,10 +129,14 @@ _encoder = msgspec.msgpack.Encoder()
 _body_decoder = msgspec.msgpack.Decoder(_Body)  # typed: a damaged body fails here, not in a consumer
 
 
-def _decode_body(topic: str, partition: int, rowid: int, first: int, blob: bytes) -> _Body:
-    """A stored batch's body; CorruptRecord, naming the batch's offsets, when it does not decode
-    or its columns do not fit together (SQLite checks its pages, not the bytes of a blob)."""
+def _decode_body(topic: str, partition: int, rowid: int, first: int, blob: bytes, crc: int | None) -> _Body:
+    """A stored batch's body; CorruptRecord, naming the batch's offsets, when its checksum does
+    not match, it does not decode or its columns do not fit together."""
     last = rowid & OFFSET_MASK
+    if crc is not None and zlib.crc32(blob) != crc:
+        raise CorruptRecord(
+            topic, partition, first, last, "the stored batch does not decode: its checksum does not match", blob
+        )
     try:
         body = _body_decoder.decode(blob)
     except msgspec.MsgspecError as exc:
@@ -193,6 +201,13 @@ def _positions_from_group_offsets(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE group_offsets")
 
 
+def _checksum_column(conn: sqlite3.Connection) -> None:
+    """Upgrade a file of schema 3 (batches without a checksum) to 4, inside the caller's
+    transaction: the batches it holds keep a NULL checksum, unchecked."""
+    if "crc" not in {row[1] for row in conn.execute("PRAGMA table_info(batches)")}:
+        conn.execute("ALTER TABLE batches ADD COLUMN crc INTEGER")
+
+
 def _batches_from_rows(conn: sqlite3.Connection) -> None:
     """Upgrade a file of schema 1 (a row per record) to batches, inside the caller's transaction."""
     _create_tables(conn)
@@ -201,9 +216,10 @@ def _batches_from_rows(conn: sqlite3.Connection) -> None:
     log_id = timestamp = 0
 
     def close_batch() -> None:  # written at once: a big file is never held in memory
+        blob = _encode_body(batch)
         conn.execute(
-            "INSERT INTO batches (id, first, timestamp, body) VALUES (?, ?, ?, ?)",
-            ((log_id << OFFSET_BITS) + batch[-1][0], batch[0][0], timestamp, _encode_body(batch)),
+            "INSERT INTO batches (id, first, timestamp, body, crc) VALUES (?, ?, ?, ?, ?)",
+            ((log_id << OFFSET_BITS) + batch[-1][0], batch[0][0], timestamp, blob, zlib.crc32(blob)),
         )
         batch.clear()
 
@@ -221,10 +237,18 @@ def _batches_from_rows(conn: sqlite3.Connection) -> None:
 
 
 def _records(
-    topic: str, partition: int, rowid: int, first: int, timestamp: int, blob: bytes, offset: int, limit: int
+    topic: str,
+    partition: int,
+    rowid: int,
+    first: int,
+    timestamp: int,
+    blob: bytes,
+    crc: int | None,
+    offset: int,
+    limit: int,
 ) -> list[Record]:
     """Up to `limit` records of a stored batch, from `offset` on."""
-    body = _decode_body(topic, partition, rowid, first, blob)
+    body = _decode_body(topic, partition, rowid, first, blob, crc)
     keys, values, headers, _ = body
     offsets = _offsets(first, body)
     start = bisect.bisect_left(offsets, offset)  # a range bisects too
@@ -341,12 +365,15 @@ class SqliteLog(SqliteFile, Log):
         try:
             (app_id,) = conn.execute("PRAGMA application_id").fetchone()
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if app_id == APPLICATION_ID and version in (1, 2):
+            if app_id == APPLICATION_ID and version in (1, 2, 3):
                 if version == 1:
                     _logger.warning("upgrading %s to schema 2: records stored in batches", self.path)
                     _batches_from_rows(conn)
-                _logger.warning("upgrading %s to schema %d: one positions table", self.path, SCHEMA_VERSION)
-                _positions_from_group_offsets(conn)
+                if version <= 2:
+                    _logger.warning("upgrading %s to schema 3: one positions table", self.path)
+                    _positions_from_group_offsets(conn)
+                _logger.warning("upgrading %s to schema 4: a checksum of each batch written from now on", self.path)
+                _checksum_column(conn)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif app_id != APPLICATION_ID:
                 refuse_foreign(conn, self.path)  # again, under the lock: another process may have been first
@@ -554,7 +581,7 @@ class SqliteLog(SqliteFile, Log):
         updates = []
         starts = {}
         stamps = {}
-        encode = _encoder.encode
+        encode, crc32 = _encoder.encode, zlib.crc32
         for target, mine in by_partition.items():
             if not 0 <= target < config.partitions:
                 raise UnknownPartition(topic, target)
@@ -571,13 +598,13 @@ class SqliteLog(SqliteFile, Log):
                 keys, values = [m.key for m in batch], [m.value for m in batch]
                 if not {*map(type, keys), *map(type, values)} <= _BLOB_TYPES:
                     raise InvalidConfig(f"a message's key and value are bytes or None, not {_odd_type(keys + values)}")
-                body = (keys, values, [m.headers for m in batch], None)
-                rows.append((base + first + len(batch) - 1, first, stamp, encode(body)))
+                blob = encode((keys, values, [m.headers for m in batch], None))
+                rows.append((base + first + len(batch) - 1, first, stamp, blob, crc32(blob)))
             size = 0
             if config.retention_bytes is not None:  # only size-bounded topics pay for counting bytes
                 size = sum(_record_size(m.key, m.value, m.headers) for m in mine)
             updates.append((next_offset + len(mine), stamp, size, log_id))
-        conn.executemany("INSERT INTO batches (id, first, timestamp, body) VALUES (?, ?, ?, ?)", rows)
+        conn.executemany("INSERT INTO batches (id, first, timestamp, body, crc) VALUES (?, ?, ?, ?, ?)", rows)
         conn.executemany(
             "UPDATE partitions SET next_offset = ?, last_timestamp = ?, bytes = bytes + ? WHERE log_id = ?", updates
         )
@@ -599,16 +626,16 @@ class SqliteLog(SqliteFile, Log):
         with self._translate("read"):
             if limit > 0:
                 cursor = self._reader().execute(
-                    "SELECT id, first, timestamp, body FROM batches"
+                    "SELECT id, first, timestamp, body, crc FROM batches"
                     f" WHERE id >= ({_LOG_ID} << {OFFSET_BITS}) + ? AND id < ({_LOG_ID} + 1) << {OFFSET_BITS}"
                     " ORDER BY id",
                     (topic, partition, offset, topic, partition),
                 )
                 try:
-                    for rowid, first, timestamp, body in cursor:
+                    for rowid, first, timestamp, body, crc in cursor:
                         try:
                             wanted = limit - len(records)
-                            more = _records(topic, partition, rowid, first, timestamp, body, offset, wanted)
+                            more = _records(topic, partition, rowid, first, timestamp, body, crc, offset, wanted)
                         except CorruptRecord:
                             if records:  # the records before the damaged batch; the next read raises
                                 break
@@ -791,15 +818,15 @@ class SqliteLog(SqliteFile, Log):
         batches: list[int] = []  # the rowids of the batches scanned, ascending
 
         def rows(cursor: sqlite3.Cursor) -> Iterator[RetentionRow]:
-            for rowid, first, timestamp, blob in cursor:
+            for rowid, first, timestamp, blob, crc in cursor:
                 batches.append(rowid)
-                body = _decode_body(topic, partition, rowid, first, blob)
+                body = _decode_body(topic, partition, rowid, first, blob, crc)
                 for offset, key, value, headers in zip(_offsets(first, body), *body[:3], strict=True):
                     yield offset, timestamp, key, value is None, _record_size(key, value, headers) if sized else 0
 
         with self._translate("read"):
             cursor = self._reader().execute(
-                "SELECT id, first, timestamp, body FROM batches WHERE id >= ? AND id < ? ORDER BY id",
+                "SELECT id, first, timestamp, body, crc FROM batches WHERE id >= ? AND id < ? ORDER BY id",
                 (base, base + OFFSET_MASK + 1),
             )
             try:
@@ -834,10 +861,10 @@ class SqliteLog(SqliteFile, Log):
         removal that raced another (a second process's retention) removes nothing twice."""
         freed = 0
         for rowid, gone in chunk:
-            row = conn.execute("SELECT first, body FROM batches WHERE id = ?", (rowid,)).fetchone()
+            row = conn.execute("SELECT first, body, crc FROM batches WHERE id = ?", (rowid,)).fetchone()
             if row is None:
                 continue
-            body = _decode_body(topic, partition, rowid, row[0], row[1])
+            body = _decode_body(topic, partition, rowid, *row)
             kept: list[tuple[int, Any, Any, Headers]] = []
             for record in zip(_offsets(row[0], body), *body[:3], strict=True):
                 if record[0] not in gone:
@@ -847,7 +874,9 @@ class SqliteLog(SqliteFile, Log):
             if not kept:
                 conn.execute("DELETE FROM batches WHERE id = ?", (rowid,))
                 continue
-            conn.execute("UPDATE batches SET first = ?, body = ? WHERE id = ?", (kept[0][0], _encode_body(kept), rowid))
+            blob = _encode_body(kept)
+            update = "UPDATE batches SET first = ?, body = ?, crc = ? WHERE id = ?"
+            conn.execute(update, (kept[0][0], blob, zlib.crc32(blob), rowid))
         if sized:
             conn.execute("UPDATE partitions SET bytes = max(bytes - ?, 0) WHERE log_id = ?", (freed, log_id))
 
