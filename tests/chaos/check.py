@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-LEVELS = ("plain", "idempotent", "transactional")
+LEVELS = ("plain", "idempotent", "transactional", "routed")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Report:
 
     @property
     def violated(self) -> bool:
-        # Plain and idempotent duplicates are allowed by at-least-once; only counted.
+        # Plain, idempotent and routed duplicates are allowed by at-least-once; only counted.
         return self.lost > 0 or self.duplicates["transactional"] > 0 or self.order > 0 or self.stalls > 0
 
 

@@ -32,5 +32,14 @@ def test_each_violation_of_a_made_up_run_is_reported() -> None:
     assert report.violated
     assert summary(report, "1s sqlite seed=1", kills=0, stops=0) == (
         "chaos: 1s sqlite seed=1 kills=0 stops=0 acknowledged=4 lost=1 dup(plain)=0 dup(idempotent)=0"
-        " dup(transactional)=1 order=1 stalls=1"
+        " dup(transactional)=1 dup(routed)=0 order=1 stalls=1"
     )
+
+
+def test_a_router_target_may_get_an_event_twice_but_must_get_each_in_key_order() -> None:
+    acked = [("a", 0), ("a", 1), ("b", 0)]
+    redelivered = check(acked, {"router->http": ("routed", effects(("a", 0), ("a", 1), ("a", 0), ("a", 1), ("b", 0)))})
+    assert (redelivered.duplicates["routed"], redelivered.violated) == (2, False)
+    broken = check(acked, {"router->topic": ("routed", effects(("a", 1), ("a", 0)))})
+    assert (broken.lost, broken.order, broken.violated) == (1, 1, True)
+    assert broken.details == ["router->topic: key a seq 0 after 1", "router->topic: lost key b seq 0"]
