@@ -296,7 +296,9 @@ def _kafka(command: str) -> None:
 
 @pytest.mark.slow
 def test_broker_restart_loses_nothing_acknowledged(log_url: str) -> None:
-    """Append and read continuously while the broker is stopped and started again."""
+    """Append and read continuously while the broker is stopped and started again. A log whose
+    first append comes while the broker is away (a process started meanwhile) waits for it as
+    a delivery does (it failed at once, looking up the topic)."""
     if subprocess.run([str(SCRIPT), "status"], capture_output=True, check=False).returncode != 0:
         pytest.skip("the broker was not started by scripts/kafka, so this test cannot restart it")
     topic = unique_topic("restart")
@@ -309,8 +311,16 @@ def test_broker_restart_loses_nothing_acknowledged(log_url: str) -> None:
     failures: list[BaseException] = []
     give_up = time.monotonic() + 200
 
-    with inmotion.connect(log_url) as log:
+    # the fresh log's lookups give up after 2 s, well within the broker's restart
+    with inmotion.connect(log_url) as log, inmotion.connect(log_url.split("?")[0] + "?timeout=2") as fresh:
         log.create_topic(topic, TopicConfig(partitions=2))
+
+        def append_fresh() -> None:
+            try:
+                [position] = fresh.append(topic, [Message(b"fresh", key=b"f")])
+                acknowledged[(position.partition, position.offset)] = b"fresh"
+            except BaseException as exc:  # reported by the main thread
+                failures.append(exc)
 
         def produce() -> None:
             batch = 0
@@ -358,15 +368,19 @@ def test_broker_restart_loses_nothing_acknowledged(log_url: str) -> None:
         try:
             assert warmed_up.wait(timeout=60), failures
             _kafka("down")
+            threads.append(threading.Thread(target=append_fresh))
+            threads[-1].start()
             _kafka("up")
             restarted.set()
             assert appended_after_restart.wait(timeout=180), "no append succeeded after the restart"
+            threads[-1].join(timeout=180)  # the fresh append, before the reader may stop
         finally:
             stop.set()
             for thread in threads:
                 thread.join(timeout=240)
         assert not failures, failures
         assert len(acknowledged) > 200
+        assert b"fresh" in acknowledged.values()
         stored = {}
         for partition in (0, 1):
             records = _read_all(log, topic, partition)

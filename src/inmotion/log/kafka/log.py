@@ -557,11 +557,13 @@ class KafkaLog(Log):
             return 0
         return len(found.partitions)
 
-    def _partition_count(self, topic: str) -> int:
+    def _partition_count(self, topic: str, patience: float = 0.0) -> int:
+        """The topic's partition count (cached); asking the broker, through transient errors
+        for up to `patience` seconds (a broker restarting)."""
         self._check_open()
         count = self._partitions.get(topic)
         if count is None:
-            count = self._metadata_partitions(topic)
+            count = _riding_out(patience, lambda: self._metadata_partitions(topic))
             if not count:
                 raise UnknownTopic(topic)
             self._partitions[topic] = count
@@ -678,7 +680,10 @@ class KafkaLog(Log):
 
     # --- records --------------------------------------------------------------------------
     def append(self, topic: str, messages: Sequence[Message]) -> list[Position]:
-        count = self._partition_count(topic)
+        # an append waits for the broker as long as its records' delivery would: a process
+        # that starts appending while the broker restarts must not fail where one running on
+        # (its topic's partitions known) would not
+        count = self._partition_count(topic, patience=self.config.delivery_timeout)
         for message in messages:  # first, so that a bad partition leaves nothing written
             if message.partition is not None and not 0 <= message.partition < count:
                 raise UnknownPartition(topic, message.partition)
