@@ -47,7 +47,10 @@ def idempotent(payload: dict[str, Any]) -> None:
     _record("idempotent", payload)
 
 
-@app.subscribe(TOPIC, group="chaos.transactional", transaction=True)
 def transactional(payload: dict[str, Any], ctx: Context) -> None:
     assert ctx.db is not None
     ctx.db.execute("INSERT INTO chaos_effects (key, seq) VALUES (?, ?)", (payload["key"], payload["seq"]))
+
+
+if os.environ.get("INMOTION_BROKER", "").startswith("sqlite:///"):  # transactions are SQLite's
+    app.subscribe(TOPIC, group="chaos.transactional", transaction=True)(transactional)

@@ -80,9 +80,12 @@ def _stalls(progress: Sequence[tuple[float, int, int]], stall_after: float) -> i
     return stalls
 
 
-def summary(report: Report, label: str, kills: int, stops: int) -> str:
+def summary(report: Report, label: str, kills: int, stops: int, crashes: int = 0) -> str:
+    """One line: what the run did to the processes (`crashes`: ended on their own, started again)
+    and what the checker found."""
     dup = " ".join(f"dup({level})={report.duplicates[level]}" for level in LEVELS)
     return (
-        f"chaos: {label} kills={kills} stops={stops} acknowledged={report.acknowledged} lost={report.lost} {dup}"
+        f"chaos: {label} kills={kills} stops={stops} crashes={crashes} acknowledged={report.acknowledged}"
+        f" lost={report.lost} {dup}"
         f" order={report.order} stalls={report.stalls}"
     )

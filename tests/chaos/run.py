@@ -3,8 +3,12 @@ of one group, killed (-9) and stopped (SIGSTOP) at seeded random times, then let
 checked (tests/chaos/check.py). The routers send every event to a topic and to an HTTP endpoint
 this runner serves, which answers 503 to about one request in fifty (their retries at work).
 
-`python -m tests.chaos.run [--seconds S] [--broker URL] [--seed N]`; prints one summary line
-and exits 1 on a violation. Lives in the test tree because its app and checker are test code
+`python -m tests.chaos.run [--seconds S] [--broker sqlite:///PATH | --kafka-port PORT] [--seed N]`;
+prints one summary line and exits 1 on a violation. With `--kafka-port` it runs on a Kafka broker
+of its own (scripts/kafka, fresh data) that it kills (-9) and starts again every 15 to 25 s;
+Kafka has no transactional subscription. Processes that end on their own (a worker that found
+no broker at start-up, librdkafka aborting during a restart) are started again and counted as
+`crashes`. Lives in the test tree because its app and checker are test code
 that the slow test runs as is; `scripts/chaos` is the way in for people.
 """
 
@@ -27,6 +31,7 @@ from typing import IO
 
 import msgspec
 
+from inmotion.errors import InmotionError
 from inmotion.log import TopicConfig, connect
 from tests.chaos.check import Handled, check, summary
 
@@ -38,6 +43,11 @@ ROUTER_GROUP = "chaos.router"
 ROUTED_TOPIC = "chaos.routed"
 SESSION_TIMEOUT = 2.0
 CATCH_UP = 60.0
+SQLITE_STALL = 2 * SESSION_TIMEOUT
+# On Kafka a partition also waits for its broker to start again (about 10 s here) and for its
+# group to settle after that: pending work without progress for this long is a stall.
+KAFKA_STALL = 45.0
+KAFKA_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kafka"
 LEVELS = {"chaos.plain": "plain", "chaos.idempotent": "idempotent", "chaos.transactional": "transactional"}
 RULES = """\
 rules:
@@ -136,29 +146,63 @@ def _read_effects(paths: list[Path]) -> list[tuple[str, int]]:
 
 
 class Run:
-    def __init__(self, directory: Path, broker: str) -> None:
+    def __init__(self, directory: Path, broker: str, seed: int) -> None:
         self.directory = directory
         self.broker = broker
-        env = dict(os.environ, INMOTION_BROKER=broker, CHAOS_DIR=str(directory))
-        self.env = env
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self.producers: list[subprocess.Popen[bytes]] = []
-        self.routers: list[subprocess.Popen[bytes]] = []
-        self.log = (directory / "processes.log").open("ab")
+        self.env = dict(os.environ, INMOTION_BROKER=broker, CHAOS_DIR=str(directory))
+        self.processes: dict[str, list[subprocess.Popen[bytes]]] = {"worker": [], "producer": [], "router": []}
+        self.output = (directory / "processes.log").open("ab")
+        self.actions = (directory / "actions.log").open("a")
+        """What the run did and when (seconds since the chaos began), to read next to processes.log."""
         self.rules = directory / "rules.yaml"
+        self.endpoint = Endpoint(directory, seed)
+        threading.Thread(target=self.endpoint.serve_forever, daemon=True).start()
+        self.rules.write_text(RULES % (SOURCE_TOPIC, ROUTED_TOPIC, self.endpoint.url))
+        self.log = connect(broker)
+        for topic in (SOURCE_TOPIC, ROUTED_TOPIC):  # the routers need theirs; the app makes its own alike
+            if topic not in self.log.list_topics():
+                self.log.create_topic(topic, TopicConfig(partitions=4))
+        self._routed: list[tuple[str, int]] = []
+        self._routed_next = dict.fromkeys(range(self.log.partition_count(ROUTED_TOPIC)), 0)
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "inmotion", "run", "tests.chaos.app:app"]
-        return subprocess.Popen(command, env=self.env, stdout=self.log, stderr=self.log)
+    def start(self, kind: str, index: int) -> subprocess.Popen[bytes]:
+        if kind == "worker":
+            command = ["-m", "inmotion", "run", "tests.chaos.app:app"]
+        elif kind == "router":
+            command = ["-m", "inmotion", "route", "--rules", str(self.rules), "--group", ROUTER_GROUP]
+            command += ["--session-timeout", str(SESSION_TIMEOUT)]
+        else:
+            command = ["-m", "tests.chaos.run", "--produce", f"p{index}", "--dir", str(self.directory)]
+        return subprocess.Popen([sys.executable, *command], env=self.env, stdout=self.output, stderr=self.output)
 
-    def start_router(self) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "inmotion", "route", "--rules", str(self.rules), "--group", ROUTER_GROUP]
-        command += ["--session-timeout", str(SESSION_TIMEOUT)]
-        return subprocess.Popen(command, env=self.env, stdout=self.log, stderr=self.log)
+    def note(self, line: str) -> None:
+        self.actions.write(line + "\n")
+        self.actions.flush()
 
-    def start_producer(self, name: str) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "tests.chaos.run", "--produce", name, "--dir", str(self.directory)]
-        return subprocess.Popen(command, env=self.env, stdout=self.log, stderr=self.log)
+    def start_all(self) -> None:
+        for kind, count in (("worker", WORKERS), ("producer", PRODUCERS), ("router", ROUTERS)):
+            self.processes[kind] = [self.start(kind, i) for i in range(count)]
+
+    def restart_crashed(self) -> int:
+        """Start again the processes that ended on their own (not killed by the run); how many."""
+        crashed = 0
+        for kind, processes in self.processes.items():
+            for index, process in enumerate(processes):
+                if process.poll() is not None:
+                    processes[index] = self.start(kind, index)
+                    crashed += 1
+        return crashed
+
+    def stop_all(self) -> None:
+        every = [process for processes in self.processes.values() for process in processes]
+        for process in every:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+                process.terminate()
+        for process in every:
+            process.wait()
+        self.endpoint.shutdown()
+        self.log.close()
 
     def acknowledged(self) -> list[tuple[str, int]]:
         return _read_pairs(sorted(self.directory.glob("*.acked")))
@@ -167,28 +211,16 @@ class Run:
         result: dict[str, tuple[str, list[Handled]]] = {}
         for group, level in LEVELS.items():
             if level == "transactional":
+                if not self.broker.startswith("sqlite:///"):
+                    continue  # transactions are SQLite's: the app has no such subscription here
                 pairs = self._transactional()
             else:
                 pairs = _read_effects(sorted(self.directory.glob(f"{level}.*.effects")))
             result[group] = (level, [Handled(key, seq) for key, seq in pairs])
         http = _read_effects(sorted(self.directory.glob("routed-http.effects")))
         result[f"{ROUTER_GROUP} -> http"] = ("routed", [Handled(key, seq) for key, seq in http])
-        result[f"{ROUTER_GROUP} -> {ROUTED_TOPIC}"] = ("routed", [Handled(k, s) for k, s in self._routed()])
+        result[f"{ROUTER_GROUP} -> {ROUTED_TOPIC}"] = ("routed", [Handled(k, s) for k, s in self.routed()])
         return result
-
-    def _routed(self) -> list[tuple[str, int]]:
-        """The events in the routers' target topic, partition by partition (a key's events are
-        all in one partition, in the order they were routed)."""
-        pairs = []
-        with connect(self.broker) as log:
-            for partition in range(log.partition_count(ROUTED_TOPIC)):
-                offset = 0
-                while batch := log.read(ROUTED_TOPIC, partition, offset, 1000):
-                    for record in batch:
-                        payload = msgspec.json.decode(record.value or b"{}")
-                        pairs.append((str(payload["key"]), int(payload["seq"])))
-                    offset = batch[-1].offset + 1
-        return pairs
 
     def _transactional(self) -> list[tuple[str, int]]:
         path = self.broker.removeprefix("sqlite:///")
@@ -199,6 +231,21 @@ class Run:
             return []
         return [(str(key), int(seq)) for key, seq in rows]
 
+    def routed(self) -> list[tuple[str, int]]:
+        """The events in the routers' target topic, partition by partition (a key's events are
+        all in one partition, in the order they were routed), read on from the last call. While
+        the broker is away (Kafka restarts), what was read so far."""
+        try:
+            for partition, offset in self._routed_next.items():
+                while batch := self.log.read(ROUTED_TOPIC, partition, offset, 1000):
+                    for record in batch:
+                        payload = msgspec.json.decode(record.value or b"{}")
+                        self._routed.append((str(payload["key"]), int(payload["seq"])))
+                    offset = self._routed_next[partition] = batch[-1].offset + 1
+        except InmotionError:
+            pass
+        return self._routed
+
     def sample(self, started: float) -> tuple[float, int, int]:
         acked = set(self.acknowledged())
         handled = self.handled()
@@ -207,11 +254,57 @@ class Run:
         return time.monotonic() - started, effects, pending
 
 
+class Broker:
+    """A Kafka broker of the run's own (scripts/kafka on its own port, fresh data), killed (-9)
+    and started again on the same data every 15 to 25 seconds by a thread of its own."""
+
+    def __init__(self, port: int, seed: int) -> None:
+        self.port = port
+        self.env = dict(os.environ, KAFKA_PORT=str(port))
+        self.rng = random.Random(seed)
+        self.restarts = 0
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self._chaos, daemon=True)
+        self._script("clean")
+        self._script("up")
+
+    def _script(self, command: str) -> None:
+        subprocess.run([str(KAFKA_SCRIPT), command], env=self.env, check=True, capture_output=True, timeout=300)
+
+    def kill_now_and_then(self) -> None:
+        self._thread.start()
+
+    def _chaos(self) -> None:
+        pidfile = KAFKA_SCRIPT.parent.parent / ".kafka" / f"node-{self.port}" / "kafka.pid"
+        while not self.stopping.wait(self.rng.uniform(15, 25)):
+            pid = int(pidfile.read_text())
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):  # scripts/kafka up refuses a port the dying broker still holds
+                time.sleep(0.05)
+            self.restarts += 1
+            self._script("up")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._script("down")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/chaos")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--minutes", type=float)
-    parser.add_argument("--broker")
+    parser.add_argument("--broker", help="a sqlite:/// URL (default: log.db in the run directory)")
+    parser.add_argument("--kafka-port", type=int, help="run on a Kafka broker of its own on this port, restarted")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 10000)
     parser.add_argument("--dir", type=Path)
     parser.add_argument("--produce")
@@ -220,69 +313,67 @@ def main(argv: list[str] | None = None) -> int:
         produce(args.dir, args.produce)
         return 0
     if args.broker and not args.broker.startswith("sqlite:///"):
-        print("scripts/chaos: only sqlite:/// brokers are supported so far", file=sys.stderr)
+        print("scripts/chaos: --broker takes a sqlite:/// URL; --kafka-port runs on Kafka", file=sys.stderr)
         return 2
     seconds = args.seconds if args.seconds is not None else 60 * (args.minutes or 1)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="chaos-"))
     directory.mkdir(parents=True, exist_ok=True)
-    broker = args.broker or f"sqlite:///{directory / 'log.db'}"
+    kafka = Broker(args.kafka_port, args.seed) if args.kafka_port else None
+    broker = f"kafka://127.0.0.1:{args.kafka_port}" if kafka else args.broker or f"sqlite:///{directory / 'log.db'}"
     rng = random.Random(args.seed)
-    run = Run(directory, broker)
-    endpoint = Endpoint(directory, args.seed)
-    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
-    run.rules.write_text(RULES % (SOURCE_TOPIC, ROUTED_TOPIC, endpoint.url))
-    with connect(broker) as log:  # the routers need their topics; the app makes its own alike
-        for topic in (SOURCE_TOPIC, ROUTED_TOPIC):
-            if topic not in log.list_topics():
-                log.create_topic(topic, TopicConfig(partitions=4))
-    run.workers = [run.start_worker() for _ in range(WORKERS)]
-    run.producers = [run.start_producer(f"p{i}") for i in range(PRODUCERS)]
-    run.routers = [run.start_router() for _ in range(ROUTERS)]
-    kills = stops = 0
+    run = Run(directory, broker, args.seed)
+    run.start_all()
+    if kafka:
+        kafka.kill_now_and_then()
+    kills = stops = crashes = 0
+    print(f"chaos: {seconds:g}s of kills and stops on {broker} (run directory {directory})", file=sys.stderr)
     started = time.monotonic()
     progress = []
     try:
         while time.monotonic() - started < seconds:
             time.sleep(rng.uniform(0.3, 2.0))
-            pool = [("worker", i) for i in range(WORKERS)] + [("producer", i) for i in range(PRODUCERS)]
-            pool += [("router", i) for i in range(ROUTERS)]
-            kind, index = rng.choice(pool)
-            processes = {"worker": run.workers, "producer": run.producers, "router": run.routers}[kind]
-            process = processes[index]
+            crashes += run.restart_crashed()
+            kind = rng.choice([kind for kind, processes in run.processes.items() for _ in processes])
+            index = rng.randrange(len(run.processes[kind]))
+            process = run.processes[kind][index]
+            at = time.monotonic() - started
             if rng.random() < 0.7:
                 process.kill()
                 process.wait()
                 kills += 1
-                if kind == "worker":
-                    processes[index] = run.start_worker()
-                elif kind == "router":
-                    processes[index] = run.start_router()
-                else:
-                    processes[index] = run.start_producer(f"p{index}")
+                run.processes[kind][index] = run.start(kind, index)
+                run.note(f"{at:.2f} kill {kind} {index} pid {process.pid}")
             else:
                 process.send_signal(signal.SIGSTOP)
-                time.sleep(rng.uniform(0, 2 * SESSION_TIMEOUT))
+                pause = rng.uniform(0, 2 * SESSION_TIMEOUT)
+                time.sleep(pause)
                 process.send_signal(signal.SIGCONT)
                 stops += 1
+                run.note(f"{at:.2f} stop {kind} {index} pid {process.pid} for {pause:.2f}s")
             progress.append(run.sample(started))
-        for producer in run.producers:
+            run.note(f"{progress[-1][0]:.2f} sample: {progress[-1][1]} effects, {progress[-1][2]} pending")
+        if kafka:
+            kafka.stopping.set()  # the broker stays up while the run catches up
+        for producer in run.processes.pop("producer"):  # done: not restarted while the run catches up
             producer.terminate()
             producer.wait()
+        print(f"chaos: catching up ({progress[-1][2] if progress else '?'} effects pending)", file=sys.stderr)
         deadline = time.monotonic() + CATCH_UP
         while time.monotonic() < deadline:
+            crashes += run.restart_crashed()
             progress.append(run.sample(started))
             if progress[-1][2] == 0:
                 break
             time.sleep(0.5)
+        report = check(run.acknowledged(), run.handled(), progress, stall_after=KAFKA_STALL if kafka else SQLITE_STALL)
     finally:
-        for process in run.workers + run.producers + run.routers:
-            process.terminate()
-        for process in run.workers + run.producers + run.routers:
-            process.wait()
-        endpoint.shutdown()
-    report = check(run.acknowledged(), run.handled(), progress, stall_after=2 * SESSION_TIMEOUT)
-    label = f"{seconds:g}s sqlite seed={args.seed}"
-    print(summary(report, label, kills, stops))
+        run.stop_all()
+        if kafka:
+            kafka.stop()
+    label = f"{seconds:g}s {'kafka' if kafka else 'sqlite'} seed={args.seed}"
+    if kafka:
+        label += f" broker_restarts={kafka.restarts}"
+    print(summary(report, label, kills, stops, crashes))
     for detail in report.details[:20]:
         print(f"  {detail}", file=sys.stderr)
     print(f"  run directory: {directory}", file=sys.stderr)

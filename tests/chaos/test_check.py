@@ -31,7 +31,7 @@ def test_each_violation_of_a_made_up_run_is_reported() -> None:
     assert (report.lost, report.duplicates["transactional"], report.order, report.stalls) == (1, 1, 1, 1)
     assert report.violated
     assert summary(report, "1s sqlite seed=1", kills=0, stops=0) == (
-        "chaos: 1s sqlite seed=1 kills=0 stops=0 acknowledged=4 lost=1 dup(plain)=0 dup(idempotent)=0"
+        "chaos: 1s sqlite seed=1 kills=0 stops=0 crashes=0 acknowledged=4 lost=1 dup(plain)=0 dup(idempotent)=0"
         " dup(transactional)=1 dup(routed)=0 order=1 stalls=1"
     )
 
