@@ -39,12 +39,16 @@ def check(
     handled: Mapping[str, tuple[str, Sequence[Handled]]],
     progress: Sequence[tuple[float, int, int]] = (),
     stall_after: float = float("inf"),
+    paused: Sequence[tuple[float, float]] = (),
 ) -> Report:
     """Checks a run.
 
     `handled` maps each subscription to its guarantee level and its effects in the order they
     happened; `progress` holds (time, effects so far, events still pending) samples, a stall being
-    pending work with no new effect for longer than `stall_after` seconds.
+    pending work with no new effect for longer than `stall_after` seconds, not counting the
+    `paused` (start, end) times when the run held a process stopped: one stopped while it held
+    SQLite's write lock holds up every writer of the file until it goes on (SQLite has one writer
+    at a time), which is no stall of the others.
     """
     acked = set(acknowledged)
     report = Report(acknowledged=len(acked))
@@ -64,20 +68,27 @@ def check(
         missing = sorted(acked - seen)
         report.lost += len(missing)
         report.details += [f"{subscription}: lost key {key} seq {seq}" for key, seq in missing[:10]]
-    report.stalls = _stalls(progress, stall_after)
+    report.stalls = _stalls(progress, stall_after, paused)
     return report
 
 
-def _stalls(progress: Sequence[tuple[float, int, int]], stall_after: float) -> int:
+def _stalls(
+    progress: Sequence[tuple[float, int, int]], stall_after: float, paused: Sequence[tuple[float, float]]
+) -> int:
     stalls = 0
     since: tuple[float, int] | None = None
     counted = False
     for at, effects, pending in progress:
         if pending == 0 or since is None or effects != since[1]:
             since, counted = (at, effects), False
-        elif not counted and at - since[0] > stall_after:
+        elif not counted and at - since[0] - _overlap(paused, since[0], at) > stall_after:
             stalls, counted = stalls + 1, True
     return stalls
+
+
+def _overlap(windows: Sequence[tuple[float, float]], start: float, end: float) -> float:
+    """How long the (start, end) windows cover of the time from `start` to `end`."""
+    return sum(max(0.0, min(b, end) - max(a, start)) for a, b in windows)
 
 
 def summary(report: Report, label: str, kills: int, stops: int, crashes: int = 0) -> str:

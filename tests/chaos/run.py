@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chaos: {seconds:g}s of kills and stops on {broker} (run directory {directory})", file=sys.stderr)
     started = time.monotonic()
     progress = []
+    paused: list[tuple[float, float]] = []
     try:
         while time.monotonic() - started < seconds:
             time.sleep(rng.uniform(0.3, 2.0))
@@ -349,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(pause)
                 process.send_signal(signal.SIGCONT)
                 stops += 1
+                paused.append((at, time.monotonic() - started))
                 run.note(f"{at:.2f} stop {kind} {index} pid {process.pid} for {pause:.2f}s")
             progress.append(run.sample(started))
             run.note(f"{progress[-1][0]:.2f} sample: {progress[-1][1]} effects, {progress[-1][2]} pending")
@@ -365,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             if progress[-1][2] == 0:
                 break
             time.sleep(0.5)
-        report = check(run.acknowledged(), run.handled(), progress, stall_after=KAFKA_STALL if kafka else SQLITE_STALL)
+        stall_after = KAFKA_STALL if kafka else SQLITE_STALL
+        report = check(run.acknowledged(), run.handled(), progress, stall_after, paused)
     finally:
         run.stop_all()
         if kafka:

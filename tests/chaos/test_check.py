@@ -43,3 +43,13 @@ def test_a_router_target_may_get_an_event_twice_but_must_get_each_in_key_order()
     broken = check(acked, {"router->topic": ("routed", effects(("a", 1), ("a", 0)))})
     assert (broken.lost, broken.order, broken.violated) == (1, 1, True)
     assert broken.details == ["router->topic: key a seq 0 after 1", "router->topic: lost key b seq 0"]
+
+
+def test_time_a_process_was_held_stopped_does_not_count_towards_a_stall() -> None:
+    """A process stopped while it held SQLite's write lock holds up every writer for as long."""
+    acked = [("a", 0)]
+    handled = {"plain": ("plain", effects(("a", 0)))}
+    progress = [(0.0, 0, 1), (6.0, 0, 1), (7.0, 1, 0)]
+    assert check(acked, handled, progress, stall_after=4.0).stalls == 1
+    assert check(acked, handled, progress, stall_after=4.0, paused=[(1.0, 4.0)]).stalls == 0
+    assert check(acked, handled, progress, stall_after=4.0, paused=[(5.0, 6.5)]).stalls == 1
