@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -143,6 +144,16 @@ def test_a_transactional_handler_commits_its_writes_with_the_dedupe_record(tmp_p
     assert calls == [5, 13, 13]
 
 
+def ledger(path: Path) -> App:
+    """An app on the SQLite file `path`, with a topic `payments` of one partition and a table
+    `booked (amount INTEGER)` for transactional handlers to write to."""
+    app = App("ledger", f"sqlite:///{path}")
+    app.log.create_topic("payments", TopicConfig(partitions=1))
+    with contextlib.closing(sqlite3.connect(path)) as setup, setup:
+        setup.execute("CREATE TABLE booked (amount INTEGER)")
+    return app
+
+
 def test_a_transactional_handler_is_exactly_once_without_dedupe_records(tmp_path: Path) -> None:
     """The position commits with the handler's writes: a failed try leaves neither, and no
     dedupe record is needed (nor written) for the effects to happen once."""
@@ -150,10 +161,7 @@ def test_a_transactional_handler_is_exactly_once_without_dedupe_records(tmp_path
     calls: list[int] = []
 
     async def scenario() -> None:
-        with App("ledger", f"sqlite:///{path}") as app:
-            app.log.create_topic("payments", TopicConfig(partitions=1))
-            with sqlite3.connect(path) as setup:
-                setup.execute("CREATE TABLE booked (amount INTEGER)")
+        with ledger(path) as app:
 
             @app.subscribe("payments", group="ledger", transaction=True, retry=Retry(attempts=3, backoff=0))
             def book(payment: dict[str, int], ctx: Context) -> None:
@@ -369,10 +377,7 @@ def test_a_partition_lost_while_a_plain_transactional_handler_runs_leaves_none_o
     started, release = threading.Event(), threading.Event()
 
     async def scenario() -> None:
-        with App("ledger", f"sqlite:///{path}") as app:
-            app.log.create_topic("payments", TopicConfig(partitions=1))
-            with sqlite3.connect(path) as setup:
-                setup.execute("CREATE TABLE booked (amount INTEGER)")
+        with ledger(path) as app:
 
             @app.subscribe("payments", group="ledger", transaction=True)
             def book(payment: dict[str, int], ctx: Context) -> None:
@@ -407,10 +412,7 @@ def test_a_transaction_that_finds_its_lease_lapsed_starts_its_partition_over(tmp
     handled: list[int] = []
 
     async def scenario() -> None:
-        with App("ledger", f"sqlite:///{path}") as app:
-            app.log.create_topic("payments", TopicConfig(partitions=1))
-            with sqlite3.connect(path) as setup:
-                setup.execute("CREATE TABLE booked (amount INTEGER)")
+        with ledger(path) as app:
             coordinator = app.coordinator
             assert isinstance(coordinator, SqliteCoordinator)
             holds = coordinator.holds
