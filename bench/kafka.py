@@ -18,7 +18,7 @@ fetch settings as KafkaLog's readers (librdkafka's default fetch.queue.backoff.m
 stalls a consumer that drains its queue faster than it fills); for reference also a raw
 consumer that builds, per message, the tuple of what a `Record` holds. All read the same topic
 (the first produced in the round), after an untimed read of each side that leaves the broker's
-cache warm and KafkaLog's per-partition readers made.
+cache warm and KafkaLog's reader of the topic made.
 On this shared 2-core machine the raw consumer's rate moved between 284k and 525k events/s from
 one run to the next, so a ratio of best rates taken minutes apart gave 0.52x to 0.87x. The two
 consumers therefore take turns within a round (raw, inmotion, raw, ..., inmotion, raw:
@@ -149,7 +149,6 @@ def consumer_config(bootstrap: str) -> dict[str, Any]:
         "bootstrap.servers": bootstrap,
         "group.id": f"bench-{uuid.uuid4().hex}",
         "enable.auto.commit": False,
-        "max.partition.fetch.bytes": 4 << 20,
         "queued.max.messages.kbytes": 16384,
         "fetch.queue.backoff.ms": 10,
         "fetch.wait.max.ms": 100,
@@ -399,9 +398,9 @@ def main() -> None:
                 measure(label, work)
             # every consumer reads the same topic (the first one produced this round)
             print(f"round {round_}: consume {raw_topic} (every partition from offset 0)", flush=True)
-            # untimed, one read of each side: the broker's cache is warm, and KafkaLog's readers of
-            # the topic (a consumer per partition, made at its first read) exist before the clock
-            # starts, as the raw side's consumer is made within each of its reads
+            # untimed, one read of each side: the broker's cache is warm, and KafkaLog's reader of
+            # the topic (one consumer for its partitions, made at its first read) exists before the
+            # clock starts, as the raw side's consumer is made within each of its reads
             raw_consume(bootstrap, raw_topic, partitions, count, keep=False)
             log_consume(log, raw_topic, partitions, count)
             raw_rates = [timed(raw_consume_label, count, raw_read(raw_topic))]

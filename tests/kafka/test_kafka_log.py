@@ -19,6 +19,7 @@ import inmotion
 from inmotion.errors import BrokerUnavailable, InmotionError, InvalidConfig, NotAuthorized, UnknownTopic
 from inmotion.events import Event
 from inmotion.log import Log, Message, Record, TopicConfig, partition_for_key
+from inmotion.log.kafka import log as kafka_log
 from inmotion.log.kafka.log import translate
 from inmotion.runtime import App
 from inmotion.testing import eventually, unique_topic
@@ -212,6 +213,36 @@ def test_a_read_of_many_records_carries_every_field(log: Log) -> None:
     stamps = [r.timestamp for r in records]
     assert stamps == sorted(stamps)
     assert abs(stamps[0] - time.time() * 1000) < 600_000
+
+
+def test_partitions_of_a_topic_read_in_turn_through_one_consumer_lose_and_repeat_nothing(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One consumer fetches every partition of a topic that the log reads; what it gives for
+    the partitions not being read waits in their buffers, and a partition whose buffer is full
+    is paused until read (a small buffer here, so that pausing and resuming happen often)."""
+    monkeypatch.setattr(kafka_log, "_BUFFERED", 300)
+    topic = unique_topic("turns")
+    log.create_topic(topic, TopicConfig(partitions=3))
+    for partition in range(3):
+        log.append(topic, [Message(f"{partition}-{i}".encode(), partition=partition) for i in range(3_000)])
+
+    def read_all(order: list[int], limit: int) -> dict[int, list[bytes | None]]:
+        got: dict[int, list[bytes | None]] = {p: [] for p in order}
+        while any(len(values) < 3_000 for values in got.values()):
+            for partition in order:
+                batch = log.read(topic, partition, len(got[partition]), limit=limit)
+                assert [r.offset for r in batch] == list(range(len(got[partition]), len(got[partition]) + len(batch)))
+                got[partition] += [r.value for r in batch]
+        return got
+
+    expected = {p: [f"{p}-{i}".encode() for i in range(3_000)] for p in range(3)}
+    assert read_all([0, 1, 2], 250) == expected
+    # partition 2 from the start again while the others are buffered or paused, then all again
+    assert [r.value for r in log.read(topic, 2, 10, limit=3)] == [b"2-10", b"2-11", b"2-12"]
+    assert [r.value for r in log.read(topic, 0, 2_999)] == [b"0-2999"]
+    assert read_all([2, 0, 1], 700) == {p: expected[p] for p in [2, 0, 1]}
+    assert log.read(topic, 1, 3_000) == []
 
 
 def test_topic_settings_on_the_broker(log: Log, kafka_bootstrap: str) -> None:

@@ -12,11 +12,12 @@ How the contract maps onto Kafka:
   `inmotion.log.partition_for_key`; records without key are spread round robin. `append`
   returns only after every record's delivery report. A batch is not atomic (that would take
   Kafka transactions): when some records fail, others may be stored.
-- Random-access reads use a small pool of consumers, one per recently read partition, each
-  assigned its partition (never subscribed, so no group membership; their private group ids
-  never commit). Sequential reads keep the consumer's prefetch, so reading a partition in order
-  costs one round trip per fetch, not per call; a read that reaches the end it knows of asks
-  the log's lookup consumer whether the partition has grown since.
+- Reads use a small pool of consumers, one per recently read topic, each assigned the
+  partitions read of it (never subscribed, so no group membership; their private group ids
+  never commit) and keeping what it fetched of each partition for that partition's next read.
+  Sequential reads keep the consumer's prefetch, so reading a partition in order costs one
+  round trip per fetch, not per call; a read that reaches the end it knows of asks the log's
+  lookup consumer whether the partition has grown since.
   `wait` assigns an idle consumer to the partitions at the given offsets and blocks for one
   record, so the broker wakes it (no polling).
 - Earliest and latest offsets are the partition's watermarks, `offset_for_time` is Kafka's
@@ -31,8 +32,9 @@ How the contract maps onto Kafka:
 URL options: `timeout=SECONDS` (how long admin calls, metadata and reads may wait for the broker
 before BrokerUnavailable, default 10), `delivery_timeout=SECONDS` (how long `append` keeps
 retrying while the broker is away, default 120), `linger_ms=MS` (default 5), `readers=N` (size
-of the read pool, default 16), `client_id=NAME`; any option whose name has a dot is passed to
-librdkafka as is, e.g. `security.protocol=SASL_SSL&sasl.mechanism=PLAIN`.
+of the read pool: topics read at once without reconnecting, default 16), `client_id=NAME`; any
+option whose name has a dot is passed to librdkafka as is, e.g.
+`security.protocol=SASL_SSL&sasl.mechanism=PLAIN`.
 """
 
 from __future__ import annotations
@@ -100,12 +102,15 @@ _logger = logging.getLogger("inmotion.log.kafka")
 
 _OPTIONS = {"timeout", "delivery_timeout", "linger_ms", "readers", "client_id"}
 _IDLE_WAITERS = 4
-_CHUNK = 256
+_CHUNK = 64
 """Messages taken from a consumer at a time while reading (see `_Reader._take`)."""
+_BUFFERED = 20_000
+"""Records a reader keeps of a partition ahead of its reads before pausing its fetches."""
 _PARTITION_EOF = KafkaError._PARTITION_EOF
 # confluent-kafka's message accessors, mapped over a consumer's messages while reading
-_error, _offset, _timestamp, _key, _value, _headers = (
+_error, _partition, _offset, _timestamp, _key, _value, _headers = (
     KafkaMessage.error,
+    KafkaMessage.partition,
     KafkaMessage.offset,
     KafkaMessage.timestamp,
     KafkaMessage.key,
@@ -311,34 +316,55 @@ class _Delivery:
         return [Position(msg.partition(), msg.offset()) for msg in self.delivered]
 
 
+class _Partition:
+    """Where a topic's reader stands in one partition, and the records fetched past that."""
+
+    __slots__ = ("buffered", "chunks", "end", "fetched", "paused", "position")
+
+    def __init__(self, offset: int) -> None:
+        self.position = offset
+        """The offset the next in-order `read` starts at: past the last record handed out."""
+        self.fetched = offset
+        """Past the last record the consumer gave us (handed out or buffered)."""
+        self.end = -1
+        """The high watermark at the consumer's last end-of-partition event for this partition."""
+        self.chunks: collections.deque[list[Record]] = collections.deque()
+        self.buffered = 0
+        self.paused = False
+
+
 class _Reader:
-    """A consumer assigned one partition, remembering where it is so in-order reads stream.
+    """One consumer for a topic, assigned each partition read so far, remembering where each
+    stands so that in-order reads stream.
+
+    One consumer fetches for every partition (a consumer per partition read a 4-partition
+    topic at about 0.6x the rate of one consumer: their fetch threads and queues compete for
+    the cores). What it gives for partitions other than the one being read is kept in that
+    partition's buffer for its next read; a partition holding _BUFFERED records is paused
+    until a read takes some.
 
     `read` returns what the partition held when it was called, up to `limit`: it waits for
-    fetches while the consumer is below the high watermark. The consumer's end-of-partition
+    fetches while the partition is below the high watermark. The consumer's end-of-partition
     events say when it has fetched up to the watermark, which also covers offsets that hold no
     record (transaction markers, compacted gaps).
     """
 
-    def __init__(self, config: dict[str, Any], topic: str, partition: int) -> None:
+    def __init__(self, config: dict[str, Any], topic: str) -> None:
         self.consumer = Consumer({**config, "enable.partition.eof": True})
         self.topic = topic
-        self.partition = partition
-        self.position = -1
-        self.end = -1
-        """The high watermark at the consumer's last end-of-partition event."""
+        self.partitions: dict[int, _Partition] = {}
         self.stuck = False
         self.lock = threading.Lock()
         self.closed = False
 
-    def read(self, offset: int, limit: int, timeout: float, latest: Callable[[], int]) -> list[Record]:
+    def read(self, partition: int, offset: int, limit: int, timeout: float, latest: Callable[[], int]) -> list[Record]:
         """`latest` asks the broker for the partition's high watermark on another connection
         than this consumer's, which may be holding a fetch for up to fetch.wait.max.ms (a broker
         answers one connection's requests in order)."""
         consumer = self.consumer
-        tp = TopicPartition(self.topic, self.partition)
+        state = self.partitions.get(partition)
         known = -1
-        if offset != self.position:
+        if state is None or offset != state.position:
             # random access: nothing to assign for at or past the end (an offset past the
             # end would make the consumer reset to the earliest offset). Asked through `latest`:
             # a reader that has caught up has a fetch held on its own connection, behind which
@@ -346,70 +372,116 @@ class _Reader:
             known = latest()
             if offset >= known:
                 return []
-            consumer.assign([TopicPartition(self.topic, self.partition, offset)])
-            self.position = offset
-            self.end = -1
-        records = self._take([], limit)
+            state = self._seek(partition, offset)
+        records = self._take(partition, state, limit)
+        if len(records) == limit:
+            return records
         # Where the partition ended when we were called: the cached high watermark (from the
         # last fetch) or the one just asked for when ahead of us, else the broker's answer.
-        high = max(known, consumer.get_watermark_offsets(tp, cached=True)[1])
-        if self.position >= high:
+        high = max(known, consumer.get_watermark_offsets(TopicPartition(self.topic, partition), cached=True)[1])
+        if state.fetched >= high:
             high = latest()
         deadline = time.monotonic() + timeout
-        while len(records) < limit and self.position < high and self.end < high:
+        while len(records) < limit and state.fetched < high and state.end < high:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             first = consumer.consume(1, remaining)
             if first:
-                records += self._take(first, limit - len(records) - 1)
-        if not records and self.position < high:
+                self._sort(first)
+                records += self._take(partition, state, limit - len(records))
+        if not records and state.fetched < high:
             # records below the watermark never came (a consumer stuck after a broker restart,
             # or only markers there): the log replaces this reader
             self.stuck = True
         return records
 
-    def read_now(self, offset: int, limit: int) -> list[Record] | None:
+    def read_now(self, partition: int, offset: int, limit: int) -> list[Record] | None:
         """What the consumer has fetched from `offset` on, without waiting; None if it is not
         reading there (a seek asks the broker)."""
-        if offset != self.position or limit <= 0:
+        state = self.partitions.get(partition)
+        if state is None or offset != state.position or limit <= 0:
             return None
-        return self._take([], limit)
+        return self._take(partition, state, limit)
 
-    def _take(self, messages: list[Any], more: int) -> list[Record]:
-        """Records of `messages` and of up to `more` messages that the consumer already holds.
+    def _seek(self, partition: int, offset: int) -> _Partition:
+        """Start fetching `partition` at `offset`. Reassigning the partition (rather than
+        `seek`, which librdkafka refuses until the partition's first fetch has started) also
+        drops what the consumer had fetched of it."""
+        consumer = self.consumer
+        if partition in self.partitions:
+            consumer.incremental_unassign([TopicPartition(self.topic, partition)])
+        consumer.incremental_assign([TopicPartition(self.topic, partition, offset)])
+        state = self.partitions[partition] = _Partition(offset)
+        return state
 
-        Taken _CHUNK at a time, so that each chunk's messages (and confluent-kafka's header
-        lists and tuples) are freed soon after the garbage collector first sees them, instead
-        of a whole batch of them surviving into its older generations and being rescanned
-        while the rest of the batch becomes records: that took the collector's share of a
-        read from about 0.85 to 0.55 us per record in bench/kafka.py's consume loop.
-        """
-        records = self._records(messages)
+    def _take(self, partition: int, state: _Partition, limit: int) -> list[Record]:
+        """Up to `limit` records of the partition from its buffer and from what the consumer
+        holds already, taken _CHUNK messages at a time: a chunk's messages become records while
+        they are still in the CPU's caches, and are freed before the garbage collector moves
+        them to an older generation to be rescanned there (bench/kafka.py's consume loop read
+        at about 0.75x raw confluent-kafka taking 256 or 1,024 at a time, 0.8 to 0.9x taking
+        64)."""
         consume = self.consumer.consume
-        while more > 0:
-            chunk = consume(min(more, _CHUNK), 0)
-            if not chunk:
+        while state.buffered < limit:
+            messages = consume(min(limit - state.buffered, _CHUNK), 0)
+            if not messages:
                 break
-            more -= len(chunk)
-            records += self._records(chunk)
+            self._sort(messages)
+        records: list[Record] = []
+        chunks = state.chunks
+        while chunks and len(records) < limit:
+            chunk = chunks.popleft()
+            room = limit - len(records)
+            if len(chunk) > room:
+                chunks.appendleft(chunk[room:])
+                chunk = chunk[:room]
+            records += chunk
+        if records:
+            state.buffered -= len(records)
+            state.position = records[-1].offset + 1
+        if state.paused and state.buffered < _BUFFERED:
+            self.consumer.resume([TopicPartition(self.topic, partition)])
+            state.paused = False
         return records
 
-    def _records(self, messages: list[Any]) -> list[Record]:
+    def _sort(self, messages: list[Any]) -> None:
+        """Buffer the consumer's messages by partition. A fetch's messages come in runs of one
+        partition; a run costs a few calls, not a call per message."""
         if any(map(_error, messages)):
             self._events([msg for msg in messages if msg.error() is not None])
             messages = [msg for msg in messages if msg.error() is None]
+            if not messages:
+                return
+        partitions = list(map(_partition, messages))
+        if partitions.count(partitions[0]) == len(partitions):
+            runs: Any = ((partitions[0], messages),)
+        else:
+            runs = ((partition, list(run)) for partition, run in itertools.groupby(messages, _partition))
+        for partition, run in runs:
+            state = self.partitions.get(partition)
+            if state is None:
+                continue
+            records = self._records(partition, run)
+            state.chunks.append(records)
+            state.buffered += len(records)
+            state.fetched = records[-1].offset + 1
+            if state.buffered >= _BUFFERED and not state.paused:
+                self.consumer.pause([TopicPartition(self.topic, partition)])
+                state.paused = True
+
+    def _records(self, partition: int, messages: list[Any]) -> list[Record]:
         # The hot path of read (once per record). Each field is taken by mapping confluent-kafka's
         # accessors over the messages and the records are made by mapping Record over them, so
         # that no Python bytecode runs per record. A message without headers has None for them.
         headers: list[Any] = list(map(_headers, messages))
         if not all(headers):
             headers = [h or () for h in headers]
-        records: list[Record] = list(
+        return list(
             map(
                 Record,
                 itertools.repeat(self.topic),
-                itertools.repeat(self.partition),
+                itertools.repeat(partition),
                 map(_offset, messages),
                 map(_second, map(_timestamp, messages)),
                 map(_key, messages),
@@ -417,20 +489,19 @@ class _Reader:
                 map(tuple, headers),
             )
         )
-        if records:
-            self.position = records[-1].offset + 1
-        return records
 
     def _events(self, messages: list[Any]) -> None:
         """End-of-partition events and errors that the consumer reports as messages."""
         for msg in messages:
             error = msg.error()
             if error.code() == _PARTITION_EOF:
-                self.end = msg.offset()
+                state = self.partitions.get(msg.partition())
+                if state is not None:
+                    state.end = msg.offset()
             elif error.code() in _UNKNOWN_TOPIC:
                 raise translate(error, f"reading {self.topic}", self.topic)
             else:
-                _logger.debug("reading %s[%d]: %s", self.topic, self.partition, error)
+                _logger.debug("reading %s[%d]: %s", self.topic, msg.partition(), error)
 
     def close(self) -> None:
         with self.lock:
@@ -447,7 +518,7 @@ class KafkaLog(Log):
         self._closed = False
         self._spread = itertools.count()
         self._partitions: dict[str, int] = {}
-        self._readers: collections.OrderedDict[tuple[str, int], _Reader] = collections.OrderedDict()
+        self._readers: collections.OrderedDict[str, _Reader] = collections.OrderedDict()
         self._idle_waiters: list[Any] = []
         self._lock = threading.Lock()
         self._appending = 0
@@ -490,9 +561,10 @@ class KafkaLog(Log):
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
-            # each consumer reads one partition: fetch more of it per round trip than the
-            # default 1 MB, and never pause fetching for a second when the queue was full
-            "max.partition.fetch.bytes": 4 << 20,
+            # Never pause fetching for a second when the queue was full. Fetches stay at the
+            # default 1 MB a partition: with 4 MB, a reader of one partition had to sort up to
+            # 4 MB of each other partition into buffers first (bench/kafka.py: 0.76x raw
+            # confluent-kafka with 4 MB, 0.8 to 1.0x with 1 MB).
             "queued.max.messages.kbytes": 16384,
             "fetch.queue.backoff.ms": 10,
             # A fetch that the broker holds for new data now and then stalls an in-order read
@@ -576,9 +648,8 @@ class KafkaLog(Log):
     def _forget(self, topic: str) -> None:
         self._partitions.pop(topic, None)
         with self._lock:
-            doomed = [key for key in self._readers if key[0] == topic]
-            readers = [self._readers.pop(key) for key in doomed]
-        for reader in readers:
+            reader = self._readers.pop(topic, None)
+        if reader is not None:
             reader.close()
 
     def _await(self, doing: str, ready: Callable[[], bool]) -> None:
@@ -745,12 +816,12 @@ class KafkaLog(Log):
             return []
         latest = functools.partial(self.latest_offset, topic, partition)
         while True:
-            reader = self._reader(topic, partition)
+            reader = self._reader(topic)
             with reader.lock:
                 if reader.closed:
                     continue
                 try:
-                    return reader.read(max(offset, 0), limit, self.config.timeout, latest)
+                    return reader.read(partition, max(offset, 0), limit, self.config.timeout, latest)
                 except BrokerUnavailable:
                     reader.stuck = True
                     raise
@@ -765,11 +836,11 @@ class KafkaLog(Log):
         stopped fetching (after a broker restart) hands over nothing here: `read` notices it
         and replaces it."""
         with self._lock:
-            reader = self._readers.get((topic, partition))
+            reader = self._readers.get(topic)
         if reader is None or not reader.lock.acquire(blocking=False):
             return None
         try:
-            return None if reader.closed else reader.read_now(max(offset, 0), limit)
+            return None if reader.closed else reader.read_now(partition, max(offset, 0), limit)
         finally:
             reader.lock.release()
 
@@ -777,24 +848,23 @@ class KafkaLog(Log):
         """Close a reader whose consumer went bad; a fresh one (fresh metadata, fresh
         connections) takes its place at the next read. Called holding the reader's lock."""
         with self._lock:
-            if self._readers.get((reader.topic, reader.partition)) is reader:
-                del self._readers[(reader.topic, reader.partition)]
+            if self._readers.get(reader.topic) is reader:
+                del self._readers[reader.topic]
         reader.closed = True
         reader.consumer.close()
 
-    def _reader(self, topic: str, partition: int) -> _Reader:
-        key = (topic, partition)
+    def _reader(self, topic: str) -> _Reader:
         with self._lock:
-            reader = self._readers.get(key)
+            reader = self._readers.get(topic)
             if reader is not None:
-                self._readers.move_to_end(key)
+                self._readers.move_to_end(topic)
                 return reader
-        fresh = _Reader(self._consumer_config(), topic, partition)
+        fresh = _Reader(self._consumer_config(), topic)
         evicted = []
         with self._lock:
-            reader = self._readers.get(key)
+            reader = self._readers.get(topic)
             if reader is None:
-                reader = self._readers[key] = fresh
+                reader = self._readers[topic] = fresh
                 while len(self._readers) > self.config.readers:
                     evicted.append(self._readers.popitem(last=False)[1])
             else:
