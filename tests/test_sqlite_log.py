@@ -501,18 +501,6 @@ def test_deleting_a_topic_clears_every_tracker_s_positions_in_it(tmp_path: Path)
         conn.close()
 
 
-@pytest.mark.parametrize("message", [Message("text", partition=0), Message(b"v", key=42, partition=0)])  # type: ignore[arg-type]
-def test_a_key_or_value_that_is_not_bytes_is_refused_and_nothing_is_written(tmp_path: Path, message: Message) -> None:
-    with inmotion.connect(f"sqlite:///{tmp_path}/typed.db") as log:
-        log.create_topic("typed", TopicConfig(partitions=1))
-        with pytest.raises(InvalidConfig, match=r"bytes or None, not (str|int)"):
-            log.append("typed", [Message(b"fine", partition=0), message])
-        assert log.latest_offset("typed", 0) == 0
-        log.append("typed", [Message(bytearray(b"ba"), key=memoryview(b"mv"), partition=0)])  # type: ignore[arg-type]
-        [record] = log.read("typed", 0, 0)
-        assert (record.key, record.value) == (b"mv", b"ba")
-
-
 def test_positions_of_transactional_handlers_in_files_of_before_join_the_committed_offsets(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     with inmotion.connect(f"sqlite:///{path}") as log:

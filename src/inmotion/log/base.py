@@ -31,6 +31,29 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _GROUP_NAME = re.compile(r"[^\x00-\x1f]{1,255}")
 
 
+_BYTES_OR_NONE = {bytes, type(None)}
+_BLOB_TYPES = {bytes, bytearray, memoryview, type(None)}
+
+
+def check_blobs(keys: Sequence[object], values: Sequence[object]) -> bool:
+    """What a backend checks before it stores anything of an append: InvalidConfig unless every
+    key and value is bytes-like or None (a text key once failed deep in an append with
+    "unsupported operand type(s) for ^=", and the in-memory log stored text values). True if
+    all are bytes or None; False if some are other bytes-like objects (bytearray, memoryview),
+    for a backend that must make them bytes (`as_bytes`)."""
+    types = {*map(type, keys), *map(type, values)}
+    if types <= _BYTES_OR_NONE:
+        return True
+    if not types <= _BLOB_TYPES:
+        odd = next(type(item).__name__ for item in [*keys, *values] if type(item) not in _BLOB_TYPES)
+        raise InvalidConfig(f"a message's key and value are bytes or None, not {odd}")
+    return False
+
+
+def as_bytes(blob: bytes | bytearray | memoryview | None) -> bytes | None:
+    return blob if blob is None or type(blob) is bytes else bytes(blob)
+
+
 def check_topic_name(name: str) -> str:
     """Kafka's topic name rules, so a topic created here can exist on Kafka too."""
     if not isinstance(name, str) or not _TOPIC_NAME.fullmatch(name) or name in {".", ".."}:
@@ -288,14 +311,20 @@ class Log(abc.ABC):
     def partitions_of(self, messages: Sequence[Message], partitions: int) -> list[int]:
         """Where each message goes: its explicit partition, its key's, or round robin."""
         spread = self._round_robin
-        return [
-            m.partition
-            if m.partition is not None
-            else key_hash(m.key) % partitions  # partition_for_key, one call less per message
-            if m.key is not None
-            else next(spread) % partitions
-            for m in messages
-        ]
+        try:
+            return [
+                m.partition
+                if m.partition is not None
+                else key_hash(m.key) % partitions  # partition_for_key, one call less per message
+                if m.key is not None
+                else next(spread) % partitions
+                for m in messages
+            ]
+        except (TypeError, ValueError):  # a key key_hash cannot take: InvalidConfig, or made bytes
+            check_blobs([m.key for m in messages], ())
+            return self.partitions_of(
+                [Message(m.value, as_bytes(m.key), (), m.partition) for m in messages], partitions
+            )
 
     def __enter__(self) -> Self:
         return self

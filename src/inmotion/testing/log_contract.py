@@ -19,7 +19,7 @@ import gc
 import threading
 import time
 import uuid
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -102,6 +102,26 @@ class LogContract:
             log.earliest_offset(name, 0)
         with pytest.raises(UnknownTopic):
             log.commit("g", name, {0: 1})
+
+    @pytest.mark.parametrize(
+        "bad",
+        [Message(b"v", key="order-1"), Message("text", key=b"k"), Message(b"v", key=42, partition=1)],  # type: ignore[arg-type]
+        ids=["text key", "text value", "int key"],
+    )
+    def test_a_key_or_value_that_is_not_bytes_is_refused_and_nothing_is_written(
+        self, log: Log, topic: str, bad: Message
+    ) -> None:
+        with pytest.raises(InvalidConfig, match=r"a message's key and value are bytes or None, not (str|int)"):
+            log.append(topic, [Message(b"fine", partition=1), bad])
+        assert log.latest_offset(topic, 1) == 0
+        log.append(topic, [Message(bytearray(b"ba"), key=memoryview(b"mv"), partition=1)])  # type: ignore[arg-type]
+        [record] = log.read(topic, 1, 0)
+        assert (record.key, record.value) == (b"mv", b"ba")
+        assert (type(record.key), type(record.value)) == (bytes, bytes)
+        # bytes-like keys go where their bytes go
+        keys: list[Any] = [bytearray(b"mv"), memoryview(bytearray(b"mv")), memoryview(b"mv"), b"mv"]
+        positions = log.append(topic, [Message(b"v", key=key) for key in keys])
+        assert {p.partition for p in positions} == {partition_for_key(b"mv", 3)}
 
     def test_unknown_partition(self, log: Log, topic: str) -> None:
         with pytest.raises(UnknownPartition):

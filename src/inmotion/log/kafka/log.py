@@ -91,6 +91,8 @@ from inmotion.log.base import (
     Record,
     TopicConfig,
     TopicInfo,
+    as_bytes,
+    check_blobs,
     check_group_name,
     check_topic_name,
 )
@@ -755,6 +757,9 @@ class KafkaLog(Log):
         # that starts appending while the broker restarts must not fail where one running on
         # (its topic's partitions known) would not
         count = self._partition_count(topic, patience=self.config.delivery_timeout)
+        if not check_blobs([m.key for m in messages], [m.value for m in messages]):
+            # confluent-kafka takes bytes, not bytearray
+            messages = [Message(as_bytes(m.value), as_bytes(m.key), m.headers, m.partition) for m in messages]
         for message in messages:  # first, so that a bad partition leaves nothing written
             if message.partition is not None and not 0 <= message.partition < count:
                 raise UnknownPartition(topic, message.partition)

@@ -16,6 +16,8 @@ from inmotion.log.base import (
     Record,
     TopicConfig,
     TopicInfo,
+    as_bytes,
+    check_blobs,
     check_group_name,
     check_topic_name,
 )
@@ -103,6 +105,7 @@ class MemoryLog(Log):
         return self.append_records(topic, messages)[0]
 
     def append_records(self, topic: str, messages: Sequence[Message]) -> tuple[list[Position], list[Record]]:
+        check_blobs([m.key for m in messages], [m.value for m in messages])
         with self._changed:
             partitions = self._topic(topic)[1]
             targets = self.partitions_of(messages, len(partitions))
@@ -120,8 +123,8 @@ class MemoryLog(Log):
                     target,
                     part.next_offset,
                     part.last_timestamp,
-                    message.key,
-                    message.value,
+                    as_bytes(message.key),
+                    as_bytes(message.value),
                     tuple(message.headers),
                 )
                 part.records.append(record)

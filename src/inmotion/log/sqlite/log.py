@@ -50,6 +50,7 @@ from inmotion.log.base import (
     Record,
     TopicConfig,
     TopicInfo,
+    check_blobs,
     check_group_name,
     check_topic_name,
 )
@@ -163,13 +164,6 @@ def _decode_body(topic: str, partition: int, rowid: int, first: int, blob: bytes
 def _record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
     """What a record counts towards a partition's `retention_bytes`."""
     return len(key or b"") + len(value or b"") + (len(_encoder.encode(headers)) if headers else 0)
-
-
-_BLOB_TYPES = {bytes, bytearray, memoryview, type(None)}
-
-
-def _odd_type(items: list[Any]) -> str:
-    return next(type(item).__name__ for item in items if type(item) not in _BLOB_TYPES)
 
 
 def _offsets(first: int, body: _Body) -> Sequence[int]:
@@ -596,8 +590,7 @@ class SqliteLog(SqliteFile, Log):
                 batch = mine[at : at + _BATCH]
                 first = next_offset + at
                 keys, values = [m.key for m in batch], [m.value for m in batch]
-                if not {*map(type, keys), *map(type, values)} <= _BLOB_TYPES:
-                    raise InvalidConfig(f"a message's key and value are bytes or None, not {_odd_type(keys + values)}")
+                check_blobs(keys, values)
                 blob = encode((keys, values, [m.headers for m in batch], None))
                 rows.append((base + first + len(batch) - 1, first, stamp, blob, crc32(blob)))
             size = 0
