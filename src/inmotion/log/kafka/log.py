@@ -106,6 +106,8 @@ _OPTIONS = {"timeout", "delivery_timeout", "linger_ms", "readers", "client_id"}
 _IDLE_WAITERS = 4
 _CHUNK = 64
 """Messages taken from a consumer at a time while reading (see `_Reader._take`)."""
+_READERS_PER_TOPIC = 4
+"""Readers of one topic (each a consumer) before another one's read takes the least recently used."""
 _BUFFERED = 20_000
 """Records a reader keeps of a partition ahead of its reads before pausing its fetches."""
 _PARTITION_EOF = KafkaError._PARTITION_EOF
@@ -398,6 +400,11 @@ class _Reader:
             self.stuck = True
         return records
 
+    def at(self, partition: int) -> int | None:
+        """Where the next in-order read of the partition starts; None if it was not read."""
+        state = self.partitions.get(partition)
+        return None if state is None else state.position
+
     def read_now(self, partition: int, offset: int, limit: int) -> list[Record] | None:
         """What the consumer has fetched from `offset` on, without waiting; None if it is not
         reading there (a seek asks the broker)."""
@@ -520,7 +527,8 @@ class KafkaLog(Log):
         self._closed = False
         self._spread = itertools.count()
         self._partitions: dict[str, int] = {}
-        self._readers: collections.OrderedDict[str, _Reader] = collections.OrderedDict()
+        self._readers: collections.OrderedDict[_Reader, None] = collections.OrderedDict()
+        """Every reader, the least recently used first."""
         self._idle_waiters: list[Any] = []
         self._lock = threading.Lock()
         self._appending = 0
@@ -650,8 +658,10 @@ class KafkaLog(Log):
     def _forget(self, topic: str) -> None:
         self._partitions.pop(topic, None)
         with self._lock:
-            reader = self._readers.pop(topic, None)
-        if reader is not None:
+            readers = [reader for reader in self._readers if reader.topic == topic]
+            for reader in readers:
+                del self._readers[reader]
+        for reader in readers:
             reader.close()
 
     def _await(self, doing: str, ready: Callable[[], bool]) -> None:
@@ -821,7 +831,7 @@ class KafkaLog(Log):
             return []
         latest = functools.partial(self.latest_offset, topic, partition)
         while True:
-            reader = self._reader(topic)
+            reader = self._reader(topic, partition, offset)
             with reader.lock:
                 if reader.closed:
                     continue
@@ -835,17 +845,18 @@ class KafkaLog(Log):
                         self._drop_reader(reader)
 
     def read_now(self, topic: str, partition: int, offset: int, limit: int = 1000) -> list[Record] | None:
-        """The records this partition's reader has fetched already: no network round trip (the
+        """The records a reader at `offset` has fetched already: no network round trip (the
         high watermark `read` asks for when it has caught up), no waiting for the reader's lock.
         None before the first read at `offset` and while another thread reads. A reader that
         stopped fetching (after a broker restart) hands over nothing here: `read` notices it
         and replaces it."""
+        offset = max(offset, 0)
         with self._lock:
-            reader = self._readers.get(topic)
+            reader = next((r for r in self._readers if r.topic == topic and r.at(partition) == offset), None)
         if reader is None or not reader.lock.acquire(blocking=False):
             return None
         try:
-            return None if reader.closed else reader.read_now(partition, max(offset, 0), limit)
+            return None if reader.closed else reader.read_now(partition, offset, limit)
         finally:
             reader.lock.release()
 
@@ -853,25 +864,41 @@ class KafkaLog(Log):
         """Close a reader whose consumer went bad; a fresh one (fresh metadata, fresh
         connections) takes its place at the next read. Called holding the reader's lock."""
         with self._lock:
-            if self._readers.get(reader.topic) is reader:
-                del self._readers[reader.topic]
+            self._readers.pop(reader, None)
         reader.closed = True
         reader.consumer.close()
 
-    def _reader(self, topic: str) -> _Reader:
-        with self._lock:
-            reader = self._readers.get(topic)
+    def _reader(self, topic: str, partition: int, offset: int) -> _Reader:
+        """The topic's reader that stands at `offset` in the partition, so that each of several
+        in-order readers of one partition (consumer groups of one app, say) keeps a consumer
+        of its own instead of making each other seek. Else one that has not read the
+        partition; else a new one, up to _READERS_PER_TOPIC; else the least recently used."""
+        offset = max(offset, 0)
+
+        def choose() -> _Reader | None:
+            mine = [r for r in self._readers if r.topic == topic]
+            reader = next((r for r in mine if r.at(partition) == offset), None) or next(
+                (r for r in mine if r.at(partition) is None), None
+            )
+            if reader is None and len(mine) >= _READERS_PER_TOPIC:
+                reader = mine[0]
             if reader is not None:
-                self._readers.move_to_end(topic)
-                return reader
+                self._readers.move_to_end(reader)
+            return reader
+
+        with self._lock:
+            reader = choose()
+        if reader is not None:
+            return reader
         fresh = _Reader(self._consumer_config(), topic)
         evicted = []
         with self._lock:
-            reader = self._readers.get(topic)
+            reader = choose()
             if reader is None:
-                reader = self._readers[topic] = fresh
+                reader = fresh
+                self._readers[fresh] = None
                 while len(self._readers) > self.config.readers:
-                    evicted.append(self._readers.popitem(last=False)[1])
+                    evicted.append(self._readers.popitem(last=False)[0])
             else:
                 evicted.append(fresh)
         for old in evicted:
@@ -1060,7 +1087,7 @@ class KafkaLog(Log):
             if self._closed:
                 return
             self._closed = True
-            readers = list(self._readers.values())
+            readers = list(self._readers)
             self._readers.clear()
             waiters, self._idle_waiters = self._idle_waiters, []
         remaining = self._producer.flush(self.config.timeout)
