@@ -29,6 +29,9 @@ Latency: a producer appends 10,000 events/s in batches of 50 every 5 ms while a 
 and reads them; each record carries its send time, the p50/p99 is of (received - sent). Also
 through the runtime: an `App` publishes the events (`publish_many_sync`) to 4 partitions and its
 subscriber's handler receives them (the app runs its event loop on a thread of its own).
+Consumer groups: an `App` with one, then two subscriptions (each its own group) on a 4-partition
+topic that another client filled with a tenth of the events; events handled per second by all
+groups together, from the app's start until every group has all of them.
 Targets: produce and consume >= 0.8x raw confluent-kafka.
 """
 
@@ -45,7 +48,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -316,6 +319,40 @@ def app_latency(bootstrap: str, topic: str, seconds: float) -> None:
             server.join()
 
 
+def app_groups(log: KafkaLog, bootstrap: str, topic: str, groups: int, count: int) -> float:
+    """Events handled per second, all groups together, by an App whose `groups` subscriptions
+    (each its own consumer group) read `topic`, which another client filled with `count`
+    events; from the app's start (joining its groups included) until every group has all."""
+
+    async def run() -> float:
+        app = App("bench-groups", f"kafka://{bootstrap}?timeout=30")
+        left = [count] * groups
+        finished = asyncio.Event()
+
+        def handler(index: int) -> Callable[[dict[str, Any]], Awaitable[None]]:
+            async def handle(order: dict[str, Any]) -> None:
+                left[index] -= 1
+                if not any(left):
+                    finished.set()
+
+            return handle
+
+        for index in range(groups):
+            app.subscribe(topic, group=f"bench-groups-{uuid.uuid4().hex[:8]}")(handler(index))
+        with app:
+            start = time.perf_counter()
+            await app.start()
+            try:
+                await asyncio.wait_for(finished.wait(), 600)
+            finally:
+                await app.stop()
+            return count * groups / (time.perf_counter() - start)
+
+    rate = asyncio.run(run())
+    print(f"  App, {groups} consumer group(s) of one topic     {rate:>12,.0f} events handled/s", flush=True)
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1_000_000)
@@ -419,6 +456,12 @@ def main() -> None:
         raw_latency(bootstrap, fresh_topic("raw-latency", 1), seconds)
         log_latency(log, fresh_topic("inmotion-latency", 1), seconds)
         app_latency(bootstrap, fresh_topic("app-latency", 4), seconds)
+        handled = count // 10
+        print(f"consumer groups of one app on one topic: {handled:,} events appended by another client", flush=True)
+        groups_topic = fresh_topic("app-groups", partitions)
+        for at in range(0, handled, BATCH):
+            log.append(groups_topic, messages[at : at + BATCH])
+        one_group, two_groups = (app_groups(log, bootstrap, groups_topic, n, handled) for n in (1, 2))
     finally:
         for topic in created:
             log.delete_topic(topic)
@@ -445,6 +488,7 @@ def main() -> None:
         f"  each inmotion read / mean of the raw reads around it: {len(consume_ratios)} ratios from "
         f"{min(consume_ratios):.2f}x to {max(consume_ratios):.2f}x"
     )
+    print(f"two consumer groups of one app vs one: {two_groups / one_group:.2f}x the events handled/s")
     print("ratios to raw confluent-kafka (target >= 0.80):")
     for name, ratio in ratios.items():
         print(f"  {name:<34} {ratio:.2f}x  {'ok' if ratio >= 0.8 else 'BELOW TARGET'}")
