@@ -11,6 +11,7 @@ from inmotion.cli.records import publish, tail
 from inmotion.cli.rules import RULES_FILE_HELP, route, rules_app
 from inmotion.cli.runtime import dlq_app, groups_app, replay, run
 from inmotion.cli.topics import topics_app
+from inmotion.cli.trace import trace
 from inmotion.errors import InmotionError
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.command("replay")(replay)
 app.command("run")(run)
 app.add_typer(rules_app, name="rules")
 app.command("route", epilog=RULES_FILE_HELP)(route)
+app.command("trace")(trace)
 
 
 def main() -> None:

@@ -15,7 +15,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from inmotion.cli.common import BrokerOption, JsonOption, check_offset, fail, open_log, parse_time_ms, print_json
+from inmotion.cli.common import (
+    BrokerOption,
+    JsonOption,
+    batches_until_now,
+    check_offset,
+    fail,
+    open_log,
+    parse_time_ms,
+    print_json,
+)
 from inmotion.errors import InvalidConfig, InvalidEvent, UnknownTopic
 from inmotion.events import Event
 from inmotion.events.codec import source_and_id
@@ -379,9 +388,6 @@ def replay(
         typer.echo(f"forgot the dedupe records of group {group!r} for {deduped} of the {events} event(s) replayed")
 
 
-_SCAN = 1000
-
-
 def _replayed(
     log: Log, coordinator: Coordinator, group: str, topic: str, partition: int, start: int, forget: bool
 ) -> tuple[int, int]:
@@ -389,11 +395,7 @@ def _replayed(
     has dedupe records (which, with `forget`, are forgotten). Records that are no CloudEvent
     have none: a consumer dead-letters them."""
     events = deduped = 0
-    offset, end = start, log.latest_offset(topic, partition)
-    while offset < end:
-        records = log.read(topic, partition, offset, min(_SCAN, end - offset))
-        if not records:
-            break
+    for records in batches_until_now(log, topic, partition, start):
         keys = []
         for record in records:
             with contextlib.suppress(InvalidEvent):
@@ -401,7 +403,6 @@ def _replayed(
         if keys:
             deduped += coordinator.forget(group, keys) if forget else len(coordinator.seen(group, keys))
         events += len(records)
-        offset = records[-1].offset + 1
     return events, deduped
 
 
