@@ -272,6 +272,28 @@ def test_two_in_order_readers_of_one_partition_each_keep_a_consumer(log: Log, mo
     assert seeks == [(0, 0), (0, 0)]
 
 
+def test_a_reader_lets_go_of_a_partition_nobody_reads_through_it(log: Log, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group that lost a partition to another process stops reading it; the reader that
+    fetched it would otherwise keep up to _BUFFERED of its records in memory for good."""
+    now = [1_000.0]
+    monkeypatch.setattr(kafka_log, "_monotonic", lambda: now[0])
+    topic = unique_topic("idle")
+    log.create_topic(topic, TopicConfig(partitions=2))
+    for partition in range(2):
+        log.append(topic, [Message(b"%d" % i, partition=partition) for i in range(500)])
+    assert len(log.read(topic, 0, 0, limit=100)) == 100
+    assert len(log.read(topic, 1, 0, limit=100)) == 100
+    [reader] = [r for r in log._readers if r.topic == topic]  # type: ignore[attr-defined]
+    now[0] += kafka_log._IDLE_PARTITION / 2
+    assert [r.offset for r in log.read(topic, 0, 100, limit=100)] == list(range(100, 200))
+    assert sorted(reader.partitions) == [0, 1]
+    now[0] += kafka_log._IDLE_PARTITION / 2 + 1
+    assert [r.offset for r in log.read(topic, 0, 200, limit=100)] == list(range(200, 300))
+    assert sorted(reader.partitions) == [0]
+    # read again later, the partition is fetched again from where its reader asks
+    assert [r.offset for r in log.read(topic, 1, 100, limit=400)] == list(range(100, 500))
+
+
 def test_topic_settings_on_the_broker(log: Log, kafka_bootstrap: str) -> None:
     plain, compacted = unique_topic("plain"), unique_topic("compacted")
     log.create_topic(plain, TopicConfig(partitions=2, retention_bytes=5_000_000))

@@ -106,6 +106,10 @@ _OPTIONS = {"timeout", "delivery_timeout", "linger_ms", "readers", "client_id"}
 _IDLE_WAITERS = 4
 _CHUNK = 64
 """Messages taken from a consumer at a time while reading (see `_Reader._take`)."""
+_IDLE_PARTITION = 60.0
+"""Seconds a reader keeps fetching a partition that nobody reads through it (its group lost
+the partition, say) before it lets the partition go with what it buffered of it."""
+_monotonic = time.monotonic
 _READERS_PER_TOPIC = 4
 """Readers of one topic (each a consumer) before another one's read takes the least recently used."""
 _BUFFERED = 20_000
@@ -323,7 +327,7 @@ class _Delivery:
 class _Partition:
     """Where a topic's reader stands in one partition, and the records fetched past that."""
 
-    __slots__ = ("buffered", "chunks", "end", "fetched", "paused", "position")
+    __slots__ = ("buffered", "chunks", "end", "fetched", "paused", "position", "read_at")
 
     def __init__(self, offset: int) -> None:
         self.position = offset
@@ -335,6 +339,7 @@ class _Partition:
         self.chunks: collections.deque[list[Record]] = collections.deque()
         self.buffered = 0
         self.paused = False
+        self.read_at = _monotonic()
 
 
 class _Reader:
@@ -360,12 +365,14 @@ class _Reader:
         self.stuck = False
         self.lock = threading.Lock()
         self.closed = False
+        self.swept_at = _monotonic()
 
     def read(self, partition: int, offset: int, limit: int, timeout: float, latest: Callable[[], int]) -> list[Record]:
         """`latest` asks the broker for the partition's high watermark on another connection
         than this consumer's, which may be holding a fetch for up to fetch.wait.max.ms (a broker
         answers one connection's requests in order)."""
         consumer = self.consumer
+        self._let_idle_partitions_go()
         state = self.partitions.get(partition)
         known = -1
         if state is None or offset != state.position:
@@ -408,10 +415,22 @@ class _Reader:
     def read_now(self, partition: int, offset: int, limit: int) -> list[Record] | None:
         """What the consumer has fetched from `offset` on, without waiting; None if it is not
         reading there (a seek asks the broker)."""
+        self._let_idle_partitions_go()
         state = self.partitions.get(partition)
         if state is None or offset != state.position or limit <= 0:
             return None
         return self._take(partition, state, limit)
+
+    def _let_idle_partitions_go(self) -> None:
+        now = _monotonic()
+        if now - self.swept_at < _IDLE_PARTITION:
+            return
+        self.swept_at = now
+        idle = [partition for partition, state in self.partitions.items() if now - state.read_at >= _IDLE_PARTITION]
+        if idle:
+            self.consumer.incremental_unassign([TopicPartition(self.topic, partition) for partition in idle])
+            for partition in idle:
+                del self.partitions[partition]
 
     def _seek(self, partition: int, offset: int) -> _Partition:
         """Start fetching `partition` at `offset`. Reassigning the partition (rather than
@@ -446,6 +465,7 @@ class _Reader:
                 chunks.appendleft(chunk[room:])
                 chunk = chunk[:room]
             records += chunk
+        state.read_at = _monotonic()
         if records:
             state.buffered -= len(records)
             state.position = records[-1].offset + 1
