@@ -283,6 +283,37 @@ class LogContract:
             assert [(r.key, r.value) for r in records] == appended
             assert log.latest_offset(name, partition) == len(appended)
 
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
+    )
+    @given(
+        reads=st.lists(
+            st.tuples(st.integers(0, 2), st.none() | st.integers(0, 320), st.integers(1, 120)), min_size=1, max_size=20
+        )
+    )
+    def test_any_sequence_of_reads_returns_the_records_asked_for(
+        self, log: Log, reads: list[tuple[int, int | None, int]]
+    ) -> None:
+        """Reads of a partition go on where its last read ended (None) or jump anywhere, past
+        the end too, interleaved with reads of the others: each returns exactly the records
+        from its offset up to its limit or the partition's end (a Kafka backend buffers what
+        it fetched of one partition while reading another and re-positions for a jump)."""
+        name = unique_topic("reads")
+        log.create_topic(name, TopicConfig(partitions=3))
+        ends = {0: 300, 1: 150, 2: 0}
+        for partition, end in ends.items():
+            log.append(name, [Message(b"%d-%d" % (partition, i), partition=partition) for i in range(end)])
+        next_offset = dict.fromkeys(ends, 0)
+        for partition, jump, limit in reads:
+            offset = next_offset[partition] if jump is None else jump
+            records = log.read(name, partition, offset, limit=limit)
+            expected = range(offset, min(ends[partition], offset + limit))
+            assert [(r.offset, r.value) for r in records] == [(i, b"%d-%d" % (partition, i)) for i in expected]
+            next_offset[partition] = offset + len(records)
+        log.delete_topic(name)
+
     # --- waiting --------------------------------------------------------------------------
     def test_wait_returns_at_once_when_records_exist(self, log: Log, topic: str) -> None:
         _fill(log, topic, 1)
