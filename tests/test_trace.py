@@ -85,8 +85,9 @@ def test_trace_prints_a_flows_events_each_under_its_cause(broker: str) -> None:
     assert {e["data"]["order"] for e in events if e["type"] != "shop.order.placed"} == {"o-1"}
     assert {e.get("correlationid") for e in events[1:]} == {first.id}
 
-    # any event of the flow names it; the other order's flow is its own
+    # any event of the flow names it, or the end of its id; the other order's flow is its own
     assert traced(broker, by_type["shop.payment.charged"]["id"]) == events
+    assert traced(broker, by_type["shop.payment.charged"]["id"][-8:]) == events
     assert {e["data"].get("order", e["data"].get("id")) for e in traced(broker, second.id)} == {"o-2"}
 
     human = run(broker, "trace", first.id).stdout.splitlines()
@@ -125,9 +126,23 @@ def test_trace_of_an_unknown_id_or_topic_fails_clearly(broker: str) -> None:
     shop(broker)
     missing = run(broker, "trace", "no-such-id", check=False)
     assert missing.returncode == 1
-    assert (
-        missing.stderr.strip() == "error: no event with id or correlation id 'no-such-id' in 9 topics (10 events read)"
-    )
+    assert missing.stderr.strip() == "error: no event with id or correlation id 'no-such-id' in 9 topics (10 events)"
     assert missing.stdout == ""
     unknown = run(broker, "trace", "x", "--topic", "nope", check=False)
     assert (unknown.returncode, unknown.stderr.strip()) == (2, "error: no such topic: nope")
+    lines = "".join(
+        json.dumps({"specversion": "1.0", "id": f"{n}-77", "source": "/t", "type": "t.x", "data": n}) + "\n"
+        for n in ("a", "b")
+    )
+    run(broker, "publish", "orders", "-", stdin=lines)
+    ambiguous = run(broker, "trace", "77", check=False)
+    assert (ambiguous.returncode, ambiguous.stderr.strip()) == (
+        1,
+        "error: '77' is the end of 2 event ids (a-77, b-77, ...): give more of it",
+    )
+    assert run(broker, "trace", "b-77").stdout.startswith("correlation b-77: 1 event in 1 topic")
+    empty = run(broker, "trace", "", check=False)
+    assert (empty.returncode, empty.stderr.strip()) == (
+        2,
+        "error: give an event id, the end of one, or a correlation id",
+    )

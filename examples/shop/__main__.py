@@ -115,6 +115,7 @@ def orders(count: int) -> list[OrderPlaced]:
 async def run(broker: str, count: int, patience: float) -> int:
     status: dict[str, str] = {}
     flow: Counter[str] = Counter()
+    shipments: list[str] = []  # ids of shipment events, to show how to trace an order's flow
     done = asyncio.Event()
     app = App("orders", broker, source="/shop/orders")
     for topic in (*TOPICS, DLQ):
@@ -137,6 +138,8 @@ async def run(broker: str, count: int, patience: float) -> int:
             color = COLORS.get(kind, "white")
             source = str(event.source).rsplit("/", 1)[-1]
         flow[kind] += 1
+        if kind == "shop.shipment.created":
+            shipments.append(event.id)
         if STAGE.get(kind, 0) >= STAGE.get(status.get(order_id, ""), 0):
             status[order_id] = kind
         console.print(
@@ -163,11 +166,11 @@ async def run(broker: str, count: int, patience: float) -> int:
     finally:
         stop_services(services)
         app.close()
-    summarize(status, flow, broker, count)
+    summarize(status, flow, broker, count, shipments[-1] if shipments else None)
     return 0 if len(status) == count and all(s in FINAL for s in status.values()) else 1
 
 
-def summarize(status: dict[str, str], flow: Counter[str], broker: str, count: int) -> None:
+def summarize(status: dict[str, str], flow: Counter[str], broker: str, count: int, shipment: str | None) -> None:
     console.rule("[bold]summary")
     table = Table("event", "count", box=None)
     for kind in [*COLORS, "dead-lettered"]:
@@ -182,6 +185,8 @@ def summarize(status: dict[str, str], flow: Counter[str], broker: str, count: in
     console.print(f"inspect them with:  inmotion dlq list {DLQ} --broker {broker}")
     console.print(f"after a fix:        inmotion dlq redrive {DLQ} --broker {broker}")
     console.print(f"consumer groups:    inmotion groups list --broker {broker}")
+    if shipment is not None:
+        console.print(f"an order's flow:    inmotion trace {short_id(shipment)} --broker {broker}")
 
 
 def main() -> None:

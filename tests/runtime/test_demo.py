@@ -44,6 +44,18 @@ def test_the_shop_demo_ships_rejects_and_dead_letters(tmp_path: Path) -> None:
     with connect(url) as log:
         failed = [entry.event().data["order_id"] for entry in entries(log, "shop.payment.dlq")]
         assert sorted(failed) == ["o-002", "o-006"]
+    # the command the summary suggests draws a shipped order's flow
+    (command,) = re.findall(r"an order's flow: +inmotion (trace \S+ --broker \S+)", output)
+    traced = subprocess.run(
+        [sys.executable, "-m", "inmotion", *command.split()], capture_output=True, text=True, timeout=60, check=True
+    )
+    drawn = [line.split(" id ")[0].rsplit("  ", 2)[0] for line in traced.stdout.splitlines()[1:]]
+    assert drawn == [
+        "shop.order.placed",
+        "└─ shop.inventory.reserved",
+        "   └─ shop.payment.captured",
+        "      └─ shop.shipment.created",
+    ]
 
 
 @pytest.mark.slow

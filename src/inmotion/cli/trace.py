@@ -52,9 +52,12 @@ def trace(
     """Print the causal tree of the events that share ID's correlation id, across topics.
 
     Each event sits under the event that caused it (its causationid). ID may be any event of
-    the flow: the tree is that of its correlation id. With --json, one event per line in tree
-    order, each with its topic, partition, offset, depth and parent (the causing event's id).
+    the flow, or the end of its id (as the demo shows ids): the tree is that of its
+    correlation id. With --json, one event per line in tree order, each with its topic,
+    partition, offset, depth and parent (the causing event's id).
     """
+    if not event_id:
+        fail("give an event id, the end of one, or a correlation id", code=2)
     start_ms = parse_time_ms(since) if since is not None else None
     with open_log(broker, create=False) as log:
         existing = set(log.list_topics())
@@ -63,12 +66,19 @@ def trace(
         if missing:
             fail(f"no such topic: {', '.join(missing)}", code=2)
         found, scanned = _scan(log, names, event_id, start_ms)
+        if not found:  # the end of an id, as the demo and logs show them
+            ids = _ids_ending_with(log, names, event_id, start_ms)
+            if len(ids) > 1:
+                some = ", ".join(sorted(ids)[:3])
+                fail(f"{event_id!r} is the end of {len(ids)} event ids ({some}, ...): give more of it")
+            if ids:
+                event_id = ids.pop()
+                found, _ = _scan(log, names, event_id, start_ms)
         correlation = _correlation_of(found, event_id)
         if correlation != event_id:
-            found, more = _scan(log, names, correlation, start_ms)
-            scanned += more
+            found, _ = _scan(log, names, correlation, start_ms)
     if not found:
-        where = f"{_count(len(names), 'topic')} ({scanned:,} events read)"
+        where = f"{_count(len(names), 'topic')} ({scanned:,} events)"
         fail(f"no event with id or correlation id {event_id!r} in {where}")
     if json:
         for event, record, depth, parent, _ in _tree(found):
@@ -107,6 +117,17 @@ def _scan(log: Log, topics: list[str], wanted: str, start_ms: int | None) -> tup
     if progress and scanned >= _PROGRESS_EVERY:
         print(file=sys.stderr)
     return found, scanned
+
+
+def _ids_ending_with(log: Log, topics: list[str], end: str, start_ms: int | None) -> set[str]:
+    needle = end.encode()
+    ids: set[str] = set()
+    for topic in topics:
+        for record in _records(log, topic, start_ms):
+            value = next((value for name, value in record.headers if name == _ID_HEADER), None)
+            if value is not None and value.endswith(needle):
+                ids.add(value.decode(errors="replace"))
+    return ids
 
 
 def _records(log: Log, topic: str, start_ms: int | None) -> Iterator[Record]:
