@@ -8,6 +8,7 @@ afterwards without any coordinator.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -67,13 +68,13 @@ def trace(
             fail(f"no such topic: {', '.join(missing)}", code=2)
         found, scanned = _scan(log, names, event_id, start_ms)
         if not found:  # the end of an id, as the demo and logs show them
-            ids = _ids_ending_with(log, names, event_id, start_ms)
-            if len(ids) > 1:
-                some = ", ".join(sorted(ids)[:3])
-                fail(f"{event_id!r} is the end of {len(ids)} event ids ({some}, ...): give more of it")
-            if ids:
-                event_id = ids.pop()
-                found, _ = _scan(log, names, event_id, start_ms)
+            ending = _events_whose_id_ends_with(log, names, event_id, start_ms)
+            if len(ending) > 1:
+                some = ", ".join(sorted(ending)[:3])
+                fail(f"{event_id!r} is the end of {len(ending)} event ids ({some}, ...): give more of it")
+            if ending:
+                event_id, pair = ending.popitem()
+                found = [pair]
         correlation = _correlation_of(found, event_id)
         if correlation != event_id:
             found, _ = _scan(log, names, correlation, start_ms)
@@ -119,15 +120,21 @@ def _scan(log: Log, topics: list[str], wanted: str, start_ms: int | None) -> tup
     return found, scanned
 
 
-def _ids_ending_with(log: Log, topics: list[str], end: str, start_ms: int | None) -> set[str]:
+def _events_whose_id_ends_with(
+    log: Log, topics: list[str], end: str, start_ms: int | None
+) -> dict[str, tuple[Event, Record]]:
+    """The events whose id ends with `end`, by id: the slow path (each record's headers looked
+    through), taken only when no event has `end` as its id or correlation id."""
     needle = end.encode()
-    ids: set[str] = set()
+    found: dict[str, tuple[Event, Record]] = {}
     for topic in topics:
         for record in _records(log, topic, start_ms):
             value = next((value for name, value in record.headers if name == _ID_HEADER), None)
             if value is not None and value.endswith(needle):
-                ids.add(value.decode(errors="replace"))
-    return ids
+                with contextlib.suppress(InvalidEvent):  # a header like ours on a record that is no CloudEvent
+                    event = record.event()
+                    found[event.id] = (event, record)
+    return found
 
 
 def _records(log: Log, topic: str, start_ms: int | None) -> Iterator[Record]:
