@@ -22,12 +22,13 @@ import uuid
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from inmotion.errors import InvalidConfig, TopicExists, UnknownPartition, UnknownTopic
 from inmotion.events import Event
 from inmotion.log import Log, Message, TopicConfig, partition_for_key
+from inmotion.testing.properties import on_a_backend
 
 
 def unique_topic(prefix: str = "t") -> str:
@@ -250,11 +251,7 @@ class LogContract:
             mine = [r.value for r in records if r.value is not None and r.value.startswith(f"{worker}:".encode())]
             assert mine == [f"{worker}:{b}:{i}".encode() for b in range(10) for i in range(5)]
 
-    @settings(
-        max_examples=25,
-        deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
-    )
+    @on_a_backend(max_examples=25)
     @given(
         batches=st.lists(
             st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", None]), st.binary(max_size=20)), max_size=8),
@@ -283,11 +280,7 @@ class LogContract:
             assert [(r.key, r.value) for r in records] == appended
             assert log.latest_offset(name, partition) == len(appended)
 
-    @settings(
-        max_examples=25,
-        deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
-    )
+    @on_a_backend(max_examples=25)
     @given(
         reads=st.lists(
             st.tuples(st.integers(0, 2), st.none() | st.integers(0, 320), st.integers(1, 120)), min_size=1, max_size=20

@@ -21,11 +21,12 @@ import uuid
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from inmotion.errors import Closed, ConcurrencyError
 from inmotion.sourcing.store import EncodedEvent, Recorder, StoredEvent, new_event_id
+from inmotion.testing.properties import on_a_backend
 
 
 def counted(*numbers: int) -> list[EncodedEvent]:
@@ -197,11 +198,7 @@ class RecorderContract:
         recorder.close()  # twice is fine
 
     # --- invariants, against a model ------------------------------------------------------
-    @settings(
-        max_examples=30,
-        deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
-    )
+    @on_a_backend(max_examples=30)
     @given(
         operations=st.lists(
             st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 3), st.integers(-1, 1)), max_size=25
