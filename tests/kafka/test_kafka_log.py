@@ -19,8 +19,8 @@ import inmotion
 from inmotion.errors import BrokerUnavailable, InmotionError, InvalidConfig, NotAuthorized, UnknownTopic
 from inmotion.events import Event
 from inmotion.log import Log, Message, Record, TopicConfig, partition_for_key
-from inmotion.log.kafka import log as kafka_log
-from inmotion.log.kafka.log import translate
+from inmotion.log.kafka import reader as kafka_reader
+from inmotion.log.kafka.errors import translate
 from inmotion.runtime import App
 from inmotion.testing import eventually, unique_topic
 
@@ -221,7 +221,7 @@ def test_partitions_of_a_topic_read_in_turn_through_one_consumer_lose_and_repeat
     """One consumer fetches every partition of a topic that the log reads; what it gives for
     the partitions not being read waits in their buffers, and a partition whose buffer is full
     is paused until read (a small buffer here, so that pausing and resuming happen often)."""
-    monkeypatch.setattr(kafka_log, "_BUFFERED", 300)
+    monkeypatch.setattr(kafka_reader, "_BUFFERED", 300)
     topic = unique_topic("turns")
     log.create_topic(topic, TopicConfig(partitions=3))
     for partition in range(3):
@@ -251,13 +251,13 @@ def test_two_in_order_readers_of_one_partition_each_keep_a_consumer(log: Log, mo
     every time: 2 groups on one topic handled 10,000 events/s where one handled 26,000); each
     now keeps a consumer of its own, so only their first reads seek."""
     seeks: list[tuple[int, int]] = []
-    seek = kafka_log._Reader._seek
+    seek = kafka_reader.Reader._seek
 
-    def counted(reader: kafka_log._Reader, partition: int, offset: int) -> kafka_log._Partition:
+    def counted(reader: kafka_reader.Reader, partition: int, offset: int) -> kafka_reader.Partition:
         seeks.append((partition, offset))
         return seek(reader, partition, offset)
 
-    monkeypatch.setattr(kafka_log._Reader, "_seek", counted)
+    monkeypatch.setattr(kafka_reader.Reader, "_seek", counted)
     topic = unique_topic("two-readers")
     log.create_topic(topic, TopicConfig(partitions=1))
     log.append(topic, [Message(b"%d" % i) for i in range(2_000)])
@@ -276,7 +276,7 @@ def test_a_reader_lets_go_of_a_partition_nobody_reads_through_it(log: Log, monke
     """A group that lost a partition to another process stops reading it; the reader that
     fetched it would otherwise keep up to _BUFFERED of its records in memory for good."""
     now = [1_000.0]
-    monkeypatch.setattr(kafka_log, "_monotonic", lambda: now[0])
+    monkeypatch.setattr(kafka_reader, "_monotonic", lambda: now[0])
     topic = unique_topic("idle")
     log.create_topic(topic, TopicConfig(partitions=2))
     for partition in range(2):
@@ -284,10 +284,10 @@ def test_a_reader_lets_go_of_a_partition_nobody_reads_through_it(log: Log, monke
     assert len(log.read(topic, 0, 0, limit=100)) == 100
     assert len(log.read(topic, 1, 0, limit=100)) == 100
     [reader] = [r for r in log._readers if r.topic == topic]  # type: ignore[attr-defined]
-    now[0] += kafka_log._IDLE_PARTITION / 2
+    now[0] += kafka_reader._IDLE_PARTITION / 2
     assert [r.offset for r in log.read(topic, 0, 100, limit=100)] == list(range(100, 200))
     assert sorted(reader.partitions) == [0, 1]
-    now[0] += kafka_log._IDLE_PARTITION / 2 + 1
+    now[0] += kafka_reader._IDLE_PARTITION / 2 + 1
     assert [r.offset for r in log.read(topic, 0, 200, limit=100)] == list(range(200, 300))
     assert sorted(reader.partitions) == [0]
     # read again later, the partition is fetched again from where its reader asks

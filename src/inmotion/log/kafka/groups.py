@@ -46,7 +46,8 @@ from inmotion.log.groups import (
     TopicPartition,
     new_member_id,
 )
-from inmotion.log.kafka.log import KafkaLog, translate
+from inmotion.log.kafka.errors import translate
+from inmotion.log.kafka.log import KafkaLog
 
 logger = logging.getLogger("inmotion.log.kafka")
 

@@ -12,9 +12,10 @@ How the contract maps onto Kafka:
   `inmotion.log.partition_for_key`; records without key are spread round robin. `append`
   returns only after every record's delivery report. A batch is not atomic (that would take
   Kafka transactions): when some records fail, others may be stored.
-- Reads use a small pool of consumers, one per recently read topic, each assigned the
-  partitions read of it (never subscribed, so no group membership; their private group ids
-  never commit) and keeping what it fetched of each partition for that partition's next read.
+- Reads use a small pool of consumers, one per in-order reader of a topic (a consumer group of
+  an app, say; up to 4 a topic), each assigned the partitions read through it (never
+  subscribed, so no group membership; their private group ids never commit) and keeping what
+  it fetched of each partition for that partition's next read.
   Sequential reads keep the consumer's prefetch, so reading a partition in order costs one
   round trip per fetch, not per call; a read that reaches the end it knows of asks the log's
   lookup consumer whether the partition has grown since.
@@ -32,7 +33,7 @@ How the contract maps onto Kafka:
 URL options: `timeout=SECONDS` (how long admin calls, metadata and reads may wait for the broker
 before BrokerUnavailable, default 10), `delivery_timeout=SECONDS` (how long `append` keeps
 retrying while the broker is away, default 120), `linger_ms=MS` (default 5), `readers=N` (size
-of the read pool: topics read at once without reconnecting, default 16), `client_id=NAME`; any
+of the read pool: consumers kept for reading, default 16), `client_id=NAME`; any
 option whose name has a dot is passed to librdkafka as is, e.g.
 `security.protocol=SASL_SSL&sasl.mechanism=PLAIN`.
 """
@@ -45,7 +46,6 @@ import dataclasses
 import functools
 import itertools
 import logging
-import operator
 import threading
 import time
 import uuid
@@ -62,7 +62,6 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported without __all__
     AdminClient,
     AlterConfigOpType,
@@ -76,10 +75,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 from inmotion.errors import (
     BrokerUnavailable,
     Closed,
-    InmotionError,
     InvalidConfig,
-    NotAuthorized,
-    TopicExists,
     UnknownPartition,
     UnknownTopic,
 )
@@ -97,6 +93,8 @@ from inmotion.log.base import (
     check_topic_name,
 )
 from inmotion.log.groups import Coordinator
+from inmotion.log.kafka.errors import UNKNOWN_TOPIC, error_of, translate
+from inmotion.log.kafka.reader import Reader
 
 T = TypeVar("T")
 
@@ -104,87 +102,10 @@ _logger = logging.getLogger("inmotion.log.kafka")
 
 _OPTIONS = {"timeout", "delivery_timeout", "linger_ms", "readers", "client_id"}
 _IDLE_WAITERS = 4
-_CHUNK = 64
-"""Messages taken from a consumer at a time while reading (see `_Reader._take`)."""
-_IDLE_PARTITION = 60.0
-"""Seconds a reader keeps fetching a partition that nobody reads through it (its group lost
-the partition, say) before it lets the partition go with what it buffered of it."""
-_monotonic = time.monotonic
 _READERS_PER_TOPIC = 4
 """Readers of one topic (each a consumer) before another one's read takes the least recently used."""
-_BUFFERED = 20_000
-"""Records a reader keeps of a partition ahead of its reads before pausing its fetches."""
-_PARTITION_EOF = KafkaError._PARTITION_EOF
-# confluent-kafka's message accessors, mapped over a consumer's messages while reading
-_error, _partition, _offset, _timestamp, _key, _value, _headers = (
-    KafkaMessage.error,
-    KafkaMessage.partition,
-    KafkaMessage.offset,
-    KafkaMessage.timestamp,
-    KafkaMessage.key,
-    KafkaMessage.value,
-    KafkaMessage.headers,
-)
-_second = operator.itemgetter(1)
 _EARLIEST: Any = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 _LATEST: Any = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-
-
-def _codes(*names: str) -> frozenset[int]:
-    return frozenset(getattr(KafkaError, name) for name in names if hasattr(KafkaError, name))
-
-
-_UNAVAILABLE = _codes(
-    "_TRANSPORT",
-    "_ALL_BROKERS_DOWN",
-    "_TIMED_OUT",
-    "_MSG_TIMED_OUT",
-    "_RESOLVE",
-    "_DESTROY",
-    "_DESTROY_BROKER",
-    "_NODE_UPDATE",
-    "NETWORK_EXCEPTION",
-    "REQUEST_TIMED_OUT",
-    "LEADER_NOT_AVAILABLE",
-    "NOT_LEADER_FOR_PARTITION",
-    "BROKER_NOT_AVAILABLE",
-    "COORDINATOR_NOT_AVAILABLE",
-    "NOT_COORDINATOR",
-    "COORDINATOR_LOAD_IN_PROGRESS",
-    "NOT_ENOUGH_REPLICAS",
-    "KAFKA_STORAGE_ERROR",
-    # transient while a partition gets or changes its leader (just created, broker restarted);
-    # librdkafka's own "unknown partition" comes from a metadata cache that is being refreshed:
-    # partitions are checked against the topic's partition count before any call
-    "_UNKNOWN_PARTITION",
-    "UNKNOWN_LEADER_EPOCH",
-    "FENCED_LEADER_EPOCH",
-    "OFFSET_NOT_AVAILABLE",
-    "REPLICA_NOT_AVAILABLE",
-    "PREFERRED_LEADER_NOT_AVAILABLE",
-    "ELIGIBLE_LEADERS_NOT_AVAILABLE",
-)
-_UNKNOWN_TOPIC = _codes("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_ID")
-_NOT_AUTHORIZED = _codes(
-    "TOPIC_AUTHORIZATION_FAILED",
-    "GROUP_AUTHORIZATION_FAILED",
-    "CLUSTER_AUTHORIZATION_FAILED",
-    "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
-    "DELEGATION_TOKEN_AUTHORIZATION_FAILED",
-    "SASL_AUTHENTICATION_FAILED",
-    "_AUTHENTICATION",
-)
-_INVALID = _codes(
-    "INVALID_CONFIG",
-    "INVALID_PARTITIONS",
-    "INVALID_REPLICATION_FACTOR",
-    "POLICY_VIOLATION",
-    "TOPIC_EXCEPTION",
-    "INVALID_REQUEST",
-    "_INVALID_ARG",
-    "MSG_SIZE_TOO_LARGE",
-    "INVALID_RECORD",
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -223,37 +144,11 @@ class KafkaConfig:
         }
 
 
-def translate(error: KafkaError, doing: str, topic: str | None = None) -> InmotionError:
-    """A backend-neutral error for a Kafka error; the Kafka error's name stays in the message."""
-    code = error.code()
-    detail = f"{doing}: {error.name()}: {error.str()}"
-    if code in _UNKNOWN_TOPIC and topic is not None:
-        exc: InmotionError = UnknownTopic(topic)
-    elif code == KafkaError.TOPIC_ALREADY_EXISTS and topic is not None:
-        exc = TopicExists(topic)
-    elif code in _UNAVAILABLE:
-        exc = BrokerUnavailable(detail)
-    elif code in _INVALID:
-        exc = InvalidConfig(detail)
-    elif code in _NOT_AUTHORIZED:
-        exc = NotAuthorized(detail)
-    else:  # everything else: by Kafka's name
-        exc = InmotionError(detail)
-    exc.kafka_error = error  # type: ignore[attr-defined]
-    return exc
-
-
-def _error_of(exc: BaseException) -> KafkaError | None:
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0]
-    return None
-
-
 def _result(future: Future[T], doing: str, timeout: float, topic: str | None = None) -> T:
     try:
         return future.result(timeout=timeout + 5)
     except KafkaException as exc:
-        error = _error_of(exc)
+        error = error_of(exc)
         if error is None:
             raise
         raise translate(error, doing, topic) from exc
@@ -283,7 +178,7 @@ def _watermarks(consumer: Any, topic: str, partition: int, timeout: float) -> tu
         try:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
         except KafkaException as exc:
-            error = _error_of(exc)
+            error = error_of(exc)
             if error is None:
                 raise
             if error.code() == KafkaError._UNKNOWN_PARTITION:
@@ -324,221 +219,6 @@ class _Delivery:
         return [Position(msg.partition(), msg.offset()) for msg in self.delivered]
 
 
-class _Partition:
-    """Where a topic's reader stands in one partition, and the records fetched past that."""
-
-    __slots__ = ("buffered", "chunks", "end", "fetched", "paused", "position", "read_at")
-
-    def __init__(self, offset: int) -> None:
-        self.position = offset
-        """The offset the next in-order `read` starts at: past the last record handed out."""
-        self.fetched = offset
-        """Past the last record the consumer gave us (handed out or buffered)."""
-        self.end = -1
-        """The high watermark at the consumer's last end-of-partition event for this partition."""
-        self.chunks: collections.deque[list[Record]] = collections.deque()
-        self.buffered = 0
-        self.paused = False
-        self.read_at = _monotonic()
-
-
-class _Reader:
-    """One consumer for a topic, assigned each partition read so far, remembering where each
-    stands so that in-order reads stream.
-
-    One consumer fetches for every partition (a consumer per partition read a 4-partition
-    topic at about 0.6x the rate of one consumer: their fetch threads and queues compete for
-    the cores). What it gives for partitions other than the one being read is kept in that
-    partition's buffer for its next read; a partition holding _BUFFERED records is paused
-    until a read takes some.
-
-    `read` returns what the partition held when it was called, up to `limit`: it waits for
-    fetches while the partition is below the high watermark. The consumer's end-of-partition
-    events say when it has fetched up to the watermark, which also covers offsets that hold no
-    record (transaction markers, compacted gaps).
-    """
-
-    def __init__(self, config: dict[str, Any], topic: str) -> None:
-        self.consumer = Consumer({**config, "enable.partition.eof": True})
-        self.topic = topic
-        self.partitions: dict[int, _Partition] = {}
-        self.stuck = False
-        self.lock = threading.Lock()
-        self.closed = False
-        self.swept_at = _monotonic()
-
-    def read(self, partition: int, offset: int, limit: int, timeout: float, latest: Callable[[], int]) -> list[Record]:
-        """`latest` asks the broker for the partition's high watermark on another connection
-        than this consumer's, which may be holding a fetch for up to fetch.wait.max.ms (a broker
-        answers one connection's requests in order)."""
-        consumer = self.consumer
-        self._let_idle_partitions_go()
-        state = self.partitions.get(partition)
-        known = -1
-        if state is None or offset != state.position:
-            # random access: nothing to assign for at or past the end (an offset past the
-            # end would make the consumer reset to the earliest offset). Asked through `latest`:
-            # a reader that has caught up has a fetch held on its own connection, behind which
-            # its own question waited up to fetch.wait.max.ms.
-            known = latest()
-            if offset >= known:
-                return []
-            state = self._seek(partition, offset)
-        records = self._take(partition, state, limit)
-        if len(records) == limit:
-            return records
-        # Where the partition ended when we were called: the cached high watermark (from the
-        # last fetch) or the one just asked for when ahead of us, else the broker's answer.
-        high = max(known, consumer.get_watermark_offsets(TopicPartition(self.topic, partition), cached=True)[1])
-        if state.fetched >= high:
-            high = latest()
-        deadline = time.monotonic() + timeout
-        while len(records) < limit and state.fetched < high and state.end < high:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            first = consumer.consume(1, remaining)
-            if first:
-                self._sort(first)
-                records += self._take(partition, state, limit - len(records))
-        if not records and state.fetched < high:
-            # records below the watermark never came (a consumer stuck after a broker restart,
-            # or only markers there): the log replaces this reader
-            self.stuck = True
-        return records
-
-    def at(self, partition: int) -> int | None:
-        """Where the next in-order read of the partition starts; None if it was not read."""
-        state = self.partitions.get(partition)
-        return None if state is None else state.position
-
-    def read_now(self, partition: int, offset: int, limit: int) -> list[Record] | None:
-        """What the consumer has fetched from `offset` on, without waiting; None if it is not
-        reading there (a seek asks the broker)."""
-        self._let_idle_partitions_go()
-        state = self.partitions.get(partition)
-        if state is None or offset != state.position or limit <= 0:
-            return None
-        return self._take(partition, state, limit)
-
-    def _let_idle_partitions_go(self) -> None:
-        now = _monotonic()
-        if now - self.swept_at < _IDLE_PARTITION:
-            return
-        self.swept_at = now
-        idle = [partition for partition, state in self.partitions.items() if now - state.read_at >= _IDLE_PARTITION]
-        if idle:
-            self.consumer.incremental_unassign([TopicPartition(self.topic, partition) for partition in idle])
-            for partition in idle:
-                del self.partitions[partition]
-
-    def _seek(self, partition: int, offset: int) -> _Partition:
-        """Start fetching `partition` at `offset`. Reassigning the partition (rather than
-        `seek`, which librdkafka refuses until the partition's first fetch has started) also
-        drops what the consumer had fetched of it."""
-        consumer = self.consumer
-        if partition in self.partitions:
-            consumer.incremental_unassign([TopicPartition(self.topic, partition)])
-        consumer.incremental_assign([TopicPartition(self.topic, partition, offset)])
-        state = self.partitions[partition] = _Partition(offset)
-        return state
-
-    def _take(self, partition: int, state: _Partition, limit: int) -> list[Record]:
-        """Up to `limit` records of the partition from its buffer and from what the consumer
-        holds already, taken _CHUNK messages at a time: a chunk's messages become records while
-        they are still in the CPU's caches, and are freed before the garbage collector moves
-        them to an older generation to be rescanned there (bench/kafka.py's consume loop read
-        at about 0.75x raw confluent-kafka taking 256 or 1,024 at a time, 0.8 to 0.9x taking
-        64)."""
-        consume = self.consumer.consume
-        while state.buffered < limit:
-            messages = consume(min(limit - state.buffered, _CHUNK), 0)
-            if not messages:
-                break
-            self._sort(messages)
-        records: list[Record] = []
-        chunks = state.chunks
-        while chunks and len(records) < limit:
-            chunk = chunks.popleft()
-            room = limit - len(records)
-            if len(chunk) > room:
-                chunks.appendleft(chunk[room:])
-                chunk = chunk[:room]
-            records += chunk
-        state.read_at = _monotonic()
-        if records:
-            state.buffered -= len(records)
-            state.position = records[-1].offset + 1
-        if state.paused and state.buffered < _BUFFERED:
-            self.consumer.resume([TopicPartition(self.topic, partition)])
-            state.paused = False
-        return records
-
-    def _sort(self, messages: list[Any]) -> None:
-        """Buffer the consumer's messages by partition. A fetch's messages come in runs of one
-        partition; a run costs a few calls, not a call per message."""
-        if any(map(_error, messages)):
-            self._events([msg for msg in messages if msg.error() is not None])
-            messages = [msg for msg in messages if msg.error() is None]
-            if not messages:
-                return
-        partitions = list(map(_partition, messages))
-        if partitions.count(partitions[0]) == len(partitions):
-            runs: Any = ((partitions[0], messages),)
-        else:
-            runs = ((partition, list(run)) for partition, run in itertools.groupby(messages, _partition))
-        for partition, run in runs:
-            state = self.partitions.get(partition)
-            if state is None:
-                continue
-            records = self._records(partition, run)
-            state.chunks.append(records)
-            state.buffered += len(records)
-            state.fetched = records[-1].offset + 1
-            if state.buffered >= _BUFFERED and not state.paused:
-                self.consumer.pause([TopicPartition(self.topic, partition)])
-                state.paused = True
-
-    def _records(self, partition: int, messages: list[Any]) -> list[Record]:
-        # The hot path of read (once per record). Each field is taken by mapping confluent-kafka's
-        # accessors over the messages and the records are made by mapping Record over them, so
-        # that no Python bytecode runs per record. A message without headers has None for them.
-        headers: list[Any] = list(map(_headers, messages))
-        if not all(headers):
-            headers = [h or () for h in headers]
-        return list(
-            map(
-                Record,
-                itertools.repeat(self.topic),
-                itertools.repeat(partition),
-                map(_offset, messages),
-                map(_second, map(_timestamp, messages)),
-                map(_key, messages),
-                map(_value, messages),
-                map(tuple, headers),
-            )
-        )
-
-    def _events(self, messages: list[Any]) -> None:
-        """End-of-partition events and errors that the consumer reports as messages."""
-        for msg in messages:
-            error = msg.error()
-            if error.code() == _PARTITION_EOF:
-                state = self.partitions.get(msg.partition())
-                if state is not None:
-                    state.end = msg.offset()
-            elif error.code() in _UNKNOWN_TOPIC:
-                raise translate(error, f"reading {self.topic}", self.topic)
-            else:
-                _logger.debug("reading %s[%d]: %s", self.topic, msg.partition(), error)
-
-    def close(self) -> None:
-        with self.lock:
-            if not self.closed:
-                self.closed = True
-                self.consumer.close()
-
-
 class KafkaLog(Log):
     def __init__(self, config: KafkaConfig, url: str | None = None) -> None:
         super().__init__()
@@ -547,7 +227,7 @@ class KafkaLog(Log):
         self._closed = False
         self._spread = itertools.count()
         self._partitions: dict[str, int] = {}
-        self._readers: collections.OrderedDict[_Reader, None] = collections.OrderedDict()
+        self._readers: collections.OrderedDict[Reader, None] = collections.OrderedDict()
         """Every reader, the least recently used first."""
         self._idle_waiters: list[Any] = []
         self._lock = threading.Lock()
@@ -637,7 +317,7 @@ class KafkaLog(Log):
         try:
             return call()
         except KafkaException as exc:
-            error = _error_of(exc)
+            error = error_of(exc)
             if error is None:
                 raise
             raise translate(error, doing, topic) from exc
@@ -651,7 +331,7 @@ class KafkaLog(Log):
             topic,
         )
         found = metadata.topics.get(topic)
-        if found is None or (found.error is not None and found.error.code() in _UNKNOWN_TOPIC):
+        if found is None or (found.error is not None and found.error.code() in UNKNOWN_TOPIC):
             return None
         if found.error is not None:
             raise translate(found.error, f"looking up topic {topic}", topic)
@@ -821,7 +501,7 @@ class KafkaLog(Log):
                 self._appending -= 1
         error = delivery.error()
         if error is not None:
-            if error.code() in _UNKNOWN_TOPIC:
+            if error.code() in UNKNOWN_TOPIC:
                 self._forget(topic)
             if error.fatal():
                 # an idempotent producer that lost its sequence is unusable: the next append
@@ -880,7 +560,7 @@ class KafkaLog(Log):
         finally:
             reader.lock.release()
 
-    def _drop_reader(self, reader: _Reader) -> None:
+    def _drop_reader(self, reader: Reader) -> None:
         """Close a reader whose consumer went bad; a fresh one (fresh metadata, fresh
         connections) takes its place at the next read. Called holding the reader's lock."""
         with self._lock:
@@ -888,14 +568,14 @@ class KafkaLog(Log):
         reader.closed = True
         reader.consumer.close()
 
-    def _reader(self, topic: str, partition: int, offset: int) -> _Reader:
+    def _reader(self, topic: str, partition: int, offset: int) -> Reader:
         """The topic's reader that stands at `offset` in the partition, so that each of several
         in-order readers of one partition (consumer groups of one app, say) keeps a consumer
         of its own instead of making each other seek. Else one that has not read the
         partition; else a new one, up to _READERS_PER_TOPIC; else the least recently used."""
         offset = max(offset, 0)
 
-        def choose() -> _Reader | None:
+        def choose() -> Reader | None:
             mine = [r for r in self._readers if r.topic == topic]
             reader = next((r for r in mine if r.at(partition) == offset), None) or next(
                 (r for r in mine if r.at(partition) is None), None
@@ -910,7 +590,7 @@ class KafkaLog(Log):
             reader = choose()
         if reader is not None:
             return reader
-        fresh = _Reader(self._consumer_config(), topic)
+        fresh = Reader(self._consumer_config(), topic)
         evicted = []
         with self._lock:
             reader = choose()
@@ -939,7 +619,7 @@ class KafkaLog(Log):
             while (remaining := deadline - time.monotonic()) > 0:
                 for msg in consumer.consume(1, remaining):
                     error = msg.error()
-                    if error is None or error.code() in _UNKNOWN_TOPIC:
+                    if error is None or error.code() in UNKNOWN_TOPIC:
                         return True  # a record, or a deleted topic that the next read reports
                     _logger.debug("waiting on %s: %s", topic, error)
             # The consumer saw nothing. Before saying so, ask the broker: a consumer that is
@@ -1031,7 +711,7 @@ class KafkaLog(Log):
                 offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False
             )
         except KafkaException as exc:
-            error = _error_of(exc)
+            error = error_of(exc)
             if error is None:
                 raise
             raise translate(error, doing, topic) from exc
