@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ from inmotion.runtime.lifecycle import Lifecycle
 from inmotion.runtime.metrics import Metrics
 from inmotion.runtime.publisher import Publisher, to_message
 from inmotion.runtime.retry import Retry
-from inmotion.runtime.subscription import OnCorrupt, Subscription
+from inmotion.runtime.subscription import OnCorrupt, PartitionWatcher, Subscription
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("inmotion.runtime")
@@ -92,6 +93,7 @@ class App:
         self._running: list[asyncio.Task[None]] = []
         self.lifecycle = Lifecycle()
         """The start-up and shutdown hooks and background tasks (`on_startup`, `on_shutdown`, `task`)."""
+        self._workflows: Any = None
 
     # --- publishing -----------------------------------------------------------------------
     def build_event(
@@ -183,6 +185,7 @@ class App:
         transaction: bool = False,
         dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
         on_corrupt: OnCorrupt = "stop",
+        partitions: PartitionWatcher | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function (async or plain) as a handler of `topics`.
 
@@ -220,6 +223,8 @@ class App:
           with their offsets; "dead-letter" sends their raw bytes with the error to the
           dead-letter topic. An event that decodes but whose data does not fit the handler's
           type is not corrupt: it is dead-lettered as a failure.
+        - `partitions`: told when the group gives this process a partition and before it
+          gives one up (`PartitionWatcher`), for state that lives with a partition.
         """
         names = (topics,) if isinstance(topics, str) else tuple(topics)
         if retry is not None and not isinstance(retry, Retry):
@@ -247,6 +252,7 @@ class App:
                 transaction=transaction,
                 dedupe_window=dedupe_window,
                 on_corrupt=on_corrupt,
+                partitions=partitions,
             )
             if any(s.group == chosen for s in self.subscriptions):
                 raise InvalidConfig(f"group {chosen!r} already has a subscription in this app: name another group")
@@ -254,6 +260,39 @@ class App:
             return function
 
         return register
+
+    # --- workflows ------------------------------------------------------------------------
+    @property
+    def workflows(self) -> Any:
+        """The app's workflow engine (`inmotion.workflows.Engine`), made on first use. The
+        workflows layer sits above the runtime: it is imported by name, as the log's registry
+        imports backends, so that the runtime never imports it."""
+        if self._workflows is None:
+            self._workflows = importlib.import_module("inmotion.workflows.engine").Engine(self)
+        return self._workflows
+
+    def workflow(
+        self,
+        name: str,
+        *,
+        on: str | Sequence[str] | None = None,
+        filter: FilterSpec = None,
+        listen: str | Sequence[str] = (),
+    ) -> Callable[[F], F]:
+        """Register the decorated `async def fn(wf: Workflow, input: T) -> R` as workflow
+        `name` (see `inmotion.workflows`). With `on`, every event of those topics that passes
+        `filter` starts an instance, its id the event's id (a redelivered event starts none);
+        `listen`: topics whose events (by correlation id) its `wf.wait_for` and `wf.request`
+        may wait for."""
+        register: Callable[[F], F] = self.workflows.define(name, on=on, filter=filter, listen=listen)
+        return register
+
+    async def start_workflow(
+        self, name: str, input: Any = None, *, id: str | None = None, correlation: str | None = None
+    ) -> Any:
+        """Start an instance of workflow `name` (once per `id`: the same id again returns the
+        same instance; another input under it is an error); returns its `WorkflowHandle`."""
+        return await self.workflows.start(name, input, id=id, correlation=correlation)
 
     # --- lifecycle ------------------------------------------------------------------------
     def on_startup(self, function: F) -> F:

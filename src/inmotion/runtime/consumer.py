@@ -129,6 +129,8 @@ class Consumer:
                 await self.dedupe.written()
             committer.cancel()
             await asyncio.gather(committer, *fetchers, return_exceptions=True)
+            for tp in list(self.workers):
+                await self._tell(tp, assigned=False)
             with contextlib.suppress(InmotionError):
                 await self.committer.commit(list(self.workers.values()))
             self.workers.clear()
@@ -178,9 +180,11 @@ class Consumer:
         for tp in [tp for tp, worker in self.workers.items() if worker.lapsed and tp not in self._revoking]:
             logger.warning("lease on %s/%d lapsed: starting over", tp.topic, tp.partition, extra={"group": self.group})
             del self.workers[tp]
+            await self._tell(tp, assigned=False)
         for tp in [tp for tp in self.workers if tp not in assignment.owned]:
             logger.warning("lost partition %s/%d", tp.topic, tp.partition, extra={"group": self.group})
             self.workers.pop(tp).abort()
+            await self._tell(tp, assigned=False)
         for tp in assignment.revoke:
             if tp in self.workers and tp not in self._revoking:
                 self._revoking.add(tp)
@@ -200,9 +204,28 @@ class Consumer:
             )
             started = True
             logger.info("assigned %s/%d from offset %d", tp.topic, tp.partition, start, extra={"group": self.group})
+            await self._tell(tp, assigned=True)
         if started:
             for fetcher in self.fetchers.values():
                 fetcher.wake.set()
+
+    async def _tell(self, tp: TopicPartition, *, assigned: bool) -> None:
+        """Tell the subscription's `PartitionWatcher` that `tp` came or goes; its failure is
+        logged, not the consumer's."""
+        watcher = self.subscription.partitions
+        if watcher is None:
+            return
+        try:
+            await (watcher.assigned(tp) if assigned else watcher.released(tp))
+        except Exception as exc:
+            logger.error(
+                "the partition watcher failed on %s/%d: %s",
+                tp.topic,
+                tp.partition,
+                exc,
+                exc_info=True,
+                extra={"group": self.group},
+            )
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -212,6 +235,7 @@ class Consumer:
     async def _revoke(self, tp: TopicPartition, worker: Worker) -> None:
         try:
             await worker.drain()
+            await self._tell(tp, assigned=False)
             await self.committer.commit([worker])
             if self.workers.get(tp) is worker:
                 del self.workers[tp]
@@ -250,6 +274,8 @@ class Consumer:
     async def _hand_over(self, partitions: frozenset[TopicPartition]) -> dict[TopicPartition, int]:
         workers = [self.workers.pop(tp) for tp in sorted(partitions) if tp in self.workers]
         await asyncio.gather(*(worker.drain() for worker in workers))
+        for worker in workers:
+            await self._tell(worker.tp, assigned=False)
         if self.dedupe is not None:  # the membership flushes them and commits past them
             await self.dedupe.written()
         for worker in workers:
@@ -274,6 +300,7 @@ class Consumer:
             if gone or current != self._topic_ids.get(topic):
                 for tp in [tp for tp in self.workers if tp.topic == topic]:
                     self.workers.pop(tp).abort()
+                    await self._tell(tp, assigned=False)
                 del self._topic_ids[topic]
                 logger.warning(
                     "topic %s was deleted%s: its partitions start over",

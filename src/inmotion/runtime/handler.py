@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 CORRELATION_ID = "correlationid"
 CAUSATION_ID = "causationid"
+REPLY_TO = "replyto"
 
 
 @dataclasses.dataclass(slots=True)
@@ -94,6 +95,14 @@ class Context:
     ) -> Event:
         event, held = self._follow_up(topic, payload, key, type, subject, headers)
         return event if held else await self.app.publish(topic, event, headers=headers)
+
+    async def reply(self, payload: Any = None, *, type: str | None = None) -> Event:
+        """Answer a request (a workflow's `wf.request`): publish `payload` to the topic its
+        `replyto` extension names, keyed by the correlation id, caused by it."""
+        topic = self.event.extensions.get(REPLY_TO)
+        if not isinstance(topic, str) or not topic:
+            raise InvalidConfig(f"event {self.event.id} has no replyto extension: there is nobody to reply to")
+        return await self.publish(topic, payload, key=self._causal()[CORRELATION_ID], type=type)
 
     def publish_sync(
         self,

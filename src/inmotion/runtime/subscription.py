@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from inmotion.errors import InvalidConfig
+from inmotion.log import TopicPartition
 from inmotion.log.base import check_group_name, check_topic_name
 from inmotion.runtime.filters import EventFilter
 from inmotion.runtime.handler import Handler
 from inmotion.runtime.retry import Retry
 
 OnCorrupt = Literal["stop", "skip", "dead-letter"]
+
+
+class PartitionWatcher(Protocol):
+    """Told which partitions the group gives a subscription in this process: `assigned` once
+    its worker is ready, `released` before the partition's lease is given up (or at once when
+    it was lost), so that state kept per partition moves with it."""
+
+    async def assigned(self, tp: TopicPartition) -> None: ...
+
+    async def released(self, tp: TopicPartition) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -30,6 +41,7 @@ class Subscription:
     on_corrupt: OnCorrupt
     """What becomes of stored records that the log cannot decode (`CorruptRecord`): the
     partition stops there, or they are skipped, or their raw bytes are dead-lettered."""
+    partitions: PartitionWatcher | None = None
 
     def __post_init__(self) -> None:
         if not self.topics:
