@@ -1,6 +1,7 @@
 """Backends chosen by URL scheme. Each is a package with `open_log(url, parts, options)` and, if
-it keeps an event store, `open_recorder(url, parts, options)`; it is imported only when a URL
-names it, so the core never loads a backend it does not use (nor its client library)."""
+it keeps an event store, `open_recorder(url, parts, options)` (and `open_workflow_recorder` for
+workflow instances); it is imported only when a URL names it, so the core never loads a backend
+it does not use (nor its client library)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`memory://`: the log, its consumer groups and the event store in this process's memory, for
-tests; the same rules as the other backends (the contract suites check it)."""
+"""`memory://`: the log, its consumer groups, the event store and workflow instances in this
+process's memory, for tests; the same rules as the other backends (the contract suites check it)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from inmotion.log.memory.log import MemoryLog
 
 if TYPE_CHECKING:
     from inmotion.sourcing.store import Recorder
+    from inmotion.workflows.store import WorkflowRecorder
 
-__all__ = ["MemoryCoordinator", "MemoryLog", "open_log", "open_recorder"]
+__all__ = ["MemoryCoordinator", "MemoryLog", "open_log", "open_recorder", "open_workflow_recorder"]
 
 
 def open_log(url: str, parts: SplitResult, options: Mapping[str, str], *, create: bool = True) -> MemoryLog:
@@ -24,3 +25,9 @@ def open_recorder(url: str, parts: SplitResult, options: Mapping[str, str]) -> R
     from inmotion.log.memory.store import MemoryRecorder  # the event store's layer, loaded when used
 
     return MemoryRecorder()
+
+
+def open_workflow_recorder(url: str, parts: SplitResult, options: Mapping[str, str]) -> WorkflowRecorder:
+    from inmotion.log.memory.workflows import MemoryWorkflowRecorder  # the workflows' layer, loaded when used
+
+    return MemoryWorkflowRecorder()

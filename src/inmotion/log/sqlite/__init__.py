@@ -1,5 +1,5 @@
 """`sqlite:///path/to/file.db`: the embedded default. The log, its consumer groups (leases in the
-same file), transactional handlers' effects and the event store share one SQLite file in WAL
+same file), transactional handlers' effects, the event store and workflow instances share one SQLite file in WAL
 mode, which several processes may open at once; projections' read models are SQLite files too
 (the same file or another)."""
 
@@ -16,8 +16,9 @@ from inmotion.log.sqlite.log import SqliteLog
 if TYPE_CHECKING:
     from inmotion.sourcing.projection import ReadModel
     from inmotion.sourcing.store import Recorder
+    from inmotion.workflows.store import WorkflowRecorder
 
-__all__ = ["SqliteLog", "open_log", "open_read_model", "open_recorder"]
+__all__ = ["SqliteLog", "open_log", "open_read_model", "open_recorder", "open_workflow_recorder"]
 
 
 def open_log(url: str, parts: SplitResult, options: Mapping[str, str], *, create: bool = True) -> SqliteLog:
@@ -38,3 +39,9 @@ def open_read_model(url: str, parts: SplitResult, options: Mapping[str, str], **
     if options:
         raise InvalidConfig(f"unknown read model URL option(s): {', '.join(sorted(options))}")
     return SqliteReadModel(database_path(url, parts.path), **settings)
+
+
+def open_workflow_recorder(url: str, parts: SplitResult, options: Mapping[str, str]) -> WorkflowRecorder:
+    from inmotion.log.sqlite.workflows import SqliteWorkflowRecorder  # the workflows' layer, loaded when used
+
+    return SqliteWorkflowRecorder.from_url(url, parts.path, options)
