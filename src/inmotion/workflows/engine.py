@@ -1,0 +1,589 @@
+"""The workflow engine of an App: definitions, instances started and run, their events, their
+owners.
+
+Ownership rides on a consumer group. Every instance has a shard: the partition of the app's
+workflow inbox topic (`<app>.workflows.inbox`) that its correlation id keys to. Each process
+running the app is a member of the group `<app>.workflows` on that topic, and runs the active
+instances of the partitions the group gives it: when a member dies, its partitions and so its
+instances move to another member within the session timeout, which replays them from their
+histories. Everything for an instance travels on its partition: start, cancel and retry
+requests, replies (`ctx.reply`) and events forwarded from the topics its workflow listens to.
+
+Histories are written through one `GroupWriter`: the writes of all instances that are ready
+at the same moment go in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import inspect
+import logging
+import os
+import re
+import typing
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from inmotion.errors import InvalidConfig, InvalidEvent, TopicExists, UnknownTopic
+from inmotion.events import Event, from_data
+from inmotion.events.codec import to_json
+from inmotion.log import TopicPartition
+from inmotion.log.partitioner import partition_for_key
+from inmotion.runtime import Context, Retry
+from inmotion.runtime.filters import FilterSpec
+from inmotion.sourcing.store import encode_json
+from inmotion.workflows.errors import ChangedCode, InstanceLost, UnknownWorkflow, WorkflowError, WorkflowFailed
+from inmotion.workflows.history import History, fields, payload
+from inmotion.workflows.store import (
+    ACTIVE,
+    FINISHED,
+    Change,
+    Entry,
+    Instance,
+    NewEntry,
+    WorkflowRecorder,
+    open_workflow_recorder,
+)
+from inmotion.workflows.workflow import Workflow
+
+if TYPE_CHECKING:
+    from inmotion.runtime.app import App
+
+logger = logging.getLogger("inmotion.workflows")
+
+START, CANCEL, RETRY = "inmotion.workflow.start", "inmotion.workflow.cancel", "inmotion.workflow.retry"
+"""Types of the requests on the inbox topic; anything else there is an event for an instance."""
+ORIGIN = "inmotion-topic"
+"""Header of an event forwarded to the inbox: the topic it was published to."""
+LIFECYCLE = {
+    "started": "started",
+    "step": "step.completed",
+    "step_failed": "step.failed",
+    "sleep": "sleeping",
+    "wait": "waiting",
+    "cancelled": "cancelled",
+    "compensating": "compensating",
+    "undone": "step.undone",
+    "undo_failed": "step.undo_failed",
+    "completed": "completed",
+    "failed": "failed",
+    "compensated": "compensated",
+    "compensation_failed": "compensation_failed",
+}
+"""History entries announced on `<app>.workflows`, as `inmotion.workflow.<name>` events."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SWEEP_INTERVAL = 5.0
+"""Seconds between looks for active instances of owned shards that nothing runs (an instance
+whose start request was lost with a crashed caller)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Definition:
+    name: str
+    function: Callable[..., Any]
+    input_type: Any
+    listen: tuple[str, ...]
+
+
+class WorkflowHandle:
+    """A started instance: `key` (`<workflow>/<id>`), and `await handle.result()`."""
+
+    def __init__(self, engine: Engine, key: str) -> None:
+        self.engine = engine
+        self.key = key
+        self.workflow, _, self.id = key.partition("/")
+
+    async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - seconds, as wait_for's
+        """Wait for the instance to end: its result (as the function's return annotation says),
+        or WorkflowFailed with its status and error."""
+        return await self.engine.result(self.key, timeout)
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.key!r})"
+
+
+class GroupWriter:
+    """Writes of many instances, gathered into one transaction: those that arrive while one
+    is being written go together in the next."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pending: list[tuple[Change, asyncio.Future[int]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inmotion-workflows")
+
+    async def write(self, change: Change) -> int:
+        """Write `change`; when it was recorded (ms). InstanceLost if the instance was not at
+        the version the change expects."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((change, future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                conflicts = await loop.run_in_executor(
+                    self._thread, self.engine.recorder.write, [change for change, _ in batch]
+                )
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for change, future in batch:
+                if future.done():
+                    continue
+                if change.key in conflicts:
+                    future.set_exception(InstanceLost(change.key))
+                else:
+                    future.set_result(change.at_ms)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+
+class Engine:
+    """The workflows of one App (`app.workflows`): see the module's doc."""
+
+    def __init__(self, app: App, store: str | None = None) -> None:
+        self.app = app
+        self.inbox = f"{app.name}.workflows.inbox"
+        self.events_topic = f"{app.name}.workflows"
+        self.group = f"{app.name}.workflows"
+        self.retry = Retry()
+        """How steps and undos are tried when they give no `retry` of their own."""
+        self.definitions: dict[str, Definition] = {}
+        self.running: dict[str, Workflow] = {}
+        self.shards: set[int] = set()
+        """The inbox partitions this process owns: the shards whose instances it runs."""
+        self.writer = GroupWriter(self)
+        self._store = store
+        self._recorder: WorkflowRecorder | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loading: dict[str, asyncio.Future[Workflow | None]] = {}
+        self._ended: dict[str, asyncio.Event] = {}
+        self._announcing: set[asyncio.Task[Any]] = set()
+        self._partitions: int | None = None
+        self._listening = False
+        app.subscribe(self.inbox, group=self.group, partitions=self, retry=Retry(attempts=10, backoff=0.05))(
+            self._on_inbox
+        )
+        app.on_startup(self._start_up)
+        app.task(self._sweep)
+
+    # --- definitions ------------------------------------------------------------------------
+    def define(
+        self,
+        name: str,
+        *,
+        on: str | Sequence[str] | None = None,
+        filter: FilterSpec = None,
+        listen: str | Sequence[str] = (),
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise InvalidConfig(f"a workflow name is letters, digits, '.', '_' or '-', got {name!r}")
+        if name in self.definitions:
+            raise InvalidConfig(f"workflow {name!r} is defined twice in app {self.app.name!r}")
+        listened = (listen,) if isinstance(listen, str) else tuple(listen)
+
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
+            self.definitions[name] = Definition(name, function, _input_type(function, name), listened)
+            if on is not None:
+
+                async def start_from(event: Event) -> None:
+                    correlation = str(event.extensions.get("correlationid", event.id))
+                    await self.start(name, event.data, id=event.id, correlation=correlation, cause=event.id)
+
+                self.app.subscribe(on, group=f"{self.group}.{name}", filter=filter)(start_from)
+            return function
+
+        return register
+
+    def check_listened(self, name: str, topic: str) -> None:
+        if topic != self.inbox and topic not in self.definitions[name].listen:
+            raise InvalidConfig(
+                f"workflow {name!r} waits for events on {topic!r} but does not listen to it:"
+                f" @app.workflow({name!r}, listen=[{topic!r}])"
+            )
+
+    # --- the store ----------------------------------------------------------------------------
+    @property
+    def recorder(self) -> WorkflowRecorder:
+        if self._recorder is None:
+            self._recorder = open_workflow_recorder(self._store or store_url(self.app.log.url))
+        return self._recorder
+
+    async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    # --- starting -----------------------------------------------------------------------------
+    async def start(
+        self,
+        name: str,
+        input: Any = None,
+        *,
+        id: str | None = None,
+        correlation: str | None = None,
+        cause: str | None = None,
+    ) -> WorkflowHandle:
+        """Start an instance of workflow `name` with `input` (once per id: the same id again
+        gives the same instance, a different input under it is an error)."""
+        if name not in self.definitions:
+            known = ", ".join(sorted(self.definitions)) or "none"
+            raise UnknownWorkflow(f"no workflow {name!r} in app {self.app.name!r} (defined: {known})")
+        id = uuid.uuid4().hex if id is None else id
+        if not isinstance(id, str) or not id or any(c.isspace() for c in id):
+            raise InvalidConfig(f"a workflow id is non-empty text without whitespace, got {id!r}")
+        try:
+            encoded = encode_json(input)
+        except InvalidEvent as exc:
+            raise InvalidConfig(f"the input of workflow {name!r} cannot be recorded: {exc.problem}") from exc
+        correlation = correlation or id
+        key = f"{name}/{id}"
+        now = int(self.app.clock.time() * 1000)
+        shard = partition_for_key(correlation.encode(), await self._call(self._partition_count))
+        instance = Instance(key, name, id, correlation, shard, "running", encoded, 1, now, now)
+        started = NewEntry("started", 0, "", payload(input=msgspec.Raw(encoded), cause=cause, inbox=self.inbox))
+        stored: Instance = await self._call(self.recorder.create, instance, [started])
+        if stored is not instance:
+            if msgspec.json.decode(stored.input) != msgspec.json.decode(encoded):
+                raise WorkflowError(f"workflow {key} was started before with another input: choose another id")
+            return WorkflowHandle(self, key)
+        self.announce_entries(instance, [Entry(1, "started", 0, "", started.payload, now)])
+        if shard in self.shards:
+            await self._launch(key)
+        else:
+            await self._request(START, instance)
+        return WorkflowHandle(self, key)
+
+    def handle(self, key: str) -> WorkflowHandle:
+        """The handle of instance `key` (`<workflow>/<id>`), started here or anywhere."""
+        return WorkflowHandle(self, key)
+
+    async def _request(self, kind: str, instance: Instance) -> None:
+        await self.app.publish(self.inbox, {"key": instance.key}, type=kind, key=instance.correlation)
+
+    def _partition_count(self) -> int:
+        if self._partitions is None:
+            try:
+                self._partitions = self.app.log.partition_count(self.inbox)
+            except UnknownTopic:
+                if self.app.topic_config is None:
+                    raise
+                with contextlib.suppress(TopicExists):  # another process created it meanwhile
+                    self.app.log.create_topic(self.inbox, self.app.topic_config)
+                self._partitions = self.app.log.partition_count(self.inbox)
+        return self._partitions
+
+    async def result(self, key: str, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+        """Wait until instance `key` ends: its result, or WorkflowFailed."""
+
+        async def ended() -> Instance:
+            while True:
+                if key in self._tasks:
+                    await self._ended.setdefault(key, asyncio.Event()).wait()
+                found: tuple[Instance, list[Entry]] | None = await self._call(self.recorder.load, key)
+                if found is None:
+                    raise UnknownWorkflow(f"no workflow instance {key!r}")
+                if found[0].status in FINISHED:
+                    return found[0]
+                await asyncio.sleep(0.02)  # another process runs it: look again
+
+        instance = await asyncio.wait_for(ended(), timeout)
+        if instance.status != "completed":
+            raise WorkflowFailed(key, instance.status, instance.error)
+        definition = self.definitions.get(instance.workflow)
+        value = msgspec.json.decode(instance.result or b"null")
+        return value if definition is None else from_data(value, _return_type(definition.function))
+
+    # --- running ------------------------------------------------------------------------------
+    async def _launch(self, key: str) -> Workflow | None:
+        """Run instance `key` here if it is active, of an owned shard and not running yet; the
+        running Workflow, or None."""
+        if key in self.running:
+            return self.running[key]
+        loading = self._loading.get(key)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        loading = self._loading[key] = asyncio.get_running_loop().create_future()
+        try:
+            workflow = await self._load(key)
+            loading.set_result(workflow)
+            return workflow
+        except BaseException as exc:
+            loading.set_exception(exc)
+            raise
+        finally:
+            del self._loading[key]
+
+    async def _load(self, key: str) -> Workflow | None:
+        found = await self._call(self.recorder.load, key)
+        if found is None or found[0].status not in ACTIVE or found[0].shard not in self.shards:
+            return None
+        instance, entries = found
+        if instance.workflow not in self.definitions:
+            logger.error(
+                "instance %s is of workflow %r, which app %s does not define", key, instance.workflow, self.app.name
+            )
+            return None
+        workflow = self.running[key] = Workflow(self, instance, entries)
+        self._ended.setdefault(key, asyncio.Event()).clear()
+        self._tasks[key] = asyncio.create_task(self._run(workflow), name=f"workflow {key}")
+        return workflow
+
+    async def _run(self, wf: Workflow) -> None:
+        definition = self.definitions[wf.name]
+        try:
+            try:
+                value = await definition.function(wf, from_data(msgspec.json.decode(wf.input), definition.input_type))
+                result = encode_json(value)
+            except ChangedCode as exc:  # undos replayed from a history that does not fit could be wrong
+                logger.error("%s", exc)
+                await self._end(wf, "failed", str(exc))
+            except Exception as exc:
+                await self._compensate(wf, exc)
+            else:
+                await self._end(wf, "completed", result=result)
+        except InstanceLost:
+            logger.info("instance %s is run by another worker now", wf.key)
+        finally:
+            self.running.pop(wf.key, None)
+            self._tasks.pop(wf.key, None)
+            self._ended.setdefault(wf.key, asyncio.Event()).set()
+
+    async def _compensate(self, wf: Workflow, error: BaseException) -> None:
+        """Undo the completed steps, newest first, each recorded; end compensated, or
+        compensation_failed at the first undo that fails for good; failed if nothing to undo."""
+        message = f"{type(error).__name__}: {error}"
+        if not wf.undos:
+            await self._end(wf, "failed", message)
+            return
+        if wf.history.compensating is None:
+            await wf.record(
+                NewEntry("compensating", 0, "", payload(error=message, seq=wf.failed_at)), status="compensating"
+            )
+        else:
+            message = str(fields(wf.history.compensating).get("error"))
+        for undo in reversed(wf.undos):
+            if undo.seq in wf.history.undone:
+                continue
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    outcome = undo.function(undo.result)
+                    if asyncio.iscoroutine(outcome):
+                        await outcome
+                    break
+                except Exception as exc:
+                    if self.retry.should_retry(exc, attempt):
+                        await self.app.clock.sleep(self.retry.delay(attempt))
+                        continue
+                    failure = f"undo of step {undo.step!r} (position {undo.seq}) failed: {type(exc).__name__}: {exc}"
+                    await wf.record(NewEntry("undo_failed", undo.seq, undo.step, payload(error=failure)))
+                    await self._end(wf, "compensation_failed", f"{failure}; the workflow had failed with {message}")
+                    return
+            await wf.record(NewEntry("undone", undo.seq, undo.step, payload(attempts=attempt)))
+        await self._end(wf, "compensated", message)
+
+    async def _end(self, wf: Workflow, status: str, error: str | None = None, result: bytes | None = None) -> None:
+        details = payload(error=error, seq=wf.failed_at, result=None if result is None else msgspec.Raw(result))
+        await wf.record(NewEntry(status, 0, "", details), status=status, error=error, result=result)
+
+    # --- the inbox and the shards ------------------------------------------------------------
+    async def _on_inbox(self, event: Event, ctx: Context) -> None:
+        if event.type in (START, CANCEL, RETRY):
+            key = str((event.data or {}).get("key")) if isinstance(event.data, dict) else ""
+            if event.type == START:
+                await self._launch(key)
+            elif event.type == CANCEL:
+                await self._cancel(key)
+            else:
+                await self._retry(key)
+            return
+        correlation = event.extensions.get("correlationid")
+        if correlation is None:
+            logger.warning("event %s on %s has no correlation id: no workflow instance takes it", event.id, self.inbox)
+            return
+        topic = ctx.headers.get(ORIGIN, ctx.topic)
+        for instance in await self._call(self.recorder.instances, correlation=str(correlation)):
+            workflow = self.running.get(instance.key) or await self._launch(instance.key)
+            if workflow is not None:
+                await workflow.receive(topic, event)
+            else:
+                await self._call(self._record_late, instance.key, topic, event)
+
+    def _record_late(self, key: str, topic: str, event: Event) -> None:
+        """Record an event that arrived for an instance that is not running (it ended): kept
+        and shown, not acted on."""
+        while (found := self.recorder.load(key)) is not None:
+            instance, entries = found
+            if event.id in History(entries).received_ids:
+                return
+            change = Change(
+                key,
+                instance.version,
+                [NewEntry("received", 0, topic, to_json(event))],
+                instance.status,
+                instance.wake_ms,
+                instance.error,
+                at_ms=int(self.app.clock.time() * 1000),
+            )
+            if not self.recorder.write([change]):
+                return
+
+    async def _cancel(self, key: str) -> None:
+        workflow = self.running.get(key) or await self._launch(key)
+        if workflow is None:
+            logger.warning("cancel of %s: it is not active (ended, or unknown)", key)
+        else:
+            await workflow.cancel()
+
+    async def _retry(self, key: str) -> None:
+        found = await self._call(self.recorder.load, key)
+        if found is None or found[0].status not in ("failed", "compensation_failed"):
+            logger.warning("retry of %s: only failed instances can be retried", key)
+            return
+        instance, entries = found
+        status = "compensating" if History(entries).compensating is not None else "running"
+        change = Change(key, instance.version, [NewEntry("retried")], status)
+        if not await self._call(self.recorder.write, [change]):
+            await self._launch(key)
+
+    async def assigned(self, tp: TopicPartition) -> None:
+        """The group gave this process shard `tp.partition`: run its active instances."""
+        self.shards.add(tp.partition)
+        await self._resume(tp.partition)
+
+    async def released(self, tp: TopicPartition) -> None:
+        """The shard goes to another process: stop its instances here first."""
+        self.shards.discard(tp.partition)
+        tasks = [self._tasks[key] for key, wf in list(self.running.items()) if wf.shard == tp.partition]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _resume(self, shard: int) -> None:
+        for instance in await self._call(self.recorder.instances, statuses=ACTIVE, shard=shard, limit=1 << 30):
+            if instance.key not in self.running and shard in self.shards:
+                await self._launch(instance.key)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL)  # a safety net on wall-clock time, not a workflow timer
+            for shard in sorted(self.shards):
+                await self._resume(shard)
+
+    # --- start-up --------------------------------------------------------------------------
+    async def _start_up(self) -> None:
+        await self._call(self._partition_count)
+        listened = sorted({topic for d in self.definitions.values() for topic in d.listen})
+        if listened and not self._listening:
+            self._listening = True
+            self.app.subscribe(listened, group=f"{self.group}.listen")(self._forward)
+
+    async def _forward(self, event: Event, ctx: Context) -> None:
+        """Pass an event of a listened topic to the inbox, on its correlation id's shard."""
+        correlation = event.extensions.get("correlationid")
+        if correlation is not None:
+            await self.app.publish(self.inbox, event, key=str(correlation), headers={ORIGIN: ctx.topic})
+
+    # --- events out ---------------------------------------------------------------------------
+    def instance_event(
+        self, wf: Workflow, topic: str, data: Any, event_id: str, type: str | None, key: str | None
+    ) -> Event:
+        extensions = {"correlationid": wf.correlation}
+        if wf.cause is not None:
+            extensions["causationid"] = str(wf.cause)
+        return self.app.build_event(topic, data, key=key, type=type, extensions=extensions).replace(id=event_id)
+
+    async def publish_command(
+        self, wf: Workflow, topic: str, command: Any, event_id: str, type: str | None, key: str | None
+    ) -> None:
+        event = self.instance_event(wf, topic, command, event_id, type, key).with_extensions(replyto=self.inbox)
+        await self.app.publish(topic, event)
+
+    def announce(self, wf: Workflow, entries: list[Entry]) -> None:
+        self.announce_entries(
+            Instance(wf.key, wf.name, wf.id, wf.correlation, wf.shard, wf.status, b"", 0, 0, 0), entries, wf.cause
+        )
+
+    def announce_entries(self, instance: Instance, entries: list[Entry], cause: str | None = None) -> None:
+        """Publish the lifecycle events of new history entries on `<app>.workflows` (in the
+        background; their ids are the same if a replay announces them again)."""
+        events = []
+        for entry in entries:
+            name = LIFECYCLE.get(entry.kind)
+            if name is None:
+                continue
+            data = {
+                "workflow": instance.workflow,
+                "id": instance.id,
+                "key": instance.key,
+                "seq": entry.seq,
+                "name": entry.name,
+                **fields(entry),
+            }
+            data.pop("input", None)
+            extensions = {"correlationid": instance.correlation}
+            if cause is not None:
+                extensions["causationid"] = cause
+            event = self.app.build_event(
+                self.events_topic,
+                data,
+                key=instance.key,
+                type=f"inmotion.workflow.{name}",
+                subject=instance.key,
+                extensions=extensions,
+            )
+            events.append(event.replace(id=f"{instance.key}@{entry.version}"))
+        if events:
+            task = asyncio.ensure_future(self.app.publish_many(self.events_topic, events))
+            self._announcing.add(task)
+            task.add_done_callback(self._announced)
+
+    def _announced(self, task: asyncio.Task[Any]) -> None:
+        self._announcing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("could not publish workflow events: %s", task.exception())
+
+
+def store_url(log_url: str) -> str:
+    """Where workflow instances live: `INMOTION_WORKFLOW_STORE`, else the log's own file
+    (SQLite) or memory, else ./inmotion.db beside a log that cannot hold them (Kafka)."""
+    chosen = os.environ.get("INMOTION_WORKFLOW_STORE")
+    if chosen:
+        return chosen
+    if log_url.startswith(("sqlite:", "memory:")):
+        return log_url
+    return "sqlite:///./inmotion.db"
+
+
+def _input_type(function: Callable[..., Any], name: str) -> Any:
+    if not inspect.iscoroutinefunction(function):
+        raise InvalidConfig(f"workflow {name!r} must be an async function (async def ...(wf, input))")
+    try:
+        hints = typing.get_type_hints(function)
+    except (NameError, TypeError) as exc:
+        raise InvalidConfig(f"cannot read the annotations of workflow {name!r}: {exc}") from exc
+    parameters = list(inspect.signature(function).parameters)
+    if len(parameters) < 2:
+        raise InvalidConfig(f"workflow {name!r} takes (wf: Workflow, input): the instance and its input")
+    return hints.get(parameters[1], Any)
+
+
+def _return_type(function: Callable[..., Any]) -> Any:
+    try:
+        return typing.get_type_hints(function).get("return", Any)
+    except (NameError, TypeError):
+        return Any
