@@ -12,6 +12,7 @@ from inmotion.cli.rules import RULES_FILE_HELP, route, rules_app
 from inmotion.cli.runtime import dlq_app, groups_app, replay, run
 from inmotion.cli.topics import topics_app
 from inmotion.cli.trace import trace
+from inmotion.cli.workflows import cancel, describe, list_instances, retry, workflows_app
 from inmotion.errors import InmotionError
 
 app = typer.Typer(
@@ -31,6 +32,11 @@ app.command("run")(run)
 app.add_typer(rules_app, name="rules")
 app.command("route", epilog=RULES_FILE_HELP)(route)
 app.command("trace")(trace)
+app.add_typer(workflows_app, name="workflows")
+workflows_app.command("list")(list_instances)
+workflows_app.command("describe")(describe)
+workflows_app.command("cancel")(cancel)
+workflows_app.command("retry")(retry)
 
 
 def main() -> None:
