@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -40,7 +40,7 @@ def kill(process: BaseProcess) -> None:
     assert process.exitcode == -signal.SIGKILL
 
 
-def start_trips(url: str, effects: Path, plans: dict[str, dict[str, object]]) -> None:
+def start_trips(url: str, effects: Path, plans: Mapping[str, Mapping[str, object]]) -> None:
     """Start instances from a process that does not run the app: their start requests wait
     on the inbox for a worker."""
 
