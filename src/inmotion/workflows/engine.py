@@ -26,7 +26,7 @@ import re
 import typing
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
@@ -50,7 +50,7 @@ from inmotion.workflows.store import (
     WorkflowRecorder,
     open_workflow_recorder,
 )
-from inmotion.workflows.workflow import Workflow
+from inmotion.workflows.workflow import Workflow, return_type
 
 if TYPE_CHECKING:
     from inmotion.runtime.app import App
@@ -78,6 +78,8 @@ LIFECYCLE = {
 }
 """History entries announced on `<app>.workflows`, as `inmotion.workflow.<name>` events."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_ANNOUNCE_LINGER = 0.005
+"""Seconds that lifecycle events wait for others to be published with."""
 _SWEEP_INTERVAL = 5.0
 """Seconds between looks for active instances of owned shards that nothing runs (an instance
 whose start request was lost with a crashed caller)."""
@@ -89,6 +91,13 @@ class Definition:
     function: Callable[..., Any]
     input_type: Any
     listen: tuple[str, ...]
+
+
+class Outcome(NamedTuple):
+    workflow: str
+    status: str
+    error: str | None
+    result: bytes | None
 
 
 class WorkflowHandle:
@@ -131,10 +140,11 @@ class GroupWriter:
         loop = asyncio.get_running_loop()
         while self._pending:
             batch, self._pending = self._pending, []
+            changes = [change for change, _ in batch]
             try:
-                conflicts = await loop.run_in_executor(
-                    self._thread, self.engine.recorder.write, [change for change, _ in batch]
-                )
+                conflicts = self.engine.recorder.write_now(changes)
+                if conflicts is None:  # the lock is taken: wait for it in the thread
+                    conflicts = await loop.run_in_executor(self._thread, self.engine.recorder.write, changes)
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -171,14 +181,16 @@ class Engine:
         self._recorder: WorkflowRecorder | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loading: dict[str, asyncio.Future[Workflow | None]] = {}
-        self._ended: dict[str, asyncio.Event] = {}
-        self._announcing: set[asyncio.Task[Any]] = set()
+        self._waiters: dict[str, list[asyncio.Future[Outcome | None]]] = {}
+        self._announcements: list[Event] = []
+        self._announcing: asyncio.Future[None] | None = None
         self._partitions: int | None = None
         self._listening = False
         app.subscribe(self.inbox, group=self.group, partitions=self, retry=Retry(attempts=10, backoff=0.05))(
             self._on_inbox
         )
         app.on_startup(self._start_up)
+        app.on_shutdown(self._shut_down)
         app.task(self._sweep)
 
     # --- definitions ------------------------------------------------------------------------
@@ -251,17 +263,21 @@ class Engine:
         correlation = correlation or id
         key = f"{name}/{id}"
         now = int(self.app.clock.time() * 1000)
-        shard = partition_for_key(correlation.encode(), await self._call(self._partition_count))
+        partitions = self._partitions or await self._call(self._partition_count)
+        shard = partition_for_key(correlation.encode(), partitions)
         instance = Instance(key, name, id, correlation, shard, "running", encoded, 1, now, now)
         started = NewEntry("started", 0, "", payload(input=msgspec.Raw(encoded), cause=cause, inbox=self.inbox))
-        stored: Instance = await self._call(self.recorder.create, instance, [started])
+        stored = self.recorder.create_now(instance, [started]) or await self._call(
+            self.recorder.create, instance, [started]
+        )
         if stored is not instance:
             if msgspec.json.decode(stored.input) != msgspec.json.decode(encoded):
                 raise WorkflowError(f"workflow {key} was started before with another input: choose another id")
             return WorkflowHandle(self, key)
-        self.announce_entries(instance, [Entry(1, "started", 0, "", started.payload, now)])
+        entries = [Entry(1, "started", 0, "", started.payload, now)]
+        self.announce_entries(instance, entries, cause)
         if shard in self.shards:
-            await self._launch(key)
+            await self._launch(key, (instance, entries))
         else:
             await self._request(START, instance)
         return WorkflowHandle(self, key)
@@ -288,28 +304,33 @@ class Engine:
     async def result(self, key: str, timeout: float | None = None) -> Any:  # noqa: ASYNC109
         """Wait until instance `key` ends: its result, or WorkflowFailed."""
 
-        async def ended() -> Instance:
+        async def ended() -> Outcome:
             while True:
-                if key in self._tasks:
-                    await self._ended.setdefault(key, asyncio.Event()).wait()
+                if key in self._tasks:  # running here: its end is told at once
+                    waiter: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+                    self._waiters.setdefault(key, []).append(waiter)
+                    outcome = await waiter
+                    if outcome is not None:
+                        return outcome
                 found: tuple[Instance, list[Entry]] | None = await self._call(self.recorder.load, key)
                 if found is None:
                     raise UnknownWorkflow(f"no workflow instance {key!r}")
-                if found[0].status in FINISHED:
-                    return found[0]
+                instance = found[0]
+                if instance.status in FINISHED:
+                    return Outcome(instance.workflow, instance.status, instance.error, instance.result)
                 await asyncio.sleep(0.02)  # another process runs it: look again
 
-        instance = await asyncio.wait_for(ended(), timeout)
-        if instance.status != "completed":
-            raise WorkflowFailed(key, instance.status, instance.error)
-        definition = self.definitions.get(instance.workflow)
-        value = msgspec.json.decode(instance.result or b"null")
-        return value if definition is None else from_data(value, _return_type(definition.function))
+        outcome = await asyncio.wait_for(ended(), timeout)
+        if outcome.status != "completed":
+            raise WorkflowFailed(key, outcome.status, outcome.error)
+        definition = self.definitions.get(outcome.workflow)
+        value = msgspec.json.decode(outcome.result or b"null")
+        return value if definition is None else from_data(value, return_type(definition.function))
 
     # --- running ------------------------------------------------------------------------------
-    async def _launch(self, key: str) -> Workflow | None:
+    async def _launch(self, key: str, found: tuple[Instance, list[Entry]] | None = None) -> Workflow | None:
         """Run instance `key` here if it is active, of an owned shard and not running yet; the
-        running Workflow, or None."""
+        running Workflow, or None. `found`: the instance and its history, when just written."""
         if key in self.running:
             return self.running[key]
         loading = self._loading.get(key)
@@ -317,7 +338,7 @@ class Engine:
             return await asyncio.shield(loading)
         loading = self._loading[key] = asyncio.get_running_loop().create_future()
         try:
-            workflow = await self._load(key)
+            workflow = await self._load(key, found)
             loading.set_result(workflow)
             return workflow
         except BaseException as exc:
@@ -326,8 +347,9 @@ class Engine:
         finally:
             del self._loading[key]
 
-    async def _load(self, key: str) -> Workflow | None:
-        found = await self._call(self.recorder.load, key)
+    async def _load(self, key: str, found: tuple[Instance, list[Entry]] | None) -> Workflow | None:
+        if found is None:
+            found = await self._call(self.recorder.load, key)
         if found is None or found[0].status not in ACTIVE or found[0].shard not in self.shards:
             return None
         instance, entries = found
@@ -337,37 +359,38 @@ class Engine:
             )
             return None
         workflow = self.running[key] = Workflow(self, instance, entries)
-        self._ended.setdefault(key, asyncio.Event()).clear()
         self._tasks[key] = asyncio.create_task(self._run(workflow), name=f"workflow {key}")
         return workflow
 
     async def _run(self, wf: Workflow) -> None:
         definition = self.definitions[wf.name]
+        outcome = None
         try:
             try:
                 value = await definition.function(wf, from_data(msgspec.json.decode(wf.input), definition.input_type))
                 result = encode_json(value)
             except ChangedCode as exc:  # undos replayed from a history that does not fit could be wrong
                 logger.error("%s", exc)
-                await self._end(wf, "failed", str(exc))
+                outcome = await self._end(wf, "failed", str(exc))
             except Exception as exc:
-                await self._compensate(wf, exc)
+                outcome = await self._compensate(wf, exc)
             else:
-                await self._end(wf, "completed", result=result)
+                outcome = await self._end(wf, "completed", result=result)
         except InstanceLost:
             logger.info("instance %s is run by another worker now", wf.key)
         finally:
             self.running.pop(wf.key, None)
             self._tasks.pop(wf.key, None)
-            self._ended.setdefault(wf.key, asyncio.Event()).set()
+            for waiter in self._waiters.pop(wf.key, ()):
+                if not waiter.done():
+                    waiter.set_result(outcome)
 
-    async def _compensate(self, wf: Workflow, error: BaseException) -> None:
+    async def _compensate(self, wf: Workflow, error: BaseException) -> Outcome:
         """Undo the completed steps, newest first, each recorded; end compensated, or
         compensation_failed at the first undo that fails for good; failed if nothing to undo."""
         message = f"{type(error).__name__}: {error}"
         if not wf.undos:
-            await self._end(wf, "failed", message)
-            return
+            return await self._end(wf, "failed", message)
         if wf.history.compensating is None:
             await wf.record(
                 NewEntry("compensating", 0, "", payload(error=message, seq=wf.failed_at)), status="compensating"
@@ -391,14 +414,16 @@ class Engine:
                         continue
                     failure = f"undo of step {undo.step!r} (position {undo.seq}) failed: {type(exc).__name__}: {exc}"
                     await wf.record(NewEntry("undo_failed", undo.seq, undo.step, payload(error=failure)))
-                    await self._end(wf, "compensation_failed", f"{failure}; the workflow had failed with {message}")
-                    return
+                    return await self._end(
+                        wf, "compensation_failed", f"{failure}; the workflow had failed with {message}"
+                    )
             await wf.record(NewEntry("undone", undo.seq, undo.step, payload(attempts=attempt)))
-        await self._end(wf, "compensated", message)
+        return await self._end(wf, "compensated", message)
 
-    async def _end(self, wf: Workflow, status: str, error: str | None = None, result: bytes | None = None) -> None:
+    async def _end(self, wf: Workflow, status: str, error: str | None = None, result: bytes | None = None) -> Outcome:
         details = payload(error=error, seq=wf.failed_at, result=None if result is None else msgspec.Raw(result))
         await wf.record(NewEntry(status, 0, "", details), status=status, error=error, result=result)
+        return Outcome(wf.name, status, error, result)
 
     # --- the inbox and the shards ------------------------------------------------------------
     async def _on_inbox(self, event: Event, ctx: Context) -> None:
@@ -547,15 +572,22 @@ class Engine:
                 extensions=extensions,
             )
             events.append(event.replace(id=f"{instance.key}@{entry.version}"))
-        if events:
-            task = asyncio.ensure_future(self.app.publish_many(self.events_topic, events))
-            self._announcing.add(task)
-            task.add_done_callback(self._announced)
+        self._announcements += events
+        if events and (self._announcing is None or self._announcing.done()):
+            self._announcing = asyncio.ensure_future(self._publish_announcements())
 
-    def _announced(self, task: asyncio.Task[Any]) -> None:
-        self._announcing.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("could not publish workflow events: %s", task.exception())
+    async def _publish_announcements(self) -> None:
+        while self._announcements:
+            await asyncio.sleep(_ANNOUNCE_LINGER)  # what the next moments announce goes in the same append
+            events, self._announcements = self._announcements, []
+            try:
+                await self.app.publish_many(self.events_topic, events)
+            except Exception as exc:
+                logger.warning("could not publish %d workflow events on %s: %s", len(events), self.events_topic, exc)
+
+    async def _shut_down(self) -> None:
+        if self._announcing is not None:
+            await self._announcing
 
 
 def store_url(log_url: str) -> str:
@@ -580,10 +612,3 @@ def _input_type(function: Callable[..., Any], name: str) -> Any:
     if len(parameters) < 2:
         raise InvalidConfig(f"workflow {name!r} takes (wf: Workflow, input): the instance and its input")
     return hints.get(parameters[1], Any)
-
-
-def _return_type(function: Callable[..., Any]) -> Any:
-    try:
-        return typing.get_type_hints(function).get("return", Any)
-    except (NameError, TypeError):
-        return Any

@@ -95,6 +95,15 @@ class WorkflowRecorder(abc.ABC):
         """Apply the changes in one transaction; the keys of those whose instance was not at
         the expected version (nothing of them is written)."""
 
+    def create_now(self, instance: Instance, entries: Sequence[NewEntry]) -> Instance | None:
+        """`create` if it can be done without waiting for a lock (or the disk), else None:
+        callers on an event loop try this before handing the write to a thread."""
+        return None
+
+    def write_now(self, changes: Sequence[Change]) -> set[str] | None:
+        """`write` if it can be done without waiting for a lock (or the disk), else None."""
+        return None
+
     @abc.abstractmethod
     def load(self, key: str) -> tuple[Instance, list[Entry]] | None:
         """The instance and its whole history, or None."""

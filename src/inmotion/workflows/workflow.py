@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import typing
 from collections.abc import Callable
@@ -77,7 +78,8 @@ class Workflow:
         self._seq = 0
         self._wake_ms: int | None = instance.wake_ms
         self._at_ms = instance.created_ms
-        self._live = False
+        self._replay_until = max((*self.history.completions, *self.history.opened), default=0)
+        """The last position the history recorded: up to it, the function is being replayed."""
         self._busy = False
         self._waiting: tuple[asyncio.Future[Outcome], Match | None] | None = None
         self._writing = asyncio.Lock()
@@ -86,7 +88,8 @@ class Workflow:
     def now(self) -> datetime:
         """The time on the app's clock; on replay, the time its latest replayed command
         completed, so that code deciding on it takes the same path again."""
-        ms = int(self._engine.app.clock.time() * 1000) if self._live else self._at_ms
+        live = self._seq >= self._replay_until
+        ms = int(self._engine.app.clock.time() * 1000) if live else self._at_ms
         return datetime.fromtimestamp(ms / 1000, UTC)
 
     async def step(
@@ -121,7 +124,7 @@ class Workflow:
         if done.kind == "step_failed":
             self.failed_at = seq
             raise StepFailed(step, seq, str(fields(done).get("error")))
-        value = from_data(fields(done).get("result"), _return_type(function))
+        value = from_data(fields(done).get("result"), return_type(function))
         if compensate is not None:
             self.undos.append(Undo(seq, step, compensate, value))
         return value
@@ -221,7 +224,6 @@ class Workflow:
                 f"but the code now runs {_describe(what, name)} at position {seq}"
             )
         done = self.history.completions.get(seq)
-        self._live = done is None
         if done is not None:
             self._at_ms = int(fields(done).get("at") or self._at_ms)
             if done.kind == "cancelled":
@@ -419,7 +421,8 @@ def _encode_result(result: Any, what: str) -> bytes:
         raise WorkflowError(f"{what} returned what cannot be recorded: {exc.problem}") from exc
 
 
-def _return_type(function: Callable[..., Any]) -> Any:
+@functools.lru_cache(maxsize=1024)
+def return_type(function: Callable[..., Any]) -> Any:
     try:
         hints = typing.get_type_hints(function)
     except (NameError, TypeError):

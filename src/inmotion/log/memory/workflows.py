@@ -48,6 +48,12 @@ class MemoryWorkflowRecorder(WorkflowRecorder):
                 self._instances[change.key] = _updated(stored, change, at)
             return conflicts
 
+    def create_now(self, instance: Instance, entries: Sequence[NewEntry]) -> Instance | None:
+        return self.create(instance, entries)
+
+    def write_now(self, changes: Sequence[Change]) -> set[str] | None:
+        return self.write(changes)
+
     def load(self, key: str) -> tuple[Instance, list[Entry]] | None:
         with self._lock:
             self._check_open()

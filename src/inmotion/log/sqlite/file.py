@@ -133,6 +133,30 @@ class SqliteFile:
         self._notify()
         return result
 
+    def _write_now(self, work: Callable[[sqlite3.Connection], object]) -> bool:
+        """Run `work` in a write transaction if the write lock is free at once (in this process
+        and in the file): on an event loop, a write that waits for nobody costs less than a
+        hand-over to a thread. False, with nothing done, if the lock is taken."""
+        if not self._write_lock.acquire(blocking=False):
+            return False  # another thread is writing
+        try:
+            conn = self._writer
+            with self._translate("write to"):
+                if self._closed:
+                    raise Closed(f"{self.what} is closed")
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError:
+                    return False  # another process holds the write lock
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+                finish(conn, work)
+        finally:
+            self._write_lock.release()
+        self._notify()
+        return True
+
     def _notify(self) -> None:
         with self._appended:
             self._appended.notify_all()

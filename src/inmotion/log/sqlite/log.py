@@ -61,7 +61,6 @@ from inmotion.log.sqlite.file import (
     APPLICATION_ID,
     SqliteFile,
     database_path,
-    finish,
     refuse_foreign,
     rollback,
     use_wal,
@@ -484,34 +483,11 @@ class SqliteLog(SqliteFile, Log):
         self, topic: str, messages: Sequence[Message], *, records: bool = True
     ) -> tuple[list[Position], list[Record] | None] | None:
         pending = _PendingAppend(topic, messages, records=records)
-        if not self._write_now(lambda conn: self._insert(conn, pending)):
-            return None
+        if not self.appends_now or not self._write_now(lambda conn: self._insert(conn, pending)):
+            return None  # fsync'd commits wait for the disk; or the write lock is taken
         self._appends += 1
         self._start_maintenance()
         return pending.positions, pending.records
-
-    def _write_now(self, work: Callable[[sqlite3.Connection], object]) -> bool:
-        """Run `work` in a write transaction if the write lock is free at once (in this process
-        and in the file); False, with nothing done, if it is not."""
-        if not self.appends_now or not self._write_lock.acquire(blocking=False):
-            return False  # fsync'd commits wait for the disk; another thread is writing
-        try:
-            conn = self._writer
-            with self._translate("write to"):
-                if self._closed:
-                    raise Closed(f"{self.what} is closed")
-                conn.execute("PRAGMA busy_timeout = 0")
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError:
-                    return False  # another process holds the write lock
-                finally:
-                    conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-                finish(conn, work)
-        finally:
-            self._write_lock.release()
-        self._notify()
-        return True
 
     def _append(self, pending: _PendingAppend) -> list[Position]:
         with self._queue_lock:
@@ -745,7 +721,7 @@ class SqliteLog(SqliteFile, Log):
         self._write(self._committing(group, topic, offsets, forward_only))
 
     def commit_now(self, group: str, topic: str, offsets: Mapping[int, int], *, forward_only: bool = False) -> bool:
-        return self._write_now(self._committing(group, topic, offsets, forward_only))
+        return self.appends_now and self._write_now(self._committing(group, topic, offsets, forward_only))
 
     def _committing(
         self, group: str, topic: str, offsets: Mapping[int, int], forward_only: bool

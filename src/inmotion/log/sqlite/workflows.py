@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from inmotion.errors import InvalidConfig
 from inmotion.log.sqlite.file import SqliteFile, database_path
 from inmotion.log.sqlite.store import connect, create_tables
 from inmotion.workflows.store import STATUSES, Change, Entry, Instance, NewEntry, WorkflowRecorder
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -85,6 +88,25 @@ class SqliteWorkflowRecorder(SqliteFile, WorkflowRecorder):
 
     # --- writing --------------------------------------------------------------------------
     def create(self, instance: Instance, entries: Sequence[NewEntry]) -> Instance:
+        return self._write(self._creating(instance, entries))
+
+    def create_now(self, instance: Instance, entries: Sequence[NewEntry]) -> Instance | None:
+        return self._now(self._creating(instance, entries))
+
+    def write(self, changes: Sequence[Change]) -> set[str]:
+        return self._write(self._writing(changes))
+
+    def write_now(self, changes: Sequence[Change]) -> set[str] | None:
+        return self._now(self._writing(changes))
+
+    def _now(self, work: Callable[[sqlite3.Connection], T]) -> T | None:
+        """`work` in a transaction if the write lock is free and commits need no fsync."""
+        done: list[T] = []
+        if self.durability != "normal" or not self._write_now(lambda conn: done.append(work(conn))):
+            return None
+        return done[0]
+
+    def _creating(self, instance: Instance, entries: Sequence[NewEntry]) -> Callable[[sqlite3.Connection], Instance]:
         def create(conn: sqlite3.Connection) -> Instance:
             row = conn.execute(
                 f"SELECT {_INSTANCE_COLUMNS} FROM wf_instances WHERE key = ?", (instance.key,)
@@ -98,9 +120,9 @@ class SqliteWorkflowRecorder(SqliteFile, WorkflowRecorder):
             _insert_entries(conn, instance.key, 0, entries, instance.created_ms)
             return instance
 
-        return self._write(create)
+        return create
 
-    def write(self, changes: Sequence[Change]) -> set[str]:
+    def _writing(self, changes: Sequence[Change]) -> Callable[[sqlite3.Connection], set[str]]:
         def write(conn: sqlite3.Connection) -> set[str]:
             conflicts = set()
             now = int(time.time() * 1000)
@@ -125,7 +147,7 @@ class SqliteWorkflowRecorder(SqliteFile, WorkflowRecorder):
                     conflicts.add(change.key)
             return conflicts
 
-        return self._write(write)
+        return write
 
     # --- reading --------------------------------------------------------------------------
     def load(self, key: str) -> tuple[Instance, list[Entry]] | None:
