@@ -113,11 +113,15 @@ def test_a_thousand_instances_with_timers_finish_across_two_workers(tmp_path: Pa
         with worker(url, effects), worker(url, effects):
             start_trips(url, effects, plans)
             wait_until(lambda: statuses(recorder)["completed"] == len(plans), limit=120, what="1,000 trips to complete")
+        histories = [(recorder.load(f"trip/{trip}") or (None, []))[1] for trip in plans]
     finally:
         recorder.close()
+    for history in histories:
+        assert [(e.seq, e.kind) for e in history if e.kind == "step"] == [(1, "step"), (3, "step"), (4, "step")]
     lines = effects.read_text().splitlines()
-    assert collections.Counter(line.rsplit(" ", 1)[0] for line in lines) == collections.Counter(
-        {f"{action}-{trip}": 1 for trip in plans for action in ("book hotel", "book car")}
-        | {f"pay {trip}": 1 for trip in plans}
-    )
+    runs = collections.Counter(line.rsplit(" ", 1)[0] for line in lines)
+    assert set(runs) == {f"{action}{trip}" for trip in plans for action in ("book hotel-", "book car-", "pay ")}
+    # each step ran once, unless a worker too busy to renew its leases in time lost a shard to
+    # the other while running it (at-least-once); its history records it once all the same
+    assert sum(count - 1 for count in runs.values()) <= len(plans) // 20
     assert len({line.rsplit(" ", 1)[1] for line in lines}) == 2, "both workers ran instances"

@@ -180,11 +180,11 @@ class Consumer:
         for tp in [tp for tp, worker in self.workers.items() if worker.lapsed and tp not in self._revoking]:
             logger.warning("lease on %s/%d lapsed: starting over", tp.topic, tp.partition, extra={"group": self.group})
             del self.workers[tp]
-            await self._tell(tp, assigned=False)
+            await self._tell(tp, assigned=False, lost=True)
         for tp in [tp for tp in self.workers if tp not in assignment.owned]:
             logger.warning("lost partition %s/%d", tp.topic, tp.partition, extra={"group": self.group})
             self.workers.pop(tp).abort()
-            await self._tell(tp, assigned=False)
+            await self._tell(tp, assigned=False, lost=True)
         for tp in assignment.revoke:
             if tp in self.workers and tp not in self._revoking:
                 self._revoking.add(tp)
@@ -209,14 +209,14 @@ class Consumer:
             for fetcher in self.fetchers.values():
                 fetcher.wake.set()
 
-    async def _tell(self, tp: TopicPartition, *, assigned: bool) -> None:
-        """Tell the subscription's `PartitionWatcher` that `tp` came or goes; its failure is
-        logged, not the consumer's."""
+    async def _tell(self, tp: TopicPartition, *, assigned: bool, lost: bool = False) -> None:
+        """Tell the subscription's `PartitionWatcher` that `tp` came or goes (`lost`: another
+        member may hold it already); its failure is logged, not the consumer's."""
         watcher = self.subscription.partitions
         if watcher is None:
             return
         try:
-            await (watcher.assigned(tp) if assigned else watcher.released(tp))
+            await (watcher.assigned(tp) if assigned else watcher.released(tp, lost=lost))
         except Exception as exc:
             logger.error(
                 "the partition watcher failed on %s/%d: %s",
@@ -300,7 +300,7 @@ class Consumer:
             if gone or current != self._topic_ids.get(topic):
                 for tp in [tp for tp in self.workers if tp.topic == topic]:
                     self.workers.pop(tp).abort()
-                    await self._tell(tp, assigned=False)
+                    await self._tell(tp, assigned=False, lost=True)
                 del self._topic_ids[topic]
                 logger.warning(
                     "topic %s was deleted%s: its partitions start over",

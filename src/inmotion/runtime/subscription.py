@@ -17,12 +17,13 @@ OnCorrupt = Literal["stop", "skip", "dead-letter"]
 
 class PartitionWatcher(Protocol):
     """Told which partitions the group gives a subscription in this process: `assigned` once
-    its worker is ready, `released` before the partition's lease is given up (or at once when
-    it was lost), so that state kept per partition moves with it."""
+    its worker is ready, `released` before the partition's lease is given up, or with `lost`
+    once the lease has lapsed (another member may hold it already), so that state kept per
+    partition moves with it."""
 
     async def assigned(self, tp: TopicPartition) -> None: ...
 
-    async def released(self, tp: TopicPartition) -> None: ...
+    async def released(self, tp: TopicPartition, *, lost: bool) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

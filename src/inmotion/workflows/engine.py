@@ -16,7 +16,6 @@ at the same moment go in one transaction.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import inspect
@@ -80,6 +79,8 @@ LIFECYCLE = {
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ANNOUNCE_LINGER = 0.005
 """Seconds that lifecycle events wait for others to be published with."""
+_HAND_OVER_LIMIT = 30.0
+"""Seconds that the instances of a shard being handed over have to reach their next command."""
 _SWEEP_INTERVAL = 5.0
 """Seconds between looks for active instances of owned shards that nothing runs (an instance
 whose start request was lost with a crashed caller)."""
@@ -125,7 +126,6 @@ class GroupWriter:
         self.engine = engine
         self._pending: list[tuple[Change, asyncio.Future[int]]] = []
         self._flushing: asyncio.Task[None] | None = None
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inmotion-workflows")
 
     async def write(self, change: Change) -> int:
         """Write `change`; when it was recorded (ms). InstanceLost if the instance was not at
@@ -144,7 +144,7 @@ class GroupWriter:
             try:
                 conflicts = self.engine.recorder.write_now(changes)
                 if conflicts is None:  # the lock is taken: wait for it in the thread
-                    conflicts = await loop.run_in_executor(self._thread, self.engine.recorder.write, changes)
+                    conflicts = await loop.run_in_executor(None, self.engine.recorder.write, changes)
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -158,8 +158,10 @@ class GroupWriter:
                 else:
                     future.set_result(change.at_ms)
 
-    def close(self) -> None:
-        self._thread.shutdown(wait=True)
+    async def idle(self) -> None:
+        """Return once every write asked for so far is done (a cancelled writer's too)."""
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
 
 
 class Engine:
@@ -400,6 +402,8 @@ class Engine:
         for undo in reversed(wf.undos):
             if undo.seq in wf.history.undone:
                 continue
+            if wf.handing_over:
+                raise InstanceLost(wf.key)
             attempt = 0
             while True:
                 attempt += 1
@@ -490,13 +494,23 @@ class Engine:
         self.shards.add(tp.partition)
         await self._resume(tp.partition)
 
-    async def released(self, tp: TopicPartition) -> None:
-        """The shard goes to another process: stop its instances here first."""
+    async def released(self, tp: TopicPartition, *, lost: bool) -> None:
+        """The shard goes to another process: its instances here stop first, each at its next
+        command (a running step finishes and is recorded, so that the next owner does not run
+        it again), or at once where it waits; those still running after _HAND_OVER_LIMIT
+        seconds, or at once when the shard was `lost`, are cancelled (their running steps run
+        again on the next owner)."""
         self.shards.discard(tp.partition)
-        tasks = [self._tasks[key] for key, wf in list(self.running.items()) if wf.shard == tp.partition]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        leaving = [wf for wf in list(self.running.values()) if wf.shard == tp.partition]
+        for wf in leaving:
+            wf.hand_over()
+        tasks = [self._tasks[wf.key] for wf in leaving if wf.key in self._tasks]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=0 if lost else _HAND_OVER_LIMIT)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        await self.writer.idle()
 
     async def _resume(self, shard: int) -> None:
         for instance in await self._call(self.recorder.instances, statuses=ACTIVE, shard=shard, limit=1 << 30):
@@ -507,7 +521,9 @@ class Engine:
         while True:
             await asyncio.sleep(_SWEEP_INTERVAL)  # a safety net on wall-clock time, not a workflow timer
             for shard in sorted(self.shards):
-                await self._resume(shard)
+                stored = await self._call(self.recorder.count, statuses=ACTIVE, shard=shard)
+                if stored > sum(1 for wf in self.running.values() if wf.shard == shard):
+                    await self._resume(shard)
 
     # --- start-up --------------------------------------------------------------------------
     async def _start_up(self) -> None:

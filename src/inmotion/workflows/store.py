@@ -26,8 +26,9 @@ FINISHED = ("completed", "failed", "compensated", "compensation_failed")
 STATUSES = ACTIVE + FINISHED
 
 
-class Instance(msgspec.Struct, frozen=True):
-    """One workflow instance as stored: `key` is `<workflow>/<id>`."""
+class Instance(msgspec.Struct, frozen=True, gc=False):
+    """One workflow instance as stored: `key` is `<workflow>/<id>`. (Scalars only: the
+    garbage collector need not track the thousands a worker holds.)"""
 
     key: str
     workflow: str
@@ -48,7 +49,7 @@ class Instance(msgspec.Struct, frozen=True):
     result: bytes | None = None
 
 
-class Entry(msgspec.Struct, frozen=True, array_like=True):
+class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One history entry. `seq` is the position of the workflow's command it belongs to (its
     n-th step, sleep or wait), 0 for what is not a command's (received events, lifecycle)."""
 
@@ -118,6 +119,10 @@ class WorkflowRecorder(abc.ABC):
         limit: int = 1000,
     ) -> list[Instance]:
         """Instances in these statuses (of one shard, or of one correlation id), oldest first."""
+
+    @abc.abstractmethod
+    def count(self, *, statuses: Sequence[str], shard: int) -> int:
+        """How many instances of the shard are in these statuses."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

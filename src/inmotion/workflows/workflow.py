@@ -22,12 +22,20 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from inmotion.clock import Clock
 from inmotion.errors import InvalidConfig, InvalidEvent
 from inmotion.events import Event, from_data
 from inmotion.events.codec import to_json
 from inmotion.runtime import Retry
 from inmotion.sourcing.store import encode_json
-from inmotion.workflows.errors import ChangedCode, StepFailed, WorkflowCancelled, WorkflowError, WorkflowTimeout
+from inmotion.workflows.errors import (
+    ChangedCode,
+    InstanceLost,
+    StepFailed,
+    WorkflowCancelled,
+    WorkflowError,
+    WorkflowTimeout,
+)
 from inmotion.workflows.history import History, fields, payload
 from inmotion.workflows.store import Change, Entry, Instance, NewEntry
 
@@ -35,7 +43,7 @@ if TYPE_CHECKING:
     from inmotion.workflows.engine import Engine
 
 Match = Callable[[str, Event], bool]
-Outcome = Event | Literal["due", "cancelled"]
+Outcome = Event | Literal["due", "cancelled", "handed over"]
 
 _WHAT = {
     "step": "step",
@@ -81,6 +89,9 @@ class Workflow:
         self._replay_until = max((*self.history.completions, *self.history.opened), default=0)
         """The last position the history recorded: up to it, the function is being replayed."""
         self._busy = False
+        self.handing_over = False
+        """Set when the worker gives the instance's shard up: it stops at its next command, or
+        at once where it waits; a step that is running finishes and is recorded first."""
         self._waiting: tuple[asyncio.Future[Outcome], Match | None] | None = None
         self._writing = asyncio.Lock()
 
@@ -207,6 +218,8 @@ class Workflow:
     def next_command(self, what: str, name: str) -> tuple[int, Entry | None]:
         """The next position, and its recorded completion if any; ChangedCode when the history
         recorded something else there, or ended before it while compensating."""
+        if self.handing_over:
+            raise InstanceLost(self.key)
         if self._busy:
             raise WorkflowError(f"workflow {self.key}: await each step, sleep or wait before the next one")
         self._seq += 1
@@ -298,7 +311,7 @@ class Workflow:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiting = (future, match)
         clock = self._engine.app.clock
-        timer = None if due_ms is None else asyncio.ensure_future(clock.sleep(max(0.0, due_ms / 1000 - clock.time())))
+        timer = None if due_ms is None else asyncio.ensure_future(_until(clock, due_ms))
         try:
             await asyncio.wait([f for f in (future, timer) if f is not None], return_when=asyncio.FIRST_COMPLETED)
             return future.result() if future.done() else "due"
@@ -309,6 +322,8 @@ class Workflow:
 
     async def _settle(self, seq: int, outcome: Outcome, kind: str) -> Entry:
         """Record how a sleep or wait ended."""
+        if outcome == "handed over":
+            raise InstanceLost(self.key)
         at = self._clock_ms()
         if outcome == "cancelled":
             await self.record(NewEntry("cancelled", seq, "", payload(at=at)), status="running")
@@ -364,6 +379,12 @@ class Workflow:
             if match is not None and match(topic, event) and not future.done():
                 future.set_result(event)
 
+    def hand_over(self) -> None:
+        """Stop at the next command, or now if waiting (see `handing_over`)."""
+        self.handing_over = True
+        if self._waiting is not None and not self._waiting[0].done():
+            self._waiting[0].set_result("handed over")
+
     async def cancel(self) -> None:
         """Ask the instance to stop: its next command (or the wait it is in) raises
         WorkflowCancelled."""
@@ -392,6 +413,11 @@ class _Command:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.workflow._busy = False
+
+
+async def _until(clock: Clock, due_ms: int) -> None:
+    # the time left is read when the timer's task starts, which a busy loop may delay
+    await clock.sleep(max(0.0, due_ms / 1000 - clock.time()))
 
 
 def _describe(what: str, name: str) -> str:

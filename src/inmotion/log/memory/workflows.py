@@ -79,6 +79,11 @@ class MemoryWorkflowRecorder(WorkflowRecorder):
             ]
         return sorted(found, key=lambda i: (i.created_ms, i.key))[:limit]
 
+    def count(self, *, statuses: Sequence[str], shard: int) -> int:
+        with self._lock:
+            self._check_open()
+            return sum(1 for i in self._instances.values() if i.status in statuses and i.shard == shard)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

@@ -193,6 +193,19 @@ class SqliteWorkflowRecorder(SqliteFile, WorkflowRecorder):
             )
         return [Instance(*row) for row in rows]
 
+    def count(self, *, statuses: Sequence[str], shard: int) -> int:
+        with self._translate("read"):
+            (found,) = (
+                self._reader()
+                .execute(
+                    f"SELECT count(*) FROM wf_instances WHERE status IN ({', '.join('?' * len(statuses))})"
+                    " AND shard = ?",
+                    (*statuses, shard),
+                )
+                .fetchone()
+            )
+        return int(found)
+
     def close(self) -> None:
         if not self._closed:
             self._close_connections()
