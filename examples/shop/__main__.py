@@ -1,11 +1,12 @@
 """The shop demo: `.venv/bin/python -m examples.shop [--broker URL] [--orders N]`.
 
-Starts the inventory, payment and shipping services as separate processes on one SQLite
-file (or, unchanged, on Kafka: `--broker kafka://127.0.0.1:9092` after `scripts/kafka up`),
-places orders from this process (the order service), shows every event as it flows through
-the shop, and ends with a summary. Orders of customer "c-unlucky" hit a payment
-gateway that always times out: the payment service retries them with backoff and then
-dead-letters them, which the summary shows next to the `inmotion dlq` command to redrive.
+An orchestrated order saga (`examples.shop.saga`): for each order placed, a workflow reserves
+stock, charges and ships, each through a command to a service in a process of its own
+(inventory, payment, shipping) and its reply, on one SQLite file (or, unchanged, on Kafka:
+`--broker kafka://127.0.0.1:9092` after `scripts/kafka up`). The card gateway never answers for
+customer "c-unlucky": the saga times out after 5 s and releases the stock; no courier serves
+"c-faraway": the saga refunds the payment and releases the stock. The flow prints as it
+happens and a summary ends it, with the commands that inspect the workflows afterwards.
 """
 
 from __future__ import annotations
@@ -26,38 +27,40 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from examples.shop.services import SERVICES, TOPICS, UNLUCKY, OrderPlaced
+from examples.shop.saga import saga
+from examples.shop.services import FARAWAY, SERVICES, TOPICS, UNLUCKY, OrderPlaced
 from inmotion import Event
 from inmotion.log import TopicConfig
-from inmotion.runtime import App, Context, deadletter
+from inmotion.runtime import App, Context
 
-DLQ = deadletter.default_topic("shop.payment")
+APP = "shop"
+LIFECYCLE = f"{APP}.workflows"
+INBOX = f"{APP}.workflows.inbox"
 COLORS = {
     "shop.order.placed": "cyan",
-    "shop.inventory.reserved": "green",
-    "shop.inventory.rejected": "yellow",
-    "shop.payment.captured": "green",
+    "shop.stock.reserved": "green",
+    "shop.stock.rejected": "yellow",
+    "shop.payment.charged": "green",
     "shop.shipment.created": "bold green",
+    "shop.shipment.failed": "red",
+    "timed_out": "red",
+    "compensating": "yellow",
+    "undone": "yellow",
+    "completed": "bold green",
+    "compensated": "bold yellow",
 }
-FINAL = {"shop.inventory.rejected", "shop.shipment.created", "dead-lettered"}
-# How far along an order is: the monitor reads each topic on its own, so a later step may be
-# seen before an earlier one, and an order's status only ever moves forward.
-STAGE = {
-    "shop.order.placed": 0,
-    "shop.inventory.reserved": 1,
-    "shop.payment.captured": 2,
-    "shop.inventory.rejected": 3,
-    "shop.shipment.created": 3,
-    "dead-lettered": 3,
-}
+SHOWN = {"timed_out", "compensating", "undone", "completed", "compensated", "failed", "compensation_failed"}
+"""The lifecycle events of the saga that the flow shows (with every command and reply)."""
+ENDS = {"completed", "compensated", "failed", "compensation_failed"}
 
 console = Console(highlight=False)
 
 
 def short_id(event_id: str) -> str:
-    """An event id for display: its last 8 characters. Ids made in one process share their
-    first 24 (a random prefix per process, then a counter), so only the end tells them apart."""
-    return event_id[-8:]
+    """An event id for display: a UUID's last 8 characters (ids made in one process share their
+    first 24: a random prefix per process, then a counter), other ids whole (a saga's commands
+    are `<workflow>/<id>/<step>`)."""
+    return event_id[-8:] if len(event_id) == 36 else event_id
 
 
 def start_services(broker: str) -> list[subprocess.Popen[str]]:
@@ -107,49 +110,66 @@ def orders(count: int) -> list[OrderPlaced]:
     skus = ["SKU-1", "SKU-2", "SKU-1", "SKU-3", "SKU-2", "SKU-1"]
     placed = []
     for n in range(count):
-        customer = UNLUCKY if n % 4 == 1 else f"c-{n:03d}"
+        customer = UNLUCKY if n % 6 == 1 else FARAWAY if n % 6 == 4 else f"c-{n:03d}"
         placed.append(OrderPlaced(f"o-{n + 1:03d}", customer, skus[n % len(skus)], 1 + n % 2, 19.5 + n))
     return placed
 
 
-async def run(broker: str, count: int, patience: float) -> int:
-    status: dict[str, str] = {}
-    flow: Counter[str] = Counter()
-    shipments: list[str] = []  # ids of shipment events, to show how to trace an order's flow
-    done = asyncio.Event()
-    app = App("orders", broker, source="/shop/orders")
-    for topic in (*TOPICS, DLQ):
-        if topic not in app.log.list_topics():
-            app.log.create_topic(topic, TopicConfig(partitions=1 if topic == DLQ else 4))
+def outcome_of(event: Event) -> str:
+    """What became of an order, from its workflow's last lifecycle event."""
+    data = event.data if isinstance(event.data, dict) else {}
+    kind = event.type.removeprefix("inmotion.workflow.")
+    if kind == "completed":
+        return "rejected" if str(data.get("result", "")).startswith("rejected") else "shipped"
+    if kind == "compensated":
+        return "payment timed out" if "WorkflowTimeout" in str(data.get("error")) else "shipping failed"
+    return kind
 
-    @app.subscribe([*TOPICS, DLQ], group="shop.monitor")
+
+async def run(broker: str, count: int, patience: float) -> int:
+    outcomes: dict[str, str] = {}
+    flow: Counter[str] = Counter()
+    shipped: list[str] = []  # ids of placed orders that shipped, to show how to trace one
+    order_of: dict[str, str] = {}  # order ids by the ids of the events that placed them
+    done = asyncio.Event()
+    app = App(APP, broker, source="/shop/orders")
+    saga(app)
+    for topic in (*TOPICS, LIFECYCLE, INBOX):
+        if topic not in app.log.list_topics():
+            app.log.create_topic(topic, TopicConfig(partitions=4))
+
+    @app.subscribe([*TOPICS, INBOX, LIFECYCLE], group="shop.monitor")
     async def watch(event: Event, ctx: Context) -> None:
-        order_id = (event.data or {}).get("order_id", "?") if isinstance(event.data, dict) else "?"
-        kind = event.type
-        if ctx.topic == DLQ:
-            kind = "dead-lettered"
-            error = ctx.headers.get("dlq_error_type", "").rsplit(".", 1)[-1]
-            detail = f"after {ctx.headers.get('dlq_attempts')} attempts: {error}"
-            color = "bold red"
-            source = ctx.headers.get("dlq_group", "?").removeprefix("shop.")
+        kind = event.type.removeprefix("inmotion.workflow.")
+        if (ctx.topic == LIFECYCLE and kind not in SHOWN) or (ctx.topic == INBOX and kind != event.type):
+            return  # the saga's other steps, and requests to its workers
+        data = event.data if isinstance(event.data, dict) else {}
+        if kind == "shop.order.placed":
+            order_of[event.id] = str(data.get("order_id"))
+        # a reply carries no order id of its own: the correlation id is the order event's id
+        order_id = str(data.get("order_id") or order_of.get(str(event.extensions.get("correlationid")), "?"))
+        flow[kind] += 1
+        if ctx.topic == LIFECYCLE:
+            who = "saga"
+            detail = {"undone": f"{data.get('name')}", "timed_out": "no answer in 5 s"}.get(kind, "")
+            if kind in ENDS:
+                outcomes[order_id] = outcome_of(event)
+                detail = str(data.get("result") or data.get("error") or "")
+                if outcomes[order_id] == "shipped":
+                    shipped.append(str(event.extensions.get("correlationid")))
         else:
+            who = str(event.source).rsplit("/", 1)[-1]
             cause = event.extensions.get("causationid")
             detail = f"caused by {short_id(str(cause))}" if cause else ""
-            color = COLORS.get(kind, "white")
-            source = str(event.source).rsplit("/", 1)[-1]
-        flow[kind] += 1
-        if kind == "shop.shipment.created":
-            shipments.append(event.id)
-        if STAGE.get(kind, 0) >= STAGE.get(status.get(order_id, ""), 0):
-            status[order_id] = kind
+        color = COLORS.get(kind, "white")
         console.print(
-            f"  [dim]{time.strftime('%H:%M:%S')}[/dim] {source:>9} -> [{color}]{kind:<24}[/{color}]"
+            f"  [dim]{time.strftime('%H:%M:%S')}[/dim] {who:>9} -> [{color}]{kind:<24}[/{color}]"
             f" {order_id}  [dim]{detail}[/dim]"
         )
-        if len(status) == count and all(s in FINAL for s in status.values()):
+        if len(outcomes) == count:
             done.set()
 
-    console.rule("[bold]inmotion shop demo")
+    console.rule("[bold]inmotion shop demo: an order saga")
     console.print(f"broker: {broker}")
     console.print("starting inventory, payment and shipping services (one process each)...")
     services = start_services(broker)
@@ -166,27 +186,31 @@ async def run(broker: str, count: int, patience: float) -> int:
     finally:
         stop_services(services)
         app.close()
-    summarize(status, flow, broker, count, shipments[-1] if shipments else None)
-    return 0 if len(status) == count and all(s in FINAL for s in status.values()) else 1
+    summarize(outcomes, flow, broker, count, shipped[-1] if shipped else None)
+    return 0 if len(outcomes) == count else 1
 
 
-def summarize(status: dict[str, str], flow: Counter[str], broker: str, count: int, shipment: str | None) -> None:
+def summarize(outcomes: dict[str, str], flow: Counter[str], broker: str, count: int, shipped: str | None) -> None:
     console.rule("[bold]summary")
     table = Table("event", "count", box=None)
-    for kind in [*COLORS, "dead-lettered"]:
-        table.add_row(kind, str(flow.get(kind, 0)))
+    for kind in [k for k in COLORS if flow.get(k)]:
+        table.add_row(kind, str(flow[kind]))
     console.print(table)
-    outcome = Counter(status.values())
+    outcome = Counter(outcomes.values())
     console.print(
-        f"{count} orders: [green]{outcome.get('shop.shipment.created', 0)} shipped[/green], "
-        f"[yellow]{outcome.get('shop.inventory.rejected', 0)} rejected (out of stock)[/yellow], "
-        f"[red]{outcome.get('dead-lettered', 0)} dead-lettered (payment gateway timeouts)[/red]"
+        f"{count} orders: [green]{outcome.get('shipped', 0)} shipped[/green], "
+        f"[yellow]{outcome.get('rejected', 0)} rejected (out of stock)[/yellow], "
+        f"[red]{outcome.get('payment timed out', 0) + outcome.get('shipping failed', 0)} compensated[/red] "
+        f"({outcome.get('payment timed out', 0)} payment timed out: stock released; "
+        f"{outcome.get('shipping failed', 0)} shipping failed: payment refunded, stock released)"
+        + (f", [bold red]{outcome['failed']} failed[/bold red]" if outcome.get("failed") else "")
     )
-    console.print(f"inspect them with:  inmotion dlq list {DLQ} --broker {broker}")
-    console.print(f"after a fix:        inmotion dlq redrive {DLQ} --broker {broker}")
-    console.print(f"consumer groups:    inmotion groups list --broker {broker}")
-    if shipment is not None:
-        console.print(f"an order's flow:    inmotion trace {short_id(shipment)} --broker {broker}")
+    compensated = sorted(order for order, what in outcomes.items() if what in ("payment timed out", "shipping failed"))
+    console.print(f"the workflows:      inmotion workflows list --broker {broker}")
+    if compensated:
+        console.print(f"a compensated one:  inmotion workflows describe order/{compensated[0]} --broker {broker}")
+    if shipped is not None:
+        console.print(f"an order's flow:    inmotion trace {short_id(shipped)} --broker {broker}")
 
 
 def main() -> None:

@@ -1,23 +1,29 @@
-"""The shop's services. Each runs in its own process: `python -m examples.shop.services NAME URL`.
+"""The shop's services, each in its own process: `python -m examples.shop.services NAME URL`.
+Each answers the commands of the order saga (`examples.shop.saga`) on its topic with
+`ctx.reply`, and knows nothing of workflows.
 
-    shop.orders     shop.order.placed        (the order service, in the demo's process)
-    shop.inventory  shop.inventory.reserved | shop.inventory.rejected
-    shop.payments   shop.payment.captured
-    shop.shipments  shop.shipment.created
+    shop.inventory  shop.stock.reserve -> shop.stock.reserved | shop.stock.rejected
+                    shop.stock.release    (an undo: no answer)
+    shop.payments   shop.payment.charge -> shop.payment.charged
+                    shop.payment.refund   (an undo: no answer)
+    shop.shipments  shop.shipment.create -> shop.shipment.created | shop.shipment.failed
 
-The payment gateway times out for every order of customer "c-unlucky": the payment service
-retries with backoff and then dead-letters the event to `shop.payment.dlq`.
+The card gateway never answers for customer "c-unlucky" (the saga times out after 5 s), and
+no courier serves customer "c-faraway" (shipping fails after the payment: refunded).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 
-from inmotion.runtime import App, Context, Retry, logs
+from inmotion.runtime import App, Context, logs
 
 TOPICS = ("shop.orders", "shop.inventory", "shop.payments", "shop.shipments")
 UNLUCKY = "c-unlucky"
+FARAWAY = "c-faraway"
+logger = logging.getLogger("shop")
 
 
 @dataclasses.dataclass
@@ -30,40 +36,60 @@ class OrderPlaced:
 
 
 @dataclasses.dataclass
-class StockReserved:
+class Reserve:
     order_id: str
-    customer: str
-    total: float
+    sku: str
+    quantity: int
 
 
 @dataclasses.dataclass
-class PaymentCaptured:
+class Reservation:
+    reserved: bool
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class Charge:
     order_id: str
+    customer: str
     amount: float
 
 
-class GatewayTimeout(Exception):
-    """The payment provider did not answer in time."""
+@dataclasses.dataclass
+class Payment:
+    payment_id: str
+    amount: float
+
+
+@dataclasses.dataclass
+class Ship:
+    order_id: str
+    customer: str
+
+
+@dataclasses.dataclass
+class Shipment:
+    shipped: bool
+    tracking: str = ""
+    reason: str = ""
 
 
 def inventory(broker: str) -> App:
     app = App("inventory", broker, source="/shop/inventory")
     stock = {"SKU-1": 10, "SKU-2": 3, "SKU-3": 0}
 
-    @app.subscribe("shop.orders", group="shop.inventory", filter="shop.order.placed")
-    async def reserve(order: OrderPlaced, ctx: Context) -> None:
-        left = stock.get(order.sku, 0)
-        if left >= order.quantity:
-            stock[order.sku] = left - order.quantity
-            reserved = StockReserved(order.order_id, order.customer, order.total)
-            await ctx.publish("shop.inventory", reserved, key=order.order_id, type="shop.inventory.reserved")
+    @app.subscribe("shop.inventory", group="shop.inventory", filter="shop.stock.reserve", idempotent=True)
+    async def reserve(command: Reserve, ctx: Context) -> None:
+        left = stock.get(command.sku, 0)
+        if left >= command.quantity:
+            stock[command.sku] = left - command.quantity
+            await ctx.reply(Reservation(True), type="shop.stock.reserved")
         else:
-            await ctx.publish(
-                "shop.inventory",
-                {"order_id": order.order_id, "reason": f"{order.sku}: {left} left"},
-                key=order.order_id,
-                type="shop.inventory.rejected",
-            )
+            await ctx.reply(Reservation(False, f"{command.sku}: {left} left"), type="shop.stock.rejected")
+
+    @app.subscribe("shop.inventory", group="shop.inventory.release", filter="shop.stock.release", idempotent=True)
+    async def release(command: Reserve) -> None:
+        stock[command.sku] = stock.get(command.sku, 0) + command.quantity
 
     return app
 
@@ -71,18 +97,16 @@ def inventory(broker: str) -> App:
 def payment(broker: str) -> App:
     app = App("payment", broker, source="/shop/payment")
 
-    @app.subscribe(
-        "shop.inventory",
-        group="shop.payment",
-        filter="shop.inventory.reserved",
-        retry=Retry(attempts=4, backoff=0.2, max_backoff=1.0),
-        idempotent=True,
-    )
-    async def charge(reserved: StockReserved, ctx: Context) -> None:
-        if reserved.customer == UNLUCKY:
-            raise GatewayTimeout(f"no answer from the card gateway for {reserved.order_id}")
-        captured = PaymentCaptured(reserved.order_id, reserved.total)
-        await ctx.publish("shop.payments", captured, key=reserved.order_id, type="shop.payment.captured")
+    @app.subscribe("shop.payments", group="shop.payment", filter="shop.payment.charge", idempotent=True)
+    async def charge(command: Charge, ctx: Context) -> None:
+        if command.customer == UNLUCKY:
+            logger.warning("no answer from the card gateway for %s", command.order_id)
+            return  # the saga hears nothing and times out
+        await ctx.reply(Payment(f"pay-{command.order_id}", command.amount), type="shop.payment.charged")
+
+    @app.subscribe("shop.payments", group="shop.payment.refund", filter="shop.payment.refund", idempotent=True)
+    async def refund(payment: Payment) -> None:
+        logger.warning("refunded %s (%.2f)", payment.payment_id, payment.amount)
 
     return app
 
@@ -90,14 +114,12 @@ def payment(broker: str) -> App:
 def shipping(broker: str) -> App:
     app = App("shipping", broker, source="/shop/shipping")
 
-    @app.subscribe("shop.payments", group="shop.shipping", filter="shop.payment.*")
-    def ship(captured: PaymentCaptured, ctx: Context) -> None:  # a plain function: runs in a thread
-        ctx.publish_sync(
-            "shop.shipments",
-            {"order_id": captured.order_id, "carrier": "parcel-post"},
-            key=captured.order_id,
-            type="shop.shipment.created",
-        )
+    @app.subscribe("shop.shipments", group="shop.shipping", filter="shop.shipment.create", idempotent=True)
+    async def ship(command: Ship, ctx: Context) -> None:
+        if command.customer == FARAWAY:
+            await ctx.reply(Shipment(False, reason="no courier serves the address"), type="shop.shipment.failed")
+        else:
+            await ctx.reply(Shipment(True, tracking=f"PP-{command.order_id}"), type="shop.shipment.created")
 
     return app
 

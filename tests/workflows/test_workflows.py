@@ -172,7 +172,7 @@ def test_an_undo_that_keeps_failing_ends_compensation_failed_and_retry_finishes_
                 with pytest.raises(WorkflowFailed) as failed:
                     await handle.result(timeout=10)
                 assert failed.value.status == "compensation_failed"
-                assert "undo of step 'charge' (position 2) failed: ConnectionError: bank down" in str(failed.value)
+                assert "undo 2 (charge) failed: ConnectionError: bank down" in str(failed.value)
                 await app.publish(app.workflows.inbox, {"key": "order/o3"}, type=RETRY, key="o3")
                 await eventually(lambda: status(app, "order/o3") == "compensated")
 

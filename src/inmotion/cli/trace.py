@@ -76,7 +76,7 @@ def trace(
                 event_id, pair = ending.popitem()
                 found = [pair]
         correlation = _correlation_of(found, event_id)
-        if correlation != event_id:
+        if correlation != event_id or len(found) == 1:  # the flow around the event found alone
             found, _ = _scan(log, names, correlation, start_ms)
     if not found:
         where = f"{_count(len(names), 'topic')} ({scanned:,} events)"

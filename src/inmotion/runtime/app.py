@@ -278,13 +278,14 @@ class App:
         on: str | Sequence[str] | None = None,
         filter: FilterSpec = None,
         listen: str | Sequence[str] = (),
+        id: Callable[[Event], str] | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated `async def fn(wf: Workflow, input: T) -> R` as workflow
         `name` (see `inmotion.workflows`). With `on`, every event of those topics that passes
-        `filter` starts an instance, its id the event's id (a redelivered event starts none);
-        `listen`: topics whose events (by correlation id) its `wf.wait_for` and `wf.request`
-        may wait for."""
-        register: Callable[[F], F] = self.workflows.define(name, on=on, filter=filter, listen=listen)
+        `filter` starts an instance with the event's data as input, its id `id(event)` (default
+        the event's id: a redelivered event starts none); `listen`: topics whose events (by
+        correlation id) its `wf.wait_for` and `wf.request` may wait for."""
+        register: Callable[[F], F] = self.workflows.define(name, on=on, filter=filter, listen=listen, id=id)
         return register
 
     async def start_workflow(

@@ -49,7 +49,7 @@ from inmotion.workflows.store import (
     WorkflowRecorder,
     open_workflow_recorder,
 )
-from inmotion.workflows.workflow import Workflow, return_type
+from inmotion.workflows.workflow import Workflow, call, return_type
 
 if TYPE_CHECKING:
     from inmotion.runtime.app import App
@@ -68,8 +68,8 @@ LIFECYCLE = {
     "wait": "waiting",
     "cancelled": "cancelled",
     "compensating": "compensating",
-    "undone": "step.undone",
-    "undo_failed": "step.undo_failed",
+    "undone": "undone",
+    "undo_failed": "undo_failed",
     "completed": "completed",
     "failed": "failed",
     "compensated": "compensated",
@@ -203,12 +203,16 @@ class Engine:
         on: str | Sequence[str] | None = None,
         filter: FilterSpec = None,
         listen: str | Sequence[str] = (),
+        id: Callable[[Event], str] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise InvalidConfig(f"a workflow name is letters, digits, '.', '_' or '-', got {name!r}")
         if name in self.definitions:
             raise InvalidConfig(f"workflow {name!r} is defined twice in app {self.app.name!r}")
         listened = (listen,) if isinstance(listen, str) else tuple(listen)
+        if id is not None and not callable(id):
+            raise InvalidConfig(f"id takes a function of the starting event, got {id!r}")
+        id_of = id or (lambda event: event.id)
 
         def register(function: Callable[..., Any]) -> Callable[..., Any]:
             self.definitions[name] = Definition(name, function, _input_type(function, name), listened)
@@ -216,7 +220,7 @@ class Engine:
 
                 async def start_from(event: Event) -> None:
                     correlation = str(event.extensions.get("correlationid", event.id))
-                    await self.start(name, event.data, id=event.id, correlation=correlation, cause=event.id)
+                    await self.start(name, event.data, id=id_of(event), correlation=correlation, cause=event.id)
 
                 self.app.subscribe(on, group=f"{self.group}.{name}", filter=filter)(start_from)
             return function
@@ -400,7 +404,7 @@ class Engine:
         else:
             message = str(fields(wf.history.compensating).get("error"))
         for undo in reversed(wf.undos):
-            if undo.seq in wf.history.undone:
+            if undo.number in wf.history.undone:
                 continue
             if wf.handing_over:
                 raise InstanceLost(wf.key)
@@ -408,20 +412,18 @@ class Engine:
             while True:
                 attempt += 1
                 try:
-                    outcome = undo.function(undo.result)
-                    if asyncio.iscoroutine(outcome):
-                        await outcome
+                    await call(undo.call)
                     break
                 except Exception as exc:
                     if self.retry.should_retry(exc, attempt):
                         await self.app.clock.sleep(self.retry.delay(attempt))
                         continue
-                    failure = f"undo of step {undo.step!r} (position {undo.seq}) failed: {type(exc).__name__}: {exc}"
-                    await wf.record(NewEntry("undo_failed", undo.seq, undo.step, payload(error=failure)))
+                    failure = f"undo {undo.number} ({undo.name}) failed: {type(exc).__name__}: {exc}"
+                    await wf.record(NewEntry("undo_failed", undo.number, undo.name, payload(error=failure)))
                     return await self._end(
                         wf, "compensation_failed", f"{failure}; the workflow had failed with {message}"
                     )
-            await wf.record(NewEntry("undone", undo.seq, undo.step, payload(attempts=attempt)))
+            await wf.record(NewEntry("undone", undo.number, undo.name, payload(attempts=attempt)))
         return await self._end(wf, "compensated", message)
 
     async def _end(self, wf: Workflow, status: str, error: str | None = None, result: bytes | None = None) -> Outcome:
@@ -565,6 +567,8 @@ class Engine:
         events = []
         for entry in entries:
             name = LIFECYCLE.get(entry.kind)
+            if entry.kind == "waited":
+                name = "timed_out" if fields(entry).get("timeout") else "wait.completed"
             if name is None:
                 continue
             data = {

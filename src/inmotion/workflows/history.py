@@ -8,7 +8,8 @@ Entry kinds, in the order they may appear:
   a timeout), `published`, `cancelled`; an open command: `sleep`, `wait` (its due time)
 - `received`: an event for the instance (a reply, an awaited event), whether or not a wait
   took it; `cancel_requested`
-- `compensating`, then `undone` / `undo_failed` per step (by the step's `seq`)
+- `compensating`, then `undone` / `undo_failed` per undo (its `seq` is the undo's number, in
+  the order the undos were registered)
 - the end: `completed`, `failed`, `compensated`, `compensation_failed`
 """
 

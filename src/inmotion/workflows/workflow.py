@@ -58,10 +58,10 @@ _WHAT = {
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Undo:
-    seq: int
-    step: str
-    function: Callable[..., Any]
-    result: Any
+    number: int
+    """Its place in the order of registration (1 for the first): how its history entries name it."""
+    name: str
+    call: Callable[[], Any]
 
 
 class Workflow:
@@ -119,7 +119,7 @@ class Workflow:
 
         Failures are tried again as `retry` says (default `Retry()`); the last one raises
         `StepFailed`. `compensate` is called with the step's result if the workflow fails
-        later: undos run in reverse order of their steps, each once it is recorded.
+        later: undos run newest first, each until it is recorded done (see `compensate`).
 
         At-least-once: a step that was running when its worker died runs again on the next.
         """
@@ -137,8 +137,17 @@ class Workflow:
             raise StepFailed(step, seq, str(fields(done).get("error")))
         value = from_data(fields(done).get("result"), return_type(function))
         if compensate is not None:
-            self.undos.append(Undo(seq, step, compensate, value))
+            self.undos.append(Undo(len(self.undos) + 1, step, functools.partial(compensate, value)))
         return value
+
+    def compensate(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        """Register `function(*args, **kwargs)` as an undo, as a step's `compensate=` does: if
+        the workflow fails later, the undos run newest first, each recorded once it is done.
+        For what a `request` did: register its undo once the reply says there is one."""
+        if not callable(function):
+            raise InvalidConfig(f"wf.compensate takes a function, got {function!r}")
+        name = str(getattr(function, "__name__", repr(function)))
+        self.undos.append(Undo(len(self.undos) + 1, name, functools.partial(function, *args, **kwargs)))
 
     async def sleep(self, duration: float | timedelta) -> None:
         """Sleep durably: the timer survives restarts (another worker wakes the instance)."""
@@ -265,7 +274,7 @@ class Workflow:
         while True:
             attempt += 1
             try:
-                result = await _call(function, *args, **kwargs)
+                result = await call(function, *args, **kwargs)
                 encoded = _encode_result(result, f"step {step!r} (position {seq}) of {self.key}")
             except WorkflowError as exc:  # a result that cannot be recorded: trying again is no use
                 entry = NewEntry("step_failed", seq, step, payload(error=str(exc), attempts=attempt))
@@ -433,7 +442,8 @@ def _seconds(timeout: float | timedelta | None) -> float | None:
     return float(seconds)
 
 
-async def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+async def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)`: awaited if async, in a thread if plain."""
     if inspect.iscoroutinefunction(function):
         return await function(*args, **kwargs)
     result = await asyncio.to_thread(function, *args, **kwargs)
