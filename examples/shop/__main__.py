@@ -106,12 +106,12 @@ def stop_services(processes: list[subprocess.Popen[str]]) -> None:
                     stream.close()
 
 
-def orders(count: int) -> list[OrderPlaced]:
+def orders(count: int, tag: str) -> list[OrderPlaced]:
     skus = ["SKU-1", "SKU-2", "SKU-1", "SKU-3", "SKU-2", "SKU-1"]
     placed = []
     for n in range(count):
         customer = UNLUCKY if n % 6 == 1 else FARAWAY if n % 6 == 4 else f"c-{n:03d}"
-        placed.append(OrderPlaced(f"o-{n + 1:03d}", customer, skus[n % len(skus)], 1 + n % 2, 19.5 + n))
+        placed.append(OrderPlaced(f"o-{tag}{n + 1:03d}", customer, skus[n % len(skus)], 1 + n % 2, 19.5 + n))
     return placed
 
 
@@ -127,6 +127,15 @@ def outcome_of(event: Event) -> str:
 
 
 async def run(broker: str, count: int, patience: float) -> int:
+    # A SQLite file is new for each run. A Kafka broker keeps the topics and groups of earlier
+    # runs: this run's orders get ids of their own, and its workflows a store of their own.
+    tag = "" if broker.startswith("sqlite:") else f"{os.urandom(2).hex()}-"
+    if tag and not os.environ.get("INMOTION_WORKFLOW_STORE"):
+        os.environ["INMOTION_WORKFLOW_STORE"] = (
+            f"sqlite:///{Path(tempfile.mkdtemp(prefix='inmotion-shop-'))}/workflows.db"
+        )
+    placed = orders(count, tag)
+    ours = {order.order_id for order in placed}
     outcomes: dict[str, str] = {}
     flow: Counter[str] = Counter()
     shipped: list[str] = []  # ids of placed orders that shipped, to show how to trace one
@@ -148,6 +157,9 @@ async def run(broker: str, count: int, patience: float) -> int:
             order_of[event.id] = str(data.get("order_id"))
         # a reply carries no order id of its own: the correlation id is the order event's id
         order_id = str(data.get("order_id") or order_of.get(str(event.extensions.get("correlationid")), "?"))
+        if order_id not in ours and data.get("id") not in ours:
+            return  # an earlier run's
+        order_id = order_id if order_id in ours else str(data.get("id"))
         flow[kind] += 1
         if ctx.topic == LIFECYCLE:
             who = "saga"
@@ -175,7 +187,7 @@ async def run(broker: str, count: int, patience: float) -> int:
     services = start_services(broker)
     try:
         await app.start()
-        for order in orders(count):
+        for order in placed:
             await app.publish("shop.orders", order, key=order.order_id, type="shop.order.placed")
             await asyncio.sleep(0.15)
         try:
@@ -206,9 +218,12 @@ def summarize(outcomes: dict[str, str], flow: Counter[str], broker: str, count: 
         + (f", [bold red]{outcome['failed']} failed[/bold red]" if outcome.get("failed") else "")
     )
     compensated = sorted(order for order, what in outcomes.items() if what in ("payment timed out", "shipping failed"))
-    console.print(f"the workflows:      inmotion workflows list --broker {broker}")
+    where = f"--broker {broker}"
+    if os.environ.get("INMOTION_WORKFLOW_STORE"):
+        where += f" --store {os.environ['INMOTION_WORKFLOW_STORE']}"
+    console.print(f"the workflows:      inmotion workflows list {where}")
     if compensated:
-        console.print(f"a compensated one:  inmotion workflows describe order/{compensated[0]} --broker {broker}")
+        console.print(f"a compensated one:  inmotion workflows describe order/{compensated[0]} {where}")
     if shipped is not None:
         console.print(f"an order's flow:    inmotion trace {short_id(shipped)} --broker {broker}")
 

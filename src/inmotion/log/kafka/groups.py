@@ -54,6 +54,7 @@ logger = logging.getLogger("inmotion.log.kafka")
 _ACTIVE_STATES = {"STABLE", "PREPARING_REBALANCE", "COMPLETING_REBALANCE", "ASSIGNING", "RECONCILING"}
 _MEMBER_PID = re.compile(r"-(\d+)-[0-9a-f]{8}$")
 _DEDUPE_RETENTION_MS = 7 * 24 * 3600 * 1000
+_CATCH_UP_POLL = 0.05
 
 
 def handled_topic(group: str) -> str:
@@ -108,7 +109,9 @@ class _Handled:
         no wait). Holding the lock."""
         deadline = time.monotonic() + self.log.config.timeout
         while True:
-            wait = max(0.0, deadline - time.monotonic()) if self.position < high else 0.0
+            # consume() returns once it has its 1,000 messages or its time is up: short waits,
+            # or a catch-up of a few records would take the whole timeout
+            wait = min(_CATCH_UP_POLL, max(0.0, deadline - time.monotonic())) if self.position < high else 0.0
             messages = self.reader.consume(1000, wait)
             for msg in messages:
                 if msg.error() is None:
