@@ -39,6 +39,7 @@ from inmotion.runtime.filters import FilterSpec
 from inmotion.sourcing.store import encode_json
 from inmotion.workflows.errors import ChangedCode, InstanceLost, UnknownWorkflow, WorkflowError, WorkflowFailed
 from inmotion.workflows.history import History, fields, payload
+from inmotion.workflows.lifecycle import Announcer
 from inmotion.workflows.store import (
     ACTIVE,
     FINISHED,
@@ -50,6 +51,7 @@ from inmotion.workflows.store import (
     open_workflow_recorder,
 )
 from inmotion.workflows.workflow import Workflow, call, return_type
+from inmotion.workflows.writer import GroupWriter
 
 if TYPE_CHECKING:
     from inmotion.runtime.app import App
@@ -60,25 +62,7 @@ START, CANCEL, RETRY = "inmotion.workflow.start", "inmotion.workflow.cancel", "i
 """Types of the requests on the inbox topic; anything else there is an event for an instance."""
 ORIGIN = "inmotion-topic"
 """Header of an event forwarded to the inbox: the topic it was published to."""
-LIFECYCLE = {
-    "started": "started",
-    "step": "step.completed",
-    "step_failed": "step.failed",
-    "sleep": "sleeping",
-    "wait": "waiting",
-    "cancelled": "cancelled",
-    "compensating": "compensating",
-    "undone": "undone",
-    "undo_failed": "undo_failed",
-    "completed": "completed",
-    "failed": "failed",
-    "compensated": "compensated",
-    "compensation_failed": "compensation_failed",
-}
-"""History entries announced on `<app>.workflows`, as `inmotion.workflow.<name>` events."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_ANNOUNCE_LINGER = 0.005
-"""Seconds that lifecycle events wait for others to be published with."""
 _HAND_OVER_LIMIT = 30.0
 """Seconds that the instances of a shard being handed over have to reach their next command."""
 _SWEEP_INTERVAL = 5.0
@@ -118,52 +102,6 @@ class WorkflowHandle:
         return f"WorkflowHandle({self.key!r})"
 
 
-class GroupWriter:
-    """Writes of many instances, gathered into one transaction: those that arrive while one
-    is being written go together in the next."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._pending: list[tuple[Change, asyncio.Future[int]]] = []
-        self._flushing: asyncio.Task[None] | None = None
-
-    async def write(self, change: Change) -> int:
-        """Write `change`; when it was recorded (ms). InstanceLost if the instance was not at
-        the version the change expects."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((change, future))
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            batch, self._pending = self._pending, []
-            changes = [change for change, _ in batch]
-            try:
-                conflicts = self.engine.recorder.write_now(changes)
-                if conflicts is None:  # the lock is taken: wait for it in the thread
-                    conflicts = await loop.run_in_executor(None, self.engine.recorder.write, changes)
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for change, future in batch:
-                if future.done():
-                    continue
-                if change.key in conflicts:
-                    future.set_exception(InstanceLost(change.key))
-                else:
-                    future.set_result(change.at_ms)
-
-    async def idle(self) -> None:
-        """Return once every write asked for so far is done (a cancelled writer's too)."""
-        while self._flushing is not None and not self._flushing.done():
-            await asyncio.shield(self._flushing)
-
-
 class Engine:
     """The workflows of one App (`app.workflows`): see the module's doc."""
 
@@ -178,14 +116,13 @@ class Engine:
         self.running: dict[str, Workflow] = {}
         self.shards: set[int] = set()
         """The inbox partitions this process owns: the shards whose instances it runs."""
-        self.writer = GroupWriter(self)
+        self.writer = GroupWriter(lambda: self.recorder)
         self._store = store
         self._recorder: WorkflowRecorder | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loading: dict[str, asyncio.Future[Workflow | None]] = {}
         self._waiters: dict[str, list[asyncio.Future[Outcome | None]]] = {}
-        self._announcements: list[Event] = []
-        self._announcing: asyncio.Future[None] | None = None
+        self.announcer = Announcer(app, self.events_topic)
         self._partitions: int | None = None
         self._listening = False
         app.subscribe(self.inbox, group=self.group, partitions=self, retry=Retry(attempts=10, backoff=0.05))(
@@ -281,7 +218,7 @@ class Engine:
                 raise WorkflowError(f"workflow {key} was started before with another input: choose another id")
             return WorkflowHandle(self, key)
         entries = [Entry(1, "started", 0, "", started.payload, now)]
-        self.announce_entries(instance, entries, cause)
+        self.announcer.announce(instance, entries, cause)
         if shard in self.shards:
             await self._launch(key, (instance, entries))
         else:
@@ -557,57 +494,11 @@ class Engine:
         await self.app.publish(topic, event)
 
     def announce(self, wf: Workflow, entries: list[Entry]) -> None:
-        self.announce_entries(
-            Instance(wf.key, wf.name, wf.id, wf.correlation, wf.shard, wf.status, b"", 0, 0, 0), entries, wf.cause
-        )
-
-    def announce_entries(self, instance: Instance, entries: list[Entry], cause: str | None = None) -> None:
-        """Publish the lifecycle events of new history entries on `<app>.workflows` (in the
-        background; their ids are the same if a replay announces them again)."""
-        events = []
-        for entry in entries:
-            name = LIFECYCLE.get(entry.kind)
-            if entry.kind == "waited":
-                name = "timed_out" if fields(entry).get("timeout") else "wait.completed"
-            if name is None:
-                continue
-            data = {
-                "workflow": instance.workflow,
-                "id": instance.id,
-                "key": instance.key,
-                "seq": entry.seq,
-                "name": entry.name,
-                **fields(entry),
-            }
-            data.pop("input", None)
-            extensions = {"correlationid": instance.correlation}
-            if cause is not None:
-                extensions["causationid"] = cause
-            event = self.app.build_event(
-                self.events_topic,
-                data,
-                key=instance.key,
-                type=f"inmotion.workflow.{name}",
-                subject=instance.key,
-                extensions=extensions,
-            )
-            events.append(event.replace(id=f"{instance.key}@{entry.version}"))
-        self._announcements += events
-        if events and (self._announcing is None or self._announcing.done()):
-            self._announcing = asyncio.ensure_future(self._publish_announcements())
-
-    async def _publish_announcements(self) -> None:
-        while self._announcements:
-            await asyncio.sleep(_ANNOUNCE_LINGER)  # what the next moments announce goes in the same append
-            events, self._announcements = self._announcements, []
-            try:
-                await self.app.publish_many(self.events_topic, events)
-            except Exception as exc:
-                logger.warning("could not publish %d workflow events on %s: %s", len(events), self.events_topic, exc)
+        instance = Instance(wf.key, wf.name, wf.id, wf.correlation, wf.shard, wf.status, b"", 0, 0, 0)
+        self.announcer.announce(instance, entries, wf.cause)
 
     async def _shut_down(self) -> None:
-        if self._announcing is not None:
-            await self._announcing
+        await self.announcer.flush()
 
 
 def store_url(log_url: str) -> str:
