@@ -118,6 +118,18 @@ PUBLIC = {
         "applies",
         "handles",
     ],
+    "inmotion.workflows": [
+        "ChangedCode",
+        "Engine",
+        "StepFailed",
+        "UnknownWorkflow",
+        "Workflow",
+        "WorkflowCancelled",
+        "WorkflowError",
+        "WorkflowFailed",
+        "WorkflowHandle",
+        "WorkflowTimeout",
+    ],
     "inmotion.testing": [
         "GroupContract",
         "LogContract",
