@@ -134,6 +134,7 @@ PUBLIC = {
         "GroupContract",
         "LogContract",
         "RecorderContract",
+        "WorkflowStoreContract",
         "eventually",
         "unique_topic",
         "wait_until",

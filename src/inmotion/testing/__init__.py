@@ -12,5 +12,14 @@ from inmotion.testing.group_contract import GroupContract
 from inmotion.testing.log_contract import LogContract, unique_topic
 from inmotion.testing.recorder_contract import RecorderContract
 from inmotion.testing.waiting import eventually, wait_until
+from inmotion.testing.workflow_store_contract import WorkflowStoreContract
 
-__all__ = ["GroupContract", "LogContract", "RecorderContract", "eventually", "unique_topic", "wait_until"]
+__all__ = [
+    "GroupContract",
+    "LogContract",
+    "RecorderContract",
+    "WorkflowStoreContract",
+    "eventually",
+    "unique_topic",
+    "wait_until",
+]
