@@ -9,9 +9,12 @@ import multiprocessing
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+
+import pytest
 
 from inmotion.testing import wait_until
 from inmotion.workflows.store import FINISHED, WorkflowRecorder, open_workflow_recorder
@@ -22,8 +25,8 @@ spawn = multiprocessing.get_context("spawn")
 
 
 @contextlib.contextmanager
-def worker(url: str, effects: Path) -> Iterator[BaseProcess]:
-    process = spawn.Process(target=workers.serve, args=(url, str(effects)), daemon=True)
+def worker(url: str, effects: Path, *options: object) -> Iterator[BaseProcess]:
+    process = spawn.Process(target=workers.serve, args=(url, str(effects), *options), daemon=True)
     process.start()
     try:
         yield process
@@ -40,12 +43,12 @@ def kill(process: BaseProcess) -> None:
     assert process.exitcode == -signal.SIGKILL
 
 
-def start_trips(url: str, effects: Path, plans: Mapping[str, Mapping[str, object]]) -> None:
+def start_trips(url: str, effects: Path, plans: Mapping[str, Mapping[str, object]], name: str = "trips") -> None:
     """Start instances from a process that does not run the app: their start requests wait
     on the inbox for a worker."""
 
     async def start() -> None:
-        with workers.trip_app(url, str(effects)) as app:
+        with workers.trip_app(url, str(effects), name) as app:
             for trip, plan in plans.items():
                 await app.start_workflow("trip", plan, id=trip)
 
@@ -125,3 +128,38 @@ def test_a_thousand_instances_with_timers_finish_across_two_workers(tmp_path: Pa
     # the other while running it (at-least-once); its history records it once all the same
     assert sum(count - 1 for count in runs.values()) <= len(plans) // 20
     assert len({line.rsplit(" ", 1)[1] for line in lines}) == 2, "both workers ran instances"
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_on_kafka_a_killed_workers_instances_finish_on_another(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands, replies and the inbox on Kafka (Kafka's group protocol moves the shards), the
+    histories in a SQLite file."""
+    url = f"kafka://{kafka_bootstrap}"
+    store = f"sqlite:///{tmp_path / 'workflows.db'}"
+    monkeypatch.setenv("INMOTION_WORKFLOW_STORE", store)  # the workers inherit it
+    name = f"trips-{uuid.uuid4().hex[:8]}"
+    effects = tmp_path / "effects.txt"
+    plans = {f"k{n}": {"slow": 0.05, "sleep": 3.0, "fails": n % 4 == 0} for n in range(20)}
+    recorder = open_workflow_recorder(store)
+    try:
+        with worker(url, effects, name, 6.0) as first:
+            start_trips(url, effects, plans, name)
+            wait_until(lambda: statuses(recorder)["sleeping"] == len(plans), limit=60, what="every trip asleep")
+            kill(first)
+        with worker(url, effects, name, 6.0):
+            wait_until(
+                lambda: sum(statuses(recorder)[s] for s in FINISHED) == len(plans), limit=90, what="every trip to end"
+            )
+        instances = {i.id: i for i in recorder.instances()}
+        histories = {trip: (recorder.load(f"trip/{trip}") or (None, []))[1] for trip in plans}
+    finally:
+        recorder.close()
+    for trip, plan in plans.items():
+        assert instances[trip].status == ("compensated" if plan["fails"] else "completed")
+        steps = [(e.seq, e.kind) for e in histories[trip] if e.kind in ("step", "step_failed")]
+        assert steps == [(1, "step"), (3, "step"), (4, "step_failed" if plan["fails"] else "step")]
+    runs = collections.Counter(line.rsplit(" ", 1)[0] for line in effects.read_text().splitlines())
+    assert all(runs[f"book hotel-{trip}"] == 1 for trip in plans), runs  # recorded before the kill

@@ -21,8 +21,8 @@ def effect(path: str, line: str) -> None:
         os.close(fd)
 
 
-def trip_app(url: str, effects: str) -> App:
-    app = App("trips", url, session_timeout=1.0)
+def trip_app(url: str, effects: str, name: str = "trips", session_timeout: float = 1.0) -> App:
+    app = App(name, url, session_timeout=session_timeout)
     app.workflows.retry = Retry(attempts=3, backoff=0.01)
 
     async def book(kind: str, trip: str, seconds: float) -> str:
@@ -50,6 +50,6 @@ def trip_app(url: str, effects: str) -> App:
     return app
 
 
-def serve(url: str, effects: str) -> None:
+def serve(url: str, effects: str, name: str = "trips", session_timeout: float = 1.0) -> None:
     logging.basicConfig(level=logging.WARNING)
-    trip_app(url, effects).run_sync()
+    trip_app(url, effects, name, session_timeout).run_sync()
