@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import inmotion
 from inmotion.testing import wait_until
 from inmotion.workflows.store import FINISHED, WorkflowRecorder, open_workflow_recorder
 
@@ -113,7 +114,13 @@ def test_a_thousand_instances_with_timers_finish_across_two_workers(tmp_path: Pa
     plans = {f"t{n}": {"slow": 0, "sleep": 1.0, "fails": False} for n in range(1000)}
     recorder = open_workflow_recorder(url)
     try:
-        with worker(url, effects), worker(url, effects):
+        with worker(url, effects), worker(url, effects), inmotion.connect(url) as log:
+            coordinator = log.group_coordinator()
+            wait_until(
+                lambda: len(set(coordinator.owners("trips.workflows").values())) == 2,
+                what="both workers to own shards",
+            )
+            coordinator.close()
             start_trips(url, effects, plans)
             wait_until(lambda: statuses(recorder)["completed"] == len(plans), limit=120, what="1,000 trips to complete")
         histories = [(recorder.load(f"trip/{trip}") or (None, []))[1] for trip in plans]

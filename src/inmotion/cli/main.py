@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from inmotion.cli.asyncapi import asyncapi
 from inmotion.cli.common import explain
 from inmotion.cli.records import publish, tail
 from inmotion.cli.rules import RULES_FILE_HELP, route, rules_app
@@ -33,6 +34,7 @@ app.add_typer(rules_app, name="rules")
 app.command("route", epilog=RULES_FILE_HELP)(route)
 app.command("trace")(trace)
 app.add_typer(workflows_app, name="workflows")
+app.command("asyncapi")(asyncapi)
 workflows_app.command("list")(list_instances)
 workflows_app.command("describe")(describe)
 workflows_app.command("cancel")(cancel)

@@ -16,6 +16,7 @@ entries or none, and a batch writes every change whose instance is at its expect
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 from hypothesis import given
@@ -134,7 +135,7 @@ class WorkflowStoreContract:
     @on_a_backend(max_examples=25)
     @given(st.lists(st.lists(st.sampled_from(["step", "received", "sleep"]), min_size=1, max_size=4), max_size=8))
     def test_a_history_reads_back_as_written(self, recorder: WorkflowRecorder, writes: list[list[str]]) -> None:
-        key = f"prop/{id(writes)}-{len(writes)}"
+        key = f"prop/{uuid.uuid4().hex}"  # the fixture's store outlives each example
         recorder.create(instance(key), STARTED)
         expected = ["started"]
         version = 1

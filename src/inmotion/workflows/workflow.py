@@ -425,8 +425,11 @@ class _Command:
 
 
 async def _until(clock: Clock, due_ms: int) -> None:
-    # the time left is read when the timer's task starts, which a busy loop may delay
-    await clock.sleep(max(0.0, due_ms / 1000 - clock.time()))
+    # the time left is read when the timer's task starts, which a busy loop may delay; none left:
+    # no sleep at all (a fake clock wakes a sleep of 0 only at its next advance)
+    left = due_ms / 1000 - clock.time()
+    if left > 0:
+        await clock.sleep(left)
 
 
 def _describe(what: str, name: str) -> str:
