@@ -88,6 +88,9 @@ def test_handlers_get_their_payload_decoded_into_their_annotation(broker: str) -
     assert (event.type, event.source, event.subject, event.key) == ("shop.order.placed", "shop", "o-1", "o-1")
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 def test_context_publish_stamps_correlation_and_causation(broker: str) -> None:
     seen: list[tuple[Event, dict[str, str], int]] = []
 
@@ -104,14 +107,19 @@ def test_context_publish_stamps_correlation_and_causation(broker: str) -> None:
 
             await app.start()
             first = await app.publish("orders", {"id": "a"}, headers={"tenant": "acme"})
-            second = await app.publish("orders", {"id": "b"}, extensions={"correlationid": "flow-7"})
+            traced = {"correlationid": "flow-7", "traceparent": TRACEPARENT, "tracestate": "vendor=1"}
+            second = await app.publish("orders", {"id": "b"}, extensions=traced)
             await eventually(lambda: len(seen) == 2)
             await app.stop()
             by_order = {e.data["order"]: e for e, _, _ in seen}
             assert by_order["a"].extensions["causationid"] == first.id
             assert by_order["a"].extensions["correlationid"] == first.id
+            assert "traceparent" not in by_order["a"].extensions
             assert by_order["b"].extensions["causationid"] == second.id
             assert by_order["b"].extensions["correlationid"] == "flow-7"
+            # the W3C trace context goes along (the CloudEvents distributed-tracing extension)
+            assert by_order["b"].extensions["traceparent"] == TRACEPARENT
+            assert by_order["b"].extensions["tracestate"] == "vendor=1"
 
     asyncio.run(scenario())
     assert all(attempt == 1 for _, _, attempt in seen)

@@ -387,10 +387,13 @@ def test_an_event_starts_one_instance_however_often_it_is_delivered(broker: str)
             @app.workflow("order", on="orders", filter="order.placed")
             async def place_order(wf: Workflow, order: Order) -> str:
                 await wf.step(shop.reserve, order)
+                notice = await wf.publish("notices", {"order": order.id})
+                assert notice.extensions["traceparent"] == placed.extensions["traceparent"]  # one trace
                 return wf.correlation
 
             async with running(app):
-                placed = app.build_event("orders", Order("e1", 5), type="order.placed")
+                trace = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+                placed = app.build_event("orders", Order("e1", 5), type="order.placed", extensions=trace)
                 await app.publish("orders", placed)
                 await app.publish("orders", placed)  # a producer's retry: the same event again
                 await app.publish("orders", Order("e2", 5), type="order.cancelled")  # filtered out

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 CORRELATION_ID = "correlationid"
 CAUSATION_ID = "causationid"
 REPLY_TO = "replyto"
+TRACE_CONTEXT = ("traceparent", "tracestate")
+"""The CloudEvents distributed-tracing extension (W3C trace context): carried from an event to
+the events published in answer to it, so that a flow across services stays one trace."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -31,7 +34,8 @@ class Context:
     """What a handler may know about the event it handles, and how it publishes follow-ups.
 
     `publish`/`publish_sync` stamp the `correlationid` extension (inherited from the trigger,
-    or the trigger's id when it has none) and `causationid` (the trigger's id). `db` is an open
+    or the trigger's id when it has none) and `causationid` (the trigger's id), and carry the
+    trigger's W3C trace context (`traceparent`, `tracestate`) along. `db` is an open
     SQLite transaction on the log's file when the subscription asked for `transaction=True`:
     whatever the handler writes there commits together with the event's dedupe record and
     position, or not at all; events published meanwhile are appended right after that commit.
@@ -63,8 +67,12 @@ class Context:
         return {name: value.decode("utf-8", "replace") for name, value in self.record.headers}
 
     def _causal(self) -> dict[str, str]:
-        correlation = self.event.extensions.get(CORRELATION_ID, self.event.id)
-        return {CORRELATION_ID: str(correlation), CAUSATION_ID: self.event.id}
+        extensions = self.event.extensions
+        causal = {CORRELATION_ID: str(extensions.get(CORRELATION_ID, self.event.id)), CAUSATION_ID: self.event.id}
+        for name in TRACE_CONTEXT:
+            if (value := extensions.get(name)) is not None:
+                causal[name] = str(value)
+        return causal
 
     def _follow_up(
         self,

@@ -24,7 +24,7 @@ import os
 import re
 import typing
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
@@ -36,6 +36,7 @@ from inmotion.log import TopicPartition
 from inmotion.log.partitioner import partition_for_key
 from inmotion.runtime import Context, Retry
 from inmotion.runtime.filters import FilterSpec
+from inmotion.runtime.handler import TRACE_CONTEXT
 from inmotion.sourcing.store import encode_json
 from inmotion.workflows.errors import ChangedCode, InstanceLost, UnknownWorkflow, WorkflowError, WorkflowFailed
 from inmotion.workflows.history import History, fields, payload
@@ -157,7 +158,10 @@ class Engine:
 
                 async def start_from(event: Event) -> None:
                     correlation = str(event.extensions.get("correlationid", event.id))
-                    await self.start(name, event.data, id=id_of(event), correlation=correlation, cause=event.id)
+                    trace = {k: str(v) for k in TRACE_CONTEXT if (v := event.extensions.get(k)) is not None}
+                    await self.start(
+                        name, event.data, id=id_of(event), correlation=correlation, cause=event.id, trace=trace
+                    )
 
                 self.app.subscribe(on, group=f"{self.group}.{name}", filter=filter)(start_from)
             return function
@@ -190,6 +194,7 @@ class Engine:
         id: str | None = None,
         correlation: str | None = None,
         cause: str | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> WorkflowHandle:
         """Start an instance of workflow `name` with `input` (once per id: the same id again
         gives the same instance, a different input under it is an error)."""
@@ -209,7 +214,12 @@ class Engine:
         partitions = self._partitions or await self._call(self._partition_count)
         shard = partition_for_key(correlation.encode(), partitions)
         instance = Instance(key, name, id, correlation, shard, "running", encoded, 1, now, now)
-        started = NewEntry("started", 0, "", payload(input=msgspec.Raw(encoded), cause=cause, inbox=self.inbox))
+        started = NewEntry(
+            "started",
+            0,
+            "",
+            payload(input=msgspec.Raw(encoded), cause=cause, trace=dict(trace or {}), inbox=self.inbox),
+        )
         stored = self.recorder.create_now(instance, [started]) or await self._call(
             self.recorder.create, instance, [started]
         )
@@ -482,7 +492,7 @@ class Engine:
     def instance_event(
         self, wf: Workflow, topic: str, data: Any, event_id: str, type: str | None, key: str | None
     ) -> Event:
-        extensions = {"correlationid": wf.correlation}
+        extensions = {"correlationid": wf.correlation, **wf.trace}
         if wf.cause is not None:
             extensions["causationid"] = str(wf.cause)
         return self.app.build_event(topic, data, key=key, type=type, extensions=extensions).replace(id=event_id)

@@ -81,7 +81,10 @@ class Workflow:
         self.undos: list[Undo] = []
         self.failed_at = 0
         """The position of the command whose failure the workflow raised last."""
-        self.cause = fields(entries[0]).get("cause") if entries else None
+        started = fields(entries[0]) if entries else {}
+        self.cause = started.get("cause")
+        self.trace: dict[str, str] = dict(started.get("trace") or {})
+        """The W3C trace context of the event that started the instance, carried by its events."""
         self._engine = engine
         self._seq = 0
         self._wake_ms: int | None = instance.wake_ms
