@@ -380,9 +380,14 @@ def test_waiting_on_a_topic_the_workflow_does_not_listen_to_is_a_clear_error() -
 
 def test_an_event_starts_one_instance_however_often_it_is_delivered(broker: str) -> None:
     shop = Shop()
+    lifecycle: list[Event] = []
 
     async def scenario() -> None:
         with new_app(broker) as app:
+
+            @app.subscribe("shop.workflows", group="watcher")
+            async def watch(event: Event) -> None:
+                lifecycle.append(event)
 
             @app.workflow("order", on="orders", filter="order.placed")
             async def place_order(wf: Workflow, order: Order) -> str:
@@ -400,6 +405,11 @@ def test_an_event_starts_one_instance_however_often_it_is_delivered(broker: str)
                 await eventually(lambda: app.workflows.recorder.load(f"order/{placed.id}") is not None)
                 assert await app.workflows.handle(f"order/{placed.id}").result(10) == placed.id
                 assert [i.key for i in app.workflows.recorder.instances()] == [f"order/{placed.id}"]
+                await eventually(lambda: any(e.type == "inmotion.workflow.completed" for e in lifecycle))
+                # its lifecycle events belong to the same flow and the same trace
+                for event in lifecycle:
+                    assert event.extensions["causationid"] == placed.id
+                    assert event.extensions["traceparent"] == placed.extensions["traceparent"]
 
     asyncio.run(scenario())
     assert shop.calls == ["reserve e1"]

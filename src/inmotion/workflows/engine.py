@@ -40,7 +40,7 @@ from inmotion.runtime.handler import TRACE_CONTEXT
 from inmotion.sourcing.store import encode_json
 from inmotion.workflows.errors import ChangedCode, InstanceLost, UnknownWorkflow, WorkflowError, WorkflowFailed
 from inmotion.workflows.history import History, fields, payload
-from inmotion.workflows.lifecycle import Announcer
+from inmotion.workflows.lifecycle import Announcer, causal_extensions
 from inmotion.workflows.store import (
     ACTIVE,
     FINISHED,
@@ -120,7 +120,6 @@ class Engine:
         self.writer = GroupWriter(lambda: self.recorder)
         self._store = store
         self._recorder: WorkflowRecorder | None = None
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loading: dict[str, asyncio.Future[Workflow | None]] = {}
         self._waiters: dict[str, list[asyncio.Future[Outcome | None]]] = {}
         self.announcer = Announcer(app, self.events_topic)
@@ -228,7 +227,7 @@ class Engine:
                 raise WorkflowError(f"workflow {key} was started before with another input: choose another id")
             return WorkflowHandle(self, key)
         entries = [Entry(1, "started", 0, "", started.payload, now)]
-        self.announcer.announce(instance, entries, cause)
+        self.announcer.announce(key, entries, causal_extensions(correlation, cause, trace or {}))
         if shard in self.shards:
             await self._launch(key, (instance, entries))
         else:
@@ -259,7 +258,7 @@ class Engine:
 
         async def ended() -> Outcome:
             while True:
-                if key in self._tasks:  # running here: its end is told at once
+                if key in self.running:  # running here: its end is told at once
                     waiter: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
                     self._waiters.setdefault(key, []).append(waiter)
                     outcome = await waiter
@@ -312,7 +311,7 @@ class Engine:
             )
             return None
         workflow = self.running[key] = Workflow(self, instance, entries)
-        self._tasks[key] = asyncio.create_task(self._run(workflow), name=f"workflow {key}")
+        workflow.task = asyncio.create_task(self._run(workflow), name=f"workflow {key}")
         return workflow
 
     async def _run(self, wf: Workflow) -> None:
@@ -333,7 +332,6 @@ class Engine:
             logger.info("instance %s is run by another worker now", wf.key)
         finally:
             self.running.pop(wf.key, None)
-            self._tasks.pop(wf.key, None)
             for waiter in self._waiters.pop(wf.key, ()):
                 if not waiter.done():
                     waiter.set_result(outcome)
@@ -453,7 +451,7 @@ class Engine:
         leaving = [wf for wf in list(self.running.values()) if wf.shard == tp.partition]
         for wf in leaving:
             wf.hand_over()
-        tasks = [self._tasks[wf.key] for wf in leaving if wf.key in self._tasks]
+        tasks = [wf.task for wf in leaving if wf.task is not None]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=0 if lost else _HAND_OVER_LIMIT)
             for task in late:
@@ -492,20 +490,13 @@ class Engine:
     def instance_event(
         self, wf: Workflow, topic: str, data: Any, event_id: str, type: str | None, key: str | None
     ) -> Event:
-        extensions = {"correlationid": wf.correlation, **wf.trace}
-        if wf.cause is not None:
-            extensions["causationid"] = str(wf.cause)
-        return self.app.build_event(topic, data, key=key, type=type, extensions=extensions).replace(id=event_id)
+        return self.app.build_event(topic, data, key=key, type=type, extensions=wf.extensions).replace(id=event_id)
 
     async def publish_command(
         self, wf: Workflow, topic: str, command: Any, event_id: str, type: str | None, key: str | None
     ) -> None:
         event = self.instance_event(wf, topic, command, event_id, type, key).with_extensions(replyto=self.inbox)
         await self.app.publish(topic, event)
-
-    def announce(self, wf: Workflow, entries: list[Entry]) -> None:
-        instance = Instance(wf.key, wf.name, wf.id, wf.correlation, wf.shard, wf.status, b"", 0, 0, 0)
-        self.announcer.announce(instance, entries, wf.cause)
 
     async def _shut_down(self) -> None:
         await self.announcer.flush()

@@ -60,7 +60,6 @@ class History:
         self.cancel_requested = False
         self.compensating: Entry | None = None
         self.undone: set[int] = set()
-        self.undo_failed: dict[int, str] = {}
         self.end: Entry | None = None
         for entry in entries:
             self.add(entry)
@@ -84,19 +83,15 @@ class History:
             self.compensating = entry
         elif kind == "undone":
             self.undone.add(entry.seq)
-        elif kind == "undo_failed":
-            self.undo_failed[entry.seq] = str(fields(entry).get("error"))
         elif kind in FINISHED:
             self.end = entry
         elif kind == "retried":
             self._retry()
 
     def _retry(self) -> None:
-        """A retry resumes where the instance stopped: its compensation, if one failed, or
-        else the command whose failure ended it, which runs again."""
-        if self.compensating is not None:
-            self.undo_failed.clear()
-        elif self.end is not None:
+        """A retry resumes where the instance stopped: its compensation, if one failed (the undos
+        not recorded `undone` run), or else the command whose failure ended it, which runs again."""
+        if self.compensating is None and self.end is not None:
             seq = int(fields(self.end).get("seq") or 0)
             failure = self.completions.get(seq)
             if failure is not None and is_failure(failure):

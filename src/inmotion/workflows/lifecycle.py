@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from inmotion.events import Event
 from inmotion.runtime import App
 from inmotion.workflows.history import fields
-from inmotion.workflows.store import Entry, Instance
+from inmotion.workflows.store import Entry
 
 logger = logging.getLogger("inmotion.workflows")
 
@@ -33,6 +34,15 @@ _LINGER = 0.005
 """Seconds that lifecycle events wait for others to be published with."""
 
 
+def causal_extensions(correlation: str, cause: str | None, trace: Mapping[str, str]) -> dict[str, str]:
+    """What an instance's events carry: its correlation id, the id of the event that started
+    it (their cause) and that event's W3C trace context."""
+    extensions = {"correlationid": correlation, **trace}
+    if cause is not None:
+        extensions["causationid"] = cause
+    return extensions
+
+
 class Announcer:
     """Publishes the lifecycle events of history entries on `topic`, in the background: those
     of the next few milliseconds in one append."""
@@ -43,9 +53,11 @@ class Announcer:
         self._pending: list[Event] = []
         self._publishing: asyncio.Future[None] | None = None
 
-    def announce(self, instance: Instance, entries: list[Entry], cause: str | None = None) -> None:
-        """Publish the lifecycle events of new history entries on `<app>.workflows` (in the
-        background; their ids are the same if a replay announces them again)."""
+    def announce(self, key: str, entries: list[Entry], extensions: Mapping[str, str]) -> None:
+        """Publish the lifecycle events of instance `key`'s new history entries (in the
+        background; their ids are the same if a replay announces them again), with the
+        instance's causal `extensions` (see `causal_extensions`)."""
+        workflow, _, id = key.partition("/")
         events = []
         for entry in entries:
             name = LIFECYCLE.get(entry.kind)
@@ -53,27 +65,12 @@ class Announcer:
                 name = "timed_out" if fields(entry).get("timeout") else "wait.completed"
             if name is None:
                 continue
-            data = {
-                "workflow": instance.workflow,
-                "id": instance.id,
-                "key": instance.key,
-                "seq": entry.seq,
-                "name": entry.name,
-                **fields(entry),
-            }
+            data = {"workflow": workflow, "id": id, "key": key, "seq": entry.seq, "name": entry.name, **fields(entry)}
             data.pop("input", None)
-            extensions = {"correlationid": instance.correlation}
-            if cause is not None:
-                extensions["causationid"] = cause
             event = self.app.build_event(
-                self.topic,
-                data,
-                key=instance.key,
-                type=f"inmotion.workflow.{name}",
-                subject=instance.key,
-                extensions=extensions,
+                self.topic, data, key=key, type=f"inmotion.workflow.{name}", subject=key, extensions=extensions
             )
-            events.append(event.replace(id=f"{instance.key}@{entry.version}"))
+            events.append(event.replace(id=f"{key}@{entry.version}"))
         self._pending += events
         if events and (self._publishing is None or self._publishing.done()):
             self._publishing = asyncio.ensure_future(self._publish())

@@ -37,6 +37,7 @@ from inmotion.workflows.errors import (
     WorkflowTimeout,
 )
 from inmotion.workflows.history import History, fields, payload
+from inmotion.workflows.lifecycle import causal_extensions
 from inmotion.workflows.store import Change, Entry, Instance, NewEntry
 
 if TYPE_CHECKING:
@@ -82,9 +83,10 @@ class Workflow:
         self.failed_at = 0
         """The position of the command whose failure the workflow raised last."""
         started = fields(entries[0]) if entries else {}
-        self.cause = started.get("cause")
-        self.trace: dict[str, str] = dict(started.get("trace") or {})
-        """The W3C trace context of the event that started the instance, carried by its events."""
+        self.extensions = causal_extensions(self.correlation, started.get("cause"), started.get("trace") or {})
+        """What its events carry: correlation id, cause, the trace context of its starting event."""
+        self.task: asyncio.Task[None] | None = None
+        """What runs it in this process (set by the engine)."""
         self._engine = engine
         self._seq = 0
         self._wake_ms: int | None = instance.wake_ms
@@ -378,7 +380,7 @@ class Workflow:
             self.status, self._wake_ms = status, wake
             for entry in stored:
                 self.history.add(entry)
-        self._engine.announce(self, stored)
+        self._engine.announcer.announce(self.key, stored, self.extensions)
         return stored[-1]
 
     async def receive(self, topic: str, event: Event) -> None:
