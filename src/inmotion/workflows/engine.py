@@ -51,7 +51,7 @@ from inmotion.workflows.store import (
     WorkflowRecorder,
     open_workflow_recorder,
 )
-from inmotion.workflows.workflow import Workflow, call, return_type
+from inmotion.workflows.workflow import Workflow, return_type, tried
 from inmotion.workflows.writer import GroupWriter
 
 if TYPE_CHECKING:
@@ -353,22 +353,12 @@ class Engine:
                 continue
             if wf.handing_over:
                 raise InstanceLost(wf.key)
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    await call(undo.call)
-                    break
-                except Exception as exc:
-                    if self.retry.should_retry(exc, attempt):
-                        await self.app.clock.sleep(self.retry.delay(attempt))
-                        continue
-                    failure = f"undo {undo.number} ({undo.name}) failed: {type(exc).__name__}: {exc}"
-                    await wf.record(NewEntry("undo_failed", undo.number, undo.name, payload(error=failure)))
-                    return await self._end(
-                        wf, "compensation_failed", f"{failure}; the workflow had failed with {message}"
-                    )
-            await wf.record(NewEntry("undone", undo.number, undo.name, payload(attempts=attempt)))
+            _, failed, attempts = await tried(undo.call, self.retry, self.app.clock)
+            if failed is not None:
+                failure = f"undo {undo.number} ({undo.name}) failed: {type(failed).__name__}: {failed}"
+                await wf.record(NewEntry("undo_failed", undo.number, undo.name, payload(error=failure)))
+                return await self._end(wf, "compensation_failed", f"{failure}; the workflow had failed with {message}")
+            await wf.record(NewEntry("undone", undo.number, undo.name, payload(attempts=attempts)))
         return await self._end(wf, "compensated", message)
 
     async def _end(self, wf: Workflow, status: str, error: str | None = None, result: bytes | None = None) -> Outcome:

@@ -275,27 +275,22 @@ class Workflow:
     ) -> Entry:
         clock = self._engine.app.clock
         started = clock.time()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = await call(function, *args, **kwargs)
-                encoded = _encode_result(result, f"step {step!r} (position {seq}) of {self.key}")
-            except WorkflowError as exc:  # a result that cannot be recorded: trying again is no use
-                entry = NewEntry("step_failed", seq, step, payload(error=str(exc), attempts=attempt))
-                break
-            except Exception as exc:
-                if retry.should_retry(exc, attempt):
-                    await clock.sleep(retry.delay(attempt))
-                    continue
-                error = f"{type(exc).__name__}: {exc}"
-                entry = NewEntry("step_failed", seq, step, payload(error=error, attempts=attempt, at=self._clock_ms()))
-                break
-            took = round((clock.time() - started) * 1000, 3)
-            entry = NewEntry(
-                "step", seq, step, payload(result=msgspec.Raw(encoded), attempts=attempt, ms=took, at=self._clock_ms())
+
+        async def run() -> bytes:
+            return _encode_result(
+                await call(function, *args, **kwargs), f"step {step!r} (position {seq}) of {self.key}"
             )
-            break
+
+        # a result that cannot be recorded is not worth another try
+        encoded, error, attempts = await tried(run, retry, clock, give_up_on=(WorkflowError,))
+        at = self._clock_ms()
+        if error is not None:
+            failure = str(error) if isinstance(error, WorkflowError) else f"{type(error).__name__}: {error}"
+            entry = NewEntry("step_failed", seq, step, payload(error=failure, attempts=attempts, at=at))
+        else:
+            took = round((clock.time() - started) * 1000, 3)
+            result = msgspec.Raw(encoded)
+            entry = NewEntry("step", seq, step, payload(result=result, attempts=attempts, ms=took, at=at))
         return await self.record(entry, status="running")
 
     async def _open(self, seq: int, kind: str, name: str, seconds: float | None, **more: Any) -> int | None:
@@ -448,6 +443,22 @@ def _seconds(timeout: float | timedelta | None) -> float | None:
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
         raise InvalidConfig(f"a timeout is seconds >= 0 or a timedelta, got {timeout!r}")
     return float(seconds)
+
+
+async def tried(
+    function: Callable[[], Any], retry: Retry, clock: Clock, *, give_up_on: tuple[type[Exception], ...] = ()
+) -> tuple[Any, Exception | None, int]:
+    """`function()` tried as `retry` says, waiting on `clock` between tries: (its result, None,
+    tries) or, once it gave up, (None, the last error, tries)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call(function), None, attempt
+        except Exception as exc:
+            if isinstance(exc, give_up_on) or not retry.should_retry(exc, attempt):
+                return None, exc, attempt
+            await clock.sleep(retry.delay(attempt))
 
 
 async def call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
