@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from inmotion.log.sqlite.log import OFFSET_BITS
+from inmotion.log.sqlite.format import OFFSET_BITS
 
 
 def flip_a_bit(body: bytes) -> bytes:

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import inmotion
+import inmotion.log.sqlite.format as sqlite_format
 import inmotion.log.sqlite.log as sqlite_module
 from inmotion.errors import CorruptRecord, InvalidConfig, StorageError
 from inmotion.log import Message, TopicConfig, connect
@@ -333,7 +334,7 @@ def test_batches_read_compact_and_seek_like_the_memory_log(
 ) -> None:
     """Small batches (7 records), so that reads and compaction cross and split them; the memory
     log, which stores one record at a time, is the model."""
-    monkeypatch.setattr(sqlite_module, "_BATCH", 7)
+    monkeypatch.setattr(sqlite_module, "BATCH", 7)
     topic = "t"
     with (
         inmotion.connect(f"sqlite:///{tmp_path}/{uuid.uuid4().hex}.db") as log,  # one per example
@@ -442,7 +443,7 @@ def test_a_file_of_the_row_per_record_schema_is_upgraded_in_place(tmp_path: Path
         assert log.committed("g", "old") == {0: 42}
         assert log.append("old", [Message(b"new", partition=0)])[0].offset == 1300
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_module.SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_format.SCHEMA_VERSION,)
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'records'").fetchone() == (0,)
     conn.close()
 
@@ -453,7 +454,7 @@ GROUP_OFFSETS = SCHEMA_1.split(";")[3]
 def test_a_file_of_schema_2_has_its_group_offsets_moved_to_the_positions_table(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript(sqlite_module._SCHEMA + GROUP_OFFSETS)
+    conn.executescript(sqlite_format.SCHEMA + GROUP_OFFSETS)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute("PRAGMA user_version = 2")
     conn.execute("INSERT INTO topics VALUES (1, 'a', 2, NULL, NULL, 0, 0), (2, 'b', 1, NULL, NULL, 0, 0)")
@@ -466,7 +467,7 @@ def test_a_file_of_schema_2_has_its_group_offsets_moved_to_the_positions_table(t
         assert log.list_groups() == ["g", "h"]
         assert log.group_topics("g") == ["a"]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_module.SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_format.SCHEMA_VERSION,)
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'group_offsets'").fetchone() == (0,)
     conn.close()
 
@@ -475,7 +476,7 @@ def test_a_file_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     SqliteLog(path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute(f"PRAGMA user_version = {sqlite_module.SCHEMA_VERSION + 1}")
+        conn.execute(f"PRAGMA user_version = {sqlite_format.SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(StorageError, match="newer inmotion"):
         SqliteLog(path).list_topics()
@@ -619,6 +620,6 @@ def test_a_file_of_schema_3_gets_checksums_for_the_batches_written_from_then_on(
         log.append("t", [Message(b"after")])
         assert [r.value for r in log.read("t", 0, 0)] == [b"before", b"after"]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_module.SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_format.SCHEMA_VERSION,)
         assert [crc is None for (crc,) in conn.execute("SELECT crc FROM batches ORDER BY id")] == [True, False]
     conn.close()

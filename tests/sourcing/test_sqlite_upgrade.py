@@ -13,7 +13,7 @@ import pytest
 
 import inmotion
 from inmotion.errors import StorageError
-from inmotion.log.sqlite import log as log_module
+from inmotion.log.sqlite import format as log_format
 from inmotion.log.sqlite import store as store_module
 from inmotion.log.sqlite.file import APPLICATION_ID
 from inmotion.sourcing import EventStore, NewEvent, OutboxRelay, Projection, Projector, TopicSource
@@ -35,7 +35,7 @@ def test_an_event_store_of_schema_1_in_a_log_of_schema_2_has_its_cursors_moved(
 ) -> None:
     path = directory / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)  # as inmotion wrote it before the positions table
-    conn.executescript(f"{log_module._SCHEMA}{GROUP_OFFSETS};{store_module._SCHEMA}{ES_CURSORS};")
+    conn.executescript(f"{log_format.SCHEMA}{GROUP_OFFSETS};{store_module._SCHEMA}{ES_CURSORS};")
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute("PRAGMA user_version = 2")
     conn.execute("CREATE TABLE es_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
@@ -50,7 +50,7 @@ def test_an_event_store_of_schema_1_in_a_log_of_schema_2_has_its_cursors_moved(
         relay.close()
     assert any("event_store_schema 2: relays' cursors in the positions table" in m for m in caplog.messages)
     with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone() == (log_module.SCHEMA_VERSION,)
+        assert check.execute("PRAGMA user_version").fetchone() == (log_format.SCHEMA_VERSION,)
         assert check.execute("SELECT value FROM es_meta WHERE key = 'event_store_schema'").fetchone() == (2,)
         assert (
             check.execute("SELECT 1 FROM sqlite_master WHERE name IN ('es_cursors', 'group_offsets')").fetchall() == []
@@ -147,7 +147,7 @@ def test_an_event_store_refuses_a_file_of_a_newer_log_schema(directory: Path) ->
     path = directory / "new.db"
     EventStore(f"sqlite:///{path}").close()
     with sqlite3.connect(path) as conn:
-        conn.execute(f"PRAGMA user_version = {log_module.SCHEMA_VERSION + 1}")
+        conn.execute(f"PRAGMA user_version = {log_format.SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(StorageError, match="newer inmotion"):
         EventStore(f"sqlite:///{path}")

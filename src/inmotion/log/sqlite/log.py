@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import itertools
 import logging
 import math
 import os
@@ -28,8 +27,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
-
-import msgspec
 
 from inmotion.errors import (
     Closed,
@@ -65,200 +62,34 @@ from inmotion.log.sqlite.file import (
     rollback,
     use_wal,
 )
+from inmotion.log.sqlite.format import (
+    BATCH,
+    OFFSET_BITS,
+    OFFSET_MASK,
+    SCHEMA_VERSION,
+    batches_from_rows,
+    checksum_column,
+    consecutive_body,
+    create_tables,
+    decode_body,
+    encode_body,
+    offsets_of,
+    positions_from_group_offsets,
+    record_size,
+    records_of,
+)
 
 T = TypeVar("T")
 _logger = logging.getLogger("inmotion.log.sqlite")
 
-SCHEMA_VERSION = 4
 _DELETE_CHUNK = 5000
-_BATCH = 512
-"""Most records in one stored batch. An append stores each partition's records as one row (a
-row per record cost SQLite 3-4 us each, a batch costs about one row plus its bytes); a read
-that starts inside a batch decodes all of it."""
-_DELETE_BATCHES = _DELETE_CHUNK // _BATCH + 1
-# Records are stored in batches, one row each: the records of one append to one partition, up
-# to _BATCH of them. A batch's rowid is (log_id << 40) + the offset of the last record it was
-# written with: each partition owns one contiguous rowid range, so appends, reads and deletes
-# are rowid range operations on a single b-tree, the cheapest thing SQLite does, and the batch
-# holding offset x is the first at or after rowid (log_id << 40) + x. log_ids come from
-# AUTOINCREMENT and are never reused.
-OFFSET_BITS = 40
-OFFSET_MASK = (1 << OFFSET_BITS) - 1
+_DELETE_BATCHES = _DELETE_CHUNK // BATCH + 1
 _LOG_ID = "(SELECT log_id FROM partitions WHERE topic_id = (SELECT id FROM topics WHERE name = ?) AND partition = ?)"
 _FIRST = (  # the first offset a partition `p` still stores, or NULL
     f"(SELECT b.first FROM batches b WHERE b.id >= p.log_id << {OFFSET_BITS}"
     f" AND b.id < (p.log_id + 1) << {OFFSET_BITS} ORDER BY b.id LIMIT 1)"
 )
 _MMAP_BYTES = 1 << 30
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS topics (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    partitions INTEGER NOT NULL,
-    retention_ms INTEGER,
-    retention_bytes INTEGER,
-    compact INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS partitions (
-    log_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic_id INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL DEFAULT 0,
-    last_timestamp INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (topic_id, partition)
-);
-CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY,
-    first INTEGER NOT NULL,
-    timestamp INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    crc INTEGER
-);
-"""
-# `crc`: the CRC-32 of `body`, NULL in batches written before schema 4. SQLite checks its pages,
-# not the bytes of a blob: without it, most flipped bits of a body decode into other data.
-
-# A batch's body: its records' keys, values and headers, and their offsets (nil while they are
-# consecutive from the batch's `first`, as appended; retention and compaction leave gaps).
-# All of a batch's records were appended together and share its timestamp.
-_Body = tuple[list[bytes | None], list[bytes | None], list[Headers], list[int] | None]
-_encoder = msgspec.msgpack.Encoder()
-_body_decoder = msgspec.msgpack.Decoder(_Body)  # typed: a damaged body fails here, not in a consumer
-
-
-def _decode_body(topic: str, partition: int, rowid: int, first: int, blob: bytes, crc: int | None) -> _Body:
-    """A stored batch's body; CorruptRecord, naming the batch's offsets, when its checksum does
-    not match, it does not decode or its columns do not fit together."""
-    last = rowid & OFFSET_MASK
-    if crc is not None and zlib.crc32(blob) != crc:
-        raise CorruptRecord(
-            topic, partition, first, last, "the stored batch does not decode: its checksum does not match", blob
-        )
-    try:
-        body = _body_decoder.decode(blob)
-    except msgspec.MsgspecError as exc:
-        problem = str(exc)
-    else:
-        keys, values, headers, offsets = body
-        count = len(keys)
-        # retention may have removed a batch's last records: its offsets may end before `last`
-        if (
-            count > 0
-            and len(values) == count
-            and len(headers) == count
-            and (
-                first + count - 1 <= last
-                if offsets is None
-                else len(offsets) == count and offsets[0] == first and offsets[-1] <= last
-            )
-        ):
-            return body
-        problem = "its keys, values, headers and offsets do not fit together"
-    raise CorruptRecord(topic, partition, first, last, f"the stored batch does not decode: {problem}", blob)
-
-
-def _record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
-    """What a record counts towards a partition's `retention_bytes`."""
-    return len(key or b"") + len(value or b"") + (len(_encoder.encode(headers)) if headers else 0)
-
-
-def _offsets(first: int, body: _Body) -> Sequence[int]:
-    return body[3] if body[3] is not None else range(first, first + len(body[0]))
-
-
-def _encode_body(records: list[tuple[int, Any, Any, Headers]]) -> bytes:
-    """A batch's body of (offset, key, value, headers) records, ascending by offset."""
-    offsets, keys, values, headers = (list(column) for column in zip(*records, strict=True))
-    consecutive = offsets[-1] - offsets[0] == len(offsets) - 1
-    return _encoder.encode((keys, values, headers, None if consecutive else offsets))
-
-
-def _create_tables(conn: sqlite3.Connection) -> None:
-    for statement in (_SCHEMA + positions.SCHEMA).split(";"):
-        if statement.strip():
-            conn.execute(statement)  # each IF NOT EXISTS: tables a file has already stay as they are
-
-
-def _positions_from_group_offsets(conn: sqlite3.Connection) -> None:
-    """Upgrade a file of schema 2 (groups' offsets in a table of their own, by topic id) to the one
-    positions table (STYLE.md point 10), inside the caller's transaction."""
-    _create_tables(conn)
-    conn.execute(
-        "INSERT INTO positions (kind, tracker, source, partition, position, updated_ms)"
-        " SELECT 'group', g.grp, t.name, g.partition, g.offset, g.committed_ms"
-        " FROM group_offsets g JOIN topics t ON t.id = g.topic_id"
-    )
-    conn.execute("DROP TABLE group_offsets")
-
-
-def _checksum_column(conn: sqlite3.Connection) -> None:
-    """Upgrade a file of schema 3 (batches without a checksum) to 4, inside the caller's
-    transaction: the batches it holds keep a NULL checksum, unchecked."""
-    if "crc" not in {row[1] for row in conn.execute("PRAGMA table_info(batches)")}:
-        conn.execute("ALTER TABLE batches ADD COLUMN crc INTEGER")
-
-
-def _batches_from_rows(conn: sqlite3.Connection) -> None:
-    """Upgrade a file of schema 1 (a row per record) to batches, inside the caller's transaction."""
-    _create_tables(conn)
-    decode = msgspec.msgpack.Decoder(Headers).decode
-    batch: list[tuple[int, Any, Any, Headers]] = []  # (offset, key, value, headers) of one partition
-    log_id = timestamp = 0
-
-    def close_batch() -> None:  # written at once: a big file is never held in memory
-        blob = _encode_body(batch)
-        conn.execute(
-            "INSERT INTO batches (id, first, timestamp, body, crc) VALUES (?, ?, ?, ?, ?)",
-            ((log_id << OFFSET_BITS) + batch[-1][0], batch[0][0], timestamp, blob, zlib.crc32(blob)),
-        )
-        batch.clear()
-
-    # keys and values that schema 1 kept as SQLite text or integers become bytes, as stored now
-    for rowid, stamp, key, value, headers in conn.execute(
-        "SELECT id, timestamp, CAST(key AS BLOB), CAST(value AS BLOB), headers FROM records ORDER BY id"
-    ):
-        if batch and (rowid >> OFFSET_BITS != log_id or stamp != timestamp or len(batch) == _BATCH):
-            close_batch()
-        log_id, timestamp = rowid >> OFFSET_BITS, stamp
-        batch.append((rowid & OFFSET_MASK, key, value, decode(headers) if headers else ()))
-    if batch:
-        close_batch()
-    conn.execute("DROP TABLE records")
-
-
-def _records(
-    topic: str,
-    partition: int,
-    rowid: int,
-    first: int,
-    timestamp: int,
-    blob: bytes,
-    crc: int | None,
-    offset: int,
-    limit: int,
-) -> list[Record]:
-    """Up to `limit` records of a stored batch, from `offset` on."""
-    body = _decode_body(topic, partition, rowid, first, blob, crc)
-    keys, values, headers, _ = body
-    offsets = _offsets(first, body)
-    start = bisect.bisect_left(offsets, offset)  # a range bisects too
-    end = start + limit
-    # one Record per stored record with no Python bytecode run per record (mapped, not looped)
-    return list(
-        map(
-            Record,
-            itertools.repeat(topic),
-            itertools.repeat(partition),
-            offsets[start:end],
-            itertools.repeat(timestamp),
-            keys[start:end],
-            values[start:end],
-            headers[start:end],
-        )
-    )
 
 
 def _now_ms() -> int:
@@ -361,16 +192,16 @@ class SqliteLog(SqliteFile, Log):
             if app_id == APPLICATION_ID and version in (1, 2, 3):
                 if version == 1:
                     _logger.warning("upgrading %s to schema 2: records stored in batches", self.path)
-                    _batches_from_rows(conn)
+                    batches_from_rows(conn)
                 if version <= 2:
                     _logger.warning("upgrading %s to schema 3: one positions table", self.path)
-                    _positions_from_group_offsets(conn)
+                    positions_from_group_offsets(conn)
                 _logger.warning("upgrading %s to schema 4: a checksum of each batch written from now on", self.path)
-                _checksum_column(conn)
+                checksum_column(conn)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif app_id != APPLICATION_ID:
                 refuse_foreign(conn, self.path)  # again, under the lock: another process may have been first
-                _create_tables(conn)
+                create_tables(conn)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -551,7 +382,7 @@ class SqliteLog(SqliteFile, Log):
         updates = []
         starts = {}
         stamps = {}
-        encode, crc32 = _encoder.encode, zlib.crc32
+        crc32 = zlib.crc32
         for target, mine in by_partition.items():
             if not 0 <= target < config.partitions:
                 raise UnknownPartition(topic, target)
@@ -562,16 +393,16 @@ class SqliteLog(SqliteFile, Log):
             starts[target] = next_offset
             stamps[target] = stamp = max(last_ts, now)
             base = log_id << OFFSET_BITS
-            for at in range(0, len(mine), _BATCH):
-                batch = mine[at : at + _BATCH]
+            for at in range(0, len(mine), BATCH):
+                batch = mine[at : at + BATCH]
                 first = next_offset + at
                 keys, values = [m.key for m in batch], [m.value for m in batch]
                 check_blobs(keys, values)
-                blob = encode((keys, values, [m.headers for m in batch], None))
+                blob = consecutive_body(keys, values, [m.headers for m in batch])
                 rows.append((base + first + len(batch) - 1, first, stamp, blob, crc32(blob)))
             size = 0
             if config.retention_bytes is not None:  # only size-bounded topics pay for counting bytes
-                size = sum(_record_size(m.key, m.value, m.headers) for m in mine)
+                size = sum(record_size(m.key, m.value, m.headers) for m in mine)
             updates.append((next_offset + len(mine), stamp, size, log_id))
         conn.executemany("INSERT INTO batches (id, first, timestamp, body, crc) VALUES (?, ?, ?, ?, ?)", rows)
         conn.executemany(
@@ -604,7 +435,7 @@ class SqliteLog(SqliteFile, Log):
                     for rowid, first, timestamp, body, crc in cursor:
                         try:
                             wanted = limit - len(records)
-                            more = _records(topic, partition, rowid, first, timestamp, body, crc, offset, wanted)
+                            more = records_of(topic, partition, rowid, first, timestamp, body, crc, offset, wanted)
                         except CorruptRecord:
                             if records:  # the records before the damaged batch; the next read raises
                                 break
@@ -789,9 +620,9 @@ class SqliteLog(SqliteFile, Log):
         def rows(cursor: sqlite3.Cursor) -> Iterator[RetentionRow]:
             for rowid, first, timestamp, blob, crc in cursor:
                 batches.append(rowid)
-                body = _decode_body(topic, partition, rowid, first, blob, crc)
-                for offset, key, value, headers in zip(_offsets(first, body), *body[:3], strict=True):
-                    yield offset, timestamp, key, value is None, _record_size(key, value, headers) if sized else 0
+                body = decode_body(topic, partition, rowid, first, blob, crc)
+                for offset, key, value, headers in zip(offsets_of(first, body), *body[:3], strict=True):
+                    yield offset, timestamp, key, value is None, record_size(key, value, headers) if sized else 0
 
         with self._translate("read"):
             cursor = self._reader().execute(
@@ -833,17 +664,17 @@ class SqliteLog(SqliteFile, Log):
             row = conn.execute("SELECT first, body, crc FROM batches WHERE id = ?", (rowid,)).fetchone()
             if row is None:
                 continue
-            body = _decode_body(topic, partition, rowid, *row)
+            body = decode_body(topic, partition, rowid, *row)
             kept: list[tuple[int, Any, Any, Headers]] = []
-            for record in zip(_offsets(row[0], body), *body[:3], strict=True):
+            for record in zip(offsets_of(row[0], body), *body[:3], strict=True):
                 if record[0] not in gone:
                     kept.append(record)
                 elif sized:
-                    freed += _record_size(*record[1:])
+                    freed += record_size(*record[1:])
             if not kept:
                 conn.execute("DELETE FROM batches WHERE id = ?", (rowid,))
                 continue
-            blob = _encode_body(kept)
+            blob = encode_body(kept)
             update = "UPDATE batches SET first = ?, body = ?, crc = ? WHERE id = ?"
             conn.execute(update, (kept[0][0], blob, zlib.crc32(blob), rowid))
         if sized:

@@ -29,7 +29,7 @@ from inmotion.log.sqlite.file import (
     translate_errors,
     use_wal,
 )
-from inmotion.log.sqlite.log import SCHEMA_VERSION as LOG_SCHEMA_VERSION
+from inmotion.log.sqlite.format import SCHEMA_VERSION as LOG_SCHEMA_VERSION
 from inmotion.log.sqlite.log import SqliteLog
 from inmotion.sourcing.store import ALL_EVENTS, EncodedEvent, Recorder, StoredEvent, StoredSnapshot
 
