@@ -26,30 +26,32 @@ from typing import Any
 
 from inmotion.errors import InvalidConfig
 from inmotion.events import Event
-from inmotion.patterns.pattern import (
+from inmotion.patterns.conditions import (
+    MISSING,
     AnythingBut,
     AnythingButMatching,
-    Branch,
     Cidr,
     Condition,
     EqualsIgnoreCase,
     Exact,
     Exists,
-    Leaf,
     Numeric,
-    Path,
-    Pattern,
     Prefix,
     Suffix,
     Wildcard,
+    ip_number,
+)
+from inmotion.patterns.pattern import (
+    Branch,
+    Leaf,
+    Path,
+    Pattern,
     as_document,
     flatten,
-    ip_number,
     nested_too_deeply,
     resolve,
 )
 
-_MISSING: Any = object()
 _UNSEEN: Any = object()
 
 
@@ -270,7 +272,7 @@ def _extractor(paths: list[tuple[int, Path]]) -> Callable[[dict[str, Any], list[
 
     emit("document", tree, "    ")
     lines.append("    return None")
-    namespace: dict[str, Any] = {"MISSING": _MISSING, "EMPTY": [], "LEAF_LIST": _leaf_list}
+    namespace: dict[str, Any] = {"MISSING": MISSING, "EMPTY": [], "LEAF_LIST": _leaf_list}
     exec("\n".join(lines), namespace)
     extract: Callable[[dict[str, Any], list[Any]], None] = namespace["extract"]
     return extract

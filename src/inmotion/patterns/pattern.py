@@ -32,12 +32,25 @@ import dataclasses
 import ipaddress
 import json
 import math
-import socket
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, TypeAlias
 
 from inmotion.errors import InvalidEvent, InvalidPattern
 from inmotion.events import Event, to_dict
+from inmotion.patterns.conditions import (
+    MISSING,
+    AnythingBut,
+    AnythingButMatching,
+    Cidr,
+    Condition,
+    EqualsIgnoreCase,
+    Exact,
+    Exists,
+    Numeric,
+    Prefix,
+    Suffix,
+    Wildcard,
+)
 
 NUMERIC_LIMIT = 5e9
 """EventBridge compares numbers between -5.0e9 and +5.0e9 inclusive."""
@@ -60,202 +73,7 @@ OR = "$or"
 _OPERATORS = frozenset(
     {"prefix", "suffix", "equals-ignore-case", "wildcard", "anything-but", "numeric", "cidr", "exists"}
 )
-_MISSING: Any = object()
-
 Path: TypeAlias = tuple[str, ...]
-Scalar: TypeAlias = str | int | float | bool | None
-
-
-# --- conditions: one element of a leaf array -------------------------------------------------
-
-
-class Condition:
-    """One element of a leaf array. `rank` orders conditions from cheap and selective to costly."""
-
-    rank: ClassVar[int]
-    __slots__ = ()
-
-    def test(self, value: Any) -> bool:
-        raise NotImplementedError
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Exact(Condition):
-    """A literal string, number, true, false or null. `tag` keeps `true` apart from `1`."""
-
-    tag: str
-    value: Scalar
-    rank: ClassVar[int] = 0
-
-    @classmethod
-    def of(cls, value: Scalar) -> Exact:
-        return cls(_tag(value), value)
-
-    def test(self, value: Any) -> bool:
-        return _tag(value) == self.tag and value == self.value
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class EqualsIgnoreCase(Condition):
-    lowered: str
-    rank: ClassVar[int] = 1
-
-    def test(self, value: Any) -> bool:
-        return type(value) is str and value.lower() == self.lowered
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Prefix(Condition):
-    text: str
-    ignore_case: bool = False
-    rank: ClassVar[int] = 1
-
-    def test(self, value: Any) -> bool:
-        if type(value) is not str:
-            return False
-        return (value.lower() if self.ignore_case else value).startswith(self.text)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Suffix(Condition):
-    text: str
-    ignore_case: bool = False
-    rank: ClassVar[int] = 1
-
-    def test(self, value: Any) -> bool:
-        if type(value) is not str:
-            return False
-        return (value.lower() if self.ignore_case else value).endswith(self.text)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Cidr(Condition):
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    rank: ClassVar[int] = 1
-
-    def test(self, value: Any) -> bool:
-        address = ip_number(value)
-        if address is None or address[0] != self.network.version:
-            return False
-        shift = self.network.max_prefixlen - self.network.prefixlen
-        return address[1] >> shift == int(self.network.network_address) >> shift
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Numeric(Condition):
-    """A closed or open interval; a missing bound is EventBridge's limit, inclusive."""
-
-    low: float
-    low_inclusive: bool
-    high: float
-    high_inclusive: bool
-    rank: ClassVar[int] = 2
-
-    def test(self, value: Any) -> bool:
-        if (type(value) is not int and type(value) is not float) or value != value:  # NaN is no number
-            return False
-        if value < self.low or (value == self.low and not self.low_inclusive):
-            return False
-        return not (value > self.high or (value == self.high and not self.high_inclusive))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Wildcard(Condition):
-    """`*` matches any run of characters. The literal runs between the stars are found left to
-    right, each at its first place after the previous one: taking the earliest place never
-    loses a match, so a test costs at most one scan of the value per run, never backtracking."""
-
-    text: str
-    segments: tuple[str, ...] = dataclasses.field(compare=False, hash=False)
-    """The literal runs around the stars: one more than there are stars."""
-    rank: ClassVar[int] = 3
-
-    @property
-    def stars(self) -> int:
-        return len(self.segments) - 1
-
-    def test(self, value: Any) -> bool:
-        if type(value) is not str:
-            return False
-        segments = self.segments
-        first, last = segments[0], segments[-1]
-        if len(segments) == 1:
-            return value == first
-        end = len(value) - len(last)
-        if end < len(first) or not value.startswith(first) or not value.endswith(last):
-            return False
-        position = len(first)
-        for middle in segments[1:-1]:
-            found = value.find(middle, position, end)
-            if found < 0:
-                return False
-            position = found + len(middle)
-        return True
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AnythingBut(Condition):
-    """`anything-but` a value or list: any leaf value (null included) other than these."""
-
-    strings: frozenset[str]
-    numbers: frozenset[int | float]
-    rank: ClassVar[int] = 4
-
-    def test(self, value: Any) -> bool:
-        kind = type(value)
-        if kind is str:
-            return value not in self.strings
-        if kind is int or kind is float:
-            return value not in self.numbers
-        return value is not _MISSING
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AnythingButMatching(Condition):
-    """`anything-but` with prefix/suffix/equals-ignore-case/wildcard: any leaf value that is
-    not a string those conditions accept (numbers, booleans and null always qualify)."""
-
-    excluded: tuple[Prefix | Suffix | EqualsIgnoreCase | Wildcard, ...]
-    rank: ClassVar[int] = 4
-
-    def test(self, value: Any) -> bool:
-        return not any(condition.test(value) for condition in self.excluded)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Exists(Condition):
-    present: bool
-    rank: ClassVar[int] = 5
-
-    def test(self, value: Any) -> bool:
-        # Applied to values by `Leaf.accepts`; a value's mere presence satisfies exists: true.
-        return self.present
-
-
-def _tag(value: Any) -> str:
-    kind = type(value)
-    if kind is str:
-        return "s"
-    if kind is bool:
-        return "b"
-    if kind is int or kind is float:
-        return "n"
-    if value is None:
-        return "z"
-    return "?"
-
-
-def ip_number(value: Any) -> tuple[int, int] | None:
-    """(IP version, address as an integer) for a string holding an IPv4 or IPv6 address
-    (strict: no leading zeros, no zone), else None."""
-    if type(value) is not str:
-        return None
-    family = socket.AF_INET6 if ":" in value else socket.AF_INET
-    try:
-        packed = socket.inet_pton(family, value)
-    except (OSError, ValueError):
-        return None
-    return (6 if family == socket.AF_INET6 else 4), int.from_bytes(packed, "big")
 
 
 # --- the pattern tree ---------------------------------------------------------------------
@@ -433,8 +251,8 @@ def resolve(document: Any, path: Path) -> tuple[list[Any], bool]:
     for depth, key in enumerate(path):
         following: list[Any] = []
         for node in nodes:
-            child = expanded(node).get(key, _MISSING) if type(node) is dict else _MISSING
-            if child is _MISSING:
+            child = expanded(node).get(key, MISSING) if type(node) is dict else MISSING
+            if child is MISSING:
                 continue
             if type(child) is list:
                 items = list(flatten(child))
@@ -502,15 +320,15 @@ def _merge(first: Any, second: Any) -> Any:
 
 def _fields_match(node: Fields, value: Any, root: dict[str, Any], path: Path) -> bool:
     if type(value) is list:
-        elements = list(flatten(value)) or [_MISSING]
+        elements = list(flatten(value)) or [MISSING]
         return any(_fields_match(node, element, root, path) for element in elements)
     obj = expanded(value) if type(value) is dict else {}
     for key, child in node.fields:
         here = (*path, key)
         if isinstance(child, Fields):
-            if not _fields_match(child, obj.get(key, _MISSING), root, here):
+            if not _fields_match(child, obj.get(key, MISSING), root, here):
                 return False
-        elif not _leaf_match(child, obj.get(key, _MISSING), root, here):
+        elif not _leaf_match(child, obj.get(key, MISSING), root, here):
             return False
     return all(
         any(_fields_match(alternative, value, root, path) for alternative in group) for group in node.alternatives
@@ -518,7 +336,7 @@ def _fields_match(node: Fields, value: Any, root: dict[str, Any], path: Path) ->
 
 
 def _leaf_match(leaf: Leaf, value: Any, root: dict[str, Any], path: Path) -> bool:
-    if value is _MISSING or type(value) is dict:
+    if value is MISSING or type(value) is dict:
         values = []
     elif type(value) is list:
         values = [item for item in flatten(value) if type(item) is not dict]
