@@ -19,6 +19,7 @@ from inmotion import Event
 from inmotion.errors import InvalidEvent
 from inmotion.events import from_batch, from_binary, from_dict, from_json, to_batch, to_binary, to_dict, to_json
 from inmotion.events.envelope import new_event
+from inmotion.events.http import from_http, to_http
 
 
 class OrderPlaced(pydantic.BaseModel):
@@ -373,3 +374,43 @@ def test_new_event_builds_in_full_once_its_templates_are_all_taken(monkeypatch: 
     assert not inmotion.events.envelope._templates
     with pytest.raises(InvalidEvent, match="subject"):
         new_event("t.full", "/s", subject="")
+
+
+@given(
+    type_=st.text(min_size=1, max_size=30),
+    source=st.text(min_size=1, max_size=30),
+    subject=st.none() | st.text(min_size=1, max_size=20),
+    data=_json_values | st.binary(max_size=30),
+    extensions=st.dictionaries(_names, st.text(max_size=10), max_size=3),
+    key=st.none() | st.text(min_size=1, max_size=10),
+    mode=st.sampled_from(["binary", "structured"]),
+)
+def test_any_event_round_trips_through_the_http_binding(
+    type_: str, source: str, subject: str | None, data: Any, extensions: dict[str, str], key: str | None, mode: Any
+) -> None:
+    """Binary mode: every attribute in a `ce-*` header, percent-encoded to printable ASCII
+    (what an HTTP header may carry) and decoded back; structured mode: the JSON format."""
+    event = Event.create(type_, data, source=source, subject=subject, key=key).replace(
+        extensions={**extensions, **({"partitionkey": key} if key is not None else {})}
+    )
+    headers, body = to_http(event, mode)
+    assert all(value.isascii() and value.isprintable() for value in headers.values())
+    # binary mode names the data's content type, as the Kafka binding does
+    assert from_http(headers.items(), body) == [event if mode == "structured" else from_binary(*to_binary(event))]
+
+
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(["ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-x", "content-type"]),
+        st.text(max_size=12),
+    ),
+    body=st.binary(max_size=20),
+)
+def test_any_http_request_is_an_event_or_an_invalid_event_error(headers: dict[str, str], body: bytes) -> None:
+    try:
+        from_http(headers.items(), body)
+    except InvalidEvent as error:
+        problem = error
+    else:
+        return
+    assert problem.attribute

@@ -22,6 +22,7 @@ from inmotion import Event
 from inmotion.clock import FakeClock
 from inmotion.errors import InvalidConfig
 from inmotion.events import from_json
+from inmotion.events.http import encode_header
 from inmotion.log import Log, TopicConfig, connect
 from inmotion.routing import (
     HandlerTarget,
@@ -35,7 +36,7 @@ from inmotion.routing import (
     parse_rules,
     route_file,
 )
-from inmotion.routing.http import DeliveryRejected, HttpClient, encode_header, request_of
+from inmotion.routing.http import DeliveryRejected, HttpClient, request_of
 from inmotion.runtime import App, DeadLetter, Retry
 from inmotion.testing import eventually
 

@@ -11,19 +11,15 @@ so a 3xx fails like a 5xx, 408 or 429 and is tried again; any other 4xx is
 from __future__ import annotations
 
 import http.client
-import re
 import threading
 import urllib.parse
 from typing import Literal
 
-from inmotion.errors import InmotionError
-from inmotion.events import STRUCTURED_CONTENT_TYPE, Event, to_binary, to_json
+from inmotion.errors import InmotionError, InvalidEvent
+from inmotion.events import Event
+from inmotion.events.http import to_http
 
 _RETRIED_CLIENT_ERRORS = frozenset({408, 429})
-_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
-"""Printable ASCII but `"` and `%`: what a `ce-*` header value may carry as it is (the
-CloudEvents HTTP binding, 3.1.3.2); the rest is percent-encoded from UTF-8."""
-_PLAIN_HEADER = re.compile(r"[\t\x20-\x7e]*")
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 """How a kept-alive connection that the server has closed meanwhile fails."""
 
@@ -36,30 +32,13 @@ class DeliveryRejected(DeliveryFailed):
     """A target refused the event for good (an HTTP 4xx): it is dead-lettered without retries."""
 
 
-def encode_header(value: str) -> str:
-    """A `ce-*` header value as the CloudEvents HTTP binding writes it: space, `"`, `%` and
-    everything outside printable ASCII percent-encoded from UTF-8, so never a CR or LF."""
-    return urllib.parse.quote(value, safe=_HEADER_SAFE)
-
-
 def request_of(event: Event, mode: Literal["binary", "structured"]) -> tuple[dict[str, str], bytes]:
     """The headers and body that carry `event` in the HTTP binding; DeliveryRejected when its
-    content type cannot be an HTTP header (it is a media type, sent as it is)."""
-    if mode == "structured":
-        return {"Content-Type": STRUCTURED_CONTENT_TYPE}, to_json(event)
-    key, attributes, value = to_binary(event)
-    headers = {}
-    for name, raw in attributes:
-        if name == "content-type":
-            content_type = raw.decode()
-            if not _PLAIN_HEADER.fullmatch(content_type):
-                raise DeliveryRejected(f"content type {content_type!r} cannot be sent as an HTTP header")
-            headers["Content-Type"] = content_type
-        else:
-            headers["ce-" + name.removeprefix("ce_")] = encode_header(raw.decode())
-    if key is not None:
-        headers["ce-partitionkey"] = encode_header(key.decode())
-    return headers, value or b""
+    content type cannot be an HTTP header."""
+    try:
+        return to_http(event, mode)
+    except InvalidEvent as exc:
+        raise DeliveryRejected(str(exc)) from None
 
 
 class HttpClient:
