@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import os
 import sys
@@ -26,9 +25,10 @@ from inmotion.cli.common import (
     print_json,
 )
 from inmotion.errors import InvalidConfig, InvalidEvent, UnknownTopic
-from inmotion.events import Event
 from inmotion.events.codec import source_and_id
-from inmotion.log import Coordinator, Log, MemberInfo, Record, TopicPartition
+from inmotion.gateway import serve_metrics
+from inmotion.log import Coordinator, Log, MemberInfo, Record
+from inmotion.log.lag import all_groups, group_lag
 from inmotion.runtime import deadletter, logs
 
 groups_app = typer.Typer(help="Inspect consumer groups: members, assignments, offsets, lag.", no_args_is_help=True)
@@ -43,46 +43,6 @@ def _open(broker: str | None) -> Iterator[tuple[Log, Coordinator]]:
             yield log, coordinator
         finally:
             coordinator.close()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _PartitionState:
-    topic: str
-    partition: int
-    owner: str | None
-    committed: int | None
-    latest: int
-
-    @property
-    def lag(self) -> int:
-        return self.latest - (self.committed or 0)
-
-    def document(self) -> dict[str, object]:
-        return {
-            "topic": self.topic,
-            "partition": self.partition,
-            "owner": self.owner,
-            "committed": self.committed,
-            "latest": self.latest,
-            "lag": self.lag,
-        }
-
-
-def _partitions(log: Log, coordinator: Coordinator, group: str) -> list[_PartitionState]:
-    owners = coordinator.owners(group)
-    topics = {topic for member in coordinator.members(group, live_only=False) for topic in member.topics}
-    topics |= {tp.topic for tp in owners} | set(log.group_topics(group))
-    states = []
-    for topic in sorted(topics):
-        try:
-            committed = log.committed(group, topic)
-            partitions = log.describe_topic(topic).partitions
-        except UnknownTopic:  # deleted since
-            continue
-        for info in partitions:
-            owner = owners.get(TopicPartition(topic, info.partition))
-            states.append(_PartitionState(topic, info.partition, owner, committed.get(info.partition), info.latest))
-    return states
 
 
 def _member_document(member: MemberInfo, now_ms: int) -> dict[str, object]:
@@ -104,8 +64,8 @@ def list_groups(
     """List consumer groups with their live members and total lag."""
     with _open(broker) as (log, coordinator):
         rows = []
-        for group in sorted(set(log.list_groups()) | set(coordinator.groups())):
-            states = _partitions(log, coordinator, group)
+        for group in all_groups(log, coordinator):
+            states = group_lag(log, coordinator, group)
             rows.append(
                 {
                     "group": group,
@@ -138,7 +98,7 @@ def describe_group(
         if group not in log.list_groups() and group not in coordinator.groups():
             fail(f"unknown consumer group {group!r} (list them with: inmotion groups list)")
         members = coordinator.members(group)
-        states = _partitions(log, coordinator, group)
+        states = group_lag(log, coordinator, group)
     now_ms = int(time.time() * 1000)
     if json:
         print_json(
@@ -176,30 +136,6 @@ def _dlq_topics(log: Log, topic: str | None) -> list[str]:
     return [t for t in log.list_topics() if t.endswith(".dlq")]
 
 
-def _event(entry: deadletter.DeadLetter) -> Event | None:
-    """The entry's CloudEvent; None for one that is not (a record of another producer, or the
-    raw bytes of records that the log could not decode)."""
-    try:
-        return entry.event()
-    except InvalidEvent:
-        return None
-
-
-def _entry_document(dlq_topic: str, entry: deadletter.DeadLetter) -> dict[str, object]:
-    event = _event(entry)
-    document: dict[str, object] = {
-        "dlq": dlq_topic,
-        "dlq_partition": entry.record.partition,
-        "dlq_offset": entry.record.offset,
-        "id": None if event is None else event.id,
-        "source": None if event is None else event.source,
-        "type": None if event is None else event.type,
-        "key": None if event is None else event.key,
-    }
-    document.update({k: v for k, v in entry.error.items() if k != "error_traceback"})
-    return document
-
-
 @dlq_app.command("list")
 def dlq_list(
     topic: Annotated[str | None, typer.Argument(help="A dead-letter topic (default: every topic named *.dlq).")] = None,
@@ -217,10 +153,7 @@ def dlq_list(
             for count, entry in enumerate(deadletter.entries(log, name)):
                 if count >= limit:
                     break
-                document = _entry_document(name, entry)
-                if traceback:
-                    document["error_traceback"] = entry.error.get("error_traceback", "")
-                found.append(document)
+                found.append(entry.document(include_traceback=traceback))
     if json:
         for document in found:
             print_json(document)
@@ -266,7 +199,7 @@ def dlq_redrive(
     type_filter = make_filter(event_type)
 
     def accept(entry: deadletter.DeadLetter) -> bool:
-        event = _event(entry)
+        event = entry.event_or_none()
         if type_filter is not None and (event is None or not type_filter.matches(event)):
             return False
         if error_type is not None and error_type not in (
@@ -290,12 +223,12 @@ def dlq_redrive(
             chosen = deadletter.redrive(log, topic, accept, from_start=again, to=to, only_group=only_group)
     if json:
         for entry in chosen:
-            print_json({**_entry_document(topic, entry), "redriven_to": to or entry.original_topic, "dry_run": dry_run})
+            print_json({**entry.document(), "redriven_to": to or entry.original_topic, "dry_run": dry_run})
         return
     verb = "would redrive" if dry_run else "redrove"
     typer.echo(f"{verb} {len(chosen)} event(s) from {topic}")
     for entry in chosen:
-        event = _event(entry)
+        event = entry.event_or_none()
         what = "(not a CloudEvent)" if event is None else f"{event.type} {event.id}"
         typer.echo(f"  {what} -> {to or entry.original_topic}")
 
@@ -446,10 +379,15 @@ def run(
     app_spec: Annotated[str, typer.Argument(metavar="MODULE:APP", help="Where the App is, e.g. billing.service:app")],
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log one JSON object per line.")] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve the app's metrics at http://HOST:PORT/metrics.")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option("--metrics-host", help="The address of --metrics-port.")] = "127.0.0.1",
     broker: BrokerOption = None,
 ) -> None:
     """Run an app's subscribers and background tasks until SIGTERM or Ctrl-C (then finish,
-    commit, leave the groups and run the shutdown hooks)."""
+    commit, leave the groups and run the shutdown hooks); with --metrics-port, serve its
+    counters and lag in the Prometheus text format meanwhile."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--log-level must be debug, info, warning or error, got {log_level!r}")
     if broker:
@@ -461,6 +399,10 @@ def run(
         fail(f"{app_spec} names its own broker ({app.log.url}): drop --broker or create the App without one")
     if not app.subscriptions and not app.lifecycle.tasks:
         fail(f"{app_spec} has no subscriptions or background tasks to run")
+    if metrics_port is not None:
+        if not 0 < metrics_port < 65536:
+            fail(f"--metrics-port must be between 1 and 65535, got {metrics_port}")
+        app.task(serve_metrics(app.prometheus, metrics_host, metrics_port))
     try:
         app.run_sync()
     finally:

@@ -6,6 +6,7 @@ headers and takes its correlation id from `ce_correlationid`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,9 @@ from urllib.parse import urlsplit
 import msgspec
 import pydantic
 
+from inmotion.errors import InmotionError, UnknownTopic
 from inmotion.events import Event
+from inmotion.log import Log
 from inmotion.runtime.filters import TypeIs, TypePrefix
 
 if TYPE_CHECKING:
@@ -79,6 +82,57 @@ def describe(app: App, *, version: str = "1.0.0") -> dict[str, Any]:
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},
+    }
+    return document
+
+
+def describe_log(log: Log, *, sample: int = 100, version: str = "1.0.0") -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of a whole log: each topic a channel, whose messages are the
+    event types among its newest `sample` records per partition (their payloads any JSON: the
+    log keeps no schemas), and a `send` operation per channel."""
+    messages: dict[str, Any] = {}
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for topic in log.list_topics():
+        types: set[str] = set()
+        try:
+            for partition in range(log.partition_count(topic)):
+                start = max(log.earliest_offset(topic, partition), log.latest_offset(topic, partition) - sample)
+                for record in log.read(topic, partition, start, sample):
+                    with contextlib.suppress(InmotionError):
+                        types.add(record.event().type)
+        except UnknownTopic:  # deleted meanwhile
+            continue
+        channel = channels[_key(topic)] = {"address": topic, "messages": {}}
+        for kind in sorted(types) or ["CloudEvent"]:
+            messages.setdefault(
+                _key(kind),
+                {
+                    "name": kind,
+                    "contentType": "application/json",
+                    "headers": {"$ref": "#/components/schemas/CloudEventHeaders"},
+                    "correlationId": {"location": "$message.header#/ce_correlationid"},
+                    "payload": {"description": "any JSON value"},
+                },
+            )
+            channel["messages"][_key(kind)] = {"$ref": f"#/components/messages/{_key(kind)}"}
+        operations[_key(f"publish.{topic}")] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{_key(topic)}"},
+            "summary": f"publish to {topic}",
+        }
+    document: dict[str, Any] = {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {"title": "inmotion log", "version": version, "description": f"The topics of {log.url}."},
+        "defaultContentType": "application/json",
+    }
+    servers = _servers(log.url)
+    if servers:
+        document["servers"] = servers
+    document |= {
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": {"CloudEventHeaders": _HEADERS}},
     }
     return document
 

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
-from inmotion.errors import InvalidConfig, TopicExists, UnknownTopic
+from inmotion.errors import InvalidConfig, InvalidEvent, TopicExists, UnknownTopic
 from inmotion.events import Event
 from inmotion.log import Log, Message, Record, TopicConfig
 
@@ -77,6 +77,31 @@ class DeadLetter:
 
     def event(self) -> Event:
         return self.record.event()
+
+    def event_or_none(self) -> Event | None:
+        """The entry's CloudEvent; None for one that is not (a record of another producer, or
+        the raw bytes of records that the log could not decode)."""
+        try:
+            return self.record.event()
+        except InvalidEvent:
+            return None
+
+    def document(self, *, include_traceback: bool = False) -> dict[str, object]:
+        """The entry as `inmotion dlq list --json` and the gateway show it."""
+        event = self.event_or_none()
+        document: dict[str, object] = {
+            "dlq": self.record.topic,
+            "dlq_partition": self.record.partition,
+            "dlq_offset": self.record.offset,
+            "id": None if event is None else event.id,
+            "source": None if event is None else event.source,
+            "type": None if event is None else event.type,
+            "key": None if event is None else event.key,
+        }
+        document.update({k: v for k, v in self.error.items() if k != "error_traceback"})
+        if include_traceback:
+            document["error_traceback"] = self.error.get("error_traceback", "")
+        return document
 
     def original(self, only_group: bool = False) -> Message:
         """The message as it was before it failed; with `only_group`, marked for the group

@@ -22,10 +22,12 @@ class Metrics:
     """Thread-safe counters and gauges keyed by name and labels. Each series' value is kept in
     a cell (a one-item list) that its `Counter` handle adds to without looking the series up."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, runtime: bool = True) -> None:
+        """`runtime`: announce the runtime's series (an app's metrics); False for a set of
+        series of one's own (`describe` each)."""
         self._lock = threading.Lock()
         self._values: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
-        self._help = dict(_HELP)
+        self._help = dict(_HELP) if runtime else {}
 
     def describe(self, name: str, kind: str, text: str) -> None:
         """Announce a series of a component above the runtime (the router's), so that
