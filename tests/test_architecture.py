@@ -22,8 +22,8 @@ LAYERS = {
     "inmotion.workflows": 6,
     "inmotion.streams": 7,
     "inmotion.gateway": 8,
-    "inmotion.cli": 8,
-    "inmotion.testing": 9,
+    "inmotion.cli": 9,
+    "inmotion.testing": 10,
 }
 BACKENDS = ("inmotion.log.memory", "inmotion.log.sqlite", "inmotion.log.kafka")
 

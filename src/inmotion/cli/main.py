@@ -8,6 +8,7 @@ import typer
 
 from inmotion.cli.asyncapi import asyncapi
 from inmotion.cli.common import explain
+from inmotion.cli.gateway import serve_command, tokens_app
 from inmotion.cli.records import publish, tail
 from inmotion.cli.rules import RULES_FILE_HELP, route, rules_app
 from inmotion.cli.runtime import dlq_app, groups_app, replay, run
@@ -35,6 +36,8 @@ app.command("route", epilog=RULES_FILE_HELP)(route)
 app.command("trace")(trace)
 app.add_typer(workflows_app, name="workflows")
 app.command("asyncapi")(asyncapi)
+app.command("serve")(serve_command)
+app.add_typer(tokens_app, name="tokens")
 workflows_app.command("list")(list_instances)
 workflows_app.command("describe")(describe)
 workflows_app.command("cancel")(cancel)

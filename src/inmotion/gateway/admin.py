@@ -1,0 +1,368 @@
+"""The admin API (an `--admin` token): topics, consumer groups with their lag, dead letters and
+their redrive, a rule pattern tester, tokens and the log's AsyncAPI document; what the
+`inmotion` command does, over HTTP."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from inmotion.errors import InmotionError, InvalidConfig, UnknownTopic
+from inmotion.events import from_dict
+from inmotion.gateway.common import gateway_of, in_thread, read_object
+from inmotion.gateway.problems import Problem
+from inmotion.log import Log, TopicConfig, TopicInfo
+from inmotion.log.lag import all_groups, group_lag
+from inmotion.patterns import Pattern
+from inmotion.runtime import deadletter
+from inmotion.runtime.asyncapi import describe_log
+from inmotion.runtime.filters import make_filter
+
+if TYPE_CHECKING:
+    from inmotion.gateway.app import Gateway
+
+_MAX_LIST = 1000
+
+
+def _admin(request: Request) -> Gateway:
+    gateway = gateway_of(request)
+    gateway.auth.check(request, None)
+    return gateway
+
+
+def _topic_document(info: TopicInfo) -> dict[str, object]:
+    return {
+        "name": info.name,
+        "partitions": [{"partition": p.partition, "earliest": p.earliest, "latest": p.latest} for p in info.partitions],
+        "records": sum(p.latest - p.earliest for p in info.partitions),
+        "retention_ms": info.config.retention_ms,
+        "retention_bytes": info.config.retention_bytes,
+        "compact": info.config.compact,
+    }
+
+
+def _topics(log: Log) -> list[dict[str, object]]:
+    found = []
+    for name in log.list_topics():
+        try:
+            found.append(_topic_document(log.describe_topic(name)))
+        except UnknownTopic:  # deleted meanwhile
+            continue
+    return found
+
+
+async def list_topics(request: Request) -> Response:
+    """Every topic with its partitions' offsets and settings.
+    ---
+    summary: List topics
+    responses:
+      200: {description: "{topics: [{name, partitions, records, retention_ms, retention_bytes, compact}]}"}
+    """
+    gateway = _admin(request)
+    return JSONResponse({"topics": await in_thread(_topics, gateway.log)})
+
+
+async def describe_topic(request: Request) -> Response:
+    """One topic.
+    ---
+    summary: Describe a topic
+    parameters:
+      - {name: topic, in: path, required: true, schema: {type: string}}
+    responses:
+      200: {description: The topic's partitions and settings}
+      404: {description: No such topic}
+    """
+    gateway = _admin(request)
+    info = await in_thread(gateway.log.describe_topic, request.path_params["topic"])
+    return JSONResponse(_topic_document(info))
+
+
+async def create_topic(request: Request) -> Response:
+    """Create a topic.
+    ---
+    summary: Create a topic
+    requestBody:
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [name]
+            properties:
+              name: {type: string}
+              partitions: {type: integer, minimum: 1}
+              retention_ms: {type: integer}
+              retention_bytes: {type: integer}
+              compact: {type: boolean}
+    responses:
+      201: {description: Created}
+      400: {description: Invalid settings}
+      409: {description: The topic exists}
+    """
+    gateway = _admin(request)
+    document = await read_object(request)
+    name = document.get("name")
+    if not isinstance(name, str):
+        raise Problem(400, 'name the topic: {"name": "orders", "partitions": 3}')
+    unknown = set(document) - {"name", "partitions", "retention_ms", "retention_bytes", "compact"}
+    if unknown:
+        raise Problem(400, f"unknown setting(s): {', '.join(sorted(unknown))}")
+    try:
+        config = TopicConfig(
+            partitions=document.get("partitions", 1),
+            retention_ms=document.get("retention_ms"),
+            retention_bytes=document.get("retention_bytes"),
+            compact=document.get("compact", False),
+        )
+    except (InvalidConfig, TypeError) as exc:
+        raise Problem(400, str(exc)) from None
+    await in_thread(gateway.log.create_topic, name, config)
+    info = await in_thread(gateway.log.describe_topic, name)
+    return JSONResponse(_topic_document(info), status_code=201)
+
+
+async def delete_topic(request: Request) -> Response:
+    """Delete a topic and its records.
+    ---
+    summary: Delete a topic
+    parameters:
+      - {name: topic, in: path, required: true, schema: {type: string}}
+    responses:
+      204: {description: Deleted}
+      404: {description: No such topic}
+    """
+    gateway = _admin(request)
+    await in_thread(gateway.log.delete_topic, request.path_params["topic"])
+    return Response(status_code=204)
+
+
+def _groups(gateway: Gateway) -> list[dict[str, object]]:
+    coordinator = gateway.runtime.coordinator
+    rows = []
+    for group in all_groups(gateway.log, coordinator):
+        states = group_lag(gateway.log, coordinator, group)
+        rows.append(
+            {
+                "group": group,
+                "members": len(coordinator.members(group)),
+                "topics": sorted({s.topic for s in states}),
+                "lag": sum(s.lag for s in states),
+            }
+        )
+    return rows
+
+
+async def list_groups(request: Request) -> Response:
+    """Consumer groups with their live members and total lag.
+    ---
+    summary: List consumer groups
+    responses:
+      200: {description: "{groups: [{group, members, topics, lag}]}"}
+    """
+    gateway = _admin(request)
+    return JSONResponse({"groups": await in_thread(_groups, gateway)})
+
+
+def _group(gateway: Gateway, group: str) -> dict[str, object]:
+    coordinator = gateway.runtime.coordinator
+    if group not in all_groups(gateway.log, coordinator):
+        raise Problem(404, f"unknown consumer group {group!r}")
+    now_ms = int(time.time() * 1000)
+    states = group_lag(gateway.log, coordinator, group)
+    return {
+        "group": group,
+        "members": [
+            {
+                "member": m.member_id,
+                "host": m.host,
+                "pid": m.pid,
+                "topics": list(m.topics),
+                "last_heartbeat_s": None if m.heartbeat_ms is None else round((now_ms - m.heartbeat_ms) / 1000, 3),
+            }
+            for m in coordinator.members(group)
+        ],
+        "partitions": [s.document() for s in states],
+        "lag": sum(s.lag for s in states),
+    }
+
+
+async def describe_group(request: Request) -> Response:
+    """A group's members, partition owners, committed offsets and lag.
+    ---
+    summary: Describe a consumer group
+    parameters:
+      - {name: group, in: path, required: true, schema: {type: string}}
+    responses:
+      200: {description: "{group, members, partitions: [{topic, partition, owner, committed, latest, lag}], lag}"}
+      404: {description: No such group}
+    """
+    gateway = _admin(request)
+    return JSONResponse(await in_thread(_group, gateway, request.path_params["group"]))
+
+
+def _dead_letters(log: Log, topic: str | None, limit: int) -> list[dict[str, object]]:
+    topics = [topic] if topic is not None else [t for t in log.list_topics() if t.endswith(".dlq")]
+    found = []
+    for name in topics:
+        for count, entry in enumerate(deadletter.entries(log, name)):
+            if count >= limit:
+                break
+            found.append(entry.document(include_traceback=True))
+    return found
+
+
+async def list_dead_letters(request: Request) -> Response:
+    """Dead-lettered events with their errors, of one dead-letter topic or of every *.dlq topic.
+    ---
+    summary: List dead letters
+    parameters:
+      - {name: topic, in: query, required: false, schema: {type: string}}
+      - {name: limit, in: query, required: false, schema: {type: integer, default: 100}}
+    responses:
+      200:
+        description: >
+          {entries: [{dlq, dlq_partition, dlq_offset, id, source, type, key, topic, group,
+          error_type, error_message, error_traceback, attempts, ...}]}
+      404: {description: No such topic}
+    """
+    gateway = _admin(request)
+    limit = request.query_params.get("limit", "100")
+    if not limit.isdigit() or not 0 < int(limit) <= _MAX_LIST:
+        raise Problem(400, f"limit must be between 1 and {_MAX_LIST}, got {limit!r}")
+    topic = request.query_params.get("topic")
+    if topic is not None and topic not in await in_thread(gateway.log.list_topics):
+        raise UnknownTopic(topic)
+    return JSONResponse({"entries": await in_thread(_dead_letters, gateway.log, topic, int(limit))})
+
+
+async def redrive(request: Request) -> Response:
+    """Send a dead-letter topic's entries back to their original topics.
+    ---
+    summary: Redrive dead letters
+    parameters:
+      - {name: topic, in: path, required: true, schema: {type: string}}
+    requestBody:
+      content:
+        application/json:
+          schema:
+            type: object
+            properties:
+              ids: {type: array, items: {type: string}, description: Only the events with these ids}
+              type: {type: string, description: "Only events of this type ('a.b' or 'a.*')"}
+              to: {type: string, description: "Send to this topic instead of each event's original"}
+              again: {type: boolean, description: Also entries an earlier redrive went past}
+              only_group: {type: boolean, description: Only the group that failed each event handles it again}
+    responses:
+      200: {description: "{redriven: [{id, type, to}]}"}
+      404: {description: No such topic}
+    """
+    gateway = _admin(request)
+    document = await read_object(request)
+    topic = request.path_params["topic"]
+    ids = document.get("ids")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        raise Problem(400, "ids must be a list of event ids")
+    type_filter = make_filter(document.get("type"))
+    to = document.get("to")
+    if to is not None and to not in await in_thread(gateway.log.list_topics):
+        raise UnknownTopic(to)
+
+    def accept(entry: deadletter.DeadLetter) -> bool:
+        event = entry.event_or_none()
+        if type_filter is not None and (event is None or not type_filter.matches(event)):
+            return False
+        return ids is None or (event is not None and event.id in ids)
+
+    chosen = await in_thread(
+        deadletter.redrive,
+        gateway.log,
+        topic,
+        accept,
+        from_start=bool(document.get("again")),
+        to=to,
+        only_group=bool(document.get("only_group")),
+    )
+    return JSONResponse(
+        {
+            "redriven": [
+                {
+                    "id": None if (event := entry.event_or_none()) is None else event.id,
+                    "type": None if event is None else event.type,
+                    "to": to or entry.original_topic,
+                }
+                for entry in chosen
+            ]
+        }
+    )
+
+
+async def test_pattern(request: Request) -> Response:
+    """Does an event pattern match an event, and why?
+    ---
+    summary: Test a rule pattern
+    requestBody:
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [pattern, event]
+            properties:
+              pattern: {type: object, description: An EventBridge event pattern}
+              event: {type: object, description: A CloudEvent (or any JSON object)}
+    responses:
+      200: {description: "{match, explanation: [lines]}"}
+      400: {description: An invalid pattern}
+    """
+    _admin(request)
+    document = await read_object(request)
+    if "pattern" not in document or "event" not in document:
+        raise Problem(400, 'send {"pattern": {...}, "event": {...}}')
+    try:
+        pattern = Pattern(document["pattern"])
+        event = document["event"]
+        if isinstance(event, dict) and "specversion" in event:
+            from_dict(event)  # a CloudEvent must be a valid one
+        return JSONResponse({"match": pattern.matches(event), "explanation": pattern.explain(event)})
+    except InmotionError as exc:
+        raise Problem(400, str(exc)) from None
+
+
+async def list_tokens(request: Request) -> Response:
+    """The tokens (never their secrets).
+    ---
+    summary: List tokens
+    responses:
+      200: {description: "{tokens: [{name, publish, subscribe, admin, rate, created}]}"}
+    """
+    gateway = _admin(request)
+    grants = await in_thread(gateway.tokens.list)
+    return JSONResponse({"tokens": [grant.document() for grant in grants]})
+
+
+async def asyncapi(request: Request) -> Response:
+    """The log's AsyncAPI 3.0 document: each topic a channel, the event types it carries.
+    ---
+    summary: AsyncAPI document of the log
+    responses:
+      200: {description: AsyncAPI 3.0 (JSON)}
+    """
+    gateway = _admin(request)
+    return JSONResponse(await in_thread(describe_log, gateway.log))
+
+
+routes = [
+    Route("/topics", list_topics, methods=["GET"]),
+    Route("/topics", create_topic, methods=["POST"]),
+    Route("/topics/{topic}", describe_topic, methods=["GET"]),
+    Route("/topics/{topic}", delete_topic, methods=["DELETE"]),
+    Route("/groups", list_groups),
+    Route("/groups/{group}", describe_group),
+    Route("/dlq", list_dead_letters),
+    Route("/dlq/{topic}/redrive", redrive, methods=["POST"]),
+    Route("/rules/test", test_pattern, methods=["POST"]),
+    Route("/tokens", list_tokens),
+    Route("/asyncapi.json", asyncapi),
+]

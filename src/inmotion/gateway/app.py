@@ -1,0 +1,363 @@
+"""The gateway's HTTP API: CloudEvents in (`POST /topics/{topic}/events`), Server-Sent Events
+out (`GET /topics/{topic}/events`), the admin API, `/metrics`, and the OpenAPI and AsyncAPI
+documents. `create_app` builds it as an ASGI application; `inmotion serve` runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.schemas import SchemaGenerator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inmotion.clock import Clock, SystemClock
+from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, StorageError, TopicExists, UnknownTopic
+from inmotion.events.codec import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
+from inmotion.events.http import from_http, media_type
+from inmotion.gateway import admin
+from inmotion.gateway.auth import Auth
+from inmotion.gateway.common import gateway_of, in_thread, read_body, read_object
+from inmotion.gateway.egress import Stream, parse_cursor
+from inmotion.gateway.ingress import MAX_BATCH, Ingress
+from inmotion.gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS, describe_http, log_metrics
+from inmotion.gateway.problems import Problem, problem_response
+from inmotion.gateway.tokens import Tokens
+from inmotion.log import Log, connect
+from inmotion.runtime import App
+
+logger = logging.getLogger("inmotion.gateway")
+
+_PRUNE_EVERY = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    auth: bool = True
+    """False: no token needed (`--insecure-no-auth`, for 127.0.0.1 only)."""
+    max_body: int = 1 << 20
+    """Bytes a request body may hold."""
+    dedupe_window: float = 24 * 3600.0
+    """Seconds during which an event POSTed again with the same (source, id) is not appended again."""
+    session_timeout: float = 10.0
+    """Session timeout of the group members the gateway runs for SSE clients."""
+
+
+class Gateway:
+    """What the endpoints share: the log, the runtime app that publishes, tokens and settings."""
+
+    def __init__(self, log: Log, settings: Settings, clock: Clock) -> None:
+        self.log = log
+        self.settings = settings
+        self.runtime = App("inmotion.gateway", log, topic_config=None, clock=clock)
+        describe_http(self.runtime.metrics)
+        self.tokens = Tokens(log)
+        self.auth = Auth(self.tokens if settings.auth else None, clock)
+        self.ingress = Ingress(self.runtime, settings.dedupe_window)
+        self._pruned = clock.time()
+
+    async def prune(self) -> None:
+        """Forget dedupe records past the window, once a minute at most (called by requests)."""
+        now = self.runtime.clock.time()
+        if now - self._pruned >= _PRUNE_EVERY:
+            self._pruned = now
+            await self.ingress.forget_old()
+
+    def close(self) -> None:
+        self.ingress.close()
+        self.runtime.close()
+
+
+# --- events in ----------------------------------------------------------------------------
+
+
+async def publish(request: Request) -> Response:
+    """Append CloudEvents to a topic.
+    ---
+    summary: Publish events (CloudEvents HTTP binding)
+    description: >
+      Binary mode (ce-* headers, the data as the body), structured mode
+      (application/cloudevents+json) or batch mode (application/cloudevents-batch+json). A batch
+      is appended whole or not at all. An event POSTed again with the same source and id within
+      the dedupe window is not appended again (its position is null, duplicate true).
+    parameters:
+      - {name: topic, in: path, required: true, schema: {type: string}}
+    responses:
+      202: {description: "Appended: each event's id, partition and offset"}
+      400: {description: An invalid event (problem details name the attribute)}
+      401: {description: No token, or an unknown or revoked one}
+      403: {description: The token may not publish to this topic}
+      404: {description: No such topic}
+      413: {description: The body is too large, or the batch has too many events}
+      415: {description: Neither a CloudEvents content type nor ce-* headers}
+    """
+    gateway = gateway_of(request)
+    topic = request.path_params["topic"]
+    gateway.auth.check(request, "publish", topic)
+    body = await read_body(request)
+    kind = media_type(request.headers.get("content-type"))
+    if kind not in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE) and "ce-specversion" not in request.headers:
+        raise Problem(
+            415,
+            f"expected Content-Type {STRUCTURED_CONTENT_TYPE} or {BATCH_CONTENT_TYPE}, or a binary-mode event"
+            f" with ce-specversion, ce-id, ce-source and ce-type headers (got Content-Type {kind or 'none'})",
+        )
+    try:
+        events = from_http(request.headers.items(), body)
+    except InvalidEvent as exc:
+        raise Problem(400, str(exc), attribute=exc.attribute) from None
+    if not events:
+        raise Problem(400, "the batch holds no events")
+    if len(events) > MAX_BATCH:
+        raise Problem(413, f"a batch may hold {MAX_BATCH} events, this one has {len(events)}")
+    try:
+        positions = await gateway.ingress.publish(topic, events)
+    except UnknownTopic:
+        raise Problem(404, f"unknown topic {topic!r}", topic=topic) from None
+    await gateway.prune()
+    return JSONResponse(
+        {
+            "topic": topic,
+            "events": [
+                {
+                    "id": event.id,
+                    "partition": None if position is None else position.partition,
+                    "offset": None if position is None else position.offset,
+                    "duplicate": position is None,
+                }
+                for event, position in zip(events, positions, strict=True)
+            ],
+        },
+        status_code=202,
+    )
+
+
+# --- events out ---------------------------------------------------------------------------
+
+
+async def subscribe(request: Request) -> Response:
+    """Stream a topic's events as Server-Sent Events.
+    ---
+    summary: Read events as Server-Sent Events
+    description: >
+      With group, the gateway joins that consumer group for the client, which gets the
+      partitions the group gives it from the group's committed offsets. Each event's SSE id is
+      a cursor; reconnecting with it as Last-Event-ID resumes after that event and, in a group,
+      commits everything up to it. Without group, every partition from `from`.
+    parameters:
+      - {name: topic, in: path, required: true, schema: {type: string}}
+      - {name: group, in: query, required: false, schema: {type: string}}
+      - {name: from, in: query, required: false, schema: {type: string, enum: [earliest, latest]}}
+      - {name: Last-Event-ID, in: header, required: false, schema: {type: string}}
+    responses:
+      200: {description: "text/event-stream: one SSE event per CloudEvent (structured JSON)"}
+      400: {description: An invalid Last-Event-ID or parameter}
+      404: {description: No such topic}
+    """
+    gateway = gateway_of(request)
+    topic = request.path_params["topic"]
+    gateway.auth.check(request, "subscribe", topic)
+    group = request.query_params.get("group") or None
+    try:
+        cursor = parse_cursor(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
+        stream = Stream(
+            gateway.log,
+            gateway.runtime.coordinator,
+            topic,
+            group=group,
+            cursor=cursor,
+            start=request.query_params.get("from", "earliest" if group else "latest"),
+            session_timeout=gateway.settings.session_timeout,
+        )
+        await stream.open()
+    except UnknownTopic:
+        raise Problem(404, f"unknown topic {topic!r}", topic=topic) from None
+    except InvalidConfig as exc:
+        raise Problem(400, str(exc)) from None
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            async for frame in stream.frames():
+                yield frame
+        except InmotionError as exc:
+            logger.warning("stream of %s for group %s ended: %s", topic, group, exc)
+        finally:
+            with anyio.CancelScope(shield=True):  # the client went: leave the group all the same
+                await stream.close()
+
+    return StreamingResponse(
+        frames(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def acknowledge(request: Request) -> Response:
+    """Commit a group's offsets up to an SSE cursor.
+    ---
+    summary: Acknowledge the events streamed to a group's client
+    description: >
+      The body's last_event_id (or the Last-Event-ID header) is the id of the last SSE event
+      the client has handled: the group's offsets move past it.
+    parameters:
+      - {name: topic, in: path, required: true, schema: {type: string}}
+      - {name: group, in: path, required: true, schema: {type: string}}
+    responses:
+      204: {description: Committed}
+      400: {description: An invalid cursor}
+    """
+    gateway = gateway_of(request)
+    topic, group = request.path_params["topic"], request.path_params["group"]
+    gateway.auth.check(request, "subscribe", topic)
+    text = (await read_object(request)).get("last_event_id")
+    try:
+        cursor = parse_cursor(text or request.headers.get("last-event-id"))
+        if not cursor:
+            raise InvalidConfig('name the last event seen: {"last_event_id": "0:17"} or a Last-Event-ID header')
+        await in_thread(gateway.log.commit, group, topic, cursor, forward_only=True)
+    except UnknownTopic:
+        raise Problem(404, f"unknown topic {topic!r}", topic=topic) from None
+    except InvalidConfig as exc:
+        raise Problem(400, str(exc)) from None
+    return Response(status_code=204)
+
+
+# --- the rest -----------------------------------------------------------------------------
+
+
+async def metrics(request: Request) -> Response:
+    """The gateway's counters and the log's gauges for Prometheus.
+    ---
+    summary: Metrics in the Prometheus text format
+    responses:
+      200: {description: "text/plain; version=0.0.4"}
+    """
+    gateway = gateway_of(request)
+    gateway.auth.check(request, None)
+    text = gateway.runtime.prometheus() + await in_thread(log_metrics, gateway.log, gateway.runtime.coordinator)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+_SCHEMAS = SchemaGenerator(
+    {
+        "openapi": "3.1.0",
+        "info": {"title": "inmotion gateway", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    }
+)
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document of this API.
+    ---
+    summary: This document
+    responses:
+      200: {description: OpenAPI 3.1 (JSON)}
+    """
+    gateway_of(request).auth.check(request, None)
+    return JSONResponse(_SCHEMAS.get_schema(routes=request.app.routes))
+
+
+async def health(request: Request) -> Response:
+    """Whether the gateway can read the log.
+    ---
+    summary: Health check (no token needed)
+    responses:
+      200: {description: The log answers}
+      503: {description: The log does not answer}
+    """
+    try:
+        await in_thread(gateway_of(request).log.list_topics)
+    except InmotionError as exc:
+        raise Problem(503, f"the log does not answer: {exc}") from None
+    return JSONResponse({"status": "ok"})
+
+
+class _Measured:
+    """Counts each request and the time to its response's first byte, by endpoint and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def measured_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                endpoint = scope.get("endpoint")
+                route = getattr(endpoint, "__name__", "unmatched")
+                status = str(message["status"])
+                gateway: Gateway = scope["app"].state.gateway
+                gateway.runtime.metrics.add(HTTP_REQUESTS, 1, route=route, status=status)
+                gateway.runtime.metrics.add(HTTP_SECONDS, time.perf_counter() - started, route=route, status=status)
+            await send(message)
+
+        await self.app(scope, receive, measured_send)
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    return Problem(503, f"the log cannot be used: {exc}").response(request)
+
+
+async def _bad_input(request: Request, exc: Exception) -> Response:
+    return Problem(400, str(exc)).response(request)
+
+
+async def _exists(request: Request, exc: Exception) -> Response:
+    return Problem(409, str(exc)).response(request)
+
+
+async def _unknown_topic(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UnknownTopic)
+    return Problem(404, str(exc), topic=exc.topic).response(request)
+
+
+def create_app(
+    log: str | Log | None = None, settings: Settings | None = None, *, clock: Clock | None = None
+) -> Starlette:
+    """The gateway as an ASGI application on `log` (a URL or an open log; default
+    `INMOTION_BROKER`, else ./inmotion.db). A log given by URL is closed with the app."""
+    owned = not isinstance(log, Log)
+    opened: Log = connect(log) if not isinstance(log, Log) else log
+    gateway = Gateway(opened, settings or Settings(), clock or SystemClock())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        gateway.close()
+        if owned:
+            opened.close()
+
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        Problem: problem_response,
+        StorageError: _storage_error,
+        UnknownTopic: _unknown_topic,
+        TopicExists: _exists,
+        InvalidConfig: _bad_input,
+        InvalidEvent: _bad_input,
+    }
+    routes = [
+        Route("/topics/{topic}/events", publish, methods=["POST"]),
+        Route("/topics/{topic}/events", subscribe, methods=["GET"]),
+        Route("/topics/{topic}/groups/{group}/ack", acknowledge, methods=["POST"]),
+        *admin.routes,
+        Route("/metrics", metrics),
+        Route("/openapi.json", openapi, include_in_schema=False),
+        Route("/healthz", health),
+    ]
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.state.gateway = gateway
+    app.add_middleware(_Measured)
+    return app

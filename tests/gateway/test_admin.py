@@ -1,0 +1,186 @@
+"""The admin API, /metrics, the OpenAPI and AsyncAPI documents, and `inmotion run --metrics-port`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from inmotion.events import Event
+from inmotion.log import connect
+from inmotion.runtime import deadletter
+from inmotion.testing import wait_until
+from tests.gateway.conftest import Server, create_token, free_port
+from tests.test_asyncapi import valid
+from tests.test_cli import INMOTION
+
+
+def admin(server: Server) -> httpx.Client:
+    token = create_token(server.broker, "root", "--admin")
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def test_topics_create_list_describe_delete(server: Server) -> None:
+    with admin(server) as client:
+        created = client.post("/topics", json={"name": "payments", "partitions": 2, "retention_ms": 60000})
+        assert created.status_code == 201, created.text
+        assert created.json()["partitions"] == [
+            {"partition": 0, "earliest": 0, "latest": 0},
+            {"partition": 1, "earliest": 0, "latest": 0},
+        ]
+        assert client.post("/topics", json={"name": "payments"}).status_code == 409
+        bad = client.post("/topics", json={"name": "x", "partitions": 0})
+        assert bad.status_code == 400
+        assert bad.headers["content-type"] == "application/problem+json"
+        assert client.post("/topics", json={"name": "x", "shards": 2}).json()["detail"] == "unknown setting(s): shards"
+        assert client.post("/topics", content=b"[1]").status_code == 400
+        names = [topic["name"] for topic in client.get("/topics").json()["topics"]]
+        assert {"orders", "shipments", "payments"} <= set(names)
+        assert client.get("/topics/payments").json()["retention_ms"] == 60000
+        assert client.delete("/topics/payments").status_code == 204
+        assert client.get("/topics/payments").status_code == 404
+        assert client.delete("/topics/payments").status_code == 404
+
+
+def test_groups_show_lag_and_dead_letters_are_listed_and_redriven(server: Server, broker: str) -> None:
+    with connect(broker) as log:
+        placed = [Event.create("shop.order.placed", {"n": n}, source="/t", key="k") for n in range(5)]
+        [first, *_] = log.append_events("orders", placed)
+        log.commit("billing", "orders", {first.partition: 1})
+        failed = log.read("orders", first.partition, 0, 1)[0]
+        deadletter.ensure_topic(log, "billing.dlq")
+        log.append("billing.dlq", [deadletter.dead_letter(failed, ValueError("card declined"), 3, "billing", 0.0)])
+        before = sum(log.latest_offset("orders", p) for p in range(3))
+    with admin(server) as client:
+        [group] = client.get("/groups").json()["groups"]
+        assert group["group"] == "billing"
+        assert group["lag"] == 4
+        described = client.get("/groups/billing").json()
+        assert described["lag"] == 4
+        assert {p["partition"]: p["committed"] for p in described["partitions"]}[first.partition] == 1
+        assert client.get("/groups/nobody").status_code == 404
+        [entry] = client.get("/dlq").json()["entries"]
+        assert entry["error_type"] == "builtins.ValueError"
+        assert entry["error_message"] == "card declined"
+        assert "ValueError: card declined" in entry["error_traceback"]
+        assert client.get("/dlq?topic=billing.dlq&limit=0").status_code == 400
+        assert client.get("/dlq?topic=nope.dlq").status_code == 404
+        redriven = client.post("/dlq/billing.dlq/redrive", json={"type": "shop.order.*"}).json()["redriven"]
+        assert redriven == [{"id": entry["id"], "type": "shop.order.placed", "to": "orders"}]
+        assert client.post("/dlq/billing.dlq/redrive", json={}).json()["redriven"] == []  # each entry once
+        assert client.post("/dlq/billing.dlq/redrive", json={"ids": "x"}).status_code == 400
+        text = client.get("/metrics").text
+    with connect(broker) as log:
+        assert sum(log.latest_offset("orders", p) for p in range(3)) == before + 1
+    assert 'inmotion_dead_letters{topic="billing.dlq"} 1' in text
+    assert (
+        f'inmotion_group_lag{{group="billing",partition="{first.partition}",topic="orders"}} 5' in text
+    )  # 4, and the redriven event
+    assert "# TYPE inmotion_group_lag gauge" in text
+    assert text.count("# TYPE inmotion_published_total") == 1
+
+
+def test_the_pattern_tester_explains_its_answer(server: Server) -> None:
+    with admin(server) as client:
+        answer = client.post(
+            "/rules/test",
+            json={"pattern": {"data": {"total": [{"numeric": [">", 100]}]}}, "event": {"data": {"total": 250}}},
+        )
+        assert answer.json()["match"] is True
+        assert answer.json()["explanation"]
+        miss = client.post("/rules/test", json={"pattern": {"data": {"total": [5]}}, "event": {"data": {"total": 6}}})
+        assert miss.json()["match"] is False
+        invalid = client.post("/rules/test", json={"pattern": {"data": {"total": [{"numeric": [">"]}]}}, "event": {}})
+        assert invalid.status_code == 400
+        assert "invalid pattern" in invalid.json()["detail"]
+
+
+def test_metrics_count_requests_and_published_events(server: Server, broker: str) -> None:
+    token = create_token(broker, "shop", "--publish", "orders")
+    for n in range(3):
+        httpx.post(
+            f"{server.url}/topics/orders/events",
+            json={"specversion": "1.0", "id": f"m-{n}", "source": "/m", "type": "t"},
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/cloudevents+json"},
+        )
+    with admin(server) as client:
+        text = client.get("/metrics").text
+    assert 'inmotion_published_total{topic="orders"} 3' in text
+    assert 'inmotion_http_requests_total{route="publish",status="202"} 3' in text
+    assert 'inmotion_http_request_seconds_total{route="publish",status="202"}' in text
+    ends = [line for line in text.splitlines() if line.startswith('inmotion_topic_end_offset{partition="')]
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in ends if 'topic="orders"' in line) == 3
+
+
+def test_openapi_and_asyncapi_documents(server: Server, broker: str) -> None:
+    with connect(broker) as log:
+        log.append_events("orders", [Event.create("shop.order.placed", {"n": 1}, source="/t")])
+    with admin(server) as client:
+        openapi = client.get("/openapi.json").json()
+        asyncapi = client.get("/asyncapi.json").json()
+    assert openapi["openapi"] == "3.1.0"
+    assert set(openapi["paths"]["/topics/{topic}/events"]) == {"get", "post"}
+    assert "/dlq/{topic}/redrive" in openapi["paths"]
+    assert openapi["paths"]["/topics/{topic}/events"]["post"]["responses"]["415"]
+    valid(asyncapi)
+    assert asyncapi["channels"]["orders"]["address"] == "orders"
+    assert "shop.order.placed" in asyncapi["channels"]["orders"]["messages"]
+
+
+APP = """
+from inmotion import App
+
+app = App("metered")
+
+
+@app.subscribe("orders", group="metered")
+async def handle(order: dict) -> None:
+    pass
+"""
+
+
+def test_run_serves_an_apps_metrics(broker: str, tmp_path: Path) -> None:
+    (tmp_path / "metered.py").write_text(APP)
+    with connect(broker) as log:
+        log.append_events("orders", [Event.create("t", {"n": n}, source="/t") for n in range(4)])
+    port = free_port()
+    env = {**os.environ, "INMOTION_BROKER": broker}
+    process = subprocess.Popen(
+        [INMOTION, "run", "metered:app", "--metrics-port", str(port)], cwd=tmp_path, env=env, stderr=subprocess.PIPE
+    )
+    try:
+
+        def consumed() -> bool:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.TransportError:
+                return False
+            return 'inmotion_consumed_total{group="metered",topic="orders"} 4' in text
+
+        wait_until(consumed, 30, "the metrics to count the events")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken_port = busy.getsockname()[1]
+        taken = subprocess.run(
+            [INMOTION, "run", "metered:app", "--metrics-port", str(taken_port)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert taken.returncode == 1
+    assert taken.stderr.startswith(f"error: cannot listen on 127.0.0.1:{taken_port}: ")
