@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -123,7 +124,7 @@ async def publish(request: Request) -> Response:
     except UnknownTopic:
         raise Problem(404, f"unknown topic {topic!r}", topic=topic) from None
     await gateway.prune()
-    return JSONResponse(
+    return _json(
         {
             "topic": topic,
             "events": [
@@ -136,7 +137,7 @@ async def publish(request: Request) -> Response:
                 for event, position in zip(events, positions, strict=True)
             ],
         },
-        status_code=202,
+        status=202,
     )
 
 
@@ -280,6 +281,11 @@ async def health(request: Request) -> Response:
     except InmotionError as exc:
         raise Problem(503, f"the log does not answer: {exc}") from None
     return JSONResponse({"status": "ok"})
+
+
+def _json(document: object, status: int = 200) -> Response:
+    """A JSON response encoded by msgspec (several times faster than the json module)."""
+    return Response(msgspec.json.encode(document), status, media_type="application/json")
 
 
 class _Measured:

@@ -94,6 +94,8 @@ class Stream:
         self.positions: dict[int, int] = {}
         """Owned partitions and the next offset to send from each."""
         self._membership: Membership | None = None
+        self._waiting: asyncio.Future[bool] | None = None
+        """A wait for other processes' appends (`Log.wait`, on a thread), kept across rounds."""
         self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix=f"inmotion-sse:{topic}")
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
@@ -140,7 +142,9 @@ class Stream:
                 next_beat = loop.time() + beat
             sent = False
             for partition in sorted(self.positions):
-                records = await self._call(self.log.read, self.topic, partition, self.positions[partition], _BATCH)
+                records = self.log.read_now(self.topic, partition, self.positions[partition], _BATCH)
+                if records is None:
+                    records = await self._call(self.log.read, self.topic, partition, self.positions[partition], _BATCH)
                 for record in records:
                     self.positions[partition] = self.cursor[partition] = record.offset + 1
                     yield frame(record, self.cursor)
@@ -151,11 +155,18 @@ class Stream:
             if loop.time() - quiet_since >= _KEEPALIVE:
                 quiet_since = loop.time()
                 yield b": keep-alive\n\n"
-            wait = min(beat, _KEEPALIVE)
-            if self.positions:
-                await self._call(self.log.wait, self.topic, dict(self.positions), wait)
-            else:
-                await asyncio.sleep(min(wait, 0.2))
+            await self._wait(min(beat, _KEEPALIVE))
+
+    async def _wait(self, seconds: float) -> None:
+        """Until the topic has records past the positions, or `seconds` pass."""
+        if not self.positions:
+            await asyncio.sleep(min(seconds, 0.2))  # no partition yet: the next heartbeat may give one
+            return
+        if self._waiting is None or self._waiting.done():
+            loop = asyncio.get_running_loop()
+            self._waiting = loop.run_in_executor(self._pool, self.log.wait, self.topic, dict(self.positions), seconds)
+        # a wait outlives a round that ends without it (a heartbeat due): one thread, not one a round
+        await asyncio.wait({self._waiting}, timeout=seconds)
 
     async def _heartbeat(self) -> None:
         assert self._membership is not None

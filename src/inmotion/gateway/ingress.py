@@ -36,7 +36,7 @@ class Ingress:
     def _dedupe(self, topic: str) -> Dedupe:
         dedupe = self._dedupes.get(topic)
         if dedupe is None:
-            dedupe = self._dedupes[topic] = Dedupe(self.app.coordinator, dedupe_group(topic), self._pool)
+            dedupe = self._dedupes[topic] = Dedupe(self.app.log, self.app.coordinator, dedupe_group(topic), self._pool)
         return dedupe
 
     async def publish(self, topic: str, events: Sequence[Event]) -> list[Position | None]:
@@ -46,9 +46,10 @@ class Ingress:
         while busy := [f for key in keys if (f := self._in_flight.get((topic, key))) is not None]:
             await asyncio.wait(busy)
         dedupe = self._dedupe(topic)
+        seen = dedupe.seen_among(keys)
         fresh: dict[Key, int] = {}
         for index, key in enumerate(keys):
-            if key not in fresh and not dedupe.seen(key):
+            if key not in fresh and key not in seen:
                 fresh[key] = index
         done = asyncio.get_running_loop().create_future()
         for key in fresh:

@@ -108,6 +108,11 @@ class Coordinator(abc.ABC):
     def remember(self, group: str, keys: Sequence[tuple[str, str]]) -> None:
         """Record (source, id) pairs as handled by the group."""
 
+    def remember_now(self, group: str, keys: Sequence[tuple[str, str]]) -> bool:
+        """`remember` if it can be done at once, without waiting for a lock or the network (on
+        an event loop); False, with nothing done, otherwise (call `remember` in a thread)."""
+        return False
+
     @abc.abstractmethod
     def forget_before(self, group: str, cutoff_ms: int) -> int:
         """Drop the group's dedupe records older than `cutoff_ms` (the window's far end); returns how many."""

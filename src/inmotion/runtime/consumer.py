@@ -66,9 +66,8 @@ class Consumer:
         """Each topic's id (`Log.topic_id`) when its workers started: another id means the topic
         was deleted and created again under them."""
         transaction = coordinator.transaction(self.group) if subscription.transaction else None
-        self.dedupe = (
-            Dedupe(coordinator, self.group, self._io) if subscription.idempotent and transaction is None else None
-        )
+        idempotent = subscription.idempotent and transaction is None
+        self.dedupe = Dedupe(self.log, coordinator, self.group, self._io) if idempotent else None
         self.pipeline = Pipeline(app, subscription, self.counter, self.dedupe, transaction, self._member_id, self._io)
         self.fetchers = {
             topic: Fetcher(self.log, app.publisher, topic, self.group, self.workers) for topic in subscription.topics

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from collections.abc import Sequence
 
-from inmotion.log import Coordinator
+from inmotion.log import Coordinator, Log
+from inmotion.runtime.publisher import soon
 
 logger = logging.getLogger("inmotion.runtime")
 
@@ -21,7 +23,8 @@ Key = tuple[str, str]
 
 
 class Dedupe:
-    def __init__(self, coordinator: Coordinator, group: str, pool: concurrent.futures.Executor) -> None:
+    def __init__(self, log: Log, coordinator: Coordinator, group: str, pool: concurrent.futures.Executor) -> None:
+        self.log = log
         self.coordinator = coordinator
         self.group = group
         self._pool = pool
@@ -29,11 +32,21 @@ class Dedupe:
         self._unwritten: set[Key] = set()
         """Keys of handled events whose records are being written: already seen."""
         self._writing: asyncio.Task[None] | None = None
+        self._queued = 0
+        """Keys remembered so far; `_written` of them are written (or their write failed)."""
+        self._written = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def seen(self, key: Key) -> bool:
         """Has the group handled this event already? InmotionError while the records cannot
         be read."""
         return key in self._unwritten or bool(self.coordinator.seen(self.group, [key]))
+
+    def seen_among(self, keys: Sequence[Key]) -> set[Key]:
+        """Those of `keys` that the group has handled, in one question to the coordinator."""
+        found = {key for key in keys if key in self._unwritten}
+        rest = [key for key in keys if key not in found]
+        return found | (self.coordinator.seen(self.group, rest) if rest else set())
 
     def remember(self, key: Key) -> None:
         """Record `key` as handled, in one write with the keys of every event that finishes
@@ -41,6 +54,7 @@ class Dedupe:
         handled, and without its record a later copy is merely handled again."""
         self._unwritten.add(key)
         self._to_write.append(key)
+        self._queued += 1
         if self._writing is None or self._writing.done():
             self._writing = asyncio.create_task(self._write())
 
@@ -49,14 +63,26 @@ class Dedupe:
         while self._to_write:
             batch, self._to_write = self._to_write, []
             try:
-                await loop.run_in_executor(self._pool, self.coordinator.remember, self.group, batch)
+                if not await soon(self.log, lambda: self.coordinator.remember_now(self.group, batch)):  # noqa: B023
+                    await loop.run_in_executor(self._pool, self.coordinator.remember, self.group, batch)
             except Exception as exc:  # commits wait for this task: it must not die
                 logger.warning("recording %d dedupe record(s) failed: %s", len(batch), exc, extra={"group": self.group})
             finally:
                 self._unwritten.difference_update(batch)
+                self._written += len(batch)
+                waiting, self._waiters = self._waiters, []
+                for target, future in waiting:
+                    if self._written < target:
+                        self._waiters.append((target, future))
+                    elif not future.done():
+                        future.set_result(None)
 
     async def written(self) -> None:
         """Return once the records of every event handled so far are written (or their write
-        failed): before offsets past those events are committed."""
-        while self._writing is not None and not self._writing.done():
-            await asyncio.shield(self._writing)
+        failed): before offsets past those events are committed. Keys remembered meanwhile are
+        not waited for, so that a steady stream of them keeps no caller waiting."""
+        if self._written >= self._queued:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._queued, future))
+        await asyncio.shield(future)

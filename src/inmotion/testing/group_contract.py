@@ -230,6 +230,18 @@ class GroupContract:
         assert coordinator.seen(group, [("src", "1"), ("src", "3")]) == {("src", "1")}
         assert coordinator.seen(f"{group}-other", [("src", "1")]) == set()
 
+    def test_many_dedupe_records_are_asked_for_at_once(self, coordinator: Coordinator, group: str) -> None:
+        keys = [(f"src-{n % 3}", str(n)) for n in range(1200)]  # more than one query's worth of a source
+        coordinator.remember(group, keys[::2])
+        assert coordinator.seen(group, keys) == set(keys[::2])
+
+    def test_dedupe_records_remembered_now_are_seen(self, coordinator: Coordinator, group: str) -> None:
+        """`remember_now` either does nothing (False: remember in a thread) or all of it."""
+        if coordinator.remember_now(group, [("src", "1"), ("src", "2")]):
+            assert coordinator.seen(group, [("src", "1"), ("src", "2"), ("src", "3")]) == {("src", "1"), ("src", "2")}
+        else:
+            assert coordinator.seen(group, [("src", "1"), ("src", "2")]) == set()
+
     def test_dedupe_records_of_chosen_events_can_be_forgotten(self, coordinator: Coordinator, group: str) -> None:
         coordinator.remember(group, [("src", "1"), ("src", "2"), ("src", "3")])
         coordinator.remember(f"{group}-other", [("src", "1")])

@@ -59,6 +59,9 @@ DROP TABLE grp_positions
 """
 
 
+_IDS_A_QUERY = 500
+
+
 class SqliteCoordinator(LeaseCoordinator):
     """Groups kept in `grp_*` tables of a SQLite log's file, shared by every process using it."""
 
@@ -200,13 +203,20 @@ class SqliteCoordinator(LeaseCoordinator):
         """A WAL read on the calling thread's own connection: it waits for no lock, so an event
         loop may call it."""
         conn = self._reader()
+        by_source: dict[str, list[str]] = {}
+        for source, event_id in keys:
+            by_source.setdefault(source, []).append(event_id)
         found: set[tuple[str, str]] = set()
         try:
-            for source, event_id in keys:
-                if conn.execute(
-                    "SELECT 1 FROM grp_handled WHERE grp = ? AND source = ? AND id = ?", (group, source, event_id)
-                ).fetchone():
-                    found.add((source, event_id))
+            for source, ids in by_source.items():  # one indexed query for up to _IDS_A_QUERY ids of a source
+                for start in range(0, len(ids), _IDS_A_QUERY):
+                    chunk = ids[start : start + _IDS_A_QUERY]
+                    rows = conn.execute(
+                        "SELECT id FROM grp_handled WHERE grp = ? AND source = ? AND id IN"
+                        f" ({', '.join('?' * len(chunk))})",
+                        (group, source, *chunk),
+                    )
+                    found.update((source, event_id) for (event_id,) in rows)
         except sqlite3.Error as exc:
             raise StorageError(f"consumer group storage in {self.path} failed: {exc}") from exc
         return found
@@ -223,8 +233,12 @@ class SqliteCoordinator(LeaseCoordinator):
         return conn
 
     def remember(self, group: str, keys: Sequence[tuple[str, str]]) -> None:
-        with self._writing() as conn:
-            self.remember_in(conn, group, keys)
+        # through the log's writer: a process's appends and dedupe records then wait for each
+        # other on one lock, not on SQLite's busy handler (which sleeps milliseconds at a time)
+        self.log._write(lambda conn: self.remember_in(conn, group, keys))
+
+    def remember_now(self, group: str, keys: Sequence[tuple[str, str]]) -> bool:
+        return self.log.appends_now and self.log._write_now(lambda conn: self.remember_in(conn, group, keys))
 
     def remember_in(self, conn: sqlite3.Connection, group: str, keys: Sequence[tuple[str, str]]) -> None:
         now = self.now_ms()
