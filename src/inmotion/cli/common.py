@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, NoReturn
 
@@ -14,7 +13,7 @@ import typer
 
 from inmotion.errors import InmotionError, InvalidConfig, UnknownTopic
 from inmotion.events.codec import RFC3339
-from inmotion.log import Log, Record, connect, default_broker
+from inmotion.log import Log, connect, default_broker
 
 BrokerOption = Annotated[
     str | None,
@@ -48,7 +47,6 @@ _SIZE_FACTOR = {
 }
 
 json_encoder = msgspec.json.Encoder()
-_SCAN = 1000
 LARGEST = 2**63 - 1
 """The largest offset, size or time in milliseconds that the logs store (a signed 64-bit integer)."""
 
@@ -57,17 +55,6 @@ def open_log(broker: str | None, *, create: bool = True) -> Log:
     """The log `--broker` names; with `create=False` (commands that only look) a SQLite file
     that does not exist is an error instead of a new, empty log."""
     return connect(broker or default_broker(), create=create)
-
-
-def batches_until_now(log: Log, topic: str, partition: int, start: int) -> Iterator[list[Record]]:
-    """The partition's records from `start` up to where it ended when called, in batches."""
-    offset, end = start, log.latest_offset(topic, partition)
-    while offset < end:
-        records = [r for r in log.read(topic, partition, offset, min(_SCAN, end - offset)) if r.offset < end]
-        if not records:
-            return
-        yield records
-        offset = records[-1].offset + 1
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -17,7 +17,6 @@ from rich.table import Table
 from inmotion.cli.common import (
     BrokerOption,
     JsonOption,
-    batches_until_now,
     check_offset,
     fail,
     open_log,
@@ -29,6 +28,7 @@ from inmotion.events.codec import source_and_id
 from inmotion.gateway import serve_metrics
 from inmotion.log import Coordinator, Log, MemberInfo, Record
 from inmotion.log.lag import all_groups, group_lag
+from inmotion.log.scan import batches_until_now
 from inmotion.runtime import deadletter, logs
 
 groups_app = typer.Typer(help="Inspect consumer groups: members, assignments, offsets, lag.", no_args_is_help=True)

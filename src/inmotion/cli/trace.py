@@ -8,9 +8,7 @@ afterwards without any coordinator.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -18,23 +16,16 @@ import typer
 from inmotion.cli.common import (
     BrokerOption,
     JsonOption,
-    batches_until_now,
     fail,
     open_log,
     parse_time_ms,
     print_json,
 )
-from inmotion.errors import InvalidEvent
 from inmotion.events import Event, to_dict
 from inmotion.events.codec import format_time
-from inmotion.log import Log, Record
-from inmotion.runtime.handler import CAUSATION_ID, CORRELATION_ID
-
-_ID_HEADER = "ce_id"
-_CORRELATION_HEADER = "ce_" + CORRELATION_ID
-_PROGRESS_EVERY = 100_000
-
-Found = list[tuple[Event, Record]]
+from inmotion.log import Record
+from inmotion.runtime import trace as trace_flow
+from inmotion.runtime.handler import CAUSATION_ID
 
 
 def trace(
@@ -60,29 +51,32 @@ def trace(
     if not event_id:
         fail("give an event id, the end of one, or a correlation id", code=2)
     start_ms = parse_time_ms(since) if since is not None else None
+    progress = _show_progress if sys.stderr.isatty() else None
     with open_log(broker, create=False) as log:
         existing = set(log.list_topics())
         names = topics or sorted(existing)
         missing = sorted(set(names) - existing)
         if missing:
             fail(f"no such topic: {', '.join(missing)}", code=2)
-        found, scanned = _scan(log, names, event_id, start_ms)
+        found, scanned = trace_flow.scan(log, names, event_id, start_ms, progress)
         if not found:  # the end of an id, as the demo and logs show them
-            ending = _events_whose_id_ends_with(log, names, event_id, start_ms)
+            ending = trace_flow.events_whose_id_ends_with(log, names, event_id, start_ms)
             if len(ending) > 1:
                 some = ", ".join(sorted(ending)[:3])
                 fail(f"{event_id!r} is the end of {len(ending)} event ids ({some}, ...): give more of it")
             if ending:
                 event_id, pair = ending.popitem()
                 found = [pair]
-        correlation = _correlation_of(found, event_id)
+        correlation = trace_flow.correlation_of(found, event_id)
         if correlation != event_id or len(found) == 1:  # the flow around the event found alone
-            found, _ = _scan(log, names, correlation, start_ms)
+            found, _ = trace_flow.scan(log, names, correlation, start_ms, progress)
+    if progress is not None and scanned >= trace_flow.PROGRESS_EVERY:
+        print(file=sys.stderr)
     if not found:
         where = f"{_count(len(names), 'topic')} ({scanned:,} events)"
         fail(f"no event with id or correlation id {event_id!r} in {where}")
     if json:
-        for event, record, depth, parent, _ in _tree(found):
+        for event, record, depth, parent, _ in trace_flow.tree(found):
             document: dict[str, Any] = to_dict(event)
             document.update(
                 topic=record.topic, partition=record.partition, offset=record.offset, depth=depth, parent=parent
@@ -91,95 +85,13 @@ def trace(
         return
     topic_count = len({record.topic for _, record in found})
     typer.echo(f"correlation {correlation}: {_count(len(found), 'event')} in {_count(topic_count, 'topic')}")
-    first_ms = min(_time_ms(event, record) for event, record in found)
-    for event, record, depth, parent, branch in _tree(found):
+    first_ms = min(trace_flow.time_ms(event, record) for event, record in found)
+    for event, record, depth, parent, branch in trace_flow.tree(found):
         typer.echo(_line(event, record, depth, parent, branch, first_ms))
 
 
-def _scan(log: Log, topics: list[str], wanted: str, start_ms: int | None) -> tuple[Found, int]:
-    """The events of `topics` whose id or correlation id is `wanted`, with their records, and
-    how many records were read. Each partition is read up to where it ended when its scan
-    began. Records are matched on their binary-mode headers, so only the matches are decoded."""
-    needle = wanted.encode()
-    by_id, by_correlation = (_ID_HEADER, needle), (_CORRELATION_HEADER, needle)
-    found: Found = []
-    scanned = 0
-    progress = sys.stderr.isatty()
-    for number, topic in enumerate(topics, start=1):
-        for record in _records(log, topic, start_ms):
-            scanned += 1
-            if progress and scanned % _PROGRESS_EVERY == 0:
-                print(f"\rreading {topic} ({number}/{len(topics)} topics, {scanned:,} events)", end="", file=sys.stderr)
-            if by_correlation in record.headers or by_id in record.headers:
-                try:
-                    found.append((record.event(), record))
-                except InvalidEvent:
-                    continue  # a header like ours on a record that is no CloudEvent
-    if progress and scanned >= _PROGRESS_EVERY:
-        print(file=sys.stderr)
-    return found, scanned
-
-
-def _events_whose_id_ends_with(
-    log: Log, topics: list[str], end: str, start_ms: int | None
-) -> dict[str, tuple[Event, Record]]:
-    """The events whose id ends with `end`, by id: the slow path (each record's headers looked
-    through), taken only when no event has `end` as its id or correlation id."""
-    needle = end.encode()
-    found: dict[str, tuple[Event, Record]] = {}
-    for topic in topics:
-        for record in _records(log, topic, start_ms):
-            value = next((value for name, value in record.headers if name == _ID_HEADER), None)
-            if value is not None and value.endswith(needle):
-                with contextlib.suppress(InvalidEvent):  # a header like ours on a record that is no CloudEvent
-                    event = record.event()
-                    found[event.id] = (event, record)
-    return found
-
-
-def _records(log: Log, topic: str, start_ms: int | None) -> Iterator[Record]:
-    for partition in range(log.partition_count(topic)):
-        if start_ms is None:
-            start = log.earliest_offset(topic, partition)
-        else:
-            start = log.offset_for_time(topic, partition, start_ms)
-        for batch in batches_until_now(log, topic, partition, start):
-            yield from batch
-
-
-def _correlation_of(found: Found, event_id: str) -> str:
-    """The correlation id of the flow that `event_id` names: its event's correlation id if it
-    is an event's id, else itself (a correlation id, or the id of a flow's first event)."""
-    for event, _ in found:
-        if event.id == event_id:
-            return str(event.extensions.get(CORRELATION_ID, event_id))
-    return event_id
-
-
-def _tree(found: Found) -> Iterator[tuple[Event, Record, int, str | None, str]]:
-    """Events depth first, each after the event that caused it, siblings in time order, with
-    their depth, their cause's id and the branches to draw before them; an event whose cause
-    is not among them (outside the topics or the time read) is a root."""
-    ordered = sorted(found, key=lambda pair: (_time_ms(*pair), pair[1].topic, pair[1].partition, pair[1].offset))
-    ids = {event.id for event, _ in ordered}
-    children: dict[str | None, Found] = {}
-    for event, record in ordered:
-        cause = event.extensions.get(CAUSATION_ID)
-        parent = str(cause) if cause is not None and str(cause) in ids and str(cause) != event.id else None
-        children.setdefault(parent, []).append((event, record))
-    seen: set[str] = set()
-
-    def walk(parent: str | None, depth: int, indent: str) -> Iterator[tuple[Event, Record, int, str | None, str]]:
-        # an event stored twice (a producer's retry) is shown once, and a cycle of ids ends
-        mine = [(event, record) for event, record in children.get(parent, []) if event.id not in seen]
-        seen.update(event.id for event, _ in mine)
-        for number, (event, record) in enumerate(mine, start=1):
-            last = number == len(mine)
-            branch = "" if depth == 0 else indent + ("└─ " if last else "├─ ")
-            yield event, record, depth, parent, branch
-            yield from walk(event.id, depth + 1, "" if depth == 0 else indent + ("   " if last else "│  "))
-
-    yield from walk(None, 0, "")
+def _show_progress(topic: str, number: int, scanned: int) -> None:
+    print(f"\rreading {topic} ({number} topics, {scanned:,} events)", end="", file=sys.stderr)
 
 
 def _line(event: Event, record: Record, depth: int, parent: str | None, branch: str, first_ms: int) -> str:
@@ -187,7 +99,7 @@ def _line(event: Event, record: Record, depth: int, parent: str | None, branch: 
     if depth == 0 and event.time is not None:
         when = format_time(event.time)
     else:
-        when = _after(_time_ms(event, record) - first_ms)
+        when = _after(trace_flow.time_ms(event, record) - first_ms)
     cause = event.extensions.get(CAUSATION_ID)
     orphan = f" (caused by {cause!s}, not found)" if depth == 0 and cause is not None and parent is None else ""
     return f"{branch}{event.type}  {where}  {when}  id {event.id}{orphan}"
@@ -195,10 +107,6 @@ def _line(event: Event, record: Record, depth: int, parent: str | None, branch: 
 
 def _after(ms: int) -> str:
     return f"+{ms} ms" if ms < 10_000 else f"+{ms / 1000:.1f} s"
-
-
-def _time_ms(event: Event, record: Record) -> int:
-    return int(event.time.timestamp() * 1000) if event.time is not None else record.timestamp
 
 
 def _count(number: int, noun: str) -> str:

@@ -12,13 +12,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inmotion.errors import InmotionError, InvalidConfig, UnknownTopic
-from inmotion.events import from_dict
+from inmotion.events import from_dict, to_dict
 from inmotion.gateway.common import gateway_of, in_thread, read_object
 from inmotion.gateway.problems import Problem
+from inmotion.gateway.tokens import TOKENS_TOPIC
 from inmotion.log import Log, TopicConfig, TopicInfo
 from inmotion.log.lag import all_groups, group_lag
 from inmotion.patterns import Pattern
-from inmotion.runtime import deadletter
+from inmotion.runtime import deadletter, trace
 from inmotion.runtime.asyncapi import describe_log
 from inmotion.runtime.filters import make_filter
 
@@ -342,6 +343,40 @@ async def list_tokens(request: Request) -> Response:
     return JSONResponse({"tokens": [grant.document() for grant in grants]})
 
 
+def _flow(log: Log, event_id: str) -> dict[str, object]:
+    topics = [topic for topic in log.list_topics() if topic != TOKENS_TOPIC]
+    found, scanned = trace.scan(log, topics, event_id, None)
+    correlation = trace.correlation_of(found, event_id)
+    if correlation != event_id or len(found) == 1:  # the flow around the event found alone
+        found, scanned = trace.scan(log, topics, correlation, None)
+    if not found:
+        raise Problem(
+            404, f"no event with id or correlation id {event_id!r} in {len(topics)} topics ({scanned} events)"
+        )
+    events = []
+    for event, record, depth, parent, _ in trace.tree(found):
+        document: dict[str, object] = to_dict(event)
+        document.update(
+            topic=record.topic, partition=record.partition, offset=record.offset, depth=depth, parent=parent
+        )
+        events.append(document)
+    return {"correlation": correlation, "events": events}
+
+
+async def flow(request: Request) -> Response:
+    """The causal tree of the events that share an event's correlation id, across topics.
+    ---
+    summary: Trace an event's flow
+    parameters:
+      - {name: id, in: path, required: true, schema: {type: string}, description: An event id or a correlation id}
+    responses:
+      200: {description: "{correlation, events: [CloudEvent + topic, partition, offset, depth, parent]} in tree order"}
+      404: {description: No such event}
+    """
+    gateway = _admin(request)
+    return JSONResponse(await in_thread(_flow, gateway.log, request.path_params["id"]))
+
+
 async def asyncapi(request: Request) -> Response:
     """The log's AsyncAPI 3.0 document: each topic a channel, the event types it carries.
     ---
@@ -365,4 +400,5 @@ routes = [
     Route("/rules/test", test_pattern, methods=["POST"]),
     Route("/tokens", list_tokens),
     Route("/asyncapi.json", asyncapi),
+    Route("/trace/{id}", flow),
 ]

@@ -9,19 +9,29 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
 from starlette.schemas import SchemaGenerator
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inmotion.clock import Clock, SystemClock
-from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, StorageError, TopicExists, UnknownTopic
+from inmotion.errors import (
+    InmotionError,
+    InvalidConfig,
+    InvalidEvent,
+    InvalidPattern,
+    StorageError,
+    TopicExists,
+    UnknownTopic,
+)
 from inmotion.events.codec import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
 from inmotion.events.http import from_http, media_type
 from inmotion.gateway import admin
@@ -33,11 +43,13 @@ from inmotion.gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS, describe_http,
 from inmotion.gateway.problems import Problem, problem_response
 from inmotion.gateway.tokens import Tokens
 from inmotion.log import Log, connect
+from inmotion.patterns import Pattern
 from inmotion.runtime import App
 
 logger = logging.getLogger("inmotion.gateway")
 
 _PRUNE_EVERY = 60.0
+_STATIC = Path(__file__).parent / "static"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -157,17 +169,20 @@ async def subscribe(request: Request) -> Response:
       - {name: topic, in: path, required: true, schema: {type: string}}
       - {name: group, in: query, required: false, schema: {type: string}}
       - {name: from, in: query, required: false, schema: {type: string, enum: [earliest, latest]}}
+      - {name: pattern, in: query, required: false, schema: {type: string}, description: An event pattern (JSON)}
       - {name: Last-Event-ID, in: header, required: false, schema: {type: string}}
     responses:
       200: {description: "text/event-stream: one SSE event per CloudEvent (structured JSON)"}
-      400: {description: An invalid Last-Event-ID or parameter}
+      400: {description: An invalid Last-Event-ID, pattern or parameter}
       404: {description: No such topic}
     """
     gateway = gateway_of(request)
     topic = request.path_params["topic"]
     gateway.auth.check(request, "subscribe", topic)
     group = request.query_params.get("group") or None
+    pattern_text = request.query_params.get("pattern")
     try:
+        pattern = None if not pattern_text else Pattern(pattern_text)
         cursor = parse_cursor(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
         stream = Stream(
             gateway.log,
@@ -177,11 +192,12 @@ async def subscribe(request: Request) -> Response:
             cursor=cursor,
             start=request.query_params.get("from", "earliest" if group else "latest"),
             session_timeout=gateway.settings.session_timeout,
+            pattern=pattern,
         )
         await stream.open()
     except UnknownTopic:
         raise Problem(404, f"unknown topic {topic!r}", topic=topic) from None
-    except InvalidConfig as exc:
+    except (InvalidConfig, InvalidPattern) as exc:
         raise Problem(400, str(exc)) from None
 
     async def frames() -> AsyncIterator[bytes]:
@@ -288,6 +304,11 @@ def _json(document: object, status: int = 200) -> Response:
     return Response(msgspec.json.encode(document), status, media_type="application/json")
 
 
+async def dashboard(request: Request) -> Response:
+    """The dashboard's page (no token needed: it holds no data; its requests carry the token)."""
+    return FileResponse(_STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
 class _Measured:
     """Counts each request and the time to its response's first byte, by endpoint and status."""
 
@@ -362,6 +383,8 @@ def create_app(
         Route("/metrics", metrics),
         Route("/openapi.json", openapi, include_in_schema=False),
         Route("/healthz", health),
+        Route("/", dashboard, include_in_schema=False),
+        Mount("/static", StaticFiles(packages=[("inmotion.gateway", "static")]), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.gateway = gateway

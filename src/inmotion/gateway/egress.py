@@ -24,6 +24,7 @@ from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent
 from inmotion.events import to_dict
 from inmotion.log import Log, Membership, Record, TopicPartition
 from inmotion.log.groups import Coordinator
+from inmotion.patterns import Pattern
 
 logger = logging.getLogger("inmotion.gateway")
 
@@ -81,6 +82,7 @@ class Stream:
         cursor: Cursor,
         start: str,
         session_timeout: float,
+        pattern: Pattern | None = None,
     ) -> None:
         if start not in ("earliest", "latest"):
             raise InvalidConfig(f"from must be 'earliest' or 'latest', got {start!r}")
@@ -91,6 +93,8 @@ class Stream:
         self.cursor = dict(cursor)
         self.start = start
         self.session_timeout = session_timeout
+        self.pattern = pattern
+        """Only events it matches are sent (the cursor moves past the others all the same)."""
         self.positions: dict[int, int] = {}
         """Owned partitions and the next offset to send from each."""
         self._membership: Membership | None = None
@@ -147,8 +151,9 @@ class Stream:
                     records = await self._call(self.log.read, self.topic, partition, self.positions[partition], _BATCH)
                 for record in records:
                     self.positions[partition] = self.cursor[partition] = record.offset + 1
-                    yield frame(record, self.cursor)
-                    sent = True
+                    if self.pattern is None or self._matches(record):
+                        yield frame(record, self.cursor)
+                        sent = True
             if sent:
                 quiet_since = loop.time()
                 continue
@@ -167,6 +172,13 @@ class Stream:
             self._waiting = loop.run_in_executor(self._pool, self.log.wait, self.topic, dict(self.positions), seconds)
         # a wait outlives a round that ends without it (a heartbeat due): one thread, not one a round
         await asyncio.wait({self._waiting}, timeout=seconds)
+
+    def _matches(self, record: Record) -> bool:
+        assert self.pattern is not None
+        try:
+            return self.pattern.matches(record.event())
+        except InvalidEvent:
+            return False
 
     async def _heartbeat(self) -> None:
         assert self._membership is not None

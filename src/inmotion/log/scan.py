@@ -1,0 +1,21 @@
+"""Reading a partition through to where it ended when the reading began (a snapshot for
+commands and pages that look at what is there, not at what comes meanwhile)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from inmotion.log.base import Log, Record
+
+_SCAN = 1000
+
+
+def batches_until_now(log: Log, topic: str, partition: int, start: int) -> Iterator[list[Record]]:
+    """The partition's records from `start` up to where it ended when called, in batches."""
+    offset, end = start, log.latest_offset(topic, partition)
+    while offset < end:
+        records = [r for r in log.read(topic, partition, offset, min(_SCAN, end - offset)) if r.offset < end]
+        if not records:
+            return
+        yield records
+        offset = records[-1].offset + 1
