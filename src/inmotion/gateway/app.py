@@ -45,6 +45,7 @@ from inmotion.gateway.tokens import Tokens
 from inmotion.log import Log, connect
 from inmotion.patterns import Pattern
 from inmotion.runtime import App
+from inmotion.runtime.handler import TRACE_CONTEXT
 
 logger = logging.getLogger("inmotion.gateway")
 
@@ -131,8 +132,20 @@ async def publish(request: Request) -> Response:
         raise Problem(400, "the batch holds no events")
     if len(events) > MAX_BATCH:
         raise Problem(413, f"a batch may hold {MAX_BATCH} events, this one has {len(events)}")
+    tracing = gateway.runtime.tracing
+    carrier = {name: request.headers[name] for name in TRACE_CONTEXT if name in request.headers}
+    span = (
+        tracing.receiving(f"POST /topics/{topic}/events", carrier, {"messaging.destination.name": topic})
+        if tracing.enabled
+        else contextlib.nullcontext()
+    )
     try:
-        positions = await gateway.ingress.publish(topic, events)
+        with span:
+            # the request's trace context goes on in events that bring none of their own
+            context = tracing.current() or carrier
+            if context:
+                events = [e if TRACE_CONTEXT[0] in e.extensions else e.with_extensions(**context) for e in events]
+            positions = await gateway.ingress.publish(topic, events)
     except UnknownTopic:
         raise Problem(404, f"unknown topic {topic!r}", topic=topic) from None
     await gateway.prune()

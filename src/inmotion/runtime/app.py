@@ -24,6 +24,7 @@ from inmotion.runtime.metrics import Metrics
 from inmotion.runtime.publisher import Publisher, to_message
 from inmotion.runtime.retry import Retry
 from inmotion.runtime.subscription import OnCorrupt, PartitionWatcher, Subscription
+from inmotion.runtime.tracing import Tracing
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("inmotion.runtime")
@@ -91,6 +92,9 @@ class App:
         self._hurry: asyncio.Event | None = None
         """Set by a second signal: cancel the async handlers still running instead of waiting."""
         self._running: list[asyncio.Task[None]] = []
+        self.tracing = Tracing()
+        """OpenTelemetry spans around handlers, when the process has configured a tracer provider
+        before making the app."""
         self.lifecycle = Lifecycle()
         """The start-up and shutdown hooks and background tasks (`on_startup`, `on_shutdown`, `task`)."""
         self._workflows: Any = None

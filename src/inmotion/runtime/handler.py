@@ -69,6 +69,10 @@ class Context:
     def _causal(self) -> dict[str, str]:
         extensions = self.event.extensions
         causal = {CORRELATION_ID: str(extensions.get(CORRELATION_ID, self.event.id)), CAUSATION_ID: self.event.id}
+        traced = self.app.tracing.current()  # the handler's span, when OpenTelemetry traces it
+        if traced:
+            causal.update(traced)
+            return causal
         for name in TRACE_CONTEXT:
             if (value := extensions.get(name)) is not None:
                 causal[name] = str(value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -25,6 +26,7 @@ from inmotion.runtime.handler import Context
 from inmotion.runtime.metrics import Counter
 from inmotion.runtime.publisher import to_message
 from inmotion.runtime.subscription import Subscription
+from inmotion.runtime.tracing import record_fields
 
 if TYPE_CHECKING:
     from inmotion.runtime.app import App
@@ -71,6 +73,10 @@ class Seat(Protocol):
     def commit_point(self, finishing: int | None = None) -> int: ...
 
 
+def _untraced(record: Record, group: str) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
 class Pipeline:
     def __init__(
         self,
@@ -97,6 +103,10 @@ class Pipeline:
         self._decode_record = handler.decode_record
         # the usual handler: an async function of the payload alone, awaited directly
         self._function = handler.function if handler.is_async and handler.context_argument is None else None
+        tracing = app.tracing
+        self._span: Callable[[Record, str], contextlib.AbstractContextManager[None]] = (
+            tracing.handling if tracing.enabled else _untraced
+        )
 
     async def deliver(self, record: Record, seat: Seat) -> Outcome:
         prepared = self._prepare(record)
@@ -116,18 +126,19 @@ class Pipeline:
         function = self._function
         while True:  # one try of the handler a turn: HANDLED, or the error it failed with
             try:
-                if function is not None:  # the usual handler, awaited directly
-                    await function(payload)
-                    result: Outcome | Exception = HANDLED
-                elif self.transaction is not None:  # may also find the event handled before or the partition gone
-                    assert event is not None  # a transactional handler always gets the envelope
-                    context = Context(event, record, self.group, attempt, self.app)
-                    result = await self._handle_in_transaction(payload, context, key, seat)
-                else:
-                    await self.handler.call(
-                        payload, None if event is None else Context(event, record, self.group, attempt, self.app)
-                    )
-                    result = HANDLED
+                with self._span(record, self.group):
+                    if function is not None:  # the usual handler, awaited directly
+                        await function(payload)
+                        result: Outcome | Exception = HANDLED
+                    elif self.transaction is not None:  # may also find the event handled before or the partition gone
+                        assert event is not None  # a transactional handler always gets the envelope
+                        context = Context(event, record, self.group, attempt, self.app)
+                        result = await self._handle_in_transaction(payload, context, key, seat)
+                    else:
+                        await self.handler.call(
+                            payload, None if event is None else Context(event, record, self.group, attempt, self.app)
+                        )
+                        result = HANDLED
             except Exception as error:
                 result = error
             if result is HANDLED:
@@ -204,7 +215,13 @@ class Pipeline:
             ", will retry" if retry else "",
             type(error).__name__,
             error,
-            extra={"group": self.group, "topic": record.topic, "partition": record.partition, "offset": record.offset},
+            extra={
+                "group": self.group,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                **record_fields(record),
+            },
         )
         if retry:
             self.counter("retried", record.topic).add()
@@ -244,7 +261,7 @@ class Pipeline:
             attempts,
             type(error).__name__,
             error,
-            extra={"group": self.group},
+            extra={"group": self.group, **record_fields(record)},
         )
         return DEAD_LETTERED
 
