@@ -223,3 +223,33 @@ while (received < 3) {
 }
 await reader.cancel();
 """
+
+
+@pytest.mark.kafka
+def test_the_gateway_on_kafka_publishes_dedupes_and_streams_to_a_group(kafka_bootstrap: str) -> None:
+    import uuid
+
+    from inmotion.log import TopicConfig
+
+    from tests.gateway.conftest import free_port
+
+    broker = f"kafka://{kafka_bootstrap}"
+    topic = f"gateway-{uuid.uuid4().hex[:8]}"
+    with connect(broker) as log:
+        log.create_topic(topic, TopicConfig(partitions=2))
+    token = create_token(broker, f"kafka-{topic}", "--publish", topic, "--subscribe", topic)
+    server = Server(broker, free_port()).start()
+    try:
+        publish(server, token, 20, topic=topic)
+        publish(server, token, 5, topic=topic)  # the same ids again: not appended twice
+        with connect(broker) as log:
+            assert sum(log.latest_offset(topic, p) for p in range(2)) == 20
+        url = f"{server.url}/topics/{topic}/events?group=g-{topic}"
+        first = read_frames(url, 8, token=token, timeout=60)
+        rest = read_frames(url, 12, token=token, last_id=first[-1].id, timeout=60)
+        assert sorted(numbers(first + rest)) == list(range(20))
+        with connect(broker) as log:
+            committed = log.committed(f"g-{topic}", topic)
+        assert committed == {int(p): int(o) for p, o in (pair.split(":") for pair in first[-1].id.split(","))}
+    finally:
+        server.stop()
