@@ -230,7 +230,6 @@ def test_the_gateway_on_kafka_publishes_dedupes_and_streams_to_a_group(kafka_boo
     import uuid
 
     from inmotion.log import TopicConfig
-
     from tests.gateway.conftest import free_port
 
     broker = f"kafka://{kafka_bootstrap}"

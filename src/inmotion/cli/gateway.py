@@ -40,10 +40,12 @@ def serve_command(
         dedupe_window=parse_duration_ms(dedupe_window) / 1000,
     )
     open_log(broker, create=False).close()  # a missing SQLite file is an error, not a new log
-    where = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     auth = "no token needed" if insecure_no_auth else "tokens: inmotion tokens create"
-    typer.echo(f"serving the gateway on {where} (dashboard {where}/, API {where}/openapi.json; {auth})", err=True)
-    serve(broker, host, port, settings, log_level=log_level.lower())
+
+    def listening(where: str) -> None:
+        typer.echo(f"serving the gateway on {where} (dashboard {where}/, API {where}/openapi.json; {auth})", err=True)
+
+    serve(broker, host, port, settings, log_level=log_level.lower(), listening=listening)
 
 
 @tokens_app.command("create")

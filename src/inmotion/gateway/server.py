@@ -47,11 +47,21 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(log: str | Log | None, host: str, port: int, settings: Settings, *, log_level: str = "info") -> None:
-    """Run the gateway until SIGTERM or Ctrl-C."""
+def serve(
+    log: str | Log | None,
+    host: str,
+    port: int,
+    settings: Settings,
+    *,
+    log_level: str = "info",
+    listening: Callable[[str], None] | None = None,
+) -> None:
+    """Run the gateway until SIGTERM or Ctrl-C; `listening` is told its URL once it listens."""
     if not settings.auth and not is_loopback(host):
         raise InvalidConfig(f"--insecure-no-auth serves only on a loopback address (127.0.0.1), not on {host}")
     sock = listen(host, port)
+    if listening is not None:
+        listening(f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}")
     app = create_app(log, settings)
     config = uvicorn.Config(
         app,
