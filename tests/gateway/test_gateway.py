@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from inmotion.log import connect
+from inmotion.events import Event
+from inmotion.log import TopicConfig, connect
 from inmotion.testing import wait_until
 from tests.gateway.conftest import Server, create_token, free_port, inmotion, read_frames
 
@@ -223,3 +224,22 @@ def test_a_port_in_use_is_one_clear_error(server: Server, broker: str) -> None:
     taken = inmotion(broker, "serve", "--port", str(server.port))
     assert taken.returncode == 1
     assert taken.stderr.startswith(f"error: cannot listen on 127.0.0.1:{server.port}: ")
+
+
+def test_a_compacted_topic_reads_as_a_table(server: Server, broker: str) -> None:
+    with connect(broker) as log:
+        log.create_topic("profiles", TopicConfig(partitions=2, compact=True))
+        log.append_events("profiles", [Event.create("p", {"v": 1}, source="/s", key="ada")])
+        log.append_events("profiles", [Event.create("p", {"v": 2}, source="/s", key="ada")])
+        log.append_events("profiles", [Event.create("p", {"v": 1}, source="/s", key="alan")])
+        log.append_events("profiles", [Event.create("p", None, source="/s", key="alan")])  # a tombstone
+        log.append_events("profiles", [Event.create("p", {"keyless": True}, source="/s")])
+    reader = create_token(broker, "reader", "--subscribe", "profiles")
+    answer = httpx.get(f"{server.url}/topics/profiles/table", headers=bearer(reader))
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()["rows"]
+    assert list(rows) == ["ada"]
+    assert rows["ada"]["data"] == {"v": 2}
+    writer = create_token(broker, "writer", "--publish", "profiles")
+    assert httpx.get(f"{server.url}/topics/profiles/table", headers=bearer(writer)).status_code == 403
+    assert httpx.get(f"{server.url}/topics/nope/table", headers=bearer(reader)).status_code in (403, 404)

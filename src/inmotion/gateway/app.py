@@ -32,6 +32,7 @@ from inmotion.errors import (
     TopicExists,
     UnknownTopic,
 )
+from inmotion.events import to_dict
 from inmotion.events.codec import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
 from inmotion.events.http import from_http, media_type
 from inmotion.gateway import admin
@@ -43,6 +44,7 @@ from inmotion.gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS, describe_http,
 from inmotion.gateway.problems import Problem, problem_response
 from inmotion.gateway.tokens import Tokens
 from inmotion.log import Log, connect
+from inmotion.log.scan import batches_until_now
 from inmotion.patterns import Pattern
 from inmotion.runtime import App
 from inmotion.runtime.handler import TRACE_CONTEXT
@@ -50,6 +52,7 @@ from inmotion.runtime.handler import TRACE_CONTEXT
 logger = logging.getLogger("inmotion.gateway")
 
 _PRUNE_EVERY = 60.0
+_TABLE_LIMIT = 100_000
 _STATIC = Path(__file__).parent / "static"
 
 
@@ -260,6 +263,53 @@ async def acknowledge(request: Request) -> Response:
     return Response(status_code=204)
 
 
+def _table(log: Log, topic: str) -> dict[str, dict[str, Any]]:
+    """The newest event of each key of `topic` (a compacted topic's current state), without
+    the keys whose newest record is a tombstone."""
+    rows: dict[str, dict[str, Any]] = {}
+    scanned = 0
+    for partition in range(log.partition_count(topic)):
+        start = log.earliest_offset(topic, partition)
+        for records in batches_until_now(log, topic, partition, start):
+            scanned += len(records)
+            if scanned > _TABLE_LIMIT:
+                raise Problem(413, f"topic {topic!r} holds more than {_TABLE_LIMIT} records: stream it instead")
+            for record in records:
+                if record.key is None:
+                    continue
+                key = record.key.decode("utf-8", "replace")
+                if record.value is None:
+                    rows.pop(key, None)
+                    continue
+                try:
+                    document: dict[str, Any] = to_dict(record.event())
+                except InvalidEvent:
+                    continue
+                document.update(partition=record.partition, offset=record.offset)
+                rows[key] = document
+    return rows
+
+
+async def table(request: Request) -> Response:
+    """A topic's newest event per key, as a table (a read model kept in a compacted topic).
+    ---
+    summary: Read a topic as a table
+    description: >
+      The newest event of each key, without keys whose newest record is a tombstone (a null
+      value): what a compacted topic holds once compacted. For topics of up to 100,000 records.
+    parameters:
+      - {name: topic, in: path, required: true, schema: {type: string}}
+    responses:
+      200: {description: "{topic, rows: {key: CloudEvent + partition, offset}}"}
+      404: {description: No such topic}
+      413: {description: The topic holds too many records}
+    """
+    gateway = gateway_of(request)
+    topic = request.path_params["topic"]
+    gateway.auth.check(request, "subscribe", topic)
+    return _json({"topic": topic, "rows": await in_thread(_table, gateway.log, topic)})
+
+
 # --- the rest -----------------------------------------------------------------------------
 
 
@@ -392,6 +442,7 @@ def create_app(
         Route("/topics/{topic}/events", publish, methods=["POST"]),
         Route("/topics/{topic}/events", subscribe, methods=["GET"]),
         Route("/topics/{topic}/groups/{group}/ack", acknowledge, methods=["POST"]),
+        Route("/topics/{topic}/table", table, methods=["GET"]),
         *admin.routes,
         Route("/metrics", metrics),
         Route("/openapi.json", openapi, include_in_schema=False),
