@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -252,3 +253,32 @@ def test_the_gateway_on_kafka_publishes_dedupes_and_streams_to_a_group(kafka_boo
         assert committed == {int(p): int(o) for p, o in (pair.split(":") for pair in first[-1].id.split(","))}
     finally:
         server.stop()
+
+
+def test_a_websocket_streams_a_group_and_commits_what_the_client_acknowledges(server: Server, broker: str) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect as websocket
+
+    token = create_token(broker, "app", "--publish", "orders", "--subscribe", "orders")
+    publish(server, token, 10)
+    url = f"ws://127.0.0.1:{server.port}/topics/orders/ws?group=sockets"
+    headers = {"Authorization": f"Bearer {token}"}
+    seen: list[dict[str, Any]] = []
+    with websocket(url, additional_headers=headers, proxy=None) as socket:
+        while len(seen) < 4:
+            seen.append(json.loads(socket.recv(timeout=20)))
+        socket.send(json.dumps({"ack": seen[-1]["cursor"]}))
+        socket.send("not json")
+        answers = [json.loads(socket.recv(timeout=20)) for _ in range(7)]  # the other 6 events and the error
+        [error] = [answer["error"] for answer in answers if "error" in answer]
+        assert error.startswith('expected {"ack": cursor}: JSON is malformed')
+    expected = {int(p): int(o) for p, o in (pair.split(":") for pair in seen[-1]["cursor"].split(","))}
+    with connect(broker) as log:
+        wait_until(lambda: log.committed("sockets", "orders") == expected, 10, "the acknowledged offsets")
+    with websocket(f"{url}&cursor={seen[-1]['cursor']}", additional_headers=headers, proxy=None) as socket:
+        rest = [json.loads(socket.recv(timeout=20)) for _ in range(6)]
+    assert sorted(m["event"]["data"] for m in seen + rest) == list(range(10))
+    with pytest.raises(InvalidStatus) as refused:
+        websocket(url, additional_headers={"Authorization": "Bearer imt_wrong"}, proxy=None)
+    assert refused.value.response.status_code == 401
+    assert json.loads(refused.value.response.body)["detail"] == "unknown or revoked token"

@@ -15,12 +15,13 @@ from typing import Any
 import anyio
 import msgspec
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.schemas import SchemaGenerator
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from inmotion.clock import Clock, SystemClock
 from inmotion.errors import (
@@ -38,7 +39,7 @@ from inmotion.events.http import from_http, media_type
 from inmotion.gateway import admin
 from inmotion.gateway.auth import Auth
 from inmotion.gateway.common import gateway_of, in_thread, read_body, read_object
-from inmotion.gateway.egress import Stream, parse_cursor
+from inmotion.gateway.egress import Stream, document, parse_cursor
 from inmotion.gateway.ingress import MAX_BATCH, Ingress
 from inmotion.gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS, describe_http, log_metrics
 from inmotion.gateway.problems import Problem, problem_response
@@ -172,6 +173,84 @@ async def publish(request: Request) -> Response:
 # --- events out ---------------------------------------------------------------------------
 
 
+async def _open_stream(connection: HTTPConnection, cursor: str | None) -> Stream:
+    """The stream a request (SSE) or a WebSocket asks for, open: checked, joined to its group."""
+    gateway = gateway_of(connection)
+    topic = connection.path_params["topic"]
+    gateway.auth.check(connection, "subscribe", topic)
+    group = connection.query_params.get("group") or None
+    pattern_text = connection.query_params.get("pattern")
+    try:
+        stream = Stream(
+            gateway.log,
+            gateway.runtime.coordinator,
+            topic,
+            group=group,
+            cursor=parse_cursor(cursor),
+            start=connection.query_params.get("from", "earliest" if group else "latest"),
+            session_timeout=gateway.settings.session_timeout,
+            pattern=None if not pattern_text else Pattern(pattern_text),
+        )
+        await stream.open()
+    except UnknownTopic:
+        raise Problem(404, f"unknown topic {topic!r}", topic=topic) from None
+    except (InvalidConfig, InvalidPattern) as exc:
+        raise Problem(400, str(exc)) from None
+    return stream
+
+
+async def stream_over_websocket(websocket: WebSocket) -> None:
+    """A topic's events over a WebSocket: the SSE stream's parameters (`group`, `from`,
+    `pattern`, and `cursor` for Last-Event-ID); each event a JSON message `{"cursor", "event"}`;
+    the client acknowledges with `{"ack": cursor}` (in a group, the offsets are committed).
+    A refused handshake gets the HTTP status and problem body that a GET would (or, on a
+    server without the denial response extension, a close with 4000 + that status)."""
+    try:
+        stream = await _open_stream(websocket, websocket.query_params.get("cursor"))
+    except Problem as problem:  # answered as HTTP where the server can (the denial response extension)
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(problem.response(websocket))
+        else:
+            await websocket.close(code=4000 + problem.status, reason=problem.detail[:120])
+        return
+    await websocket.accept()
+
+    async def send() -> None:
+        async for item in stream.records():
+            if item is not None:
+                record, cursor = item
+                await websocket.send_bytes(msgspec.json.encode({"cursor": cursor, "event": document(record)[1]}))
+
+    async def receive() -> None:
+        while True:
+            message = await websocket.receive_text()
+            try:
+                ack = msgspec.json.decode(message)
+                if not isinstance(ack, dict) or not isinstance(ack.get("ack"), str):
+                    raise InvalidConfig(f"got {message[:100]!r}")
+                await stream.acknowledge(parse_cursor(ack["ack"]))
+            except (msgspec.DecodeError, InvalidConfig) as exc:
+                error = f'expected {{"ack": cursor}}: {exc}'
+                await websocket.send_text(msgspec.json.encode({"error": error}).decode())
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for work in (send, receive):
+                tasks.start_soon(_until_either_ends, work, tasks.cancel_scope)
+    except (WebSocketDisconnect, InmotionError) as exc:
+        logger.info("websocket stream of %s ended: %s", stream.topic, exc)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.close()
+
+
+async def _until_either_ends(work: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
+    try:
+        await work()
+    finally:
+        scope.cancel()
+
+
 async def subscribe(request: Request) -> Response:
     """Stream a topic's events as Server-Sent Events.
     ---
@@ -192,29 +271,10 @@ async def subscribe(request: Request) -> Response:
       400: {description: An invalid Last-Event-ID, pattern or parameter}
       404: {description: No such topic}
     """
-    gateway = gateway_of(request)
-    topic = request.path_params["topic"]
-    gateway.auth.check(request, "subscribe", topic)
-    group = request.query_params.get("group") or None
-    pattern_text = request.query_params.get("pattern")
-    try:
-        pattern = None if not pattern_text else Pattern(pattern_text)
-        cursor = parse_cursor(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
-        stream = Stream(
-            gateway.log,
-            gateway.runtime.coordinator,
-            topic,
-            group=group,
-            cursor=cursor,
-            start=request.query_params.get("from", "earliest" if group else "latest"),
-            session_timeout=gateway.settings.session_timeout,
-            pattern=pattern,
-        )
-        await stream.open()
-    except UnknownTopic:
-        raise Problem(404, f"unknown topic {topic!r}", topic=topic) from None
-    except (InvalidConfig, InvalidPattern) as exc:
-        raise Problem(400, str(exc)) from None
+    stream = await _open_stream(
+        request, request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    )
+    topic, group = stream.topic, stream.group
 
     async def frames() -> AsyncIterator[bytes]:
         try:
@@ -443,6 +503,7 @@ def create_app(
         Route("/topics/{topic}/events", subscribe, methods=["GET"]),
         Route("/topics/{topic}/groups/{group}/ack", acknowledge, methods=["POST"]),
         Route("/topics/{topic}/table", table, methods=["GET"]),
+        WebSocketRoute("/topics/{topic}/ws", stream_over_websocket),
         *admin.routes,
         Route("/metrics", metrics),
         Route("/openapi.json", openapi, include_in_schema=False),

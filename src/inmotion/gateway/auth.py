@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from inmotion.clock import Clock
 from inmotion.gateway.problems import Problem
@@ -30,7 +30,7 @@ class Auth:
         self.clock = clock
         self._buckets: dict[str, _Bucket] = {}
 
-    def check(self, request: Request, action: Action | None, topic: str | None = None) -> Grant | None:
+    def check(self, request: HTTPConnection, action: Action | None, topic: str | None = None) -> Grant | None:
         """The request's grant if it may `action` on `topic` (None: administer); raises the
         Problem to answer otherwise (401, 403, 429)."""
         if self.tokens is None:

@@ -53,18 +53,17 @@ def format_cursor(cursor: Cursor) -> str:
     return ",".join(f"{partition}:{offset}" for partition, offset in sorted(cursor.items()))
 
 
-def frame(record: Record, cursor: Cursor) -> bytes:
-    """One SSE event: the record's CloudEvent in JSON (structured mode, with the record's topic,
-    partition and offset beside it), named by its type."""
+def document(record: Record) -> tuple[str, dict[str, Any]]:
+    """A record's event type and its CloudEvent in JSON (structured mode), with the record's
+    topic, partition and offset beside it."""
     try:
         event = record.event()
-        document: dict[str, Any] = to_dict(event)
+        found: dict[str, Any] = to_dict(event)
         kind = event.type
     except InvalidEvent as exc:  # another producer's record: shown, not hidden
-        document, kind = {"error": str(exc)}, "inmotion.undecodable"
-    document.update(topic=record.topic, partition=record.partition, offset=record.offset)
-    data = _encoder.encode(document).decode()
-    return f"id: {format_cursor(cursor)}\nevent: {kind}\ndata: {data}\n\n".encode()
+        found, kind = {"error": str(exc)}, "inmotion.undecodable"
+    found.update(topic=record.topic, partition=record.partition, offset=record.offset)
+    return kind, found
 
 
 class Stream:
@@ -133,13 +132,13 @@ class Stream:
             return await self._call(self.log.latest_offset, self.topic, partition)
         return await self._call(self.log.earliest_offset, self.topic, partition)
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        """SSE frames until the client goes (the caller stops iterating) or the group fails."""
+    async def records(self) -> AsyncIterator[tuple[Record, str] | None]:
+        """Each record to send with the cursor just past it, or None after `_KEEPALIVE` seconds
+        without any (a keep-alive), until the caller stops iterating or the group fails."""
         loop = asyncio.get_running_loop()
         beat = self._membership.heartbeat_interval if self._membership is not None else _KEEPALIVE
         next_beat = 0.0
         quiet_since = loop.time()
-        yield b"retry: 1000\n\n"
         while True:
             if self._membership is not None and loop.time() >= next_beat:
                 await self._heartbeat()
@@ -152,15 +151,26 @@ class Stream:
                 for record in records:
                     self.positions[partition] = self.cursor[partition] = record.offset + 1
                     if self.pattern is None or self._matches(record):
-                        yield frame(record, self.cursor)
+                        yield record, format_cursor(self.cursor)
                         sent = True
             if sent:
                 quiet_since = loop.time()
                 continue
             if loop.time() - quiet_since >= _KEEPALIVE:
                 quiet_since = loop.time()
-                yield b": keep-alive\n\n"
+                yield None
             await self._wait(min(beat, _KEEPALIVE))
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """The stream as Server-Sent Events."""
+        yield b"retry: 1000\n\n"
+        async for item in self.records():
+            if item is None:
+                yield b": keep-alive\n\n"
+                continue
+            record, cursor = item
+            kind, data = document(record)
+            yield f"id: {cursor}\nevent: {kind}\ndata: {_encoder.encode(data).decode()}\n\n".encode()
 
     async def _wait(self, seconds: float) -> None:
         """Until the topic has records past the positions, or `seconds` pass."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import http
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -22,7 +22,7 @@ class Problem(Exception):
         self.headers = headers or {}
         self.members = members
 
-    def response(self, request: Request) -> Response:
+    def response(self, request: HTTPConnection) -> Response:
         body = {
             "type": "about:blank",
             "title": http.HTTPStatus(self.status).phrase,
