@@ -8,23 +8,18 @@ are read back through the gateway as tables (`GET /topics/{topic}/table`).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from examples import serving
 from examples.identity.service import ACTIVE_USERS, COMMANDS, RESULTS, service
 from inmotion.gateway import Tokens
-from inmotion.gateway.server import listen
 from inmotion.log import TopicConfig, connect
 from inmotion.runtime import logs
 from inmotion.testing import eventually
 
-INMOTION = str(Path(sys.executable).parent / "inmotion")
 COMMANDS_SENT = [
     ("register", {"user": "ada", "name": "Ada Lovelace", "email": "ada@example.com"}),
     ("register", {"user": "alan", "name": "Alan Turing", "email": "alan@example.com"}),
@@ -56,19 +51,15 @@ async def run(broker: str) -> int:
         if "identity-web" in {grant.name for grant in tokens.list()}:
             tokens.revoke("identity-web")
         token, _ = tokens.create("identity-web", publish=[COMMANDS], subscribe=[RESULTS, ACTIVE_USERS])
-    port = listen("127.0.0.1", 0).getsockname()[1]
-    gateway_url = f"http://127.0.0.1:{port}"
-    gateway = await asyncio.create_subprocess_exec(
-        INMOTION, "serve", "--port", str(port), "--broker", broker, "--log-level", "warning",
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
     app = service(broker)
     stop = asyncio.Event()
     running = asyncio.create_task(app.run(until=stop))
     headers = {"Authorization": f"Bearer {token}"}
     try:
-        async with httpx.AsyncClient(base_url=gateway_url, headers=headers, timeout=10) as client:
-            await eventually(lambda: _answers(gateway_url), 30, "the gateway to listen")
+        async with (
+            serving.gateway(broker) as gateway_url,
+            httpx.AsyncClient(base_url=gateway_url, headers=headers, timeout=10) as client,
+        ):
             say("gateway", f"{gateway_url} (inmotion serve)")
             ids: list[str] = []
             for number, (command, data) in enumerate(COMMANDS_SENT, start=1):
@@ -99,8 +90,6 @@ async def run(broker: str) -> int:
         stop.set()
         await running
         app.close()
-        gateway.terminate()
-        await gateway.wait()
     accepted = sum(1 for command_id in ids if results[command_id]["data"]["ok"])
     print(
         f"summary: {len(ids)} commands over HTTP, {accepted} accepted, {len(ids) - accepted} refused;"
@@ -109,21 +98,8 @@ async def run(broker: str) -> int:
     return 0
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--broker", help="the log (default: a SQLite file in a temporary directory)")
-    args = parser.parse_args()
-    if args.broker:
-        sys.exit(asyncio.run(run(args.broker)))
-    with tempfile.TemporaryDirectory() as directory:
-        sys.exit(asyncio.run(run(f"sqlite:///{directory}/identity.db")))
+    serving.main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -9,20 +9,16 @@ redrives them through the gateway's admin API, and every message arrives.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import httpx
 
+from examples import serving
 from examples.notifications.webhooks import Webhooks
 from inmotion import App, Retry
 from inmotion.gateway import Tokens
-from inmotion.gateway.server import listen
 from inmotion.log import TopicConfig, connect
 from inmotion.patterns import Pattern
 from inmotion.routing import Router
@@ -33,7 +29,6 @@ from inmotion.testing import eventually
 HERE = Path(__file__).resolve().parent
 GROUP = "notifications"
 CHAT_DLQ = "notifications.chat.dlq"
-INMOTION = str(Path(sys.executable).parent / "inmotion")
 
 
 def rules(webhooks: str) -> list[Rule]:
@@ -75,19 +70,15 @@ async def run(broker: str) -> int:
 
     webhooks = Webhooks()
     webhooks_url = webhooks.start()
-    port = listen("127.0.0.1", 0).getsockname()[1]  # a free port for the gateway
-    gateway_url = f"http://127.0.0.1:{port}"
-    gateway = await asyncio.create_subprocess_exec(
-        INMOTION, "serve", "--port", str(port), "--broker", broker, "--log-level", "warning",
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
     app = App("notifications", broker, topic_config=TopicConfig(partitions=1))
     Router(app, rules(webhooks_url), group=GROUP, sources=["signups"])
     stop = asyncio.Event()
     routing = asyncio.create_task(app.run(until=stop))
     try:
-        async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as client:
-            await eventually(lambda: gateway.returncode is None and _answers(gateway_url), 30, "the gateway to listen")
+        async with (
+            serving.gateway(broker) as gateway_url,
+            httpx.AsyncClient(base_url=gateway_url, timeout=10) as client,
+        ):
             say("gateway", f"{gateway_url} (inmotion serve, a process of its own)")
 
             node = await asyncio.create_subprocess_exec(
@@ -126,8 +117,6 @@ async def run(broker: str) -> int:
         stop.set()
         await routing
         app.close()
-        gateway.terminate()
-        await gateway.wait()
     print(
         f"summary: 3 sign-ups over HTTP from Node: {webhooks.count('email')} e-mails, {webhooks.count('sms')} SMS,"
         f" {webhooks.count('chat')} chat messages ({len(redriven)} dead-lettered while chat was down, then redriven)"
@@ -139,24 +128,10 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--broker", help="the log (default: a SQLite file in a temporary directory)")
-    args = parser.parse_args()
     if shutil.which("node") is None:
         raise SystemExit("this example needs node (the sign-up form's backend)")
-    if args.broker:
-        sys.exit(asyncio.run(run(args.broker)))
-    with tempfile.TemporaryDirectory() as directory:
-        os.environ.pop("INMOTION_BROKER", None)
-        sys.exit(asyncio.run(run(f"sqlite:///{directory}/notifications.db")))
+    serving.main(run, __doc__)
 
 
 if __name__ == "__main__":
