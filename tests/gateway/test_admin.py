@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -10,13 +11,18 @@ from pathlib import Path
 
 import httpx
 
+from inmotion import App, Retry
+from inmotion.clock import FakeClock
 from inmotion.events import Event
+from inmotion.gateway import Settings, create_app
 from inmotion.log import connect
 from inmotion.runtime import deadletter
-from inmotion.testing import wait_until
+from inmotion.testing import eventually, wait_until
+from inmotion.workflows import Workflow
 from tests.gateway.conftest import Server, create_token, free_port
 from tests.test_asyncapi import valid
 from tests.test_cli import INMOTION
+from tests.workflows.test_workflows import running, status
 
 
 def admin(server: Server) -> httpx.Client:
@@ -184,3 +190,63 @@ def test_run_serves_an_apps_metrics(broker: str, tmp_path: Path) -> None:
         )
     assert taken.returncode == 1
     assert taken.stderr.startswith(f"error: cannot listen on 127.0.0.1:{taken_port}: ")
+
+
+def test_workflows_are_listed_described_cancelled_and_retried_over_http(tmp_path: Path) -> None:
+    broker = f"sqlite:///{tmp_path / 'log.db'}"
+    broken = True
+
+    async def check_address(address: str) -> str:
+        if broken:
+            raise ValueError(f"no such street: {address}")
+        return address.upper()
+
+    async def scenario() -> None:
+        nonlocal broken
+        gateway = create_app(broker, Settings(auth=False))
+        transport = httpx.ASGITransport(app=gateway)
+        with App("post", broker, clock=FakeClock(autojump=False)) as app:
+            app.workflows.retry = Retry(attempts=1)
+
+            @app.workflow("approval", listen="approvals")
+            async def approval(wf: Workflow, request: dict[str, int]) -> str:
+                decision = await wf.wait_for("approvals", timeout=3600)
+                return str(decision.data)
+
+            @app.workflow("delivery")
+            async def delivery(wf: Workflow, address: str) -> str:
+                return str(await wf.step(check_address, address))
+
+            async with running(app), httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                await app.start_workflow("approval", {"amount": 5}, id="a1")
+                await app.start_workflow("delivery", "elm street", id="b1")
+                await eventually(
+                    lambda: status(app, "approval/a1") == "waiting" and status(app, "delivery/b1") == "failed"
+                )
+                listed = (await client.get("/workflows")).json()["instances"]
+                assert [(i["key"], i["status"]) for i in listed] == [
+                    ("approval/a1", "waiting"),
+                    ("delivery/b1", "failed"),
+                ]
+                waiting = (await client.get("/workflows?status=waiting")).json()["instances"]
+                assert [i["key"] for i in waiting] == ["approval/a1"]
+                assert (await client.get("/workflows?status=asleep")).status_code == 400
+                described = (await client.get("/workflows/b1")).json()
+                assert described["input"] == "elm street"
+                assert described["history"][1]["kind"] == "step_failed"
+                assert "no such street" in described["history"][1]["error"]
+                assert (await client.get("/workflows/approval/nobody")).status_code == 404
+                refused = await client.post("/workflows/delivery/b1", json={"request": "cancel"})
+                assert refused.status_code == 409
+                assert "only running, sleeping, waiting, compensating instances can be cancelled" in refused.text
+                assert (await client.post("/workflows/b1", json={"request": "pause"})).status_code == 400
+                cancelled = await client.post("/workflows/a1", json={"request": "cancel"})
+                assert cancelled.status_code == 202
+                await eventually(lambda: status(app, "approval/a1") == "failed")
+                broken = False
+                assert (await client.post("/workflows/delivery/b1", json={"request": "retry"})).status_code == 202
+                await eventually(lambda: status(app, "delivery/b1") == "completed")
+                done = (await client.get("/workflows/delivery/b1")).json()
+                assert done["result"] == "ELM STREET"
+
+    asyncio.run(scenario())

@@ -49,6 +49,8 @@ from inmotion.log.scan import batches_until_now
 from inmotion.patterns import Pattern
 from inmotion.runtime import App
 from inmotion.runtime.handler import TRACE_CONTEXT
+from inmotion.workflows.engine import store_url
+from inmotion.workflows.store import WorkflowRecorder, open_workflow_recorder
 
 logger = logging.getLogger("inmotion.gateway")
 
@@ -81,6 +83,13 @@ class Gateway:
         self.auth = Auth(self.tokens if settings.auth else None, clock)
         self.ingress = Ingress(self.runtime, settings.dedupe_window)
         self._pruned = clock.time()
+        self._workflows: WorkflowRecorder | None = None
+
+    def workflows(self) -> WorkflowRecorder:
+        """The store of the log's workflow instances, opened on first use."""
+        if self._workflows is None:
+            self._workflows = open_workflow_recorder(store_url(self.log.url))
+        return self._workflows
 
     async def prune(self) -> None:
         """Forget dedupe records past the window, once a minute at most (called by requests)."""
@@ -90,6 +99,8 @@ class Gateway:
             await self.ingress.forget_old()
 
     def close(self) -> None:
+        if self._workflows is not None:
+            self._workflows.close()
         self.ingress.close()
         self.runtime.close()
 
