@@ -250,3 +250,24 @@ def test_workflows_are_listed_described_cancelled_and_retried_over_http(tmp_path
                 assert done["result"] == "ELM STREET"
 
     asyncio.run(scenario())
+
+
+def test_a_group_replays_a_topic_over_http(server: Server, broker: str) -> None:
+    with connect(broker) as log:
+        log.append_events("orders", [Event.create("t", {"n": n}, source="/r", key="k") for n in range(5)])
+        [partition] = [p for p in range(3) if log.latest_offset("orders", p)]
+        log.commit("billing", "orders", {partition: 5})
+    with admin(server) as client:
+        moved = client.post("/groups/billing/replay", json={"topic": "orders", "offset": 2}).json()["partitions"]
+        assert {m["partition"]: (m["from"], m["to"], m["events"]) for m in moved}[partition] == (5, 2, 3)
+        assert client.post("/groups/billing/replay", json={"topic": "orders"}).status_code == 400
+        assert client.post("/groups/billing/replay", json={"topic": "nope", "from_beginning": True}).status_code == 404
+        bad_time = client.post("/groups/billing/replay", json={"topic": "orders", "since": "yesterday"})
+        assert bad_time.status_code == 400
+        everything = client.post(
+            "/groups/billing/replay",
+            json={"topic": "orders", "since": "2020-01-01T00:00:00Z", "partitions": [partition]},
+        )
+        assert everything.json()["partitions"][0]["to"] == 0
+    with connect(broker) as log:
+        assert log.committed("billing", "orders")[partition] == 0

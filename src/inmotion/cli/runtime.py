@@ -23,13 +23,12 @@ from inmotion.cli.common import (
     parse_time_ms,
     print_json,
 )
-from inmotion.errors import InvalidConfig, InvalidEvent, UnknownTopic
-from inmotion.events.codec import source_and_id
+from inmotion.errors import InvalidConfig, UnknownTopic
 from inmotion.gateway import serve_metrics
-from inmotion.log import Coordinator, Log, MemberInfo, Record
+from inmotion.log import Coordinator, Log, MemberInfo
 from inmotion.log.lag import all_groups, group_lag
-from inmotion.log.scan import batches_until_now
 from inmotion.runtime import deadletter, logs
+from inmotion.runtime.replay import replay as replay_offsets
 
 groups_app = typer.Typer(help="Inspect consumer groups: members, assignments, offsets, lag.", no_args_is_help=True)
 dlq_app = typer.Typer(help="List and redrive dead-letter topics.", no_args_is_help=True)
@@ -266,34 +265,23 @@ def replay(
         check_offset(offset)
     since_ms = None if since is None else parse_time_ms(since)
     with _open(broker) as (log, coordinator):
-        count = log.partition_count(topic)
-        chosen = sorted(set(partition)) if partition else list(range(count))
-        for p in chosen:
-            if not 0 <= p < count:
-                fail(f"topic {topic!r} has no partition {p} (it has {count})")
-        live = coordinator.members(group)
-        if live and not force:
-            fail(
-                f"group {group!r} has {len(live)} live member(s) ({', '.join(m.member_id for m in live)}):"
-                " stop them first or pass --force"
+        try:
+            moved = replay_offsets(
+                log,
+                coordinator,
+                topic,
+                group,
+                from_beginning=from_beginning,
+                since_ms=since_ms,
+                offset=offset,
+                partitions=partition or (),
+                force=force,
+                forget_dedupe=forget_dedupe,
             )
-        targets = {}
-        for p in chosen:
-            earliest, latest = log.earliest_offset(topic, p), log.latest_offset(topic, p)
-            if from_beginning:
-                targets[p] = earliest
-            elif since_ms is not None:
-                targets[p] = log.offset_for_time(topic, p, since_ms)
-            else:
-                assert offset is not None
-                targets[p] = min(max(offset, earliest), latest)
-        before = log.committed(group, topic)
-        replayed = {
-            p: _replayed(log, coordinator, group, topic, p, target, forget_dedupe) for p, target in targets.items()
-        }
-        log.commit(group, topic, targets)
-    events = sum(count for count, _ in replayed.values())
-    deduped = sum(count for _, count in replayed.values())
+        except InvalidConfig as exc:
+            fail(str(exc).replace("or force it", "or pass --force"))
+    events = sum(m.events for m in moved)
+    deduped = sum(m.dedupe_records for m in moved)
     if deduped and not forget_dedupe:
         typer.echo(
             f"warning: group {group!r} has dedupe records for {deduped} of the {events} event(s) from the replay"
@@ -301,52 +289,13 @@ def replay(
             err=True,
         )
     if json:
-        for p, target in targets.items():
-            print_json(
-                {
-                    "topic": topic,
-                    "group": group,
-                    "partition": p,
-                    "from": before.get(p),
-                    "to": target,
-                    "events": replayed[p][0],
-                    "dedupe_records": replayed[p][1],
-                    "dedupe_forgotten": forget_dedupe,
-                }
-            )
+        for m in moved:
+            print_json(m.document(topic, group, forget_dedupe))
         return
-    for p, target in targets.items():
-        typer.echo(f"{topic}/{p}: {before.get(p, '-')} -> {target}")
+    for m in moved:
+        typer.echo(f"{topic}/{m.partition}: {'-' if m.before is None else m.before} -> {m.after}")
     if deduped and forget_dedupe:
         typer.echo(f"forgot the dedupe records of group {group!r} for {deduped} of the {events} event(s) replayed")
-
-
-def _replayed(
-    log: Log, coordinator: Coordinator, group: str, topic: str, partition: int, start: int, forget: bool
-) -> tuple[int, int]:
-    """How many events the partition holds from `start` on, and for how many of them `group`
-    has dedupe records (which, with `forget`, are forgotten). Records that are no CloudEvent
-    have none: a consumer dead-letters them."""
-    events = deduped = 0
-    for records in batches_until_now(log, topic, partition, start):
-        keys = []
-        for record in records:
-            with contextlib.suppress(InvalidEvent):
-                keys.append(_event_key(record))
-        if keys:
-            deduped += coordinator.forget(group, keys) if forget else len(coordinator.seen(group, keys))
-        events += len(records)
-    return events, deduped
-
-
-def _event_key(record: Record) -> tuple[str, str]:
-    """(source, id), as the consumer keys dedupe records: from the headers of the binary
-    binding, else from the decoded event."""
-    try:
-        return source_and_id(record.headers)
-    except InvalidEvent:
-        event = record.event()
-        return event.source, event.id
 
 
 # --- run ------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from inmotion.errors import InmotionError, InvalidConfig, UnknownTopic
+from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, UnknownTopic
 from inmotion.events import from_dict, to_dict
+from inmotion.events.codec import parse_time
 from inmotion.gateway.common import gateway_of, in_thread, read_object
 from inmotion.gateway.problems import Problem
 from inmotion.gateway.tokens import TOKENS_TOPIC
@@ -22,6 +23,7 @@ from inmotion.patterns import Pattern
 from inmotion.runtime import deadletter, trace
 from inmotion.runtime.asyncapi import describe_log
 from inmotion.runtime.filters import make_filter
+from inmotion.runtime.replay import replay
 from inmotion.workflows import admin as workflows
 from inmotion.workflows.store import STATUSES, Entry, Instance
 
@@ -204,6 +206,69 @@ async def describe_group(request: Request) -> Response:
     """
     gateway = _admin(request)
     return JSONResponse(await in_thread(_group, gateway, request.path_params["group"]))
+
+
+async def replay_group(request: Request) -> Response:
+    """Move a group's offsets on a topic so that it handles the events from there again.
+    ---
+    summary: Replay a topic for a consumer group
+    parameters:
+      - {name: group, in: path, required: true, schema: {type: string}}
+    requestBody:
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [topic]
+            properties:
+              topic: {type: string}
+              from_beginning: {type: boolean}
+              since: {type: string, format: date-time, description: RFC 3339}
+              offset: {type: integer}
+              partitions: {type: array, items: {type: integer}}
+              force: {type: boolean, description: Even while the group has live members}
+              forget_dedupe: {type: boolean, description: Forget its dedupe records of the replayed events}
+    responses:
+      200:
+        description: "{partitions: [{topic, group, partition, from, to, events, dedupe_records, dedupe_forgotten}]}"
+      400: {description: "Not exactly one of from_beginning, since, offset; an unknown partition"}
+      404: {description: No such topic}
+      409: {description: The group has live members (and force is not set)}
+    """
+    gateway = _admin(request)
+    group = request.path_params["group"]
+    document = await read_object(request)
+    topic = document.get("topic")
+    if not isinstance(topic, str):
+        raise Problem(400, 'name the topic: {"topic": "orders", "from_beginning": true}')
+    since = document.get("since")
+    offset = document.get("offset")
+    partitions = document.get("partitions") or []
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+        raise Problem(400, f"offset must be a non-negative integer, got {offset!r}")
+    if not (isinstance(partitions, list) and all(isinstance(p, int) and not isinstance(p, bool) for p in partitions)):
+        raise Problem(400, "partitions must be a list of partition numbers")
+    try:
+        since_ms = None if since is None else int(parse_time("since", since).timestamp() * 1000)
+        moved = await in_thread(
+            replay,
+            gateway.log,
+            gateway.runtime.coordinator,
+            topic,
+            group,
+            from_beginning=bool(document.get("from_beginning")),
+            since_ms=since_ms,
+            offset=offset,
+            partitions=partitions,
+            force=bool(document.get("force")),
+            forget_dedupe=bool(document.get("forget_dedupe")),
+        )
+    except InvalidEvent as exc:
+        raise Problem(400, f"since: {exc.problem}") from None
+    except InvalidConfig as exc:
+        raise Problem(409 if "live member" in str(exc) else 400, str(exc)) from None
+    forgotten = bool(document.get("forget_dedupe"))
+    return JSONResponse({"partitions": [m.document(topic, group, forgotten) for m in moved]})
 
 
 def _dead_letters(log: Log, topic: str | None, limit: int) -> list[dict[str, object]]:
@@ -475,6 +540,7 @@ routes = [
     Route("/topics/{topic}", delete_topic, methods=["DELETE"]),
     Route("/groups", list_groups),
     Route("/groups/{group}", describe_group),
+    Route("/groups/{group}/replay", replay_group, methods=["POST"]),
     Route("/dlq", list_dead_letters),
     Route("/dlq/{topic}/redrive", redrive, methods=["POST"]),
     Route("/rules/test", test_pattern, methods=["POST"]),
