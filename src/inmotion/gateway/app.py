@@ -49,6 +49,7 @@ from inmotion.log.scan import batches_until_now
 from inmotion.patterns import Pattern
 from inmotion.runtime import App
 from inmotion.runtime.handler import TRACE_CONTEXT
+from inmotion.runtime.metrics import Counter
 from inmotion.workflows.engine import store_url
 from inmotion.workflows.store import WorkflowRecorder, open_workflow_recorder
 
@@ -448,6 +449,19 @@ class _Measured:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._counters: dict[tuple[str, int], tuple[Counter, Counter]] = {}
+
+    def _counted(self, scope: Scope, status: int) -> tuple[Counter, Counter]:
+        route = getattr(scope.get("endpoint"), "__name__", "unmatched")
+        counters = self._counters.get((route, status))
+        if counters is None:
+            metrics = scope["app"].state.gateway.runtime.metrics
+            labels = {"route": route, "status": str(status)}
+            counters = self._counters[route, status] = (
+                metrics.counter(HTTP_REQUESTS, **labels),
+                metrics.counter(HTTP_SECONDS, **labels),
+            )
+        return counters
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -457,12 +471,9 @@ class _Measured:
 
         async def measured_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                endpoint = scope.get("endpoint")
-                route = getattr(endpoint, "__name__", "unmatched")
-                status = str(message["status"])
-                gateway: Gateway = scope["app"].state.gateway
-                gateway.runtime.metrics.add(HTTP_REQUESTS, 1, route=route, status=status)
-                gateway.runtime.metrics.add(HTTP_SECONDS, time.perf_counter() - started, route=route, status=status)
+                requests, seconds = self._counted(scope, message["status"])
+                requests.add()
+                seconds.add(time.perf_counter() - started)
             await send(message)
 
         await self.app(scope, receive, measured_send)
