@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
@@ -271,3 +273,58 @@ def test_a_group_replays_a_topic_over_http(server: Server, broker: str) -> None:
         assert everything.json()["partitions"][0]["to"] == 0
     with connect(broker) as log:
         assert log.committed("billing", "orders")[partition] == 0
+
+
+def test_rules_put_through_the_api_are_followed_by_a_router_of_the_logs_rules(server: Server, broker: str) -> None:
+    """A push subscription: a rule with an HTTP target PUT through the admin API; `inmotion
+    route --rules-from-log` delivers to it, reloads when the rule changes, stops when it goes."""
+    from tests.routing.test_router import Endpoint
+
+    hook = Endpoint()
+    router: subprocess.Popen[str] | None = None
+    reader: threading.Thread | None = None
+    try:
+        with admin(server) as client:
+            rule = {"sources": ["orders"], "pattern": {"type": ["shop.order.placed"]}, "targets": [{"http": hook.url}]}
+            put = client.put("/rules/push-orders", json=rule)
+            assert put.status_code == 200, put.text
+            assert put.json()["targets"] == [f"POST {hook.url} (binary)"]
+            assert (
+                client.put("/rules/bad", json={**rule, "pattern": {"total": [{"numeric": [">"]}]}}).status_code == 400
+            )
+            handler = client.put("/rules/evil", json={**rule, "targets": [{"handler": "os:system"}]})
+            assert handler.status_code == 400
+            assert "topic and http targets only" in handler.json()["detail"]
+            assert client.put("/rules/elsewhere", json={**rule, "sources": ["nope"]}).status_code == 404
+            assert [r["name"] for r in client.get("/rules").json()["rules"]] == ["push-orders"]
+
+            env = {**os.environ, "INMOTION_BROKER": broker}
+            router = subprocess.Popen(
+                [INMOTION, "route", "--rules-from-log", "--group", "pushes"], env=env, stderr=subprocess.PIPE, text=True
+            )
+            said: list[str] = []
+            stream = router.stderr
+            assert stream is not None
+            reader = threading.Thread(target=lambda: said.extend(stream), daemon=True)
+            reader.start()
+            with connect(broker) as log:
+                log.append_events("orders", [Event.create("shop.order.placed", {"n": 1}, source="/t")])
+                wait_until(lambda: len(hook.requests) == 1, 30, "the first push")
+                changed = client.put("/rules/push-orders", json={**rule, "pattern": {"type": ["shop.order.paid"]}})
+                assert changed.status_code == 200
+                wait_until(lambda: any("reloaded log:inmotion.rules" in line for line in said), 30, "a reload")
+                log.append_events("orders", [Event.create("shop.order.paid", {"n": 2}, source="/t")])
+                wait_until(lambda: len(hook.requests) == 2, 30, "the push of the changed rule")
+                assert client.delete("/rules/push-orders").status_code == 204
+                assert client.delete("/rules/push-orders").status_code == 404
+                assert client.get("/rules").json()["rules"] == []
+        assert [json.loads(body)["n"] for _, body in hook.requests] == [1, 2]
+    finally:
+        hook.close()
+        if router is not None:
+            router.terminate()
+            router.wait(30)
+            if reader is not None:
+                reader.join(10)  # it reads to the end of the router's stderr
+            assert router.stderr is not None
+            router.stderr.close()

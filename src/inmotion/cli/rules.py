@@ -14,8 +14,10 @@ from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidP
 from inmotion.log import DEFAULT_SESSION_TIMEOUT
 from inmotion.patterns import Pattern
 from inmotion.patterns.pattern import FieldCheck
-from inmotion.routing.router import missing_topics, route_file
+from inmotion.routing.router import RulesFile, missing_topics
+from inmotion.routing.router import route as route_rules
 from inmotion.routing.rules import load_rules
+from inmotion.routing.store import RuleStore
 
 rules_app = typer.Typer(help="Test event patterns and check rules files.", no_args_is_help=True)
 
@@ -150,7 +152,11 @@ def check_file(
 
 
 def route(
-    rules: Annotated[Path, typer.Option("--rules", "-r", help="The rules file (YAML).")],
+    rules: Annotated[Path | None, typer.Option("--rules", "-r", help="The rules file (YAML).")] = None,
+    from_log: Annotated[
+        bool,
+        typer.Option("--rules-from-log", help="The rules stored in the log (managed through the gateway's /rules)."),
+    ] = False,
     group: Annotated[str, typer.Option("--group", "-g", help="Consumer group of the router.")] = "inmotion-router",
     once: Annotated[bool, typer.Option("--once", help="Route and deliver what is there now, then exit.")] = False,
     session_timeout: Annotated[
@@ -165,15 +171,20 @@ def route(
     delivered from a topic of their own (`<group>.<rule>.<n>`), each with its retries and its
     dead-letter topic (default `<group>.<rule>.<n>.dlq`, see `inmotion dlq`). The topics the
     rules name must exist. Editing the rules file reloads it (the router finishes what it
-    holds and commits first); a file that fails to load keeps the old rules. SIGTERM or
+    holds and commits first); a file that fails to load keeps the old rules. With
+    --rules-from-log the rules are those stored in the log (the gateway's /rules), reloaded
+    when one is put or deleted. SIGTERM or
     Ctrl-C stop it once the events in hand are finished.
     """
+    if (rules is None) == (not from_log):
+        fail("give exactly one of --rules FILE and --rules-from-log", EXIT_INVALID)
     with open_log(broker) as log:
+        source = RuleStore(log) if rules is None else RulesFile(rules)
         try:
             totals = asyncio.run(
-                route_file(
+                route_rules(
                     log,
-                    rules,
+                    source,
                     group=group,
                     once=once,
                     session_timeout=session_timeout,

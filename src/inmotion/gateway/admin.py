@@ -5,13 +5,13 @@ their redrive, a rule pattern tester, tokens and the log's AsyncAPI document; wh
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, UnknownTopic
+from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern, UnknownTopic
 from inmotion.events import from_dict, to_dict
 from inmotion.events.codec import parse_time
 from inmotion.gateway.common import gateway_of, in_thread, read_object
@@ -20,6 +20,9 @@ from inmotion.gateway.tokens import TOKENS_TOPIC
 from inmotion.log import Log, TopicConfig, TopicInfo
 from inmotion.log.lag import all_groups, group_lag
 from inmotion.patterns import Pattern
+from inmotion.routing.router import missing_topics
+from inmotion.routing.rules import Rule, RuleSet
+from inmotion.routing.store import RuleStore
 from inmotion.runtime import deadletter, trace
 from inmotion.runtime.asyncapi import describe_log
 from inmotion.runtime.filters import make_filter
@@ -367,6 +370,84 @@ async def redrive(request: Request) -> Response:
     )
 
 
+async def list_rules(request: Request) -> Response:
+    """The rules stored in the log, which `inmotion route --rules-from-log` follows.
+    ---
+    summary: List rules
+    responses:
+      200: {description: "{rules: [rule, as a rules file writes it]}"}
+    """
+    gateway = _admin(request)
+    entries = await in_thread(RuleStore(gateway.log).entries)
+    return JSONResponse({"rules": [entries[name] for name in sorted(entries)]})
+
+
+async def put_rule(request: Request) -> Response:
+    """Create or replace a rule (a push subscription, with an http target); routers that follow
+    the log's rules reload.
+    ---
+    summary: Create or replace a rule
+    parameters:
+      - {name: name, in: path, required: true, schema: {type: string}}
+    requestBody:
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [pattern, targets]
+            properties:
+              sources: {type: array, items: {type: string}}
+              pattern: {type: object, description: An EventBridge event pattern}
+              targets:
+                type: array
+                items: {type: object, description: "{topic: T} or {http: URL, mode, timeout, retry, dead_letter}"}
+              transform: {type: object, description: "{paths: {...}, template: ...}"}
+              description: {type: string}
+    responses:
+      200: {description: "The rule as stored"}
+      400: {description: An invalid rule (the problem names what), or a handler target}
+      404: {description: A topic it names does not exist}
+    """
+    gateway = _admin(request)
+    name = request.path_params["name"]
+    entry = await read_object(request)
+    if entry.get("name", name) != name:
+        raise Problem(400, f"the rule's name {entry['name']!r} is not the {name!r} of its URL")
+    entry["name"] = name
+    try:
+        rule = await in_thread(_checked_rule, gateway.log, entry)
+        await in_thread(RuleStore(gateway.log).put, entry)
+    except (InvalidConfig, InvalidPattern) as exc:
+        raise Problem(400, str(exc)) from None
+    return JSONResponse({"rule": entry, "targets": [target.describe() for target in rule.targets]})
+
+
+def _checked_rule(log: Log, entry: dict[str, Any]) -> Rule:
+    [rule] = RuleStore.check(entry).rules
+    missing = missing_topics(log, RuleSet((rule,)))
+    if missing:
+        raise UnknownTopic(missing[0])
+    return rule
+
+
+async def delete_rule(request: Request) -> Response:
+    """Delete a rule; routers that follow the log's rules reload without it.
+    ---
+    summary: Delete a rule
+    parameters:
+      - {name: name, in: path, required: true, schema: {type: string}}
+    responses:
+      204: {description: Deleted}
+      404: {description: No such rule}
+    """
+    gateway = _admin(request)
+    try:
+        await in_thread(RuleStore(gateway.log).delete, request.path_params["name"])
+    except InvalidConfig as exc:
+        raise Problem(404, str(exc)) from None
+    return Response(status_code=204)
+
+
 async def test_pattern(request: Request) -> Response:
     """Does an event pattern match an event, and why?
     ---
@@ -544,6 +625,9 @@ routes = [
     Route("/dlq", list_dead_letters),
     Route("/dlq/{topic}/redrive", redrive, methods=["POST"]),
     Route("/rules/test", test_pattern, methods=["POST"]),
+    Route("/rules", list_rules, methods=["GET"]),
+    Route("/rules/{name}", put_rule, methods=["PUT"]),
+    Route("/rules/{name}", delete_rule, methods=["DELETE"]),
     Route("/tokens", list_tokens),
     Route("/asyncapi.json", asyncapi),
     Route("/trace/{id}", flow),

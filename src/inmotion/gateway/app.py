@@ -45,7 +45,7 @@ from inmotion.gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS, describe_http,
 from inmotion.gateway.problems import Problem, problem_response
 from inmotion.gateway.tokens import Tokens
 from inmotion.log import Log, connect
-from inmotion.log.scan import batches_until_now
+from inmotion.log.scan import newest_by_key
 from inmotion.patterns import Pattern
 from inmotion.runtime import App
 from inmotion.runtime.handler import TRACE_CONTEXT
@@ -338,27 +338,19 @@ async def acknowledge(request: Request) -> Response:
 def _table(log: Log, topic: str) -> dict[str, dict[str, Any]]:
     """The newest event of each key of `topic` (a compacted topic's current state), without
     the keys whose newest record is a tombstone."""
+    held = sum(p.latest - p.earliest for p in log.describe_topic(topic).partitions)
+    if held > _TABLE_LIMIT:
+        raise Problem(413, f"topic {topic!r} holds more than {_TABLE_LIMIT} records: stream it instead")
     rows: dict[str, dict[str, Any]] = {}
-    scanned = 0
-    for partition in range(log.partition_count(topic)):
-        start = log.earliest_offset(topic, partition)
-        for records in batches_until_now(log, topic, partition, start):
-            scanned += len(records)
-            if scanned > _TABLE_LIMIT:
-                raise Problem(413, f"topic {topic!r} holds more than {_TABLE_LIMIT} records: stream it instead")
-            for record in records:
-                if record.key is None:
-                    continue
-                key = record.key.decode("utf-8", "replace")
-                if record.value is None:
-                    rows.pop(key, None)
-                    continue
-                try:
-                    document: dict[str, Any] = to_dict(record.event())
-                except InvalidEvent:
-                    continue
-                document.update(partition=record.partition, offset=record.offset)
-                rows[key] = document
+    for key, record in newest_by_key(log, topic).items():
+        if record.value is None:
+            continue
+        try:
+            document: dict[str, Any] = to_dict(record.event())
+        except InvalidEvent:
+            continue
+        document.update(partition=record.partition, offset=record.offset)
+        rows[key.decode("utf-8", "replace")] = document
     return rows
 
 

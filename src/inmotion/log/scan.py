@@ -19,3 +19,15 @@ def batches_until_now(log: Log, topic: str, partition: int, start: int) -> Itera
             return
         yield records
         offset = records[-1].offset + 1
+
+
+def newest_by_key(log: Log, topic: str) -> dict[bytes, Record]:
+    """The newest record of each key of `topic` (what compaction keeps), tombstones (a None
+    value) included; records without a key are left out."""
+    newest: dict[bytes, Record] = {}
+    for partition in range(log.partition_count(topic)):
+        for records in batches_until_now(log, topic, partition, log.earliest_offset(topic, partition)):
+            for record in records:
+                if record.key is not None:
+                    newest[record.key] = record
+    return newest

@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any, Protocol
 
 from inmotion.errors import InmotionError, InvalidConfig
 from inmotion.events import Event
@@ -255,9 +256,44 @@ class RouteTotals:
     reloads: int = 0
 
 
-async def route_file(
+class RulesSource(Protocol):
+    """Where a router's rules come from, and a stamp that changes when they do."""
+
+    @property
+    def describe(self) -> str: ...
+
+    def load(self) -> RuleSet: ...
+
+    def stamp(self) -> object: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RulesFile:
+    path: str | Path
+
+    @property
+    def describe(self) -> str:
+        return str(self.path)
+
+    def load(self) -> RuleSet:
+        return load_rules(self.path)
+
+    def stamp(self) -> object:
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            return (0, 0)
+        return status.st_mtime_ns, status.st_size
+
+
+async def route_file(log: Log, path: str | Path, **options: Any) -> RouteTotals:
+    """`route` with the rules of a rules file (reloaded when the file changes)."""
+    return await route(log, RulesFile(path), **options)
+
+
+async def route(
     log: Log,
-    path: str | Path,
+    source: RulesSource,
     *,
     group: str = "inmotion-router",
     once: bool = False,
@@ -266,23 +302,23 @@ async def route_file(
     check_every: float = 1.0,
     say: Callable[[str], None] = lambda line: None,
 ) -> RouteTotals:
-    """Route with the rules in `path` as the consumer group `group` until `until` is set,
+    """Route with the rules of `source` as the consumer group `group` until `until` is set,
     SIGTERM or SIGINT arrives, or, with `once`, everything there is has been delivered.
 
-    Every `check_every` seconds the file is looked at: when it changed, the router stops (its
-    subscriptions finish their events and commit) and starts again with the new rules, so no
-    event is lost or skipped across a reload; a file that fails to load, or names a missing
-    topic, keeps the old rules. Topics the rules name must exist (InvalidConfig names the
+    Every `check_every` seconds the source's stamp is looked at: when it changed, the router
+    stops (its subscriptions finish their events and commit) and starts again with the new
+    rules, so no event is lost or skipped across a reload; rules that fail to load, or name a
+    missing topic, keep the old ones. Topics the rules name must exist (InvalidConfig names the
     missing ones); dead-letter, unmatched and delivery topics are created as needed."""
-    rule_set = load_rules(path)
-    stamp = _stamp(path)
+    rule_set = source.load()
+    stamp = source.stamp()
     stop = until or asyncio.Event()
     totals = RouteTotals()
-    app, router = _router(log, rule_set, path, group, session_timeout)
+    app, router = _router(log, rule_set, source.describe, group, session_timeout)
     say(f"routing {', '.join(router.sources)} with {len(rule_set.rules)} rules")
     while True:
         running = asyncio.Event()  # set by the watcher, or by the app on SIGTERM/SIGINT
-        watcher = asyncio.create_task(_watch(router, path, stamp, stop, running, once, check_every))
+        watcher = asyncio.create_task(_watch(router, source, stamp, stop, running, once, check_every))
         try:
             await app.run(running)
         finally:
@@ -294,57 +330,49 @@ async def route_file(
             app.close()
         if not reload:
             return totals
-        stamp = _stamp(path)
+        stamp = source.stamp()
         previous = router.rule_set
         try:
-            app, router = _router(log, load_rules(path), path, group, session_timeout)
+            app, router = _router(log, source.load(), source.describe, group, session_timeout)
         except InmotionError as error:
             say(f"error: keeping the previous rules: {error}")
-            app, router = _router(log, previous, path, group, session_timeout)
+            app, router = _router(log, previous, source.describe, group, session_timeout)
             continue
         totals.reloads += 1
-        say(f"reloaded {path}: {len(router.rule_set.rules)} rules")
+        say(f"reloaded {source.describe}: {len(router.rule_set.rules)} rules")
 
 
 async def _watch(
     router: Router,
-    path: str | Path,
-    stamp: tuple[int, int],
+    source: RulesSource,
+    stamp: object,
     stop: asyncio.Event,
     running: asyncio.Event,
     once: bool,
     every: float,
 ) -> bool:
     """Stop the router's run (`running`) when `stop` is set, when (with `once`) it has caught
-    up, or when the rules file changed; True in the last case."""
+    up, or when the rules changed; True in the last case."""
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
         if stop.is_set() or (once and await asyncio.to_thread(router.caught_up, router.app.log)):
             running.set()
             return False
-        if _stamp(path) != stamp:
+        if await asyncio.to_thread(source.stamp) != stamp:
             running.set()
             return True
 
 
-def _router(log: Log, rule_set: RuleSet, path: str | Path, group: str, session_timeout: float) -> tuple[App, Router]:
+def _router(log: Log, rule_set: RuleSet, origin: str, group: str, session_timeout: float) -> tuple[App, Router]:
     """A router for `rule_set` on an app of its own; InvalidConfig if topics it names are missing."""
     app = App(group, log, session_timeout=session_timeout)
     try:
         router = Router(app, rule_set, group=group)
         missing = missing_topics(log, rule_set)
         if missing:
-            raise InvalidConfig(f"{path}: missing topics: {', '.join(missing)} (create them: inmotion topics create)")
+            raise InvalidConfig(f"{origin}: missing topics: {', '.join(missing)} (create them: inmotion topics create)")
         return app, router
     except BaseException:
         app.close()
         raise
-
-
-def _stamp(path: str | Path) -> tuple[int, int]:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return (0, 0)
-    return status.st_mtime_ns, status.st_size
