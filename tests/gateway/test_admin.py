@@ -13,17 +13,15 @@ from pathlib import Path
 
 import httpx
 
-from inmotion import App, Retry
-from inmotion.clock import FakeClock
 from inmotion.events import Event
 from inmotion.gateway import Settings, create_app
 from inmotion.log import connect
 from inmotion.runtime import deadletter
 from inmotion.testing import eventually, wait_until
-from inmotion.workflows import Workflow
 from tests.gateway.conftest import Server, create_token, free_port
 from tests.test_asyncapi import valid
 from tests.test_cli import INMOTION
+from tests.workflows.test_cli_workflows import post_office
 from tests.workflows.test_workflows import running, status
 
 
@@ -207,18 +205,7 @@ def test_workflows_are_listed_described_cancelled_and_retried_over_http(tmp_path
         nonlocal broken
         gateway = create_app(broker, Settings(auth=False))
         transport = httpx.ASGITransport(app=gateway)
-        with App("post", broker, clock=FakeClock(autojump=False)) as app:
-            app.workflows.retry = Retry(attempts=1)
-
-            @app.workflow("approval", listen="approvals")
-            async def approval(wf: Workflow, request: dict[str, int]) -> str:
-                decision = await wf.wait_for("approvals", timeout=3600)
-                return str(decision.data)
-
-            @app.workflow("delivery")
-            async def delivery(wf: Workflow, address: str) -> str:
-                return str(await wf.step(check_address, address))
-
+        with post_office(broker, check_address) as app:
             async with running(app), httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
                 await app.start_workflow("approval", {"amount": 5}, id="a1")
                 await app.start_workflow("delivery", "elm street", id="b1")

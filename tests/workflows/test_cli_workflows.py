@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from inmotion import App, Retry
@@ -14,6 +15,24 @@ from inmotion.workflows import Workflow
 from tests.test_cli import run
 
 from .test_workflows import running, status
+
+
+def post_office(broker: str, check_address: Callable[[str], Awaitable[str]]) -> App:
+    """An app with two workflows: one that waits an hour for an approval, one whose only step
+    checks an address (and fails while `check_address` does)."""
+    app = App("post", broker, clock=FakeClock(autojump=False))
+    app.workflows.retry = Retry(attempts=1)
+
+    @app.workflow("approval", listen="approvals")
+    async def approval(wf: Workflow, request: dict[str, int]) -> str:
+        decision = await wf.wait_for("approvals", timeout=3600)
+        return str(decision.data)
+
+    @app.workflow("delivery")
+    async def delivery(wf: Workflow, address: str) -> str:
+        return str(await wf.step(check_address, address))
+
+    return app
 
 
 def test_list_describe_cancel_and_retry(tmp_path: Path) -> None:
@@ -31,18 +50,7 @@ def test_list_describe_cancel_and_retry(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         nonlocal broken
-        with App("post", broker, clock=FakeClock(autojump=False)) as app:
-            app.workflows.retry = Retry(attempts=1)
-
-            @app.workflow("approval", listen="approvals")
-            async def approval(wf: Workflow, request: dict[str, int]) -> str:
-                decision = await wf.wait_for("approvals", timeout=3600)
-                return str(decision.data)
-
-            @app.workflow("delivery")
-            async def delivery(wf: Workflow, address: str) -> str:
-                return str(await wf.step(check_address, address))
-
+        with post_office(broker, check_address) as app:
             async with running(app):
                 await app.start_workflow("approval", {"amount": 5}, id="a1")
                 await app.start_workflow("delivery", "elm street", id="b1")
