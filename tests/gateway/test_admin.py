@@ -315,3 +315,30 @@ def test_rules_put_through_the_api_are_followed_by_a_router_of_the_logs_rules(se
                 reader.join(10)  # it reads to the end of the router's stderr
             assert router.stderr is not None
             router.stderr.close()
+
+
+def test_a_router_serves_its_matches_and_deliveries(broker: str, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - {name: copy, sources: [orders], pattern: {type: [t]}, targets: [{topic: shipments}]}\n"
+    )
+    with connect(broker) as log:
+        log.append_events("orders", [Event.create("t", {"n": n}, source="/t") for n in range(3)])
+    port = free_port()
+    env = {**os.environ, "INMOTION_BROKER": broker}
+    router = subprocess.Popen(
+        [INMOTION, "route", "--rules", str(rules), "--metrics-port", str(port)], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+
+        def counted() -> bool:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.TransportError:
+                return False
+            return 'inmotion_router_matched_total{group="inmotion-router",rule="copy"} 3' in text
+
+        wait_until(counted, 30, "the router's metrics to count the matches")
+    finally:
+        router.terminate()
+        router.wait(30)

@@ -243,3 +243,30 @@ def test_a_compacted_topic_reads_as_a_table(server: Server, broker: str) -> None
     writer = create_token(broker, "writer", "--publish", "profiles")
     assert httpx.get(f"{server.url}/topics/profiles/table", headers=bearer(writer)).status_code == 403
     assert httpx.get(f"{server.url}/topics/nope/table", headers=bearer(reader)).status_code in (403, 404)
+
+
+def test_two_gateways_on_one_sqlite_file_share_tokens_dedupe_records_and_groups(broker: str) -> None:
+    first, second = Server(broker, free_port()).start(), Server(broker, free_port()).start()
+    try:
+        token = create_token(broker, "shared", "--publish", "orders", "--subscribe", "orders")
+        kind = {"Content-Type": "application/cloudevents+json"}
+        sent = httpx.post(
+            f"{first.url}/topics/orders/events", content=json.dumps(structured(1)), headers={**kind, **bearer(token)}
+        )
+        assert sent.json()["events"][0]["duplicate"] is False
+        again = httpx.post(
+            f"{second.url}/topics/orders/events", content=json.dumps(structured(1)), headers={**kind, **bearer(token)}
+        )
+        assert again.json()["events"][0]["duplicate"] is True  # the first one's dedupe record, in the file
+        [frame] = read_frames(f"{second.url}/topics/orders/events?group=both", 1, token=token)
+        assert frame.data["id"] == "e-1"
+        inmotion(broker, "tokens", "revoke", "shared")
+
+        def refused_by_both() -> bool:
+            return all(httpx.get(f"{g.url}/topics", headers=bearer(token)).status_code == 401 for g in (first, second))
+
+        wait_until(refused_by_both, 10, "every gateway to refuse the revoked token")
+        assert sum(offsets(broker)) == 1
+    finally:
+        first.stop()
+        second.stop()

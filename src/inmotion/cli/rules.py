@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,13 +12,15 @@ import typer
 
 from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, print_json
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern
+from inmotion.gateway import serve_metrics
 from inmotion.log import DEFAULT_SESSION_TIMEOUT
 from inmotion.patterns import Pattern
 from inmotion.patterns.pattern import FieldCheck
-from inmotion.routing.router import RulesFile, missing_topics
+from inmotion.routing.router import RouteTotals, RulesFile, missing_topics
 from inmotion.routing.router import route as route_rules
 from inmotion.routing.rules import load_rules
 from inmotion.routing.store import RuleStore
+from inmotion.runtime import App
 
 rules_app = typer.Typer(help="Test event patterns and check rules files.", no_args_is_help=True)
 
@@ -162,6 +165,9 @@ def route(
     session_timeout: Annotated[
         float, typer.Option(help="Seconds without a heartbeat before a router's partitions go to the others.")
     ] = DEFAULT_SESSION_TIMEOUT,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve the router's counters at http://127.0.0.1:PORT/metrics.")
+    ] = None,
     broker: BrokerOption = None,
 ) -> None:
     """Route events from the rules' source topics to their targets, as a consumer group.
@@ -173,24 +179,40 @@ def route(
     rules name must exist. Editing the rules file reloads it (the router finishes what it
     holds and commits first); a file that fails to load keeps the old rules. With
     --rules-from-log the rules are those stored in the log (the gateway's /rules), reloaded
-    when one is put or deleted. SIGTERM or
-    Ctrl-C stop it once the events in hand are finished.
+    when one is put or deleted. SIGTERM or Ctrl-C stop it once the events in hand are
+    finished. --metrics-port serves its matches and deliveries per rule and target.
     """
     if (rules is None) == (not from_log):
         fail("give exactly one of --rules FILE and --rules-from-log", EXIT_INVALID)
+    if metrics_port is not None and not 0 < metrics_port < 65536:
+        fail(f"--metrics-port must be between 1 and 65535, got {metrics_port}", EXIT_INVALID)
     with open_log(broker) as log:
         source = RuleStore(log) if rules is None else RulesFile(rules)
-        try:
-            totals = asyncio.run(
-                route_rules(
+        running: list[App] = []  # the app the router runs on now (a new one after each reload)
+
+        async def routing() -> RouteTotals:
+            serving: asyncio.Task[None] | None = None
+            if metrics_port is not None:
+                metrics = serve_metrics(lambda: running[-1].prometheus() if running else "", "127.0.0.1", metrics_port)
+                serving = asyncio.create_task(metrics())
+            try:
+                return await route_rules(
                     log,
                     source,
                     group=group,
                     once=once,
                     session_timeout=session_timeout,
                     say=lambda line: typer.echo(line, err=True),
+                    on_app=running.append,
                 )
-            )
+            finally:
+                if serving is not None:
+                    serving.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await serving
+
+        try:
+            totals = asyncio.run(routing())
         except InmotionError as error:
             fail(str(error), EXIT_INVALID if isinstance(error, InvalidConfig | InvalidPattern) else 1)
     typer.echo(f"routed {totals.routed} events, {totals.unmatched} matched no rule", err=True)

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -81,7 +82,7 @@ class _Embedded(uvicorn.Server):
         yield
 
 
-def serve_metrics(metrics: Callable[[], str], host: str, port: int) -> Callable[[], Awaitable[None]]:
+def serve_metrics(metrics: Callable[[], str], host: str, port: int) -> Callable[[], Coroutine[Any, Any, None]]:
     """A background task for an app that serves `GET /metrics` (what `metrics()` returns, in
     the Prometheus text format) until cancelled. Listens at once: InvalidConfig if it cannot."""
     sock = listen(host, port)

@@ -301,6 +301,7 @@ async def route(
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     check_every: float = 1.0,
     say: Callable[[str], None] = lambda line: None,
+    on_app: Callable[[App], None] = lambda app: None,
 ) -> RouteTotals:
     """Route with the rules of `source` as the consumer group `group` until `until` is set,
     SIGTERM or SIGINT arrives, or, with `once`, everything there is has been delivered.
@@ -309,7 +310,8 @@ async def route(
     stops (its subscriptions finish their events and commit) and starts again with the new
     rules, so no event is lost or skipped across a reload; rules that fail to load, or name a
     missing topic, keep the old ones. Topics the rules name must exist (InvalidConfig names the
-    missing ones); dead-letter, unmatched and delivery topics are created as needed."""
+    missing ones); dead-letter, unmatched and delivery topics are created as needed. `on_app`
+    is told the app the router runs on, and the new one after each reload (its metrics)."""
     rule_set = source.load()
     stamp = source.stamp()
     stop = until or asyncio.Event()
@@ -317,6 +319,7 @@ async def route(
     app, router = _router(log, rule_set, source.describe, group, session_timeout)
     say(f"routing {', '.join(router.sources)} with {len(rule_set.rules)} rules")
     while True:
+        on_app(app)
         running = asyncio.Event()  # set by the watcher, or by the app on SIGTERM/SIGINT
         watcher = asyncio.create_task(_watch(router, source, stamp, stop, running, once, check_every))
         try:
