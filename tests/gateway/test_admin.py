@@ -137,6 +137,14 @@ def test_openapi_and_asyncapi_documents(server: Server, broker: str) -> None:
     assert "shop.order.placed" in asyncapi["channels"]["orders"]["messages"]
 
 
+def serves(port: int, line: str) -> bool:
+    """Does http://127.0.0.1:PORT/metrics answer, with `line` among its series?"""
+    try:
+        return line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.TransportError:
+        return False
+
+
 APP = """
 from inmotion import App
 
@@ -159,15 +167,8 @@ def test_run_serves_an_apps_metrics(broker: str, tmp_path: Path) -> None:
         [INMOTION, "run", "metered:app", "--metrics-port", str(port)], cwd=tmp_path, env=env, stderr=subprocess.PIPE
     )
     try:
-
-        def consumed() -> bool:
-            try:
-                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except httpx.TransportError:
-                return False
-            return 'inmotion_consumed_total{group="metered",topic="orders"} 4' in text
-
-        wait_until(consumed, 30, "the metrics to count the events")
+        line = 'inmotion_consumed_total{group="metered",topic="orders"} 4'
+        wait_until(lambda: serves(port, line), 30, "the metrics to count the events")
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
@@ -330,15 +331,8 @@ def test_a_router_serves_its_matches_and_deliveries(broker: str, tmp_path: Path)
         [INMOTION, "route", "--rules", str(rules), "--metrics-port", str(port)], env=env, stderr=subprocess.DEVNULL
     )
     try:
-
-        def counted() -> bool:
-            try:
-                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-            except httpx.TransportError:
-                return False
-            return 'inmotion_router_matched_total{group="inmotion-router",rule="copy"} 3' in text
-
-        wait_until(counted, 30, "the router's metrics to count the matches")
+        line = 'inmotion_router_matched_total{group="inmotion-router",rule="copy"} 3'
+        wait_until(lambda: serves(port, line), 30, "the router's metrics to count the matches")
     finally:
         router.terminate()
         router.wait(30)

@@ -12,16 +12,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
-def test_notifications_fan_out_retry_dead_letter_and_redrive(tmp_path: Path) -> None:
+def run_example(name: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m examples.NAME` on a SQLite file of its own; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "examples.notifications", "--broker", f"sqlite:///{tmp_path / 'n.db'}"],
+        [sys.executable, "-m", f"examples.{name}", "--broker", f"sqlite:///{tmp_path / 'example.db'}"],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_notifications_fan_out_retry_dead_letter_and_redrive(tmp_path: Path) -> None:
+    done = run_example("notifications", tmp_path)
     lines = done.stdout.splitlines()
     assert lines[-1] == (
         "summary: 3 sign-ups over HTTP from Node: 3 e-mails, 2 SMS, 3 chat messages"
@@ -39,15 +45,7 @@ def test_notifications_fan_out_retry_dead_letter_and_redrive(tmp_path: Path) -> 
 
 
 def test_identity_commands_over_http_and_the_active_users_table(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "examples.identity", "--broker", f"sqlite:///{tmp_path / 'i.db'}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = [line.strip() for line in done.stdout.splitlines()]
+    lines = [line.strip() for line in run_example("identity", tmp_path).stdout.splitlines()]
     assert lines[-1] == "summary: 9 commands over HTTP, 5 accepted, 4 refused; active users: ada, grace"
     assert "result   cmd-6 refused: user ada is registered already" in lines
     assert "result   cmd-7 refused: user alan is deactivated" in lines

@@ -1,45 +1,34 @@
-"""The admin API (an `--admin` token): topics, consumer groups with their lag, dead letters and
-their redrive, a rule pattern tester, tokens and the log's AsyncAPI document; what the
-`inmotion` command does, over HTTP."""
+"""The admin API of the log (an `--admin` token): topics, consumer groups with their lag and
+replay, dead letters and their redrive, tokens, an event's causal flow and the log's AsyncAPI
+document; what the `inmotion` command does, over HTTP. Rules and workflow instances have
+modules of their own (`gateway.rules`, `gateway.workflows`)."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern, UnknownTopic
-from inmotion.events import from_dict, to_dict
+from inmotion.errors import InvalidConfig, InvalidEvent, UnknownTopic
+from inmotion.events import to_dict
 from inmotion.events.codec import parse_time
-from inmotion.gateway.common import gateway_of, in_thread, read_object
+from inmotion.gateway.common import admin_of, in_thread, read_object
 from inmotion.gateway.problems import Problem
 from inmotion.gateway.tokens import TOKENS_TOPIC
 from inmotion.log import Log, TopicConfig, TopicInfo
 from inmotion.log.lag import all_groups, group_lag
-from inmotion.patterns import Pattern
-from inmotion.routing.router import missing_topics
-from inmotion.routing.rules import Rule, RuleSet
-from inmotion.routing.store import RuleStore
 from inmotion.runtime import deadletter, trace
 from inmotion.runtime.asyncapi import describe_log
 from inmotion.runtime.filters import make_filter
 from inmotion.runtime.replay import replay
-from inmotion.workflows import admin as workflows
-from inmotion.workflows.store import STATUSES, Entry, Instance
 
 if TYPE_CHECKING:
     from inmotion.gateway.app import Gateway
 
 _MAX_LIST = 1000
-
-
-def _admin(request: Request) -> Gateway:
-    gateway = gateway_of(request)
-    gateway.auth.check(request, None)
-    return gateway
 
 
 def _topic_document(info: TopicInfo) -> dict[str, object]:
@@ -70,7 +59,7 @@ async def list_topics(request: Request) -> Response:
     responses:
       200: {description: "{topics: [{name, partitions, records, retention_ms, retention_bytes, compact}]}"}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     return JSONResponse({"topics": await in_thread(_topics, gateway.log)})
 
 
@@ -84,7 +73,7 @@ async def describe_topic(request: Request) -> Response:
       200: {description: The topic's partitions and settings}
       404: {description: No such topic}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     info = await in_thread(gateway.log.describe_topic, request.path_params["topic"])
     return JSONResponse(_topic_document(info))
 
@@ -110,7 +99,7 @@ async def create_topic(request: Request) -> Response:
       400: {description: Invalid settings}
       409: {description: The topic exists}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     document = await read_object(request)
     name = document.get("name")
     if not isinstance(name, str):
@@ -142,7 +131,7 @@ async def delete_topic(request: Request) -> Response:
       204: {description: Deleted}
       404: {description: No such topic}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     await in_thread(gateway.log.delete_topic, request.path_params["topic"])
     return Response(status_code=204)
 
@@ -170,7 +159,7 @@ async def list_groups(request: Request) -> Response:
     responses:
       200: {description: "{groups: [{group, members, topics, lag}]}"}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     return JSONResponse({"groups": await in_thread(_groups, gateway)})
 
 
@@ -207,7 +196,7 @@ async def describe_group(request: Request) -> Response:
       200: {description: "{group, members, partitions: [{topic, partition, owner, committed, latest, lag}], lag}"}
       404: {description: No such group}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     return JSONResponse(await in_thread(_group, gateway, request.path_params["group"]))
 
 
@@ -238,7 +227,7 @@ async def replay_group(request: Request) -> Response:
       404: {description: No such topic}
       409: {description: The group has live members (and force is not set)}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     group = request.path_params["group"]
     document = await read_object(request)
     topic = document.get("topic")
@@ -299,7 +288,7 @@ async def list_dead_letters(request: Request) -> Response:
           error_type, error_message, error_traceback, attempts, ...}]}
       404: {description: No such topic}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     limit = request.query_params.get("limit", "100")
     if not limit.isdigit() or not 0 < int(limit) <= _MAX_LIST:
         raise Problem(400, f"limit must be between 1 and {_MAX_LIST}, got {limit!r}")
@@ -330,7 +319,7 @@ async def redrive(request: Request) -> Response:
       200: {description: "{redriven: [{id, type, to}]}"}
       404: {description: No such topic}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     document = await read_object(request)
     topic = request.path_params["topic"]
     ids = document.get("ids")
@@ -370,115 +359,6 @@ async def redrive(request: Request) -> Response:
     )
 
 
-async def list_rules(request: Request) -> Response:
-    """The rules stored in the log, which `inmotion route --rules-from-log` follows.
-    ---
-    summary: List rules
-    responses:
-      200: {description: "{rules: [rule, as a rules file writes it]}"}
-    """
-    gateway = _admin(request)
-    entries = await in_thread(RuleStore(gateway.log).entries)
-    return JSONResponse({"rules": [entries[name] for name in sorted(entries)]})
-
-
-async def put_rule(request: Request) -> Response:
-    """Create or replace a rule (a push subscription, with an http target); routers that follow
-    the log's rules reload.
-    ---
-    summary: Create or replace a rule
-    parameters:
-      - {name: name, in: path, required: true, schema: {type: string}}
-    requestBody:
-      content:
-        application/json:
-          schema:
-            type: object
-            required: [pattern, targets]
-            properties:
-              sources: {type: array, items: {type: string}}
-              pattern: {type: object, description: An EventBridge event pattern}
-              targets:
-                type: array
-                items: {type: object, description: "{topic: T} or {http: URL, mode, timeout, retry, dead_letter}"}
-              transform: {type: object, description: "{paths: {...}, template: ...}"}
-              description: {type: string}
-    responses:
-      200: {description: "The rule as stored"}
-      400: {description: An invalid rule (the problem names what), or a handler target}
-      404: {description: A topic it names does not exist}
-    """
-    gateway = _admin(request)
-    name = request.path_params["name"]
-    entry = await read_object(request)
-    if entry.get("name", name) != name:
-        raise Problem(400, f"the rule's name {entry['name']!r} is not the {name!r} of its URL")
-    entry["name"] = name
-    try:
-        rule = await in_thread(_checked_rule, gateway.log, entry)
-        await in_thread(RuleStore(gateway.log).put, entry)
-    except (InvalidConfig, InvalidPattern) as exc:
-        raise Problem(400, str(exc)) from None
-    return JSONResponse({"rule": entry, "targets": [target.describe() for target in rule.targets]})
-
-
-def _checked_rule(log: Log, entry: dict[str, Any]) -> Rule:
-    [rule] = RuleStore.check(entry).rules
-    missing = missing_topics(log, RuleSet((rule,)))
-    if missing:
-        raise UnknownTopic(missing[0])
-    return rule
-
-
-async def delete_rule(request: Request) -> Response:
-    """Delete a rule; routers that follow the log's rules reload without it.
-    ---
-    summary: Delete a rule
-    parameters:
-      - {name: name, in: path, required: true, schema: {type: string}}
-    responses:
-      204: {description: Deleted}
-      404: {description: No such rule}
-    """
-    gateway = _admin(request)
-    try:
-        await in_thread(RuleStore(gateway.log).delete, request.path_params["name"])
-    except InvalidConfig as exc:
-        raise Problem(404, str(exc)) from None
-    return Response(status_code=204)
-
-
-async def test_pattern(request: Request) -> Response:
-    """Does an event pattern match an event, and why?
-    ---
-    summary: Test a rule pattern
-    requestBody:
-      content:
-        application/json:
-          schema:
-            type: object
-            required: [pattern, event]
-            properties:
-              pattern: {type: object, description: An EventBridge event pattern}
-              event: {type: object, description: A CloudEvent (or any JSON object)}
-    responses:
-      200: {description: "{match, explanation: [lines]}"}
-      400: {description: An invalid pattern}
-    """
-    _admin(request)
-    document = await read_object(request)
-    if "pattern" not in document or "event" not in document:
-        raise Problem(400, 'send {"pattern": {...}, "event": {...}}')
-    try:
-        pattern = Pattern(document["pattern"])
-        event = document["event"]
-        if isinstance(event, dict) and "specversion" in event:
-            from_dict(event)  # a CloudEvent must be a valid one
-        return JSONResponse({"match": pattern.matches(event), "explanation": pattern.explain(event)})
-    except InmotionError as exc:
-        raise Problem(400, str(exc)) from None
-
-
 async def list_tokens(request: Request) -> Response:
     """The tokens (never their secrets).
     ---
@@ -486,7 +366,7 @@ async def list_tokens(request: Request) -> Response:
     responses:
       200: {description: "{tokens: [{name, publish, subscribe, admin, rate, created}]}"}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     grants = await in_thread(gateway.tokens.list)
     return JSONResponse({"tokens": [grant.document() for grant in grants]})
 
@@ -521,86 +401,8 @@ async def flow(request: Request) -> Response:
       200: {description: "{correlation, events: [CloudEvent + topic, partition, offset, depth, parent]} in tree order"}
       404: {description: No such event}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     return JSONResponse(await in_thread(_flow, gateway.log, request.path_params["id"]))
-
-
-def _instances(gateway: Gateway, statuses: list[str], limit: int) -> list[dict[str, object]]:
-    return [workflows.summary(i) for i in gateway.workflows().instances(statuses=statuses, limit=limit)]
-
-
-async def list_workflows(request: Request) -> Response:
-    """Workflow instances, oldest first.
-    ---
-    summary: List workflow instances
-    parameters:
-      - {name: status, in: query, required: false, schema: {type: string}, description: "Repeatable"}
-      - {name: limit, in: query, required: false, schema: {type: integer, default: 1000}}
-    responses:
-      200:
-        description: "{instances: [{key, workflow, id, status, correlation, created, updated, wake, error, steps}]}"
-      400: {description: An unknown status}
-    """
-    gateway = _admin(request)
-    statuses = request.query_params.getlist("status") or list(STATUSES)
-    unknown = sorted(set(statuses) - set(STATUSES))
-    if unknown:
-        raise Problem(400, f"unknown status {', '.join(unknown)}: use {', '.join(STATUSES)}")
-    limit = request.query_params.get("limit", "1000")
-    if not limit.isdigit() or not 0 < int(limit) <= 100_000:
-        raise Problem(400, f"limit must be between 1 and 100000, got {limit!r}")
-    return JSONResponse({"instances": await in_thread(_instances, gateway, statuses, int(limit))})
-
-
-async def describe_workflow(request: Request) -> Response:
-    """A workflow instance with its input, result and whole history.
-    ---
-    summary: Describe a workflow instance
-    parameters:
-      - {name: key, in: path, required: true, schema: {type: string}, description: "<workflow>/<id>, or the id"}
-    responses:
-      200: {description: The instance and its history}
-      404: {description: No such instance}
-    """
-    gateway = _admin(request)
-    found = await in_thread(_instance, gateway, request.path_params["key"])
-    return JSONResponse(workflows.description(*found))
-
-
-async def request_workflow(request: Request) -> Response:
-    """Cancel an active instance or retry a failed one (a worker of its app carries it out).
-    ---
-    summary: Cancel or retry a workflow instance
-    parameters:
-      - {name: key, in: path, required: true, schema: {type: string}}
-    requestBody:
-      content:
-        application/json:
-          schema: {type: object, required: [request], properties: {request: {type: string, enum: [cancel, retry]}}}
-    responses:
-      202: {description: Requested}
-      404: {description: No such instance}
-      409: {description: The instance's status does not allow it}
-    """
-    gateway = _admin(request)
-    wanted = (await read_object(request)).get("request")
-    if wanted not in workflows.REQUESTS:
-        raise Problem(400, 'send {"request": "cancel"} or {"request": "retry"}')
-    instance, entries = await in_thread(_instance, gateway, request.path_params["key"])
-    try:
-        await in_thread(workflows.ask, gateway.log, instance, entries, wanted, "inmotion.gateway")
-    except InvalidConfig as exc:
-        raise Problem(409, str(exc)) from None
-    return JSONResponse({"key": instance.key, "requested": wanted}, status_code=202)
-
-
-def _instance(gateway: Gateway, key: str) -> tuple[Instance, list[Entry]]:
-    try:
-        return workflows.find(gateway.workflows(), key)
-    except workflows.UnknownInstance as exc:
-        raise Problem(404, str(exc)) from None
-    except InvalidConfig as exc:
-        raise Problem(400, str(exc)) from None
 
 
 async def asyncapi(request: Request) -> Response:
@@ -610,7 +412,7 @@ async def asyncapi(request: Request) -> Response:
     responses:
       200: {description: AsyncAPI 3.0 (JSON)}
     """
-    gateway = _admin(request)
+    gateway = admin_of(request)
     return JSONResponse(await in_thread(describe_log, gateway.log))
 
 
@@ -624,14 +426,7 @@ routes = [
     Route("/groups/{group}/replay", replay_group, methods=["POST"]),
     Route("/dlq", list_dead_letters),
     Route("/dlq/{topic}/redrive", redrive, methods=["POST"]),
-    Route("/rules/test", test_pattern, methods=["POST"]),
-    Route("/rules", list_rules, methods=["GET"]),
-    Route("/rules/{name}", put_rule, methods=["PUT"]),
-    Route("/rules/{name}", delete_rule, methods=["DELETE"]),
     Route("/tokens", list_tokens),
     Route("/asyncapi.json", asyncapi),
     Route("/trace/{id}", flow),
-    Route("/workflows", list_workflows),
-    Route("/workflows/{key:path}", describe_workflow, methods=["GET"]),
-    Route("/workflows/{key:path}", request_workflow, methods=["POST"]),
 ]

@@ -36,7 +36,7 @@ from inmotion.errors import (
 from inmotion.events import to_dict
 from inmotion.events.codec import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE
 from inmotion.events.http import from_http, media_type
-from inmotion.gateway import admin
+from inmotion.gateway import admin, rules, workflows
 from inmotion.gateway.auth import Auth
 from inmotion.gateway.common import gateway_of, in_thread, read_body, read_object
 from inmotion.gateway.egress import Stream, document, parse_cursor
@@ -519,6 +519,8 @@ def create_app(
         Route("/topics/{topic}/table", table, methods=["GET"]),
         WebSocketRoute("/topics/{topic}/ws", stream_over_websocket),
         *admin.routes,
+        *rules.routes,
+        *workflows.routes,
         Route("/metrics", metrics),
         Route("/openapi.json", openapi, include_in_schema=False),
         Route("/healthz", health),

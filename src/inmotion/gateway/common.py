@@ -24,6 +24,13 @@ def gateway_of(request: HTTPConnection) -> Gateway:
     return gateway
 
 
+def admin_of(request: HTTPConnection) -> Gateway:
+    """The gateway, for a request that must carry an admin token (raises the Problem otherwise)."""
+    gateway = gateway_of(request)
+    gateway.auth.check(request, None)
+    return gateway
+
+
 async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a call that may wait for the log (a lock, the network) off the event loop."""
     return await run_in_threadpool(function, *args, **kwargs)

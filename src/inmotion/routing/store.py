@@ -15,9 +15,10 @@ from typing import Any
 
 import msgspec
 
-from inmotion.errors import InvalidConfig, TopicExists
+from inmotion.errors import InvalidConfig, TopicExists, UnknownTopic
 from inmotion.log import Log, Message, TopicConfig
 from inmotion.log.scan import newest_by_key
+from inmotion.routing.router import missing_topics
 from inmotion.routing.rules import Rule, RuleSet, parse_rules
 
 RULES_TOPIC = "inmotion.rules"
@@ -70,8 +71,12 @@ class RuleStore:
         return _parse([entry])
 
     def put(self, entry: dict[str, Any]) -> Rule:
-        """Store (or replace) the rule `entry` describes (see `check`)."""
+        """Store (or replace) the rule `entry` describes (see `check`); UnknownTopic for a topic
+        it names that the log lacks (a router would not load it)."""
         [rule] = self.check(entry).rules
+        missing = missing_topics(self.log, RuleSet((rule,)))
+        if missing:
+            raise UnknownTopic(missing[0])
         with contextlib.suppress(TopicExists):
             self.log.create_topic(RULES_TOPIC, TopicConfig(partitions=1, compact=True))
         self.log.append(RULES_TOPIC, [Message(msgspec.json.encode(entry), rule.name.encode())])
