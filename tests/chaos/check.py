@@ -68,21 +68,26 @@ def check(
         missing = sorted(acked - seen)
         report.lost += len(missing)
         report.details += [f"{subscription}: lost key {key} seq {seq}" for key, seq in missing[:10]]
-    report.stalls = _stalls(progress, stall_after, paused)
+    stalls = _stalls(progress, stall_after, paused)
+    report.stalls = len(stalls)
+    report.details += [f"stall: no new effect from {a:.1f}s to {b:.1f}s, {n} pending" for a, b, n in stalls]
     return report
 
 
 def _stalls(
     progress: Sequence[tuple[float, int, int]], stall_after: float, paused: Sequence[tuple[float, float]]
-) -> int:
-    stalls = 0
+) -> list[tuple[float, float, int]]:
+    """Each stall as (since, until, pending): until is the first sample with progress (or the last)."""
+    stalls: list[tuple[float, float, int]] = []
     since: tuple[float, int] | None = None
-    counted = False
     for at, effects, pending in progress:
         if pending == 0 or since is None or effects != since[1]:
-            since, counted = (at, effects), False
-        elif not counted and at - since[0] - _overlap(paused, since[0], at) > stall_after:
-            stalls, counted = stalls + 1, True
+            since = (at, effects)
+        elif at - since[0] - _overlap(paused, since[0], at) > stall_after:
+            if stalls and stalls[-1][0] == since[0]:
+                stalls[-1] = (since[0], at, pending)
+            else:
+                stalls.append((since[0], at, pending))
     return stalls
 
 

@@ -1,13 +1,18 @@
-"""`inmotion serve` (the gateway) and `inmotion tokens create|list|revoke`."""
+"""`inmotion serve` (the gateway) and `inmotion tokens create|list|revoke`.
+
+The gateway (Starlette, uvicorn) is imported by the commands that use it: it would cost every
+other command, and every `inmotion run` a supervisor restarts, a fifth of a second to start."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, parse_duration_ms, parse_size, print_json
-from inmotion.gateway import Grant, Settings, Tokens, serve
+
+if TYPE_CHECKING:
+    from inmotion.gateway import Grant
 
 tokens_app = typer.Typer(help="Tokens for the gateway: create (shown once), list, revoke.", no_args_is_help=True)
 
@@ -30,6 +35,8 @@ def serve_command(
     """Serve the gateway: CloudEvents over HTTP in and out (Server-Sent Events), the admin API,
     /metrics and /openapi.json. Every request needs 'Authorization: Bearer <token>' (see
     `inmotion tokens create`)."""
+    from inmotion.gateway import Settings, serve
+
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--log-level must be debug, info, warning or error, got {log_level!r}")
     if not 0 < port < 65536:
@@ -61,6 +68,8 @@ def create_token(
     json: JsonOption = False,
 ) -> None:
     """Create a token and print it, once: only its hash is kept (in the log's file)."""
+    from inmotion.gateway import Tokens
+
     with open_log(broker) as log:
         secret, grant = Tokens(log).create(
             name, publish=publish or (), subscribe=subscribe or (), admin=admin, rate=rate
@@ -75,6 +84,8 @@ def create_token(
 @tokens_app.command("list")
 def list_tokens(broker: BrokerOption = None, json: JsonOption = False) -> None:
     """List the tokens and what each may do (never the tokens themselves)."""
+    from inmotion.gateway import Tokens
+
     with open_log(broker, create=False) as log:
         grants = Tokens(log).list()
     if json:
@@ -93,6 +104,8 @@ def revoke_token(
     broker: BrokerOption = None,
 ) -> None:
     """Revoke a token: every gateway on the log refuses it within a second."""
+    from inmotion.gateway import Tokens
+
     with open_log(broker, create=False) as log:
         Tokens(log).revoke(name)
     typer.echo(f"revoked token {name!r}")

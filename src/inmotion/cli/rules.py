@@ -12,7 +12,6 @@ import typer
 
 from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, print_json
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern
-from inmotion.gateway import serve_metrics
 from inmotion.log import DEFAULT_SESSION_TIMEOUT
 from inmotion.patterns import Pattern
 from inmotion.patterns.pattern import FieldCheck
@@ -193,6 +192,8 @@ def route(
         async def routing() -> RouteTotals:
             serving: asyncio.Task[None] | None = None
             if metrics_port is not None:
+                from inmotion.gateway import serve_metrics  # only then: see inmotion.cli.gateway
+
                 metrics = serve_metrics(lambda: running[-1].prometheus() if running else "", "127.0.0.1", metrics_port)
                 serving = asyncio.create_task(metrics())
             try:

@@ -24,7 +24,6 @@ from inmotion.cli.common import (
     print_json,
 )
 from inmotion.errors import InvalidConfig, UnknownTopic
-from inmotion.gateway import serve_metrics
 from inmotion.log import Coordinator, Log, MemberInfo
 from inmotion.log.lag import all_groups, group_lag
 from inmotion.runtime import deadletter, logs
@@ -351,6 +350,8 @@ def run(
     if metrics_port is not None:
         if not 0 < metrics_port < 65536:
             fail(f"--metrics-port must be between 1 and 65535, got {metrics_port}")
+        from inmotion.gateway import serve_metrics  # only then: see inmotion.cli.gateway
+
         app.task(serve_metrics(app.prometheus, metrics_host, metrics_port))
     try:
         app.run_sync()
