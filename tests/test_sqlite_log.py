@@ -77,6 +77,52 @@ def test_two_processes_append_to_one_file(tmp_path: Path) -> None:
         assert len(seen) == len(set(seen)) == 2 * 40 * 20
 
 
+COPIER = textwrap.dedent(
+    """
+    import sys
+    import inmotion
+    from inmotion.log import Message
+    url, name = sys.argv[1], sys.argv[2]
+    with inmotion.connect(url) as log:
+        coordinator = log.group_coordinator()
+        print("ready", flush=True)
+        sys.stdin.readline()  # both start together
+        for batch in range(300):  # the same 300 x 2 events as the other process, each with its own value
+            keys = [("client", f"{batch}-{i}") for i in range(2)]
+            messages = [Message(f"{name}:{batch}-{i}".encode(), key=f"{i}".encode()) for i in range(2)]
+            coordinator.append_unseen(log, "ingress", "shared", messages, keys)
+    """
+)
+
+
+def test_two_processes_appending_copies_at_once_append_each_event_once(tmp_path: Path) -> None:
+    """The check for a copy, the append and the dedupe record are one transaction (the gateway's
+    ingress, two `inmotion serve` on one file, a client retrying against the other)."""
+    url = _url(tmp_path)
+    with inmotion.connect(url) as log:
+        log.create_topic("shared", TopicConfig(partitions=3))
+    copiers = [
+        subprocess.Popen(
+            [sys.executable, "-c", COPIER, url, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for name in ("A", "B")
+    ]
+    for copier in copiers:
+        assert copier.stdout is not None
+        assert copier.stdout.readline() == "ready\n"
+    for copier in copiers:
+        assert copier.stdin is not None
+        copier.stdin.write("go\n")
+        copier.stdin.flush()
+    for copier in copiers:
+        copier.communicate(timeout=120)
+        assert copier.returncode == 0
+    with inmotion.connect(url) as log:
+        values = [r.value or b"" for p in range(3) for r in log.read("shared", p, 0, limit=10_000)]
+    ids = sorted(value.split(b":")[1] for value in values)
+    assert ids == sorted(f"{batch}-{i}".encode() for batch in range(300) for i in range(2))
+
+
 def test_wait_wakes_on_another_process_append(tmp_path: Path) -> None:
     url = _url(tmp_path)
     with inmotion.connect(url) as log:

@@ -1,22 +1,27 @@
-"""Events POSTed to a topic: appended through the runtime's publisher (requests that arrive
-together share one append), unless an event with the same (source, id) reached the topic
-through the gateway within the dedupe window (a client's retry): that one is not appended
-again."""
+"""Events POSTed to a topic: appended unless an event with the same (source, id) reached the
+topic through the gateway within the dedupe window (a client's retry).
+
+The requests that arrive while an append runs are appended together in the next one
+(`Coordinator.append_unseen`: on SQLite the check, the append and the dedupe records are one
+transaction, so two gateways on one file never both append a copy). Appends follow each other,
+so a copy POSTed while its original is being appended finds the original's record.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from inmotion.events import Event
-from inmotion.log import Position
+from inmotion.log import Key, Message, Position
 from inmotion.runtime import App
-from inmotion.runtime.dedupe import Dedupe, Key
-from inmotion.runtime.publisher import to_message
+from inmotion.runtime.publisher import soon, to_message
 
 MAX_BATCH = 5000
-"""Events one request may carry: a request's events are appended in one append, all or none."""
+"""Events one request may carry, and about as many as one append takes: a request's events are
+appended in one append, all or none."""
 
 
 def dedupe_group(topic: str) -> str:
@@ -24,56 +29,83 @@ def dedupe_group(topic: str) -> str:
     return f"inmotion.gateway.{topic}"
 
 
+@dataclass
+class _Post:
+    messages: list[Message]
+    keys: list[Key]
+    appended: asyncio.Future[list[Position | None]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 class Ingress:
     def __init__(self, app: App, window: float) -> None:
         self.app = app
         self.window = window
-        self._dedupes: dict[str, Dedupe] = {}
-        self._in_flight: dict[tuple[str, Key], asyncio.Future[None]] = {}
-        """Events being appended: a copy that arrives meanwhile waits to learn whether they were."""
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inmotion-gateway-dedupe")
-
-    def _dedupe(self, topic: str) -> Dedupe:
-        dedupe = self._dedupes.get(topic)
-        if dedupe is None:
-            dedupe = self._dedupes[topic] = Dedupe(self.app.log, self.app.coordinator, dedupe_group(topic), self._pool)
-        return dedupe
+        self._pending: dict[str, list[_Post]] = {}
+        self._topics: set[str] = set()
+        """Topics this gateway appended to: it prunes their dedupe records."""
+        self._appending: asyncio.Task[None] | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inmotion-gateway-append")
 
     async def publish(self, topic: str, events: Sequence[Event]) -> list[Position | None]:
         """Append `events` to `topic` in one append; their positions, None for copies of events
         appended before (or earlier in `events`)."""
-        keys = [(event.source, event.id) for event in events]
-        while busy := [f for key in keys if (f := self._in_flight.get((topic, key))) is not None]:
-            await asyncio.wait(busy)
-        dedupe = self._dedupe(topic)
-        seen = dedupe.seen_among(keys)
-        fresh: dict[Key, int] = {}
-        for index, key in enumerate(keys):
-            if key not in fresh and key not in seen:
-                fresh[key] = index
-        done = asyncio.get_running_loop().create_future()
-        for key in fresh:
-            self._in_flight[topic, key] = done
-        try:
-            messages = [to_message(events[index], None) for index in fresh.values()]
-            appended = await self.app.publisher.send_many(topic, messages)
-            for key in fresh:
-                dedupe.remember(key)
-            await dedupe.written()
-        finally:
-            for key in fresh:
-                del self._in_flight[topic, key]
-            done.set_result(None)
-        positions: list[Position | None] = [None] * len(events)
-        for index, position in zip(fresh.values(), appended, strict=True):
-            positions[index] = position
-        return positions
+        post = _Post([to_message(event, None) for event in events], [(event.source, event.id) for event in events])
+        self._pending.setdefault(topic, []).append(post)
+        self._topics.add(topic)
+        if self._appending is None or self._appending.done():
+            self._appending = asyncio.create_task(self._append())
+        return await post.appended
+
+    async def _append(self) -> None:
+        while self._pending:
+            topic, posts = self._take()
+            messages = [message for post in posts for message in post.messages]
+            keys = [key for post in posts for key in post.keys]
+            try:
+                positions = await self._append_unseen(topic, messages, keys)
+            except Exception as exc:
+                for post in posts:
+                    post.appended.set_exception(exc)
+                continue
+            self.app.metrics.add("inmotion_published_total", sum(p is not None for p in positions), topic=topic)
+            start = 0
+            for post in posts:
+                post.appended.set_result(positions[start : start + len(post.keys)])
+                start += len(post.keys)
+
+    def _take(self) -> tuple[str, list[_Post]]:
+        """The oldest topic's waiting requests, up to about MAX_BATCH events (at least one request)."""
+        topic = next(iter(self._pending))
+        waiting = self._pending[topic]
+        count = taken = 0
+        for post in waiting:
+            if taken and count + len(post.keys) > MAX_BATCH:
+                break
+            count += len(post.keys)
+            taken += 1
+        posts, rest = waiting[:taken], waiting[taken:]
+        if rest:
+            self._pending[topic] = rest
+        else:
+            del self._pending[topic]
+        return topic, posts
+
+    async def _append_unseen(self, topic: str, messages: list[Message], keys: list[Key]) -> list[Position | None]:
+        """On the event loop when the log can append at once; in the thread otherwise."""
+        log, coordinator, group = self.app.log, self.app.coordinator, dedupe_group(topic)
+        now = await soon(log, lambda: coordinator.append_unseen_now(log, group, topic, messages, keys))
+        if now is not None:
+            return now
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, coordinator.append_unseen, log, group, topic, messages, keys)
 
     async def forget_old(self) -> None:
         """Drop dedupe records older than the window."""
         cutoff = int((self.app.clock.time() - self.window) * 1000)
         loop = asyncio.get_running_loop()
-        for topic in list(self._dedupes):
+        for topic in list(self._topics):
             await loop.run_in_executor(self._pool, self.app.coordinator.forget_before, dedupe_group(topic), cutoff)
 
     def close(self) -> None:

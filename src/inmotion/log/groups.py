@@ -10,8 +10,10 @@ share the lease rules of `inmotion.log.leases`.
 
 The same storage remembers which events a group has handled (`seen`/`remember`), for
 idempotent subscriptions, within a bounded window (`forget_before`), and forgets chosen ones
-when a replay asks for them to be handled again (`forget`); and a backend that can commit a handler's
-own writes with its position offers `transactions` (`transaction=True` subscriptions).
+when a replay asks for them to be handled again (`forget`); `append_unseen` appends only the
+events a group has not seen (the gateway's ingress: a client's retry is not appended twice). A
+backend that can commit a handler's own writes with its position offers `transactions`
+(`transaction=True` subscriptions).
 """
 
 from __future__ import annotations
@@ -22,10 +24,16 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inmotion.errors import InvalidConfig
-from inmotion.log.base import Message, TopicConfig
+from inmotion.log.base import Message, Position, TopicConfig
+
+if TYPE_CHECKING:
+    from inmotion.log.base import Log
+
+Key = tuple[str, str]
+"""An event's (source, id): what dedupe records hold."""
 
 DEFAULT_SESSION_TIMEOUT = 10.0
 
@@ -125,6 +133,28 @@ class Coordinator(abc.ABC):
     def flush(self, group: str) -> None:  # noqa: B027 - most coordinators remember synchronously
         """Make the group's remembered dedupe records durable (before offsets past them are committed)."""
 
+    def append_unseen(
+        self, log: Log, group: str, topic: str, messages: Sequence[Message], keys: Sequence[Key]
+    ) -> list[Position | None]:
+        """Append to `topic` those `messages` whose key (the event's (source, id), `keys[i]` for
+        `messages[i]`) the group has not seen, nor an earlier one of `keys`, and remember their
+        keys, durably: their positions, None for the copies. Where the backend has transactions
+        (SQLite, `log` being the coordinator's own) the check, the append and the records are
+        one: copies appended at once by two processes are appended once. Elsewhere the three
+        steps follow each other, and such copies may both be appended."""
+        fresh = unseen(keys, self.seen(group, list(dict.fromkeys(keys))))
+        appended = log.append(topic, [messages[i] for i in fresh]) if fresh else []
+        self.remember(group, [keys[i] for i in fresh])
+        self.flush(group)
+        return placed(len(keys), fresh, appended)
+
+    def append_unseen_now(
+        self, log: Log, group: str, topic: str, messages: Sequence[Message], keys: Sequence[Key]
+    ) -> list[Position | None] | None:
+        """`append_unseen` if it can be done at once, without waiting for a lock or the network
+        (on an event loop); None, with nothing done, otherwise (call `append_unseen` in a thread)."""
+        return None
+
     def transaction(self, group: str) -> Transaction:
         """A `Transaction` for a member of `group` (a `transaction=True` subscription);
         InvalidConfig where the backend cannot commit a handler's writes with its position."""
@@ -132,6 +162,23 @@ class Coordinator(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - most coordinators hold nothing to release
         """Release the coordinator's resources."""
+
+
+def unseen(keys: Sequence[Key], seen: set[Key]) -> list[int]:
+    """The indexes of the first occurrence of each key not in `seen`."""
+    first: dict[Key, int] = {}
+    for index, key in enumerate(keys):
+        if key not in seen:
+            first.setdefault(key, index)
+    return list(first.values())
+
+
+def placed(count: int, fresh: Sequence[int], appended: Sequence[Position]) -> list[Position | None]:
+    """`count` positions: `appended[j]` at index `fresh[j]`, None elsewhere."""
+    positions: list[Position | None] = [None] * count
+    for index, position in zip(fresh, appended, strict=True):
+        positions[index] = position
+    return positions
 
 
 class Transaction(abc.ABC):

@@ -13,13 +13,10 @@ import concurrent.futures
 import logging
 from collections.abc import Sequence
 
-from inmotion.log import Coordinator, Log
+from inmotion.log import Coordinator, Key, Log
 from inmotion.runtime.publisher import soon
 
 logger = logging.getLogger("inmotion.runtime")
-
-Key = tuple[str, str]
-"""An event's (source, id)."""
 
 
 class Dedupe:

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from inmotion.errors import CorruptRecord, InmotionError, InvalidEvent
 from inmotion.events import Event
 from inmotion.events.codec import JSON_CONTENT_TYPE, source_and_id
-from inmotion.log import Record, TopicPartition, Transaction
+from inmotion.log import Key, Record, TopicPartition, Transaction
 from inmotion.runtime import deadletter
-from inmotion.runtime.dedupe import Dedupe, Key
+from inmotion.runtime.dedupe import Dedupe
 from inmotion.runtime.handler import Context
 from inmotion.runtime.metrics import Counter
 from inmotion.runtime.publisher import to_message

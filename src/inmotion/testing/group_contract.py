@@ -286,6 +286,53 @@ class GroupContract:
         wait_until(lambda: beat(member)[member.member_id] == partitions, SETTLE, "the member to own every partition")
         assert coordinator.seen(group, [("src", "old")]) == set()
 
+    # --- appending what a group has not seen ---------------------------------------------
+    @staticmethod
+    def values(log: Log, topic: str) -> list[bytes]:
+        return sorted(
+            record.value or b"" for partition in range(PARTITIONS) for record in log.read(topic, partition, 0, 1000)
+        )
+
+    def test_append_unseen_appends_each_event_once(
+        self, log: Log, coordinator: Coordinator, group: str, topic: str
+    ) -> None:
+        """A copy is skipped within one call (the first one counts) and in later calls."""
+        messages = [Message(b"a", b"k"), Message(b"b", b"k"), Message(b"a-copy", b"k")]
+        first = coordinator.append_unseen(log, group, topic, messages, [("src", "a"), ("src", "b"), ("src", "a")])
+        assert [position is not None for position in first] == [True, True, False]
+        assert first[0] is not None
+        assert first[1] is not None
+        assert first[0].offset + 1 == first[1].offset
+        again = coordinator.append_unseen(
+            log, group, topic, [Message(b"a-again"), Message(b"c")], [("src", "a"), ("src", "c")]
+        )
+        assert again[0] is None
+        assert again[1] is not None
+        assert self.values(log, topic) == [b"a", b"b", b"c"]
+        assert coordinator.seen(group, [("src", "a"), ("src", "b"), ("src", "c")]) == {
+            ("src", "a"),
+            ("src", "b"),
+            ("src", "c"),
+        }
+        assert coordinator.seen(f"{group}-other", [("src", "a")]) == set()
+
+    def test_append_unseen_now_appends_all_or_nothing(
+        self, log: Log, coordinator: Coordinator, group: str, topic: str
+    ) -> None:
+        positions = coordinator.append_unseen_now(log, group, topic, [Message(b"a")], [("src", "a")])
+        if positions is None:  # not at once: nothing done
+            assert (self.values(log, topic), coordinator.seen(group, [("src", "a")])) == ([], set())
+        else:
+            assert positions[0] is not None
+            assert (self.values(log, topic), coordinator.seen(group, [("src", "a")])) == ([b"a"], {("src", "a")})
+
+    def test_append_unseen_to_a_missing_topic_remembers_nothing(
+        self, log: Log, coordinator: Coordinator, group: str
+    ) -> None:
+        with pytest.raises(UnknownTopic):
+            coordinator.append_unseen(log, group, unique_topic("missing"), [Message(b"a")], [("src", "a")])
+        assert coordinator.seen(group, [("src", "a")]) == set()
+
     # --- transactions ---------------------------------------------------------------------
     def test_a_backend_without_transactions_refuses_them(self, coordinator: Coordinator, group: str) -> None:
         if self.transactions:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from inmotion.clock import Clock
 from inmotion.errors import StorageError
-from inmotion.log.base import Message, TopicConfig
-from inmotion.log.groups import MemberInfo, TopicPartition, Transaction
+from inmotion.log.base import Log, Message, Position, TopicConfig
+from inmotion.log.groups import Key, MemberInfo, TopicPartition, Transaction, placed, unseen
 from inmotion.log.leases import GroupState, Lease, LeaseCoordinator
 from inmotion.log.sqlite.file import rollback, translate_errors
 from inmotion.log.sqlite.log import SqliteLog
@@ -199,27 +199,65 @@ class SqliteCoordinator(LeaseCoordinator):
         ).fetchone()
         return row is not None
 
-    def seen(self, group: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    def seen(self, group: str, keys: Sequence[Key]) -> set[Key]:
         """A WAL read on the calling thread's own connection: it waits for no lock, so an event
         loop may call it."""
         conn = self._reader()
+        try:
+            return self._seen_on(conn, group, keys)
+        except sqlite3.Error as exc:
+            raise StorageError(f"consumer group storage in {self.path} failed: {exc}") from exc
+
+    @staticmethod
+    def _seen_on(conn: sqlite3.Connection, group: str, keys: Sequence[Key]) -> set[Key]:
         by_source: dict[str, list[str]] = {}
         for source, event_id in keys:
             by_source.setdefault(source, []).append(event_id)
-        found: set[tuple[str, str]] = set()
-        try:
-            for source, ids in by_source.items():  # one indexed query for up to _IDS_A_QUERY ids of a source
-                for start in range(0, len(ids), _IDS_A_QUERY):
-                    chunk = ids[start : start + _IDS_A_QUERY]
-                    rows = conn.execute(
-                        "SELECT id FROM grp_handled WHERE grp = ? AND source = ? AND id IN"
-                        f" ({', '.join('?' * len(chunk))})",
-                        (group, source, *chunk),
-                    )
-                    found.update((source, event_id) for (event_id,) in rows)
-        except sqlite3.Error as exc:
-            raise StorageError(f"consumer group storage in {self.path} failed: {exc}") from exc
+        found: set[Key] = set()
+        for source, ids in by_source.items():  # one indexed query for up to _IDS_A_QUERY ids of a source
+            for start in range(0, len(ids), _IDS_A_QUERY):
+                chunk = ids[start : start + _IDS_A_QUERY]
+                rows = conn.execute(
+                    "SELECT id FROM grp_handled WHERE grp = ? AND source = ? AND id IN"
+                    f" ({', '.join('?' * len(chunk))})",
+                    (group, source, *chunk),
+                )
+                found.update((source, event_id) for (event_id,) in rows)
         return found
+
+    def append_unseen(
+        self, log: Log, group: str, topic: str, messages: Sequence[Message], keys: Sequence[Key]
+    ) -> list[Position | None]:
+        if log is not self.log:
+            return super().append_unseen(log, group, topic, messages, keys)
+        positions = self.log._write(lambda conn: self._append_unseen_in(conn, group, topic, messages, keys))
+        self.log.appended()
+        return positions
+
+    def append_unseen_now(
+        self, log: Log, group: str, topic: str, messages: Sequence[Message], keys: Sequence[Key]
+    ) -> list[Position | None] | None:
+        if log is not self.log or not self.log.appends_now:
+            return None
+        done: list[list[Position | None]] = []
+
+        def work(conn: sqlite3.Connection) -> None:
+            done.append(self._append_unseen_in(conn, group, topic, messages, keys))
+
+        if not self.log._write_now(work):
+            return None
+        self.log.appended()
+        return done[0]
+
+    def _append_unseen_in(
+        self, conn: sqlite3.Connection, group: str, topic: str, messages: Sequence[Message], keys: Sequence[Key]
+    ) -> list[Position | None]:
+        """In the write transaction: the check, the append and the records hold the file's
+        write lock together, so no other process appends a copy in between."""
+        fresh = unseen(keys, self._seen_on(conn, group, list(dict.fromkeys(keys))))
+        appended = self.log.append_in(conn, topic, [messages[i] for i in fresh]) if fresh else []
+        self.remember_in(conn, group, [keys[i] for i in fresh])
+        return placed(len(keys), fresh, appended)
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)

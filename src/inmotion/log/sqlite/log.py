@@ -316,9 +316,14 @@ class SqliteLog(SqliteFile, Log):
         pending = _PendingAppend(topic, messages, records=records)
         if not self.appends_now or not self._write_now(lambda conn: self._insert(conn, pending)):
             return None  # fsync'd commits wait for the disk; or the write lock is taken
+        self.appended()
+        return pending.positions, pending.records
+
+    def appended(self) -> None:
+        """An append transaction committed (here, or through `append_in` on the writer): the
+        checkpointer copies the WAL back into the file soon."""
         self._appends += 1
         self._start_maintenance()
-        return pending.positions, pending.records
 
     def _append(self, pending: _PendingAppend) -> list[Position]:
         with self._queue_lock:
