@@ -58,6 +58,7 @@ PUBLIC = {
         "DEFAULT_SESSION_TIMEOUT",
         "Assignment",
         "Coordinator",
+        "Key",
         "Log",
         "MemberInfo",
         "Membership",

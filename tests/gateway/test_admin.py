@@ -19,6 +19,7 @@ from inmotion.log import connect
 from inmotion.runtime import deadletter
 from inmotion.testing import eventually, wait_until
 from tests.gateway.conftest import Server, create_token, free_port
+from tests.runtime.test_reports import parsed
 from tests.test_asyncapi import valid
 from tests.test_cli import INMOTION
 from tests.workflows.test_cli_workflows import post_office
@@ -117,7 +118,14 @@ def test_metrics_count_requests_and_published_events(server: Server, broker: str
         text = client.get("/metrics").text
     assert 'inmotion_published_total{topic="orders"} 3' in text
     assert 'inmotion_http_requests_total{route="publish",status="202"} 3' in text
-    assert 'inmotion_http_request_seconds_total{route="publish",status="202"}' in text
+    samples = parsed(text)  # as Prometheus reads it: one family each, histogram buckets in order
+    assert samples["inmotion_http_request_duration_seconds_count"][(("route", "publish"), ("status", "202"))] == 3
+    assert (
+        samples["inmotion_http_request_duration_seconds_bucket"][
+            (("le", "+Inf"), ("route", "publish"), ("status", "202"))
+        ]
+        == 3
+    )
     ends = [line for line in text.splitlines() if line.startswith('inmotion_topic_end_offset{partition="')]
     assert sum(int(line.rsplit(" ", 1)[1]) for line in ends if 'topic="orders"' in line) == 3
 
@@ -318,7 +326,9 @@ def test_rules_put_through_the_api_are_followed_by_a_router_of_the_logs_rules(se
             router.stderr.close()
 
 
-def test_a_router_serves_its_matches_and_deliveries(broker: str, tmp_path: Path) -> None:
+def test_a_router_serves_its_matches_and_deliveries_and_reports_them_to_the_gateway(
+    server: Server, broker: str, tmp_path: Path
+) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(
         "rules:\n  - {name: copy, sources: [orders], pattern: {type: [t]}, targets: [{topic: shipments}]}\n"
@@ -333,6 +343,16 @@ def test_a_router_serves_its_matches_and_deliveries(broker: str, tmp_path: Path)
     try:
         line = 'inmotion_router_matched_total{group="inmotion-router",rule="copy"} 3'
         wait_until(lambda: serves(port, line), 30, "the router's metrics to count the matches")
+        instance = f"inmotion-router@{socket.gethostname()}:{router.pid}"
+        client = admin(server)
+
+        def reported() -> bool:
+            samples = parsed(client.get("/metrics").text)
+            matched = samples.get("inmotion_router_matched_total", {})
+            return matched.get((("group", "inmotion-router"), ("instance", instance), ("rule", "copy"))) == 3
+
+        with client:
+            wait_until(reported, 30, "the gateway's /metrics to show the router's report")
     finally:
         router.terminate()
         router.wait(30)

@@ -20,6 +20,7 @@ from inmotion.routing.router import route as route_rules
 from inmotion.routing.rules import load_rules
 from inmotion.routing.store import RuleStore
 from inmotion.runtime import App
+from inmotion.runtime.reports import reporter
 
 rules_app = typer.Typer(help="Test event patterns and check rules files.", no_args_is_help=True)
 
@@ -179,7 +180,8 @@ def route(
     holds and commits first); a file that fails to load keeps the old rules. With
     --rules-from-log the rules are those stored in the log (the gateway's /rules), reloaded
     when one is put or deleted. SIGTERM or Ctrl-C stop it once the events in hand are
-    finished. --metrics-port serves its matches and deliveries per rule and target.
+    finished. --metrics-port serves its matches and deliveries per rule and target; they are
+    also reported to the log every 5 s, for the gateway's /metrics.
     """
     if (rules is None) == (not from_log):
         fail("give exactly one of --rules FILE and --rules-from-log", EXIT_INVALID)
@@ -188,6 +190,10 @@ def route(
     with open_log(broker) as log:
         source = RuleStore(log) if rules is None else RulesFile(rules)
         running: list[App] = []  # the app the router runs on now (a new one after each reload)
+
+        def on_app(app: App) -> None:
+            running.append(app)
+            app.task(reporter(app))  # its counters in the gateway's /metrics
 
         async def routing() -> RouteTotals:
             serving: asyncio.Task[None] | None = None
@@ -204,7 +210,7 @@ def route(
                     once=once,
                     session_timeout=session_timeout,
                     say=lambda line: typer.echo(line, err=True),
-                    on_app=running.append,
+                    on_app=on_app,
                 )
             finally:
                 if serving is not None:

@@ -28,6 +28,7 @@ from inmotion.log import Coordinator, Log, MemberInfo
 from inmotion.log.lag import all_groups, group_lag
 from inmotion.runtime import deadletter, logs
 from inmotion.runtime.replay import replay as replay_offsets
+from inmotion.runtime.reports import reporter
 
 groups_app = typer.Typer(help="Inspect consumer groups: members, assignments, offsets, lag.", no_args_is_help=True)
 dlq_app = typer.Typer(help="List and redrive dead-letter topics.", no_args_is_help=True)
@@ -335,7 +336,8 @@ def run(
 ) -> None:
     """Run an app's subscribers and background tasks until SIGTERM or Ctrl-C (then finish,
     commit, leave the groups and run the shutdown hooks); with --metrics-port, serve its
-    counters and lag in the Prometheus text format meanwhile."""
+    counters and lag in the Prometheus text format meanwhile. Its counters are also reported
+    to the log every 5 s (the topic inmotion.metrics), for the gateway's /metrics."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--log-level must be debug, info, warning or error, got {log_level!r}")
     if broker:
@@ -347,6 +349,7 @@ def run(
         fail(f"{app_spec} names its own broker ({app.log.url}): drop --broker or create the App without one")
     if not app.subscriptions and not app.lifecycle.tasks:
         fail(f"{app_spec} has no subscriptions or background tasks to run")
+    app.task(reporter(app))  # its counters in the gateway's /metrics
     if metrics_port is not None:
         if not 0 < metrics_port < 65536:
             fail(f"--metrics-port must be between 1 and 65535, got {metrics_port}")

@@ -41,7 +41,7 @@ from inmotion.gateway.auth import Auth
 from inmotion.gateway.common import gateway_of, in_thread, read_body, read_object
 from inmotion.gateway.egress import Stream, document, parse_cursor
 from inmotion.gateway.ingress import MAX_BATCH, Ingress
-from inmotion.gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS, describe_http, log_metrics
+from inmotion.gateway.metrics import HTTP_BUCKETS, HTTP_REQUESTS, HTTP_SECONDS, describe_http, scrape
 from inmotion.gateway.problems import Problem, problem_response
 from inmotion.gateway.tokens import Tokens
 from inmotion.log import Log, connect
@@ -49,7 +49,7 @@ from inmotion.log.scan import newest_by_key
 from inmotion.patterns import Pattern
 from inmotion.runtime import App
 from inmotion.runtime.handler import TRACE_CONTEXT
-from inmotion.runtime.metrics import Counter
+from inmotion.runtime.metrics import Counter, Histogram
 from inmotion.workflows.engine import store_url
 from inmotion.workflows.store import WorkflowRecorder, open_workflow_recorder
 
@@ -378,7 +378,7 @@ async def table(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """The gateway's counters and the log's gauges for Prometheus.
+    """The gateway's counters, those the log's apps and routers report, and the log's gauges.
     ---
     summary: Metrics in the Prometheus text format
     responses:
@@ -386,7 +386,8 @@ async def metrics(request: Request) -> Response:
     """
     gateway = gateway_of(request)
     gateway.auth.check(request, None)
-    text = gateway.runtime.prometheus() + await in_thread(log_metrics, gateway.log, gateway.runtime.coordinator)
+    runtime = gateway.runtime
+    text = await in_thread(scrape, runtime.metrics, gateway.log, runtime.coordinator, runtime.clock.time())
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
@@ -441,9 +442,9 @@ class _Measured:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._counters: dict[tuple[str, int], tuple[Counter, Counter]] = {}
+        self._counters: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
-    def _counted(self, scope: Scope, status: int) -> tuple[Counter, Counter]:
+    def _counted(self, scope: Scope, status: int) -> tuple[Counter, Histogram]:
         route = getattr(scope.get("endpoint"), "__name__", "unmatched")
         counters = self._counters.get((route, status))
         if counters is None:
@@ -451,7 +452,7 @@ class _Measured:
             labels = {"route": route, "status": str(status)}
             counters = self._counters[route, status] = (
                 metrics.counter(HTTP_REQUESTS, **labels),
-                metrics.counter(HTTP_SECONDS, **labels),
+                metrics.histogram(HTTP_SECONDS, HTTP_BUCKETS, **labels),
             )
         return counters
 
@@ -465,7 +466,7 @@ class _Measured:
             if message["type"] == "http.response.start":
                 requests, seconds = self._counted(scope, message["status"])
                 requests.add()
-                seconds.add(time.perf_counter() - started)
+                seconds.observe(time.perf_counter() - started)
             await send(message)
 
         await self.app(scope, receive, measured_send)

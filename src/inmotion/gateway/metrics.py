@@ -1,6 +1,8 @@
-"""`/metrics`: the whole log in the Prometheus text format (each topic's end offsets and sizes,
-dead-letter topics' sizes, each group's members and lag per partition), read when scraped,
-after the gateway's own counters (events published through it, HTTP requests and their time)."""
+"""`/metrics`: the whole log in the Prometheus text format, read when scraped: the gateway's own
+counters (events published through it, HTTP requests and their time), those the processes on
+the log reported (`inmotion run` apps, `inmotion route` routers: see `inmotion.runtime.reports`;
+labelled by instance), and the log's gauges (each topic's end offsets and sizes, dead-letter
+topics' sizes, each group's members and lag per partition)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ from inmotion.errors import UnknownTopic
 from inmotion.log import Coordinator, Log
 from inmotion.log.lag import all_groups, group_lag
 from inmotion.runtime.metrics import Metrics
+from inmotion.runtime.reports import reports
 
 HTTP_REQUESTS = "inmotion_http_requests_total"
-HTTP_SECONDS = "inmotion_http_request_seconds_total"
+HTTP_SECONDS = "inmotion_http_request_duration_seconds"
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _LOG_SERIES = {
     "inmotion_topic_end_offset": "Next offset of each partition (its rate is the partition's throughput).",
@@ -23,7 +27,16 @@ _LOG_SERIES = {
 
 def describe_http(metrics: Metrics) -> None:
     metrics.describe(HTTP_REQUESTS, "counter", "HTTP requests the gateway answered, by route and status.")
-    metrics.describe(HTTP_SECONDS, "counter", "Seconds the gateway spent answering HTTP requests, by route and status.")
+    metrics.describe(HTTP_SECONDS, "histogram", "Seconds to the first byte of each HTTP response, by route and status.")
+
+
+def scrape(own: Metrics, log: Log, coordinator: Coordinator, now: float) -> str:
+    """Everything /metrics shows (reads the log: call it in a thread)."""
+    counters = Metrics(runtime=False)
+    counters.include(own.series())
+    for report in reports(log, now):
+        counters.include(report.series, instance=report.instance)
+    return counters.prometheus() + log_metrics(log, coordinator)
 
 
 def log_metrics(log: Log, coordinator: Coordinator) -> str:
