@@ -2,8 +2,8 @@
 snapshot of its counters to the compacted topic `inmotion.metrics` every few seconds, keyed by
 the process, so that one scrape of the gateway's /metrics covers every process on the log (a
 router's matches and deliveries, an app's consumed and failed events) without scraping each.
-Reports of processes that stopped reporting are left out after `STALE_AFTER` seconds and
-expire from the topic after a day."""
+Compaction keeps each process's newest report (one small record per process that ever ran);
+those of processes silent for `STALE_AFTER` seconds are left out."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from inmotion.runtime.metrics import Series
 METRICS_TOPIC = "inmotion.metrics"
 REPORT_EVERY = 5.0
 STALE_AFTER = 60.0
-_TOPIC = TopicConfig(partitions=1, compact=True, retention_ms=24 * 3600 * 1000)
+_TOPIC = TopicConfig(partitions=1, compact=True)
 
 logger = logging.getLogger("inmotion.runtime")
 
