@@ -64,7 +64,8 @@ def handled(logfile: Path) -> list[tuple[int, int, int, str, int]]:
     if not logfile.exists():
         return []
     rows = []
-    for line in logfile.read_text().splitlines():
+    # the last line may be one the worker is writing right now (or was, when killed): not whole yet
+    for line in logfile.read_text().split("\n")[:-1]:
         t, partition, offset, key, seq = line.split()
         rows.append((int(t), int(partition), int(offset), key, int(seq)))
     return rows
