@@ -19,6 +19,7 @@ import http.server
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -47,6 +48,8 @@ CATCH_UP = 60.0
 # (a new process: 1-2 s to start on a loaded 2-core machine); kills in a row add up. A real
 # stall (a lost wake-up, a lock never released) lasts to the end of the catch-up.
 SQLITE_STALL = 5 * SESSION_TIMEOUT
+STACKS_AFTER = 5.0
+"""Seconds without progress after which the run saves every process's stacks (once a stall)."""
 # On Kafka a partition also waits for its broker to start again (about 10 s here) and for its
 # group to settle after that: pending work without progress for this long is a stall.
 KAFKA_STALL = 45.0
@@ -252,6 +255,24 @@ class Run:
             pass
         return self._routed
 
+    def dump_stacks(self, at: float) -> None:
+        """Every live process's Python stacks (py-spy, a dev dependency) into
+        `stacks-<at>s.txt`: what each was doing while the run made no progress."""
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        with (self.directory / f"stacks-{at:.0f}s.txt").open("w") as out:
+            for kind, processes in self.processes.items():
+                for index, process in enumerate(processes):
+                    if process.poll() is not None:
+                        continue
+                    out.write(f"=== {kind} {index} pid {process.pid}\n")
+                    try:
+                        dump = subprocess.run(
+                            [py_spy, "dump", "--pid", str(process.pid)], capture_output=True, text=True, timeout=20
+                        )
+                        out.write(dump.stdout + dump.stderr)
+                    except (OSError, subprocess.TimeoutExpired) as exc:
+                        out.write(f"py-spy failed: {exc}\n")
+
     def sample(self, started: float) -> tuple[float, int, int]:
         acked = set(self.acknowledged())
         handled = self.handled()
@@ -297,6 +318,19 @@ class Broker:
         self._script("down")
 
 
+def _stuck_since(progress: list[tuple[float, int, int]]) -> float | None:
+    """Since when the samples show pending work and no new effect (None: they do not)."""
+    at, effects, pending = progress[-1]
+    if pending == 0:
+        return None
+    since = at
+    for earlier, count, _ in reversed(progress):
+        if count != effects:
+            break
+        since = earlier
+    return since
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -336,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     progress = []
     paused: list[tuple[float, float]] = []
+    dumped: set[float] = set()
     try:
         while time.monotonic() - started < seconds:
             time.sleep(rng.uniform(0.3, 2.0))
@@ -360,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
                 run.note(f"{at:.2f} stop {kind} {index} pid {process.pid} for {pause:.2f}s")
             progress.append(run.sample(started))
             run.note(f"{progress[-1][0]:.2f} sample: {progress[-1][1]} effects, {progress[-1][2]} pending")
+            stuck = _stuck_since(progress)
+            if stuck is not None and progress[-1][0] - stuck > STACKS_AFTER and stuck not in dumped:
+                dumped.add(stuck)
+                run.dump_stacks(progress[-1][0])
         if kafka:
             kafka.stopping.set()  # the broker stays up while the run catches up
         for producer in run.processes.pop("producer"):  # done: not restarted while the run catches up
