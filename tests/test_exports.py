@@ -32,6 +32,7 @@ PUBLIC = {
         "InvalidConfig",
         "InvalidEvent",
         "InvalidPattern",
+        "InvalidSql",
         "NotAuthorized",
         "StorageError",
         "TopicExists",
@@ -119,6 +120,7 @@ PUBLIC = {
         "applies",
         "handles",
     ],
+    "inmotion.streams": ["Column", "Query", "Statement", "Table", "Watermark", "parse"],
     "inmotion.workflows": [
         "ChangedCode",
         "Engine",

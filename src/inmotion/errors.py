@@ -11,6 +11,7 @@ __all__ = [
     "InvalidConfig",
     "InvalidEvent",
     "InvalidPattern",
+    "InvalidSql",
     "NotAuthorized",
     "StorageError",
     "TopicExists",
@@ -40,6 +41,18 @@ class InvalidPattern(InmotionError, ValueError):
         super().__init__(f"invalid pattern at {path or '<root>'}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class InvalidSql(InmotionError, ValueError):
+    """SQL that cannot be read, or a construct the engine does not support, at `line`:`column`
+    (1-based; 0 when the position is unknown)."""
+
+    def __init__(self, problem: str, line: int = 0, column: int = 0) -> None:
+        where = f" at line {line}, column {column}" if line else ""
+        super().__init__(f"{problem}{where}")
+        self.problem = problem
+        self.line = line
+        self.column = column
 
 
 class InvalidConfig(InmotionError, ValueError):

@@ -1,0 +1,269 @@
+"""Reading Flink SQL: a script's statements, and the tables over topics its CREATE TABLEs declare.
+
+    CREATE TABLE bids (
+      auction BIGINT,
+      price BIGINT,
+      ts TIMESTAMP_LTZ(3),
+      `type` STRING METADATA VIRTUAL,
+      WATERMARK FOR ts AS ts - INTERVAL '4' SECOND
+    ) WITH ('topic' = 'bids');
+
+A column reads the field of the same name of each event's data; a metadata column reads the
+event's envelope instead: a CloudEvents attribute (`id`, `source`, `type`, `time`, `subject`,
+`datacontenttype`, `dataschema`, `specversion`), an extension by its name, or the record's
+`key`, `partition`, `offset` and `timestamp` in the log. Text that is not SQL, and SQL this
+engine does not take, raise `InvalidSql` naming the construct, its line and its column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokenizer_core import Token, TokenType
+
+from inmotion.errors import InvalidSql
+from inmotion.streams.dialect import Flink, MetadataColumn
+
+_TYPES = {
+    exp.DType.BOOLEAN: "BOOLEAN",
+    exp.DType.TINYINT: "TINYINT",
+    exp.DType.SMALLINT: "SMALLINT",
+    exp.DType.INT: "INT",
+    exp.DType.BIGINT: "BIGINT",
+    exp.DType.FLOAT: "FLOAT",
+    exp.DType.DOUBLE: "DOUBLE",
+    exp.DType.DECIMAL: "DECIMAL",
+    exp.DType.TEXT: "STRING",
+    exp.DType.VARCHAR: "STRING",
+    exp.DType.CHAR: "STRING",
+    exp.DType.BINARY: "BYTES",
+    exp.DType.VARBINARY: "BYTES",
+    exp.DType.DATE: "DATE",
+    exp.DType.TIME: "TIME",
+    exp.DType.TIMESTAMP: "TIMESTAMP",
+    exp.DType.TIMESTAMPLTZ: "TIMESTAMP_LTZ",
+}
+"""The column types the engine takes (sqlglot's name -> Flink's)."""
+TIME_TYPES = frozenset({"TIMESTAMP", "TIMESTAMP_LTZ"})
+
+ATTRIBUTES = frozenset({"id", "source", "type", "time", "subject", "datacontenttype", "dataschema", "specversion"})
+RECORD_FIELDS = frozenset({"key", "partition", "offset", "timestamp"})
+_EXTENSION = re.compile(r"[a-z0-9]{1,20}")
+"""A CloudEvents extension's name."""
+
+STARTS = frozenset({"earliest-offset", "latest-offset"})
+_OPTIONS = frozenset({"topic", "scan.startup.mode"})
+
+_MS = {"MILLISECOND": 1, "SECOND": 1000, "MINUTE": 60_000, "HOUR": 3_600_000, "DAY": 86_400_000}
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    """Flink's type name, without its precision: BIGINT, DOUBLE, STRING, TIMESTAMP_LTZ..."""
+    metadata: str | None = None
+    """The envelope's attribute, extension or record field it reads; None: the data field `name`."""
+    virtual: bool = False
+    """Read only: an INSERT INTO the table does not write it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Watermark:
+    """`WATERMARK FOR column AS column - INTERVAL ...`: event time is `column`, and events up to
+    `delay_ms` older than the newest one seen are still on time."""
+
+    column: str
+    delay_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    name: str
+    topic: str
+    columns: tuple[Column, ...]
+    watermark: Watermark | None = None
+    primary_key: tuple[str, ...] = ()
+    start: str = "earliest-offset"
+    """Where a job with no checkpoint starts reading: `earliest-offset` or `latest-offset`."""
+
+    def column(self, name: str) -> Column | None:
+        return next((column for column in self.columns if column.name == name), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """A SELECT, or an INSERT INTO `sink` SELECT: what the planner takes."""
+
+    text: str
+    """As written: the statement Flink is given unchanged."""
+    tree: exp.Expr
+    sink: str | None = None
+
+
+Statement = Table | Query
+
+
+def parse(sql: str) -> list[Statement]:
+    """The statements of a script (separated by semicolons), in order."""
+    try:
+        tokens = Flink().tokenize(sql)
+    except TokenError as exc:
+        raise InvalidSql(f"cannot read the SQL: {exc}") from None
+    return [_statement(sql, chunk) for chunk in _split(tokens)]
+
+
+def _split(tokens: list[Token]) -> list[list[Token]]:
+    chunks: list[list[Token]] = [[]]
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            chunks.append([])
+        else:
+            chunks[-1].append(token)
+    return [chunk for chunk in chunks if chunk]
+
+
+def _statement(sql: str, tokens: list[Token]) -> Statement:
+    text = sql[tokens[0].start : tokens[-1].end + 1]
+    try:
+        trees = Flink().parser().parse(tokens, sql)
+    except ParseError as exc:
+        error = exc.errors[0] if exc.errors else {}
+        raise InvalidSql(
+            f"cannot read the SQL: {error.get('description') or exc}", error.get("line", 0), error.get("col", 0)
+        ) from None
+    [tree] = trees
+    if isinstance(tree, exp.Create) and str(tree.args.get("kind", "")).upper() == "TABLE":
+        return _table(sql, tree)
+    if isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Table):
+        return Query(text, tree, sink=tree.this.name)
+    if isinstance(tree, exp.Query):
+        return Query(text, tree)
+    words = " ".join(token.text.upper() for token in tokens[:2])
+    where = _at(sql, tokens[0].start)
+    raise InvalidSql(f"unsupported statement {words} (CREATE TABLE, SELECT and INSERT INTO are)", *where)
+
+
+def _table(sql: str, tree: exp.Create) -> Table:
+    schema = tree.this
+    if not isinstance(schema, exp.Schema) or not isinstance(schema.this, exp.Table):
+        raise InvalidSql("CREATE TABLE needs its columns: CREATE TABLE name (column TYPE, ...)", *_where(sql, tree))
+    name = schema.this.name
+    columns: list[Column] = []
+    watermark: exp.WatermarkColumnConstraint | None = None
+    primary_key: tuple[str, ...] = ()
+    for element in schema.expressions:
+        if isinstance(element, exp.ColumnDef):
+            column = _column(sql, element)
+            if any(c.name == column.name for c in columns):
+                raise InvalidSql(f"table {name}: column {column.name} is declared twice", *_where(sql, element))
+            columns.append(column)
+        elif isinstance(element, exp.WatermarkColumnConstraint):
+            watermark = element
+        elif isinstance(element, exp.PrimaryKey):
+            primary_key = tuple(e.name for e in element.expressions)
+            for key in element.expressions:
+                if not any(c.name == key.name for c in columns):
+                    raise InvalidSql(f"table {name}: the primary key names no column {key.name}", *_where(sql, key))
+        else:
+            raise InvalidSql(f"unsupported in CREATE TABLE: {element.key.upper()}", *_where(sql, element))
+    table = Table(name, "", tuple(columns), primary_key=primary_key)
+    options = _options(sql, name, tree)
+    return dataclasses.replace(
+        table,
+        topic=options["topic"],
+        start=options.get("scan.startup.mode", table.start),
+        watermark=None if watermark is None else _watermark(sql, table, watermark),
+    )
+
+
+def _column(sql: str, element: exp.ColumnDef) -> Column:
+    kind = element.args.get("kind")
+    if not isinstance(kind, exp.DataType):
+        raise InvalidSql(f"column {element.name} needs a type", *_where(sql, element))
+    flink_type = _TYPES.get(kind.this)
+    if flink_type is None:
+        raise InvalidSql(f"column {element.name}: unsupported type {kind.sql()}", *_where(sql, element))
+    metadata, virtual = None, False
+    for constraint in element.args.get("constraints") or []:
+        if not isinstance(constraint.args.get("kind"), MetadataColumn):
+            raise InvalidSql(f"column {element.name}: unsupported {constraint.sql()}", *_where(sql, element))
+        source = constraint.args["kind"]
+        metadata = source.this.name if isinstance(source.this, exp.Literal) else element.name
+        virtual = bool(source.args.get("virtual"))
+        if metadata not in ATTRIBUTES | RECORD_FIELDS and not _EXTENSION.fullmatch(metadata):
+            raise InvalidSql(
+                f"column {element.name}: no metadata {metadata!r} (CloudEvents attributes, extension names,"
+                f" {', '.join(sorted(RECORD_FIELDS))})",
+                *_where(sql, element),
+            )
+    return Column(element.name, flink_type, metadata, virtual)
+
+
+def _watermark(sql: str, table: Table, declared: exp.WatermarkColumnConstraint) -> Watermark:
+    name = declared.this.name if isinstance(declared.this, exp.Column) else ""
+    column = table.column(name)
+    if column is None or column.type not in TIME_TYPES:
+        raise InvalidSql(
+            f"table {table.name}: the watermark's column must be a TIMESTAMP or TIMESTAMP_LTZ column of the table",
+            *_where(sql, declared),
+        )
+    delay = declared.expression
+    if isinstance(delay, exp.Column) and delay.name == name:
+        return Watermark(name, 0)
+    if (
+        isinstance(delay, exp.Sub)
+        and isinstance(delay.this, exp.Column)
+        and delay.this.name == name
+        and isinstance(delay.expression, exp.Interval)
+    ):
+        return Watermark(name, _interval_ms(sql, delay.expression))
+    raise InvalidSql(
+        f"table {table.name}: unsupported watermark {declared.expression.sql()} (`{name}` or `{name} - INTERVAL ...`)",
+        *_where(sql, declared),
+    )
+
+
+def _interval_ms(sql: str, interval: exp.Interval) -> int:
+    unit = str(interval.args.get("unit") or "").upper().removesuffix("S")
+    try:
+        amount = float(interval.this.name)
+    except ValueError:
+        amount = -1
+    if unit not in _MS or amount < 0:
+        raise InvalidSql(f"unsupported interval {interval.sql()}", *_where(sql, interval))
+    return round(amount * _MS[unit])
+
+
+def _options(sql: str, name: str, tree: exp.Create) -> dict[str, str]:
+    properties = tree.args.get("properties")
+    options: dict[str, str] = {}
+    for prop in properties.expressions if properties is not None else []:
+        key, value = prop.this, prop.args.get("value")
+        if not isinstance(prop, exp.Property) or not isinstance(key, exp.Literal) or not isinstance(value, exp.Literal):
+            raise InvalidSql(f"table {name}: WITH takes 'option' = 'value' pairs", *_where(sql, prop))
+        if key.name not in _OPTIONS:
+            raise InvalidSql(
+                f"table {name}: unknown option {key.name!r} (the options are {', '.join(sorted(_OPTIONS))})",
+                *_where(sql, key),
+            )
+        options[key.name] = value.name
+    if not options.get("topic"):
+        raise InvalidSql(f"table {name}: WITH ('topic' = '...') names the topic it reads", *_where(sql, tree))
+    if options.get("scan.startup.mode", "earliest-offset") not in STARTS:
+        raise InvalidSql(f"table {name}: 'scan.startup.mode' is {' or '.join(sorted(STARTS))}", *_where(sql, tree))
+    return options
+
+
+def _where(sql: str, node: exp.Expr) -> tuple[int, int]:
+    """The line and column where `node` begins (its first token that keeps a position)."""
+    starts = [n.meta["start"] for n in node.walk() if isinstance(n, exp.Expr) and "start" in n.meta]
+    return _at(sql, min(starts)) if starts else (0, 0)
+
+
+def _at(sql: str, offset: int) -> tuple[int, int]:
+    line = sql.count("\n", 0, offset) + 1
+    return line, offset - (sql.rfind("\n", 0, offset) + 1) + 1
