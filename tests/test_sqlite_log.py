@@ -28,6 +28,7 @@ from inmotion.log import Message, TopicConfig, connect
 from inmotion.log.sqlite import SqliteLog
 from inmotion.log.sqlite.file import APPLICATION_ID
 from inmotion.sourcing import EventStore
+from inmotion.testing import wait_until
 from tests.damage import damage
 
 APPENDER = textwrap.dedent(
@@ -121,6 +122,42 @@ def test_two_processes_appending_copies_at_once_append_each_event_once(tmp_path:
         values = [r.value or b"" for p in range(3) for r in log.read("shared", p, 0, limit=10_000)]
     ids = sorted(value.split(b":")[1] for value in values)
     assert ids == sorted(f"{batch}-{i}".encode() for batch in range(300) for i in range(2))
+
+
+def test_group_reads_never_wait_behind_a_heartbeat_that_waits_for_the_file(tmp_path: Path) -> None:
+    """A transactional handler holds the file's write lock while the event loop runs it; a
+    heartbeat thread of the same process then waits for the file holding the coordinator's own
+    lock. The loop's group reads (dedupe records from a new thread's connection, members,
+    owners) must not queue behind it: that was a deadlock until the heartbeat's busy timeout."""
+    with inmotion.connect(f"sqlite:///{tmp_path}/log.db?timeout=60") as log:
+        log.create_topic("orders", TopicConfig(partitions=2))
+        coordinator = log.group_coordinator()
+        member = coordinator.join("billing", {"orders": 2}, session_timeout=30)
+        transaction = coordinator.transaction("billing")
+        transaction.begin()  # the file's write lock, as a handler in flight holds it
+        heartbeat = threading.Thread(target=member.heartbeat, daemon=True)
+        heartbeat.start()
+        wait_until(lambda: coordinator._lock.locked(), 30, "the heartbeat to wait for the file")  # type: ignore[attr-defined]
+        answers: list[object] = []
+
+        def read() -> None:
+            answers.extend(
+                [
+                    coordinator.seen("billing", [("src", "1")]),
+                    coordinator.members("billing"),
+                    coordinator.owners("billing"),
+                ]
+            )
+
+        reader = threading.Thread(target=read, daemon=True)  # a thread of its own: a new reader connection
+        reader.start()
+        wait_until(lambda: len(answers) == 3, 30, "the reads, while the write lock is still held")
+        assert answers[0] == set()
+        transaction.rollback()
+        heartbeat.join(30)
+        assert not heartbeat.is_alive()
+        transaction.close()
+        coordinator.close()
 
 
 def test_wait_wakes_on_another_process_append(tmp_path: Path) -> None:

@@ -79,7 +79,10 @@ class SqliteCoordinator(LeaseCoordinator):
         self.path = Path(path)
         self.timeout = timeout
         self._lock = threading.Lock()
+        """Serialises the writer connection `_conn`; held while BEGIN IMMEDIATE waits for the
+        file's write lock, so nothing that must not wait (an event loop, a reader) takes it."""
         self._readers = threading.local()
+        self._readers_lock = threading.Lock()
         self._reader_connections: list[sqlite3.Connection] = []
         try:
             self._conn = self.connect()
@@ -167,21 +170,23 @@ class SqliteCoordinator(LeaseCoordinator):
             self.store(conn, group, before, after)
 
     def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
-        with self._lock:
-            try:
-                return self._conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StorageError(f"consumer group storage in {self.path} failed: {exc}") from exc
+        """A WAL read on the calling thread's own connection: it waits for no writer."""
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"consumer group storage in {self.path} failed: {exc}") from exc
 
     def groups(self) -> list[str]:
         return [str(g) for (g,) in self._read("SELECT DISTINCT grp FROM grp_members ORDER BY grp", ())]
 
     def members(self, group: str, *, live_only: bool = True) -> list[MemberInfo]:
-        with self._lock:
-            try:
-                state = self.load(self._conn, group)
-            except sqlite3.Error as exc:
-                raise StorageError(f"consumer group storage in {self.path} failed: {exc}") from exc
+        conn = self._reader()
+        try:
+            with conn:  # one read transaction: members and leases of the same moment
+                conn.execute("BEGIN")
+                state = self.load(conn, group)
+        except sqlite3.Error as exc:
+            raise StorageError(f"consumer group storage in {self.path} failed: {exc}") from exc
         now = self.now_ms()
         return sorted((m for m in state.members.values() if m.live(now) or not live_only), key=lambda m: m.member_id)
 
@@ -266,7 +271,7 @@ class SqliteCoordinator(LeaseCoordinator):
                 conn = self._readers.conn = self.connect()
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open consumer group storage in {self.path}: {exc}") from exc
-            with self._lock:
+            with self._readers_lock:  # not `_lock`: a writer waiting for the file holds that one
                 self._reader_connections.append(conn)
         return conn
 
@@ -304,7 +309,7 @@ class SqliteCoordinator(LeaseCoordinator):
             return conn.execute("DELETE FROM grp_handled WHERE grp = ? AND handled_ms < ?", (group, cutoff_ms)).rowcount
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
             for conn in [self._conn, *self._reader_connections]:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
