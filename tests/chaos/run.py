@@ -45,9 +45,9 @@ ROUTED_TOPIC = "chaos.routed"
 SESSION_TIMEOUT = 2.0
 CATCH_UP = 60.0
 # A killed member's partitions wait out its session, then the rebalance its restart brings
-# (a new process: 1-2 s to start on a loaded 2-core machine); kills in a row add up. A real
-# stall (a lost wake-up, a lock never released) lasts to the end of the catch-up.
-SQLITE_STALL = 5 * SESSION_TIMEOUT
+# (a new process: 1-2 s to start on a loaded 2-core machine); kills in a row add up: lulls of up
+# to 6 s were seen. A lock held until SQLite's busy timeout (10 s) gave way is a stall.
+SQLITE_STALL = 4 * SESSION_TIMEOUT
 STACKS_AFTER = 5.0
 """Seconds without progress after which the run saves every process's stacks (once a stall)."""
 # On Kafka a partition also waits for its broker to start again (about 10 s here) and for its
