@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from inmotion.errors import InvalidSql
 from inmotion.streams import Column, Query, Table, Watermark, parse
+from inmotion.streams.dialect import TableArgument
 
 BIDS = """
 CREATE TABLE bids (
@@ -63,10 +64,16 @@ def test_window_table_functions_keep_their_table_arguments() -> None:
         "TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '5' SECOND)",
         "HOP(TABLE bids, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND)",
         "CUMULATE(TABLE bids, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND)",
+        "SESSION(TABLE bids PARTITION BY auction, DESCRIPTOR(ts), INTERVAL '5' MINUTES)",
+        "SESSION(TABLE bids PARTITION BY (auction, bidder), DESCRIPTOR(ts), INTERVAL '5' MINUTES)",
+        "TUMBLE(DATA => TABLE bids, TIMECOL => DESCRIPTOR(ts), SIZE => INTERVAL '10' MINUTES)",
     ):
         [query] = parse(f"SELECT * FROM TABLE({window})")
         assert isinstance(query, Query)
-        assert "TableArgument" in repr(query.tree)
+        [argument] = query.tree.find_all(TableArgument)
+        assert argument.this.name == "bids"
+        keys = [column.name for column in argument.args.get("partition_by") or []]
+        assert keys == (["auction", "bidder"] if "bidder" in window else ["auction"] if "PARTITION" in window else [])
 
 
 def test_a_table_keyed_for_upserts_and_starting_at_the_end() -> None:

@@ -4,7 +4,8 @@ strings, Flink's type names) plus what Flink adds to it:
 - `TIMESTAMP_LTZ(p)`, a timestamp with the local time zone;
 - in CREATE TABLE, `WATERMARK FOR col AS expr` and metadata columns (`METADATA [FROM 'key']
   [VIRTUAL]`);
-- table arguments of table functions: `TABLE(TUMBLE(TABLE bids [PARTITION BY col], ...))`.
+- table arguments of table functions: `TABLE(TUMBLE(TABLE bids [PARTITION BY col], ...))`, also
+  as named arguments (`DATA => TABLE bids`), and SESSION windows.
 
 Only the parser is extended; text is never generated back (statements go to Flink unchanged).
 """
@@ -49,19 +50,39 @@ class FlinkParser(HiveParser):
     }
     SCHEMA_UNNAMED_CONSTRAINTS: ClassVar[set[str]] = {*HiveParser.SCHEMA_UNNAMED_CONSTRAINTS, "WATERMARK"}
 
+    FUNC_TOKENS: ClassVar[set[TokenType]] = {*HiveParser.FUNC_TOKENS, TokenType.SESSION}  # SESSION(...) windows
+    LAMBDAS: ClassVar[dict[TokenType, Any]] = {
+        **HiveParser.LAMBDAS,
+        # named arguments: TUMBLE(DATA => TABLE bids, TIMECOL => DESCRIPTOR(ts), SIZE => ...)
+        TokenType.FARROW: lambda self, expressions: self.expression(
+            exp.Kwarg(
+                this=exp.var(expressions[0].name),
+                expression=self._parse_table_argument() or self._parse_disjunction() or self._parse_select(),
+            )
+        ),
+    }
+
     def _parse_lambda(self, alias: bool = False) -> exp.Expr | None:
-        # `TABLE name` as an argument; `TABLE(...)` stays the table-function call it is
-        if (
+        return self._parse_table_argument() or super()._parse_lambda(alias=alias)
+
+    def _parse_table_argument(self) -> TableArgument | None:
+        """`TABLE name [PARTITION BY ...]` here, if it is one (`TABLE(...)` is a table-function call)."""
+        if not (
             self._curr
             and self._curr.token_type == TokenType.TABLE
             and self._next
             and self._next.token_type != TokenType.L_PAREN
         ):
-            self._advance()
-            table = self._parse_table_parts()
-            partition_by = self._parse_csv(self._parse_column) if self._match_text_seq("PARTITION", "BY") else None
-            return self.expression(TableArgument(this=table, partition_by=partition_by))
-        return super()._parse_lambda(alias=alias)
+            return None
+        self._advance()
+        table = self._parse_table_parts()
+        partition_by = None
+        if self._match(TokenType.PARTITION_BY):  # one column, or several in parentheses
+            wrapped = self._match(TokenType.L_PAREN)
+            partition_by = self._parse_csv(self._parse_column) if wrapped else [self._parse_column()]
+            if wrapped:
+                self._match_r_paren()
+        return self.expression(TableArgument(this=table, partition_by=partition_by))
 
 
 class Flink(Hive):
