@@ -11,7 +11,7 @@ from inmotion.clock import FakeClock
 from inmotion.log import Message, TopicConfig, connect
 from inmotion.runtime import App
 from inmotion.runtime.metrics import Metrics
-from inmotion.runtime.reports import METRICS_TOPIC, reporter, reports
+from inmotion.runtime.reports import METRICS_TOPIC, Reports, reporter
 from inmotion.testing import eventually
 
 
@@ -66,26 +66,27 @@ def test_an_app_reports_its_counters_until_it_stops_and_stale_reports_are_left_o
                 pass
 
             app.task(reporter(app, every=5))
+            reports = Reports(app.log)  # one reader throughout: each look reads on from the last
             stop = asyncio.Event()
             running = asyncio.create_task(app.run(stop))
             await eventually(lambda: clock.sleeping == 1, what="the first report")
-            assert [r.instance.split("@")[0] for r in reports(app.log, clock.time())] == ["shop"]
+            assert [r.instance.split("@")[0] for r in reports.fresh(clock.time())] == ["shop"]
             await app.publish("orders", {"n": 1})
             await eventually(lambda: app.metrics.value("inmotion_consumed_total") == 1, what="the order handled")
             clock.advance(5)
-            await eventually(lambda: _consumed(app, clock.time()) == 1, what="a report with the order")
+            await eventually(lambda: _consumed(reports, clock.time()) == 1, what="a report with the order")
             await app.publish("orders", {"n": 2})
             await eventually(lambda: app.metrics.value("inmotion_consumed_total") == 2, what="the second order")
             stop.set()
             await running
-            assert _consumed(app, clock.time()) == 2  # the report at shutdown
-            assert reports(app.log, clock.time() + 61) == []  # a process silent for a minute is gone
+            assert _consumed(reports, clock.time()) == 2  # the report at shutdown
+            assert reports.fresh(clock.time() + 61) == []  # a process silent for a minute is gone
 
     asyncio.run(main())
 
 
-def _consumed(app: App, now: float) -> float:
-    [report] = reports(app.log, now)
+def _consumed(reports: Reports, now: float) -> float:
+    [report] = reports.fresh(now)
     [values] = [values for name, _, _, values in report.series if name == "inmotion_consumed_total"]
     return sum(value for _, value in values)
 
@@ -94,4 +95,4 @@ def test_records_on_the_metrics_topic_that_are_no_reports_are_skipped(tmp_path: 
     with connect(f"sqlite:///{tmp_path / 'log.db'}") as log:
         log.create_topic(METRICS_TOPIC, TopicConfig(partitions=1, compact=True))
         log.append(METRICS_TOPIC, [Message(b"not json", b"x"), Message(b'{"instance": 1}', b"y"), Message(None, b"z")])
-        assert reports(log, 0) == []
+        assert Reports(log).fresh(0) == []

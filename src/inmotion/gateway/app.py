@@ -50,6 +50,7 @@ from inmotion.patterns import Pattern
 from inmotion.runtime import App
 from inmotion.runtime.handler import TRACE_CONTEXT
 from inmotion.runtime.metrics import Counter, Histogram
+from inmotion.runtime.reports import Reports
 from inmotion.workflows.engine import store_url
 from inmotion.workflows.store import WorkflowRecorder, open_workflow_recorder
 
@@ -83,6 +84,8 @@ class Gateway:
         self.tokens = Tokens(log)
         self.auth = Auth(self.tokens if settings.auth else None, clock)
         self.ingress = Ingress(self.runtime, settings.dedupe_window)
+        self.reports = Reports(log)
+        """What the log's apps and routers report, for /metrics."""
         self._pruned = clock.time()
         self._workflows: WorkflowRecorder | None = None
 
@@ -387,7 +390,8 @@ async def metrics(request: Request) -> Response:
     gateway = gateway_of(request)
     gateway.auth.check(request, None)
     runtime = gateway.runtime
-    text = await in_thread(scrape, runtime.metrics, gateway.log, runtime.coordinator, runtime.clock.time())
+    now = runtime.clock.time()
+    text = await in_thread(scrape, runtime.metrics, gateway.reports, gateway.log, runtime.coordinator, now)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

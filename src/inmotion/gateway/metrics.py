@@ -10,7 +10,7 @@ from inmotion.errors import UnknownTopic
 from inmotion.log import Coordinator, Log
 from inmotion.log.lag import all_groups, group_lag
 from inmotion.runtime.metrics import Metrics
-from inmotion.runtime.reports import reports
+from inmotion.runtime.reports import Reports
 
 HTTP_REQUESTS = "inmotion_http_requests_total"
 HTTP_SECONDS = "inmotion_http_request_duration_seconds"
@@ -30,11 +30,11 @@ def describe_http(metrics: Metrics) -> None:
     metrics.describe(HTTP_SECONDS, "histogram", "Seconds to the first byte of each HTTP response, by route and status.")
 
 
-def scrape(own: Metrics, log: Log, coordinator: Coordinator, now: float) -> str:
+def scrape(own: Metrics, reports: Reports, log: Log, coordinator: Coordinator, now: float) -> str:
     """Everything /metrics shows (reads the log: call it in a thread)."""
     counters = Metrics(runtime=False)
     counters.include(own.series())
-    for report in reports(log, now):
+    for report in reports.fresh(now):
         counters.include(report.series, instance=report.instance)
     return counters.prometheus() + log_metrics(log, coordinator)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Sequence
 
 from inmotion.log import Coordinator, Key, Log
 from inmotion.runtime.publisher import soon
@@ -38,12 +37,6 @@ class Dedupe:
         """Has the group handled this event already? InmotionError while the records cannot
         be read."""
         return key in self._unwritten or bool(self.coordinator.seen(self.group, [key]))
-
-    def seen_among(self, keys: Sequence[Key]) -> set[Key]:
-        """Those of `keys` that the group has handled, in one question to the coordinator."""
-        found = {key for key in keys if key in self._unwritten}
-        rest = [key for key in keys if key not in found]
-        return found | (self.coordinator.seen(self.group, rest) if rest else set())
 
     def remember(self, key: Key) -> None:
         """Record `key` as handled, in one write with the keys of every event that finishes

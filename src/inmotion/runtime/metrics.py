@@ -106,8 +106,8 @@ class Metrics:
         for name, kind, text, values in series:
             self.describe(name, kind, text)
             for own, value in values:
-                sample = own.pop("__name__", name)
-                self.set(sample, value, **{**own, **labels})
+                sample = own.get("__name__", name)
+                self.set(sample, value, **{k: v for k, v in own.items() if k != "__name__"}, **labels)
 
     def _samples(self, name: str, kind: str) -> list[tuple[str, Labels, float]]:
         """The family's samples in the order shown (a histogram's buckets by bound). Called holding the lock."""

@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from inmotion.errors import InmotionError, TopicExists
+from inmotion.errors import InmotionError, TopicExists, UnknownTopic
 from inmotion.log import Log, Message, TopicConfig
-from inmotion.log.scan import newest_by_key
+from inmotion.log.scan import NewestByKey
 from inmotion.runtime.app import App
 from inmotion.runtime.metrics import Series
 
@@ -68,18 +68,27 @@ def _ensure_topic(log: Log) -> None:
             log.create_topic(METRICS_TOPIC, _TOPIC)
 
 
-def reports(log: Log, now: float, stale_after: float = STALE_AFTER) -> list[Report]:
-    """The newest report of each process that reported within `stale_after` seconds of `now`."""
-    if METRICS_TOPIC not in log.list_topics():
-        return []
-    found = []
-    for record in newest_by_key(log, METRICS_TOPIC).values():
-        if record.value is None:
-            continue
+class Reports:
+    """The reports on the log, read on from where the last look stopped."""
+
+    def __init__(self, log: Log, stale_after: float = STALE_AFTER) -> None:
+        self.stale_after = stale_after
+        self._newest = NewestByKey(log, METRICS_TOPIC)
+
+    def fresh(self, now: float) -> list[Report]:
+        """The newest report of each process that reported within `stale_after` seconds of `now`."""
         try:
-            report = msgspec.json.decode(record.value, type=Report)
-        except msgspec.DecodeError:  # written by something else: not ours to show
-            continue
-        if now - report.at <= stale_after:
-            found.append(report)
-    return sorted(found, key=lambda report: report.instance)
+            records = self._newest.read()
+        except UnknownTopic:  # nothing ever reported
+            return []
+        found = []
+        for record in records.values():
+            if record.value is None:
+                continue
+            try:
+                report = msgspec.json.decode(record.value, type=Report)
+            except msgspec.DecodeError:  # written by something else: not ours to show
+                continue
+            if now - report.at <= self.stale_after:
+                found.append(report)
+        return sorted(found, key=lambda report: report.instance)

@@ -170,13 +170,14 @@ def _table(sql: str, tree: exp.Create) -> Table:
                     raise InvalidSql(f"table {name}: the primary key names no column {key.name}", *_where(sql, key))
         else:
             raise InvalidSql(f"unsupported in CREATE TABLE: {element.key.upper()}", *_where(sql, element))
-    table = Table(name, "", tuple(columns), primary_key=primary_key)
     options = _options(sql, name, tree)
-    return dataclasses.replace(
-        table,
-        topic=options["topic"],
-        start=options.get("scan.startup.mode", table.start),
-        watermark=None if watermark is None else _watermark(sql, table, watermark),
+    return Table(
+        name,
+        options["topic"],
+        tuple(columns),
+        watermark=None if watermark is None else _watermark(sql, name, columns, watermark),
+        primary_key=primary_key,
+        start=options.get("scan.startup.mode", "earliest-offset"),
     )
 
 
@@ -203,12 +204,12 @@ def _column(sql: str, element: exp.ColumnDef) -> Column:
     return Column(element.name, flink_type, metadata, virtual)
 
 
-def _watermark(sql: str, table: Table, declared: exp.WatermarkColumnConstraint) -> Watermark:
+def _watermark(sql: str, table: str, columns: list[Column], declared: exp.WatermarkColumnConstraint) -> Watermark:
     name = declared.this.name if isinstance(declared.this, exp.Column) else ""
-    column = table.column(name)
+    column = next((c for c in columns if c.name == name), None)
     if column is None or column.type not in TIME_TYPES:
         raise InvalidSql(
-            f"table {table.name}: the watermark's column must be a TIMESTAMP or TIMESTAMP_LTZ column of the table",
+            f"table {table}: the watermark's column must be a TIMESTAMP or TIMESTAMP_LTZ column of the table",
             *_where(sql, declared),
         )
     delay = declared.expression
@@ -222,7 +223,7 @@ def _watermark(sql: str, table: Table, declared: exp.WatermarkColumnConstraint) 
     ):
         return Watermark(name, _interval_ms(sql, delay.expression))
     raise InvalidSql(
-        f"table {table.name}: unsupported watermark {declared.expression.sql()} (`{name}` or `{name} - INTERVAL ...`)",
+        f"table {table}: unsupported watermark {declared.expression.sql()} (`{name}` or `{name} - INTERVAL ...`)",
         *_where(sql, declared),
     )
 
