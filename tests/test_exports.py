@@ -120,7 +120,7 @@ PUBLIC = {
         "applies",
         "handles",
     ],
-    "inmotion.streams": ["Column", "Query", "Statement", "Table", "Watermark", "parse"],
+    "inmotion.streams": ["Column", "Job", "JobTakenOver", "Query", "Statement", "Table", "Watermark", "parse"],
     "inmotion.workflows": [
         "ChangedCode",
         "Engine",

@@ -12,6 +12,7 @@ from inmotion.cli.gateway import serve_command, tokens_app
 from inmotion.cli.records import publish, tail
 from inmotion.cli.rules import RULES_FILE_HELP, route, rules_app
 from inmotion.cli.runtime import dlq_app, groups_app, replay, run
+from inmotion.cli.sql import sql_app
 from inmotion.cli.topics import topics_app
 from inmotion.cli.trace import trace
 from inmotion.cli.workflows import cancel, describe, list_instances, retry, workflows_app
@@ -38,6 +39,7 @@ app.add_typer(workflows_app, name="workflows")
 app.command("asyncapi")(asyncapi)
 app.command("serve")(serve_command)
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(sql_app, name="sql")
 workflows_app.command("list")(list_instances)
 workflows_app.command("describe")(describe)
 workflows_app.command("cancel")(cancel)

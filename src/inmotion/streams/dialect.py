@@ -7,7 +7,7 @@ strings, Flink's type names) plus what Flink adds to it:
 - table arguments of table functions: `TABLE(TUMBLE(TABLE bids [PARTITION BY col], ...))`, also
   as named arguments (`DATA => TABLE bids`), and SESSION windows.
 
-Only the parser is extended; text is never generated back (statements go to Flink unchanged).
+Statements go to Flink as written; text is generated back only to name a construct in an error.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from sqlglot import exp
 from sqlglot.dialects.hive import Hive
+from sqlglot.generators.hive import HiveGenerator
 from sqlglot.parsers.hive import HiveParser
 from sqlglot.tokenizer_core import TokenType
 
@@ -85,8 +86,29 @@ class FlinkParser(HiveParser):
         return self.expression(TableArgument(this=table, partition_by=partition_by))
 
 
+def _table_argument_sql(generator: Any, node: TableArgument) -> str:
+    partition_by = node.args.get("partition_by")
+    columns = f" PARTITION BY {', '.join(generator.sql(c) for c in partition_by)}" if partition_by else ""
+    return f"TABLE {generator.sql(node.this)}{columns}"
+
+
+class FlinkGenerator(HiveGenerator):
+    TRANSFORMS: ClassVar[dict[type[exp.Expr], Any]] = {
+        **HiveGenerator.TRANSFORMS,
+        TableArgument: _table_argument_sql,
+        MetadataColumn: lambda self, node: "METADATA",
+    }
+
+
 class Flink(Hive):
     class Tokenizer(Hive.Tokenizer):
         KEYWORDS: ClassVar[dict[str, TokenType]] = {**Hive.Tokenizer.KEYWORDS, "TIMESTAMP_LTZ": TokenType.TIMESTAMPLTZ}
 
     Parser = FlinkParser
+
+    Generator = FlinkGenerator
+
+
+def text_of(node: exp.Expr) -> str:
+    """`node` as Flink SQL text (to name it in an error; the key of a computed expression)."""
+    return node.sql(dialect=Flink)

@@ -25,7 +25,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
 
 from inmotion.errors import InvalidSql
-from inmotion.streams.dialect import Flink, MetadataColumn
+from inmotion.streams.dialect import Flink, MetadataColumn, text_of
 
 _TYPES = {
     exp.DType.BOOLEAN: "BOOLEAN",
@@ -150,7 +150,7 @@ def _statement(sql: str, tokens: list[Token]) -> Statement:
 def _table(sql: str, tree: exp.Create) -> Table:
     schema = tree.this
     if not isinstance(schema, exp.Schema) or not isinstance(schema.this, exp.Table):
-        raise InvalidSql("CREATE TABLE needs its columns: CREATE TABLE name (column TYPE, ...)", *_where(sql, tree))
+        raise InvalidSql("CREATE TABLE needs its columns: CREATE TABLE name (column TYPE, ...)", *where(sql, tree))
     name = schema.this.name
     columns: list[Column] = []
     watermark: exp.WatermarkColumnConstraint | None = None
@@ -159,7 +159,7 @@ def _table(sql: str, tree: exp.Create) -> Table:
         if isinstance(element, exp.ColumnDef):
             column = _column(sql, element)
             if any(c.name == column.name for c in columns):
-                raise InvalidSql(f"table {name}: column {column.name} is declared twice", *_where(sql, element))
+                raise InvalidSql(f"table {name}: column {column.name} is declared twice", *where(sql, element))
             columns.append(column)
         elif isinstance(element, exp.WatermarkColumnConstraint):
             watermark = element
@@ -167,9 +167,9 @@ def _table(sql: str, tree: exp.Create) -> Table:
             primary_key = tuple(e.name for e in element.expressions)
             for key in element.expressions:
                 if not any(c.name == key.name for c in columns):
-                    raise InvalidSql(f"table {name}: the primary key names no column {key.name}", *_where(sql, key))
+                    raise InvalidSql(f"table {name}: the primary key names no column {key.name}", *where(sql, key))
         else:
-            raise InvalidSql(f"unsupported in CREATE TABLE: {element.key.upper()}", *_where(sql, element))
+            raise InvalidSql(f"unsupported in CREATE TABLE: {element.key.upper()}", *where(sql, element))
     options = _options(sql, name, tree)
     return Table(
         name,
@@ -184,14 +184,14 @@ def _table(sql: str, tree: exp.Create) -> Table:
 def _column(sql: str, element: exp.ColumnDef) -> Column:
     kind = element.args.get("kind")
     if not isinstance(kind, exp.DataType):
-        raise InvalidSql(f"column {element.name} needs a type", *_where(sql, element))
-    flink_type = _TYPES.get(kind.this)
-    if flink_type is None:
-        raise InvalidSql(f"column {element.name}: unsupported type {kind.sql()}", *_where(sql, element))
+        raise InvalidSql(f"column {element.name} needs a type", *where(sql, element))
+    flink = flink_type(kind.this)
+    if flink is None:
+        raise InvalidSql(f"column {element.name}: unsupported type {text_of(kind)}", *where(sql, element))
     metadata, virtual = None, False
     for constraint in element.args.get("constraints") or []:
         if not isinstance(constraint.args.get("kind"), MetadataColumn):
-            raise InvalidSql(f"column {element.name}: unsupported {constraint.sql()}", *_where(sql, element))
+            raise InvalidSql(f"column {element.name}: unsupported {text_of(constraint)}", *where(sql, element))
         source = constraint.args["kind"]
         metadata = source.this.name if isinstance(source.this, exp.Literal) else element.name
         virtual = bool(source.args.get("virtual"))
@@ -199,9 +199,14 @@ def _column(sql: str, element: exp.ColumnDef) -> Column:
             raise InvalidSql(
                 f"column {element.name}: no metadata {metadata!r} (CloudEvents attributes, extension names,"
                 f" {', '.join(sorted(RECORD_FIELDS))})",
-                *_where(sql, element),
+                *where(sql, element),
             )
-    return Column(element.name, flink_type, metadata, virtual)
+    return Column(element.name, flink, metadata, virtual)
+
+
+def flink_type(kind: exp.DType) -> str | None:
+    """Flink's name of a sqlglot type, if the engine takes it."""
+    return _TYPES.get(kind)
 
 
 def _watermark(sql: str, table: str, columns: list[Column], declared: exp.WatermarkColumnConstraint) -> Watermark:
@@ -210,7 +215,7 @@ def _watermark(sql: str, table: str, columns: list[Column], declared: exp.Waterm
     if column is None or column.type not in TIME_TYPES:
         raise InvalidSql(
             f"table {table}: the watermark's column must be a TIMESTAMP or TIMESTAMP_LTZ column of the table",
-            *_where(sql, declared),
+            *where(sql, declared),
         )
     delay = declared.expression
     if isinstance(delay, exp.Column) and delay.name == name:
@@ -221,21 +226,21 @@ def _watermark(sql: str, table: str, columns: list[Column], declared: exp.Waterm
         and delay.this.name == name
         and isinstance(delay.expression, exp.Interval)
     ):
-        return Watermark(name, _interval_ms(sql, delay.expression))
+        return Watermark(name, interval_ms(sql, delay.expression))
     raise InvalidSql(
-        f"table {table}: unsupported watermark {declared.expression.sql()} (`{name}` or `{name} - INTERVAL ...`)",
-        *_where(sql, declared),
+        f"table {table}: unsupported watermark {text_of(declared.expression)} (`{name}` or `{name} - INTERVAL ...`)",
+        *where(sql, declared),
     )
 
 
-def _interval_ms(sql: str, interval: exp.Interval) -> int:
+def interval_ms(sql: str, interval: exp.Interval) -> int:
     unit = str(interval.args.get("unit") or "").upper().removesuffix("S")
     try:
         amount = float(interval.this.name)
     except ValueError:
         amount = -1
     if unit not in _MS or amount < 0:
-        raise InvalidSql(f"unsupported interval {interval.sql()}", *_where(sql, interval))
+        raise InvalidSql(f"unsupported interval {text_of(interval)}", *where(sql, interval))
     return round(amount * _MS[unit])
 
 
@@ -245,21 +250,21 @@ def _options(sql: str, name: str, tree: exp.Create) -> dict[str, str]:
     for prop in properties.expressions if properties is not None else []:
         key, value = prop.this, prop.args.get("value")
         if not isinstance(prop, exp.Property) or not isinstance(key, exp.Literal) or not isinstance(value, exp.Literal):
-            raise InvalidSql(f"table {name}: WITH takes 'option' = 'value' pairs", *_where(sql, prop))
+            raise InvalidSql(f"table {name}: WITH takes 'option' = 'value' pairs", *where(sql, prop))
         if key.name not in _OPTIONS:
             raise InvalidSql(
                 f"table {name}: unknown option {key.name!r} (the options are {', '.join(sorted(_OPTIONS))})",
-                *_where(sql, key),
+                *where(sql, key),
             )
         options[key.name] = value.name
     if not options.get("topic"):
-        raise InvalidSql(f"table {name}: WITH ('topic' = '...') names the topic it reads", *_where(sql, tree))
+        raise InvalidSql(f"table {name}: WITH ('topic' = '...') names the topic it reads", *where(sql, tree))
     if options.get("scan.startup.mode", "earliest-offset") not in STARTS:
-        raise InvalidSql(f"table {name}: 'scan.startup.mode' is {' or '.join(sorted(STARTS))}", *_where(sql, tree))
+        raise InvalidSql(f"table {name}: 'scan.startup.mode' is {' or '.join(sorted(STARTS))}", *where(sql, tree))
     return options
 
 
-def _where(sql: str, node: exp.Expr) -> tuple[int, int]:
+def where(sql: str, node: exp.Expr) -> tuple[int, int]:
     """The line and column where `node` begins (its first token that keeps a position)."""
     starts = [n.meta["start"] for n in node.walk() if isinstance(n, exp.Expr) and "start" in n.meta]
     return _at(sql, min(starts)) if starts else (0, 0)

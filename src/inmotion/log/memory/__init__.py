@@ -12,9 +12,10 @@ from inmotion.log.memory.log import MemoryLog
 
 if TYPE_CHECKING:
     from inmotion.sourcing.store import Recorder
+    from inmotion.streams.checkpoints import Checkpoints
     from inmotion.workflows.store import WorkflowRecorder
 
-__all__ = ["MemoryCoordinator", "MemoryLog", "open_log", "open_recorder", "open_workflow_recorder"]
+__all__ = ["MemoryCoordinator", "MemoryLog", "open_checkpoints", "open_log", "open_recorder", "open_workflow_recorder"]
 
 
 def open_log(url: str, parts: SplitResult, options: Mapping[str, str], *, create: bool = True) -> MemoryLog:
@@ -31,3 +32,9 @@ def open_workflow_recorder(url: str, parts: SplitResult, options: Mapping[str, s
     from inmotion.log.memory.workflows import MemoryWorkflowRecorder  # the workflows' layer, loaded when used
 
     return MemoryWorkflowRecorder()
+
+
+def open_checkpoints(log: MemoryLog) -> Checkpoints:
+    from inmotion.log.memory.jobs import MemoryCheckpoints  # the streams layer's, loaded when used
+
+    return MemoryCheckpoints(log)

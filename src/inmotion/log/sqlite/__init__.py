@@ -16,9 +16,10 @@ from inmotion.log.sqlite.log import SqliteLog
 if TYPE_CHECKING:
     from inmotion.sourcing.projection import ReadModel
     from inmotion.sourcing.store import Recorder
+    from inmotion.streams.checkpoints import Checkpoints
     from inmotion.workflows.store import WorkflowRecorder
 
-__all__ = ["SqliteLog", "open_log", "open_read_model", "open_recorder", "open_workflow_recorder"]
+__all__ = ["SqliteLog", "open_checkpoints", "open_log", "open_read_model", "open_recorder", "open_workflow_recorder"]
 
 
 def open_log(url: str, parts: SplitResult, options: Mapping[str, str], *, create: bool = True) -> SqliteLog:
@@ -45,3 +46,9 @@ def open_workflow_recorder(url: str, parts: SplitResult, options: Mapping[str, s
     from inmotion.log.sqlite.workflows import SqliteWorkflowRecorder  # the workflows' layer, loaded when used
 
     return SqliteWorkflowRecorder.from_url(url, parts.path, options)
+
+
+def open_checkpoints(log: SqliteLog) -> Checkpoints:
+    from inmotion.log.sqlite.jobs import SqliteCheckpoints  # the streams layer's, loaded when used
+
+    return SqliteCheckpoints(log)

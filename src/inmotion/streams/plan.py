@@ -1,0 +1,454 @@
+"""The planner: a query over the tables of a script becomes a `Plan`, the operators the engine
+runs, each compiled once.
+
+    scan(table) -> filter(WHERE) -> [window(TUMBLE | HOP | CUMULATE)] -> project(SELECT)
+    scan(table) -> filter(WHERE) -> window -> aggregate(GROUP BY window_start, window_end, keys)
+                -> filter(HAVING) -> project(SELECT)
+
+What a plan cannot express yet (joins, ORDER BY, Top-N, SESSION windows, GROUP BY without a
+window, DISTINCT) is an `InvalidSql` naming the construct, its line and its column: never a
+plan that would give a different answer than Flink."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+from sqlglot import exp
+
+from inmotion.errors import InvalidSql
+from inmotion.streams.dialect import TableArgument, text_of
+from inmotion.streams.expressions import AGGREGATES, ARROW_TYPES, Compiled, compile_expression
+from inmotion.streams.sql import Query, Statement, Table, interval_ms, where
+
+WINDOW_COLUMNS = ("window_start", "window_end", "window_time")
+WINDOW_FUNCTIONS = ("TUMBLE", "HOP", "CUMULATE")
+WRITABLE = ("key", "type", "subject")
+"""The metadata an INSERT INTO sets on the events it appends."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A window table function over `column` (event time, in milliseconds): TUMBLE(size), HOP
+    (a window of `size` every `step`) or CUMULATE (windows growing by `step` up to `size`)."""
+
+    kind: str
+    column: str
+    size: int
+    step: int
+    offset: int = 0
+
+    @property
+    def slice(self) -> int:
+        """The pane every window is made of: a row is late once its pane's window has fired
+        (Flink's slicing windows drop a row whose slice ended before the watermark)."""
+        return math.gcd(self.size, self.step) if self.kind == "HOP" else self.step
+
+    def describe(self) -> str:
+        if self.kind == "TUMBLE":
+            return f"TUMBLE({self.column}, size {self.size} ms)"
+        what = "slide" if self.kind == "HOP" else "step"
+        return f"{self.kind}({self.column}, size {self.size} ms, {what} {self.step} ms)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregate:
+    function: str
+    """COUNT, SUM, MIN, MAX or AVG."""
+    argument: Compiled | None
+    """Computed per row; None for COUNT(*)."""
+    column: str
+    """Where its value sits in the table of fired groups."""
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    name: str
+    value: Compiled
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    query: Query
+    source: Table
+    reads: tuple[str, ...]
+    """The source's columns the query uses: only those are decoded."""
+    where: Compiled | None
+    window: Window | None
+    keys: tuple[Output, ...]
+    """GROUP BY's expressions besides the window's bounds (named `key0`, ... unless a column)."""
+    aggregates: tuple[Aggregate, ...]
+    having: Compiled | None
+    select: tuple[Output, ...]
+    sink: Table | None
+
+    grouped: bool = False
+    """A window aggregation: `select` and `having` read the fired groups, not the rows."""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(output.name for output in self.select)
+
+    def explain(self) -> list[str]:
+        """The operators, from the source to the sink, one line each."""
+        lines = [f"scan {self.source.name} (topic {self.source.topic}; reads {', '.join(self.reads) or 'nothing'})"]
+        watermark = self.source.watermark
+        if watermark is not None:
+            lines.append(f"  watermark {watermark.column} - {watermark.delay_ms} ms")
+        if self.where is not None:
+            lines.append(f"filter {_clause(self.query, 'where')}")
+        if self.window is not None:
+            lines.append(f"window {self.window.describe()}")
+        if self.grouped:
+            keys = ["window_start", "window_end", *(k.name for k in self.keys)]
+            aggregates = ", ".join(a.text for a in self.aggregates) or "none"
+            lines.append(f"window aggregate by {', '.join(keys)}: {aggregates}")
+            lines.append("  state: one row per window and key, dropped when the window fires")
+            if self.having is not None:
+                lines.append(f"filter {_clause(self.query, 'having')}")
+        lines.append(f"project {', '.join(self.columns)}")
+        lines.append(f"insert into {self.sink.name} (topic {self.sink.topic})" if self.sink else "print")
+        return lines
+
+
+def plan(query: Query, tables: Mapping[str, Table], sql: str) -> Plan:
+    """The plan of `query` over `tables` (by name); `sql` is the script, for error positions."""
+    return _Planner(sql, tables).plan(query)
+
+
+def plans(statements: Sequence[Statement], sql: str) -> list[Plan]:
+    """The plans of a script's queries, each over the tables declared before it."""
+    tables: dict[str, Table] = {}
+    result = []
+    for statement in statements:
+        if isinstance(statement, Table):
+            if statement.name in tables:
+                raise InvalidSql(f"table {statement.name} is declared twice")
+            tables[statement.name] = statement
+        else:
+            result.append(plan(statement, tables, sql))
+    return result
+
+
+class _Planner:
+    def __init__(self, sql: str, tables: Mapping[str, Table]) -> None:
+        self.sql = sql
+        self.tables = tables
+
+    def fail(self, problem: str, node: exp.Expr) -> InvalidSql:
+        """An error at `node`, or where the statement around it begins if it has no position."""
+        position = where(self.sql, node)
+        while position == (0, 0) and node.parent is not None:
+            node = node.parent
+            position = where(self.sql, node)
+        return InvalidSql(problem, *position)
+
+    def plan(self, query: Query) -> Plan:
+        tree = query.tree
+        select = tree.expression if isinstance(tree, exp.Insert) else tree
+        if not isinstance(select, exp.Select):
+            raise self.fail(f"unsupported query {select.key.upper()} (a SELECT is)", select)
+        self.refuse(select)
+        source, window = self.source(select)
+        sink = self.sink(query, tree)
+        columns = {c.name: ARROW_TYPES[c.type] for c in source.columns}
+        if window is not None:
+            time_type = columns[window.column]
+            columns.update(dict.fromkeys(WINDOW_COLUMNS, time_type))
+        condition = select.args.get("where")
+        where_ = compile_expression(self.sql, condition.this, columns) if condition is not None else None
+        items = self.items(select, source, window)
+        group = select.args.get("group")
+        has_aggregates = any(isinstance(node, AGGREGATES) for item in items for node in item.walk())
+        if group is None and not has_aggregates:
+            if select.args.get("having") is not None:
+                raise self.fail("HAVING needs a GROUP BY", select.args["having"])
+            names = _names(items)
+            outputs = tuple(
+                Output(n, compile_expression(self.sql, item, columns)) for n, item in zip(names, items, strict=True)
+            )
+            result = Plan(
+                query, source, self.reads(select, source, window), where_, window, (), (), None, outputs, sink
+            )
+        else:
+            result = self.aggregation(query, select, source, window, columns, where_, items, sink)
+        self.check_sink(result, tree)
+        return result
+
+    def check_sink(self, plan: Plan, tree: exp.Expr) -> None:
+        """An INSERT INTO fills the sink's columns by position; metadata it can write: the
+        event's key, type and subject."""
+        if plan.sink is None:
+            return
+        columns = [c for c in plan.sink.columns if not c.virtual]
+        if len(columns) != len(plan.select):
+            names = ", ".join(c.name for c in columns)
+            raise self.fail(
+                f"INSERT INTO {plan.sink.name}: the query gives {len(plan.select)} columns, the table takes"
+                f" {len(columns)} ({names})",
+                tree,
+            )
+        for column in columns:
+            if column.metadata is not None and column.metadata not in WRITABLE:
+                raise self.fail(
+                    f"INSERT INTO {plan.sink.name}: metadata {column.metadata!r} of column {column.name} is"
+                    f" read-only (declare it VIRTUAL; {', '.join(WRITABLE)} can be written)",
+                    tree,
+                )
+
+    def refuse(self, select: exp.Select) -> None:
+        """What the engine cannot run yet, named where it is written."""
+        for arg, what in (
+            ("joins", "JOIN"),
+            ("order", "ORDER BY"),
+            ("limit", "LIMIT"),
+            ("distinct", "SELECT DISTINCT"),
+            ("with_", "WITH"),
+            ("qualify", "QUALIFY"),
+        ):
+            node = select.args.get(arg)
+            if node:
+                first = node[0] if isinstance(node, list) else node
+                raise self.fail(f"{what} is not supported by the embedded engine yet", first)
+        for node in select.walk():
+            if isinstance(node, exp.Window):
+                raise self.fail(f"OVER windows ({text_of(node.this)} OVER ...) are not supported yet", node)
+            if isinstance(node, exp.Subquery) or (isinstance(node, exp.Select) and node is not select):
+                raise self.fail("subqueries are not supported yet", node)
+            if isinstance(node, exp.Distinct):
+                raise self.fail(f"DISTINCT aggregates are not supported yet: {text_of(node.parent or node)}", node)
+
+    def source(self, select: exp.Select) -> tuple[Table, Window | None]:
+        from_ = select.args.get("from_")
+        if from_ is None:
+            raise self.fail("a query reads a table: SELECT ... FROM table", select)
+        node = from_.this
+        if isinstance(node, exp.Table) and isinstance(node.this, exp.Anonymous) and node.this.name.upper() == "TABLE":
+            return self.window(node.this)
+        if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+            return self.table(node), None
+        raise self.fail(f"unsupported FROM {text_of(node)} (a table, or TABLE(TUMBLE|HOP|CUMULATE(...)))", node)
+
+    def table(self, node: exp.Table) -> Table:
+        table = self.tables.get(node.name)
+        if table is None:
+            known = ", ".join(self.tables) or "none: CREATE TABLE one first"
+            raise self.fail(f"unknown table {node.name} (the tables are {known})", node)
+        return table
+
+    def window(self, call: exp.Anonymous) -> tuple[Table, Window]:
+        [function] = call.expressions if len(call.expressions) == 1 else [None]
+        kind = function.name.upper() if isinstance(function, exp.Anonymous) else ""
+        if function is None or kind not in WINDOW_FUNCTIONS:
+            name = text_of(function) if isinstance(function, exp.Expr) else text_of(call)
+            if kind == "SESSION" or (isinstance(function, exp.Expr) and "SESSION" in name.upper()):
+                raise self.fail("SESSION windows are not supported by the embedded engine yet", call)
+            raise self.fail(f"unsupported table function {name} (TUMBLE, HOP and CUMULATE are)", call)
+        args = list(function.expressions)
+        if any(isinstance(arg, exp.Kwarg) for arg in args):
+            args = self.named(function, args)
+        wanted = 4 if kind == "TUMBLE" else 5
+        if len(args) not in (wanted - 1, wanted):
+            raise self.fail(f"{kind} takes (TABLE t, DESCRIPTOR(time column), {self.sizes(kind)}[, offset])", function)
+        data, descriptor, *intervals = args
+        if not isinstance(data, TableArgument) or data.args.get("partition_by"):
+            raise self.fail(f"{kind}'s first argument is TABLE name", data)
+        table = self.table(data.this)
+        if not (isinstance(descriptor, exp.Anonymous) and descriptor.name.upper() == "DESCRIPTOR"):
+            raise self.fail(f"{kind}'s second argument is DESCRIPTOR(time column)", descriptor)
+        column = descriptor.expressions[0].name if descriptor.expressions else ""
+        if table.watermark is None or table.watermark.column != column:
+            raise self.fail(
+                f"{kind} needs an event-time column: {column or '?'} is not {table.name}'s watermarked column",
+                descriptor,
+            )
+        lengths = [self.interval(kind, arg) for arg in intervals]
+        offset = lengths[-1] if len(args) == wanted else 0
+        if kind == "TUMBLE":
+            size = step = lengths[0]
+        elif kind == "HOP":
+            step, size = lengths[0], lengths[1]
+        else:
+            step, size = lengths[0], lengths[1]
+        if size <= 0 or step <= 0:
+            raise self.fail(f"{kind}'s sizes must be positive", function)
+        if size % step:
+            raise self.fail(
+                f"{kind}'s size must be a whole multiple of its {'slide' if kind == 'HOP' else 'step'}", function
+            )
+        if offset and kind == "CUMULATE":
+            raise self.fail("CUMULATE with an offset is not supported yet", function)
+        return table, Window(kind, column, size, step, offset)
+
+    def named(self, function: exp.Anonymous, args: list[exp.Expr]) -> list[exp.Expr]:
+        names = {"TUMBLE": ["DATA", "TIMECOL", "SIZE", "OFFSET"], "HOP": ["DATA", "TIMECOL", "SLIDE", "SIZE", "OFFSET"]}
+        order = names.get(function.name.upper(), ["DATA", "TIMECOL", "STEP", "SIZE"])
+        given = {}
+        for arg in args:
+            if not isinstance(arg, exp.Kwarg) or arg.this.name.upper() not in order:
+                raise self.fail(f"{function.name} takes the named arguments {', '.join(order)}", arg)
+            given[arg.this.name.upper()] = arg.expression
+        present = [name for name in order if name in given]
+        if present != order[: len(present)]:
+            raise self.fail(f"{function.name}: arguments missing before {present[-1]}", function)
+        return [given[name] for name in present]
+
+    def interval(self, kind: str, node: exp.Expr) -> int:
+        if not isinstance(node, exp.Interval):
+            raise self.fail(f"{kind} takes INTERVAL sizes ({self.sizes(kind)})", node)
+        return interval_ms(self.sql, node)
+
+    @staticmethod
+    def sizes(kind: str) -> str:
+        return {"TUMBLE": "size", "HOP": "slide, size", "CUMULATE": "step, size"}[kind]
+
+    def sink(self, query: Query, tree: exp.Expr) -> Table | None:
+        if query.sink is None:
+            return None
+        assert isinstance(tree, exp.Insert)
+        table = self.tables.get(query.sink)
+        if table is None:
+            raise self.fail(
+                f"INSERT INTO {query.sink}: no such table (CREATE TABLE it first, over its topic)", tree.this
+            )
+        return table
+
+    def items(self, select: exp.Select, source: Table, window: Window | None) -> list[exp.Expr]:
+        """The SELECT list with `*` spelled out as the columns it means."""
+        items: list[exp.Expr] = []
+        for item in select.expressions:
+            if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
+                names = [c.name for c in source.columns] + (list(WINDOW_COLUMNS) if window else [])
+                items.extend(exp.column(name) for name in names)
+            else:
+                items.append(item)
+        return items
+
+    def reads(self, select: exp.Select, source: Table, window: Window | None) -> tuple[str, ...]:
+        used = {node.name for node in select.walk() if isinstance(node, exp.Column)}
+        if any(isinstance(node, exp.Star) for node in select.walk()):
+            used.update(c.name for c in source.columns)
+        if window is not None:
+            used.add(window.column)
+        if source.watermark is not None:
+            used.add(source.watermark.column)
+        # a batch is as long as its columns: a query that uses none still reads one
+        return tuple(c.name for c in source.columns if c.name in used) or (source.columns[0].name,)
+
+    def aggregation(
+        self,
+        query: Query,
+        select: exp.Select,
+        source: Table,
+        window: Window | None,
+        columns: dict[str, pa.DataType],
+        where_: Compiled | None,
+        items: list[exp.Expr],
+        sink: Table | None,
+    ) -> Plan:
+        group = select.args.get("group")
+        grouping = list(group.expressions) if group is not None else []
+        bounds = {g.name for g in grouping if isinstance(g, exp.Column) and g.name in ("window_start", "window_end")}
+        if window is None or bounds != {"window_start", "window_end"}:
+            node = group or select
+            raise self.fail(
+                "GROUP BY without window_start and window_end of a window table function (an updating"
+                " aggregation) is not supported by the embedded engine yet",
+                node,
+            )
+        input_columns = {name: t for name, t in columns.items() if name not in WINDOW_COLUMNS}
+        keys: list[Output] = []
+        replaced: dict[str, str] = {}
+        grouped_columns: dict[str, pa.DataType] = {
+            "window_start": columns["window_start"],
+            "window_end": columns["window_end"],
+        }
+        for node in grouping:
+            if isinstance(node, exp.Column) and node.name in ("window_start", "window_end"):
+                continue
+            if isinstance(node, exp.Column) and node.name == "window_time":
+                raise self.fail("GROUP BY window_time is not supported yet (window_start, window_end are)", node)
+            name = node.name if isinstance(node, exp.Column) else f"key{len(keys)}"
+            keys.append(Output(name, compile_expression(self.sql, node, input_columns)))
+            replaced[text_of(node)] = name
+            grouped_columns[name] = pa.null()
+        aggregates: list[Aggregate] = []
+        having = select.args.get("having")
+        for node in [n for item in [*items, *([having.this] if having else [])] for n in item.walk()]:
+            if isinstance(node, AGGREGATES) and text_of(node) not in replaced:
+                aggregates.append(self.aggregate(node, input_columns, f"agg{len(aggregates)}"))
+                replaced[text_of(node)] = aggregates[-1].column
+                grouped_columns[aggregates[-1].column] = pa.null()
+        grouped_columns["window_time"] = columns["window_time"]
+        replaced.update({"window_start": "window_start", "window_end": "window_end", "window_time": "window_time"})
+        outputs = tuple(
+            Output(n, self.grouped(item, grouped_columns, replaced))
+            for n, item in zip(_names(items), items, strict=True)
+        )
+        having_ = self.grouped(having.this, grouped_columns, replaced) if having is not None else None
+        return Plan(
+            query,
+            source,
+            self.reads(select, source, window),
+            where_,
+            window,
+            tuple(keys),
+            tuple(aggregates),
+            having_,
+            outputs,
+            sink,
+            grouped=True,
+        )
+
+    def aggregate(self, node: exp.Expr, columns: Mapping[str, pa.DataType], column: str) -> Aggregate:
+        function = type(node).__name__.upper()
+        argument = node.this
+        if isinstance(node, exp.Count) and isinstance(argument, exp.Star):
+            return Aggregate("COUNT", None, column, text_of(node))
+        if argument is None or node.expressions:
+            raise self.fail(f"{function} takes one argument", node)
+        return Aggregate(function, compile_expression(self.sql, argument, columns), column, text_of(node))
+
+    def grouped(self, node: exp.Expr, columns: Mapping[str, pa.DataType], replaced: Mapping[str, str]) -> Compiled:
+        """An expression over the groups: only the window's bounds, keys and aggregates."""
+        for column in node.find_all(exp.Column):
+            inside = any(isinstance(parent, AGGREGATES) for parent in _ancestors(column))
+            if not inside and column.name not in columns and text_of(column) not in replaced:
+                raise self.fail(f"column {column.name} is neither in GROUP BY nor inside an aggregate", column)
+        return compile_expression(self.sql, node, columns, replaced)
+
+
+def _ancestors(node: exp.Expr) -> list[exp.Expr]:
+    found = []
+    parent = node.parent
+    while parent is not None:
+        found.append(parent)
+        parent = parent.parent
+    return found
+
+
+def _names(items: list[exp.Expr]) -> list[str]:
+    """The output columns' names, as Flink gives them: the alias, else the column's name, else
+    EXPR$<position>; a name taken already gets a number (sensor, sensor0)."""
+    names: list[str] = []
+    for index, item in enumerate(items):
+        if isinstance(item, exp.Alias):
+            name = item.alias
+        elif isinstance(item, exp.Column):
+            name = item.name
+        else:
+            name = f"EXPR${index}"
+        unique, n = name, 0
+        while unique in names:
+            unique, n = f"{name}{n}", n + 1
+        names.append(unique)
+    return names
+
+
+def _clause(query: Query, arg: str) -> str:
+    tree = query.tree.expression if isinstance(query.tree, exp.Insert) else query.tree
+    node = tree.args.get(arg)
+    return text_of(node.this) if node is not None else ""

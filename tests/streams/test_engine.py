@@ -1,0 +1,243 @@
+"""The embedded engine over real logs: expressions with Flink's semantics, window aggregations
+checked against a plain-Python reference, late and malformed events, unsupported SQL."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from inmotion.errors import InvalidSql
+from inmotion.events import Event
+from inmotion.log import Log, Message, connect
+from inmotion.streams.job import Job, job_results
+
+T0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+READINGS = """
+CREATE TABLE readings (
+  sensor STRING,
+  temp DOUBLE,
+  level BIGINT,
+  ts TIMESTAMP_LTZ(3),
+  `type` STRING METADATA VIRTUAL,
+  `key` STRING METADATA VIRTUAL,
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
+) WITH ('topic' = 'readings');
+"""
+
+
+def reading(ms: int, sensor: str = "s1", temp: float | None = 20.0, level: int | None = 1) -> Event:
+    data = {"sensor": sensor, "temp": temp, "level": level, "ts": (T0 + timedelta(milliseconds=ms)).isoformat()}
+    return Event(type="reading", source="/sensors", data=data, extensions={"partitionkey": sensor})
+
+
+@pytest.fixture
+def log() -> Iterator[Log]:
+    with connect("memory://") as log:
+        log.create_topic("readings")
+        yield log
+
+
+def rows(log: Log, select: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for _, table in Job(log, READINGS + select).query():
+        found.extend(job_results(table))
+    return found
+
+
+def ms(value: datetime) -> int:
+    return int((value - T0).total_seconds() * 1000)
+
+
+def test_projection_and_filter_follow_flinks_semantics(log: Log) -> None:
+    log.append_events("readings", [reading(0, "a", 21.5, 7), reading(1, "b", None, -7), reading(2, "c", 30.0, None)])
+    found = rows(
+        log,
+        "SELECT sensor, level / 2 AS half, MOD(level, 4) AS m, temp + 1 AS warmer, UPPER(sensor) AS up,"
+        " CASE WHEN temp > 25 THEN 'hot' WHEN temp IS NULL THEN 'unknown' ELSE 'ok' END AS feel,"
+        " CAST(level AS STRING) AS text, COALESCE(level, 0) AS filled, `type`, `key`,"
+        " CONCAT(sensor, '-', `key`) AS both"
+        " FROM readings WHERE sensor LIKE '_' AND (level IS NULL OR level <> 3)",
+    )
+    assert found == [
+        {"sensor": "a", "half": 3, "m": 3, "warmer": 22.5, "up": "A", "feel": "ok", "text": "7", "filled": 7,
+         "type": "reading", "key": "a", "both": "a-a"},
+        {"sensor": "b", "half": -3, "m": -3, "warmer": None, "up": "B", "feel": "unknown", "text": "-7", "filled": -7,
+         "type": "reading", "key": "b", "both": "b-b"},
+        {"sensor": "c", "half": None, "m": None, "warmer": 31.0, "up": "C", "feel": "hot", "text": None, "filled": 0,
+         "type": "reading", "key": "c", "both": "c-c"},
+    ]  # fmt: skip
+
+
+def test_where_keeps_only_rows_whose_condition_is_true_not_null(log: Log) -> None:
+    log.append_events("readings", [reading(0, "a", None), reading(1, "b", 5.0), reading(2, "c", 50.0)])
+    assert rows(log, "SELECT sensor FROM readings WHERE temp > 10 OR temp < 0") == [{"sensor": "c"}]
+    assert rows(log, "SELECT sensor FROM readings WHERE NOT (temp > 10)") == [{"sensor": "b"}]
+    assert rows(log, "SELECT sensor FROM readings WHERE sensor IN ('a', 'c')") == [{"sensor": "a"}, {"sensor": "c"}]
+
+
+def test_select_star_names_every_column_and_duplicates_get_numbers(log: Log) -> None:
+    log.append_events("readings", [reading(0, "a", 1.0, 2)])
+    [row] = rows(log, "SELECT *, sensor, 1 FROM readings")
+    assert list(row) == ["sensor", "temp", "level", "ts", "type", "key", "sensor0", "EXPR$7"]
+    assert row["ts"] == T0
+    assert row["EXPR$7"] == 1
+
+
+def reference(
+    kind: str, times: Sequence[tuple[int, str, int]], size: int, step: int
+) -> dict[tuple[int, int, str], tuple[int, int]]:
+    """(window start, end, sensor) -> (count, sum of level), computed one event at a time."""
+    found: dict[tuple[int, int, str], list[int]] = defaultdict(lambda: [0, 0])
+    for t, sensor, level in times:
+        if kind == "TUMBLE":
+            windows = [(t - t % size, t - t % size + size)]
+        elif kind == "HOP":
+            last = t - t % step
+            windows = [(s, s + size) for s in range(last - size + step, last + 1, step)]
+        else:
+            start = t - t % size
+            windows = [(start, end) for end in range(start + step, start + size + 1, step) if end > t]
+        for window in windows:
+            totals = found[(*window, sensor)]
+            totals[0] += 1
+            totals[1] += level
+    return {key: (n, total) for key, (n, total) in found.items()}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=st.sampled_from(["TUMBLE", "HOP", "CUMULATE"]),
+    steps=st.lists(st.tuples(st.integers(0, 1500), st.sampled_from("abc"), st.integers(-5, 5)), max_size=60),
+    step=st.sampled_from([500, 1000]),
+    multiple=st.integers(1, 4),
+)
+def test_window_aggregates_match_a_reference(
+    kind: str, steps: list[tuple[int, str, int]], step: int, multiple: int
+) -> None:
+    # times only grow: no event is late, so every event counts in each of its windows
+    times, t = [], 0
+    for gap, sensor, level in steps:
+        t += gap
+        times.append((t, sensor, level))
+    size = step * multiple
+    args = (
+        f"INTERVAL '{size}' MILLISECOND"
+        if kind == "TUMBLE"
+        else f"INTERVAL '{step}' MILLISECOND, INTERVAL '{size}' MILLISECOND"
+    )
+    with connect("memory://") as log:
+        log.create_topic(
+            "readings",
+        )
+        log.append_events("readings", [reading(t, sensor, level=level) for t, sensor, level in times])
+        found = rows(
+            log,
+            f"SELECT window_start, window_end, sensor, COUNT(*) AS n, SUM(level) AS total"
+            f" FROM TABLE({kind}(TABLE readings, DESCRIPTOR(ts), {args}))"
+            f" GROUP BY window_start, window_end, sensor",
+        )
+    got = {(ms(r["window_start"]), ms(r["window_end"]), r["sensor"]): (r["n"], r["total"]) for r in found}
+    assert len(got) == len(found)
+    assert got == reference(kind, times, size, step)
+
+
+def test_aggregates_skip_nulls_and_avg_of_integers_is_an_integer(log: Log) -> None:
+    log.append_events(
+        "readings",
+        [reading(0, "a", 1.0, 1), reading(1, "a", None, 2), reading(2, "a", 4.0, None), reading(3, "b", None, None)],
+    )
+    found = rows(
+        log,
+        "SELECT sensor, COUNT(*) AS n, COUNT(temp) AS temps, SUM(temp) AS s, MIN(level) AS low, MAX(level) AS high,"
+        " AVG(level) AS mean, AVG(temp) AS mean_temp"
+        " FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' MINUTE))"
+        " GROUP BY window_start, window_end, sensor",
+    )
+    assert found == [
+        {"sensor": "a", "n": 3, "temps": 2, "s": 5.0, "low": 1, "high": 2, "mean": 1, "mean_temp": 2.5},
+        {"sensor": "b", "n": 1, "temps": 0, "s": None, "low": None, "high": None, "mean": None, "mean_temp": None},
+    ]
+
+
+def test_having_and_expressions_over_aggregates_and_keys(log: Log) -> None:
+    log.append_events("readings", [reading(i * 100, "a" if i % 3 else "b", level=i) for i in range(10)])
+    found = rows(
+        log,
+        "SELECT UPPER(sensor) AS s, MAX(level) - MIN(level) AS spread, window_end"
+        " FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+        " GROUP BY window_start, window_end, sensor HAVING COUNT(*) > 4",
+    )
+    assert found == [{"s": "A", "spread": 7, "window_end": T0 + timedelta(seconds=1)}]
+
+
+def test_late_events_are_dropped_and_counted(log: Log) -> None:
+    # the watermark is 1 s behind the newest time: 6.5 s closes [0, 5); an event at 4.9 s is then late
+    log.append_events("readings", [reading(100), reading(6_500)])
+    log.append_events("readings", [reading(4_900), reading(5_200)])
+    job = Job(log, READINGS + "SELECT window_start, COUNT(*) AS n FROM TABLE(TUMBLE(TABLE readings,"
+              " DESCRIPTOR(ts), INTERVAL '5' SECOND)) GROUP BY window_start, window_end")  # fmt: skip
+    found = [r for _, table in job.query() for r in job_results(table)]
+    assert found == [{"window_start": T0, "n": 1}, {"window_start": T0 + timedelta(seconds=5), "n": 2}]
+    assert job.pipelines[0].progress.late == 1
+
+
+def test_malformed_events_are_left_out_and_counted(log: Log) -> None:
+    good = reading(0, "a")
+    log.append_events("readings", [good])
+    log.append("readings", [Message(b"not json", headers=(("ce_type", b"reading"),))])
+    log.append("readings", [Message(b'["a list"]')])
+    log.append("readings", [Message(b'{"sensor": "b", "level": "many", "ts": "2026-12-04T10:00:01Z"}')])
+    log.append("readings", [Message(b'{"sensor": "c", "level": 3, "ts": 1796378400000}')])  # epoch millis
+    log.append("readings", [Message(None)])  # a tombstone: no row, not malformed
+    job = Job(log, READINGS + "SELECT sensor, level, ts FROM readings")
+    found = [r for _, table in job.query() for r in job_results(table)]
+    assert [r["sensor"] for r in found] == ["a", "c"]
+    assert found[1]["ts"] == datetime.fromtimestamp(1796378400, UTC)
+    assert job.pipelines[0].progress.malformed == 3
+
+
+@pytest.mark.parametrize(
+    ("select", "problem"),
+    [
+        ("SELECT * FROM readings r JOIN readings s ON r.sensor = s.sensor", "JOIN is not supported"),
+        ("SELECT sensor FROM readings ORDER BY sensor", "ORDER BY is not supported"),
+        ("SELECT sensor, COUNT(*) FROM readings GROUP BY sensor", "GROUP BY without window_start and window_end"),
+        ("SELECT nope FROM readings", "unknown column nope"),
+        ("SELECT sensor FROM nowhere", "unknown table nowhere"),
+        ("SELECT DISTINCT sensor FROM readings", "SELECT DISTINCT is not supported"),
+        ("SELECT COUNT(DISTINCT sensor) FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+         " GROUP BY window_start, window_end", "DISTINCT aggregates"),
+        ("SELECT window_start, temp FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+         " GROUP BY window_start, window_end", "column temp is neither in GROUP BY nor inside an aggregate"),
+        ("SELECT * FROM TABLE(SESSION(TABLE readings PARTITION BY sensor, DESCRIPTOR(ts), INTERVAL '1' SECOND))",
+         "SESSION windows are not supported"),
+        ("SELECT * FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(sensor), INTERVAL '1' SECOND))",
+         "sensor is not readings's watermarked column"),
+        ("SELECT * FROM TABLE(HOP(TABLE readings, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '3' SECOND))",
+         "whole multiple of its slide"),
+        ("SELECT SOUNDEX(sensor) FROM readings", "unsupported function or expression"),
+        ("SELECT sensor, ROW_NUMBER() OVER (ORDER BY ts) FROM readings", "OVER windows"),
+        ("INSERT INTO nowhere SELECT sensor FROM readings", "INSERT INTO nowhere: no such table"),
+    ],
+)  # fmt: skip
+def test_sql_the_engine_cannot_run_is_refused_with_its_position(log: Log, select: str, problem: str) -> None:
+    with pytest.raises(InvalidSql, match=problem) as caught:
+        Job(log, READINGS + select)
+    assert caught.value.line >= READINGS.count("\n") + 1
+
+
+def test_insert_into_checks_the_sinks_columns(log: Log) -> None:
+    sink = "CREATE TABLE out (sensor STRING, n BIGINT, `time` TIMESTAMP_LTZ(3) METADATA) WITH ('topic' = 'out');"
+    with pytest.raises(InvalidSql, match="the query gives 1 columns, the table takes 3"):
+        Job(log, READINGS + sink + "INSERT INTO out SELECT sensor FROM readings")
+    with pytest.raises(InvalidSql, match="metadata 'time' of column time is read-only"):
+        Job(log, READINGS + sink + "INSERT INTO out SELECT sensor, level, ts FROM readings")
+    with pytest.raises(InvalidSql, match="run the script as a job"):
+        next(Job(log, READINGS + sink.replace(", `time` TIMESTAMP_LTZ(3) METADATA", "")
+                 + "INSERT INTO out SELECT sensor, level FROM readings").query())  # fmt: skip

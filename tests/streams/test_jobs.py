@@ -1,0 +1,272 @@
+"""Continuous jobs on a real SQLite file: results appended once with their checkpoint, resumed
+after a stop or a kill -9, a second run fencing out the first, idle partitions, the CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from inmotion.clock import FakeClock
+from inmotion.errors import InvalidConfig
+from inmotion.events import Event
+from inmotion.log import Log, Message, TopicConfig, connect
+from inmotion.streams.checkpoints import JobTakenOver, open_checkpoints
+from inmotion.streams.job import Job, job_results
+from inmotion.testing import wait_until
+from tests.test_cli import INMOTION
+
+T0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+SCRIPT = """
+CREATE TABLE readings (sensor STRING, temp DOUBLE, ts TIMESTAMP_LTZ(3),
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH ('topic' = 'readings');
+CREATE TABLE averages (window_start TIMESTAMP_LTZ(3), sensor STRING, avg_temp DOUBLE, n BIGINT,
+  k STRING METADATA FROM 'key') WITH ('topic' = 'averages');
+INSERT INTO averages
+SELECT window_start, sensor, AVG(temp), COUNT(*), sensor
+FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+GROUP BY window_start, window_end, sensor;
+"""
+WINDOWS = (
+    SCRIPT.split("INSERT INTO averages")[0].split("CREATE TABLE averages")[0] + SCRIPT.split("INSERT INTO averages")[1]
+)
+
+
+def readings(first: int, count: int, sensors: int = 4) -> list[Event]:
+    """One reading every 10 ms, sensors in turn."""
+    return [
+        Event(
+            type="reading",
+            source="/sensors",
+            id=f"r{i}",
+            data={
+                "sensor": f"s{i % sensors}",
+                "temp": float(i % 13),
+                "ts": (T0 + timedelta(milliseconds=10 * i)).isoformat(),
+            },
+            extensions={"partitionkey": f"s{i % sensors}"},
+        )
+        for i in range(first, first + count)
+    ]
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[Log]:
+    with connect(f"sqlite:///{tmp_path}/jobs.db") as log:
+        log.create_topic("readings")
+        yield log
+
+
+def sink(log: Log, topic: str = "averages") -> list[tuple[str, dict[str, Any], bytes | None]]:
+    if topic not in log.list_topics():
+        return []
+    found = []
+    for partition in range(log.partition_count(topic)):
+        for record in log.read(topic, partition, 0, 100_000):
+            event = record.event()
+            found.append((event.id, event.data, record.key))
+    return found
+
+
+def expected(log: Log, closed_before_ms: int) -> dict[tuple[str, str], tuple[float, int]]:
+    """What a bounded run over the same events gives, for the windows a watermark at
+    `closed_before_ms` has closed."""
+    found = {}
+    for _, table in Job(log, WINDOWS).query():
+        for row in job_results(table):
+            end = row["window_start"] + timedelta(seconds=1)
+            if (end - T0) / timedelta(milliseconds=1) - 1 <= closed_before_ms:
+                found[(row["window_start"].isoformat(), row["sensor"])] = (row["EXPR$2"], row["EXPR$3"])
+    return found
+
+
+def results(found: list[tuple[str, dict[str, Any], bytes | None]]) -> dict[tuple[str, str], tuple[float, int]]:
+    by_window = {}
+    for _, data, key in found:
+        assert key == data["sensor"].encode()
+        start = datetime.fromisoformat(data["window_start"]).isoformat()
+        by_window[(start, data["sensor"])] = (data["avg_temp"], data["n"])
+    return by_window
+
+
+def start(job: Job) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+    stop, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            job.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, stop, errors
+
+
+def test_a_job_appends_each_result_once_and_resumes_from_its_checkpoint(log: Log) -> None:
+    log.append_events("readings", readings(0, 500))  # up to 4.99 s: the watermark 3.99 s closes 3 windows
+    thread, stop, errors = start(Job(log, SCRIPT, name="averages"))
+    wait_until(lambda: len(sink(log)) == 3 * 4, what="the closed windows' results")
+    stop.set()
+    thread.join()
+    assert not errors
+    log.append_events("readings", readings(500, 500))
+    thread, stop, errors = start(Job(log, SCRIPT, name="averages"))
+    wait_until(lambda: len(sink(log)) == 8 * 4, what="the results after the restart")
+    stop.set()
+    thread.join()
+    assert not errors
+    found = sink(log)
+    assert len({event_id for event_id, _, _ in found}) == len(found)
+    assert results(found) == expected(log, closed_before_ms=9_990 - 1_000)
+    [info] = open_checkpoints(log).jobs()
+    assert (info.name, info.status, info.epoch) == ("averages", "stopped", 2)
+    assert info.positions == {"0": ("readings", {0: 1000})}
+
+
+def test_a_second_run_of_the_same_job_fences_out_the_first(log: Log) -> None:
+    log.append_events("readings", readings(0, 300))
+    first, first_stop, first_errors = start(Job(log, SCRIPT, name="averages"))
+    wait_until(lambda: len(sink(log)) == 1 * 4, what="the first run's results")
+    second, second_stop, second_errors = start(Job(log, SCRIPT, name="averages"))
+    log.append_events("readings", readings(300, 300))
+    first.join(timeout=30)
+    assert [type(e) for e in first_errors] == [JobTakenOver]
+    wait_until(lambda: len(sink(log)) == 4 * 4, what="the second run's results")
+    second_stop.set()
+    second.join()
+    assert not second_errors
+    assert results(sink(log)) == expected(log, closed_before_ms=5_990 - 1_000)
+    assert len(sink(log)) == 4 * 4
+    first_stop.set()
+
+
+def test_a_job_refuses_other_sql_under_its_name_until_reset(log: Log) -> None:
+    log.append_events("readings", readings(0, 250))
+    thread, stop, _ = start(Job(log, SCRIPT, name="averages"))
+    wait_until(lambda: len(sink(log)) == 4, what="the first window's results")
+    stop.set()
+    thread.join()
+    changed = SCRIPT.replace("INTERVAL '1' SECOND))", "INTERVAL '2' SECOND))")
+    with pytest.raises(InvalidConfig, match="job averages ran other SQL before"):
+        Job(log, changed, name="averages").run(threading.Event())
+    assert open_checkpoints(log).reset("averages")
+    assert not open_checkpoints(log).reset("averages")
+    stop = threading.Event()
+    stop.set()
+    Job(log, changed, name="averages").run(stop)  # from the start: the first checkpoint
+    assert [j.status for j in open_checkpoints(log).jobs()] == ["stopped"]
+
+
+def test_an_idle_partition_stops_holding_the_watermark_after_the_idle_timeout(tmp_path: Path) -> None:
+    with connect(f"sqlite:///{tmp_path}/idle.db") as log:
+        log.create_topic("readings", TopicConfig(partitions=2))
+        events = readings(0, 300, sensors=1)
+        log.append("readings", [msgspec.structs.replace(Message.from_event(e), partition=0) for e in events])
+        clock = FakeClock(autojump=False)
+        job = Job(log, SCRIPT, name="idle", clock=clock, idle_timeout=5.0)
+        thread, stop, errors = start(job)
+        wait_until(lambda: job.pipelines[0].progress.read == 300, what="the readings read")
+        assert sink(log) == []  # partition 1 has not been heard from: no watermark
+        clock.advance(5.0)
+        wait_until(lambda: len(sink(log)) == 1, what="windows fired once partition 1 is idle")
+        stop.set()
+        thread.join()
+        assert not errors
+        assert [data["window_start"] for _, data, _ in sink(log)] == ["2026-12-04T10:00:00Z"]
+
+
+# --- the command ------------------------------------------------------------------------------
+def cli(broker: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([INMOTION, *args, "--broker", broker], capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"inmotion {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def test_sql_query_prints_a_table_or_json_lines(log: Log, tmp_path: Path) -> None:
+    log.append_events("readings", readings(0, 250, sensors=2))
+    broker = log.url
+    query = WINDOWS.replace("AVG(temp), COUNT(*)", "AVG(temp) AS mean, COUNT(*) AS n")
+    lines = cli(broker, "sql", "query", query, "--json").stdout.splitlines()
+    first = json.loads(lines[0])
+    assert first == {"window_start": "2026-12-04T10:00:00.000Z", "sensor": "s0", "mean": 5.84, "n": 50, "sensor0": "s0"}
+    assert len(lines) == 3 * 2
+    script = tmp_path / "windows.sql"
+    script.write_text(query)
+    table = cli(broker, "sql", "query", str(script)).stdout
+    assert "window_start" in table
+    assert "2026-12-04T10:00:02.000Z" in table
+
+
+def test_sql_commands_fail_with_one_clear_line(log: Log, tmp_path: Path) -> None:
+    broker = log.url
+    bad = cli(broker, "sql", "query", WINDOWS.replace("GROUP BY window_start, ", "GROUP BY "), check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: GROUP BY without window_start and window_end")
+    assert "at line 7, column 10" in bad.stderr
+    assert len(bad.stderr.splitlines()) == 1
+    unread = cli(
+        broker, "sql", "query", "CREATE TABLE t (a INT) WITH ('topic' = 'missing'); SELECT a FROM t", check=False
+    )
+    assert unread.returncode == 1
+    assert "unknown topic 'missing'" in unread.stderr
+    assert cli(broker, "sql", "reset", "nothing", check=False).stderr == "error: no SQL job nothing\n"
+    nameless = cli(broker, "sql", "run", SCRIPT, check=False)
+    assert nameless.returncode == 2
+    assert "--name" in nameless.stderr
+    explained = cli(broker, "sql", "explain", SCRIPT).stdout
+    assert "window TUMBLE(ts, size 1000 ms)" in explained
+    assert "insert into averages (topic averages)" in explained
+
+
+@pytest.mark.slow
+def test_a_job_killed_with_sigkill_resumes_with_every_result_once(log: Log, tmp_path: Path) -> None:
+    script = tmp_path / "averages.sql"
+    script.write_text(SCRIPT)
+    broker = log.url
+
+    output = tmp_path / "job.log"
+
+    def run_job() -> subprocess.Popen[bytes]:
+        with output.open("ab") as sink_file:
+            return subprocess.Popen(
+                [INMOTION, "sql", "run", str(script), "--broker", broker, "--interval", "0.05"],
+                stdout=subprocess.DEVNULL,
+                stderr=sink_file,
+            )
+
+    job = run_job()
+    produced = 0
+    try:
+        while produced < 20_000:
+            log.append_events("readings", readings(produced, 500))
+            produced += 500
+            if produced == 10_000:
+                wait_until(lambda: len(sink(log)) > 0, what="the job's first results")
+                job.kill()  # SIGKILL, mid-stream
+                job.wait()
+                job = run_job()
+        closed = 10 * (produced - 1) - 1_000
+        want = expected(log, closed_before_ms=closed)
+        wait_until(lambda: len(sink(log)) >= len(want), limit=60, what="every closed window's result")
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(timeout=30) == 0, output.read_text()
+    finally:
+        if job.poll() is None:
+            job.kill()
+    found = sink(log)
+    assert len({event_id for event_id, _, _ in found}) == len(found)
+    assert len(found) == len(want)
+    assert results(found) == want
+    jobs = json.loads(cli(broker, "sql", "jobs", "--json").stdout)
+    assert (jobs["job"], jobs["status"], jobs["lag"], jobs["late"]) == ("averages", "stopped", 0, 0)
+    assert jobs["read"] >= 20_000
