@@ -244,8 +244,37 @@ def reset(
     typer.echo(f"job {job} reset")
 
 
+def nexmark(
+    events: Annotated[int, typer.Option("--events", "-n", help="How many events (persons, auctions, bids).")] = 100_000,
+    seed: Annotated[int, typer.Option("--seed", help="The same seed gives the same events.")] = 0,
+    rate: Annotated[int, typer.Option("--rate", help="Events per second of event time.")] = 10_000,
+    ddl: Annotated[bool, typer.Option("--ddl", help="Only print the tables' CREATE TABLEs and the queries.")] = False,
+    broker: BrokerOption = None,
+) -> None:
+    """Generate Nexmark's persons, auctions and bids into the topics persons, auctions, bids
+    (seeded: the same on every machine), then print the tables' DDL and the queries to run."""
+    from inmotion.streams import nexmark as model
+
+    if not ddl:
+        if events < 1 or rate < 1:
+            fail("--events and --rate must be positive", code=2)
+        log = open_log(broker)
+        console = Console(stderr=True)
+        try:
+            with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+                task = bar.add_task("generating", total=events)
+                model.write(log, events, seed=seed, rate=rate, progress=lambda done: bar.update(task, completed=done))
+        finally:
+            log.close()
+        typer.echo(f"appended {events} events to {', '.join(model.TOPICS)}", err=True)
+    typer.echo(model.DDL.strip())
+    for name, text in model.QUERIES.items():
+        typer.echo(f"-- {name}\n{text};")
+
+
 sql_app.command("query")(query)
 sql_app.command("run")(run)
 sql_app.command("explain")(explain)
 sql_app.command("jobs")(jobs)
 sql_app.command("reset")(reset)
+sql_app.command("nexmark")(nexmark)

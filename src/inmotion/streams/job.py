@@ -146,7 +146,7 @@ class Pipeline:
         if late_rows:
             self.progress.late += late_rows
             batch = batch.filter(pc.invert(dropped))
-        self.state.add(assign(plan.window, batch, batch.schema.field(plan.window.column).type))
+        self.state.add(batch)
 
     def row_watermarks(self, partition: int, batch: pa.Table, now: float) -> Any:
         """The watermark each row meets (NULL: none yet), and the partition's newest event
@@ -181,10 +181,11 @@ class Pipeline:
             watermark = self.watermark(now)
         if watermark is None or (self.progress.watermark is not None and watermark <= self.progress.watermark):
             return
+        previous = self.progress.watermark
         if watermark != FINAL:
             self.progress.watermark = watermark
         if self.state is not None:
-            fired = self.state.fire(watermark)
+            fired = self.state.fire(watermark, previous)
             if fired is not None:
                 plan = self.plan
                 if plan.having is not None:
@@ -223,6 +224,10 @@ class Pipeline:
             self.results.append(
                 pa.table([as_array(o.value(rows), rows.num_rows) for o in outputs], names=[o.name for o in outputs])
             )
+
+    def changed(self) -> bool:
+        """Window state changed without reads (windows fired, their results filtered out)."""
+        return self.state is not None and self.state.fired
 
     def take_results(self) -> pa.Table | None:
         if not self.results:
@@ -303,7 +308,7 @@ class Job:
         checkpoint = checkpoints.claim(self.name, script, owner)
         self._restore(checkpoint)
         epoch = checkpoint.epoch
-        last = self.clock.time()
+        last, unsaved = self.clock.time(), 0
         try:
             while not stop.is_set():
                 now = self.clock.time()
@@ -311,9 +316,13 @@ class Job:
                 for pipeline in self.pipelines:
                     read += pipeline.poll(self.log, now)
                     pipeline.advance(now)
-                if not read or now - last >= self.interval:
+                unsaved += read
+                # results wait for nothing; offsets and state, for a lull or the interval
+                if any(p.results or p.changed() for p in self.pipelines) or (
+                    unsaved and (not read or now - last >= self.interval)
+                ):
                     self._checkpoint(checkpoints, epoch, results)
-                    last = now
+                    last, unsaved = now, 0
                 if not read:
                     self._wait(stop)
             self._checkpoint(checkpoints, epoch, results)

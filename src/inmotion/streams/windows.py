@@ -8,7 +8,8 @@ checkpoint are what the checkpoint writes (incremental), each under a key of its
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import msgspec
@@ -79,24 +80,32 @@ def late(window: Window, batch: pa.Table, watermarks: Any) -> Any:
 
 
 class WindowState:
-    """The window aggregation's state: per window end, per (window start, key...), the
-    aggregates' partial values."""
+    """The window aggregation's state, in slices (as Flink's slicing window operators): per
+    slice end, per key, the aggregates' partial values. A slice is `Window.slice` long; a
+    window is the slices it spans, merged when it fires, so a row is aggregated once however
+    many HOP or CUMULATE windows it falls in. A slice is dropped once the last window that
+    spans it has fired."""
 
     def __init__(self, plan: Plan, time_type: pa.DataType) -> None:
+        assert plan.window is not None
         self.plan = plan
+        self.window: Window = plan.window
         self.time_type = time_type
-        self.windows: dict[int, dict[tuple[Any, ...], list[Any]]] = {}
+        self.slices: dict[int, dict[tuple[Any, ...], list[Any]]] = {}
         self._changed: set[tuple[int, tuple[Any, ...]]] = set()
+        self.fired = False
+        """Windows fired since the last checkpoint: their entries are to be deleted."""
         self._slots = [_slots(a, i) for i, a in enumerate(plan.aggregates)]
+        self._kinds = [spec[1] for slots in self._slots for spec in slots]
 
     def add(self, rows: pa.Table) -> None:
-        """Merge rows already assigned to windows (see `assign`)."""
+        """Merge rows (with their event times) into their slices."""
+        window = self.window
+        times = event_times(rows, window.column)
         if not rows.num_rows:
             return
-        columns = {
-            "start": pc.cast(rows.column("window_start"), _INT64),
-            "end": pc.cast(rows.column("window_end"), _INT64),
-        }
+        length = window.slice
+        columns = {"end": pc.add(floor_to(pc.subtract(times, window.offset), length), window.offset + length)}
         keys = [f"k{i}" for i in range(len(self.plan.keys))]
         for name, output in zip(keys, self.plan.keys, strict=True):
             columns[name] = _column(output.value(rows), rows.num_rows)
@@ -105,51 +114,76 @@ class WindowState:
             if aggregate.argument is not None:
                 columns[f"a{i}"] = _column(aggregate.argument(rows), rows.num_rows)
             specs.extend(spec for spec in self._slots[i] if spec not in specs)
-        partial = pa.table(columns).group_by(["end", "start", *keys], use_threads=False).aggregate(specs)
-        names = [_output(spec) for slots in self._slots for spec in slots]
-        values = [partial.column(name).to_pylist() for name in names]
-        kinds = [spec[1] for slots in self._slots for spec in slots]
+        partial = pa.table(columns).group_by(["end", *keys], use_threads=False).aggregate(specs)
+        values = [partial.column(_output(spec)).to_pylist() for slots in self._slots for spec in slots]
         groups = zip(
             partial.column("end").to_pylist(),
-            zip(*(partial.column(name).to_pylist() for name in ["start", *keys]), strict=True),
-            zip(*values, strict=True) if values else ([] for _ in range(partial.num_rows)),
-            strict=True,
+            zip(*(partial.column(name).to_pylist() for name in keys), strict=True) if keys else repeat(()),
+            zip(*values, strict=True) if values else repeat(()),
+            strict=False,  # repeat() is endless: the columns' lengths are Arrow's to keep equal
         )
         for end, key, partials in groups:
-            window = self.windows.setdefault(end, {})
-            current = window.get(key)
-            window[key] = (
-                list(partials)
-                if current is None
-                else [_merge(k, a, b) for k, a, b in zip(kinds, current, partials, strict=True)]
-            )
+            found = self.slices.setdefault(end, {})
+            current = found.get(key)
+            found[key] = list(partials) if current is None else self._merge(current, partials)
             self._changed.add((end, key))
 
-    def fire(self, watermark: int) -> pa.Table | None:
-        """The groups of every window whose end the watermark passed, as a table of
-        window_start, window_end, window_time, the keys and the aggregates (or None: none)."""
-        ends = sorted(end for end in self.windows if end - 1 <= watermark)
-        if not ends:
-            return None
-        rows: list[tuple[int, tuple[Any, ...], list[Any]]] = []
-        for end in ends:
-            for key, partials in self.windows.pop(end).items():
-                rows.append((end, key, partials))
-                self._changed.add((end, key))
-        return self._table(rows)
+    def _merge(self, current: list[Any], partials: Sequence[Any]) -> list[Any]:
+        return [_merge(kind, a, b) for kind, a, b in zip(self._kinds, current, partials, strict=True)]
 
-    def _table(self, rows: list[tuple[int, tuple[Any, ...], list[Any]]]) -> pa.Table:
-        ends = pa.array([end for end, _, _ in rows], _INT64)
+    def fire(self, watermark: int, previous: int | None) -> pa.Table | None:
+        """The groups of the windows whose end the watermark has passed since `previous`, as a
+        table of window_start, window_end, window_time, the keys and the aggregates (None: no
+        window). Slices no later window spans are dropped."""
+        ends = {
+            end
+            for slice_end in self.slices
+            for end in self._windows_of(slice_end)
+            if end - 1 <= watermark and (previous is None or end - 1 > previous)
+        }
+        rows: list[tuple[int, int, tuple[Any, ...], list[Any]]] = []
+        for end in sorted(ends):
+            start = self._start(end)
+            merged: dict[tuple[Any, ...], list[Any]] = {}
+            for slice_end in range(start + self.window.slice, end + 1, self.window.slice):
+                for key, partials in self.slices.get(slice_end, {}).items():
+                    current = merged.get(key)
+                    merged[key] = list(partials) if current is None else self._merge(current, partials)
+            rows.extend((start, end, key, partials) for key, partials in merged.items())
+        for slice_end in [e for e in self.slices if max(self._windows_of(e)) - 1 <= watermark]:
+            self._changed.update((slice_end, key) for key in self.slices.pop(slice_end))
+            self.fired = True
+        return self._table(rows) if rows else None
+
+    def _windows_of(self, slice_end: int) -> list[int]:
+        """The ends of the windows that span the slice ending at `slice_end`."""
+        window = self.window
+        if window.kind == "TUMBLE":
+            return [slice_end]
+        if window.kind == "HOP":  # windows end every `step`; one spans the slice if it starts at or before it
+            first = slice_end + (-(slice_end - window.offset)) % window.step
+            return list(range(first, slice_end - window.slice + window.size + 1, window.step))
+        start = floor_to_int(slice_end - window.slice, window.size)  # CUMULATE: within its largest window
+        return list(range(slice_end, start + window.size + 1, window.step))
+
+    def _start(self, end: int) -> int:
+        window = self.window
+        if window.kind == "CUMULATE":
+            return floor_to_int(end - 1, window.size)
+        return end - window.size
+
+    def _table(self, rows: list[tuple[int, int, tuple[Any, ...], list[Any]]]) -> pa.Table:
+        ends = pa.array([end for _, end, _, _ in rows], _INT64)
         columns: dict[str, Any] = {
-            "window_start": pc.cast(pa.array([key[0] for _, key, _ in rows], _INT64), self.time_type),
+            "window_start": pc.cast(pa.array([start for start, _, _, _ in rows], _INT64), self.time_type),
             "window_end": pc.cast(ends, self.time_type),
             "window_time": pc.cast(pc.subtract(ends, 1), self.time_type),
         }
-        for i, key in enumerate(self.plan.keys, 1):
-            columns[key.name] = pa.array([k[i] for _, k, _ in rows])
+        for i, key in enumerate(self.plan.keys):
+            columns[key.name] = pa.array([k[i] for _, _, k, _ in rows])
         slot = 0
         for aggregate, slots in zip(self.plan.aggregates, self._slots, strict=True):
-            parts = [partials[slot : slot + len(slots)] for _, _, partials in rows]
+            parts = [partials[slot : slot + len(slots)] for _, _, _, partials in rows]
             columns[aggregate.column] = pa.array([_final(aggregate, part) for part in parts])
             slot += len(slots)
         return pa.table(columns)
@@ -159,25 +193,25 @@ class WindowState:
         """The entries changed since the last call: their new value, None for those gone."""
         changed = {}
         for end, key in self._changed:
-            partials = self.windows.get(end, {}).get(key)
+            partials = self.slices.get(end, {}).get(key)
             changed[_encoder.encode([end, *key])] = None if partials is None else _encoder.encode(partials)
         self._changed.clear()
+        self.fired = False
         return changed
 
     def restore(self, entries: Mapping[bytes, bytes]) -> None:
-        self.windows.clear()
+        self.slices.clear()
         self._changed.clear()
         for raw_key, raw_value in entries.items():
             end, *key = _decoder.decode(raw_key)
-            self.windows.setdefault(end, {})[tuple(key)] = _decoder.decode(raw_value)
+            self.slices.setdefault(end, {})[tuple(key)] = _decoder.decode(raw_value)
 
     def __len__(self) -> int:
-        return sum(len(groups) for groups in self.windows.values())
+        return sum(len(groups) for groups in self.slices.values())
 
-    def entries(self) -> Iterator[tuple[int, tuple[Any, ...]]]:
-        for end, groups in self.windows.items():
-            for key in groups:
-                yield end, key
+
+def floor_to_int(value: int, unit: int) -> int:
+    return value - value % unit
 
 
 def _slots(aggregate: Aggregate, index: int) -> list[tuple[Any, str]]:

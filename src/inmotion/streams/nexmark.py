@@ -1,0 +1,167 @@
+"""Nexmark: the online-auction benchmark of streaming systems (persons, auctions, bids), as
+CloudEvents in three topics, and its queries in Flink SQL.
+
+The generator follows the published model: of every 50 events one is a new person, 3 are new
+auctions and 46 are bids; bids go mostly to recent ("hot") auctions and bidders; event times
+grow by a fixed gap (`rate` events per second of event time). It is seeded, so a given
+(events, seed) gives the same events on every machine: the engines can be compared on them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from inmotion.events import Event
+from inmotion.log import Log, Message, TopicConfig
+
+TOPICS = ("persons", "auctions", "bids")
+START = datetime(2026, 1, 1, tzinfo=UTC)
+_PER_50 = (1, 3, 46)  # persons, auctions, bids in every 50 events
+_HOT_RATIO = 100  # one bid in 100 goes anywhere, the others to the newest ("hot") auctions
+_CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
+_STATES = ("AZ", "CA", "ID", "OR", "WA", "WY")
+_CITIES = ("Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend", "Redmond", "Seattle", "Kent")
+_NAMES = ("Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter")
+_SURNAMES = ("Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris")
+
+DDL = """
+CREATE TABLE person (
+  id BIGINT, name STRING, emailAddress STRING, creditCard STRING, city STRING, state STRING,
+  dateTime TIMESTAMP_LTZ(3), extra STRING,
+  WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND
+) WITH ('topic' = 'persons');
+CREATE TABLE auction (
+  id BIGINT, itemName STRING, description STRING, initialBid BIGINT, reserve BIGINT,
+  dateTime TIMESTAMP_LTZ(3), expires TIMESTAMP_LTZ(3), seller BIGINT, category BIGINT, extra STRING,
+  WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND
+) WITH ('topic' = 'auctions');
+CREATE TABLE bid (
+  auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING,
+  dateTime TIMESTAMP_LTZ(3), extra STRING,
+  WATERMARK FOR dateTime AS dateTime - INTERVAL '4' SECOND
+) WITH ('topic' = 'bids');
+"""
+"""The tables over the generator's topics (as Flink's Nexmark declares them)."""
+
+QUERIES = {
+    "q0": "SELECT auction, bidder, price, dateTime, extra FROM bid",
+    "q1": "SELECT auction, bidder, 0.908 * price AS price, dateTime, extra FROM bid",
+    "q2": "SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0",
+    "q5-counts": (
+        "SELECT auction, COUNT(*) AS num, window_start AS starttime, window_end AS endtime"
+        " FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND))"
+        " GROUP BY auction, window_start, window_end"
+    ),
+}
+"""The Nexmark queries the embedded engine runs (q5-counts is q5's inner aggregation: bids per
+auction per sliding window); the others need joins, Top-N or session windows, still to come."""
+
+
+def events(count: int, *, seed: int = 0, rate: int = 10_000, start: datetime = START) -> Iterator[tuple[str, Event]]:
+    """`count` events, (topic, event), in event-time order."""
+    rng = random.Random(seed)
+    gap = timedelta(seconds=1) / rate
+    persons = auctions = 0
+    for n in range(count):
+        at = start + n * gap
+        kind = n % 50
+        if kind < _PER_50[0]:
+            persons += 1
+            yield "persons", _event("person", n, at, _person(rng, 1000 + persons - 1, at))
+        elif kind < _PER_50[0] + _PER_50[1]:
+            auctions += 1
+            seller = _recent(rng, 1000, persons)
+            yield "auctions", _event("auction", n, at, _auction(rng, 1000 + auctions - 1, seller, at))
+        else:
+            hot = rng.randrange(_HOT_RATIO) > 0
+            auction = _recent(rng, 1000, auctions) if hot else 1000 + rng.randrange(max(auctions, 1))
+            bidder = _recent(rng, 1000, persons)
+            yield "bids", _event("bid", n, at, _bid(rng, auction, bidder, at))
+
+
+def write(
+    log: Log, count: int, *, seed: int = 0, rate: int = 10_000, progress: Callable[[int], None] | None = None
+) -> None:
+    """Append `count` events to the Nexmark topics (created if missing), 10,000 at a time;
+    `progress(done)` hears after each batch."""
+    for topic in TOPICS:
+        if topic not in log.list_topics():
+            log.create_topic(topic, TopicConfig())
+    batch: dict[str, list[Message]] = {topic: [] for topic in TOPICS}
+    for done, (topic, event) in enumerate(events(count, seed=seed, rate=rate), 1):
+        batch[topic].append(Message.from_event(event))
+        if done % 10_000 == 0 or done == count:
+            for name, messages in batch.items():
+                if messages:
+                    log.append(name, messages)
+                    messages.clear()
+            if progress is not None:
+                progress(done)
+
+
+def _event(kind: str, n: int, at: datetime, data: dict[str, Any]) -> Event:
+    return Event(type=f"nexmark.{kind}", source="/nexmark", id=str(n), time=at, data=data)
+
+
+def _recent(rng: random.Random, first: int, made: int) -> int:
+    """One of the newest ids (of `made`, numbered from `first`), or the first if none yet."""
+    if made == 0:
+        return first
+    return first + max(0, made - 1 - rng.randrange(min(made, 10)))
+
+
+def _text(rng: random.Random, length: int) -> str:
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(length))
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _person(rng: random.Random, person: int, at: datetime) -> dict[str, Any]:
+    name = f"{rng.choice(_NAMES)} {rng.choice(_SURNAMES)}"
+    return {
+        "id": person,
+        "name": name,
+        "emailAddress": f"{_text(rng, 7).replace(' ', 'x')}@{_text(rng, 5).replace(' ', 'x')}.com",
+        "creditCard": " ".join(f"{rng.randrange(10000):04d}" for _ in range(4)),
+        "city": rng.choice(_CITIES),
+        "state": rng.choice(_STATES),
+        "dateTime": _iso(at),
+        "extra": _text(rng, 20),
+    }
+
+
+def _auction(rng: random.Random, auction: int, seller: int, at: datetime) -> dict[str, Any]:
+    initial = _price(rng)
+    return {
+        "id": auction,
+        "itemName": _text(rng, 12),
+        "description": _text(rng, 40),
+        "initialBid": initial,
+        "reserve": initial + _price(rng),
+        "dateTime": _iso(at),
+        "expires": _iso(at + timedelta(seconds=rng.randrange(10, 60))),
+        "seller": seller,
+        "category": 10 + rng.randrange(5),
+        "extra": _text(rng, 20),
+    }
+
+
+def _bid(rng: random.Random, auction: int, bidder: int, at: datetime) -> dict[str, Any]:
+    channel = rng.choice(_CHANNELS)
+    return {
+        "auction": auction,
+        "bidder": bidder,
+        "price": _price(rng),
+        "channel": channel,
+        "url": f"https://www.nexmark.com/{_text(rng, 5).replace(' ', '_')}/item.htm?id={rng.randrange(1 << 20)}",
+        "dateTime": _iso(at),
+        "extra": _text(rng, 20),
+    }
+
+
+def _price(rng: random.Random) -> int:
+    return round(10 ** (rng.random() * 6) * 100)
