@@ -51,7 +51,7 @@ def rows(log: Log, select: str) -> list[dict[str, Any]]:
 
 
 def ms(value: datetime) -> int:
-    return int((value - T0).total_seconds() * 1000)
+    return (value - T0) // timedelta(milliseconds=1)
 
 
 def test_projection_and_filter_follow_flinks_semantics(log: Log) -> None:
@@ -216,7 +216,9 @@ def test_malformed_events_are_left_out_and_counted(log: Log) -> None:
         ("SELECT window_start, temp FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
          " GROUP BY window_start, window_end", "column temp is neither in GROUP BY nor inside an aggregate"),
         ("SELECT * FROM TABLE(SESSION(TABLE readings PARTITION BY sensor, DESCRIPTOR(ts), INTERVAL '1' SECOND))",
-         "SESSION windows are not supported"),
+         "SESSION windows run in window aggregations"),
+        ("SELECT COUNT(*) FROM TABLE(SESSION(TABLE readings PARTITION BY sensor, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+         " GROUP BY window_start, window_end", "groups by window_start, window_end and SESSION's PARTITION BY"),
         ("SELECT * FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(sensor), INTERVAL '1' SECOND))",
          "sensor is not readings's watermarked column"),
         ("SELECT * FROM TABLE(HOP(TABLE readings, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '3' SECOND))",
@@ -241,3 +243,120 @@ def test_insert_into_checks_the_sinks_columns(log: Log) -> None:
     with pytest.raises(InvalidSql, match="run the script as a job"):
         next(Job(log, READINGS + sink.replace(", `time` TIMESTAMP_LTZ(3) METADATA", "")
                  + "INSERT INTO out SELECT sensor, level FROM readings").query())  # fmt: skip
+
+
+def test_a_window_top_n_keeps_the_first_rows_of_each_window(log: Log) -> None:
+    levels: dict[str, list[int | None]] = {"a": [5, 1], "b": [7], "c": [2, 2], "d": [None]}
+    log.append_events(
+        "readings", [reading(i, sensor, level=level) for i, (sensor, ls) in enumerate(levels.items()) for level in ls]
+    )
+    log.append_events("readings", [reading(1_500, "a", level=1), reading(1_600, "b", level=1)])
+    found = rows(
+        log,
+        "SELECT window_start, sensor, total, rownum FROM ("
+        "  SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY total DESC) AS rownum"
+        "  FROM (SELECT window_start, window_end, sensor, SUM(level) AS total"
+        "        FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+        "        GROUP BY window_start, window_end, sensor)"
+        ") WHERE rownum <= 2",
+    )
+    second = T0 + timedelta(seconds=1)
+    assert found == [
+        {"window_start": T0, "sensor": "b", "total": 7, "rownum": 1},
+        {"window_start": T0, "sensor": "a", "total": 6, "rownum": 2},
+        {"window_start": second, "sensor": "a", "total": 1, "rownum": 1},
+        {"window_start": second, "sensor": "b", "total": 1, "rownum": 2},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ranking", "problem"),
+    [
+        ("SELECT *, ROW_NUMBER() OVER (PARTITION BY sensor ORDER BY ts) AS n FROM readings",
+         "over a window aggregation"),
+        (WINDOWED := "SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY total) AS n FROM"
+         " (SELECT window_start, window_end, sensor, SUM(level) AS total FROM TABLE(TUMBLE(TABLE readings,"
+         " DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY window_start, window_end, sensor)", None),
+        (WINDOWED.replace("PARTITION BY window_start, window_end", "PARTITION BY sensor"),
+         "partitions by window_start"),
+        (WINDOWED.replace("ORDER BY total", "ORDER BY level"), "ranks by columns of its subquery"),
+    ],
+)  # fmt: skip
+def test_top_n_shapes_the_engine_does_not_run_are_refused(log: Log, ranking: str, problem: str | None) -> None:
+    if problem is not None:
+        with pytest.raises(InvalidSql, match=problem):
+            Job(log, READINGS + f"SELECT * FROM ({ranking}) WHERE n <= 3")
+        return
+    Job(log, READINGS + f"SELECT * FROM ({ranking}) WHERE n < 4")
+    for outside in ("", " WHERE n > 3", " WHERE n = 2", " WHERE n <= 3 GROUP BY sensor"):
+        with pytest.raises(InvalidSql, match=r"keeps WHERE n <= N|unsupported GROUP around a Top-N"):
+            Job(log, READINGS + f"SELECT * FROM ({ranking}){outside}")
+
+
+def test_session_windows_close_when_a_key_is_silent_for_the_gap(log: Log) -> None:
+    # a: 0, 400, 900 (one session, merged) then 5000; b: 100, then 2500 (the gap is 1 s)
+    times = [(0, "a"), (100, "b"), (400, "a"), (900, "a"), (2_500, "b"), (5_000, "a"), (9_000, "c")]
+    log.append_events("readings", [reading(ms, sensor, level=ms) for ms, sensor in times])
+    found = rows(
+        log,
+        "SELECT sensor, window_start, window_end, COUNT(*) AS n, MAX(level) AS last"
+        " FROM TABLE(SESSION(TABLE readings PARTITION BY sensor, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+        " GROUP BY window_start, window_end, sensor",
+    )
+    got = [(r["sensor"], ms(r["window_start"]), ms(r["window_end"]), r["n"], r["last"]) for r in found]
+    assert sorted(got) == [
+        ("a", 0, 1_900, 3, 900),
+        ("a", 5_000, 6_000, 1, 5_000),
+        ("b", 100, 1_100, 1, 100),
+        ("b", 2_500, 3_500, 1, 2_500),
+        ("c", 9_000, 10_000, 1, 9_000),
+    ]
+
+
+def test_a_row_that_bridges_two_sessions_merges_them_and_late_rows_join_open_sessions(log: Log) -> None:
+    log.append_events("readings", [reading(0), reading(1_500), reading(800), reading(9_000, "b")])
+    # 800 bridges [0, 1000) and [1500, 2500); by 9000 (watermark 8000) they fired: 3000 is late
+    log.append_events("readings", [reading(3_000), reading(8_500, "b")])
+    job = Job(
+        log,
+        READINGS + "SELECT sensor, window_start, window_end, COUNT(*) AS n FROM TABLE(SESSION(TABLE readings"
+        " PARTITION BY sensor, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY window_start, window_end, sensor",
+    )
+    found = [
+        (r["sensor"], ms(r["window_start"]), ms(r["window_end"]), r["n"])
+        for _, t in job.query()
+        for r in job_results(t)
+    ]
+    assert sorted(found) == [("b", 8_500, 10_000, 2), ("s1", 0, 2_500, 3)]  # 8500 joined b's open session
+    assert job.pipelines[0].progress.late == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.integers(0, 1500), st.sampled_from("ab")), max_size=40),
+    gap=st.sampled_from([500, 1000]),
+)
+def test_sessions_match_a_reference(steps: list[tuple[int, str]], gap: int) -> None:
+    times, t = [], 0
+    for step, sensor in steps:
+        t += step
+        times.append((t, sensor))
+    want: list[tuple[str, int, int, int]] = []
+    for sensor in "ab":
+        session: list[int] = []
+        for at in [at for at, s in times if s == sensor] + [None]:
+            if session and (at is None or at >= session[-1] + gap):
+                want.append((sensor, session[0], session[-1] + gap, len(session)))
+                session = []
+            if at is not None:
+                session.append(at)
+    with connect("memory://") as log:
+        log.create_topic("readings")
+        log.append_events("readings", [reading(at, sensor) for at, sensor in times])
+        found = rows(
+            log,
+            f"SELECT sensor, window_start, window_end, COUNT(*) AS n FROM TABLE(SESSION(TABLE readings PARTITION BY"
+            f" sensor, DESCRIPTOR(ts), INTERVAL '{gap}' MILLISECOND)) GROUP BY window_start, window_end, sensor",
+        )
+    got = [(r["sensor"], ms(r["window_start"]), ms(r["window_end"]), r["n"]) for r in found]
+    assert sorted(got) == sorted(want)

@@ -35,9 +35,11 @@ from inmotion.log import Log, Message, Record
 from inmotion.streams.checkpoints import Checkpoint, Checkpoints, Source, open_checkpoints
 from inmotion.streams.decode import Decoder
 from inmotion.streams.expressions import ARROW_TYPES, as_array
-from inmotion.streams.plan import Plan, plans
+from inmotion.streams.plan import Output, Plan, plans
+from inmotion.streams.rank import top_n
+from inmotion.streams.sessions import SessionState
 from inmotion.streams.sql import Table, parse
-from inmotion.streams.windows import WindowState, assign, event_times, late
+from inmotion.streams.windows import WindowState, assign, event_times
 
 _logger = logging.getLogger("inmotion.streams")
 
@@ -75,7 +77,11 @@ class Pipeline:
         watermark = plan.source.watermark
         self.delay = watermark.delay_ms if watermark is not None else 0
         self.time_column = watermark.column if watermark is not None else None
-        self.state = WindowState(plan, self._time_type()) if plan.grouped else None
+        self.state: WindowState | SessionState | None = None
+        if plan.grouped:
+            assert plan.window is not None
+            state = SessionState if plan.window.kind == "SESSION" else WindowState
+            self.state = state(plan, self._time_type())
         self.offsets: dict[int, int] = {}
         self.ends: dict[int, int] | None = None
         """A bounded run's last offsets (exclusive) per partition."""
@@ -141,12 +147,7 @@ class Pipeline:
         if self.state is None:
             self.emit(assign(plan.window, batch, batch.schema.field(plan.window.column).type))
             return
-        dropped = late(plan.window, batch, marks)
-        late_rows = pc.sum(dropped).as_py() or 0
-        if late_rows:
-            self.progress.late += late_rows
-            batch = batch.filter(pc.invert(dropped))
-        self.state.add(batch)
+        self.progress.late += self.state.add(batch, marks)
 
     def row_watermarks(self, partition: int, batch: pa.Table, now: float) -> Any:
         """The watermark each row meets (NULL: none yet), and the partition's newest event
@@ -219,11 +220,12 @@ class Pipeline:
         return found
 
     def emit(self, rows: pa.Table) -> None:
-        if rows.num_rows:
-            outputs = self.plan.select
-            self.results.append(
-                pa.table([as_array(o.value(rows), rows.num_rows) for o in outputs], names=[o.name for o in outputs])
-            )
+        if not rows.num_rows:
+            return
+        results = _project(rows, self.plan.select)
+        if self.plan.rank is not None:
+            results = _project(top_n(results, self.plan.rank), self.plan.rank.outputs)
+        self.results.append(results)
 
     def changed(self) -> bool:
         """Window state changed without reads (windows fired, their results filtered out)."""
@@ -237,6 +239,10 @@ class Pipeline:
         table = pa.concat_tables(results, promote_options="permissive") if len(results) > 1 else results[0]
         self.progress.emitted += table.num_rows
         return table
+
+
+def _project(rows: pa.Table, outputs: Sequence[Output]) -> pa.Table:
+    return pa.table([as_array(o.value(rows), rows.num_rows) for o in outputs], names=[o.name for o in outputs])
 
 
 class Job:

@@ -24,7 +24,7 @@ from inmotion.streams.expressions import AGGREGATES, ARROW_TYPES, Compiled, comp
 from inmotion.streams.sql import Query, Statement, Table, interval_ms, where
 
 WINDOW_COLUMNS = ("window_start", "window_end", "window_time")
-WINDOW_FUNCTIONS = ("TUMBLE", "HOP", "CUMULATE")
+WINDOW_FUNCTIONS = ("TUMBLE", "HOP", "CUMULATE", "SESSION")
 WRITABLE = ("key", "type", "subject")
 """The metadata an INSERT INTO sets on the events it appends."""
 
@@ -32,13 +32,17 @@ WRITABLE = ("key", "type", "subject")
 @dataclasses.dataclass(frozen=True)
 class Window:
     """A window table function over `column` (event time, in milliseconds): TUMBLE(size), HOP
-    (a window of `size` every `step`) or CUMULATE (windows growing by `step` up to `size`)."""
+    (a window of `size` every `step`), CUMULATE (windows growing by `step` up to `size`) or
+    SESSION (a key's rows until it is silent for `size`)."""
 
     kind: str
     column: str
     size: int
+    """For SESSION, the gap: a session ends when its key is silent this long."""
     step: int
     offset: int = 0
+    partition: tuple[str, ...] = ()
+    """SESSION's PARTITION BY: each key's sessions apart."""
 
     @property
     def slice(self) -> int:
@@ -47,6 +51,9 @@ class Window:
         return math.gcd(self.size, self.step) if self.kind == "HOP" else self.step
 
     def describe(self) -> str:
+        if self.kind == "SESSION":
+            keys = f", per {', '.join(self.partition)}" if self.partition else ""
+            return f"SESSION({self.column}, gap {self.size} ms{keys})"
         if self.kind == "TUMBLE":
             return f"TUMBLE({self.column}, size {self.size} ms)"
         what = "slide" if self.kind == "HOP" else "step"
@@ -71,6 +78,18 @@ class Output:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rank:
+    """A Window Top-N: of each window's rows (by `partition`), the first `limit` in `order`
+    ((column, descending) pairs), numbered in `column`; `outputs` read those rows."""
+
+    partition: tuple[str, ...]
+    order: tuple[tuple[str, bool], ...]
+    limit: int
+    column: str
+    outputs: tuple[Output, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     query: Query
     source: Table
@@ -87,10 +106,13 @@ class Plan:
 
     grouped: bool = False
     """A window aggregation: `select` and `having` read the fired groups, not the rows."""
+    rank: Rank | None = None
+    """A Top-N over the window aggregation's rows: what the query gives is its outputs."""
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return tuple(output.name for output in self.select)
+        outputs = self.rank.outputs if self.rank is not None else self.select
+        return tuple(output.name for output in outputs)
 
     def explain(self) -> list[str]:
         """The operators, from the source to the sink, one line each."""
@@ -109,7 +131,13 @@ class Plan:
             lines.append("  state: one row per window and key, dropped when the window fires")
             if self.having is not None:
                 lines.append(f"filter {_clause(self.query, 'having')}")
-        lines.append(f"project {', '.join(self.columns)}")
+        lines.append(f"project {', '.join(o.name for o in self.select)}")
+        if self.rank is not None:
+            order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d in self.rank.order)
+            lines.append(
+                f"rank by {', '.join(self.rank.partition)} ORDER BY {order}: the first {self.rank.limit} of each"
+            )
+            lines.append(f"project {', '.join(self.columns)}")
         lines.append(f"insert into {self.sink.name} (topic {self.sink.topic})" if self.sink else "print")
         return lines
 
@@ -151,9 +179,14 @@ class _Planner:
         select = tree.expression if isinstance(tree, exp.Insert) else tree
         if not isinstance(select, exp.Select):
             raise self.fail(f"unsupported query {select.key.upper()} (a SELECT is)", select)
+        sink = self.sink(query, tree)
+        result = self.top_n(query, select, sink) if _ranks(select) else self.select(query, select, sink)
+        self.check_sink(result, tree)
+        return result
+
+    def select(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
         self.refuse(select)
         source, window = self.source(select)
-        sink = self.sink(query, tree)
         columns = {c.name: ARROW_TYPES[c.type] for c in source.columns}
         if window is not None:
             time_type = columns[window.column]
@@ -164,19 +197,81 @@ class _Planner:
         group = select.args.get("group")
         has_aggregates = any(isinstance(node, AGGREGATES) for item in items for node in item.walk())
         if group is None and not has_aggregates:
+            if window is not None and window.kind == "SESSION":
+                raise self.fail(
+                    "SESSION windows run in window aggregations (GROUP BY window_start, window_end, ...) only, for now",
+                    select,
+                )
             if select.args.get("having") is not None:
                 raise self.fail("HAVING needs a GROUP BY", select.args["having"])
             names = _names(items)
             outputs = tuple(
                 Output(n, compile_expression(self.sql, item, columns)) for n, item in zip(names, items, strict=True)
             )
-            result = Plan(
-                query, source, self.reads(select, source, window), where_, window, (), (), None, outputs, sink
+            return Plan(query, source, self.reads(select, source, window), where_, window, (), (), None, outputs, sink)
+        return self.aggregation(query, select, source, window, columns, where_, items, sink)
+
+    def top_n(self, query: Query, outer: exp.Select, sink: Table | None) -> Plan:
+        """`SELECT ... FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end
+        ... ORDER BY ...) AS rownum FROM (a window aggregation)) WHERE rownum <= N`: the first N
+        rows of each window (Flink's Window Top-N), ranked when the window fires."""
+        ranking = outer.args["from_"].this.this
+        for arg in ("where", "group", "having", "joins", "order", "limit", "distinct"):
+            if ranking.args.get(arg):
+                raise self.fail(f"unsupported {arg.upper()} beside ROW_NUMBER() (a Top-N takes rownum <= N)", ranking)
+        numbered = [item for item in ranking.expressions if not isinstance(item, exp.Star)]
+        if len(numbered) != 1 or not isinstance(numbered[0], exp.Alias) or len(ranking.expressions) != 2:
+            raise self.fail("a Top-N selects *, ROW_NUMBER() OVER (...) AS name from its subquery", ranking)
+        over = numbered[0].this
+        inner = ranking.args.get("from_")
+        if not isinstance(inner.this, exp.Subquery) or not isinstance(inner.this.this, exp.Select):
+            raise self.fail("ROW_NUMBER() runs over a window aggregation in a subquery (a Window Top-N)", ranking)
+        plan = self.select(query, inner.this.this, sink)
+        if not plan.grouped:
+            raise self.fail(
+                "ROW_NUMBER() is supported over a window aggregation (a Window Top-N) only, for now", inner.this
             )
-        else:
-            result = self.aggregation(query, select, source, window, columns, where_, items, sink)
-        self.check_sink(result, tree)
-        return result
+        names = plan.columns
+        partition = tuple(self.ranked_column(node, names) for node in over.args.get("partition_by") or [])
+        if not {"window_start", "window_end"} <= set(partition):
+            raise self.fail("a Window Top-N partitions by window_start and window_end (and more keys)", over)
+        order_by = over.args.get("order")
+        if order_by is None:
+            raise self.fail("ROW_NUMBER() needs an ORDER BY", over)
+        order = tuple((self.ranked_column(o.this, names), bool(o.args.get("desc"))) for o in order_by.expressions)
+        number = numbered[0].alias
+        limit = self.rank_limit(outer.args.get("where"), number, outer)
+        for arg in ("group", "having", "joins", "order", "limit", "distinct"):
+            if outer.args.get(arg):
+                raise self.fail(f"unsupported {arg.upper()} around a Top-N", outer)
+        columns = dict.fromkeys([*names, number], pa.null())
+        items: list[exp.Expr] = []
+        for item in outer.expressions:
+            items.extend(exp.column(n) for n in columns) if isinstance(item, exp.Star) else items.append(item)
+        outputs = tuple(
+            Output(n, compile_expression(self.sql, item, columns)) for n, item in zip(_names(items), items, strict=True)
+        )
+        return dataclasses.replace(plan, rank=Rank(partition, order, limit, number, outputs))
+
+    def ranked_column(self, node: exp.Expr, names: Sequence[str]) -> str:
+        if not isinstance(node, exp.Column) or node.name not in names:
+            raise self.fail(f"a Top-N ranks by columns of its subquery ({', '.join(names)})", node)
+        return node.name
+
+    def rank_limit(self, condition: exp.Where | None, number: str, outer: exp.Select) -> int:
+        node = condition.this if condition is not None else None
+        bounds = {exp.LTE: 0, exp.LT: -1, exp.EQ: 0}
+        if (
+            node is None
+            or type(node) not in bounds
+            or not isinstance(node.this, exp.Column)
+            or node.this.name != number
+            or not isinstance(node.expression, exp.Literal)
+            or not node.expression.this.isdigit()
+            or (isinstance(node, exp.EQ) and node.expression.this != "1")
+        ):
+            raise self.fail(f"a Top-N keeps WHERE {number} <= N (or < N, or = 1)", node or outer)
+        return int(node.expression.this) + bounds[type(node)]
 
     def check_sink(self, plan: Plan, tree: exp.Expr) -> None:
         """An INSERT INTO fills the sink's columns by position; metadata it can write: the
@@ -184,10 +279,10 @@ class _Planner:
         if plan.sink is None:
             return
         columns = [c for c in plan.sink.columns if not c.virtual]
-        if len(columns) != len(plan.select):
+        if len(columns) != len(plan.columns):
             names = ", ".join(c.name for c in columns)
             raise self.fail(
-                f"INSERT INTO {plan.sink.name}: the query gives {len(plan.select)} columns, the table takes"
+                f"INSERT INTO {plan.sink.name}: the query gives {len(plan.columns)} columns, the table takes"
                 f" {len(columns)} ({names})",
                 tree,
             )
@@ -244,19 +339,20 @@ class _Planner:
         kind = function.name.upper() if isinstance(function, exp.Anonymous) else ""
         if function is None or kind not in WINDOW_FUNCTIONS:
             name = text_of(function) if isinstance(function, exp.Expr) else text_of(call)
-            if kind == "SESSION" or (isinstance(function, exp.Expr) and "SESSION" in name.upper()):
-                raise self.fail("SESSION windows are not supported by the embedded engine yet", call)
-            raise self.fail(f"unsupported table function {name} (TUMBLE, HOP and CUMULATE are)", call)
+            raise self.fail(f"unsupported table function {name} (TUMBLE, HOP, CUMULATE and SESSION are)", call)
         args = list(function.expressions)
         if any(isinstance(arg, exp.Kwarg) for arg in args):
             args = self.named(function, args)
-        wanted = 4 if kind == "TUMBLE" else 5
-        if len(args) not in (wanted - 1, wanted):
-            raise self.fail(f"{kind} takes (TABLE t, DESCRIPTOR(time column), {self.sizes(kind)}[, offset])", function)
+        wanted = {"TUMBLE": 4, "SESSION": 3}.get(kind, 5)
+        least = wanted if kind == "SESSION" else wanted - 1
+        if not least <= len(args) <= wanted:
+            optional = "" if kind == "SESSION" else "[, offset]"
+            raise self.fail(f"{kind} takes (TABLE t, DESCRIPTOR(time column), {self.sizes(kind)}{optional})", function)
         data, descriptor, *intervals = args
-        if not isinstance(data, TableArgument) or data.args.get("partition_by"):
+        if not isinstance(data, TableArgument) or (data.args.get("partition_by") and kind != "SESSION"):
             raise self.fail(f"{kind}'s first argument is TABLE name", data)
         table = self.table(data.this)
+        partition = tuple(self.column_of(table, c) for c in data.args.get("partition_by") or [])
         if not (isinstance(descriptor, exp.Anonymous) and descriptor.name.upper() == "DESCRIPTOR"):
             raise self.fail(f"{kind}'s second argument is DESCRIPTOR(time column)", descriptor)
         column = descriptor.expressions[0].name if descriptor.expressions else ""
@@ -266,12 +362,10 @@ class _Planner:
                 descriptor,
             )
         lengths = [self.interval(kind, arg) for arg in intervals]
-        offset = lengths[-1] if len(args) == wanted else 0
-        if kind == "TUMBLE":
+        offset = lengths[-1] if len(args) == wanted and kind != "SESSION" else 0
+        if kind in ("TUMBLE", "SESSION"):
             size = step = lengths[0]
-        elif kind == "HOP":
-            step, size = lengths[0], lengths[1]
-        else:
+        else:  # HOP(slide, size), CUMULATE(step, size)
             step, size = lengths[0], lengths[1]
         if size <= 0 or step <= 0:
             raise self.fail(f"{kind}'s sizes must be positive", function)
@@ -281,10 +375,19 @@ class _Planner:
             )
         if offset and kind == "CUMULATE":
             raise self.fail("CUMULATE with an offset is not supported yet", function)
-        return table, Window(kind, column, size, step, offset)
+        return table, Window(kind, column, size, step, offset, partition)
+
+    def column_of(self, table: Table, node: exp.Expr) -> str:
+        if not isinstance(node, exp.Column) or table.column(node.name) is None:
+            raise self.fail(f"PARTITION BY takes columns of {table.name}", node)
+        return node.name
 
     def named(self, function: exp.Anonymous, args: list[exp.Expr]) -> list[exp.Expr]:
-        names = {"TUMBLE": ["DATA", "TIMECOL", "SIZE", "OFFSET"], "HOP": ["DATA", "TIMECOL", "SLIDE", "SIZE", "OFFSET"]}
+        names = {
+            "TUMBLE": ["DATA", "TIMECOL", "SIZE", "OFFSET"],
+            "HOP": ["DATA", "TIMECOL", "SLIDE", "SIZE", "OFFSET"],
+            "SESSION": ["DATA", "TIMECOL", "GAP"],
+        }
         order = names.get(function.name.upper(), ["DATA", "TIMECOL", "STEP", "SIZE"])
         given = {}
         for arg in args:
@@ -303,7 +406,7 @@ class _Planner:
 
     @staticmethod
     def sizes(kind: str) -> str:
-        return {"TUMBLE": "size", "HOP": "slide, size", "CUMULATE": "step, size"}[kind]
+        return {"TUMBLE": "size", "HOP": "slide, size", "CUMULATE": "step, size", "SESSION": "gap"}[kind]
 
     def sink(self, query: Query, tree: exp.Expr) -> Table | None:
         if query.sink is None:
@@ -375,6 +478,12 @@ class _Planner:
             keys.append(Output(name, compile_expression(self.sql, node, input_columns)))
             replaced[text_of(node)] = name
             grouped_columns[name] = pa.null()
+        if window.kind == "SESSION" and sorted(k.name for k in keys) != sorted(window.partition):
+            raise self.fail(
+                "a SESSION window aggregation groups by window_start, window_end and SESSION's PARTITION BY"
+                f" columns ({', '.join(window.partition) or 'none'})",
+                group or select,
+            )
         aggregates: list[Aggregate] = []
         having = select.args.get("having")
         for node in [n for item in [*items, *([having.this] if having else [])] for n in item.walk()]:
@@ -419,6 +528,19 @@ class _Planner:
             if not inside and column.name not in columns and text_of(column) not in replaced:
                 raise self.fail(f"column {column.name} is neither in GROUP BY nor inside an aggregate", column)
         return compile_expression(self.sql, node, columns, replaced)
+
+
+def _ranks(select: exp.Select) -> bool:
+    """Is `select` the outside of a Top-N: FROM a subquery that numbers rows with ROW_NUMBER()?"""
+    from_ = select.args.get("from_")
+    inner = from_.this if from_ is not None else None
+    return (
+        isinstance(inner, exp.Subquery)
+        and isinstance(inner.this, exp.Select)
+        and any(
+            isinstance(w, exp.Window) and isinstance(w.this, exp.RowNumber) for w in inner.this.find_all(exp.Window)
+        )
+    )
 
 
 def _ancestors(node: exp.Expr) -> list[exp.Expr]:

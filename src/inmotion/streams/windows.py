@@ -95,27 +95,35 @@ class WindowState:
         self._changed: set[tuple[int, tuple[Any, ...]]] = set()
         self.fired = False
         """Windows fired since the last checkpoint: their entries are to be deleted."""
-        self._slots = [_slots(a, i) for i, a in enumerate(plan.aggregates)]
+        self._slots = [partial_specs(a, i) for i, a in enumerate(plan.aggregates)]
         self._kinds = [spec[1] for slots in self._slots for spec in slots]
 
-    def add(self, rows: pa.Table) -> None:
-        """Merge rows (with their event times) into their slices."""
+    def add(self, rows: pa.Table, watermarks: Any) -> int:
+        """Merge rows into their slices, but the late ones (see `late`): how many those were."""
+        window = self.window
+        dropped = late(window, rows, watermarks)
+        count = pc.sum(dropped).as_py() or 0
+        if count:
+            rows = rows.filter(pc.invert(dropped))
+        if rows.num_rows:
+            self._add(rows)
+        return count
+
+    def _add(self, rows: pa.Table) -> None:
         window = self.window
         times = event_times(rows, window.column)
-        if not rows.num_rows:
-            return
         length = window.slice
         columns = {"end": pc.add(floor_to(pc.subtract(times, window.offset), length), window.offset + length)}
         keys = [f"k{i}" for i in range(len(self.plan.keys))]
         for name, output in zip(keys, self.plan.keys, strict=True):
-            columns[name] = _column(output.value(rows), rows.num_rows)
+            columns[name] = column_of(output.value(rows), rows.num_rows)
         specs: list[tuple[Any, str]] = []
         for i, aggregate in enumerate(self.plan.aggregates):
             if aggregate.argument is not None:
-                columns[f"a{i}"] = _column(aggregate.argument(rows), rows.num_rows)
+                columns[f"a{i}"] = column_of(aggregate.argument(rows), rows.num_rows)
             specs.extend(spec for spec in self._slots[i] if spec not in specs)
         partial = pa.table(columns).group_by(["end", *keys], use_threads=False).aggregate(specs)
-        values = [partial.column(_output(spec)).to_pylist() for slots in self._slots for spec in slots]
+        values = [partial.column(output_name(spec)).to_pylist() for slots in self._slots for spec in slots]
         groups = zip(
             partial.column("end").to_pylist(),
             zip(*(partial.column(name).to_pylist() for name in keys), strict=True) if keys else repeat(()),
@@ -129,7 +137,7 @@ class WindowState:
             self._changed.add((end, key))
 
     def _merge(self, current: list[Any], partials: Sequence[Any]) -> list[Any]:
-        return [_merge(kind, a, b) for kind, a, b in zip(self._kinds, current, partials, strict=True)]
+        return merge(self._kinds, current, partials)
 
     def fire(self, watermark: int, previous: int | None) -> pa.Table | None:
         """The groups of the windows whose end the watermark has passed since `previous`, as a
@@ -153,7 +161,7 @@ class WindowState:
         for slice_end in [e for e in self.slices if max(self._windows_of(e)) - 1 <= watermark]:
             self._changed.update((slice_end, key) for key in self.slices.pop(slice_end))
             self.fired = True
-        return self._table(rows) if rows else None
+        return fired_table(self.plan, self.time_type, rows) if rows else None
 
     def _windows_of(self, slice_end: int) -> list[int]:
         """The ends of the windows that span the slice ending at `slice_end`."""
@@ -171,22 +179,6 @@ class WindowState:
         if window.kind == "CUMULATE":
             return floor_to_int(end - 1, window.size)
         return end - window.size
-
-    def _table(self, rows: list[tuple[int, int, tuple[Any, ...], list[Any]]]) -> pa.Table:
-        ends = pa.array([end for _, end, _, _ in rows], _INT64)
-        columns: dict[str, Any] = {
-            "window_start": pc.cast(pa.array([start for start, _, _, _ in rows], _INT64), self.time_type),
-            "window_end": pc.cast(ends, self.time_type),
-            "window_time": pc.cast(pc.subtract(ends, 1), self.time_type),
-        }
-        for i, key in enumerate(self.plan.keys):
-            columns[key.name] = pa.array([k[i] for _, _, k, _ in rows])
-        slot = 0
-        for aggregate, slots in zip(self.plan.aggregates, self._slots, strict=True):
-            parts = [partials[slot : slot + len(slots)] for _, _, _, partials in rows]
-            columns[aggregate.column] = pa.array([_final(aggregate, part) for part in parts])
-            slot += len(slots)
-        return pa.table(columns)
 
     # --- checkpoints --------------------------------------------------------------------------
     def changes(self) -> dict[bytes, bytes | None]:
@@ -214,7 +206,30 @@ def floor_to_int(value: int, unit: int) -> int:
     return value - value % unit
 
 
-def _slots(aggregate: Aggregate, index: int) -> list[tuple[Any, str]]:
+Fired = list[tuple[int, int, tuple[Any, ...], list[Any]]]
+"""Fired groups: (window start, window end, key, partial values)."""
+
+
+def fired_table(plan: Plan, time_type: pa.DataType, rows: Fired) -> pa.Table:
+    """Fired groups as a table of window_start, window_end, window_time, the keys and the
+    aggregates' final values."""
+    ends = pa.array([end for _, end, _, _ in rows], _INT64)
+    columns: dict[str, Any] = {
+        "window_start": pc.cast(pa.array([start for start, _, _, _ in rows], _INT64), time_type),
+        "window_end": pc.cast(ends, time_type),
+        "window_time": pc.cast(pc.subtract(ends, 1), time_type),
+    }
+    for i, key in enumerate(plan.keys):
+        columns[key.name] = pa.array([k[i] for _, _, k, _ in rows])
+    slot = 0
+    for i, aggregate in enumerate(plan.aggregates):
+        width = len(partial_specs(aggregate, i))
+        columns[aggregate.column] = pa.array([_final(aggregate, p[slot : slot + width]) for _, _, _, p in rows])
+        slot += width
+    return pa.table(columns)
+
+
+def partial_specs(aggregate: Aggregate, index: int) -> list[tuple[Any, str]]:
     """The partial values Arrow computes for an aggregate, as (column, Arrow's function)."""
     if aggregate.argument is None:
         return [([], "count_all")]
@@ -223,9 +238,14 @@ def _slots(aggregate: Aggregate, index: int) -> list[tuple[Any, str]]:
     return [(column, kind) for kind in kinds[aggregate.function]]
 
 
-def _output(spec: tuple[Any, str]) -> str:
+def output_name(spec: tuple[Any, str]) -> str:
     column, kind = spec
     return kind if column == [] else f"{column}_{kind}"
+
+
+def merge(kinds: Sequence[str], current: Sequence[Any], partials: Sequence[Any]) -> list[Any]:
+    """Two lists of partial values of the same aggregates as one."""
+    return [_merge(kind, a, b) for kind, a, b in zip(kinds, current, partials, strict=True)]
 
 
 def _merge(kind: str, current: Any, partial: Any) -> Any:
@@ -250,5 +270,6 @@ def _final(aggregate: Aggregate, partials: list[Any]) -> Any:
     return total / count
 
 
-def _column(values: Any, rows: int) -> Any:
+def column_of(values: Any, rows: int) -> Any:
+    """A computed value per row (a constant repeated)."""
     return pa.repeat(values, rows) if isinstance(values, pa.Scalar) else values
