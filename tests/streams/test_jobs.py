@@ -181,7 +181,7 @@ def test_an_idle_partition_stops_holding_the_watermark_after_the_idle_timeout(tm
         stop.set()
         thread.join()
         assert not errors
-        assert [data["window_start"] for _, data, _ in sink(log)] == ["2026-12-04T10:00:00Z"]
+        assert [data["window_start"] for _, data, _ in sink(log)] == ["2026-12-04T10:00:00.000Z"]
 
 
 # --- the command ------------------------------------------------------------------------------

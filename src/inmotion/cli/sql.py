@@ -54,9 +54,9 @@ def _script(text: str) -> str:
 
 
 def _value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return value
+    from inmotion.streams.job import iso_millis
+
+    return iso_millis(value) if isinstance(value, datetime) else value
 
 
 def query(
@@ -132,7 +132,7 @@ def run(
         signal.signal(signum, lambda *_: stop.set())
     try:
         job = Job(log, text, name=job_name, idle_timeout=idle_timeout, interval=interval)
-        typer.echo(f"job {job_name}: {len(job.plans)} queries over {log.url}", err=True)
+        _logger.info("job %s: %d queries over %s", job_name, len(job.plans), log.url)
         try:
             job.run(stop, lambda plan, table: _print_json(table), owner=_owner())
         except InmotionError:
@@ -140,7 +140,7 @@ def run(
         except Exception as exc:  # a bug of the engine: one line, the traceback in the debug log
             _logger.debug("job %s failed", job_name, exc_info=True)
             fail(f"job {job_name} failed: {type(exc).__name__}: {exc} (--log-level debug shows where)")
-        typer.echo(f"job {job_name}: stopped at checkpoint {job.sequence}", err=True)
+        _logger.info("job %s: stopped at checkpoint %d", job_name, job.sequence)
     finally:
         log.close()
 

@@ -21,6 +21,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -241,6 +242,11 @@ class Pipeline:
         return table
 
 
+def iso_millis(value: datetime) -> str:
+    """A timestamp as Flink's JSON format writes it with ISO-8601: UTC, milliseconds, a Z."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _project(rows: pa.Table, outputs: Sequence[Output]) -> pa.Table:
     return pa.table([as_array(o.value(rows), rows.num_rows) for o in outputs], names=[o.name for o in outputs])
 
@@ -400,7 +406,7 @@ class Job:
             attributes: dict[str, Any] = {}
             for column, value in zip(columns, row, strict=True):
                 if column.metadata is None:
-                    data[column.name] = value
+                    data[column.name] = iso_millis(value) if isinstance(value, datetime) else value
                 elif value is not None:
                     attributes[column.metadata] = value
             key = attributes.pop("key", None)

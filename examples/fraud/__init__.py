@@ -1,0 +1,1 @@
+"""Fraud rules in continuous SQL: `python -m examples.fraud [--broker URL] [--kill]`."""

@@ -1,0 +1,1 @@
+"""Sensor readings through continuous SQL: `python -m examples.iot [--broker URL] [--kill]`."""

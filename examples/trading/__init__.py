@@ -1,0 +1,1 @@
+"""Market data through continuous SQL: `python -m examples.trading [--broker URL] [--kill]`."""
