@@ -207,7 +207,8 @@ def test_malformed_events_are_left_out_and_counted(log: Log) -> None:
     [
         ("SELECT * FROM readings r JOIN readings s ON r.sensor = s.sensor", "JOIN is not supported"),
         ("SELECT sensor FROM readings ORDER BY sensor", "ORDER BY is not supported"),
-        ("SELECT sensor, COUNT(*) FROM readings GROUP BY sensor", "GROUP BY without window_start and window_end"),
+        ("SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+         " GROUP BY window_start", "a window aggregation groups by window_start and window_end"),
         ("SELECT nope FROM readings", "unknown column nope"),
         ("SELECT sensor FROM nowhere", "unknown table nowhere"),
         ("SELECT DISTINCT sensor FROM readings", "SELECT DISTINCT is not supported"),
@@ -360,3 +361,15 @@ def test_sessions_match_a_reference(steps: list[tuple[int, str]], gap: int) -> N
         )
     got = [(r["sensor"], ms(r["window_start"]), ms(r["window_end"]), r["n"]) for r in found]
     assert sorted(got) == sorted(want)
+
+
+def test_group_by_without_a_window_gives_each_groups_final_row(log: Log) -> None:
+    log.append_events("readings", [reading(i, "ab"[i % 2], level=i) for i in range(7)] + [reading(9, "c", level=None)])
+    found = rows(
+        log, "SELECT sensor, COUNT(*) AS n, SUM(level) AS total FROM readings GROUP BY sensor HAVING COUNT(*) > 1"
+    )
+    assert sorted(found, key=lambda r: r["sensor"]) == [
+        {"sensor": "a", "n": 4, "total": 12},
+        {"sensor": "b", "n": 3, "total": 9},
+    ]
+    assert rows(log, "SELECT COUNT(*) AS n, MAX(level) AS top FROM readings") == [{"n": 8, "top": 6}]

@@ -211,7 +211,7 @@ def test_sql_commands_fail_with_one_clear_line(log: Log, tmp_path: Path) -> None
     broker = log.url
     bad = cli(broker, "sql", "query", WINDOWS.replace("GROUP BY window_start, ", "GROUP BY "), check=False)
     assert bad.returncode == 1
-    assert bad.stderr.startswith("error: GROUP BY without window_start and window_end")
+    assert bad.stderr.startswith("error: a window aggregation groups by window_start and window_end")
     assert "at line 7, column 10" in bad.stderr
     assert len(bad.stderr.splitlines()) == 1
     unread = cli(
@@ -270,3 +270,38 @@ def test_a_job_killed_with_sigkill_resumes_with_every_result_once(log: Log, tmp_
     jobs = json.loads(cli(broker, "sql", "jobs", "--json").stdout)
     assert (jobs["job"], jobs["status"], jobs["lag"], jobs["late"]) == ("averages", "stopped", 0, 0)
     assert jobs["read"] >= 20_000
+
+
+def test_an_updating_query_upserts_by_primary_key_and_deletes_with_tombstones(log: Log) -> None:
+    script = """
+    CREATE TABLE payments (card STRING, amount BIGINT) WITH ('topic' = 'payments');
+    CREATE TABLE balances (card STRING, total BIGINT, payments BIGINT, PRIMARY KEY (card) NOT ENFORCED)
+      WITH ('topic' = 'balances');
+    INSERT INTO balances
+    SELECT card, SUM(amount), COUNT(*) FROM payments GROUP BY card HAVING SUM(amount) > 5;
+    """
+    log.create_topic("payments")
+
+    def pay(card: str, amount: int) -> Event:
+        return Event(type="payment", source="/cards", data={"card": card, "amount": amount})
+
+    def balances() -> dict[bytes | None, dict[str, Any] | None]:
+        newest: dict[bytes | None, dict[str, Any] | None] = {}
+        for record in log.read("balances", 0, 0, 1000):
+            newest[record.key] = None if record.value is None else record.event().data
+        return newest
+
+    log.append_events("payments", [pay("a", 4), pay("b", 10), pay("a", 3)])
+    thread, stop, errors = start(Job(log, script, name="balances"))
+    wait_until(lambda: "balances" in log.list_topics() and len(balances()) == 2, what="the first upserts")
+    assert balances() == {
+        b"a": {"card": "a", "total": 7, "payments": 2},
+        b"b": {"card": "b", "total": 10, "payments": 1},
+    }
+    log.append_events("payments", [pay("b", -8), pay("c", 1)])
+    wait_until(lambda: balances().get(b"b", {}) is None, what="b's tombstone")
+    stop.set()
+    thread.join()
+    assert not errors
+    assert balances() == {b"a": {"card": "a", "total": 7, "payments": 2}, b"b": None}
+    assert log.describe_topic("balances").config.compact

@@ -110,6 +110,7 @@ def test_a_watermark_on_the_column_itself_allows_no_delay() -> None:
         ("CREATE TABLE t (a BIGINT, PRIMARY KEY (b) NOT ENFORCED) WITH ('topic' = 't')", "names no column b", 1, 40),
         ("SELECT 1;\n  DROP TABLE t", "unsupported statement DROP TABLE", 2, 3),
         ("SELECT 'unterminated", "cannot read the SQL", 0, 0),
+        ("SELECT 1;\n ELSE", "'ELSE' is no statement", 2, 2),
     ],
 )
 def test_sql_the_engine_cannot_take_is_named_with_its_position(sql: str, message: str, line: int, column: int) -> None:

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from inmotion.errors import InmotionError, InvalidConfig
-from inmotion.log import Log, Message
+from inmotion.log import Log, Message, TopicConfig
 from inmotion.log.registry import backend_for
 
 KIND = "sql"
@@ -83,10 +83,10 @@ class Checkpoints(abc.ABC):
         sources: Sequence[Source],
         state: Mapping[tuple[int, bytes], bytes | None],
         progress: bytes,
-        results: Sequence[tuple[str, Sequence[Message]]],
+        results: Sequence[tuple[str, Sequence[Message], TopicConfig]],
     ) -> None:
-        """Checkpoint `sequence`, all or nothing: append `results` (topic, messages; a
-        missing topic is created), set the state entries (None deletes one), the sources'
+        """Checkpoint `sequence`, all or nothing: append `results` (topic, messages, and the
+        config a missing topic is created with), set the state entries (None deletes one), the sources'
         offsets and the progress. `JobTakenOver` if the job's epoch is no longer `epoch`."""
 
     @abc.abstractmethod

@@ -32,7 +32,7 @@ from inmotion.clock import Clock, SystemClock
 from inmotion.errors import InvalidConfig, InvalidSql
 from inmotion.events import Event
 from inmotion.events.envelope import PARTITIONKEY
-from inmotion.log import Log, Message, Record
+from inmotion.log import Log, Message, Record, TopicConfig
 from inmotion.streams.checkpoints import Checkpoint, Checkpoints, Source, open_checkpoints
 from inmotion.streams.decode import Decoder
 from inmotion.streams.expressions import ARROW_TYPES, as_array
@@ -40,6 +40,7 @@ from inmotion.streams.plan import Output, Plan, plans
 from inmotion.streams.rank import top_n
 from inmotion.streams.sessions import SessionState
 from inmotion.streams.sql import Table, parse
+from inmotion.streams.updates import GroupState
 from inmotion.streams.windows import WindowState, assign, event_times
 
 _logger = logging.getLogger("inmotion.streams")
@@ -78,8 +79,10 @@ class Pipeline:
         watermark = plan.source.watermark
         self.delay = watermark.delay_ms if watermark is not None else 0
         self.time_column = watermark.column if watermark is not None else None
-        self.state: WindowState | SessionState | None = None
-        if plan.grouped:
+        self.state: WindowState | SessionState | GroupState | None = None
+        if plan.updating:
+            self.state = GroupState(plan)
+        elif plan.grouped:
             assert plan.window is not None
             state = SessionState if plan.window.kind == "SESSION" else WindowState
             self.state = state(plan, self._time_type())
@@ -90,6 +93,8 @@ class Pipeline:
         self.heard: dict[int, float] = {}
         """By partition: when it last had records to read."""
         self.results: list[pa.Table] = []
+        self.deletes: list[pa.Table] = []
+        """An updating query's rows whose key is to be deleted from the sink."""
 
     def _time_type(self) -> pa.DataType:
         window = self.plan.window
@@ -136,19 +141,19 @@ class Pipeline:
         batch, malformed = self.decoder.decode(records)
         self.progress.read += len(records)
         self.progress.malformed += malformed
-        marks = self.row_watermarks(partition, batch, now) if self.state is not None else None
+        windowed = self.state is not None and self.plan.window is not None
+        marks = self.row_watermarks(partition, batch, now) if windowed else None
         plan = self.plan
         if plan.where is not None and batch.num_rows:
             keep = as_array(plan.where(batch), batch.num_rows)
             batch = batch.filter(keep)
             marks = marks.filter(keep) if marks is not None else None
-        if plan.window is None:
-            self.emit(batch)
-            return
-        if self.state is None:
+        if self.state is not None:
+            self.progress.late += self.state.add(batch, marks)
+        elif plan.window is not None:
             self.emit(assign(plan.window, batch, batch.schema.field(plan.window.column).type))
-            return
-        self.progress.late += self.state.add(batch, marks)
+        else:
+            self.emit(batch)
 
     def row_watermarks(self, partition: int, batch: pa.Table, now: float) -> Any:
         """The watermark each row meets (NULL: none yet), and the partition's newest event
@@ -186,7 +191,7 @@ class Pipeline:
         previous = self.progress.watermark
         if watermark != FINAL:
             self.progress.watermark = watermark
-        if self.state is not None:
+        if self.state is not None and not isinstance(self.state, GroupState):
             fired = self.state.fire(watermark, previous)
             if fired is not None:
                 plan = self.plan
@@ -228,9 +233,22 @@ class Pipeline:
             results = _project(top_n(results, self.plan.rank), self.plan.rank.outputs)
         self.results.append(results)
 
+    def flush_updates(self) -> None:
+        """An updating query's changed groups become results (upserts and deletes)."""
+        if isinstance(self.state, GroupState):
+            upserts, deletes = self.state.updates()
+            if upserts is not None:
+                self.emit(upserts)
+            if deletes is not None:
+                self.deletes.append(_project(deletes, self.plan.select))
+
+    def take_deletes(self) -> pa.Table | None:
+        deletes, self.deletes = self.deletes, []
+        return pa.concat_tables(deletes) if deletes else None
+
     def changed(self) -> bool:
         """Window state changed without reads (windows fired, their results filtered out)."""
-        return self.state is not None and self.state.fired
+        return self.state is not None and not isinstance(self.state, GroupState) and self.state.fired
 
     def take_results(self) -> pa.Table | None:
         if not self.results:
@@ -306,6 +324,7 @@ class Job:
             if not left:
                 for pipeline in self.pipelines:  # the final watermark, for windows still open
                     pipeline.advance(now)
+                    pipeline.flush_updates()  # an updating query's rows, as they end
                     table = pipeline.take_results()
                     if table is not None:
                         yield pipeline.plan, table
@@ -315,6 +334,12 @@ class Job:
     def run(self, stop: threading.Event, results: Results | None = None, owner: str = "") -> None:
         """Run until `stop` is set, then checkpoint and return. Each checkpoint appends the
         results of INSERT INTO queries; `results` hears those of SELECTs once checkpointed."""
+        for plan in self.plans:
+            if plan.updating and plan.sink is None:
+                raise InvalidSql(
+                    "a GROUP BY without a window updates its rows: a job writes them INSERT INTO a table with a"
+                    " PRIMARY KEY (inmotion sql query prints them once)"
+                )
         checkpoints = open_checkpoints(self.log)
         script = hashlib.sha256(self.sql.encode()).hexdigest()
         checkpoint = checkpoints.claim(self.name, script, owner)
@@ -363,22 +388,25 @@ class Job:
 
     def _checkpoint(self, checkpoints: Checkpoints, epoch: int, results: Results | None) -> None:
         self.sequence += 1
-        appended: list[tuple[str, list[Message]]] = []
+        appended: list[tuple[str, list[Message], TopicConfig]] = []
         selected: list[tuple[Plan, pa.Table]] = []
         state: dict[tuple[int, bytes], bytes | None] = {}
         count = 0
         for pipeline in self.pipelines:
-            table = pipeline.take_results()
+            pipeline.flush_updates()
+            table, deletes = pipeline.take_results(), pipeline.take_deletes()
             if pipeline.state is not None:
                 state.update({(pipeline.index, k): v for k, v in pipeline.state.changes().items()})
-            if table is None:
+            sink = pipeline.plan.sink
+            if sink is None:
+                if table is not None:
+                    selected.append((pipeline.plan, table))
                 continue
-            if pipeline.plan.sink is None:
-                selected.append((pipeline.plan, table))
-                continue
-            messages = self._messages(pipeline.plan, table, count)
+            messages = self._messages(pipeline.plan, table, count) if table is not None else []
+            messages += self._tombstones(pipeline.plan, deletes) if deletes is not None else []
             count += len(messages)
-            appended.append((pipeline.plan.sink.topic, messages))
+            # an updating query's rows are upserts: newest per key, on a compacted topic
+            appended.append((sink.topic, messages, TopicConfig(compact=bool(sink.primary_key))))
         checkpoints.save(
             self.name,
             epoch,
@@ -410,8 +438,8 @@ class Job:
                 elif value is not None:
                     attributes[column.metadata] = value
             key = attributes.pop("key", None)
-            if key is None and sink.primary_key:
-                key = "|".join(str(data.get(name)) for name in sink.primary_key)
+            if sink.primary_key:
+                key = _primary_key(sink, data)
             event = Event(
                 type=str(attributes.get("type", sink.name)),
                 source=source,
@@ -422,6 +450,21 @@ class Job:
             )
             messages.append(Message.from_event(event))
         return messages
+
+    def _tombstones(self, plan: Plan, table: pa.Table) -> list[Message]:
+        """Deletes of an updating query's rows: a record without a value under the row's key."""
+        sink = plan.sink
+        assert sink is not None
+        names = [c.name for c in sink.columns if not c.virtual]
+        return [
+            Message(None, _primary_key(sink, dict(zip(names, row, strict=True))).encode())
+            for row in zip(*(column.to_pylist() for column in table.columns), strict=True)
+        ]
+
+
+def _primary_key(sink: Table, data: dict[str, Any]) -> str:
+    """The sink's primary key of a row: its values, joined by | if several."""
+    return "|".join(str(data.get(name)) for name in sink.primary_key)
 
 
 def job_results(table: pa.Table) -> list[dict[str, Any]]:

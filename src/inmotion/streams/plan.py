@@ -3,11 +3,12 @@ runs, each compiled once.
 
     scan(table) -> filter(WHERE) -> [window(TUMBLE | HOP | CUMULATE)] -> project(SELECT)
     scan(table) -> filter(WHERE) -> window -> aggregate(GROUP BY window_start, window_end, keys)
-                -> filter(HAVING) -> project(SELECT)
+                -> filter(HAVING) -> project(SELECT) [-> rank(ROW_NUMBER() <= N) -> project]
+    scan(table) -> filter(WHERE) -> aggregate(GROUP BY keys: updates) -> filter(HAVING) -> project
 
-What a plan cannot express yet (joins, ORDER BY, Top-N, SESSION windows, GROUP BY without a
-window, DISTINCT) is an `InvalidSql` naming the construct, its line and its column: never a
-plan that would give a different answer than Flink."""
+Windows are TUMBLE, HOP, CUMULATE and SESSION. What a plan cannot express yet (joins, ORDER BY,
+deduplication, DISTINCT, OVER aggregations) is an `InvalidSql` naming the construct, its line
+and its column: never a plan that would give a different answer than Flink."""
 
 from __future__ import annotations
 
@@ -110,6 +111,11 @@ class Plan:
     """A Top-N over the window aggregation's rows: what the query gives is its outputs."""
 
     @property
+    def updating(self) -> bool:
+        """A GROUP BY without a window: each group's row is updated as its rows come."""
+        return self.grouped and self.window is None
+
+    @property
     def columns(self) -> tuple[str, ...]:
         outputs = self.rank.outputs if self.rank is not None else self.select
         return tuple(output.name for output in outputs)
@@ -124,7 +130,11 @@ class Plan:
             lines.append(f"filter {_clause(self.query, 'where')}")
         if self.window is not None:
             lines.append(f"window {self.window.describe()}")
-        if self.grouped:
+        if self.updating:
+            aggregates = ", ".join(a.text for a in self.aggregates) or "none"
+            lines.append(f"group aggregate by {', '.join(k.name for k in self.keys) or '()'}: {aggregates}")
+            lines.append("  state: one row per key, kept; each checkpoint upserts the keys that changed")
+        elif self.grouped:
             keys = ["window_start", "window_end", *(k.name for k in self.keys)]
             aggregates = ", ".join(a.text for a in self.aggregates) or "none"
             lines.append(f"window aggregate by {', '.join(keys)}: {aggregates}")
@@ -227,7 +237,7 @@ class _Planner:
         if not isinstance(inner.this, exp.Subquery) or not isinstance(inner.this.this, exp.Select):
             raise self.fail("ROW_NUMBER() runs over a window aggregation in a subquery (a Window Top-N)", ranking)
         plan = self.select(query, inner.this.this, sink)
-        if not plan.grouped:
+        if not plan.grouped or plan.updating:
             raise self.fail(
                 "ROW_NUMBER() is supported over a window aggregation (a Window Top-N) only, for now", inner.this
             )
@@ -278,6 +288,12 @@ class _Planner:
         event's key, type and subject."""
         if plan.sink is None:
             return
+        if plan.updating and not plan.sink.primary_key:
+            raise self.fail(
+                f"INSERT INTO {plan.sink.name}: GROUP BY without a window updates its results, so the table"
+                " needs a PRIMARY KEY (its rows are upserted by key, onto a compacted topic)",
+                tree,
+            )
         columns = [c for c in plan.sink.columns if not c.virtual]
         if len(columns) != len(plan.columns):
             names = ", ".join(c.name for c in columns)
@@ -455,20 +471,18 @@ class _Planner:
         group = select.args.get("group")
         grouping = list(group.expressions) if group is not None else []
         bounds = {g.name for g in grouping if isinstance(g, exp.Column) and g.name in ("window_start", "window_end")}
-        if window is None or bounds != {"window_start", "window_end"}:
-            node = group or select
+        if window is not None and bounds != {"window_start", "window_end"}:
             raise self.fail(
-                "GROUP BY without window_start and window_end of a window table function (an updating"
-                " aggregation) is not supported by the embedded engine yet",
-                node,
+                "a window aggregation groups by window_start and window_end (GROUP BY without a window table"
+                " function gives updating results)",
+                group or select,
             )
         input_columns = {name: t for name, t in columns.items() if name not in WINDOW_COLUMNS}
         keys: list[Output] = []
         replaced: dict[str, str] = {}
-        grouped_columns: dict[str, pa.DataType] = {
-            "window_start": columns["window_start"],
-            "window_end": columns["window_end"],
-        }
+        grouped_columns: dict[str, pa.DataType] = {}
+        if window is not None:
+            grouped_columns.update(window_start=columns["window_start"], window_end=columns["window_end"])
         for node in grouping:
             if isinstance(node, exp.Column) and node.name in ("window_start", "window_end"):
                 continue
@@ -478,7 +492,7 @@ class _Planner:
             keys.append(Output(name, compile_expression(self.sql, node, input_columns)))
             replaced[text_of(node)] = name
             grouped_columns[name] = pa.null()
-        if window.kind == "SESSION" and sorted(k.name for k in keys) != sorted(window.partition):
+        if window is not None and window.kind == "SESSION" and sorted(k.name for k in keys) != sorted(window.partition):
             raise self.fail(
                 "a SESSION window aggregation groups by window_start, window_end and SESSION's PARTITION BY"
                 f" columns ({', '.join(window.partition) or 'none'})",
@@ -491,8 +505,9 @@ class _Planner:
                 aggregates.append(self.aggregate(node, input_columns, f"agg{len(aggregates)}"))
                 replaced[text_of(node)] = aggregates[-1].column
                 grouped_columns[aggregates[-1].column] = pa.null()
-        grouped_columns["window_time"] = columns["window_time"]
-        replaced.update({"window_start": "window_start", "window_end": "window_end", "window_time": "window_time"})
+        if window is not None:
+            grouped_columns["window_time"] = columns["window_time"]
+            replaced.update({name: name for name in WINDOW_COLUMNS})
         outputs = tuple(
             Output(n, self.grouped(item, grouped_columns, replaced))
             for n, item in zip(_names(items), items, strict=True)

@@ -135,6 +135,8 @@ def _statement(sql: str, tokens: list[Token]) -> Statement:
         raise InvalidSql(
             f"cannot read the SQL: {error.get('description') or exc}", error.get("line", 0), error.get("col", 0)
         ) from None
+    if len(trees) != 1 or trees[0] is None:
+        raise InvalidSql(f"cannot read the SQL: {text[:60]!r} is no statement", *_at(sql, tokens[0].start))
     [tree] = trees
     if isinstance(tree, exp.Create) and str(tree.args.get("kind", "")).upper() == "TABLE":
         return _table(sql, tree)

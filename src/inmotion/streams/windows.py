@@ -224,7 +224,7 @@ def fired_table(plan: Plan, time_type: pa.DataType, rows: Fired) -> pa.Table:
     slot = 0
     for i, aggregate in enumerate(plan.aggregates):
         width = len(partial_specs(aggregate, i))
-        columns[aggregate.column] = pa.array([_final(aggregate, p[slot : slot + width]) for _, _, _, p in rows])
+        columns[aggregate.column] = pa.array([final(aggregate, p[slot : slot + width]) for _, _, _, p in rows])
         slot += width
     return pa.table(columns)
 
@@ -258,7 +258,7 @@ def _merge(kind: str, current: Any, partial: Any) -> Any:
     return min(current, partial) if kind == "min" else max(current, partial)
 
 
-def _final(aggregate: Aggregate, partials: list[Any]) -> Any:
+def final(aggregate: Aggregate, partials: list[Any]) -> Any:
     if aggregate.function != "AVG":
         return partials[0]
     total, count = partials

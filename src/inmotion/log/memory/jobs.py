@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from inmotion.errors import InvalidConfig, TopicExists
-from inmotion.log import Message
+from inmotion.log import Message, TopicConfig
 from inmotion.log.memory.log import MemoryLog
 from inmotion.streams.checkpoints import Checkpoint, Checkpoints, JobInfo, JobTakenOver, Source
 
@@ -51,17 +51,17 @@ class MemoryCheckpoints(Checkpoints):
         sources: Sequence[Source],
         state: Mapping[tuple[int, bytes], bytes | None],
         progress: bytes,
-        results: Sequence[tuple[str, Sequence[Message]]],
+        results: Sequence[tuple[str, Sequence[Message], TopicConfig]],
     ) -> None:
         with self._lock:
             known = self._jobs.get(job)
             if known is None or known.info.epoch != epoch:
                 raise JobTakenOver(f"job {job} was started again by another process: this run stops")
-            for topic, messages in results:
+            for topic, messages, config in results:
                 if messages:
                     if topic not in self.log.list_topics():
                         with contextlib.suppress(TopicExists):
-                            self.log.create_topic(topic)
+                            self.log.create_topic(topic, config)
                     self.log.append(topic, messages)
             for key, value in state.items():
                 if value is None:

@@ -91,15 +91,15 @@ class SqliteCheckpoints(Checkpoints):
         sources: Sequence[Source],
         state: Mapping[tuple[int, bytes], bytes | None],
         progress: bytes,
-        results: Sequence[tuple[str, Sequence[Message]]],
+        results: Sequence[tuple[str, Sequence[Message], TopicConfig]],
     ) -> None:
         def save(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT epoch FROM sql_jobs WHERE name = ?", (job,)).fetchone()
             if row is None or row[0] != epoch:
                 raise JobTakenOver(f"job {job} was started again by another process: this run stops")
-            for topic, messages in results:
+            for topic, messages, config in results:
                 if messages:
-                    self.log.append_in(conn, topic, messages, create=TopicConfig())
+                    self.log.append_in(conn, topic, messages, create=config)
             conn.executemany(
                 "INSERT OR REPLACE INTO sql_state (job, operator, key, value) VALUES (?, ?, ?, ?)",
                 [(job, op, key, value) for (op, key), value in state.items() if value is not None],
@@ -116,7 +116,7 @@ class SqliteCheckpoints(Checkpoints):
             )
 
         self.log._write(save)
-        if any(messages for _, messages in results):
+        if any(messages for _, messages, _ in results):
             self.log.appended()
 
     def finish(self, job: str, epoch: int, status: str, error: str | None = None) -> None:
