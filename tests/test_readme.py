@@ -38,3 +38,33 @@ def test_readme_rules_file_checks_as_shown(tmp_path: Path) -> None:
         arguments = [sys.executable, "-m", "inmotion", *shlex.split(command)]
         result = subprocess.run(arguments, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert (result.returncode, result.stdout) == (0, shown), result.stderr
+
+
+READINGS = """\
+{"sensor": "s1", "temperature": 21.5, "ts": "2026-12-04T10:00:01Z"}
+{"sensor": "s2", "temperature": 19.0, "ts": "2026-12-04T10:00:02Z"}
+{"sensor": "s1", "temperature": 23.5, "ts": "2026-12-04T10:00:04Z"}
+{"sensor": "s1", "temperature": 84.0, "ts": "2026-12-04T10:00:06Z"}
+{"sensor": "s2", "temperature": 19.5, "ts": "2026-12-04T10:00:09Z"}
+{"sensor": "s1", "temperature": 22.0, "ts": "2026-12-04T10:00:13Z"}
+"""
+
+
+def test_readme_sql_query_prints_what_it_shows(tmp_path: Path) -> None:
+    """The continuous-SQL section's query gives the rows the README shows."""
+    section = README.read_text().split("### Continuous SQL", 1)[1]
+    assert READINGS.splitlines()[0] in section
+    (tmp_path / "averages.sql").write_text(re.findall(r"```sql\n(.*?)```", section, flags=re.DOTALL)[0])
+    console = re.findall(r"```console\n(.*?)```", section, flags=re.DOTALL)[0]
+    [(command, shown)] = re.findall(r"^\$ inmotion (.*)\n((?:[^$].*\n)*)", console, flags=re.MULTILINE)
+
+    def inmotion(*arguments: str, stdin: str | None = None) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "inmotion", *arguments], cwd=tmp_path, input=stdin, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    inmotion("topics", "create", "readings")
+    inmotion("publish", "readings", "-", "--type", "reading", "--source", "/sensors", stdin=READINGS)
+    assert inmotion(*shlex.split(command)) == shown

@@ -448,7 +448,7 @@ class _Planner:
 
     def reads(self, select: exp.Select, source: Table, window: Window | None) -> tuple[str, ...]:
         used = {node.name for node in select.walk() if isinstance(node, exp.Column)}
-        if any(isinstance(node, exp.Star) for node in select.walk()):
+        if any(isinstance(item, exp.Star) for item in select.expressions):  # not COUNT(*)
             used.update(c.name for c in source.columns)
         if window is not None:
             used.add(window.column)
