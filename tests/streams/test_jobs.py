@@ -254,6 +254,8 @@ def test_a_job_killed_with_sigkill_resumes_with_every_result_once(log: Log, tmp_
                 wait_until(lambda: len(sink(log)) > 0, what="the job's first results")
                 job.kill()  # SIGKILL, mid-stream
                 job.wait()
+                gone = json.loads(cli(broker, "sql", "jobs", "--json").stdout)
+                assert (gone["job"], gone["status"]) == ("averages", "gone")
                 job = run_job()
         closed = 10 * (produced - 1) - 1_000
         want = expected(log, closed_before_ms=closed)

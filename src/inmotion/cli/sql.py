@@ -176,7 +176,8 @@ def explain(sql: ScriptArgument, broker: BrokerOption = None) -> None:
 
 
 def jobs(broker: BrokerOption = None, json: JsonOption = False) -> None:
-    """List SQL jobs: status, checkpoints, watermark, lag, late and malformed events."""
+    """List SQL jobs: status (running, stopped, failed, or gone: killed without stopping),
+    checkpoints, watermark, lag, late and malformed events."""
     import msgspec
 
     from inmotion.streams.checkpoints import open_checkpoints
@@ -194,7 +195,7 @@ def jobs(broker: BrokerOption = None, json: JsonOption = False) -> None:
             rows.append(
                 {
                     "job": info.name,
-                    "status": info.status,
+                    "status": _status(info.status, info.owner),
                     "owner": info.owner,
                     "checkpoints": info.sequence,
                     "updated": datetime.fromtimestamp(info.updated_ms / 1000)
@@ -226,6 +227,21 @@ def jobs(broker: BrokerOption = None, json: JsonOption = False) -> None:
     for row in rows:
         if row["error"]:
             typer.echo(f"{row['job']}: {row['error']}")
+
+
+def _status(status: str, owner: str) -> str:
+    """A job marked running whose process on this host is gone was killed (kill -9, a crash):
+    `gone`, until it is started again (it resumes from its last checkpoint)."""
+    host, _, pid = owner.rpartition(":")
+    if status != "running" or host != socket.gethostname() or not pid.isdigit():
+        return status
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        pass
+    return status
 
 
 def reset(
