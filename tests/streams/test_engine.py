@@ -205,7 +205,12 @@ def test_malformed_events_are_left_out_and_counted(log: Log) -> None:
 @pytest.mark.parametrize(
     ("select", "problem"),
     [
-        ("SELECT * FROM readings r JOIN readings s ON r.sensor = s.sensor", "JOIN is not supported"),
+        ("SELECT * FROM readings r JOIN readings s ON r.sensor = s.sensor",
+         "a join of two streams needs a time interval"),
+        ("SELECT * FROM readings r LEFT JOIN readings s ON r.ts = s.ts", "only inner joins"),
+        ("SELECT * FROM readings r JOIN readings s ON r.ts = s.ts JOIN readings t ON t.ts = s.ts",
+         "more than two tables"),
+        ("SELECT sensor FROM readings r JOIN readings s ON r.ts = s.ts", "column sensor is ambiguous"),
         ("SELECT sensor FROM readings ORDER BY sensor", "ORDER BY is not supported"),
         ("SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
          " GROUP BY window_start", "a window aggregation groups by window_start and window_end"),
@@ -373,3 +378,81 @@ def test_group_by_without_a_window_gives_each_groups_final_row(log: Log) -> None
         {"sensor": "b", "n": 3, "total": 9},
     ]
     assert rows(log, "SELECT COUNT(*) AS n, MAX(level) AS top FROM readings") == [{"n": 8, "top": 6}]
+
+
+JOINED = """
+CREATE TABLE orders (id BIGINT, amount BIGINT, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts - INTERVAL '1' HOUR)
+  WITH ('topic' = 'orders');
+CREATE TABLE shipments (order_id BIGINT, carrier STRING, ts TIMESTAMP_LTZ(3),
+  WATERMARK FOR ts AS ts - INTERVAL '1' HOUR) WITH ('topic' = 'shipments');
+"""
+
+
+def stamped(topic: str, at: int, **data: Any) -> Event:
+    return Event(type=topic, source="/shop", data={**data, "ts": (T0 + timedelta(milliseconds=at)).isoformat()})
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    orders=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=25),
+    shipments=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=25),
+    lower=st.integers(-2000, 500),
+    width=st.integers(0, 2000),
+    written=st.sampled_from(["between", "comparisons", "flipped"]),
+)
+def test_an_interval_join_matches_a_nested_loop(
+    orders: list[tuple[int, int]], shipments: list[tuple[int, int]], lower: int, width: int, written: str
+) -> None:
+    upper = lower + width
+
+    def shifted(column: str, ms: int) -> str:
+        return f"{column} {'+' if ms >= 0 else '-'} INTERVAL '{abs(ms)}' MILLISECOND"
+
+    conditions = {
+        "between": f"o.ts BETWEEN {shifted('s.ts', lower)} AND {shifted('s.ts', upper)}",
+        "comparisons": f"o.ts >= {shifted('s.ts', lower)} AND o.ts < {shifted('s.ts', upper + 1)}",
+        "flipped": f"s.ts <= {shifted('o.ts', -lower)} AND {shifted('s.ts', upper)} >= o.ts",
+    }
+    with connect("memory://") as log:
+        for topic in ("orders", "shipments"):
+            log.create_topic(topic)
+        log.append_events("orders", [stamped("orders", at, id=key, amount=n) for n, (key, at) in enumerate(orders)])
+        log.append_events(
+            "shipments",
+            [stamped("shipments", at, order_id=key, carrier=f"c{n}") for n, (key, at) in enumerate(shipments)],
+        )
+        query = (
+            "SELECT o.id, amount, carrier FROM orders o JOIN shipments s ON o.id = s.order_id AND "
+            + conditions[written]
+        )
+        found = [r for _, t in Job(log, JOINED + query).query() for r in job_results(t)]
+    want = [
+        {"id": ko, "amount": n, "carrier": f"c{m}"}
+        for n, (ko, to) in enumerate(orders)
+        for m, (ks, ts) in enumerate(shipments)
+        if ko == ks and lower <= to - ts <= upper
+    ]
+    key = lambda r: (r["amount"], r["carrier"])  # noqa: E731
+    assert sorted(found, key=key) == sorted(want, key=key)
+
+
+def test_an_interval_join_pushes_conditions_to_their_side_and_drops_late_rows() -> None:
+    with connect("memory://") as log:
+        for topic in ("orders", "shipments"):
+            log.create_topic(topic)
+        orders = [(1, 5, 0), (2, 50, 0), (3, 99, 100), (4, 60, 5_000)]
+        log.append_events("orders", [stamped("orders", at, id=key, amount=amount) for key, amount, at in orders])
+        # the shipment of order 3 comes after one at 5.2 s: the watermark it meets (5 s) is
+        # past its interval's reach (2 s), so it is late and dropped
+        shipped = [(2, 1_500), (4, 5_200), (3, 1_600), (1, 1_000)]
+        log.append_events("shipments", [stamped("shipments", at, order_id=key, carrier="post") for key, at in shipped])
+        query = (
+            "SELECT o.id, s.carrier FROM orders AS o, shipments AS s WHERE o.id = s.order_id AND amount > 10"
+            " AND s.ts BETWEEN o.ts AND o.ts + INTERVAL '2' SECOND AND carrier <> CAST(o.id AS STRING)"
+        )
+        job = Job(log, JOINED.replace("INTERVAL '1' HOUR", "INTERVAL '0' SECOND") + query)
+        found = [r for _, t in job.query() for r in job_results(t)]
+        assert sorted(r["id"] for r in found) == [2, 4]
+        assert job.pipelines[0].progress.late == 2  # the shipments of orders 3 and 1 (order 1 is filtered anyway)
+        explained = "\n".join(job.plans[0].explain())
+        assert "interval join o and s on 1 keys, o.ts - s.ts in [-2000, 0] ms" in explained

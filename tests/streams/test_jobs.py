@@ -307,3 +307,47 @@ def test_an_updating_query_upserts_by_primary_key_and_deletes_with_tombstones(lo
     assert not errors
     assert balances() == {b"a": {"card": "a", "total": 7, "payments": 2}, b"b": None}
     assert log.describe_topic("balances").config.compact
+
+
+def test_an_interval_join_resumes_with_the_rows_it_kept(log: Log) -> None:
+    script = """
+    CREATE TABLE clicks (ad BIGINT, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+      WITH ('topic' = 'clicks');
+    CREATE TABLE buys (ad BIGINT, amount BIGINT, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+      WITH ('topic' = 'buys');
+    CREATE TABLE conversions (ad BIGINT, amount BIGINT, clicked TIMESTAMP_LTZ(3)) WITH ('topic' = 'conversions');
+    INSERT INTO conversions
+    SELECT c.ad, b.amount, c.ts FROM clicks c JOIN buys b
+      ON c.ad = b.ad AND b.ts BETWEEN c.ts AND c.ts + INTERVAL '10' SECOND;
+    """
+    log.create_topic("clicks")
+    log.create_topic("buys")
+
+    def at(topic: str, seconds: float, **data: Any) -> Event:
+        return Event(type=topic, source="/ads", data={**data, "ts": (T0 + timedelta(seconds=seconds)).isoformat()})
+
+    log.append_events("clicks", [at("clicks", s, ad=s % 3) for s in range(0, 20, 2)])
+    log.append_events("buys", [at("buys", 5, ad=2, amount=1), at("buys", 6, ad=0, amount=2)])
+    thread, stop, errors = start(Job(log, script, name="conversions"))
+    wait_until(lambda: len(sink(log, "conversions")) == 3, what="the first conversions")
+    stop.set()
+    thread.join()
+    assert not errors
+    # the clicks kept come back from the checkpoint: later buys still meet them
+    log.append_events("buys", [at("buys", 15, ad=1, amount=3), at("buys", 21, ad=0, amount=4)])
+    log.append_events("clicks", [at("clicks", 30, ad=9)])
+    thread, stop, errors = start(Job(log, script, name="conversions"))
+    wait_until(lambda: len(sink(log, "conversions")) == 6, what="the conversions after the restart")
+    stop.set()
+    thread.join()
+    assert not errors
+    found = sorted((data["ad"], data["amount"], data["clicked"]) for _, data, _ in sink(log, "conversions"))
+    clicks = {s: s % 3 for s in range(0, 20, 2)}
+    buys = [(5, 2, 1), (6, 0, 2), (15, 1, 3), (21, 0, 4)]
+    want = sorted(
+        (ad, amount, (T0 + timedelta(seconds=c)).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        for bought, ad, amount in buys
+        for c, clicked_ad in clicks.items()
+        if clicked_ad == ad and c <= bought <= c + 10
+    )
+    assert found == want

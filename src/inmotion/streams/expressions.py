@@ -91,7 +91,7 @@ class _Compiler:
         if isinstance(node, (exp.Paren, exp.Alias)):
             return self.compile(node.this)
         if isinstance(node, exp.Column):
-            return self.column(node.name, node)
+            return self.column(self.qualified(node), node)
         if isinstance(node, (exp.Literal, exp.Boolean, exp.Null)):
             constant = literal(node)
             return lambda batch: constant
@@ -155,6 +155,16 @@ class _Compiler:
             return self.substring(node)
         name = node.name.upper() if isinstance(node, exp.Anonymous) else node.key.upper()
         raise self.fail(f"unsupported function or expression {name}: {text_of(node)}", node)
+
+    def qualified(self, node: exp.Column) -> str:
+        """The batch's name of a column: `alias.name` in a join's rows (unqualified, if only one
+        side has it), else its name."""
+        if node.table and f"{node.table}.{node.name}" in self.columns:
+            return f"{node.table}.{node.name}"
+        if node.name in self.columns:
+            return node.name
+        found = [name for name in self.columns if name.endswith(f".{node.name}")]
+        return found[0] if len(found) == 1 else node.name
 
     def column(self, name: str, node: exp.Expr) -> Compiled:
         if name not in self.columns:

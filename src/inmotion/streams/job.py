@@ -34,19 +34,18 @@ from inmotion.events import Event
 from inmotion.events.envelope import PARTITIONKEY
 from inmotion.log import Log, Message, Record, TopicConfig
 from inmotion.streams.checkpoints import Checkpoint, Checkpoints, Source, open_checkpoints
-from inmotion.streams.decode import Decoder
 from inmotion.streams.expressions import ARROW_TYPES, as_array
+from inmotion.streams.joins import IntervalJoinState
 from inmotion.streams.plan import Output, Plan, plans
 from inmotion.streams.rank import top_n
+from inmotion.streams.scan import Scan
 from inmotion.streams.sessions import SessionState
 from inmotion.streams.sql import Table, parse
 from inmotion.streams.updates import GroupState
-from inmotion.streams.windows import WindowState, assign, event_times
+from inmotion.streams.windows import WindowState, assign
 
 _logger = logging.getLogger("inmotion.streams")
 
-BATCH = 10_000
-"""Records read from a partition at a time."""
 FINAL = 2**62
 """The watermark at the end of a bounded input: every window fires."""
 
@@ -57,8 +56,8 @@ Results = Callable[[Plan, pa.Table], None]
 class Progress(msgspec.Struct):
     """What a checkpoint records of a pipeline besides its offsets and state."""
 
-    times: dict[int, int] = msgspec.field(default_factory=dict)
-    """By partition: the newest event time read (ms)."""
+    times: list[dict[int, int]] = msgspec.field(default_factory=list)
+    """By source, by partition: the newest event time read (ms)."""
     watermark: int | None = None
     read: int = 0
     late: int = 0
@@ -66,83 +65,73 @@ class Progress(msgspec.Struct):
     emitted: int = 0
 
 
+State = WindowState | SessionState | GroupState | IntervalJoinState
+
+
 class Pipeline:
-    """One query: its source's offsets and event times, its window state and the results it
-    has not yet handed over."""
+    """One query: its sources (a `Scan` each), its state (windows, groups or a join's rows)
+    and the results it has not yet handed over."""
 
     def __init__(self, index: int, plan: Plan, idle_timeout: float) -> None:
         self.index = index
         self.plan = plan
-        self.idle_timeout = idle_timeout
-        self.source: Table = plan.source
-        self.decoder = Decoder(plan.source, plan.reads)
-        watermark = plan.source.watermark
-        self.delay = watermark.delay_ms if watermark is not None else 0
-        self.time_column = watermark.column if watermark is not None else None
-        self.state: WindowState | SessionState | GroupState | None = None
-        if plan.updating:
+        sides = [(plan.source, plan.reads)] if plan.join is None else [(s.table, s.reads) for s in plan.join.sides]
+        self.scans = [Scan(table, reads, idle_timeout) for table, reads in sides]
+        self.state: State | None = None
+        if plan.join is not None:
+            self.state = IntervalJoinState(plan.join)
+        elif plan.updating:
             self.state = GroupState(plan)
         elif plan.grouped:
             assert plan.window is not None
             state = SessionState if plan.window.kind == "SESSION" else WindowState
             self.state = state(plan, self._time_type())
-        self.offsets: dict[int, int] = {}
-        self.ends: dict[int, int] | None = None
-        """A bounded run's last offsets (exclusive) per partition."""
         self.progress = Progress()
-        self.heard: dict[int, float] = {}
-        """By partition: when it last had records to read."""
         self.results: list[pa.Table] = []
         self.deletes: list[pa.Table] = []
         """An updating query's rows whose key is to be deleted from the sink."""
 
     def _time_type(self) -> pa.DataType:
         window = self.plan.window
-        column = self.source.column(window.column) if window is not None else None
+        column = self.plan.source.column(window.column) if window is not None else None
         assert column is not None  # the planner checked: windows are over the watermarked column
         return ARROW_TYPES[column.type]
 
+    def trackers(self) -> list[str]:
+        """The names of the sources' positions: the query's number, then `.1` for a join's right."""
+        return [str(self.index) if i == 0 else f"{self.index}.{i}" for i in range(len(self.scans))]
+
     # --- reading --------------------------------------------------------------------------
-    def start(self, log: Log, offsets: dict[int, int] | None, now: float, *, bounded: bool) -> None:
-        topic = self.source.topic
-        count = log.partition_count(topic)
-        if offsets is None:
-            first = log.earliest_offset if self.source.start == "earliest-offset" else log.latest_offset
-            offsets = {p: first(topic, p) for p in range(count)}
-        self.offsets = {p: offsets.get(p, log.earliest_offset(topic, p)) for p in range(count)}
-        self.heard = dict.fromkeys(range(count), now)
-        if bounded:
-            self.ends = {p: log.latest_offset(topic, p) for p in range(count)}
+    def start(self, log: Log, offsets: Sequence[dict[int, int] | None], now: float, *, bounded: bool) -> None:
+        for scan, start in zip(self.scans, offsets, strict=True):
+            scan.start(log, start, now, bounded=bounded)
 
     def poll(self, log: Log, now: float) -> int:
-        """Read and process a batch from each partition; how many records were read."""
+        """Read and process a batch from each partition of each source; how many records."""
         read = 0
-        for partition, offset in self.offsets.items():
-            limit = BATCH if self.ends is None else min(BATCH, self.ends[partition] - offset)
-            if limit <= 0:
-                continue
-            records = log.read(self.source.topic, partition, offset, limit)
-            if self.ends is not None:
-                records = [r for r in records if r.offset < self.ends[partition]]
-            if not records:
-                continue
-            self.heard[partition] = now
-            self.offsets[partition] = records[-1].offset + 1
-            self.process(partition, records, now)
-            read += len(records)
+        for side, scan in enumerate(self.scans):
+            for partition, records in scan.read(log, now):
+                self.process(side, partition, records, now)
+                read += len(records)
         return read
 
     def remaining(self) -> int:
         """A bounded run's records left to read."""
-        assert self.ends is not None
-        return sum(max(0, end - self.offsets[p]) for p, end in self.ends.items())
+        return sum(scan.remaining() for scan in self.scans)
 
-    def process(self, partition: int, records: Sequence[Record], now: float) -> None:
-        batch, malformed = self.decoder.decode(records)
+    def process(self, side: int, partition: int, records: Sequence[Record], now: float) -> None:
+        scan = self.scans[side]
+        batch, malformed = scan.decoder.decode(records)
         self.progress.read += len(records)
         self.progress.malformed += malformed
-        windowed = self.state is not None and self.plan.window is not None
-        marks = self.row_watermarks(partition, batch, now) if windowed else None
+        timed = self.plan.join is not None or (self.state is not None and self.plan.window is not None)
+        marks = self.row_watermarks(side, partition, batch, now) if timed else None
+        if isinstance(self.state, IntervalJoinState):
+            late, joined = self.state.add(side, batch, marks)
+            self.progress.late += late
+            if joined is not None:
+                self.emit(joined)
+            return
         plan = self.plan
         if plan.where is not None and batch.num_rows:
             keep = as_array(plan.where(batch), batch.num_rows)
@@ -155,43 +144,31 @@ class Pipeline:
         else:
             self.emit(batch)
 
-    def row_watermarks(self, partition: int, batch: pa.Table, now: float) -> Any:
-        """The watermark each row meets (NULL: none yet), and the partition's newest event
-        time moved past the batch. Within a partition the watermark moves row by row (the
-        newest time before the row, less the delay), so which rows are late does not depend on
-        how reads were batched: a job restarted from a checkpoint drops the same ones."""
-        previous = self.progress.times.get(partition)
-        if self.time_column is None or not batch.num_rows:
-            return pa.nulls(batch.num_rows, pa.int64())
-        times = event_times(batch, self.time_column).combine_chunks()
-        newest = pc.cumulative_max(pc.fill_null(times, -FINAL))
-        start = -FINAL if previous is None else previous
-        before = pc.max_element_wise(pa.concat_arrays([pa.array([start], pa.int64()), newest[:-1]]), start)
-        last = newest[-1].as_py()
-        if last > -FINAL:
-            self.progress.times[partition] = last if previous is None else max(last, previous)
-        marks = pc.if_else(pc.equal(before, -FINAL), pa.scalar(None, pa.int64()), pc.subtract(before, self.delay))
-        others = self.marks(now, leave_out=partition)
-        if others is None:  # another partition holds the watermark back
-            marks = pa.nulls(batch.num_rows, pa.int64())
-        elif others:
-            marks = pc.min_element_wise(marks, min(others), skip_nulls=False)
+    def row_watermarks(self, side: int, partition: int, batch: pa.Table, now: float) -> Any:
+        """The watermark each row meets (see `Scan.row_watermarks`), never below the query's."""
+        others = [scan.watermark(now) for i, scan in enumerate(self.scans) if i != side]
+        bound = min((w for w in others if w is not None), default=None)
+        marks = self.scans[side].row_watermarks(partition, batch, now, bound, held=None in others)
         floor = self.progress.watermark
         return marks if floor is None else pc.max_element_wise(marks, floor)
 
     # --- watermarks and results ----------------------------------------------------------------
     def advance(self, now: float) -> None:
-        """Move the watermark on, firing the windows it passes (all of them at a bounded end)."""
-        if self.ends is not None and not self.remaining():
+        """Move the watermark on, firing the windows it passes (all of them at a bounded end)
+        and letting go of a join's rows nothing can match any more."""
+        if all(scan.ends is not None for scan in self.scans) and not self.remaining():
             watermark: int | None = FINAL
         else:
             watermark = self.watermark(now)
+        if isinstance(self.state, IntervalJoinState):
+            left, right = (scan.watermark(now) for scan in self.scans)
+            self.state.expire(left, right)
         if watermark is None or (self.progress.watermark is not None and watermark <= self.progress.watermark):
             return
         previous = self.progress.watermark
         if watermark != FINAL:
             self.progress.watermark = watermark
-        if self.state is not None and not isinstance(self.state, GroupState):
+        if isinstance(self.state, (WindowState, SessionState)):
             fired = self.state.fire(watermark, previous)
             if fired is not None:
                 plan = self.plan
@@ -200,30 +177,9 @@ class Pipeline:
                 self.emit(fired)
 
     def watermark(self, now: float) -> int | None:
-        """The source's watermark: the smallest of its partitions' that are not idle (all
-        idle: the newest time read, less the delay); None until each has one."""
-        if self.time_column is None:
-            return None
-        marks = self.marks(now)
-        if marks is None:
-            return None
-        if not marks:
-            times = self.progress.times.values()
-            return max(times) - self.delay if times else None
-        return min(marks)
-
-    def marks(self, now: float, leave_out: int | None = None) -> list[int] | None:
-        """The watermarks of the partitions (but `leave_out`) that are not idle; None if one
-        of them has none yet. Idle: nothing to read, and no records for `idle_timeout`."""
-        found = []
-        for partition in self.offsets:
-            if partition == leave_out or now - self.heard[partition] >= self.idle_timeout:
-                continue
-            time = self.progress.times.get(partition)
-            if time is None:
-                return None
-            found.append(time - self.delay)
-        return found
+        """The query's watermark: its sources' smallest (None until each has one)."""
+        marks = [scan.watermark(now) for scan in self.scans]
+        return None if None in marks else min(m for m in marks if m is not None)
 
     def emit(self, rows: pa.Table) -> None:
         if not rows.num_rows:
@@ -247,8 +203,14 @@ class Pipeline:
         return pa.concat_tables(deletes) if deletes else None
 
     def changed(self) -> bool:
-        """Window state changed without reads (windows fired, their results filtered out)."""
+        """State changed without reads (windows fired, their results filtered out; a join's
+        rows let go)."""
         return self.state is not None and not isinstance(self.state, GroupState) and self.state.fired
+
+    def checkpointed(self) -> Progress:
+        """The progress to checkpoint, with the sources' event times."""
+        self.progress.times = [scan.times for scan in self.scans]
+        return self.progress
 
     def take_results(self) -> pa.Table | None:
         if not self.results:
@@ -308,7 +270,7 @@ class Job:
                 )
         now = self.clock.time()
         for pipeline in self.pipelines:
-            pipeline.start(self.log, None, now, bounded=True)
+            pipeline.start(self.log, [None] * len(pipeline.scans), now, bounded=True)
         total = sum(p.remaining() for p in self.pipelines)
         while True:
             now = self.clock.time()
@@ -361,28 +323,30 @@ class Job:
                     self._checkpoint(checkpoints, epoch, results)
                     last, unsaved = now, 0
                 if not read:
-                    self._wait(stop)
+                    self._wait()
             self._checkpoint(checkpoints, epoch, results)
         except BaseException as exc:
             checkpoints.finish(self.name, epoch, "failed", f"{type(exc).__name__}: {exc}")
             raise
         checkpoints.finish(self.name, epoch, "stopped")
 
-    def _wait(self, stop: threading.Event) -> None:
-        first = self.pipelines[0]
-        waited = self.log.wait(first.source.topic, first.offsets, 0.05 if len(self.pipelines) > 1 else 0.2)
-        if not waited and stop.is_set():
-            return
+    def _wait(self) -> None:
+        """Until the first source has records to read, for a moment (the others are looked at
+        after it: several sources wait less)."""
+        scans = [scan for pipeline in self.pipelines for scan in pipeline.scans]
+        self.log.wait(scans[0].topic, scans[0].offsets, 0.05 if len(scans) > 1 else 0.2)
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         progress = msgspec.msgpack.decode(checkpoint.progress, type=list[Progress]) if checkpoint.progress else []
         now = self.clock.time()
         self.sequence = checkpoint.sequence
         for pipeline in self.pipelines:
-            offsets = checkpoint.positions.get(str(pipeline.index))
-            pipeline.start(self.log, dict(offsets) if offsets is not None else None, now, bounded=False)
+            offsets = [checkpoint.positions.get(tracker) for tracker in pipeline.trackers()]
+            pipeline.start(self.log, [dict(o) if o is not None else None for o in offsets], now, bounded=False)
             if pipeline.index < len(progress):
                 pipeline.progress = progress[pipeline.index]
+                for scan, times in zip(pipeline.scans, pipeline.progress.times, strict=False):
+                    scan.times = times
             if pipeline.state is not None:
                 pipeline.state.restore({k: v for (op, k), v in checkpoint.state.items() if op == pipeline.index})
 
@@ -411,9 +375,13 @@ class Job:
             self.name,
             epoch,
             self.sequence,
-            [Source(str(p.index), p.source.topic, dict(p.offsets)) for p in self.pipelines],
+            [
+                Source(tracker, scan.topic, dict(scan.offsets))
+                for p in self.pipelines
+                for tracker, scan in zip(p.trackers(), p.scans, strict=True)
+            ],
             state,
-            msgspec.msgpack.encode([p.progress for p in self.pipelines]),
+            msgspec.msgpack.encode([p.checkpointed() for p in self.pipelines]),
             appended,
         )
         if results is not None:

@@ -5,10 +5,12 @@ runs, each compiled once.
     scan(table) -> filter(WHERE) -> window -> aggregate(GROUP BY window_start, window_end, keys)
                 -> filter(HAVING) -> project(SELECT) [-> rank(ROW_NUMBER() <= N) -> project]
     scan(table) -> filter(WHERE) -> aggregate(GROUP BY keys: updates) -> filter(HAVING) -> project
+    scan(left), scan(right) -> filter(each side's conditions) -> interval join -> filter -> project
 
-Windows are TUMBLE, HOP, CUMULATE and SESSION. What a plan cannot express yet (joins, ORDER BY,
-deduplication, DISTINCT, OVER aggregations) is an `InvalidSql` naming the construct, its line
-and its column: never a plan that would give a different answer than Flink."""
+Windows are TUMBLE, HOP, CUMULATE and SESSION. What a plan cannot express yet (joins other than
+interval joins, ORDER BY, deduplication, DISTINCT, OVER aggregations) is an `InvalidSql` naming
+the construct, its line and its column: never a plan that would give a different answer than
+Flink."""
 
 from __future__ import annotations
 
@@ -91,6 +93,37 @@ class Rank:
 
 
 @dataclasses.dataclass(frozen=True)
+class Side:
+    """One table of a join: its columns are named `alias.column` in the joined rows."""
+
+    table: Table
+    alias: str
+    reads: tuple[str, ...]
+    where: Compiled | None
+    """The conditions on this side alone, applied before the join."""
+    keys: tuple[Compiled, ...]
+    """The equi-join's key expressions on this side (as many as the other side's)."""
+    time: str
+    """The watermarked column, qualified."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IntervalJoin:
+    """An interval join of two streams: rows with equal keys whose times differ by `lower` to
+    `upper` ms (left time - right time), and `residual` holds on the joined row."""
+
+    left: Side
+    right: Side
+    lower: int
+    upper: int
+    residual: Compiled | None
+
+    @property
+    def sides(self) -> tuple[Side, Side]:
+        return self.left, self.right
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     query: Query
     source: Table
@@ -109,6 +142,8 @@ class Plan:
     """A window aggregation: `select` and `having` read the fired groups, not the rows."""
     rank: Rank | None = None
     """A Top-N over the window aggregation's rows: what the query gives is its outputs."""
+    join: IntervalJoin | None = None
+    """An interval join: `source` is its left table, `select` reads the joined rows."""
 
     @property
     def updating(self) -> bool:
@@ -122,10 +157,19 @@ class Plan:
 
     def explain(self) -> list[str]:
         """The operators, from the source to the sink, one line each."""
-        lines = [f"scan {self.source.name} (topic {self.source.topic}; reads {', '.join(self.reads) or 'nothing'})"]
-        watermark = self.source.watermark
-        if watermark is not None:
-            lines.append(f"  watermark {watermark.column} - {watermark.delay_ms} ms")
+        sides = [(self.source, self.reads)] if self.join is None else [(s.table, s.reads) for s in self.join.sides]
+        lines = []
+        for table, reads in sides:
+            lines.append(f"scan {table.name} (topic {table.topic}; reads {', '.join(reads) or 'nothing'})")
+            if table.watermark is not None:
+                lines.append(f"  watermark {table.watermark.column} - {table.watermark.delay_ms} ms")
+        if self.join is not None:
+            join = self.join
+            lines.append(
+                f"interval join {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys,"
+                f" {join.left.time} - {join.right.time} in [{join.lower}, {join.upper}] ms"
+            )
+            lines.append("  state: each side's rows, kept until the other side's watermark passes their interval")
         if self.where is not None:
             lines.append(f"filter {_clause(self.query, 'where')}")
         if self.window is not None:
@@ -195,6 +239,8 @@ class _Planner:
         return result
 
     def select(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
+        if select.args.get("joins"):
+            return self.interval_join(query, select, sink)
         self.refuse(select)
         source, window = self.source(select)
         columns = {c.name: ARROW_TYPES[c.type] for c in source.columns}
@@ -220,6 +266,166 @@ class _Planner:
             )
             return Plan(query, source, self.reads(select, source, window), where_, window, (), (), None, outputs, sink)
         return self.aggregation(query, select, source, window, columns, where_, items, sink)
+
+    def interval_join(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
+        """`FROM l JOIN r ON l.k = r.k AND l.ts BETWEEN r.ts - INTERVAL ... AND r.ts + INTERVAL ...`
+        (or the same conditions in WHERE, with `FROM l, r`): an interval join of two streams."""
+        [join] = select.args["joins"] if len(select.args["joins"]) == 1 else [None]
+        if join is None:
+            raise self.fail("a join of more than two tables is not supported yet", select.args["joins"][1])
+        if join.args.get("side") or join.args.get("kind") not in (None, "INNER", "CROSS"):
+            raise self.fail("only inner joins of two streams (interval joins) are supported yet", join)
+        for arg in ("group", "having", "order", "limit", "distinct", "qualify", "with_"):
+            if select.args.get(arg):
+                raise self.fail(f"{arg.upper()} over a join is not supported yet", select.args[arg])
+        left_node, right_node = select.args["from_"].this, join.this
+        for node in (left_node, right_node):
+            if not (isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier)):
+                raise self.fail("an interval join joins two tables (not subqueries or table functions)", node)
+        tables = [self.table(left_node), self.table(right_node)]
+        aliases = [left_node.alias_or_name, right_node.alias_or_name]
+        if aliases[0] == aliases[1]:
+            raise self.fail(f"both sides of the join are called {aliases[0]}: give one an alias", right_node)
+        for table in tables:
+            if table.watermark is None:
+                raise self.fail(f"an interval join needs event time: table {table.name} has no WATERMARK", join)
+        columns = {
+            f"{a}.{c.name}": ARROW_TYPES[c.type] for a, t in zip(aliases, tables, strict=True) for c in t.columns
+        }
+        conditions = [*_conjuncts(join.args.get("on")), *_conjuncts((select.args.get("where") or exp.Where()).this)]
+        times = [f"{a}.{t.watermark.column}" for a, t in zip(aliases, tables, strict=True)]  # type: ignore[union-attr]
+        bounds: dict[str, int] = {}
+        keys: list[tuple[exp.Expr, exp.Expr]] = []
+        alone: list[list[exp.Expr]] = [[], []]
+        residual: list[exp.Expr] = []
+        for condition in conditions:
+            touched = {self.side_of(column, aliases, columns) for column in condition.find_all(exp.Column)}
+            if self.time_bound(condition, times, aliases, bounds):
+                continue
+            if touched == {0, 1} and isinstance(condition, exp.EQ):
+                left, right = condition.this, condition.expression
+                if {self.side_of(c, aliases, columns) for c in left.find_all(exp.Column)} == {1}:
+                    left, right = right, left
+                if {self.side_of(c, aliases, columns) for c in left.find_all(exp.Column)} == {0}:
+                    keys.append((left, right))
+                    continue
+            if len(touched) == 1:
+                alone[touched.pop()].append(condition)
+            else:
+                residual.append(condition)
+        if set(bounds) != {"lower", "upper"}:
+            raise self.fail(
+                "a join of two streams needs a time interval, as Flink's interval joins: e.g."
+                f" {times[0]} BETWEEN {times[1]} - INTERVAL '1' HOUR AND {times[1]}",
+                join,
+            )
+        if bounds["lower"] > bounds["upper"]:
+            raise self.fail("the join's time interval is empty (its lower bound is above its upper one)", join)
+        sides = []
+        for i, (alias, table) in enumerate(zip(aliases, tables, strict=True)):
+            own = {name: t for name, t in columns.items() if name.startswith(f"{alias}.")}
+            where_ = _all_of(alone[i])
+            used = {
+                c.name for c in select.walk() if isinstance(c, exp.Column) and self.side_of(c, aliases, columns) == i
+            }
+            if any(isinstance(item, exp.Star) for item in select.expressions):
+                used.update(c.name for c in table.columns)
+            used.add(table.watermark.column)  # type: ignore[union-attr]
+            sides.append(
+                Side(
+                    table,
+                    alias,
+                    tuple(c.name for c in table.columns if c.name in used),
+                    compile_expression(self.sql, where_, own) if where_ is not None else None,
+                    tuple(compile_expression(self.sql, pair[i], own) for pair in keys),
+                    times[i],
+                )
+            )
+        items: list[exp.Expr] = []
+        for item in select.expressions:
+            if isinstance(item, exp.Star):
+                items.extend(exp.column(name.split(".", 1)[1], table=name.split(".", 1)[0]) for name in columns)
+            else:
+                items.append(item)
+        outputs = tuple(
+            Output(n, compile_expression(self.sql, item, columns)) for n, item in zip(_names(items), items, strict=True)
+        )
+        rest = _all_of(residual)
+        join_plan = IntervalJoin(
+            sides[0],
+            sides[1],
+            bounds["lower"],
+            bounds["upper"],
+            compile_expression(self.sql, rest, columns) if rest is not None else None,
+        )
+        return Plan(query, tables[0], sides[0].reads, None, None, (), (), None, outputs, sink, join=join_plan)
+
+    def side_of(self, column: exp.Column, aliases: list[str], columns: Mapping[str, pa.DataType]) -> int:
+        """Which side of the join a column belongs to (0 left, 1 right)."""
+        if column.table:
+            if column.table not in aliases:
+                raise self.fail(f"unknown table {column.table} (the join's are {', '.join(aliases)})", column)
+            return aliases.index(column.table)
+        found = [i for i, alias in enumerate(aliases) if f"{alias}.{column.name}" in columns]
+        if len(found) != 1:
+            problem = "is ambiguous: qualify it" if found else "is in neither table"
+            raise self.fail(f"column {column.name} {problem} ({' or '.join(aliases)})", column)
+        return found[0]
+
+    def time_bound(self, condition: exp.Expr, times: list[str], aliases: list[str], bounds: dict[str, int]) -> bool:
+        """Take a condition on the two time columns into the interval (left time - right time
+        within [lower, upper]): BETWEEN, a comparison or an equality, each side shifted by an
+        INTERVAL. False when it is no such condition."""
+        if isinstance(condition, exp.Between):
+            low = exp.GTE(this=condition.this, expression=condition.args["low"])
+            high = exp.LTE(this=condition.this, expression=condition.args["high"])
+            trial: dict[str, int] = dict(bounds)
+            if self.time_bound(low, times, aliases, trial) and self.time_bound(high, times, aliases, trial):
+                bounds.update(trial)
+                return True
+            return False
+        kinds: dict[type[exp.Expr], tuple[int, int]] = {
+            exp.GTE: (1, 0),
+            exp.GT: (1, 1),
+            exp.LTE: (-1, 0),
+            exp.LT: (-1, 1),
+            exp.EQ: (0, 0),
+        }
+        if type(condition) not in kinds:
+            return False
+        a, b = (
+            self.shifted_time(condition.this, times, aliases),
+            self.shifted_time(condition.expression, times, aliases),
+        )
+        if a is None or b is None or a[0] == b[0]:
+            return False
+        direction, strict = kinds[type(condition)]
+        if a[0] == 1:  # written as right ... left: flip it
+            a, b, direction = b, a, -direction
+        # left + a_shift (op) right + b_shift  ->  left - right (op) b_shift - a_shift
+        limit = b[1] - a[1]
+        if direction >= 0:
+            bounds["lower"] = max(bounds.get("lower", limit + strict), limit + strict)
+        if direction <= 0:
+            bounds["upper"] = min(bounds.get("upper", limit - strict), limit - strict)
+        return True
+
+    def shifted_time(self, node: exp.Expr, times: list[str], aliases: list[str]) -> tuple[int, int] | None:
+        """(side, shift in ms) if `node` is a side's time column, plus or minus an INTERVAL."""
+        shift = 0
+        if isinstance(node, (exp.Add, exp.Sub)) and isinstance(node.expression, exp.Interval):
+            shift = interval_ms(self.sql, node.expression) * (1 if isinstance(node, exp.Add) else -1)
+            node = node.this
+        if not isinstance(node, exp.Column):
+            return None
+        for side, (alias, time) in enumerate(zip(aliases, times, strict=True)):
+            if f"{node.table or alias}.{node.name}" == time and (node.table or self.unique(node.name, times)):
+                return side, shift
+        return None
+
+    @staticmethod
+    def unique(name: str, times: list[str]) -> bool:
+        return sum(t.endswith(f".{name}") for t in times) == 1
 
     def top_n(self, query: Query, outer: exp.Select, sink: Table | None) -> Plan:
         """`SELECT ... FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end
@@ -543,6 +749,21 @@ class _Planner:
             if not inside and column.name not in columns and text_of(column) not in replaced:
                 raise self.fail(f"column {column.name} is neither in GROUP BY nor inside an aggregate", column)
         return compile_expression(self.sql, node, columns, replaced)
+
+
+def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
+    """The conditions ANDed in `node`."""
+    if node is None:
+        return []
+    if isinstance(node, exp.Paren):
+        return _conjuncts(node.this)
+    if isinstance(node, exp.And):
+        return [*_conjuncts(node.this), *_conjuncts(node.expression)]
+    return [node]
+
+
+def _all_of(conditions: list[exp.Expr]) -> exp.Expr | None:
+    return exp.and_(*conditions) if conditions else None
 
 
 def _ranks(select: exp.Select) -> bool:
