@@ -351,3 +351,35 @@ def test_an_interval_join_resumes_with_the_rows_it_kept(log: Log) -> None:
         if clicked_ad == ad and c <= bought <= c + 10
     )
     assert found == want
+
+
+def test_state_ttl_forgets_a_group_no_row_came_to(log: Log) -> None:
+    script = """
+    SET 'table.exec.state.ttl' = '1 min';
+    CREATE TABLE payments (card STRING, amount BIGINT) WITH ('topic' = 'payments');
+    CREATE TABLE totals (card STRING, total BIGINT, PRIMARY KEY (card) NOT ENFORCED) WITH ('topic' = 'totals');
+    INSERT INTO totals SELECT card, SUM(amount) FROM payments GROUP BY card;
+    """
+    log.create_topic("payments")
+
+    def pay(card: str, amount: int) -> Event:
+        return Event(type="payment", source="/cards", data={"card": card, "amount": amount})
+
+    def totals() -> list[tuple[str, int]]:
+        return [(data["card"], data["total"]) for _, data, _ in sink(log, "totals")]
+
+    clock = FakeClock(autojump=False)
+    job = Job(log, script, name="totals", clock=clock)
+    log.append_events("payments", [pay("a", 10), pay("b", 1)])
+    thread, stop, errors = start(job)
+    wait_until(lambda: len(totals()) == 2, what="the first totals")
+    clock.advance(45)
+    log.append_events("payments", [pay("b", 2)])  # b's last row was 45 s ago: it lives on
+    wait_until(lambda: len(totals()) == 3, what="b's new total")
+    clock.advance(30)  # a was last touched 75 s ago: forgotten, so its next payment starts anew
+    log.append_events("payments", [pay("a", 5), pay("b", 4)])
+    wait_until(lambda: len(totals()) == 5, what="the totals after a's state expired")
+    stop.set()
+    thread.join()
+    assert not errors
+    assert sorted(totals()) == [("a", 5), ("a", 10), ("b", 1), ("b", 3), ("b", 7)]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from inmotion.errors import InvalidSql
 from inmotion.streams import Column, Query, Table, Watermark, parse
 from inmotion.streams.dialect import TableArgument
+from inmotion.streams.sql import Setting
 
 BIDS = """
 CREATE TABLE bids (
@@ -111,6 +112,14 @@ def test_a_watermark_on_the_column_itself_allows_no_delay() -> None:
         ("SELECT 1;\n  DROP TABLE t", "unsupported statement DROP TABLE", 2, 3),
         ("SELECT 'unterminated", "cannot read the SQL", 0, 0),
         ("SELECT 1;\n ELSE", "'ELSE' is no statement", 2, 2),
+        (
+            "SET 'table.exec.sink.not-null-enforcer' = 'DROP'",
+            "unknown option 'table.exec.sink.not-null-enforcer'",
+            1,
+            5,
+        ),
+        ("SET 'table.exec.state.ttl' = 'a while'", "'a while' is no duration", 0, 0),
+        ("SET x = 1", "SET takes one 'option' = 'value'", 1, 5),
     ],
 )
 def test_sql_the_engine_cannot_take_is_named_with_its_position(sql: str, message: str, line: int, column: int) -> None:
@@ -165,3 +174,17 @@ def test_any_text_is_statements_or_invalid_sql(text: str) -> None:
 def test_any_sequence_of_flink_words_is_statements_or_invalid_sql(words: list[str]) -> None:
     with contextlib.suppress(InvalidSql):
         assert all(isinstance(statement, Table | Query) for statement in parse(" ".join(words)))
+
+
+def test_set_gives_options_and_takes_flinks_durations() -> None:
+    settings = parse(
+        "SET 'table.exec.state.ttl' = '1 h'; SET 'table.exec.source.idle-timeout' = '500ms';"
+        " SET 'execution.checkpointing.interval' = '10 s'; SET 'parallelism.default' = '4'"
+    )
+    assert settings == [
+        Setting("table.exec.state.ttl", "1 h"),
+        Setting("table.exec.source.idle-timeout", "500ms"),
+        Setting("execution.checkpointing.interval", "10 s"),
+        Setting("parallelism.default", "4"),
+    ]
+    assert [s.duration_ms() for s in settings[:3] if isinstance(s, Setting)] == [3_600_000, 500, 10_000]

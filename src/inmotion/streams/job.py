@@ -40,7 +40,7 @@ from inmotion.streams.plan import Output, Plan, plans
 from inmotion.streams.rank import top_n
 from inmotion.streams.scan import Scan
 from inmotion.streams.sessions import SessionState
-from inmotion.streams.sql import Table, parse
+from inmotion.streams.sql import OPTIONS, Setting, Table, parse
 from inmotion.streams.updates import GroupState
 from inmotion.streams.windows import WindowState, assign
 
@@ -72,7 +72,7 @@ class Pipeline:
     """One query: its sources (a `Scan` each), its state (windows, groups or a join's rows)
     and the results it has not yet handed over."""
 
-    def __init__(self, index: int, plan: Plan, idle_timeout: float) -> None:
+    def __init__(self, index: int, plan: Plan, idle_timeout: float, ttl_ms: int, clock: Clock) -> None:
         self.index = index
         self.plan = plan
         sides = [(plan.source, plan.reads)] if plan.join is None else [(s.table, s.reads) for s in plan.join.sides]
@@ -81,7 +81,7 @@ class Pipeline:
         if plan.join is not None:
             self.state = IntervalJoinState(plan.join)
         elif plan.updating:
-            self.state = GroupState(plan)
+            self.state = GroupState(plan, ttl_ms, clock.time)
         elif plan.grouped:
             assert plan.window is not None
             state = SessionState if plan.window.kind == "SESSION" else WindowState
@@ -108,6 +108,8 @@ class Pipeline:
 
     def poll(self, log: Log, now: float) -> int:
         """Read and process a batch from each partition of each source; how many records."""
+        if isinstance(self.state, GroupState):
+            self.state.expire()  # before the rows it reads touch their groups again
         read = 0
         for side, scan in enumerate(self.scans):
             for partition, records in scan.read(log, now):
@@ -252,10 +254,18 @@ class Job:
         self.clock = clock or SystemClock()
         self.idle_timeout = idle_timeout
         self.interval = interval
-        self.plans = plans(parse(sql), sql)
+        statements = parse(sql)
+        self.plans = plans(statements, sql)
         if not self.plans:
             raise InvalidSql("the SQL has no query: add a SELECT, or an INSERT INTO a table SELECT ...")
-        self.pipelines = [Pipeline(i, plan, idle_timeout) for i, plan in enumerate(self.plans)]
+        # the script's SET options win over the arguments: the script says what its job needs
+        settings = {s.option: s.duration_ms() for s in statements if isinstance(s, Setting) and s.option in OPTIONS}
+        if "table.exec.source.idle-timeout" in settings:
+            self.idle_timeout = settings["table.exec.source.idle-timeout"] / 1000 or math.inf
+        if "execution.checkpointing.interval" in settings:
+            self.interval = settings["execution.checkpointing.interval"] / 1000
+        ttl = settings.get("table.exec.state.ttl", 0)
+        self.pipelines = [Pipeline(i, plan, self.idle_timeout, ttl, self.clock) for i, plan in enumerate(self.plans)]
         self.sequence = 0
 
     # --- bounded ------------------------------------------------------------------------------

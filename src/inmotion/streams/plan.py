@@ -210,7 +210,7 @@ def plans(statements: Sequence[Statement], sql: str) -> list[Plan]:
             if statement.name in tables:
                 raise InvalidSql(f"table {statement.name} is declared twice")
             tables[statement.name] = statement
-        else:
+        elif isinstance(statement, Query):
             result.append(plan(statement, tables, sql))
     return result
 

@@ -104,7 +104,52 @@ class Query:
     sink: str | None = None
 
 
-Statement = Table | Query
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """`SET 'option' = 'value'`: an option of the job (see `OPTIONS`)."""
+
+    option: str
+    value: str
+
+    def duration_ms(self) -> int:
+        return duration_ms(self.option, self.value)
+
+
+OPTIONS = {
+    "table.exec.state.ttl": "how long an updating GROUP BY keeps a key's state after its last row (0: always)",
+    "table.exec.source.idle-timeout": "how long a silent partition holds the watermark back",
+    "execution.checkpointing.interval": "the time between checkpoints while busy",
+}
+"""The options a script may SET, with what they do here."""
+NEUTRAL_OPTIONS = frozenset(
+    {
+        "parallelism.default",
+        "pipeline.name",
+        "table.exec.mini-batch.enabled",
+        "table.exec.mini-batch.allow-latency",
+        "table.exec.mini-batch.size",
+    }
+)
+"""Flink's options that change how a job runs, never its results: taken, and left to Flink."""
+
+Statement = Table | Query | Setting
+
+_DURATION = re.compile(r"\s*(\d+)\s*([a-z]*)\s*")
+_DURATION_UNITS = {
+    "": 1, "ms": 1, "milli": 1, "millis": 1, "millisecond": 1, "milliseconds": 1,
+    "s": 1000, "sec": 1000, "secs": 1000, "second": 1000, "seconds": 1000,
+    "m": 60_000, "min": 60_000, "mins": 60_000, "minute": 60_000, "minutes": 60_000,
+    "h": 3_600_000, "hour": 3_600_000, "hours": 3_600_000,
+    "d": 86_400_000, "day": 86_400_000, "days": 86_400_000,
+}  # fmt: skip
+
+
+def duration_ms(option: str, text: str) -> int:
+    """A duration as Flink writes one ('1 h', '30min', '500 ms'; a bare number is ms)."""
+    match = _DURATION.fullmatch(text.lower())
+    if match is None or match.group(2) not in _DURATION_UNITS:
+        raise InvalidSql(f"SET '{option}': {text!r} is no duration (e.g. '10 s', '5 min', '1 h', '500 ms')")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
 def parse(sql: str) -> list[Statement]:
@@ -144,9 +189,30 @@ def _statement(sql: str, tokens: list[Token]) -> Statement:
         return Query(text, tree, sink=tree.this.name)
     if isinstance(tree, exp.Query):
         return Query(text, tree)
+    if isinstance(tree, exp.Set):
+        return _setting(sql, tree)
     words = " ".join(token.text.upper() for token in tokens[:2])
     where = _at(sql, tokens[0].start)
-    raise InvalidSql(f"unsupported statement {words} (CREATE TABLE, SELECT and INSERT INTO are)", *where)
+    raise InvalidSql(f"unsupported statement {words} (CREATE TABLE, SET, SELECT and INSERT INTO are)", *where)
+
+
+def _setting(sql: str, tree: exp.Set) -> Setting:
+    items = tree.expressions
+    item = items[0].this if len(items) == 1 and isinstance(items[0], exp.SetItem) else None
+    if not (
+        isinstance(item, exp.EQ)
+        and isinstance(item.this, exp.Literal)
+        and item.this.is_string
+        and isinstance(item.expression, exp.Literal)
+    ):
+        raise InvalidSql("SET takes one 'option' = 'value'", *where(sql, tree))
+    setting = Setting(item.this.this, item.expression.this)
+    if setting.option not in OPTIONS and setting.option not in NEUTRAL_OPTIONS:
+        known = ", ".join(sorted([*OPTIONS, *NEUTRAL_OPTIONS]))
+        raise InvalidSql(f"unknown option {setting.option!r} (the options are {known})", *where(sql, item.this))
+    if setting.option in OPTIONS:
+        setting.duration_ms()  # checked now, not when the job has started
+    return setting
 
 
 def _table(sql: str, tree: exp.Create) -> Table:

@@ -5,7 +5,8 @@ mini-batch aggregation): a hot key costs one result per checkpoint, not one per 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from itertools import islice, repeat
 from typing import Any
 
@@ -22,11 +23,15 @@ _decoder = msgspec.msgpack.Decoder()
 
 
 class GroupState:
-    """Per group key: whether its row is in the sink, and the aggregates' partial values."""
+    """Per group key: whether its row is in the sink, the aggregates' partial values and when
+    a row last came (ms). With a `ttl_ms` (Flink's table.exec.state.ttl), a group no row came
+    to for that long is forgotten: a later row of its key starts it anew."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, ttl_ms: int = 0, clock: Callable[[], float] = time.time) -> None:
         self.plan = plan
-        self.groups: dict[tuple[Any, ...], list[Any]] = {}  # key -> [shown, partials]
+        self.ttl_ms = ttl_ms
+        self.clock = clock
+        self.groups: dict[tuple[Any, ...], list[Any]] = {}  # key -> [shown, partials, touched_ms]
         self._slots = [partial_specs(a, i) for i, a in enumerate(plan.aggregates)]
         self._kinds = [spec[1] for slots in self._slots for spec in slots]
         self._changed: set[tuple[Any, ...]] = set()
@@ -55,12 +60,14 @@ class GroupState:
             zip(*values, strict=True) if values else repeat(()),
             strict=False,  # repeat() is endless: Arrow keeps the columns equally long
         )
+        now_ms = int(self.clock() * 1000)
         for key, partials in islice(groups, partial.num_rows):
             current = self.groups.get(key)
             if current is None:
-                self.groups[key] = [False, list(partials)]
+                self.groups[key] = [False, list(partials), now_ms]
             else:
                 current[1] = merge(self._kinds, current[1], partials)
+                current[2] = now_ms
             self._changed.add(key)
         return 0
 
@@ -82,6 +89,16 @@ class GroupState:
         deletes = table.take(pa.array(gone, pa.int64())) if gone else None
         return (upserts if upserts.num_rows else None), deletes
 
+    def expire(self) -> None:
+        """Forget the groups past their time to live (their rows stay in the sink)."""
+        if not self.ttl_ms:
+            return
+        cutoff = int(self.clock() * 1000) - self.ttl_ms
+        for key in [k for k, (_, _, touched) in self.groups.items() if touched < cutoff]:
+            del self.groups[key]
+            self._changed.discard(key)
+            self._unsaved.add(key)
+
     def _table(self, keys: list[tuple[Any, ...]]) -> pa.Table:
         columns: dict[str, Any] = {}
         for i, output in enumerate(self.plan.keys):
@@ -95,9 +112,10 @@ class GroupState:
 
     # --- checkpoints --------------------------------------------------------------------------
     def changes(self) -> dict[bytes, bytes | None]:
-        """The groups updated since the last call (a group is never deleted: its state stays)."""
+        """The groups updated or forgotten since the last call."""
         changed: dict[bytes, bytes | None] = {
-            _encoder.encode(list(key)): _encoder.encode(self.groups[key]) for key in self._unsaved
+            _encoder.encode(list(key)): _encoder.encode(self.groups[key]) if key in self.groups else None
+            for key in self._unsaved
         }
         self._unsaved.clear()
         return changed
