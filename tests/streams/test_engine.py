@@ -456,3 +456,72 @@ def test_an_interval_join_pushes_conditions_to_their_side_and_drops_late_rows() 
         assert job.pipelines[0].progress.late == 2  # the shipments of orders 3 and 1 (order 1 is filtered anyway)
         explained = "\n".join(job.plans[0].explain())
         assert "interval join o and s on 1 keys, o.ts - s.ts in [-2000, 0] ms" in explained
+
+
+def window_side(table: str, alias: str, extra: str = "") -> str:
+    return f"(SELECT * FROM TABLE(TUMBLE(TABLE {table}, DESCRIPTOR(ts), INTERVAL '1' SECOND)){extra}) {alias}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    orders=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=20),
+    shipments=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=20),
+    kind=st.sampled_from(["", "LEFT", "RIGHT", "FULL OUTER"]),
+)
+def test_a_window_join_matches_a_nested_loop_per_window(
+    orders: list[tuple[int, int]], shipments: list[tuple[int, int]], kind: str
+) -> None:
+    with connect("memory://") as log:
+        for topic in ("orders", "shipments"):
+            log.create_topic(topic)
+        log.append_events("orders", [stamped("orders", at, id=key, amount=n) for n, (key, at) in enumerate(orders)])
+        log.append_events(
+            "shipments",
+            [stamped("shipments", at, order_id=key, carrier=f"c{n}") for n, (key, at) in enumerate(shipments)],
+        )
+        query = (
+            f"SELECT o.amount, s.carrier, COALESCE(o.window_start, s.window_start) AS ws"
+            f" FROM {window_side('orders', 'o')} {kind} JOIN {window_side('shipments', 's')}"
+            " ON o.id = s.order_id AND o.window_start = s.window_start AND o.window_end = s.window_end"
+        )
+        found = [
+            (r["amount"], r["carrier"], ms(r["ws"]))
+            for _, t in Job(log, JOINED + query).query()
+            for r in job_results(t)
+        ]
+    inner: list[tuple[int | None, str | None, int]] = [
+        (n, f"c{m}", to - to % 1000)
+        for n, (ko, to) in enumerate(orders)
+        for m, (ks, ts) in enumerate(shipments)
+        if ko == ks and to // 1000 == ts // 1000
+    ]
+    want = list(inner)
+    if kind in ("LEFT", "FULL OUTER"):
+        want += [(n, None, to - to % 1000) for n, (_, to) in enumerate(orders) if not any(i[0] == n for i in inner)]
+    if kind in ("RIGHT", "FULL OUTER"):
+        want += [
+            (None, f"c{m}", ts - ts % 1000)
+            for m, (_, ts) in enumerate(shipments)
+            if not any(i[1] == f"c{m}" for i in inner)
+        ]
+    key = lambda row: (str(row[0]), str(row[1]), row[2])  # noqa: E731
+    assert sorted(found, key=key) == sorted(want, key=key)
+
+
+def test_window_join_shapes_the_engine_does_not_run_are_refused() -> None:
+    with connect("memory://") as log:
+        on = " ON o.id = s.order_id AND o.window_start = s.window_start AND o.window_end = s.window_end"
+        cases = [
+            (f"SELECT * FROM {window_side('orders', 'o')} JOIN {window_side('shipments', 's')} ON o.id = s.order_id",
+             "L.window_start = R.window_start"),
+            (f"SELECT * FROM {window_side('orders', 'o')} JOIN (SELECT * FROM shipments) s" + on,
+             "each side of a window join selects from TABLE"),
+            (f"SELECT * FROM {window_side('orders', 'o')} LEFT JOIN {window_side('shipments', 's')}" + on
+             + " AND o.amount > 1", "a LEFT window join takes equalities"),
+            (f"SELECT * FROM {window_side('orders', 'o')} JOIN "
+             + window_side("shipments", "s").replace("'1' SECOND", "'2' SECOND") + on,
+             "the same window"),
+        ]  # fmt: skip
+        for query, problem in cases:
+            with pytest.raises(InvalidSql, match=problem):
+                Job(log, JOINED + query)

@@ -383,3 +383,39 @@ def test_state_ttl_forgets_a_group_no_row_came_to(log: Log) -> None:
     thread.join()
     assert not errors
     assert sorted(totals()) == [("a", 5), ("a", 10), ("b", 1), ("b", 3), ("b", 7)]
+
+
+def test_a_window_join_resumes_with_the_rows_of_open_windows(log: Log) -> None:
+    script = """
+    CREATE TABLE views (page STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'views');
+    CREATE TABLE likes (page STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'likes');
+    CREATE TABLE pairs (page STRING, liked STRING, window_start TIMESTAMP_LTZ(3)) WITH ('topic' = 'pairs');
+    INSERT INTO pairs
+    SELECT v.page, l.page, v.window_start
+    FROM (SELECT * FROM TABLE(TUMBLE(TABLE views, DESCRIPTOR(ts), INTERVAL '10' SECOND))) v
+    LEFT JOIN (SELECT * FROM TABLE(TUMBLE(TABLE likes, DESCRIPTOR(ts), INTERVAL '10' SECOND))) l
+    ON v.page = l.page AND v.window_start = l.window_start AND v.window_end = l.window_end;
+    """
+    log.create_topic("views")
+    log.create_topic("likes")
+
+    def at(topic: str, seconds: float, page: str) -> Event:
+        data = {"page": page, "ts": (T0 + timedelta(seconds=seconds)).isoformat()}
+        return Event(type=topic, source="/site", data=data)
+
+    log.append_events("views", [at("views", 1, "a"), at("views", 2, "b")])
+    log.append_events("likes", [at("likes", 3, "a")])
+    thread, stop, errors = start(Job(log, script, name="pairs"))
+    wait_until(lambda: any(j.sequence for j in open_checkpoints(log).jobs()), what="a checkpoint of the open window")
+    stop.set()
+    thread.join()
+    assert not errors
+    assert sink(log, "pairs") == []  # the window [0 s, 10 s) is open: its rows are in the checkpoint
+    log.append_events("views", [at("views", 11, "c")])
+    log.append_events("likes", [at("likes", 12, "c")])
+    thread, stop, errors = start(Job(log, script, name="pairs"))
+    wait_until(lambda: len(sink(log, "pairs")) == 2, what="the first window's pairs")
+    stop.set()
+    thread.join()
+    assert not errors
+    assert sorted((data["page"], data["liked"]) for _, data, _ in sink(log, "pairs")) == [("a", "a"), ("b", None)]

@@ -35,8 +35,8 @@ from inmotion.events.envelope import PARTITIONKEY
 from inmotion.log import Log, Message, Record, TopicConfig
 from inmotion.streams.checkpoints import Checkpoint, Checkpoints, Source, open_checkpoints
 from inmotion.streams.expressions import ARROW_TYPES, as_array
-from inmotion.streams.joins import IntervalJoinState
-from inmotion.streams.plan import Output, Plan, plans
+from inmotion.streams.joins import IntervalJoinState, WindowJoinState
+from inmotion.streams.plan import Output, Plan, WindowJoin, plans
 from inmotion.streams.rank import top_n
 from inmotion.streams.scan import Scan
 from inmotion.streams.sessions import SessionState
@@ -65,7 +65,7 @@ class Progress(msgspec.Struct):
     emitted: int = 0
 
 
-State = WindowState | SessionState | GroupState | IntervalJoinState
+State = WindowState | SessionState | GroupState | IntervalJoinState | WindowJoinState
 
 
 class Pipeline:
@@ -78,7 +78,9 @@ class Pipeline:
         sides = [(plan.source, plan.reads)] if plan.join is None else [(s.table, s.reads) for s in plan.join.sides]
         self.scans = [Scan(table, reads, idle_timeout) for table, reads in sides]
         self.state: State | None = None
-        if plan.join is not None:
+        if isinstance(plan.join, WindowJoin):
+            self.state = WindowJoinState(plan.join)
+        elif plan.join is not None:
             self.state = IntervalJoinState(plan.join)
         elif plan.updating:
             self.state = GroupState(plan, ttl_ms, clock.time)
@@ -134,6 +136,9 @@ class Pipeline:
             if joined is not None:
                 self.emit(joined)
             return
+        if isinstance(self.state, WindowJoinState):
+            self.progress.late += self.state.add(side, batch, marks)
+            return
         plan = self.plan
         if plan.where is not None and batch.num_rows:
             keep = as_array(plan.where(batch), batch.num_rows)
@@ -170,7 +175,7 @@ class Pipeline:
         previous = self.progress.watermark
         if watermark != FINAL:
             self.progress.watermark = watermark
-        if isinstance(self.state, (WindowState, SessionState)):
+        if isinstance(self.state, (WindowState, SessionState, WindowJoinState)):
             fired = self.state.fire(watermark, previous)
             if fired is not None:
                 plan = self.plan

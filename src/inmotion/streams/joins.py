@@ -18,17 +18,18 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inmotion.streams.expressions import as_array
-from inmotion.streams.plan import IntervalJoin, Side
-from inmotion.streams.windows import column_of, event_times
+from inmotion.streams.expressions import ARROW_TYPES, as_array
+from inmotion.streams.plan import IntervalJoin, Side, WindowJoin, WindowSide
+from inmotion.streams.windows import assign, column_of, event_times, late
 
 _TIME = "__time"
+_END = "__end"
 
 
 class IntervalJoinState:
     def __init__(self, join: IntervalJoin) -> None:
         self.join = join
-        self.kept: tuple[dict[int, pa.Table], dict[int, pa.Table]] = ({}, {})
+        self.kept: Chunks = ({}, {})
         """Per side, by chunk number: rows with their keys (`__k0`...) and time (`__time`)."""
         self._numbers = itertools.count()
         self._changed: set[tuple[int, int]] = set()
@@ -105,21 +106,51 @@ class IntervalJoinState:
 
     # --- checkpoints --------------------------------------------------------------------------
     def changes(self) -> dict[bytes, bytes | None]:
-        changed: dict[bytes, bytes | None] = {}
-        for side, number in self._changed:
-            rows = self.kept[side].get(number)
-            changed[msgspec.msgpack.encode([side, number])] = None if rows is None else _ipc(rows)
-        self._changed.clear()
-        self.fired = False
-        return changed
+        return _chunk_changes(self.kept, self._changed, self)
 
     def restore(self, entries: Mapping[bytes, bytes]) -> None:
-        self.kept = ({}, {})
-        for key, value in entries.items():
-            side, number = msgspec.msgpack.decode(key)
-            self.kept[side][number] = pa.ipc.open_stream(value).read_all()
-        self._numbers = itertools.count(max((n for kept in self.kept for n in kept), default=-1) + 1)
+        self._numbers = _restore_chunks(self.kept, entries)
         self._changed.clear()
+
+
+def _projected(spec: WindowSide, windowed: pa.Table) -> pa.Table:
+    """A side's query over its rows (with their windows), columns named `alias.column`."""
+    outputs = spec.plan.select
+    values = [as_array(o.value(windowed), windowed.num_rows) for o in outputs]
+    return pa.table(values, names=[f"{spec.alias}.{o.name}" for o in outputs])
+
+
+def _no_rows(spec: WindowSide) -> pa.Table:
+    """No rows of a side's source, with their windows' columns: what its columns' types are."""
+    window = spec.plan.window
+    assert window is not None
+    columns = [spec.plan.source.column(name) for name in spec.plan.reads]
+    rows = pa.table({c.name: pa.array([], ARROW_TYPES[c.type]) for c in columns if c is not None})
+    return assign(window, rows, rows.schema.field(window.column).type)
+
+
+Chunks = tuple[dict[int, pa.Table], dict[int, pa.Table]]
+
+
+def _chunk_changes(kept: Chunks, changed: set[tuple[int, int]], state: Any) -> dict[bytes, bytes | None]:
+    """The chunks of rows changed since the last checkpoint (Arrow IPC; None: gone)."""
+    found: dict[bytes, bytes | None] = {}
+    for side, number in changed:
+        rows = kept[side].get(number)
+        found[msgspec.msgpack.encode([side, number])] = None if rows is None else _ipc(rows)
+    changed.clear()
+    state.fired = False
+    return found
+
+
+def _restore_chunks(kept: Chunks, entries: Mapping[bytes, bytes]) -> itertools.count[int]:
+    """Fill `kept` from a checkpoint's chunks; the numbers for new chunks."""
+    for side in kept:
+        side.clear()
+    for key, value in entries.items():
+        side, number = msgspec.msgpack.decode(key)
+        kept[side][number] = pa.ipc.open_stream(value).read_all()
+    return itertools.count(max((n for side in kept for n in side), default=-1) + 1)
 
 
 def _ipc(rows: pa.Table) -> bytes:
@@ -127,3 +158,108 @@ def _ipc(rows: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, rows.schema) as writer:
         writer.write_table(rows)
     return bytes(sink.getvalue().to_pybytes())
+
+
+class WindowJoinState:
+    """A window join's state: each side's rows (projected, with their window's end and keys),
+    until the watermark passes their window's end; then the window's rows of both sides are
+    joined (inner or outer) and dropped."""
+
+    def __init__(self, join: WindowJoin) -> None:
+        self.join = join
+        self.kept: Chunks = ({}, {})
+        self._numbers = itertools.count()
+        self._changed: set[tuple[int, int]] = set()
+        self.fired = False
+
+    def add(self, side: int, rows: pa.Table, watermarks: Any) -> int:
+        """Keep a batch of one side (0 left, 1 right), but its late rows: how many those were."""
+        spec = self.join.sides[side]
+        plan, window = spec.plan, self.join.window
+        if plan.where is not None and rows.num_rows:
+            keep = as_array(plan.where(rows), rows.num_rows)
+            rows, watermarks = rows.filter(keep), watermarks.filter(keep)
+        dropped = late(window, rows, watermarks)
+        count = pc.sum(dropped).as_py() or 0
+        if count:
+            rows = rows.filter(pc.invert(dropped))
+        if not rows.num_rows:
+            return count
+        windowed = assign(window, rows, rows.schema.field(window.column).type)
+        projected = _projected(spec, windowed)
+        keyed = projected.append_column(_END, pc.cast(windowed.column("window_end"), pa.int64()))
+        for i, key in enumerate(spec.keys):
+            keyed = keyed.append_column(f"__k{i}", column_of(key(projected), projected.num_rows))
+        number = next(self._numbers)
+        self.kept[side][number] = keyed
+        self._changed.add((side, number))
+        return count
+
+    def fire(self, watermark: int, previous: int | None) -> pa.Table | None:
+        """The joined rows of the windows whose end the watermark passed (None: none)."""
+        due: list[pa.Table | None] = []
+        for side in (0, 1):
+            parts = []
+            for number, rows in list(self.kept[side].items()):
+                ready = pc.less_equal(pc.subtract(rows.column(_END), 1), watermark)
+                if not pc.any(ready).as_py():
+                    continue
+                parts.append(rows.filter(ready))
+                rest = rows.filter(pc.invert(ready))
+                self._changed.add((side, number))
+                if rest.num_rows:
+                    self.kept[side][number] = rest
+                else:
+                    del self.kept[side][number]
+            due.append(pa.concat_tables(parts) if parts else None)
+        if due == [None, None]:
+            return None
+        self.fired = True
+        left, right = due
+        joined = self._unmatched(left, right) if left is None or right is None else self._joined(left, right)
+        if joined is None:
+            return None
+        joined = joined.drop_columns([n for n in joined.column_names if n.startswith("__")])
+        residual = self.join.residual
+        if residual is not None and joined.num_rows:
+            joined = joined.filter(as_array(residual(joined), joined.num_rows))
+        return joined if joined.num_rows else None
+
+    def _joined(self, left: pa.Table, right: pa.Table) -> pa.Table:
+        keys = [_END, *(f"__k{i}" for i in range(len(self.join.left.keys)))]
+        right = right.rename_columns([f"{n}_r" if n in keys else n for n in right.column_names])
+        for key in keys[1:]:  # equal keys of two types meet as the left's
+            index = right.schema.get_field_index(f"{key}_r")
+            right = right.set_column(index, f"{key}_r", pc.cast(right.column(index), left.schema.field(key).type))
+        kinds = {"INNER": "inner", "LEFT": "left outer", "RIGHT": "right outer", "FULL": "full outer"}
+        return left.join(
+            right,
+            keys=keys,
+            right_keys=[f"{k}_r" for k in keys],
+            join_type=kinds[self.join.kind],
+            coalesce_keys=False,
+            use_threads=False,
+        )
+
+    def _unmatched(self, left: pa.Table | None, right: pa.Table | None) -> pa.Table | None:
+        """One side's rows alone (the other has none in these windows), with NULL for the other
+        side's columns: what an outer join keeps of them; nothing for an inner join."""
+        kept = left if left is not None else right
+        assert kept is not None
+        if self.join.kind not in ("FULL", "LEFT" if left is not None else "RIGHT"):
+            return None
+        columns: dict[str, Any] = {}
+        for spec, rows in zip(self.join.sides, (left, right), strict=True):
+            shape = _projected(spec, _no_rows(spec)).schema if rows is None else rows.schema
+            for output in spec.plan.select:
+                name = f"{spec.alias}.{output.name}"
+                missing = pa.nulls(kept.num_rows, shape.field(name).type)
+                columns[name] = rows.column(name) if rows is not None else missing
+        return pa.table(columns)
+
+    def changes(self) -> dict[bytes, bytes | None]:
+        return _chunk_changes(self.kept, self._changed, self)
+
+    def restore(self, entries: Mapping[bytes, bytes]) -> None:
+        self._numbers = _restore_chunks(self.kept, entries)
+        self._changed.clear()

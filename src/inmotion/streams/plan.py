@@ -6,11 +6,11 @@ runs, each compiled once.
                 -> filter(HAVING) -> project(SELECT) [-> rank(ROW_NUMBER() <= N) -> project]
     scan(table) -> filter(WHERE) -> aggregate(GROUP BY keys: updates) -> filter(HAVING) -> project
     scan(left), scan(right) -> filter(each side's conditions) -> interval join -> filter -> project
+    scan(left), scan(right) -> each side's windowed query -> window join (inner, outer) -> project
 
-Windows are TUMBLE, HOP, CUMULATE and SESSION. What a plan cannot express yet (joins other than
-interval joins, ORDER BY, deduplication, DISTINCT, OVER aggregations) is an `InvalidSql` naming
-the construct, its line and its column: never a plan that would give a different answer than
-Flink."""
+Windows are TUMBLE, HOP, CUMULATE and SESSION. What a plan cannot express yet (regular joins,
+ORDER BY, deduplication, DISTINCT, OVER aggregations) is an `InvalidSql` naming the construct,
+its line and its column: never a plan that would give a different answer than Flink."""
 
 from __future__ import annotations
 
@@ -124,6 +124,44 @@ class IntervalJoin:
 
 
 @dataclasses.dataclass(frozen=True)
+class WindowSide:
+    """One side of a window join: a query over a window table function (its columns are named
+    `alias.column` in the joined rows), and the join's key expressions over them."""
+
+    plan: Plan
+    alias: str
+    keys: tuple[Compiled, ...]
+
+    @property
+    def table(self) -> Table:
+        return self.plan.source
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return self.plan.reads
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowJoin:
+    """A window join: the rows of each window of two streams, joined once the window is over
+    (both sides' watermarks passed its end); `kind` is INNER, LEFT, RIGHT or FULL."""
+
+    left: WindowSide
+    right: WindowSide
+    kind: str
+    residual: Compiled | None
+
+    @property
+    def sides(self) -> tuple[WindowSide, WindowSide]:
+        return self.left, self.right
+
+    @property
+    def window(self) -> Window:
+        assert self.left.plan.window is not None
+        return self.left.plan.window
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     query: Query
     source: Table
@@ -142,8 +180,8 @@ class Plan:
     """A window aggregation: `select` and `having` read the fired groups, not the rows."""
     rank: Rank | None = None
     """A Top-N over the window aggregation's rows: what the query gives is its outputs."""
-    join: IntervalJoin | None = None
-    """An interval join: `source` is its left table, `select` reads the joined rows."""
+    join: IntervalJoin | WindowJoin | None = None
+    """A join: `source` is its left table, `select` reads the joined rows."""
 
     @property
     def updating(self) -> bool:
@@ -163,7 +201,13 @@ class Plan:
             lines.append(f"scan {table.name} (topic {table.topic}; reads {', '.join(reads) or 'nothing'})")
             if table.watermark is not None:
                 lines.append(f"  watermark {table.watermark.column} - {table.watermark.delay_ms} ms")
-        if self.join is not None:
+        if isinstance(self.join, WindowJoin):
+            join_ = self.join
+            lines.append(f"window {join_.window.describe()} on each side")
+            pair = f"{join_.left.alias} and {join_.right.alias}"
+            lines.append(f"window join ({join_.kind}) {pair} on {len(join_.left.keys)} keys")
+            lines.append("  state: each side's rows of each window, joined and dropped when the window fires")
+        elif self.join is not None:
             join = self.join
             lines.append(
                 f"interval join {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys,"
@@ -240,6 +284,8 @@ class _Planner:
 
     def select(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
         if select.args.get("joins"):
+            if isinstance(select.args["from_"].this, exp.Subquery):
+                return self.window_join(query, select, sink)
             return self.interval_join(query, select, sink)
         self.refuse(select)
         source, window = self.source(select)
@@ -266,6 +312,92 @@ class _Planner:
             )
             return Plan(query, source, self.reads(select, source, window), where_, window, (), (), None, outputs, sink)
         return self.aggregation(query, select, source, window, columns, where_, items, sink)
+
+    def window_join(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
+        """`FROM (SELECT ... FROM TABLE(TUMBLE(...))) L [LEFT|RIGHT|FULL] JOIN (SELECT ...) R ON
+        L.k = R.k AND L.window_start = R.window_start AND L.window_end = R.window_end`: Flink's
+        window join."""
+        [join] = select.args["joins"] if len(select.args["joins"]) == 1 else [None]
+        if join is None:
+            raise self.fail("a join of more than two tables is not supported yet", select.args["joins"][1])
+        kind = join.args.get("side") or "INNER"
+        if join.args.get("kind") not in (None, "INNER", "OUTER"):
+            raise self.fail(f"unsupported {join.args['kind']} join of two windowed queries", join)
+        for arg in ("group", "having", "order", "limit", "distinct", "qualify", "with_"):
+            if select.args.get(arg):
+                raise self.fail(f"{arg.upper()} over a join is not supported yet", select.args[arg])
+        nodes = [select.args["from_"].this, join.this]
+        sides: list[Plan] = []
+        for node in nodes:
+            if not isinstance(node, exp.Subquery) or not isinstance(node.this, exp.Select):
+                raise self.fail("a window join joins two queries over window table functions", node)
+            side = self.select(query, node.this, None)
+            if side.window is None or side.grouped or side.window.kind == "SESSION" or side.join is not None:
+                raise self.fail(
+                    "each side of a window join selects from TABLE(TUMBLE|HOP|CUMULATE(...)), without GROUP BY", node
+                )
+            if not {"window_start", "window_end"} <= set(side.columns):
+                raise self.fail("each side of a window join selects window_start and window_end", node)
+            sides.append(side)
+        first, second = (side.window for side in sides)
+        assert first is not None
+        assert second is not None
+        if dataclasses.replace(second, column=first.column) != first:
+            raise self.fail("the two sides of a window join need the same window", join)
+        aliases = [node.alias_or_name for node in nodes]
+        if not all(aliases) or aliases[0] == aliases[1]:
+            raise self.fail("each side of a window join needs an alias of its own: (SELECT ...) L", join)
+        columns = {f"{a}.{name}": pa.null() for a, side in zip(aliases, sides, strict=True) for name in side.columns}
+        bounds: set[str] = set()
+        keys: list[tuple[exp.Expr, exp.Expr]] = []
+        residual: list[exp.Expr] = []
+        for condition in _conjuncts(join.args.get("on")):
+            touched = {self.side_of(column, aliases, columns) for column in condition.find_all(exp.Column)}
+            if touched == {0, 1} and isinstance(condition, exp.EQ):
+                left, right = condition.this, condition.expression
+                if {self.side_of(c, aliases, columns) for c in left.find_all(exp.Column)} == {1}:
+                    left, right = right, left
+                names = {c.name for c in (left, right) if isinstance(c, exp.Column)}
+                both = isinstance(left, exp.Column) and isinstance(right, exp.Column)
+                if both and len(names) == 1 and names <= {"window_start", "window_end"}:
+                    bounds |= names
+                    continue
+                keys.append((left, right))
+            elif kind == "INNER":
+                residual.append(condition)
+            else:
+                raise self.fail(f"a {kind} window join takes equalities of the two sides in ON", condition)
+        if bounds != {"window_start", "window_end"}:
+            raise self.fail(
+                "a window join's ON has L.window_start = R.window_start AND L.window_end = R.window_end", join
+            )
+        where_ = select.args.get("where")
+        residual.extend(_conjuncts(where_.this) if where_ is not None else [])
+        if where_ is not None and kind != "INNER":
+            raise self.fail(f"WHERE over a {kind} window join is not supported yet", where_)
+        window_sides = []
+        for i, (alias, side) in enumerate(zip(aliases, sides, strict=True)):
+            own = {name: t for name, t in columns.items() if name.startswith(f"{alias}.")}
+            window_sides.append(
+                WindowSide(side, alias, tuple(compile_expression(self.sql, pair[i], own) for pair in keys))
+            )
+        items: list[exp.Expr] = []
+        for item in select.expressions:
+            if isinstance(item, exp.Star):
+                items.extend(exp.column(name.split(".", 1)[1], table=name.split(".", 1)[0]) for name in columns)
+            else:
+                items.append(item)
+        outputs = tuple(
+            Output(n, compile_expression(self.sql, item, columns)) for n, item in zip(_names(items), items, strict=True)
+        )
+        rest = _all_of(residual)
+        plan_join = WindowJoin(
+            window_sides[0],
+            window_sides[1],
+            kind,
+            compile_expression(self.sql, rest, columns) if rest is not None else None,
+        )
+        return Plan(query, sides[0].source, sides[0].reads, None, None, (), (), None, outputs, sink, join=plan_join)
 
     def interval_join(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
         """`FROM l JOIN r ON l.k = r.k AND l.ts BETWEEN r.ts - INTERVAL ... AND r.ts + INTERVAL ...`
