@@ -22,6 +22,7 @@ from inmotion.log import Log, Message, TopicConfig, connect
 from inmotion.streams.checkpoints import JobTakenOver, open_checkpoints
 from inmotion.streams.job import Job, job_results
 from inmotion.testing import wait_until
+from tests.conftest import Place
 from tests.test_cli import INMOTION
 
 T0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
@@ -419,3 +420,20 @@ def test_a_window_join_resumes_with_the_rows_of_open_windows(log: Log) -> None:
     thread.join()
     assert not errors
     assert sorted((data["page"], data["liked"]) for _, data, _ in sink(log, "pairs")) == [("a", "a"), ("b", None)]
+
+
+def test_a_query_reads_the_same_on_sqlite_and_kafka_and_a_job_on_kafka_says_why_not(place: Place) -> None:
+    script = WINDOWS.replace("'readings'", f"'{place.topic}'")
+    with connect(place.url) as log:
+        log.create_topic(place.topic, TopicConfig(partitions=2))
+        log.append_events(place.topic, readings(0, 400, sensors=2))
+        found = sorted(
+            (row["window_start"], row["sensor"], row["EXPR$3"])
+            for _, t in Job(log, script).query()
+            for row in job_results(t)
+        )
+        assert len(found) == 4 * 2
+        assert sum(n for _, _, n in found) == 400
+        if place.backend == "kafka":
+            with pytest.raises(InvalidConfig, match="kafka:// has no place for them yet"):
+                Job(log, SCRIPT, name="averages").run(threading.Event())
