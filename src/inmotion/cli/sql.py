@@ -26,7 +26,7 @@ from inmotion.runtime import logs
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from inmotion.streams.plan import Plan
+    from inmotion.streams.operators import Plan
 
 _logger = logging.getLogger("inmotion.streams")
 

@@ -36,7 +36,8 @@ from inmotion.log import Log, Message, Record, TopicConfig
 from inmotion.streams.checkpoints import Checkpoint, Checkpoints, Source, open_checkpoints
 from inmotion.streams.expressions import ARROW_TYPES, as_array
 from inmotion.streams.joins import IntervalJoinState, WindowJoinState
-from inmotion.streams.plan import Output, Plan, WindowJoin, plans
+from inmotion.streams.operators import Output, Plan, WindowJoin
+from inmotion.streams.plan import plans
 from inmotion.streams.rank import top_n
 from inmotion.streams.scan import Scan
 from inmotion.streams.sessions import SessionState

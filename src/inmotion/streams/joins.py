@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inmotion.streams.expressions import ARROW_TYPES, as_array
-from inmotion.streams.plan import IntervalJoin, Side, WindowJoin, WindowSide
+from inmotion.streams.operators import IntervalJoin, Side, WindowJoin, WindowSide
 from inmotion.streams.windows import assign, column_of, event_times, late
 
 _TIME = "__time"

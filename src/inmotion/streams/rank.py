@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inmotion.streams.plan import Rank
+from inmotion.streams.operators import Rank
 
 
 def top_n(rows: pa.Table, rank: Rank) -> pa.Table:

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from inmotion.streams.plan import Plan
+from inmotion.streams.operators import Plan
 from inmotion.streams.windows import Fired, column_of, event_times, fired_table, merge, partial_specs
 
 Session = list[Any]

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inmotion.streams.expressions import as_array
-from inmotion.streams.plan import Plan
+from inmotion.streams.operators import Plan
 from inmotion.streams.windows import column_of, final, merge, output_name, partial_specs
 
 _encoder = msgspec.msgpack.Encoder()

@@ -16,7 +16,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inmotion.streams.plan import Aggregate, Plan, Window
+from inmotion.streams.operators import Aggregate, Plan, Window
 
 _INT64 = pa.int64()
 _encoder = msgspec.msgpack.Encoder()

@@ -1,0 +1,250 @@
+"""The operators a query plans into: what the engine runs, each expression compiled once (see
+`inmotion.streams.plan`, which makes them, and `inmotion.streams.job`, which runs them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from sqlglot import exp
+
+from inmotion.streams.dialect import text_of
+from inmotion.streams.expressions import Compiled
+from inmotion.streams.sql import Query, Table
+
+WINDOW_COLUMNS = ("window_start", "window_end", "window_time")
+WINDOW_FUNCTIONS = ("TUMBLE", "HOP", "CUMULATE", "SESSION")
+WRITABLE = ("key", "type", "subject")
+"""The metadata an INSERT INTO sets on the events it appends."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A window table function over `column` (event time, in milliseconds): TUMBLE(size), HOP
+    (a window of `size` every `step`), CUMULATE (windows growing by `step` up to `size`) or
+    SESSION (a key's rows until it is silent for `size`)."""
+
+    kind: str
+    column: str
+    size: int
+    """For SESSION, the gap: a session ends when its key is silent this long."""
+    step: int
+    offset: int = 0
+    partition: tuple[str, ...] = ()
+    """SESSION's PARTITION BY: each key's sessions apart."""
+
+    @property
+    def slice(self) -> int:
+        """The pane every window is made of: a row is late once its pane's window has fired
+        (Flink's slicing windows drop a row whose slice ended before the watermark)."""
+        return math.gcd(self.size, self.step) if self.kind == "HOP" else self.step
+
+    def describe(self) -> str:
+        if self.kind == "SESSION":
+            keys = f", per {', '.join(self.partition)}" if self.partition else ""
+            return f"SESSION({self.column}, gap {self.size} ms{keys})"
+        if self.kind == "TUMBLE":
+            return f"TUMBLE({self.column}, size {self.size} ms)"
+        what = "slide" if self.kind == "HOP" else "step"
+        return f"{self.kind}({self.column}, size {self.size} ms, {what} {self.step} ms)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregate:
+    function: str
+    """COUNT, SUM, MIN, MAX or AVG."""
+    argument: Compiled | None
+    """Computed per row; None for COUNT(*)."""
+    column: str
+    """Where its value sits in the table of fired groups."""
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    name: str
+    value: Compiled
+
+
+@dataclasses.dataclass(frozen=True)
+class Rank:
+    """A Window Top-N: of each window's rows (by `partition`), the first `limit` in `order`
+    ((column, descending) pairs), numbered in `column`; `outputs` read those rows."""
+
+    partition: tuple[str, ...]
+    order: tuple[tuple[str, bool], ...]
+    limit: int
+    column: str
+    outputs: tuple[Output, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """One table of a join: its columns are named `alias.column` in the joined rows."""
+
+    table: Table
+    alias: str
+    reads: tuple[str, ...]
+    where: Compiled | None
+    """The conditions on this side alone, applied before the join."""
+    keys: tuple[Compiled, ...]
+    """The equi-join's key expressions on this side (as many as the other side's)."""
+    time: str
+    """The watermarked column, qualified."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IntervalJoin:
+    """An interval join of two streams: rows with equal keys whose times differ by `lower` to
+    `upper` ms (left time - right time), and `residual` holds on the joined row."""
+
+    left: Side
+    right: Side
+    lower: int
+    upper: int
+    residual: Compiled | None
+
+    @property
+    def sides(self) -> tuple[Side, Side]:
+        return self.left, self.right
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSide:
+    """One side of a window join: a query over a window table function (its columns are named
+    `alias.column` in the joined rows), and the join's key expressions over them."""
+
+    plan: Plan
+    alias: str
+    keys: tuple[Compiled, ...]
+
+    @property
+    def table(self) -> Table:
+        return self.plan.source
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return self.plan.reads
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowJoin:
+    """A window join: the rows of each window of two streams, joined once the window is over
+    (both sides' watermarks passed its end); `kind` is INNER, LEFT, RIGHT or FULL."""
+
+    left: WindowSide
+    right: WindowSide
+    kind: str
+    residual: Compiled | None
+
+    @property
+    def sides(self) -> tuple[WindowSide, WindowSide]:
+        return self.left, self.right
+
+    @property
+    def window(self) -> Window:
+        assert self.left.plan.window is not None
+        return self.left.plan.window
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    query: Query
+    source: Table
+    reads: tuple[str, ...]
+    """The source's columns the query uses: only those are decoded."""
+    where: Compiled | None
+    window: Window | None
+    keys: tuple[Output, ...]
+    """GROUP BY's expressions besides the window's bounds (named `key0`, ... unless a column)."""
+    aggregates: tuple[Aggregate, ...]
+    having: Compiled | None
+    select: tuple[Output, ...]
+    sink: Table | None
+
+    grouped: bool = False
+    """A window aggregation: `select` and `having` read the fired groups, not the rows."""
+    rank: Rank | None = None
+    """A Top-N over the window aggregation's rows: what the query gives is its outputs."""
+    join: IntervalJoin | WindowJoin | None = None
+    """A join: `source` is its left table, `select` reads the joined rows."""
+
+    @property
+    def updating(self) -> bool:
+        """A GROUP BY without a window: each group's row is updated as its rows come."""
+        return self.grouped and self.window is None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        outputs = self.rank.outputs if self.rank is not None else self.select
+        return tuple(output.name for output in outputs)
+
+    def explain(self) -> list[str]:
+        """The operators, from the source to the sink, one line each."""
+        sides = [(self.source, self.reads)] if self.join is None else [(s.table, s.reads) for s in self.join.sides]
+        lines = []
+        for table, reads in sides:
+            lines.append(f"scan {table.name} (topic {table.topic}; reads {', '.join(reads) or 'nothing'})")
+            if table.watermark is not None:
+                lines.append(f"  watermark {table.watermark.column} - {table.watermark.delay_ms} ms")
+        if isinstance(self.join, WindowJoin):
+            join_ = self.join
+            lines.append(f"window {join_.window.describe()} on each side")
+            pair = f"{join_.left.alias} and {join_.right.alias}"
+            lines.append(f"window join ({join_.kind}) {pair} on {len(join_.left.keys)} keys")
+            lines.append("  state: each side's rows of each window, joined and dropped when the window fires")
+        elif self.join is not None:
+            join = self.join
+            lines.append(
+                f"interval join {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys,"
+                f" {join.left.time} - {join.right.time} in [{join.lower}, {join.upper}] ms"
+            )
+            lines.append("  state: each side's rows, kept until the other side's watermark passes their interval")
+        if self.where is not None:
+            lines.append(f"filter {_clause(self.query, 'where')}")
+        if self.window is not None:
+            lines.append(f"window {self.window.describe()}")
+        if self.updating:
+            aggregates = ", ".join(a.text for a in self.aggregates) or "none"
+            lines.append(f"group aggregate by {', '.join(k.name for k in self.keys) or '()'}: {aggregates}")
+            lines.append("  state: one row per key, kept; each checkpoint upserts the keys that changed")
+        elif self.grouped:
+            keys = ["window_start", "window_end", *(k.name for k in self.keys)]
+            aggregates = ", ".join(a.text for a in self.aggregates) or "none"
+            lines.append(f"window aggregate by {', '.join(keys)}: {aggregates}")
+            lines.append("  state: one row per window and key, dropped when the window fires")
+            if self.having is not None:
+                lines.append(f"filter {_clause(self.query, 'having')}")
+        lines.append(f"project {', '.join(o.name for o in self.select)}")
+        if self.rank is not None:
+            order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d in self.rank.order)
+            lines.append(
+                f"rank by {', '.join(self.rank.partition)} ORDER BY {order}: the first {self.rank.limit} of each"
+            )
+            lines.append(f"project {', '.join(self.columns)}")
+        lines.append(f"insert into {self.sink.name} (topic {self.sink.topic})" if self.sink else "print")
+        return lines
+
+
+def output_names(items: list[exp.Expr]) -> list[str]:
+    """The output columns' names, as Flink gives them: the alias, else the column's name, else
+    EXPR$<position>; a name taken already gets a number (sensor, sensor0)."""
+    names: list[str] = []
+    for index, item in enumerate(items):
+        if isinstance(item, exp.Alias):
+            name = item.alias
+        elif isinstance(item, exp.Column):
+            name = item.name
+        else:
+            name = f"EXPR${index}"
+        unique, n = name, 0
+        while unique in names:
+            unique, n = f"{name}{n}", n + 1
+        names.append(unique)
+    return names
+
+
+def _clause(query: Query, arg: str) -> str:
+    tree = query.tree.expression if isinstance(query.tree, exp.Insert) else query.tree
+    node = tree.args.get(arg)
+    return text_of(node.this) if node is not None else ""

@@ -1,0 +1,286 @@
+"""Planning joins of two streams: interval joins (`FROM l JOIN r ON ... AND l.ts BETWEEN r.ts -
+INTERVAL ... AND r.ts + INTERVAL ...`) and window joins (two queries over window table functions
+joined on their windows). The joined rows' columns are `alias.column`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+from sqlglot import exp
+
+from inmotion.streams.expressions import ARROW_TYPES, compile_expression
+from inmotion.streams.operators import IntervalJoin, Output, Plan, Side, WindowJoin, WindowSide, output_names
+from inmotion.streams.sql import Query, Table, interval_ms
+
+if TYPE_CHECKING:
+    from inmotion.streams.plan import Planner
+
+
+class JoinPlanner:
+    """The join part of a `Planner`, which it plans each side and reports errors through."""
+
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
+        self.sql = planner.sql
+        self.fail = planner.fail
+
+    def window_join(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
+        """`FROM (SELECT ... FROM TABLE(TUMBLE(...))) L [LEFT|RIGHT|FULL] JOIN (SELECT ...) R ON
+        L.k = R.k AND L.window_start = R.window_start AND L.window_end = R.window_end`: Flink's
+        window join."""
+        [join] = select.args["joins"] if len(select.args["joins"]) == 1 else [None]
+        if join is None:
+            raise self.fail("a join of more than two tables is not supported yet", select.args["joins"][1])
+        kind = join.args.get("side") or "INNER"
+        if join.args.get("kind") not in (None, "INNER", "OUTER"):
+            raise self.fail(f"unsupported {join.args['kind']} join of two windowed queries", join)
+        for arg in ("group", "having", "order", "limit", "distinct", "qualify", "with_"):
+            if select.args.get(arg):
+                raise self.fail(f"{arg.upper()} over a join is not supported yet", select.args[arg])
+        nodes = [select.args["from_"].this, join.this]
+        sides: list[Plan] = []
+        for node in nodes:
+            if not isinstance(node, exp.Subquery) or not isinstance(node.this, exp.Select):
+                raise self.fail("a window join joins two queries over window table functions", node)
+            side = self.planner.select(query, node.this, None)
+            if side.window is None or side.grouped or side.window.kind == "SESSION" or side.join is not None:
+                raise self.fail(
+                    "each side of a window join selects from TABLE(TUMBLE|HOP|CUMULATE(...)), without GROUP BY", node
+                )
+            if not {"window_start", "window_end"} <= set(side.columns):
+                raise self.fail("each side of a window join selects window_start and window_end", node)
+            sides.append(side)
+        first, second = (side.window for side in sides)
+        assert first is not None
+        assert second is not None
+        if dataclasses.replace(second, column=first.column) != first:
+            raise self.fail("the two sides of a window join need the same window", join)
+        aliases = [node.alias_or_name for node in nodes]
+        if not all(aliases) or aliases[0] == aliases[1]:
+            raise self.fail("each side of a window join needs an alias of its own: (SELECT ...) L", join)
+        columns = {f"{a}.{name}": pa.null() for a, side in zip(aliases, sides, strict=True) for name in side.columns}
+        bounds: set[str] = set()
+        keys: list[tuple[exp.Expr, exp.Expr]] = []
+        residual: list[exp.Expr] = []
+        for condition in _conjuncts(join.args.get("on")):
+            touched = {self.side_of(column, aliases, columns) for column in condition.find_all(exp.Column)}
+            if touched == {0, 1} and isinstance(condition, exp.EQ):
+                left, right = condition.this, condition.expression
+                if {self.side_of(c, aliases, columns) for c in left.find_all(exp.Column)} == {1}:
+                    left, right = right, left
+                names = {c.name for c in (left, right) if isinstance(c, exp.Column)}
+                both = isinstance(left, exp.Column) and isinstance(right, exp.Column)
+                if both and len(names) == 1 and names <= {"window_start", "window_end"}:
+                    bounds |= names
+                    continue
+                keys.append((left, right))
+            elif kind == "INNER":
+                residual.append(condition)
+            else:
+                raise self.fail(f"a {kind} window join takes equalities of the two sides in ON", condition)
+        if bounds != {"window_start", "window_end"}:
+            raise self.fail(
+                "a window join's ON has L.window_start = R.window_start AND L.window_end = R.window_end", join
+            )
+        where_ = select.args.get("where")
+        residual.extend(_conjuncts(where_.this) if where_ is not None else [])
+        if where_ is not None and kind != "INNER":
+            raise self.fail(f"WHERE over a {kind} window join is not supported yet", where_)
+        window_sides = []
+        for i, (alias, side) in enumerate(zip(aliases, sides, strict=True)):
+            own = {name: t for name, t in columns.items() if name.startswith(f"{alias}.")}
+            window_sides.append(
+                WindowSide(side, alias, tuple(compile_expression(self.sql, pair[i], own) for pair in keys))
+            )
+        outputs = self.outputs(select, columns)
+        rest = _all_of(residual)
+        plan_join = WindowJoin(
+            window_sides[0],
+            window_sides[1],
+            kind,
+            compile_expression(self.sql, rest, columns) if rest is not None else None,
+        )
+        return Plan(query, sides[0].source, sides[0].reads, None, None, (), (), None, outputs, sink, join=plan_join)
+
+    def interval_join(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
+        """`FROM l JOIN r ON l.k = r.k AND l.ts BETWEEN r.ts - INTERVAL ... AND r.ts + INTERVAL ...`
+        (or the same conditions in WHERE, with `FROM l, r`): an interval join of two streams."""
+        [join] = select.args["joins"] if len(select.args["joins"]) == 1 else [None]
+        if join is None:
+            raise self.fail("a join of more than two tables is not supported yet", select.args["joins"][1])
+        if join.args.get("side") or join.args.get("kind") not in (None, "INNER", "CROSS"):
+            raise self.fail("only inner joins of two streams (interval joins) are supported yet", join)
+        for arg in ("group", "having", "order", "limit", "distinct", "qualify", "with_"):
+            if select.args.get(arg):
+                raise self.fail(f"{arg.upper()} over a join is not supported yet", select.args[arg])
+        left_node, right_node = select.args["from_"].this, join.this
+        for node in (left_node, right_node):
+            if not (isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier)):
+                raise self.fail("an interval join joins two tables (not subqueries or table functions)", node)
+        tables = [self.planner.table(left_node), self.planner.table(right_node)]
+        aliases = [left_node.alias_or_name, right_node.alias_or_name]
+        if aliases[0] == aliases[1]:
+            raise self.fail(f"both sides of the join are called {aliases[0]}: give one an alias", right_node)
+        for table in tables:
+            if table.watermark is None:
+                raise self.fail(f"an interval join needs event time: table {table.name} has no WATERMARK", join)
+        columns = {
+            f"{a}.{c.name}": ARROW_TYPES[c.type] for a, t in zip(aliases, tables, strict=True) for c in t.columns
+        }
+        conditions = [*_conjuncts(join.args.get("on")), *_conjuncts((select.args.get("where") or exp.Where()).this)]
+        times = [f"{a}.{t.watermark.column}" for a, t in zip(aliases, tables, strict=True)]  # type: ignore[union-attr]
+        bounds: dict[str, int] = {}
+        keys: list[tuple[exp.Expr, exp.Expr]] = []
+        alone: list[list[exp.Expr]] = [[], []]
+        residual: list[exp.Expr] = []
+        for condition in conditions:
+            touched = {self.side_of(column, aliases, columns) for column in condition.find_all(exp.Column)}
+            if self.time_bound(condition, times, aliases, bounds):
+                continue
+            if touched == {0, 1} and isinstance(condition, exp.EQ):
+                left, right = condition.this, condition.expression
+                if {self.side_of(c, aliases, columns) for c in left.find_all(exp.Column)} == {1}:
+                    left, right = right, left
+                if {self.side_of(c, aliases, columns) for c in left.find_all(exp.Column)} == {0}:
+                    keys.append((left, right))
+                    continue
+            if len(touched) == 1:
+                alone[touched.pop()].append(condition)
+            else:
+                residual.append(condition)
+        if set(bounds) != {"lower", "upper"}:
+            raise self.fail(
+                "a join of two streams needs a time interval, as Flink's interval joins: e.g."
+                f" {times[0]} BETWEEN {times[1]} - INTERVAL '1' HOUR AND {times[1]}",
+                join,
+            )
+        if bounds["lower"] > bounds["upper"]:
+            raise self.fail("the join's time interval is empty (its lower bound is above its upper one)", join)
+        sides = []
+        for i, (alias, table) in enumerate(zip(aliases, tables, strict=True)):
+            own = {name: t for name, t in columns.items() if name.startswith(f"{alias}.")}
+            where_ = _all_of(alone[i])
+            used = {
+                c.name for c in select.walk() if isinstance(c, exp.Column) and self.side_of(c, aliases, columns) == i
+            }
+            if any(isinstance(item, exp.Star) for item in select.expressions):
+                used.update(c.name for c in table.columns)
+            used.add(table.watermark.column)  # type: ignore[union-attr]
+            sides.append(
+                Side(
+                    table,
+                    alias,
+                    tuple(c.name for c in table.columns if c.name in used),
+                    compile_expression(self.sql, where_, own) if where_ is not None else None,
+                    tuple(compile_expression(self.sql, pair[i], own) for pair in keys),
+                    times[i],
+                )
+            )
+        outputs = self.outputs(select, columns)
+        rest = _all_of(residual)
+        join_plan = IntervalJoin(
+            sides[0],
+            sides[1],
+            bounds["lower"],
+            bounds["upper"],
+            compile_expression(self.sql, rest, columns) if rest is not None else None,
+        )
+        return Plan(query, tables[0], sides[0].reads, None, None, (), (), None, outputs, sink, join=join_plan)
+
+    def outputs(self, select: exp.Select, columns: Mapping[str, pa.DataType]) -> tuple[Output, ...]:
+        """The SELECT list over the joined rows (`*`: every column of both sides)."""
+        items: list[exp.Expr] = []
+        for item in select.expressions:
+            if isinstance(item, exp.Star):
+                items.extend(exp.column(name.split(".", 1)[1], table=name.split(".", 1)[0]) for name in columns)
+            else:
+                items.append(item)
+        return tuple(
+            Output(n, compile_expression(self.sql, item, columns))
+            for n, item in zip(output_names(items), items, strict=True)
+        )
+
+    def side_of(self, column: exp.Column, aliases: list[str], columns: Mapping[str, pa.DataType]) -> int:
+        """Which side of the join a column belongs to (0 left, 1 right)."""
+        if column.table:
+            if column.table not in aliases:
+                raise self.fail(f"unknown table {column.table} (the join's are {', '.join(aliases)})", column)
+            return aliases.index(column.table)
+        found = [i for i, alias in enumerate(aliases) if f"{alias}.{column.name}" in columns]
+        if len(found) != 1:
+            problem = "is ambiguous: qualify it" if found else "is in neither table"
+            raise self.fail(f"column {column.name} {problem} ({' or '.join(aliases)})", column)
+        return found[0]
+
+    def time_bound(self, condition: exp.Expr, times: list[str], aliases: list[str], bounds: dict[str, int]) -> bool:
+        """Take a condition on the two time columns into the interval (left time - right time
+        within [lower, upper]): BETWEEN, a comparison or an equality, each side shifted by an
+        INTERVAL. False when it is no such condition."""
+        if isinstance(condition, exp.Between):
+            low = exp.GTE(this=condition.this, expression=condition.args["low"])
+            high = exp.LTE(this=condition.this, expression=condition.args["high"])
+            trial: dict[str, int] = dict(bounds)
+            if self.time_bound(low, times, aliases, trial) and self.time_bound(high, times, aliases, trial):
+                bounds.update(trial)
+                return True
+            return False
+        kinds: dict[type[exp.Expr], tuple[int, int]] = {
+            exp.GTE: (1, 0),
+            exp.GT: (1, 1),
+            exp.LTE: (-1, 0),
+            exp.LT: (-1, 1),
+            exp.EQ: (0, 0),
+        }
+        if type(condition) not in kinds:
+            return False
+        a, b = (
+            self.shifted_time(condition.this, times, aliases),
+            self.shifted_time(condition.expression, times, aliases),
+        )
+        if a is None or b is None or a[0] == b[0]:
+            return False
+        direction, strict = kinds[type(condition)]
+        if a[0] == 1:  # written as right ... left: flip it
+            a, b, direction = b, a, -direction
+        # left + a_shift (op) right + b_shift  ->  left - right (op) b_shift - a_shift
+        limit = b[1] - a[1]
+        if direction >= 0:
+            bounds["lower"] = max(bounds.get("lower", limit + strict), limit + strict)
+        if direction <= 0:
+            bounds["upper"] = min(bounds.get("upper", limit - strict), limit - strict)
+        return True
+
+    def shifted_time(self, node: exp.Expr, times: list[str], aliases: list[str]) -> tuple[int, int] | None:
+        """(side, shift in ms) if `node` is a side's time column, plus or minus an INTERVAL."""
+        shift = 0
+        if isinstance(node, (exp.Add, exp.Sub)) and isinstance(node.expression, exp.Interval):
+            shift = interval_ms(self.sql, node.expression) * (1 if isinstance(node, exp.Add) else -1)
+            node = node.this
+        if not isinstance(node, exp.Column):
+            return None
+        for side, (alias, time) in enumerate(zip(aliases, times, strict=True)):
+            if f"{node.table or alias}.{node.name}" == time and (node.table or self.unique(node.name, times)):
+                return side, shift
+        return None
+
+    @staticmethod
+    def unique(name: str, times: list[str]) -> bool:
+        return sum(t.endswith(f".{name}") for t in times) == 1
+
+
+def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
+    """The conditions ANDed in `node`."""
+    if node is None:
+        return []
+    if isinstance(node, exp.Paren):
+        return _conjuncts(node.this)
+    if isinstance(node, exp.And):
+        return [*_conjuncts(node.this), *_conjuncts(node.expression)]
+    return [node]
+
+
+def _all_of(conditions: list[exp.Expr]) -> exp.Expr | None:
+    return exp.and_(*conditions) if conditions else None
