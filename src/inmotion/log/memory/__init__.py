@@ -35,6 +35,6 @@ def open_workflow_recorder(url: str, parts: SplitResult, options: Mapping[str, s
 
 
 def open_checkpoints(log: MemoryLog) -> Checkpoints:
-    from inmotion.log.memory.jobs import MemoryCheckpoints  # the streams layer's, loaded when used
+    from inmotion.log.memory.jobs import checkpoints_of  # the streams layer's, loaded when used
 
-    return MemoryCheckpoints(log)
+    return checkpoints_of(log)

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 
 from inmotion.errors import InvalidConfig, TopicExists
@@ -20,6 +21,19 @@ class _Job:
     script: str
     info: JobInfo
     state: dict[tuple[int, bytes], bytes]
+
+
+_STORES: weakref.WeakKeyDictionary[MemoryLog, MemoryCheckpoints] = weakref.WeakKeyDictionary()
+_STORES_LOCK = threading.Lock()
+
+
+def checkpoints_of(log: MemoryLog) -> MemoryCheckpoints:
+    """The checkpoints of jobs on `log`: one store per log, as a file holds them on SQLite."""
+    with _STORES_LOCK:
+        store = _STORES.get(log)
+        if store is None:
+            store = _STORES[log] = MemoryCheckpoints(log)
+        return store
 
 
 class MemoryCheckpoints(Checkpoints):
