@@ -525,3 +525,12 @@ def test_window_join_shapes_the_engine_does_not_run_are_refused() -> None:
         for query, problem in cases:
             with pytest.raises(InvalidSql, match=problem):
                 Job(log, JOINED + query)
+
+
+def test_doubles_become_text_as_java_writes_them(log: Log) -> None:
+    temps = [1250.0, 0.5, 1e7, 0.0001, -2.5e-5, None]
+    log.append_events("readings", [reading(i, "a", t) for i, t in enumerate(temps)])
+    found = rows(log, "SELECT CAST(temp AS STRING) AS text, CONCAT('t=', CAST(temp AS STRING)) AS line FROM readings")
+    assert [r["text"] for r in found] == ["1250.0", "0.5", "1.0E7", "1.0E-4", "-2.5E-5", None]
+    assert found[0]["line"] == "t=1250.0"
+    assert found[-1]["line"] is None

@@ -9,8 +9,10 @@ running on one odd value). Anything else is an `InvalidSql` naming the construct
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -223,6 +225,8 @@ class _Compiler:
 
         def convert(batch: pa.Table) -> Values:
             value = part(batch)
+            if pa.types.is_string(arrow):
+                return text(value)
             try:
                 return pc.cast(value, arrow, safe=False)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -298,7 +302,30 @@ def unify(values: list[Any]) -> list[Any]:
 
 
 def text(values: Values) -> Values:
-    return values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
+    """Values as text, as Flink writes them: doubles as Java does (1250.0, 1.0E7)."""
+    if pa.types.is_string(values.type):
+        return values
+    if not pa.types.is_floating(values.type):
+        return pc.cast(values, pa.string())
+    if isinstance(values, pa.Scalar):
+        return pa.scalar(_java_double(values.as_py()), pa.string())
+    return pa.array([_java_double(v) for v in values.to_pylist()], pa.string())
+
+
+def _java_double(value: float | None) -> str | None:
+    """Java's Double.toString: plain between 10^-3 and 10^7, else scientific (1.0E-4), each
+    with the fewest digits that read back the same."""
+    if value is None:
+        return None
+    if math.isnan(value) or math.isinf(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if value == 0 or 1e-3 <= abs(value) < 1e7:
+        return repr(float(value))
+    sign, digits, exponent = Decimal(repr(value)).as_tuple()
+    assert isinstance(exponent, int)
+    power = len(digits) + exponent - 1
+    shown = "".join(map(str, digits)).rstrip("0") or "0"
+    return f"{'-' if sign else ''}{shown[0]}.{shown[1:] or '0'}E{power}"
 
 
 def _cast_each(values: Values, arrow: pa.DataType) -> Values:
