@@ -152,19 +152,23 @@ def latency(directory: Path, seconds: float, rate: int = 10_000) -> list[float]:
     return delays
 
 
-def pyflink(events: int) -> dict[str, dict[str, float]]:
-    """PyFlink's figures on the same events, from Kafka (bench/pyflink_nexmark.py)."""
+def pyflink(events: int, directory: Path) -> dict[str, dict[str, float]]:
+    """PyFlink's figures on the same events and queries, from Kafka (bench/pyflink_nexmark.py,
+    at parallelism 1, after a warm-up run of the first query)."""
     python = REPO / ".venv-flink" / "bin" / "python"
     if not python.exists():
         raise SystemExit("PyFlink is not installed: scripts/flink env")
+    queries = directory / "queries.json"
+    queries.write_text(json.dumps(nexmark.QUERIES))
     bootstrap = f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
     with connect(f"kafka://{bootstrap}") as log:
         for topic in nexmark.TOPICS:
             if topic in log.list_topics():
                 log.delete_topic(topic)
         nexmark.write(log, events)
+    script = str(REPO / "bench" / "pyflink_nexmark.py")
     output = subprocess.run(
-        [str(python), str(REPO / "bench" / "pyflink_nexmark.py"), "--bootstrap", bootstrap, "--json"],
+        [str(python), script, "--bootstrap", bootstrap, "--json", "--warmup", "--queries", str(queries)],
         check=True,
         capture_output=True,
         text=True,
@@ -192,7 +196,7 @@ def main() -> None:
                 cpu, wall, rows = query(log, name)
                 ours[name] = cpu
                 print(f"  {name:<24} {cpu:>12,.0f} bids/CPU-s {wall:>12,.0f} bids/s {rows:>10,} rows")
-        flink = pyflink(events) if args.flink else {}
+        flink = pyflink(events, directory) if args.flink else {}
         for name, row in flink.items():
             ratio = ours.get(name, 0) / row["events_per_cpu_second"] if row.get("events_per_cpu_second") else 0
             print(
@@ -203,7 +207,7 @@ def main() -> None:
         print(f"cold start: engine {engine:.2f} s (imports to first results), `inmotion sql query` {command:.2f} s")
         delays = latency(directory, 3.0 if args.quick else 10.0)
         if delays:
-            p99 = statistics.quantiles(delays, n=100)[98] if len(delays) > 1 else delays[0]
+            p99 = statistics.quantiles(delays, n=100, method="inclusive")[98] if len(delays) > 1 else delays[0]
             print(
                 f"result latency at 10,000 bids/s: {len(delays)} windows, p50 {statistics.median(delays):.0f} ms,"
                 f" p99 {p99:.0f} ms, max {max(delays):.0f} ms"
