@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,16 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 # in .venv-flink only: mypy runs in .venv
 from py4j.protocol import Py4JJavaError  # type: ignore[import-not-found]
 from pyflink.java_gateway import get_gateway  # type: ignore[import-not-found]
-from pyflink.table import EnvironmentSettings, TableDescriptor, TableEnvironment  # type: ignore[import-not-found]
+from pyflink.table import (  # type: ignore[import-not-found]
+    DataTypes,
+    EnvironmentSettings,
+    TableDescriptor,
+    TableEnvironment,
+)
+from pyflink.table.expressions import col  # type: ignore[import-not-found]
 
 REPO = Path(__file__).resolve().parent.parent
-TOPIC = "bids"
+TOPIC = os.environ.get("NEXMARK_BIDS", "bids")
 START = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
 CHANNELS = ("Google", "Facebook", "Baidu", "Apple")
 
@@ -215,6 +222,24 @@ def run(name: str, sql: str, bootstrap: str, jar: str, java: int, events: int) -
     }
 
 
+def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path) -> int:
+    """Write a query's rows to DIRECTORY/NAME.jsonl (a JSON array each; timestamps as Flink's
+    CAST to STRING writes them, in UTC: PyFlink cannot bring an Instant back); how many."""
+    env = table_environment(bootstrap, jar)
+    table = env.sql_query(sql)
+    schema = table.get_schema()
+    columns = [
+        col(name).cast(DataTypes.STRING()) if "TIMESTAMP" in str(kind).upper() else col(name)
+        for name, kind in zip(schema.get_field_names(), schema.get_field_data_types(), strict=True)
+    ]
+    count = 0
+    with table.select(*columns).execute().collect() as rows, (directory / f"{name}.jsonl").open("w") as out:
+        for row in rows:
+            out.write(json.dumps([str(v) if isinstance(v, Decimal) else v for v in row]) + "\n")
+            count += 1
+    return count
+
+
 def verify(bootstrap: str, jar: str) -> None:
     env = table_environment(bootstrap, jar, batch=True)  # one row, not one update per record
     # CAST: PyFlink cannot bring a TIMESTAMP_LTZ (a java.time.Instant) back to Python
@@ -238,6 +263,9 @@ def main() -> None:
     parser.add_argument("--verify", action="store_true", help="first count the rows Flink parses")
     parser.add_argument("--warmup", action="store_true", help="first run the first query once, unreported")
     parser.add_argument("--json", action="store_true", help="one JSON object per query")
+    parser.add_argument(
+        "--results", type=Path, help="instead of timing the queries, write their rows to RESULTS/<query>.jsonl"
+    )
     args = parser.parse_args()
     if args.produce:
         if not args.events:
@@ -255,6 +283,10 @@ def main() -> None:
     if args.verify:
         verify(args.bootstrap, jar)
     queries: dict[str, str] = json.loads(args.queries.read_text()) if args.queries else {}
+    if args.results:
+        for name, sql in queries.items():
+            log(f"{name}: {collect(name, sql, args.bootstrap, jar, args.results):,} rows")
+        return
     if args.warmup and queries:
         first = next(iter(queries))
         warm = run(first, queries[first], args.bootstrap, jar, java, events)

@@ -103,7 +103,7 @@ def cold_start(directory: Path) -> tuple[float, float]:
 
 LATENCY_JOB = """
 CREATE TABLE bid (auction BIGINT, price BIGINT, dateTime TIMESTAMP_LTZ(3),
-  WATERMARK FOR dateTime AS dateTime - INTERVAL '200' MILLISECOND) WITH ('topic' = 'live');
+  WATERMARK FOR dateTime AS dateTime - INTERVAL '0.2' SECOND) WITH ('topic' = 'live');
 CREATE TABLE counts (auction BIGINT, num BIGINT, endtime TIMESTAMP_LTZ(3)) WITH ('topic' = 'counts');
 INSERT INTO counts
 SELECT auction, COUNT(*), window_end FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '1' SECOND,

@@ -120,6 +120,13 @@ def test_a_watermark_on_the_column_itself_allows_no_delay() -> None:
         ),
         ("SET 'table.exec.state.ttl' = 'a while'", "'a while' is no duration", 0, 0),
         ("SET x = 1", "SET takes one 'option' = 'value'", 1, 5),
+        (
+            "CREATE TABLE t (ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '500' MILLISECOND)"
+            " WITH ('topic' = 't')",
+            "Flink takes no MILLISECOND intervals: write INTERVAL '0.5' SECOND",
+            1,
+            68,
+        ),
     ],
 )
 def test_sql_the_engine_cannot_take_is_named_with_its_position(sql: str, message: str, line: int, column: int) -> None:

@@ -1,8 +1,8 @@
 """SESSION windows: per key, the rows until the key is silent for the gap.
 
-A row opens the window [time, time + gap); windows of a key that overlap merge into one (Flink's
-merging windows), so a session grows while its key keeps sending and ends `gap` after its last
-row. It fires once the watermark passes its end. A row is late only if its own window would
+A row opens the window [time, time + gap); windows of a key that overlap or touch merge into one
+(Flink's merging windows), so a session grows while its key keeps sending and ends `gap` after
+its last row. It fires once the watermark passes its end. A row is late only if its own window would
 have fired already and it joins no open session of its key. The state is each key's open
 sessions (start, end, the aggregates' partial values), checkpointed by key."""
 
@@ -61,7 +61,9 @@ class SessionState:
     def _join(self, key: tuple[Any, ...], time: int, mark: int | None, partials: list[Any]) -> bool:
         start, end = time, time + self.gap
         sessions = self.sessions.get(key, [])
-        overlapping = [s for s in sessions if s[0] < end and start < s[1]]
+        # windows that touch merge too (Flink's TimeWindow.intersects is inclusive): a row one
+        # gap after the last still belongs to its session
+        overlapping = [s for s in sessions if s[0] <= end and start <= s[1]]
         if not overlapping and mark is not None and end - 1 <= mark:
             return False
         for session in overlapping:

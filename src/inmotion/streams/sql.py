@@ -57,7 +57,8 @@ _EXTENSION = re.compile(r"[a-z0-9]{1,20}")
 STARTS = frozenset({"earliest-offset", "latest-offset"})
 _OPTIONS = frozenset({"topic", "scan.startup.mode"})
 
-_MS = {"MILLISECOND": 1, "SECOND": 1000, "MINUTE": 60_000, "HOUR": 3_600_000, "DAY": 86_400_000}
+_MS = {"SECOND": 1000, "MINUTE": 60_000, "HOUR": 3_600_000, "DAY": 86_400_000}
+"""The units of the intervals Flink's parser takes (no MILLISECOND: '0.5' SECOND is one)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +308,10 @@ def interval_ms(sql: str, interval: exp.Interval) -> int:
         amount = float(interval.this.name)
     except ValueError:
         amount = -1
+    if unit == "MILLISECOND":
+        raise InvalidSql(
+            f"Flink takes no MILLISECOND intervals: write INTERVAL '{amount / 1000:g}' SECOND", *where(sql, interval)
+        )
     if unit not in _MS or amount < 0:
         raise InvalidSql(f"unsupported interval {text_of(interval)}", *where(sql, interval))
     return round(amount * _MS[unit])

@@ -1,0 +1,110 @@
+"""The embedded engine against Apache Flink: the same SQL over the same Nexmark events on Kafka
+gives the same rows. Flink runs in PyFlink (`scripts/flink env` installs it apart, in
+.venv-flink; `scripts/test` does), through bench/pyflink_nexmark.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections import Counter
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inmotion.log import connect
+from inmotion.streams import Job, nexmark
+from inmotion.streams.job import job_results
+
+ROOT = Path(__file__).resolve().parents[2]
+PYFLINK = ROOT / ".venv-flink" / "bin" / "python"
+
+pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.slow]
+
+QUERIES = {
+    **nexmark.QUERIES,
+    "tumble-top3": (
+        "SELECT window_start, auction, num, rownum FROM ("
+        " SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY num DESC, auction DESC) AS rownum"
+        " FROM (SELECT window_start, window_end, auction, COUNT(*) AS num"
+        "  FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '1' SECOND))"
+        "  GROUP BY window_start, window_end, auction)"
+        ") WHERE rownum <= 3"
+    ),
+    "cumulate": (
+        "SELECT window_start, window_end, COUNT(*) AS n, SUM(price) AS total, MIN(price) AS low"
+        " FROM TABLE(CUMULATE(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '0.1' SECOND, INTERVAL '1' SECOND))"
+        " GROUP BY window_start, window_end"
+    ),
+    "session": (
+        "SELECT bidder, window_start, window_end, COUNT(*) AS n, MAX(price) AS top"
+        " FROM TABLE(SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(`dateTime`), INTERVAL '0.002' SECOND))"
+        " GROUP BY window_start, window_end, bidder"
+    ),
+    "filters": (
+        "SELECT auction, channel, UPPER(channel) AS up, CHAR_LENGTH(url) AS n, price / 7 AS seventh,"
+        " CASE WHEN price > 10000 THEN 'high' ELSE 'low' END AS band FROM bid"
+        " WHERE channel LIKE 'G%' AND MOD(bidder, 3) <> 0"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def pyflink() -> Path:
+    if not PYFLINK.exists():
+        reason = "PyFlink is not installed: scripts/flink env"
+        if os.environ.get("INMOTION_REQUIRE_FLINK") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return PYFLINK
+
+
+def plain(value: Any) -> Any:
+    """A value as both engines' rows can be compared: timestamps as Flink's CAST to STRING
+    writes them (UTC), decimals and doubles rounded to 6 places."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, str):
+        try:
+            if "." in value and value.replace(".", "", 1).lstrip("-").isdigit():
+                return round(float(Decimal(value)), 6)
+        except ArithmeticError:
+            pass
+    return value
+
+
+def test_the_embedded_engine_gives_flinks_rows(pyflink: Path, kafka_bootstrap: str, tmp_path: Path) -> None:
+    with connect(f"kafka://{kafka_bootstrap}?timeout=30") as log:
+        for topic in nexmark.TOPICS:
+            if topic in log.list_topics():
+                log.delete_topic(topic)
+        nexmark.write(log, 5_000, seed=3)
+        ours = {
+            name: Counter(
+                tuple(plain(v) for v in row.values())
+                for _, table in Job(log, nexmark.DDL + query).query()
+                for row in job_results(table)
+            )
+            for name, query in QUERIES.items()
+        }
+    queries = tmp_path / "queries.json"
+    queries.write_text(json.dumps(QUERIES))
+    script = str(ROOT / "bench" / "pyflink_nexmark.py")
+    done = subprocess.run(
+        [str(pyflink), script, "--bootstrap", kafka_bootstrap, "--queries", str(queries), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in QUERIES:
+        lines = (tmp_path / f"{name}.jsonl").read_text().splitlines()
+        theirs = Counter(tuple(plain(v) for v in json.loads(line)) for line in lines)
+        assert sum(theirs.values()) > 0, name
+        only_ours, only_theirs = list((ours[name] - theirs).items())[:3], list((theirs - ours[name]).items())[:3]
+        assert ours[name] == theirs, f"{name}: only ours {only_ours}, only Flink's {only_theirs}"
