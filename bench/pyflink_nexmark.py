@@ -186,6 +186,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+TABLES: list[str] = []
+"""The CREATE TABLEs to run (--ddl), else DDL's table bid."""
+
+
 def table_environment(bootstrap: str, jar: str, *, batch: bool = False) -> TableEnvironment:
     settings = EnvironmentSettings.in_batch_mode() if batch else EnvironmentSettings.in_streaming_mode()
     env = TableEnvironment.create(settings)
@@ -193,7 +197,8 @@ def table_environment(bootstrap: str, jar: str, *, batch: bool = False) -> Table
     config.set("parallelism.default", "1")
     config.set("table.local-time-zone", "UTC")
     config.set("pipeline.jars", f"file://{jar}")
-    env.execute_sql(DDL.format(topic=TOPIC, bootstrap=bootstrap))
+    for statement in TABLES or [DDL.format(topic=TOPIC, bootstrap=bootstrap)]:
+        env.execute_sql(statement)
     return env
 
 
@@ -264,9 +269,16 @@ def main() -> None:
     parser.add_argument("--warmup", action="store_true", help="first run the first query once, unreported")
     parser.add_argument("--json", action="store_true", help="one JSON object per query")
     parser.add_argument(
+        "--ddl",
+        type=Path,
+        help="a JSON list of the CREATE TABLEs to declare (inmotion.streams.flink writes them from a script's)",
+    )
+    parser.add_argument(
         "--results", type=Path, help="instead of timing the queries, write their rows to RESULTS/<query>.jsonl"
     )
     args = parser.parse_args()
+    if args.ddl:
+        TABLES.extend(json.loads(args.ddl.read_text()))
     if args.produce:
         if not args.events:
             parser.error("--produce needs --events N")

@@ -38,6 +38,8 @@ import msgspec
 from inmotion.events import Event
 from inmotion.log import Log, Message, TopicConfig, connect
 from inmotion.streams import Job, nexmark
+from inmotion.streams.flink import flink_ddl
+from inmotion.streams.sql import parse
 from inmotion.testing import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,7 +160,7 @@ def pyflink(events: int, directory: Path) -> dict[str, dict[str, float]]:
     python = REPO / ".venv-flink" / "bin" / "python"
     if not python.exists():
         raise SystemExit("PyFlink is not installed: scripts/flink env")
-    queries = directory / "queries.json"
+    queries, ddl = directory / "queries.json", directory / "ddl.json"
     queries.write_text(json.dumps(nexmark.QUERIES))
     bootstrap = f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
     with connect(f"kafka://{bootstrap}") as log:
@@ -166,9 +168,11 @@ def pyflink(events: int, directory: Path) -> dict[str, dict[str, float]]:
             if topic in log.list_topics():
                 log.delete_topic(topic)
         nexmark.write(log, events)
+    ddl.write_text(json.dumps(flink_ddl(parse(nexmark.DDL), bootstrap)))
     script = str(REPO / "bench" / "pyflink_nexmark.py")
+    arguments = ["--bootstrap", bootstrap, "--json", "--warmup", "--queries", str(queries), "--ddl", str(ddl)]
     output = subprocess.run(
-        [str(python), script, "--bootstrap", bootstrap, "--json", "--warmup", "--queries", str(queries)],
+        [str(python), script, *arguments],
         check=True,
         capture_output=True,
         text=True,

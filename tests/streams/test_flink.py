@@ -17,7 +17,9 @@ import pytest
 
 from inmotion.log import connect
 from inmotion.streams import Job, nexmark
+from inmotion.streams.flink import flink_ddl
 from inmotion.streams.job import job_results
+from inmotion.streams.sql import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 PYFLINK = ROOT / ".venv-flink" / "bin" / "python"
@@ -43,6 +45,16 @@ QUERIES = {
         "SELECT bidder, window_start, window_end, COUNT(*) AS n, MAX(price) AS top"
         " FROM TABLE(SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(`dateTime`), INTERVAL '0.002' SECOND))"
         " GROUP BY window_start, window_end, bidder"
+    ),
+    "new-sellers": (  # a window join: persons who opened an auction in the 10 s they signed up
+        "SELECT P.id, P.name, P.window_start FROM"
+        " (SELECT * FROM TABLE(TUMBLE(TABLE person, DESCRIPTOR(`dateTime`), INTERVAL '10' SECOND))) P"
+        " JOIN (SELECT * FROM TABLE(TUMBLE(TABLE auction, DESCRIPTOR(`dateTime`), INTERVAL '10' SECOND))) A"
+        " ON P.id = A.seller AND P.window_start = A.window_start AND P.window_end = A.window_end"
+    ),
+    "quick-bids": (  # an interval join: bids within a second of their auction's opening
+        "SELECT A.id, B.bidder, B.price FROM auction A JOIN bid B ON A.id = B.auction"
+        " AND B.`dateTime` BETWEEN A.`dateTime` AND A.`dateTime` + INTERVAL '1' SECOND"
     ),
     "filters": (
         "SELECT auction, channel, UPPER(channel) AS up, CHAR_LENGTH(url) AS n, price / 7 AS seventh,"
@@ -92,11 +104,13 @@ def test_the_embedded_engine_gives_flinks_rows(pyflink: Path, kafka_bootstrap: s
             )
             for name, query in QUERIES.items()
         }
-    queries = tmp_path / "queries.json"
+    queries, ddl = tmp_path / "queries.json", tmp_path / "ddl.json"
     queries.write_text(json.dumps(QUERIES))
+    ddl.write_text(json.dumps(flink_ddl(parse(nexmark.DDL), kafka_bootstrap)))
     script = str(ROOT / "bench" / "pyflink_nexmark.py")
+    arguments = ["--bootstrap", kafka_bootstrap, "--queries", str(queries), "--ddl", str(ddl)]
     done = subprocess.run(
-        [str(pyflink), script, "--bootstrap", kafka_bootstrap, "--queries", str(queries), "--results", str(tmp_path)],
+        [str(pyflink), script, *arguments, "--results", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,

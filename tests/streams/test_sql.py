@@ -195,3 +195,25 @@ def test_set_gives_options_and_takes_flinks_durations() -> None:
         Setting("parallelism.default", "4"),
     ]
     assert [s.duration_ms() for s in settings[:3] if isinstance(s, Setting)] == [3_600_000, 500, 10_000]
+
+
+def test_tables_become_flinks_kafka_tables() -> None:
+    from inmotion.streams.flink import flink_ddl
+
+    script = """
+    CREATE TABLE bids (auction BIGINT, price DECIMAL(10, 2), ts TIMESTAMP_LTZ(3), `type` STRING METADATA VIRTUAL,
+      `offset` BIGINT METADATA VIRTUAL, WATERMARK FOR ts AS ts - INTERVAL '0.5' SECOND) WITH ('topic' = 'bids');
+    CREATE TABLE totals (auction BIGINT, total DOUBLE, PRIMARY KEY (auction) NOT ENFORCED) WITH ('topic' = 'totals');
+    """
+    bids, totals = flink_ddl(parse(script), "127.0.0.1:9092")
+    assert "`price` DOUBLE" in bids
+    assert "`type` AS CAST(`__headers`['ce_type'] AS STRING)" in bids
+    assert "`__headers` MAP<STRING, BYTES> METADATA FROM 'headers' VIRTUAL" in bids
+    assert "`offset` BIGINT METADATA FROM 'offset' VIRTUAL" in bids
+    assert "WATERMARK FOR `ts` AS `ts` - INTERVAL '0.5' SECOND" in bids
+    assert "'connector' = 'kafka'" in bids
+    assert "'scan.bounded.mode' = 'latest-offset'" in bids
+    assert "PRIMARY KEY (`auction`) NOT ENFORCED" in totals
+    assert "'connector' = 'upsert-kafka'" in totals
+    with pytest.raises(InvalidSql, match="key metadata column has no Flink twin"):
+        flink_ddl(parse("CREATE TABLE t (k STRING METADATA FROM 'key') WITH ('topic' = 't')"), "b:1")
