@@ -33,6 +33,7 @@ import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -229,7 +230,8 @@ def run(name: str, sql: str, bootstrap: str, jar: str, java: int, events: int) -
 
 def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path) -> int:
     """Write a query's rows to DIRECTORY/NAME.jsonl (a JSON array each; timestamps as Flink's
-    CAST to STRING writes them, in UTC: PyFlink cannot bring an Instant back); how many."""
+    CAST to STRING writes them, in UTC: PyFlink cannot bring an Instant back); how many. An
+    updating query's changes are applied: the rows are those it ends with."""
     env = table_environment(bootstrap, jar)
     table = env.sql_query(sql)
     schema = table.get_schema()
@@ -237,12 +239,14 @@ def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path) -> i
         col(name).cast(DataTypes.STRING()) if "TIMESTAMP" in str(kind).upper() else col(name)
         for name, kind in zip(schema.get_field_names(), schema.get_field_data_types(), strict=True)
     ]
-    count = 0
-    with table.select(*columns).execute().collect() as rows, (directory / f"{name}.jsonl").open("w") as out:
+    final: Counter[str] = Counter()
+    with table.select(*columns).execute().collect() as rows:
         for row in rows:
-            out.write(json.dumps([str(v) if isinstance(v, Decimal) else v for v in row]) + "\n")
-            count += 1
-    return count
+            line = json.dumps([str(v) if isinstance(v, Decimal) else v for v in row])
+            retracts = row.get_row_kind().name in ("UPDATE_BEFORE", "DELETE")
+            final[line] += -1 if retracts else 1
+    (directory / f"{name}.jsonl").write_text("".join(f"{line}\n" * n for line, n in final.items() if n > 0))
+    return final.total()
 
 
 def verify(bootstrap: str, jar: str) -> None:

@@ -56,6 +56,11 @@ QUERIES = {
         "SELECT A.id, B.bidder, B.price FROM auction A JOIN bid B ON A.id = B.auction"
         " AND B.`dateTime` BETWEEN A.`dateTime` AND A.`dateTime` + INTERVAL '1' SECOND"
     ),
+    "auction-stats": (  # updating: each auction's row as it ends
+        "SELECT auction, COUNT(*) AS n, MAX(price) AS top, AVG(price) AS mean, SUM(price) AS total"
+        " FROM bid GROUP BY auction HAVING COUNT(*) > 2"
+    ),
+    "all-bids": "SELECT COUNT(*) AS n, MIN(price) AS low, AVG(CAST(price AS DOUBLE)) AS mean FROM bid",
     "filters": (
         "SELECT auction, channel, UPPER(channel) AS up, CHAR_LENGTH(url) AS n, price / 7 AS seventh,"
         " CASE WHEN price > 10000 THEN 'high' ELSE 'low' END AS band FROM bid"

@@ -1,12 +1,11 @@
 """The embedded engine: a script's queries run over the log, continuously with checkpoints
 (`Job.run`) or once over what the topics hold now (`Job.query`).
 
-Each query is a `Pipeline`: it reads its source topic's partitions in batches, decodes the
-columns it uses, filters, assigns windows and aggregates (see `inmotion.streams.windows`), and
-fires windows as the watermark passes their end. The watermark of a source is the smallest of
-its partitions' (the newest event time read from each, less the table's delay), leaving out
-partitions that have nothing to read and have been silent for `idle_timeout`, so that an idle
-partition never holds windows back.
+Each query is a `Pipeline`: it reads its sources (a `Scan` each: partitions in batches, event
+times, watermarks), decodes the columns it uses, filters, and hands the rows to its state (window
+slices, sessions, groups or a join's kept rows; none for a projection), which gives results as
+the watermark passes windows' ends, or at once (projections, interval joins), or at each
+checkpoint (the groups of an updating GROUP BY).
 
 `run` checkpoints every `interval` (sooner when caught up, so results wait little): one
 transaction with the results, the changed state, the offsets and the watermarks (see
@@ -17,7 +16,6 @@ after a crash the job resumes from its last checkpoint and appends what it had n
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -44,8 +42,6 @@ from inmotion.streams.sessions import SessionState
 from inmotion.streams.sql import OPTIONS, Setting, Table, parse
 from inmotion.streams.updates import GroupState
 from inmotion.streams.windows import WindowState, assign
-
-_logger = logging.getLogger("inmotion.streams")
 
 FINAL = 2**62
 """The watermark at the end of a bounded input: every window fires."""
