@@ -437,3 +437,18 @@ def test_a_query_reads_the_same_on_sqlite_and_kafka_and_a_job_on_kafka_says_why_
         if place.backend == "kafka":
             with pytest.raises(InvalidConfig, match="kafka:// has no place for them yet"):
                 Job(log, SCRIPT, name="averages").run(threading.Event())
+
+
+def test_a_running_job_tells_its_progress(log: Log, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="inmotion.streams")
+    log.append_events("readings", readings(0, 250))
+    clock = FakeClock(autojump=False)
+    job = Job(log, SCRIPT, name="averages", clock=clock)
+    thread, stop, errors = start(job)
+    wait_until(lambda: job.pipelines[0].progress.read == 250, what="the readings read")
+    clock.advance(10)
+    wait_until(lambda: "job averages: checkpoint" in caplog.text, what="a progress line")
+    stop.set()
+    thread.join()
+    assert not errors
+    assert "read 250, emitted 4, late 0, malformed 0, watermark 2026-12-04T10:00:01.490Z" in caplog.text

@@ -140,7 +140,6 @@ def run(
         except Exception as exc:  # a bug of the engine: one line, the traceback in the debug log
             _logger.debug("job %s failed", job_name, exc_info=True)
             fail(f"job {job_name} failed: {type(exc).__name__}: {exc} (--log-level debug shows where)")
-        _logger.info("job %s: stopped at checkpoint %d", job_name, job.sequence)
     finally:
         log.close()
 

@@ -16,6 +16,7 @@ after a crash the job resumes from its last checkpoint and appends what it had n
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -43,8 +44,12 @@ from inmotion.streams.sql import OPTIONS, Setting, Table, parse
 from inmotion.streams.updates import GroupState
 from inmotion.streams.windows import WindowState, assign
 
+_logger = logging.getLogger("inmotion.streams")
+
 FINAL = 2**62
 """The watermark at the end of a bounded input: every window fires."""
+PROGRESS_EVERY = 10.0
+"""Seconds between a running job's progress lines (logged at info)."""
 
 Results = Callable[[Plan, pa.Table], None]
 """Where the rows of a SELECT go (a query without INSERT INTO): printed, by the CLI."""
@@ -320,9 +325,13 @@ class Job:
         self._restore(checkpoint)
         epoch = checkpoint.epoch
         last, unsaved = self.clock.time(), 0
+        told = last
         try:
             while not stop.is_set():
                 now = self.clock.time()
+                if now - told >= PROGRESS_EVERY:
+                    self._tell()
+                    told = now
                 read = 0
                 for pipeline in self.pipelines:
                     read += pipeline.poll(self.log, now)
@@ -341,6 +350,22 @@ class Job:
             checkpoints.finish(self.name, epoch, "failed", f"{type(exc).__name__}: {exc}")
             raise
         checkpoints.finish(self.name, epoch, "stopped")
+        self._tell()
+
+    def _tell(self) -> None:
+        """Log how far the job has come: what a long run prints while it works."""
+        progress = [p.progress for p in self.pipelines]
+        marks = [p.watermark for p in progress if p.watermark is not None]
+        _logger.info(
+            "job %s: checkpoint %d, read %d, emitted %d, late %d, malformed %d, watermark %s",
+            self.name,
+            self.sequence,
+            sum(p.read for p in progress),
+            sum(p.emitted for p in progress),
+            sum(p.late for p in progress),
+            sum(p.malformed for p in progress),
+            iso_millis(datetime.fromtimestamp(min(marks) / 1000, UTC)) if marks else "none yet",
+        )
 
     def _wait(self) -> None:
         """Until the first source has records to read, for a moment (the others are looked at
