@@ -534,3 +534,25 @@ def test_doubles_become_text_as_java_writes_them(log: Log) -> None:
     assert [r["text"] for r in found] == ["1250.0", "0.5", "1.0E7", "1.0E-4", "-2.5E-5", None]
     assert found[0]["line"] == "t=1250.0"
     assert found[-1]["line"] is None
+
+
+def test_older_group_windows_mean_their_window_table_functions(log: Log) -> None:
+    times = [(0, "a"), (400, "a"), (900, "b"), (1_600, "a")]
+    log.append_events("readings", [reading(at, sensor, level=at) for at, sensor in times])
+    found = rows(
+        log,
+        "SELECT r.sensor, TUMBLE_START(r.ts, INTERVAL '1' SECOND) AS s, TUMBLE_END(r.ts, INTERVAL '1' SECOND) AS e,"
+        " COUNT(*) AS n FROM readings r GROUP BY r.sensor, TUMBLE(r.ts, INTERVAL '1' SECOND)",
+    )
+    assert sorted((r["sensor"], ms(r["s"]), ms(r["e"]), r["n"]) for r in found) == [
+        ("a", 0, 1000, 2), ("a", 1000, 2000, 1), ("b", 0, 1000, 1)
+    ]  # fmt: skip
+    sessions = rows(
+        log,
+        "SELECT sensor, SESSION_START(ts, INTERVAL '0.5' SECOND) AS s, COUNT(*) AS n"
+        " FROM readings GROUP BY sensor, SESSION(ts, INTERVAL '0.5' SECOND)",
+    )
+    assert sorted((r["sensor"], ms(r["s"]), r["n"]) for r in sessions) == [("a", 0, 2), ("a", 1600, 1), ("b", 900, 1)]
+    with pytest.raises(InvalidSql, match="unsupported TUMBLE_PROCTIME"):
+        Job(log, READINGS + "SELECT TUMBLE_PROCTIME(ts, INTERVAL '1' SECOND) FROM readings"
+            " GROUP BY TUMBLE(ts, INTERVAL '1' SECOND)")  # fmt: skip

@@ -86,6 +86,7 @@ class Planner:
             if isinstance(select.args["from_"].this, exp.Subquery):
                 return joins.window_join(query, select, sink)
             return joins.interval_join(query, select, sink)
+        select = self.group_window(select)
         self.refuse(select)
         source, window = self.source(select)
         columns = {c.name: ARROW_TYPES[c.type] for c in source.columns}
@@ -111,6 +112,49 @@ class Planner:
             )
             return Plan(query, source, self.reads(select, source, window), where_, window, (), (), None, outputs, sink)
         return self.aggregation(query, select, source, window, columns, where_, items, sink)
+
+    def group_window(self, select: exp.Select) -> exp.Select:
+        """Flink's older group windows as the window table function they mean: `FROM t GROUP BY
+        k, TUMBLE(ts, size)` with TUMBLE_START(ts, size) / TUMBLE_END / TUMBLE_ROWTIME is `FROM
+        TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size)) GROUP BY k, window_start, window_end`, with
+        window_start / window_end / window_time; HOP and SESSION (its keys partition it) alike."""
+        group = select.args.get("group")
+        calls = [
+            node
+            for node in (group.expressions if group is not None else [])
+            if isinstance(node, exp.Anonymous) and node.name.upper() in ("TUMBLE", "HOP", "SESSION")
+        ]
+        if group is None or not calls:
+            return select
+        if len(calls) > 1:
+            raise self.fail("a GROUP BY takes one group window", calls[1])
+        [call] = calls
+        source = select.args["from_"].this
+        time = call.expressions[0] if call.expressions else None
+        if not isinstance(source, exp.Table) or not isinstance(source.this, exp.Identifier):
+            raise self.fail(f"a {call.name.upper()} group window reads a table", source)
+        if not isinstance(time, exp.Column):
+            raise self.fail(f"{call.name.upper()}'s first argument is the time column", call)
+        kind = call.name.upper()
+        keys = [node for node in group.expressions if node is not call]
+        partition = [exp.column(k.name) for k in keys if isinstance(k, exp.Column)] if kind == "SESSION" else None
+        table = TableArgument(this=exp.Table(this=source.this.copy()), partition_by=partition)
+        descriptor = exp.Anonymous(this="DESCRIPTOR", expressions=[exp.column(time.name)])
+        window = exp.Anonymous(this=kind, expressions=[table, descriptor, *(e.copy() for e in call.expressions[1:])])
+        rewritten = select.copy()
+        rewritten.set("from_", exp.From(this=exp.Table(this=exp.Anonymous(this="TABLE", expressions=[window]))))
+        rewritten.set(
+            "group",
+            exp.Group(expressions=[*(k.copy() for k in keys), exp.column("window_start"), exp.column("window_end")]),
+        )
+        bounds = {"START": "window_start", "END": "window_end", "ROWTIME": "window_time"}
+        for node in list(rewritten.find_all(exp.Anonymous)):
+            prefix, _, bound = node.name.upper().partition("_")
+            if prefix in ("TUMBLE", "HOP", "SESSION") and bound:
+                if bound not in bounds:
+                    raise self.fail(f"unsupported {node.name.upper()} (_START, _END and _ROWTIME are)", node)
+                node.replace(exp.column(bounds[bound]))
+        return rewritten
 
     def top_n(self, query: Query, outer: exp.Select, sink: Table | None) -> Plan:
         """`SELECT ... FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end
