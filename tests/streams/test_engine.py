@@ -392,6 +392,15 @@ def stamped(topic: str, at: int, **data: Any) -> Event:
     return Event(type=topic, source="/shop", data={**data, "ts": (T0 + timedelta(milliseconds=at)).isoformat()})
 
 
+def append_orders_and_shipments(log: Log, orders: list[tuple[int, int]], shipments: list[tuple[int, int]]) -> None:
+    """Order n (key, ms) with amount n; shipment m (key, ms) with carrier cm."""
+    for topic in ("orders", "shipments"):
+        log.create_topic(topic)
+    log.append_events("orders", [stamped("orders", at, id=key, amount=n) for n, (key, at) in enumerate(orders)])
+    shipped = [stamped("shipments", at, order_id=key, carrier=f"c{n}") for n, (key, at) in enumerate(shipments)]
+    log.append_events("shipments", shipped)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     orders=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=25),
@@ -414,13 +423,7 @@ def test_an_interval_join_matches_a_nested_loop(
         "flipped": f"s.ts <= {shifted('o.ts', -lower)} AND {shifted('s.ts', upper)} >= o.ts",
     }
     with connect("memory://") as log:
-        for topic in ("orders", "shipments"):
-            log.create_topic(topic)
-        log.append_events("orders", [stamped("orders", at, id=key, amount=n) for n, (key, at) in enumerate(orders)])
-        log.append_events(
-            "shipments",
-            [stamped("shipments", at, order_id=key, carrier=f"c{n}") for n, (key, at) in enumerate(shipments)],
-        )
+        append_orders_and_shipments(log, orders, shipments)
         query = (
             "SELECT o.id, amount, carrier FROM orders o JOIN shipments s ON o.id = s.order_id AND "
             + conditions[written]
@@ -472,13 +475,7 @@ def test_a_window_join_matches_a_nested_loop_per_window(
     orders: list[tuple[int, int]], shipments: list[tuple[int, int]], kind: str
 ) -> None:
     with connect("memory://") as log:
-        for topic in ("orders", "shipments"):
-            log.create_topic(topic)
-        log.append_events("orders", [stamped("orders", at, id=key, amount=n) for n, (key, at) in enumerate(orders)])
-        log.append_events(
-            "shipments",
-            [stamped("shipments", at, order_id=key, carrier=f"c{n}") for n, (key, at) in enumerate(shipments)],
-        )
+        append_orders_and_shipments(log, orders, shipments)
         query = (
             f"SELECT o.amount, s.carrier, COALESCE(o.window_start, s.window_start) AS ws"
             f" FROM {window_side('orders', 'o')} {kind} JOIN {window_side('shipments', 's')}"

@@ -134,7 +134,7 @@ def run(
         job = Job(log, text, name=job_name, idle_timeout=idle_timeout, interval=interval)
         _logger.info("job %s: %d queries over %s", job_name, len(job.plans), log.url)
         try:
-            job.run(stop, lambda plan, table: _print_json(table), owner=_owner())
+            job.run(stop, lambda plan, table: _print_json(table))
         except InmotionError:
             raise
         except Exception as exc:  # a bug of the engine: one line, the traceback in the debug log
@@ -142,10 +142,6 @@ def run(
             fail(f"job {job_name} failed: {type(exc).__name__}: {exc} (--log-level debug shows where)")
     finally:
         log.close()
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def explain(sql: ScriptArgument, broker: BrokerOption = None) -> None:

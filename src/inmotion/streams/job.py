@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -310,7 +312,7 @@ class Job:
                 return
 
     # --- continuous ---------------------------------------------------------------------------
-    def run(self, stop: threading.Event, results: Results | None = None, owner: str = "") -> None:
+    def run(self, stop: threading.Event, results: Results | None = None) -> None:
         """Run until `stop` is set, then checkpoint and return. Each checkpoint appends the
         results of INSERT INTO queries; `results` hears those of SELECTs once checkpointed."""
         for plan in self.plans:
@@ -321,7 +323,8 @@ class Job:
                 )
         checkpoints = open_checkpoints(self.log)
         script = hashlib.sha256(self.sql.encode()).hexdigest()
-        checkpoint = checkpoints.claim(self.name, script, owner)
+        # the owner `inmotion sql jobs` names, and checks on this host for a process gone
+        checkpoint = checkpoints.claim(self.name, script, f"{socket.gethostname()}:{os.getpid()}")
         self._restore(checkpoint)
         epoch = checkpoint.epoch
         last, unsaved = self.clock.time(), 0

@@ -198,9 +198,6 @@ class WindowState:
             end, *key = _decoder.decode(raw_key)
             self.slices.setdefault(end, {})[tuple(key)] = _decoder.decode(raw_value)
 
-    def __len__(self) -> int:
-        return sum(len(groups) for groups in self.slices.values())
-
 
 def floor_to_int(value: int, unit: int) -> int:
     return value - value % unit

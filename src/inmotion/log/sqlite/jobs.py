@@ -4,8 +4,6 @@ write transaction on the log's writer, with the results it appends (`SqliteLog.a
 
 from __future__ import annotations
 
-import os
-import socket
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -167,7 +165,3 @@ def _trackers(conn: sqlite3.Connection, job: str) -> list[tuple[str, str]]:
         if tracker.startswith(f"{job}/")
         for source in tracking.sources(conn, KIND, tracker)
     ]
-
-
-def owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
