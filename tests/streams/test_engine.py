@@ -91,9 +91,10 @@ def test_select_star_names_every_column_and_duplicates_get_numbers(log: Log) -> 
 
 def reference(
     kind: str, times: Sequence[tuple[int, str, int]], size: int, step: int
-) -> dict[tuple[int, int, str], tuple[int, int]]:
-    """(window start, end, sensor) -> (count, sum of level), computed one event at a time."""
-    found: dict[tuple[int, int, str], list[int]] = defaultdict(lambda: [0, 0])
+) -> dict[tuple[int, int, str], tuple[int, int, int, int | None]]:
+    """(window start, end, sensor) -> (count, sum of level, distinct levels, sum of the positive
+    levels or None), computed one event at a time."""
+    found: dict[tuple[int, int, str], list[Any]] = defaultdict(lambda: [0, 0, set(), None])
     for t, sensor, level in times:
         if kind == "TUMBLE":
             windows = [(t - t % size, t - t % size + size)]
@@ -107,7 +108,10 @@ def reference(
             totals = found[(*window, sensor)]
             totals[0] += 1
             totals[1] += level
-    return {key: (n, total) for key, (n, total) in found.items()}
+            totals[2].add(level)
+            if level > 0:
+                totals[3] = (totals[3] or 0) + level
+    return {key: (n, total, len(levels), positive) for key, (n, total, levels, positive) in found.items()}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -138,11 +142,15 @@ def test_window_aggregates_match_a_reference(
         log.append_events("readings", [reading(t, sensor, level=level) for t, sensor, level in times])
         found = rows(
             log,
-            f"SELECT window_start, window_end, sensor, COUNT(*) AS n, SUM(level) AS total"
+            f"SELECT window_start, window_end, sensor, COUNT(*) AS n, SUM(level) AS total,"
+            f" COUNT(DISTINCT level) AS kinds, SUM(level) FILTER (WHERE level > 0) AS positive"
             f" FROM TABLE({kind}(TABLE readings, DESCRIPTOR(ts), {args}))"
             f" GROUP BY window_start, window_end, sensor",
         )
-    got = {(ms(r["window_start"]), ms(r["window_end"]), r["sensor"]): (r["n"], r["total"]) for r in found}
+    got = {
+        (ms(r["window_start"]), ms(r["window_end"]), r["sensor"]): (r["n"], r["total"], r["kinds"], r["positive"])
+        for r in found
+    }
     assert len(got) == len(found)
     assert got == reference(kind, times, size, step)
 
@@ -217,8 +225,14 @@ def test_malformed_events_are_left_out_and_counted(log: Log) -> None:
         ("SELECT nope FROM readings", "unknown column nope"),
         ("SELECT sensor FROM nowhere", "unknown table nowhere"),
         ("SELECT DISTINCT sensor FROM readings", "SELECT DISTINCT is not supported"),
-        ("SELECT COUNT(DISTINCT sensor) FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
-         " GROUP BY window_start, window_end", "DISTINCT aggregates"),
+        ("SELECT COUNT(DISTINCT sensor, level) FROM readings", "COUNT\\(DISTINCT ...\\) takes one argument"),
+        ("SELECT UPPER(sensor) FILTER (WHERE level > 1) FROM readings GROUP BY sensor",
+         "FILTER \\(WHERE ...\\) follows"),
+        ("SELECT DATE_FORMAT(ts, 'yyyy-ww') FROM readings", "unsupported pattern letters 'ww'"),
+        ("SELECT DATE_FORMAT(ts, sensor) FROM readings", "the pattern a string literal"),
+        ("SELECT REGEXP_EXTRACT(sensor, 'a(b') FROM readings", "invalid regex"),
+        ("SELECT REGEXP_EXTRACT(sensor, 'a(b)(?:c)', 2) FROM readings", "the regex has 1 groups, there is no group 2"),
+        ("SELECT SPLIT_INDEX(sensor, '-', level) FROM readings", "SPLIT_INDEX takes"),
         ("SELECT window_start, temp FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
          " GROUP BY window_start, window_end", "column temp is neither in GROUP BY nor inside an aggregate"),
         ("SELECT * FROM TABLE(SESSION(TABLE readings PARTITION BY sensor, DESCRIPTOR(ts), INTERVAL '1' SECOND))",
@@ -368,6 +382,26 @@ def test_sessions_match_a_reference(steps: list[tuple[int, str]], gap: int) -> N
     assert sorted(got) == sorted(want)
 
 
+def test_texts_and_times_functions_follow_flinks(log: Log) -> None:
+    urls = ["https://shop.example/a/b?x=1&channel_id=42", "", None, "a//b"]
+    at = [(T0 + timedelta(milliseconds=3_723_004 + i)).isoformat() for i in range(len(urls))]
+    events = [Event(type="r", source="/s", data={"sensor": u, "ts": t}) for u, t in zip(urls, at, strict=True)]
+    log.append_events("readings", events)
+    found = rows(
+        log,
+        "SELECT DATE_FORMAT(ts, 'yyyy-MM-dd HH:mm:ss.SSS'), DATE_FORMAT(ts, 'd/M/yy ''at'' H''h''m'),"
+        " REGEXP_EXTRACT(sensor, '(&|^|\\?)channel_id=([^&]*)', 2), REGEXP_EXTRACT(sensor, 'shop\\.[a-z]+'),"
+        " REGEXP_EXTRACT(sensor, '[(]([a-z])[)]|/([a-z])/', 2),"
+        " SPLIT_INDEX(sensor, '/', 3), SPLIT_INDEX(sensor, '/', 1), SPLIT_INDEX(sensor, '/', 9) FROM readings",
+    )
+    assert [list(row.values()) for row in found] == [
+        ["2026-12-04 11:02:03.004", "4/12/26 at 11h2", "42", "shop.example", "a", "a", "", None],
+        ["2026-12-04 11:02:03.005", "4/12/26 at 11h2", None, None, None, None, None, None],
+        ["2026-12-04 11:02:03.006", "4/12/26 at 11h2", None, None, None, None, None, None],
+        ["2026-12-04 11:02:03.007", "4/12/26 at 11h2", None, None, None, None, "", None],
+    ]
+
+
 def test_group_by_without_a_window_gives_each_groups_final_row(log: Log) -> None:
     log.append_events("readings", [reading(i, "ab"[i % 2], level=i) for i in range(7)] + [reading(9, "c", level=None)])
     found = rows(
@@ -378,6 +412,12 @@ def test_group_by_without_a_window_gives_each_groups_final_row(log: Log) -> None
         {"sensor": "b", "n": 3, "total": 9},
     ]
     assert rows(log, "SELECT COUNT(*) AS n, MAX(level) AS top FROM readings") == [{"n": 8, "top": 6}]
+    assert rows(
+        log,
+        "SELECT COUNT(DISTINCT sensor) AS sensors, COUNT(*) FILTER (WHERE level > 2) AS big,"
+        " SUM(DISTINCT MOD(level, 3)) AS residues, AVG(DISTINCT level) FILTER (WHERE sensor <> 'c') AS mean,"
+        " MIN(DISTINCT level) FILTER (WHERE level > 100) AS none_ FROM readings",
+    ) == [{"sensors": 3, "big": 4, "residues": 3, "mean": 3, "none_": None}]
 
 
 JOINED = """

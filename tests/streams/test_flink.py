@@ -57,7 +57,8 @@ QUERIES = {
         " AND B.`dateTime` BETWEEN A.`dateTime` AND A.`dateTime` + INTERVAL '1' SECOND"
     ),
     "auction-stats": (  # updating: each auction's row as it ends
-        "SELECT auction, COUNT(*) AS n, MAX(price) AS top, AVG(price) AS mean, SUM(price) AS total"
+        "SELECT auction, COUNT(*) AS n, MAX(price) AS top, AVG(price) AS mean, SUM(price) AS total,"
+        " SUM(DISTINCT bidder) AS bidders, AVG(DISTINCT bidder) FILTER (WHERE price > 1000) AS big"
         " FROM bid GROUP BY auction HAVING COUNT(*) > 2"
     ),
     "all-bids": "SELECT COUNT(*) AS n, MIN(price) AS low, AVG(CAST(price AS DOUBLE)) AS mean FROM bid",
@@ -65,6 +66,18 @@ QUERIES = {
         "SELECT auction, channel, UPPER(channel) AS up, CHAR_LENGTH(url) AS n, price / 7 AS seventh,"
         " CASE WHEN price > 10000 THEN 'high' ELSE 'low' END AS band FROM bid"
         " WHERE channel LIKE 'G%' AND MOD(bidder, 3) <> 0"
+    ),
+    "texts": (
+        "SELECT auction, DATE_FORMAT(`dateTime`, 'yy/M/d HH''h''mm:ss.SSS'), REGEXP_EXTRACT(url, 'www\\.([a-z]+)'),"
+        " REGEXP_EXTRACT(url, 'channel_id=[0-9]+', 0), SPLIT_INDEX(url, '/', 0), SPLIT_INDEX(url, '?', 1),"
+        " SPLIT_INDEX(channel, '-', 1) FROM bid WHERE MOD(price, 5) = 0"
+    ),
+    "distinct-windows": (
+        "SELECT window_start, channel, COUNT(DISTINCT bidder) AS bidders, COUNT(*) FILTER (WHERE price > 1000) AS big,"
+        " MAX(price) FILTER (WHERE bidder > 1050) AS top,"
+        " COUNT(DISTINCT auction) FILTER (WHERE price < 500) AS cheap"
+        " FROM TABLE(HOP(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '0.1' SECOND, INTERVAL '0.3' SECOND))"
+        " GROUP BY window_start, window_end, channel"
     ),
 }
 

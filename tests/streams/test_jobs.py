@@ -310,6 +310,37 @@ def test_an_updating_query_upserts_by_primary_key_and_deletes_with_tombstones(lo
     assert log.describe_topic("balances").config.compact
 
 
+def test_distinct_values_survive_a_restart(log: Log) -> None:
+    script = """
+    CREATE TABLE payments (card STRING, amount BIGINT) WITH ('topic' = 'payments');
+    CREATE TABLE amounts (card STRING, kinds BIGINT, big BIGINT, PRIMARY KEY (card) NOT ENFORCED)
+      WITH ('topic' = 'amounts');
+    INSERT INTO amounts
+    SELECT card, COUNT(DISTINCT amount), COUNT(DISTINCT amount) FILTER (WHERE amount > 4) FROM payments GROUP BY card;
+    """
+    log.create_topic("payments")
+
+    def pay(*amounts: int) -> list[Event]:
+        return [Event(type="payment", source="/cards", data={"card": "a", "amount": a}) for a in amounts]
+
+    def newest() -> dict[str, Any] | None:
+        found = [r.event().data for r in log.read("amounts", 0, 0, 1000)] if "amounts" in log.list_topics() else []
+        return found[-1] if found else None
+
+    def run_until(kinds: int, big: int) -> None:
+        thread, stop, errors = start(Job(log, script, name="amounts"))
+        want = {"card": "a", "kinds": kinds, "big": big}
+        wait_until(lambda: newest() == want, what=f"the row {want}")
+        stop.set()
+        thread.join()
+        assert not errors
+
+    log.append_events("payments", pay(4, 4, 5))
+    run_until(kinds=2, big=1)
+    log.append_events("payments", pay(5, 6, 3))  # 5 was seen before the restart: not counted again
+    run_until(kinds=4, big=2)
+
+
 def test_an_interval_join_resumes_with_the_rows_it_kept(log: Log) -> None:
     script = """
     CREATE TABLE clicks (ad BIGINT, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)

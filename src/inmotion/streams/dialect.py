@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from sqlglot import exp
 from sqlglot.dialects.hive import Hive
 from sqlglot.generators.hive import HiveGenerator
+from sqlglot.helper import seq_get
 from sqlglot.parsers.hive import HiveParser
 from sqlglot.tokenizer_core import TokenType
 
@@ -34,6 +35,14 @@ class TableArgument(exp.Expression):
 
 
 class FlinkParser(HiveParser):
+    FUNCTIONS: ClassVar[dict[str, Any]] = {
+        # DATE_FORMAT keeps its Java pattern as written (Hive's parser turns it into strftime's)
+        **{name: build for name, build in HiveParser.FUNCTIONS.items() if name != "DATE_FORMAT"},
+        # without a group, REGEXP_EXTRACT gives the whole match in Flink (group 1 in Hive)
+        "REGEXP_EXTRACT": lambda args: exp.RegexpExtract(
+            this=seq_get(args, 0), expression=seq_get(args, 1), group=seq_get(args, 2)
+        ),
+    }
     CONSTRAINT_PARSERS: ClassVar[dict[str, Any]] = {
         **HiveParser.CONSTRAINT_PARSERS,
         "WATERMARK": lambda self: self.expression(
@@ -97,11 +106,15 @@ class FlinkGenerator(HiveGenerator):
         **HiveGenerator.TRANSFORMS,
         TableArgument: _table_argument_sql,
         MetadataColumn: lambda self, node: "METADATA",
+        exp.RegexpExtract: lambda self, node: self.func(
+            "REGEXP_EXTRACT", node.this, node.expression, node.args.get("group")
+        ),
     }
 
 
 class Flink(Hive):
     class Tokenizer(Hive.Tokenizer):
+        STRING_ESCAPES: ClassVar[list[str]] = ["'"]  # 'it''s', as in standard SQL; a backslash is itself
         KEYWORDS: ClassVar[dict[str, TokenType]] = {**Hive.Tokenizer.KEYWORDS, "TIMESTAMP_LTZ": TokenType.TIMESTAMPLTZ}
 
     Parser = FlinkParser

@@ -155,6 +155,12 @@ class _Compiler:
             return self.round(node)
         if isinstance(node, exp.Substring):
             return self.substring(node)
+        if isinstance(node, exp.RegexpExtract):
+            return self.regexp_extract(node)
+        if isinstance(node, exp.Anonymous) and node.name.upper() == "DATE_FORMAT":
+            return self.date_format(node)
+        if isinstance(node, exp.Anonymous) and node.name.upper() == "SPLIT_INDEX":
+            return self.split_index(node)
         name = node.name.upper() if isinstance(node, exp.Anonymous) else node.key.upper()
         raise self.fail(f"unsupported function or expression {name}: {text_of(node)}", node)
 
@@ -267,6 +273,130 @@ class _Compiler:
         stop = None if length is None else begin + int(length.this)
         part = self.compile(node.this)
         return lambda batch: pc.utf8_slice_codeunits(part(batch), begin, stop)
+
+    def date_format(self, node: exp.Anonymous) -> Compiled:
+        """DATE_FORMAT(timestamp, 'yyyy-MM-dd HH:mm:ss.SSS'), Java's pattern letters (a string
+        argument is read as a timestamp first). The fields are UTC's, the engine's time zone."""
+        if len(node.expressions) != 2 or not _is_string(node.expressions[1]):
+            raise self.fail("DATE_FORMAT takes (timestamp, 'pattern'), the pattern a string literal", node)
+        pieces: list[str | tuple[Callable[[Values], Values], int]] = []
+        for match in re.finditer(r"'(?:[^']|'')*'|([A-Za-z])\1*|[^A-Za-z']+", node.expressions[1].name):
+            token = match.group(0)
+            if token.startswith("'"):
+                pieces.append(token[1:-1].replace("''", "'") or "'")  # '' is a quote
+            elif token[0].isalpha():
+                field = _DATE_FIELDS.get(token)
+                if field is None:
+                    known = ", ".join(_DATE_FIELDS)
+                    raise self.fail(f"DATE_FORMAT: unsupported pattern letters {token!r} ({known} are)", node)
+                pieces.append(field)
+            else:
+                pieces.append(token)
+        part = self.compile(node.expressions[0])
+
+        def format_(batch: pa.Table) -> Values:
+            value = as_array(part(batch), batch.num_rows)
+            if not pa.types.is_timestamp(value.type):
+                value = _cast_each(value, pa.timestamp("ms"))
+            texts = []
+            for piece in pieces:
+                if isinstance(piece, str):
+                    texts.append(pa.scalar(piece))
+                else:
+                    function, width = piece
+                    texts.append(pc.utf8_lpad(pc.cast(function(value), pa.string()), width, "0"))
+            return pc.binary_join_element_wise(*texts, "")
+
+        return format_
+
+    def regexp_extract(self, node: exp.RegexpExtract) -> Compiled:
+        """REGEXP_EXTRACT(text, 'regex'[, group]): the group (0, the whole match, unless given)
+        of the regex's first match, NULL where it does not match."""
+        pattern, group = node.expression, node.args.get("group")
+        if not _is_string(pattern) or (group is not None and not isinstance(group, exp.Literal)):
+            raise self.fail("REGEXP_EXTRACT takes a string literal regex and a literal group number", node)
+        wanted = int(group.this) if group is not None else 0
+        named, groups = _named_groups(pattern.name)
+        if not 0 <= wanted <= groups:
+            raise self.fail(f"REGEXP_EXTRACT: the regex has {groups} groups, there is no group {wanted}", node)
+        regex = f"(?P<g0>{named})"
+        try:
+            pc.extract_regex(pa.array([""]), regex)
+        except pa.ArrowInvalid as exc:
+            raise self.fail(f"REGEXP_EXTRACT: invalid regex {pattern.name!r}: {exc}", node) from None
+        part = self.compile(node.this)
+
+        def extract(batch: pa.Table) -> Values:
+            found = pc.extract_regex(as_array(part(batch), batch.num_rows), regex)
+            value = pc.struct_field(found, [wanted])
+            return pc.if_else(pc.is_valid(found), value, pa.scalar(None, pa.string()))
+
+        return extract
+
+    def split_index(self, node: exp.Anonymous) -> Compiled:
+        """SPLIT_INDEX(text, 'separator', n): the n-th piece (from 0), NULL past the last."""
+        args = node.expressions
+        if len(args) != 3 or not _is_string(args[1]) or not isinstance(args[2], exp.Literal) or args[2].is_string:
+            raise self.fail("SPLIT_INDEX takes (text, 'separator', index), both literals", node)
+        separator, index = args[1].name, int(args[2].this)
+        part = self.compile(args[0])
+
+        def split(batch: pa.Table) -> Values:
+            value = as_array(part(batch), batch.num_rows)
+            if index < 0 or not separator:
+                return pa.nulls(len(value), pa.string())
+            pieces = pc.split_pattern(pc.fill_null(value, ""), separator)
+            chosen = pc.list_flatten(pc.list_slice(pieces, index, index + 1, return_fixed_size_list=True))
+            # Flink splits an empty text into no pieces at all
+            return pc.if_else(pc.fill_null(pc.equal(value, ""), True), pa.scalar(None, pa.string()), chosen)
+
+        return split
+
+
+_DATE_FIELDS: dict[str, tuple[Callable[[Values], Values], int]] = {
+    "yyyy": (pc.year, 4),
+    "yy": (lambda v: pc.subtract(pc.year(v), pc.multiply(pc.divide(pc.year(v), 100), 100)), 2),
+    "MM": (pc.month, 2),
+    "M": (pc.month, 1),
+    "dd": (pc.day, 2),
+    "d": (pc.day, 1),
+    "HH": (pc.hour, 2),
+    "H": (pc.hour, 1),
+    "mm": (pc.minute, 2),
+    "m": (pc.minute, 1),
+    "ss": (pc.second, 2),
+    "s": (pc.second, 1),
+    "SSS": (pc.millisecond, 3),
+}
+"""DATE_FORMAT's pattern letters: the field and its width (zero-padded)."""
+
+
+def _is_string(node: exp.Expr) -> bool:
+    return isinstance(node, exp.Literal) and node.is_string
+
+
+def _named_groups(regex: str) -> tuple[str, int]:
+    """`regex` with its capturing groups named g1, g2, ... (Arrow's extract_regex reads named
+    groups only), and how many there are."""
+    out, count, index, in_class = [], 0, 0, False
+    while index < len(regex):
+        char = regex[index]
+        if char == "\\":
+            out.append(regex[index : index + 2])
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(" and not regex.startswith("?", index + 1):
+            count += 1
+            out.append(f"(?P<g{count}>")
+            index += 1
+            continue
+        out.append(char)
+        index += 1
+    return "".join(out), count
 
 
 def literal(node: exp.Expr) -> pa.Scalar:

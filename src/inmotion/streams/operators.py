@@ -54,10 +54,12 @@ class Aggregate:
     function: str
     """COUNT, SUM, MIN, MAX or AVG."""
     argument: Compiled | None
-    """Computed per row; None for COUNT(*)."""
+    """Computed per row; None for COUNT(*). NULL where a FILTER (WHERE ...) does not hold."""
     column: str
     """Where its value sits in the table of fired groups."""
     text: str
+    distinct: bool = False
+    """Over the argument's distinct values (COUNT(DISTINCT x)): its partial value is their set."""
 
 
 @dataclasses.dataclass(frozen=True)

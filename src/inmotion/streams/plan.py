@@ -9,7 +9,7 @@ runs, each compiled once.
     scan(left), scan(right) -> each side's windowed query -> window join (inner, outer) -> project
 
 Windows are TUMBLE, HOP, CUMULATE and SESSION. What a plan cannot express yet (regular joins,
-ORDER BY, deduplication, DISTINCT, OVER aggregations) is an `InvalidSql` naming the construct,
+ORDER BY, deduplication, SELECT DISTINCT, OVER aggregations) is an `InvalidSql` naming the construct,
 its line and its column: never a plan that would give a different answer than Flink."""
 
 from __future__ import annotations
@@ -265,8 +265,6 @@ class Planner:
                 raise self.fail(f"OVER windows ({text_of(node.this)} OVER ...) are not supported yet", node)
             if isinstance(node, exp.Subquery) or (isinstance(node, exp.Select) and node is not select):
                 raise self.fail("subqueries are not supported yet", node)
-            if isinstance(node, exp.Distinct):
-                raise self.fail(f"DISTINCT aggregates are not supported yet: {text_of(node.parent or node)}", node)
 
     def source(self, select: exp.Select) -> tuple[Table, Window | None]:
         from_ = select.args.get("from_")
@@ -437,7 +435,11 @@ class Planner:
         aggregates: list[Aggregate] = []
         having = select.args.get("having")
         for node in [n for item in [*items, *([having.this] if having else [])] for n in item.walk()]:
-            if isinstance(node, AGGREGATES) and text_of(node) not in replaced:
+            if isinstance(node.parent, exp.Filter) and node is node.parent.this:
+                continue  # planned with its FILTER
+            if isinstance(node, exp.Filter) and not isinstance(node.this, AGGREGATES):
+                raise self.fail("FILTER (WHERE ...) follows an aggregate: COUNT(*) FILTER (WHERE ...)", node)
+            if isinstance(node, (*AGGREGATES, exp.Filter)) and text_of(node) not in replaced:
                 aggregates.append(self.aggregate(node, input_columns, f"agg{len(aggregates)}"))
                 replaced[text_of(node)] = aggregates[-1].column
                 grouped_columns[aggregates[-1].column] = pa.null()
@@ -464,18 +466,35 @@ class Planner:
         )
 
     def aggregate(self, node: exp.Expr, columns: Mapping[str, pa.DataType], column: str) -> Aggregate:
-        function = type(node).__name__.upper()
-        argument = node.this
-        if isinstance(node, exp.Count) and isinstance(argument, exp.Star):
-            return Aggregate("COUNT", None, column, text_of(node))
-        if argument is None or node.expressions:
+        """An aggregate call, maybe over DISTINCT values and with a FILTER (WHERE condition): the
+        rows the condition does not hold for give it NULL, which aggregates leave out."""
+        condition = node.expression.this if isinstance(node, exp.Filter) else None
+        call = node.this if isinstance(node, exp.Filter) else node
+        function = type(call).__name__.upper()
+        argument = call.this
+        distinct = isinstance(argument, exp.Distinct)
+        if distinct:
+            if len(argument.expressions) != 1:
+                raise self.fail(f"{function}(DISTINCT ...) takes one argument", node)
+            argument = argument.expressions[0]
+        if isinstance(call, exp.Count) and isinstance(argument, exp.Star):
+            if condition is None:
+                return Aggregate("COUNT", None, column, text_of(node))
+            argument = exp.Literal.number(1)  # COUNT(*) FILTER: the rows the condition holds for
+        elif argument is None or call.expressions:
             raise self.fail(f"{function} takes one argument", node)
-        return Aggregate(function, compile_expression(self.sql, argument, columns), column, text_of(node))
+        if condition is not None:
+            argument = exp.If(this=condition.copy(), true=argument.copy())
+        return Aggregate(function, compile_expression(self.sql, argument, columns), column, text_of(node), distinct)
 
     def grouped(self, node: exp.Expr, columns: Mapping[str, pa.DataType], replaced: Mapping[str, str]) -> Compiled:
         """An expression over the groups: only the window's bounds, keys and aggregates."""
         for column in node.find_all(exp.Column):
-            inside = any(isinstance(parent, AGGREGATES) for parent in _ancestors(column))
+            # inside an aggregate, or a GROUP BY expression (computed already)
+            inside = any(
+                isinstance(parent, (*AGGREGATES, exp.Filter)) or text_of(parent) in replaced
+                for parent in _ancestors(column)
+            )
             if not inside and column.name not in columns and text_of(column) not in replaced:
                 raise self.fail(f"column {column.name} is neither in GROUP BY nor inside an aggregate", column)
         return compile_expression(self.sql, node, columns, replaced)

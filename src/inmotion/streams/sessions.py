@@ -112,4 +112,6 @@ def _partial(spec: tuple[Any, str], arguments: Mapping[str, list[Any]], row: int
     value = arguments[column][row]
     if kind == "count":
         return 0 if value is None else 1
+    if kind == "distinct":
+        return [] if value is None else [value]
     return value

@@ -231,6 +231,8 @@ def partial_specs(aggregate: Aggregate, index: int) -> list[tuple[Any, str]]:
     if aggregate.argument is None:
         return [([], "count_all")]
     column = f"a{index}"
+    if aggregate.distinct:
+        return [(column, "distinct")]
     kinds = {"COUNT": ["count"], "SUM": ["sum"], "MIN": ["min"], "MAX": ["max"], "AVG": ["sum", "count"]}
     return [(column, kind) for kind in kinds[aggregate.function]]
 
@@ -252,11 +254,24 @@ def _merge(kind: str, current: Any, partial: Any) -> Any:
         return current
     if kind in ("count", "count_all", "sum"):
         return current + partial
+    if kind == "distinct":  # sets (lists, as Arrow gives them or a checkpoint keeps them)
+        return set(current).union(partial)
     return min(current, partial) if kind == "min" else max(current, partial)
 
 
 def final(aggregate: Aggregate, partials: list[Any]) -> Any:
-    if aggregate.function != "AVG":
+    if aggregate.distinct:
+        values = partials[0]
+        if aggregate.function == "COUNT":
+            return len(values)
+        if not values:
+            return None
+        if aggregate.function in ("MIN", "MAX"):
+            return min(values) if aggregate.function == "MIN" else max(values)
+        partials = [sum(values), len(values)]
+        if aggregate.function == "SUM":
+            return partials[0]
+    elif aggregate.function != "AVG":
         return partials[0]
     total, count = partials
     if not count:
