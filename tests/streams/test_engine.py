@@ -213,8 +213,8 @@ def test_malformed_events_are_left_out_and_counted(log: Log) -> None:
 @pytest.mark.parametrize(
     ("select", "problem"),
     [
-        ("SELECT * FROM readings r JOIN readings s ON r.sensor = s.sensor",
-         "a join of two streams needs a time interval"),
+        ("SELECT * FROM readings r JOIN readings s ON r.level > s.level",
+         "a join of two streams needs equal keys"),
         ("SELECT * FROM readings r LEFT JOIN readings s ON r.ts = s.ts", "only inner joins"),
         ("SELECT * FROM readings r JOIN readings s ON r.ts = s.ts JOIN readings t ON t.ts = s.ts",
          "more than two tables"),
@@ -447,9 +447,9 @@ def append_orders_and_shipments(log: Log, orders: list[tuple[int, int]], shipmen
     shipments=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=25),
     lower=st.integers(-2000, 500),
     width=st.integers(0, 2000),
-    written=st.sampled_from(["between", "comparisons", "flipped"]),
+    written=st.sampled_from(["between", "comparisons", "flipped", "one way", "no time"]),
 )
-def test_an_interval_join_matches_a_nested_loop(
+def test_interval_and_regular_joins_match_a_nested_loop(
     orders: list[tuple[int, int]], shipments: list[tuple[int, int]], lower: int, width: int, written: str
 ) -> None:
     upper = lower + width
@@ -461,7 +461,14 @@ def test_an_interval_join_matches_a_nested_loop(
         "between": f"o.ts BETWEEN {shifted('s.ts', lower)} AND {shifted('s.ts', upper)}",
         "comparisons": f"o.ts >= {shifted('s.ts', lower)} AND o.ts < {shifted('s.ts', upper + 1)}",
         "flipped": f"s.ts <= {shifted('o.ts', -lower)} AND {shifted('s.ts', upper)} >= o.ts",
+        # bounded one way only, or not at all: regular joins, rows kept for good
+        "one way": f"o.ts >= {shifted('s.ts', lower)}",
+        "no time": "TRUE",
     }
+    if written == "one way":
+        upper = 10**9
+    if written == "no time":
+        lower, upper = -(10**9), 10**9
     with connect("memory://") as log:
         append_orders_and_shipments(log, orders, shipments)
         query = (

@@ -56,6 +56,10 @@ QUERIES = {
         "SELECT A.id, B.bidder, B.price FROM auction A JOIN bid B ON A.id = B.auction"
         " AND B.`dateTime` BETWEEN A.`dateTime` AND A.`dateTime` + INTERVAL '1' SECOND"
     ),
+    "winning-bids": (  # a regular join: its time conditions bound it one way only (expires is no event time)
+        "SELECT A.id, A.seller, B.bidder, B.price FROM auction A, bid B WHERE A.id = B.auction"
+        " AND B.`dateTime` BETWEEN A.`dateTime` AND A.expires AND B.price > A.reserve"
+    ),
     "auction-stats": (  # updating: each auction's row as it ends
         "SELECT auction, COUNT(*) AS n, MAX(price) AS top, AVG(price) AS mean, SUM(price) AS total,"
         " SUM(DISTINCT bidder) AS bidders, AVG(DISTINCT bidder) FILTER (WHERE price > 1000) AS big"

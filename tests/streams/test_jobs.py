@@ -385,6 +385,41 @@ def test_an_interval_join_resumes_with_the_rows_it_kept(log: Log) -> None:
     assert found == want
 
 
+def test_a_regular_join_resumes_with_every_row_it_kept(log: Log) -> None:
+    script = """
+    CREATE TABLE customers (id BIGINT, name STRING) WITH ('topic' = 'customers');
+    CREATE TABLE orders (customer BIGINT, amount BIGINT) WITH ('topic' = 'orders');
+    CREATE TABLE named (name STRING, amount BIGINT) WITH ('topic' = 'named');
+    INSERT INTO named SELECT c.name, o.amount FROM orders o JOIN customers c ON o.customer = c.id;
+    """
+    for topic in ("customers", "orders"):
+        log.create_topic(topic)
+
+    def row(topic: str, **data: Any) -> Event:
+        return Event(type=topic, source="/shop", data=data)
+
+    log.append_events("customers", [row("customers", id=1, name="ann"), row("customers", id=2, name="bob")])
+    log.append_events("orders", [row("orders", customer=1, amount=10)])
+    thread, stop, errors = start(Job(log, script, name="named"))
+    wait_until(lambda: len(sink(log, "named")) == 1, what="the first joined order")
+    stop.set()
+    thread.join()
+    assert not errors
+    # both sides' rows come back from the checkpoint, however old: new rows of either side meet them
+    log.append_events("orders", [row("orders", customer=2, amount=20), row("orders", customer=3, amount=30)])
+    log.append_events("customers", [row("customers", id=1, name="ann2")])
+    thread, stop, errors = start(Job(log, script, name="named"))
+    wait_until(lambda: len(sink(log, "named")) == 3, what="the joined rows after the restart")
+    stop.set()
+    thread.join()
+    assert not errors
+    assert sorted((data["name"], data["amount"]) for _, data, _ in sink(log, "named")) == [
+        ("ann", 10),
+        ("ann2", 10),
+        ("bob", 20),
+    ]
+
+
 def test_state_ttl_forgets_a_group_no_row_came_to(log: Log) -> None:
     script = """
     SET 'table.exec.state.ttl' = '1 min';

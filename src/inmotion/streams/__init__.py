@@ -8,11 +8,11 @@
 A script declares tables over topics (`CREATE TABLE ... WITH ('topic' = ...)`: columns read the
 events' data, metadata columns their envelope) and queries over them: projections, filters,
 TUMBLE / HOP / CUMULATE / SESSION window aggregations (DISTINCT and FILTER aggregates too),
-Window Top-N, GROUP BY without a window (upserts), interval and window joins; `SET` tunes a job (state TTL, idle timeout). `parse` reads
-a script; SQL that cannot be read or that the engine does not run raises `InvalidSql` with its
-line and column. A running job checkpoints its results, state and offsets in one transaction of
-the log (`JobTakenOver` when another process starts the same job). The command: `inmotion sql
-query|run|explain|jobs|reset|nexmark`."""
+Window Top-N, GROUP BY without a window (upserts), regular, interval and window joins; `SET`
+tunes a job (state TTL, idle timeout). `parse` reads a script; SQL that cannot be read or that
+the engine does not run raises `InvalidSql` with its line and column. A running job checkpoints
+its results, state and offsets in one transaction of the log (`JobTakenOver` when another
+process starts the same job). The command: `inmotion sql query|run|explain|jobs|reset|nexmark`."""
 
 from inmotion.streams.checkpoints import JobTakenOver
 from inmotion.streams.job import Job

@@ -36,8 +36,8 @@ from inmotion.events.envelope import PARTITIONKEY
 from inmotion.log import Log, Message, Record, TopicConfig
 from inmotion.streams.checkpoints import Checkpoint, Checkpoints, Source, open_checkpoints
 from inmotion.streams.expressions import ARROW_TYPES, as_array
-from inmotion.streams.joins import IntervalJoinState, WindowJoinState
-from inmotion.streams.operators import Output, Plan, WindowJoin
+from inmotion.streams.joins import StreamJoinState, WindowJoinState
+from inmotion.streams.operators import Output, Plan, StreamJoin, WindowJoin
 from inmotion.streams.plan import plans
 from inmotion.streams.rank import top_n
 from inmotion.streams.scan import Scan
@@ -69,7 +69,7 @@ class Progress(msgspec.Struct):
     emitted: int = 0
 
 
-State = WindowState | SessionState | GroupState | IntervalJoinState | WindowJoinState
+State = WindowState | SessionState | GroupState | StreamJoinState | WindowJoinState
 
 
 class Pipeline:
@@ -85,7 +85,7 @@ class Pipeline:
         if isinstance(plan.join, WindowJoin):
             self.state = WindowJoinState(plan.join)
         elif plan.join is not None:
-            self.state = IntervalJoinState(plan.join)
+            self.state = StreamJoinState(plan.join)
         elif plan.updating:
             self.state = GroupState(plan, ttl_ms, clock.time)
         elif plan.grouped:
@@ -132,9 +132,12 @@ class Pipeline:
         batch, malformed = scan.decoder.decode(records)
         self.progress.read += len(records)
         self.progress.malformed += malformed
-        timed = self.plan.join is not None or (self.state is not None and self.plan.window is not None)
+        # windows and interval joins drop late rows: they need the watermark each row meets
+        join = self.plan.join
+        interval = isinstance(join, StreamJoin) and join.interval is not None
+        timed = interval or isinstance(join, WindowJoin) or (self.state is not None and self.plan.window is not None)
         marks = self.row_watermarks(side, partition, batch, now) if timed else None
-        if isinstance(self.state, IntervalJoinState):
+        if isinstance(self.state, StreamJoinState):
             late, joined = self.state.add(side, batch, marks)
             self.progress.late += late
             if joined is not None:
@@ -171,7 +174,7 @@ class Pipeline:
             watermark: int | None = FINAL
         else:
             watermark = self.watermark(now)
-        if isinstance(self.state, IntervalJoinState):
+        if isinstance(self.state, StreamJoinState):
             left, right = (scan.watermark(now) for scan in self.scans)
             self.state.expire(left, right)
         if watermark is None or (self.progress.watermark is not None and watermark <= self.progress.watermark):

@@ -1,6 +1,7 @@
-"""Interval joins of two streams: each side's rows are kept (as Arrow tables) while a row of the
-other side may still come that matches them; a new batch of one side is joined with what the
-other side keeps (Arrow's hash join on the keys, then the time interval), then kept itself.
+"""Joins of two streams: each side's rows are kept (as Arrow tables) while a row of the other
+side may still come that matches them; a new batch of one side is joined with what the other
+side keeps (Arrow's hash join on the keys, then the time interval), then kept itself. A regular
+join (no interval) keeps every row for good; an interval join lets rows go as follows.
 
 With `lower <= left time - right time <= upper`, a left row can still match once the right
 side's watermark `w` allows right rows later than `w`: it is dropped when `time - lower <= w`;
@@ -19,15 +20,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inmotion.streams.expressions import ARROW_TYPES, as_array
-from inmotion.streams.operators import IntervalJoin, Side, WindowJoin, WindowSide
+from inmotion.streams.operators import Side, StreamJoin, WindowJoin, WindowSide
 from inmotion.streams.windows import assign, column_of, event_times, late
 
 _TIME = "__time"
 _END = "__end"
 
 
-class IntervalJoinState:
-    def __init__(self, join: IntervalJoin) -> None:
+class StreamJoinState:
+    def __init__(self, join: StreamJoin) -> None:
         self.join = join
         self.kept: Chunks = ({}, {})
         """Per side, by chunk number: rows with their keys (`__k0`...) and time (`__time`)."""
@@ -42,14 +43,19 @@ class IntervalJoinState:
         rows = rows.rename_columns([f"{spec.alias}.{name}" for name in rows.column_names])
         if spec.where is not None and rows.num_rows:
             keep = as_array(spec.where(rows), rows.num_rows)
-            rows, watermarks = rows.filter(keep), watermarks.filter(keep)
-        times = event_times(rows, spec.time)
-        rows = self._keyed(spec, rows).append_column(_TIME, times)
-        width = self.join.upper - self.join.lower
-        late = pc.fill_null(pc.less_equal(times, pc.subtract(watermarks, width)), pc.is_null(times))
-        count = pc.sum(late).as_py() or 0
-        if count:
-            rows = rows.filter(pc.invert(late))
+            rows = rows.filter(keep)
+            watermarks = watermarks.filter(keep) if watermarks is not None else None
+        rows = self._keyed(spec, rows)
+        count = 0
+        if self.join.interval is not None:
+            assert spec.time is not None
+            times = event_times(rows, spec.time)
+            rows = rows.append_column(_TIME, times)
+            lower, upper = self.join.interval
+            late = pc.fill_null(pc.less_equal(times, pc.subtract(watermarks, upper - lower)), pc.is_null(times))
+            count = pc.sum(late).as_py() or 0
+            if count:
+                rows = rows.filter(pc.invert(late))
         if not rows.num_rows:
             return count, None
         joined = self._probe(side, rows)
@@ -77,8 +83,10 @@ class IntervalJoinState:
             index = right.schema.get_field_index(f"{key}_r")
             right = right.set_column(index, f"{key}_r", pc.cast(right.column(index), left.schema.field(key).type))
         joined = left.join(right, keys=keys, right_keys=[f"{k}_r" for k in keys], join_type="inner", use_threads=False)
-        gap = pc.subtract(joined.column(_TIME), joined.column(f"{_TIME}_r"))
-        joined = joined.filter(pc.and_(pc.greater_equal(gap, self.join.lower), pc.less_equal(gap, self.join.upper)))
+        if self.join.interval is not None:
+            lower, upper = self.join.interval
+            gap = pc.subtract(joined.column(_TIME), joined.column(f"{_TIME}_r"))
+            joined = joined.filter(pc.and_(pc.greater_equal(gap, lower), pc.less_equal(gap, upper)))
         joined = joined.drop_columns([n for n in joined.column_names if n.startswith("__")])
         residual = self.join.residual
         if residual is not None and joined.num_rows:
@@ -87,8 +95,11 @@ class IntervalJoinState:
 
     def expire(self, left_watermark: int | None, right_watermark: int | None) -> None:
         """Drop the rows no row to come can match: left rows by the right side's watermark, right
-        rows by the left's."""
-        bounds = ((right_watermark, -self.join.lower), (left_watermark, self.join.upper))
+        rows by the left's. A regular join's rows stay."""
+        if self.join.interval is None:
+            return
+        lower, upper = self.join.interval
+        bounds = ((right_watermark, -lower), (left_watermark, upper))
         for side, (watermark, shift) in enumerate(bounds):
             if watermark is None:
                 continue
@@ -178,7 +189,8 @@ class WindowJoinState:
         plan, window = spec.plan, self.join.window
         if plan.where is not None and rows.num_rows:
             keep = as_array(plan.where(rows), rows.num_rows)
-            rows, watermarks = rows.filter(keep), watermarks.filter(keep)
+            rows = rows.filter(keep)
+            watermarks = watermarks.filter(keep) if watermarks is not None else None
         dropped = late(window, rows, watermarks)
         count = pc.sum(dropped).as_py() or 0
         if count:

@@ -91,19 +91,20 @@ class Side:
     """The conditions on this side alone, applied before the join."""
     keys: tuple[Compiled, ...]
     """The equi-join's key expressions on this side (as many as the other side's)."""
-    time: str
-    """The watermarked column, qualified."""
+    time: str | None
+    """The watermarked column, qualified (an interval join's sides have one)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class IntervalJoin:
-    """An interval join of two streams: rows with equal keys whose times differ by `lower` to
-    `upper` ms (left time - right time), and `residual` holds on the joined row."""
+class StreamJoin:
+    """An inner join of two streams: rows with equal keys for which `residual` holds on the
+    joined row. An interval join's rows also have times `interval` apart (left time - right
+    time within [lower, upper] ms): each side's rows are kept until the other's watermark
+    passes their interval. A regular join (no interval) keeps every row for good."""
 
     left: Side
     right: Side
-    lower: int
-    upper: int
+    interval: tuple[int, int] | None
     residual: Compiled | None
 
     @property
@@ -168,7 +169,7 @@ class Plan:
     """A window aggregation: `select` and `having` read the fired groups, not the rows."""
     rank: Rank | None = None
     """A Top-N over the window aggregation's rows: what the query gives is its outputs."""
-    join: IntervalJoin | WindowJoin | None = None
+    join: StreamJoin | WindowJoin | None = None
     """A join: `source` is its left table, `select` reads the joined rows."""
 
     @property
@@ -195,13 +196,17 @@ class Plan:
             pair = f"{join_.left.alias} and {join_.right.alias}"
             lines.append(f"window join ({join_.kind}) {pair} on {len(join_.left.keys)} keys")
             lines.append("  state: each side's rows of each window, joined and dropped when the window fires")
-        elif self.join is not None:
-            join = self.join
+        elif self.join is not None and self.join.interval is not None:
+            join, (lower, upper) = self.join, self.join.interval
             lines.append(
                 f"interval join {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys,"
-                f" {join.left.time} - {join.right.time} in [{join.lower}, {join.upper}] ms"
+                f" {join.left.time} - {join.right.time} in [{lower}, {upper}] ms"
             )
             lines.append("  state: each side's rows, kept until the other side's watermark passes their interval")
+        elif self.join is not None:
+            join = self.join
+            lines.append(f"join {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys")
+            lines.append("  state: each side's rows, kept for good (a regular join)")
         if self.where is not None:
             lines.append(f"filter {_clause(self.query, 'where')}")
         if self.window is not None:

@@ -5,12 +5,12 @@ runs, each compiled once.
     scan(table) -> filter(WHERE) -> window -> aggregate(GROUP BY window_start, window_end, keys)
                 -> filter(HAVING) -> project(SELECT) [-> rank(ROW_NUMBER() <= N) -> project]
     scan(table) -> filter(WHERE) -> aggregate(GROUP BY keys: updates) -> filter(HAVING) -> project
-    scan(left), scan(right) -> filter(each side's conditions) -> interval join -> filter -> project
+    scan(left), scan(right) -> filter(each side's conditions) -> [interval] join -> filter -> project
     scan(left), scan(right) -> each side's windowed query -> window join (inner, outer) -> project
 
-Windows are TUMBLE, HOP, CUMULATE and SESSION. What a plan cannot express yet (regular joins,
-ORDER BY, deduplication, SELECT DISTINCT, OVER aggregations) is an `InvalidSql` naming the construct,
-its line and its column: never a plan that would give a different answer than Flink."""
+Windows are TUMBLE, HOP, CUMULATE and SESSION. What a plan cannot express yet (outer regular
+joins, ORDER BY, deduplication, SELECT DISTINCT, OVER aggregations) is an `InvalidSql` naming
+the construct, its line and its column: never a plan that would give a different answer than Flink."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class Planner:
             joins = JoinPlanner(self)
             if isinstance(select.args["from_"].this, exp.Subquery):
                 return joins.window_join(query, select, sink)
-            return joins.interval_join(query, select, sink)
+            return joins.stream_join(query, select, sink)
         select = self.group_window(select)
         self.refuse(select)
         source, window = self.source(select)

@@ -1,6 +1,7 @@
-"""Planning joins of two streams: interval joins (`FROM l JOIN r ON ... AND l.ts BETWEEN r.ts -
-INTERVAL ... AND r.ts + INTERVAL ...`) and window joins (two queries over window table functions
-joined on their windows). The joined rows' columns are `alias.column`."""
+"""Planning joins of two streams: regular joins (`FROM l JOIN r ON l.k = r.k`), interval joins
+(`... AND l.ts BETWEEN r.ts - INTERVAL ... AND r.ts + INTERVAL ...`) and window joins (two
+queries over window table functions joined on their windows). The joined rows' columns are
+`alias.column`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from inmotion.streams.expressions import ARROW_TYPES, compile_expression
-from inmotion.streams.operators import IntervalJoin, Output, Plan, Side, WindowJoin, WindowSide, output_names
+from inmotion.streams.operators import Output, Plan, Side, StreamJoin, WindowJoin, WindowSide, output_names
 from inmotion.streams.sql import Query, Table, interval_ms
 
 if TYPE_CHECKING:
@@ -105,40 +106,44 @@ class JoinPlanner:
         )
         return Plan(query, sides[0].source, sides[0].reads, None, None, (), (), None, outputs, sink, join=plan_join)
 
-    def interval_join(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
-        """`FROM l JOIN r ON l.k = r.k AND l.ts BETWEEN r.ts - INTERVAL ... AND r.ts + INTERVAL ...`
-        (or the same conditions in WHERE, with `FROM l, r`): an interval join of two streams."""
+    def stream_join(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
+        """`FROM l JOIN r ON l.k = r.k` (or the conditions in WHERE, with `FROM l, r`): an inner
+        join of two streams; an interval join when the conditions bound the two sides' event
+        times both ways (`l.ts BETWEEN r.ts - INTERVAL ... AND r.ts + INTERVAL ...`), as Flink
+        plans one, else a regular join."""
         [join] = select.args["joins"] if len(select.args["joins"]) == 1 else [None]
         if join is None:
             raise self.fail("a join of more than two tables is not supported yet", select.args["joins"][1])
         if join.args.get("side") or join.args.get("kind") not in (None, "INNER", "CROSS"):
-            raise self.fail("only inner joins of two streams (interval joins) are supported yet", join)
+            raise self.fail("only inner joins of two streams are supported yet (outer joins give updates)", join)
         for arg in ("group", "having", "order", "limit", "distinct", "qualify", "with_"):
             if select.args.get(arg):
                 raise self.fail(f"{arg.upper()} over a join is not supported yet", select.args[arg])
         left_node, right_node = select.args["from_"].this, join.this
         for node in (left_node, right_node):
             if not (isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier)):
-                raise self.fail("an interval join joins two tables (not subqueries or table functions)", node)
+                raise self.fail("a join of two streams joins two tables (not subqueries or table functions)", node)
         tables = [self.planner.table(left_node), self.planner.table(right_node)]
         aliases = [left_node.alias_or_name, right_node.alias_or_name]
         if aliases[0] == aliases[1]:
             raise self.fail(f"both sides of the join are called {aliases[0]}: give one an alias", right_node)
-        for table in tables:
-            if table.watermark is None:
-                raise self.fail(f"an interval join needs event time: table {table.name} has no WATERMARK", join)
         columns = {
             f"{a}.{c.name}": ARROW_TYPES[c.type] for a, t in zip(aliases, tables, strict=True) for c in t.columns
         }
         conditions = [*_conjuncts(join.args.get("on")), *_conjuncts((select.args.get("where") or exp.Where()).this)]
-        times = [f"{a}.{t.watermark.column}" for a, t in zip(aliases, tables, strict=True)]  # type: ignore[union-attr]
+        times = [
+            f"{a}.{t.watermark.column}" if t.watermark is not None else None
+            for a, t in zip(aliases, tables, strict=True)
+        ]
         bounds: dict[str, int] = {}
+        timing: list[exp.Expr] = []
         keys: list[tuple[exp.Expr, exp.Expr]] = []
         alone: list[list[exp.Expr]] = [[], []]
         residual: list[exp.Expr] = []
         for condition in conditions:
             touched = {self.side_of(column, aliases, columns) for column in condition.find_all(exp.Column)}
             if self.time_bound(condition, times, aliases, bounds):
+                timing.append(condition)
                 continue
             if touched == {0, 1} and isinstance(condition, exp.EQ):
                 left, right = condition.this, condition.expression
@@ -151,14 +156,18 @@ class JoinPlanner:
                 alone[touched.pop()].append(condition)
             else:
                 residual.append(condition)
-        if set(bounds) != {"lower", "upper"}:
+        interval = (bounds["lower"], bounds["upper"]) if set(bounds) == {"lower", "upper"} else None
+        if interval is None:  # bounded one way only: conditions of a regular join
+            residual.extend(timing)
+        elif interval[0] > interval[1]:
+            raise self.fail("the join's time interval is empty (its lower bound is above its upper one)", join)
+        if not keys and interval is None:
             raise self.fail(
-                "a join of two streams needs a time interval, as Flink's interval joins: e.g."
-                f" {times[0]} BETWEEN {times[1]} - INTERVAL '1' HOUR AND {times[1]}",
+                "a join of two streams needs equal keys (ON l.k = r.k) or a time interval, as Flink's interval"
+                f" joins: e.g. {times[0] or 'l.ts'} BETWEEN {times[1] or 'r.ts'} - INTERVAL '1' HOUR"
+                f" AND {times[1] or 'r.ts'}",
                 join,
             )
-        if bounds["lower"] > bounds["upper"]:
-            raise self.fail("the join's time interval is empty (its lower bound is above its upper one)", join)
         sides = []
         for i, (alias, table) in enumerate(zip(aliases, tables, strict=True)):
             own = {name: t for name, t in columns.items() if name.startswith(f"{alias}.")}
@@ -168,12 +177,13 @@ class JoinPlanner:
             }
             if any(isinstance(item, exp.Star) for item in select.expressions):
                 used.update(c.name for c in table.columns)
-            used.add(table.watermark.column)  # type: ignore[union-attr]
+            if interval is not None and table.watermark is not None:
+                used.add(table.watermark.column)
             sides.append(
                 Side(
                     table,
                     alias,
-                    tuple(c.name for c in table.columns if c.name in used),
+                    tuple(c.name for c in table.columns if c.name in used) or (table.columns[0].name,),
                     compile_expression(self.sql, where_, own) if where_ is not None else None,
                     tuple(compile_expression(self.sql, pair[i], own) for pair in keys),
                     times[i],
@@ -181,12 +191,8 @@ class JoinPlanner:
             )
         outputs = self.outputs(select, columns)
         rest = _all_of(residual)
-        join_plan = IntervalJoin(
-            sides[0],
-            sides[1],
-            bounds["lower"],
-            bounds["upper"],
-            compile_expression(self.sql, rest, columns) if rest is not None else None,
+        join_plan = StreamJoin(
+            sides[0], sides[1], interval, compile_expression(self.sql, rest, columns) if rest is not None else None
         )
         return Plan(query, tables[0], sides[0].reads, None, None, (), (), None, outputs, sink, join=join_plan)
 
@@ -215,7 +221,9 @@ class JoinPlanner:
             raise self.fail(f"column {column.name} {problem} ({' or '.join(aliases)})", column)
         return found[0]
 
-    def time_bound(self, condition: exp.Expr, times: list[str], aliases: list[str], bounds: dict[str, int]) -> bool:
+    def time_bound(
+        self, condition: exp.Expr, times: list[str | None], aliases: list[str], bounds: dict[str, int]
+    ) -> bool:
         """Take a condition on the two time columns into the interval (left time - right time
         within [lower, upper]): BETWEEN, a comparison or an equality, each side shifted by an
         INTERVAL. False when it is no such condition."""
@@ -253,7 +261,7 @@ class JoinPlanner:
             bounds["upper"] = min(bounds.get("upper", limit - strict), limit - strict)
         return True
 
-    def shifted_time(self, node: exp.Expr, times: list[str], aliases: list[str]) -> tuple[int, int] | None:
+    def shifted_time(self, node: exp.Expr, times: list[str | None], aliases: list[str]) -> tuple[int, int] | None:
         """(side, shift in ms) if `node` is a side's time column, plus or minus an INTERVAL."""
         shift = 0
         if isinstance(node, (exp.Add, exp.Sub)) and isinstance(node.expression, exp.Interval):
@@ -267,8 +275,8 @@ class JoinPlanner:
         return None
 
     @staticmethod
-    def unique(name: str, times: list[str]) -> bool:
-        return sum(t.endswith(f".{name}") for t in times) == 1
+    def unique(name: str, times: list[str | None]) -> bool:
+        return sum(t is not None and t.endswith(f".{name}") for t in times) == 1
 
 
 def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
