@@ -228,10 +228,12 @@ def run(name: str, sql: str, bootstrap: str, jar: str, java: int, events: int) -
     }
 
 
-def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path) -> int:
+def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path, key: list[int] | None = None) -> int:
     """Write a query's rows to DIRECTORY/NAME.jsonl (a JSON array each; timestamps as Flink's
     CAST to STRING writes them, in UTC: PyFlink cannot bring an Instant back); how many. An
-    updating query's changes are applied: the rows are those it ends with."""
+    updating query's changes are applied: the rows are those it ends with. Flink sends some
+    updates as upserts (a Top-N's UPDATE_AFTER without an UPDATE_BEFORE): with `key` (the
+    positions of the query's key columns) a row replaces the one of the same key."""
     env = table_environment(bootstrap, jar)
     table = env.sql_query(sql)
     schema = table.get_schema()
@@ -240,11 +242,19 @@ def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path) -> i
         for name, kind in zip(schema.get_field_names(), schema.get_field_data_types(), strict=True)
     ]
     final: Counter[str] = Counter()
+    keyed: dict[tuple[Any, ...], str] = {}
     with table.select(*columns).execute().collect() as rows:
         for row in rows:
-            line = json.dumps([str(v) if isinstance(v, Decimal) else v for v in row])
+            values = [str(v) if isinstance(v, Decimal) else v for v in row]
+            line = json.dumps(values)
             retracts = row.get_row_kind().name in ("UPDATE_BEFORE", "DELETE")
-            final[line] += -1 if retracts else 1
+            if key is None:
+                final[line] += -1 if retracts else 1
+            elif retracts:
+                keyed.pop(tuple(values[i] for i in key), None)
+            else:
+                keyed[tuple(values[i] for i in key)] = line
+    final.update(keyed.values())
     (directory / f"{name}.jsonl").write_text("".join(f"{line}\n" * n for line, n in final.items() if n > 0))
     return final.total()
 
@@ -280,6 +290,12 @@ def main() -> None:
     parser.add_argument(
         "--results", type=Path, help="instead of timing the queries, write their rows to RESULTS/<query>.jsonl"
     )
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        help="with --results: a JSON object, query name -> the positions of its key columns, for updating"
+        " queries whose changes Flink sends as upserts (Top-N)",
+    )
     args = parser.parse_args()
     if args.ddl:
         TABLES.extend(json.loads(args.ddl.read_text()))
@@ -300,8 +316,9 @@ def main() -> None:
         verify(args.bootstrap, jar)
     queries: dict[str, str] = json.loads(args.queries.read_text()) if args.queries else {}
     if args.results:
+        keys: dict[str, list[int]] = json.loads(args.keys.read_text()) if args.keys else {}
         for name, sql in queries.items():
-            log(f"{name}: {collect(name, sql, args.bootstrap, jar, args.results):,} rows")
+            log(f"{name}: {collect(name, sql, args.bootstrap, jar, args.results, keys.get(name)):,} rows")
         return
     if args.warmup and queries:
         first = next(iter(queries))

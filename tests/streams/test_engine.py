@@ -292,14 +292,19 @@ def test_a_window_top_n_keeps_the_first_rows_of_each_window(log: Log) -> None:
 @pytest.mark.parametrize(
     ("ranking", "problem"),
     [
-        ("SELECT *, ROW_NUMBER() OVER (PARTITION BY sensor ORDER BY ts) AS n FROM readings",
-         "over a window aggregation"),
+        ("SELECT *, ROW_NUMBER() OVER (PARTITION BY sensor ORDER BY ts) AS n FROM readings", None),
+        ("SELECT *, ROW_NUMBER() OVER (ORDER BY c) AS n FROM (SELECT sensor, COUNT(*) AS c FROM readings"
+         " GROUP BY sensor)", "ROW_NUMBER\\(\\) over an updating query"),
+        ("SELECT sensor, ROW_NUMBER() OVER (ORDER BY temp * 2) AS n FROM readings", None),
+        ("SELECT sensor, ROW_NUMBER() OVER (ORDER BY nope) AS n FROM readings", "unknown column nope"),
+        ("SELECT sensor, ROW_NUMBER() OVER (ORDER BY ts) AS n, RANK() OVER (ORDER BY ts) AS m FROM readings",
+         "one ROW_NUMBER"),
         (WINDOWED := "SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY total) AS n FROM"
          " (SELECT window_start, window_end, sensor, SUM(level) AS total FROM TABLE(TUMBLE(TABLE readings,"
          " DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY window_start, window_end, sensor)", None),
         (WINDOWED.replace("PARTITION BY window_start, window_end", "PARTITION BY sensor"),
          "partitions by window_start"),
-        (WINDOWED.replace("ORDER BY total", "ORDER BY level"), "ranks by columns of its subquery"),
+        (WINDOWED.replace("ORDER BY total", "ORDER BY level"), "ranks by columns the ranked query selects"),
     ],
 )  # fmt: skip
 def test_top_n_shapes_the_engine_does_not_run_are_refused(log: Log, ranking: str, problem: str | None) -> None:
@@ -311,6 +316,57 @@ def test_top_n_shapes_the_engine_does_not_run_are_refused(log: Log, ranking: str
     for outside in ("", " WHERE n > 3", " WHERE n = 2", " WHERE n <= 3 GROUP BY sensor"):
         with pytest.raises(InvalidSql, match=r"keeps WHERE n <= N|unsupported GROUP around a Top-N"):
             Job(log, READINGS + f"SELECT * FROM ({ranking}){outside}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from("abc"), st.one_of(st.none(), st.integers(-3, 3))), max_size=40
+    ),
+    limit=st.integers(1, 3),
+    descending=st.booleans(),
+    numbered=st.booleans(),
+)
+def test_a_top_n_over_a_stream_matches_a_sort_of_all_rows(
+    steps: list[tuple[int, str, int | None]], limit: int, descending: bool, numbered: bool
+) -> None:
+    # rows come in several batches (one append each): the first rows of a partition change as they come
+    with connect("memory://") as log:
+        log.create_topic("readings")
+        t = 0
+        for n, (gap, sensor, level) in enumerate(steps):
+            t += gap
+            log.append_events("readings", [reading(t, sensor, temp=float(n), level=level)])
+        direction = "DESC" if descending else "ASC"
+        shown = "sensor, temp, n" if numbered else "sensor, temp"
+        found = rows(
+            log,
+            f"SELECT {shown} FROM (SELECT sensor, temp, ts, ROW_NUMBER() OVER (PARTITION BY sensor ORDER BY level"
+            f" {direction}) AS n FROM readings) WHERE n <= {limit}",
+        )
+        # deduplication: the newest of rows of the same time comes first, as in Flink
+        last = rows(
+            log,
+            "SELECT sensor, temp FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY sensor ORDER BY ts DESC) AS n"
+            " FROM readings) WHERE n = 1",
+        )
+    want = []
+    for sensor in "abc":
+        mine = [(n, level) for n, (_, s, level) in enumerate(steps) if s == sensor]
+        # NULLs first ascending and last descending; of equal levels, the first to come
+        mine.sort(
+            key=lambda row: (row[1] is not None, row[1] or 0, -row[0] if descending else row[0]), reverse=descending
+        )
+        want += [
+            {"sensor": sensor, "temp": float(n), **({"n": i} if numbered else {})}
+            for i, (n, _) in enumerate(mine[:limit], 1)
+        ]
+    key = lambda row: (row["sensor"], row["temp"])  # noqa: E731
+    assert sorted(found, key=key) == sorted(want, key=key)
+    times = {}
+    for n, (_, sensor, _) in enumerate(steps):
+        times[sensor] = n  # the last row of each sensor has the latest time (times only grow)
+    assert sorted(last, key=key) == sorted(({"sensor": s, "temp": float(n)} for s, n in times.items()), key=key)
 
 
 def test_session_windows_close_when_a_key_is_silent_for_the_gap(log: Log) -> None:

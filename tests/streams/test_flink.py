@@ -60,6 +60,14 @@ QUERIES = {
         "SELECT A.id, A.seller, B.bidder, B.price FROM auction A, bid B WHERE A.id = B.auction"
         " AND B.`dateTime` BETWEEN A.`dateTime` AND A.expires AND B.price > A.reserve"
     ),
+    "first-bids": (  # deduplication keeping each bidder's first bid
+        "SELECT bidder, auction, price FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY bidder ORDER BY `dateTime`)"
+        " AS rn FROM bid) WHERE rn = 1"
+    ),
+    "top-apple-bids": (  # a Top-N of one partition, over a filtered query
+        "SELECT price, auction, rn FROM (SELECT auction, price, ROW_NUMBER() OVER (ORDER BY price DESC, auction)"
+        " AS rn FROM bid WHERE channel = 'Apple') WHERE rn <= 5"
+    ),
     "auction-stats": (  # updating: each auction's row as it ends
         "SELECT auction, COUNT(*) AS n, MAX(price) AS top, AVG(price) AS mean, SUM(price) AS total,"
         " SUM(DISTINCT bidder) AS bidders, AVG(DISTINCT bidder) FILTER (WHERE price > 1000) AS big"
@@ -84,6 +92,10 @@ QUERIES = {
         " GROUP BY window_start, window_end, channel"
     ),
 }
+
+
+KEYS = {"q9": [0], "q18": [0, 1], "q19": [0, 7], "first-bids": [0], "top-apple-bids": [2]}
+"""The keys of the Top-N queries, whose changes Flink sends as upserts (UPDATE_AFTER alone)."""
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +138,12 @@ def test_the_embedded_engine_gives_flinks_rows(pyflink: Path, kafka_bootstrap: s
             )
             for name, query in QUERIES.items()
         }
-    queries, ddl = tmp_path / "queries.json", tmp_path / "ddl.json"
+    queries, ddl, keys = tmp_path / "queries.json", tmp_path / "ddl.json", tmp_path / "keys.json"
     queries.write_text(json.dumps(QUERIES))
+    keys.write_text(json.dumps({name: key for name, key in KEYS.items() if name in QUERIES}))
     ddl.write_text(json.dumps(flink_ddl(parse(nexmark.DDL), kafka_bootstrap)))
     script = str(ROOT / "bench" / "pyflink_nexmark.py")
-    arguments = ["--bootstrap", kafka_bootstrap, "--queries", str(queries), "--ddl", str(ddl)]
+    arguments = ["--bootstrap", kafka_bootstrap, "--queries", str(queries), "--ddl", str(ddl), "--keys", str(keys)]
     done = subprocess.run(
         [str(pyflink), script, *arguments, "--results", str(tmp_path)],
         capture_output=True,

@@ -420,6 +420,50 @@ def test_a_regular_join_resumes_with_every_row_it_kept(log: Log) -> None:
     ]
 
 
+def test_a_top_n_upserts_its_rows_and_deletes_those_that_fall_out_across_restarts(log: Log) -> None:
+    script = """
+    CREATE TABLE payments (card STRING, amount BIGINT) WITH ('topic' = 'payments');
+    CREATE TABLE top2 (card STRING, amount BIGINT, n BIGINT, PRIMARY KEY (card, n) NOT ENFORCED)
+      WITH ('topic' = 'top2');
+    CREATE TABLE biggest (card STRING, amount BIGINT, PRIMARY KEY (card, amount) NOT ENFORCED)
+      WITH ('topic' = 'biggest');
+    INSERT INTO top2 SELECT * FROM (
+      SELECT card, amount, ROW_NUMBER() OVER (PARTITION BY card ORDER BY amount DESC) AS n FROM payments
+    ) WHERE n <= 2;
+    INSERT INTO biggest SELECT card, amount FROM (
+      SELECT card, amount, ROW_NUMBER() OVER (PARTITION BY card ORDER BY amount DESC) AS n FROM payments
+    ) WHERE n = 1;
+    """
+    log.create_topic("payments")
+
+    def pay(card: str, *amounts: int) -> None:
+        log.append_events(
+            "payments", [Event(type="payment", source="/cards", data={"card": card, "amount": a}) for a in amounts]
+        )
+
+    def table(topic: str) -> dict[bytes | None, Any]:
+        newest: dict[bytes | None, Any] = {}
+        for record in log.read(topic, 0, 0, 1000) if topic in log.list_topics() else []:
+            newest[record.key] = None if record.value is None else record.event().data["amount"]
+        return {key: amount for key, amount in newest.items() if amount is not None}
+
+    def run_until(top2: dict[bytes | None, Any], biggest: dict[bytes | None, Any]) -> None:
+        thread, stop, errors = start(Job(log, script, name="top"))
+        wait_until(lambda: table("top2") == top2 and table("biggest") == biggest, what=f"{top2} and {biggest}")
+        stop.set()
+        thread.join()
+        assert not errors
+
+    pay("a", 5)
+    pay("b", 1)
+    run_until({b"a|1": 5, b"b|1": 1}, {b"a|5": 5, b"b|1": 1})
+    pay("a", 7)  # a's 5 moves to place 2; in `biggest`, 5 is deleted and 7 comes
+    run_until({b"a|1": 7, b"a|2": 5, b"b|1": 1}, {b"a|7": 7, b"b|1": 1})
+    pay("a", 6, 2)  # after the restart: 6 takes place 2 from 5; 2 ranks nowhere
+    run_until({b"a|1": 7, b"a|2": 6, b"b|1": 1}, {b"a|7": 7, b"b|1": 1})
+    assert log.describe_topic("top2").config.compact
+
+
 def test_state_ttl_forgets_a_group_no_row_came_to(log: Log) -> None:
     script = """
     SET 'table.exec.state.ttl' = '1 min';

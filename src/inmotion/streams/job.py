@@ -21,7 +21,7 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,9 +37,9 @@ from inmotion.log import Log, Message, Record, TopicConfig
 from inmotion.streams.checkpoints import Checkpoint, Checkpoints, Source, open_checkpoints
 from inmotion.streams.expressions import ARROW_TYPES, as_array
 from inmotion.streams.joins import StreamJoinState, WindowJoinState
-from inmotion.streams.operators import Output, Plan, StreamJoin, WindowJoin
+from inmotion.streams.operators import Plan, StreamJoin, WindowJoin, project
 from inmotion.streams.plan import plans
-from inmotion.streams.rank import top_n
+from inmotion.streams.rank import RankState, top_n
 from inmotion.streams.scan import Scan
 from inmotion.streams.sessions import SessionState
 from inmotion.streams.sql import OPTIONS, Setting, Table, parse
@@ -50,6 +50,9 @@ _logger = logging.getLogger("inmotion.streams")
 
 FINAL = 2**62
 """The watermark at the end of a bounded input: every window fires."""
+_RANK = b"rank:"
+"""The prefix of a stream Top-N's state entries beside those of the rest of its query (whose
+keys are MessagePack arrays: they never begin so)."""
 PROGRESS_EVERY = 10.0
 """Seconds between a running job's progress lines (logged at info)."""
 
@@ -86,12 +89,14 @@ class Pipeline:
             self.state = WindowJoinState(plan.join)
         elif plan.join is not None:
             self.state = StreamJoinState(plan.join)
-        elif plan.updating:
+        elif plan.grouped and plan.window is None:
             self.state = GroupState(plan, ttl_ms, clock.time)
         elif plan.grouped:
             assert plan.window is not None
             state = SessionState if plan.window.kind == "SESSION" else WindowState
             self.state = state(plan, self._time_type())
+        # a Top-N over a stream: ranks the rows the rest of the query gives (a join's, say)
+        self.ranking = RankState(plan.rank) if plan.rank is not None and not plan.grouped else None
         self.progress = Progress()
         self.results: list[pa.Table] = []
         self.deletes: list[pa.Table] = []
@@ -198,19 +203,29 @@ class Pipeline:
     def emit(self, rows: pa.Table) -> None:
         if not rows.num_rows:
             return
-        results = _project(rows, self.plan.select)
+        results = project(rows, self.plan.select)
+        if self.ranking is not None:
+            self.ranking.add(results)
+            return
         if self.plan.rank is not None:
-            results = _project(top_n(results, self.plan.rank), self.plan.rank.outputs)
+            results = project(top_n(results, self.plan.rank), self.plan.rank.outputs)
         self.results.append(results)
 
     def flush_updates(self) -> None:
-        """An updating query's changed groups become results (upserts and deletes)."""
+        """An updating query's changed groups, or partitions' first rows, become results
+        (upserts and deletes)."""
         if isinstance(self.state, GroupState):
             upserts, deletes = self.state.updates()
             if upserts is not None:
                 self.emit(upserts)
             if deletes is not None:
-                self.deletes.append(_project(deletes, self.plan.select))
+                self.deletes.append(project(deletes, self.plan.select))
+        if self.ranking is not None:
+            upserts, deletes = self.ranking.updates()
+            if upserts is not None:
+                self.results.append(upserts)
+            if deletes is not None:
+                self.deletes.append(deletes)
 
     def take_deletes(self) -> pa.Table | None:
         deletes, self.deletes = self.deletes, []
@@ -220,6 +235,20 @@ class Pipeline:
         """State changed without reads (windows fired, their results filtered out; a join's
         rows let go)."""
         return self.state is not None and not isinstance(self.state, GroupState) and self.state.fired
+
+    def changes(self) -> dict[bytes, bytes | None]:
+        """The state's entries changed since the last checkpoint (a Top-N's under `rank:`)."""
+        changed = self.state.changes() if self.state is not None else {}
+        if self.ranking is not None:
+            changed.update({_RANK + key: value for key, value in self.ranking.changes().items()})
+        return changed
+
+    def restore(self, entries: Mapping[bytes, bytes]) -> None:
+        if self.state is not None:
+            self.state.restore({key: value for key, value in entries.items() if not key.startswith(_RANK)})
+        if self.ranking is not None:
+            ranked = {key.removeprefix(_RANK): value for key, value in entries.items() if key.startswith(_RANK)}
+            self.ranking.restore(ranked)
 
     def checkpointed(self) -> Progress:
         """The progress to checkpoint, with the sources' event times."""
@@ -239,10 +268,6 @@ class Pipeline:
 def iso_millis(value: datetime) -> str:
     """A timestamp as Flink's JSON format writes it with ISO-8601: UTC, milliseconds, a Z."""
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _project(rows: pa.Table, outputs: Sequence[Output]) -> pa.Table:
-    return pa.table([as_array(o.value(rows), rows.num_rows) for o in outputs], names=[o.name for o in outputs])
 
 
 class Job:
@@ -320,9 +345,10 @@ class Job:
         results of INSERT INTO queries; `results` hears those of SELECTs once checkpointed."""
         for plan in self.plans:
             if plan.updating and plan.sink is None:
+                what = "a Top-N over a stream" if plan.rank is not None else "a GROUP BY without a window"
                 raise InvalidSql(
-                    "a GROUP BY without a window updates its rows: a job writes them INSERT INTO a table with a"
-                    " PRIMARY KEY (inmotion sql query prints them once)"
+                    f"{what} updates its rows: a job writes them INSERT INTO a table with a PRIMARY KEY"
+                    " (inmotion sql query prints them once)"
                 )
         checkpoints = open_checkpoints(self.log)
         script = hashlib.sha256(self.sql.encode()).hexdigest()
@@ -390,8 +416,7 @@ class Job:
                 pipeline.progress = progress[pipeline.index]
                 for scan, times in zip(pipeline.scans, pipeline.progress.times, strict=False):
                     scan.times = times
-            if pipeline.state is not None:
-                pipeline.state.restore({k: v for (op, k), v in checkpoint.state.items() if op == pipeline.index})
+            pipeline.restore({k: v for (op, k), v in checkpoint.state.items() if op == pipeline.index})
 
     def _checkpoint(self, checkpoints: Checkpoints, epoch: int, results: Results | None) -> None:
         self.sequence += 1
@@ -402,15 +427,16 @@ class Job:
         for pipeline in self.pipelines:
             pipeline.flush_updates()
             table, deletes = pipeline.take_results(), pipeline.take_deletes()
-            if pipeline.state is not None:
-                state.update({(pipeline.index, k): v for k, v in pipeline.state.changes().items()})
+            state.update({(pipeline.index, k): v for k, v in pipeline.changes().items()})
             sink = pipeline.plan.sink
             if sink is None:
                 if table is not None:
                     selected.append((pipeline.plan, table))
                 continue
             messages = self._messages(pipeline.plan, table, count) if table is not None else []
-            messages += self._tombstones(pipeline.plan, deletes) if deletes is not None else []
+            if deletes is not None:  # not of a key upserted anew (a Top-N's row number taken by another row)
+                upserted = {message.key for message in messages}
+                messages += [m for m in self._tombstones(pipeline.plan, deletes) if m.key not in upserted]
             count += len(messages)
             # an updating query's rows are upserts: newest per key, on a compacted topic
             appended.append((sink.topic, messages, TopicConfig(compact=bool(sink.primary_key))))

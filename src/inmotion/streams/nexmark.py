@@ -71,6 +71,14 @@ QUERIES = {
         " SESSION_END(B.`dateTime`, INTERVAL '10' SECOND) AS endtime"
         " FROM bid B GROUP BY B.bidder, SESSION(B.`dateTime`, INTERVAL '10' SECOND)"
     ),
+    "q9": (
+        "SELECT id, itemName, description, initialBid, reserve, `dateTime`, expires, seller, category, extra,"
+        " auction, bidder, price, bid_dateTime, bid_extra FROM ("
+        " SELECT A.*, B.auction, B.bidder, B.price, B.`dateTime` AS bid_dateTime, B.extra AS bid_extra,"
+        "  ROW_NUMBER() OVER (PARTITION BY A.id ORDER BY B.price DESC, B.`dateTime` ASC) AS rownum"
+        " FROM auction A, bid B WHERE A.id = B.auction AND B.`dateTime` BETWEEN A.`dateTime` AND A.expires"
+        ") WHERE rownum <= 1"
+    ),
     "q10": (  # as published but for its sink (files partitioned by day and minute)
         "SELECT auction, bidder, price, `dateTime`, extra,"
         " DATE_FORMAT(`dateTime`, 'yyyy-MM-dd'), DATE_FORMAT(`dateTime`, 'HH:mm') FROM bid"
@@ -96,6 +104,15 @@ QUERIES = {
         " AVG(price) AS avg_price, SUM(price) AS sum_price"
         " FROM bid GROUP BY auction, DATE_FORMAT(`dateTime`, 'yyyy-MM-dd')"
     ),
+    "q18": (
+        "SELECT auction, bidder, price, channel, url, `dateTime`, extra FROM ("
+        " SELECT *, ROW_NUMBER() OVER (PARTITION BY bidder, auction ORDER BY `dateTime` DESC) AS rank_number"
+        " FROM bid) WHERE rank_number <= 1"
+    ),
+    "q19": (
+        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rank_number"
+        " FROM bid) WHERE rank_number <= 10"
+    ),
     "q20": (
         "SELECT auction, bidder, price, channel, url, B.`dateTime`, B.extra, itemName, description, initialBid,"
         " reserve, A.`dateTime`, expires, seller, category, A.extra"
@@ -116,8 +133,8 @@ QUERIES = {
 }
 """The Nexmark queries the embedded engine runs as published (q5-counts is q5's inner aggregation:
 bids per auction per sliding window; q10 without its file sink); the others need what the engine
-lacks yet (joins of aggregated subqueries, Top-N and deduplication outside windows, processing
-time, user functions)."""
+lacks yet (joins of aggregated subqueries, aggregations of updating results, processing time,
+user functions)."""
 
 
 def events(count: int, *, seed: int = 0, rate: int = 10_000, start: datetime = START) -> Iterator[tuple[str, Event]]:

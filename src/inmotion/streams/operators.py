@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
+import pyarrow as pa
 from sqlglot import exp
 
 from inmotion.streams.dialect import text_of
-from inmotion.streams.expressions import Compiled
+from inmotion.streams.expressions import Compiled, as_array
 from inmotion.streams.sql import Query, Table
 
 WINDOW_COLUMNS = ("window_start", "window_end", "window_time")
@@ -70,14 +72,19 @@ class Output:
 
 @dataclasses.dataclass(frozen=True)
 class Rank:
-    """A Window Top-N: of each window's rows (by `partition`), the first `limit` in `order`
-    ((column, descending) pairs), numbered in `column`; `outputs` read those rows."""
+    """A Top-N: of the rows of each partition, the first `limit` in `order` ((column,
+    descending) pairs), numbered in `column`; `outputs` read those rows. Over a window
+    aggregation (a Window Top-N) the partitions are windows, ranked once as they fire; over a
+    stream the first rows of a partition change as rows come (updates)."""
 
     partition: tuple[str, ...]
     order: tuple[tuple[str, bool], ...]
     limit: int
     column: str
     outputs: tuple[Output, ...]
+    newest_first: bool = False
+    """Of rows equal in the order, the newest ranks first (Flink's deduplication keeping the last
+    row: ORDER BY the event time DESC, the first only); else the oldest."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +181,9 @@ class Plan:
 
     @property
     def updating(self) -> bool:
-        """A GROUP BY without a window: each group's row is updated as its rows come."""
-        return self.grouped and self.window is None
+        """A GROUP BY without a window, or a Top-N over a stream: a group's row, a partition's
+        first rows, are updated as rows come."""
+        return (self.grouped and self.window is None) or (self.rank is not None and not self.grouped)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -211,7 +219,7 @@ class Plan:
             lines.append(f"filter {_clause(self.query, 'where')}")
         if self.window is not None:
             lines.append(f"window {self.window.describe()}")
-        if self.updating:
+        if self.grouped and self.window is None:
             aggregates = ", ".join(a.text for a in self.aggregates) or "none"
             lines.append(f"group aggregate by {', '.join(k.name for k in self.keys) or '()'}: {aggregates}")
             lines.append("  state: one row per key, kept; each checkpoint upserts the keys that changed")
@@ -225,12 +233,18 @@ class Plan:
         lines.append(f"project {', '.join(o.name for o in self.select)}")
         if self.rank is not None:
             order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d in self.rank.order)
-            lines.append(
-                f"rank by {', '.join(self.rank.partition)} ORDER BY {order}: the first {self.rank.limit} of each"
-            )
+            partition = ", ".join(self.rank.partition) or "()"
+            lines.append(f"rank by {partition} ORDER BY {order}: the first {self.rank.limit} of each")
+            if not self.grouped:
+                lines.append("  state: each partition's first rows, kept; each checkpoint upserts those that changed")
             lines.append(f"project {', '.join(self.columns)}")
         lines.append(f"insert into {self.sink.name} (topic {self.sink.topic})" if self.sink else "print")
         return lines
+
+
+def project(rows: pa.Table, outputs: Sequence[Output]) -> pa.Table:
+    """The outputs' values over `rows`, as a table of their names."""
+    return pa.table([as_array(o.value(rows), rows.num_rows) for o in outputs], names=[o.name for o in outputs])
 
 
 def output_names(items: list[exp.Expr]) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import overload
 
 import pyarrow as pa
 from sqlglot import exp
@@ -157,33 +158,55 @@ class Planner:
         return rewritten
 
     def top_n(self, query: Query, outer: exp.Select, sink: Table | None) -> Plan:
-        """`SELECT ... FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end
-        ... ORDER BY ...) AS rownum FROM (a window aggregation)) WHERE rownum <= N`: the first N
-        rows of each window (Flink's Window Top-N), ranked when the window fires."""
+        """`SELECT ... FROM (SELECT ..., ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) AS
+        rownum FROM ...) WHERE rownum <= N`: the first N rows of each partition. Over a window
+        aggregation (`FROM (SELECT ... GROUP BY window_start, window_end, ...)`, partitioned by
+        the window) a Window Top-N, ranked as each window fires; over a table or a join, a Top-N
+        whose rows change as rows come (updates; with N = 1, Flink's deduplication)."""
         ranking = outer.args["from_"].this.this
-        for arg in ("where", "group", "having", "joins", "order", "limit", "distinct"):
+        numbered = [
+            item
+            for item in ranking.expressions
+            if isinstance(item, exp.Alias)
+            and isinstance(item.this, exp.Window)
+            and isinstance(item.this.this, exp.RowNumber)
+        ]
+        others = [item for item in ranking.expressions if not numbered or item is not numbered[0]]
+        if len(numbered) != 1 or any(isinstance(node, exp.Window) for item in others for node in item.walk()):
+            raise self.fail("a Top-N selects one ROW_NUMBER() OVER (...) AS name beside the rows it ranks", ranking)
+        for arg in ("group", "having", "order", "limit", "distinct", "qualify"):
             if ranking.args.get(arg):
                 raise self.fail(f"unsupported {arg.upper()} beside ROW_NUMBER() (a Top-N takes rownum <= N)", ranking)
-        numbered = [item for item in ranking.expressions if not isinstance(item, exp.Star)]
-        if len(numbered) != 1 or not isinstance(numbered[0], exp.Alias) or len(ranking.expressions) != 2:
-            raise self.fail("a Top-N selects *, ROW_NUMBER() OVER (...) AS name from its subquery", ranking)
         over = numbered[0].this
-        inner = ranking.args.get("from_")
-        if not isinstance(inner.this, exp.Subquery) or not isinstance(inner.this.this, exp.Select):
-            raise self.fail("ROW_NUMBER() runs over a window aggregation in a subquery (a Window Top-N)", ranking)
-        plan = self.select(query, inner.this.this, sink)
-        if not plan.grouped or plan.updating:
+        if over.args.get("order") is None:
+            raise self.fail("ROW_NUMBER() needs an ORDER BY", over)
+        ranked = [*(over.args.get("partition_by") or []), *(o.this for o in over.args["order"].expressions)]
+        source = ranking.args["from_"].this
+        ranks_a_query = isinstance(source, exp.Subquery) and isinstance(source.this, exp.Select)
+        if ranks_a_query and len(others) == 1 and isinstance(others[0], exp.Star) and not ranking.args.get("where"):
+            inner = source.this  # SELECT *, ROW_NUMBER() ... FROM (a query)
+        else:
+            inner = ranking.copy()
+            inner.set("expressions", [item.copy() for item in others])
+        plan = self.select(query, inner, sink)
+        if inner is not source.this:  # what it ranks by but does not select, it selects apart (hidden)
+            hidden = [node for node in ranked if self.ranked_column(node, plan.columns, inner, quiet=True) is None]
+            if hidden:
+                extra = [exp.alias_(node.copy(), f"{_HIDDEN}{i}") for i, node in enumerate(hidden)]
+                inner.set("expressions", [*inner.expressions, *extra])
+                plan = self.select(query, inner, sink)
+        if plan.updating:
             raise self.fail(
-                "ROW_NUMBER() is supported over a window aggregation (a Window Top-N) only, for now", inner.this
+                "ROW_NUMBER() over an updating query (GROUP BY without a window) is not supported yet", over
             )
         names = plan.columns
-        partition = tuple(self.ranked_column(node, names) for node in over.args.get("partition_by") or [])
-        if not {"window_start", "window_end"} <= set(partition):
+        partition = tuple(self.ranked_column(node, names, inner) for node in over.args.get("partition_by") or [])
+        if plan.grouped and not {"window_start", "window_end"} <= set(partition):
             raise self.fail("a Window Top-N partitions by window_start and window_end (and more keys)", over)
-        order_by = over.args.get("order")
-        if order_by is None:
-            raise self.fail("ROW_NUMBER() needs an ORDER BY", over)
-        order = tuple((self.ranked_column(o.this, names), bool(o.args.get("desc"))) for o in order_by.expressions)
+        order_by = over.args["order"]
+        order = tuple(
+            (self.ranked_column(o.this, names, inner), bool(o.args.get("desc"))) for o in order_by.expressions
+        )
         number = numbered[0].alias
         limit = self.rank_limit(outer.args.get("where"), number, outer)
         for arg in ("group", "having", "joins", "order", "limit", "distinct"):
@@ -192,17 +215,47 @@ class Planner:
         columns = dict.fromkeys([*names, number], pa.null())
         items: list[exp.Expr] = []
         for item in outer.expressions:
-            items.extend(exp.column(n) for n in columns) if isinstance(item, exp.Star) else items.append(item)
+            if isinstance(item, exp.Star):
+                items.extend(exp.column(n) for n in columns if not n.startswith(_HIDDEN))
+            else:
+                items.append(item)
         outputs = tuple(
             Output(n, compile_expression(self.sql, item, columns))
             for n, item in zip(output_names(items), items, strict=True)
         )
-        return dataclasses.replace(plan, rank=Rank(partition, order, limit, number, outputs))
+        # Flink's deduplication keeping the last row: the newest of rows of one time ranks first
+        time = plan.source.watermark.column if plan.source.watermark is not None and plan.join is None else None
+        numbers_shown = any(c.name == number for item in items for c in item.find_all(exp.Column))
+        newest_first = limit == 1 and order == ((time, True),) and not numbers_shown and not plan.grouped
+        return dataclasses.replace(plan, rank=Rank(partition, order, limit, number, outputs, newest_first))
 
-    def ranked_column(self, node: exp.Expr, names: Sequence[str]) -> str:
-        if not isinstance(node, exp.Column) or node.name not in names:
-            raise self.fail(f"a Top-N ranks by columns of its subquery ({', '.join(names)})", node)
-        return node.name
+    @overload
+    def ranked_column(self, node: exp.Expr, names: Sequence[str], inner: exp.Select) -> str: ...
+    @overload
+    def ranked_column(self, node: exp.Expr, names: Sequence[str], inner: exp.Select, *, quiet: bool) -> str | None: ...
+
+    def ranked_column(
+        self, node: exp.Expr, names: Sequence[str], inner: exp.Select, *, quiet: bool = False
+    ) -> str | None:
+        """The ranked rows' column that `node` (in PARTITION BY or ORDER BY) is: one the query
+        selects, by its name or as the item it selects (`B.price`, `B.ts AS bid_time`). None
+        if it selects none, `quiet`ly."""
+        for item, name in zip(inner.expressions, output_names(list(inner.expressions)), strict=True):
+            selected = item.this if isinstance(item, exp.Alias) else item
+            if name not in names:
+                continue
+            if isinstance(node, exp.Column) and isinstance(selected, exp.Column):
+                if selected.name == node.name and (
+                    not node.table or not selected.table or node.table == selected.table
+                ):
+                    return name
+            elif text_of(selected) == text_of(node):
+                return name
+        if isinstance(node, exp.Column) and node.name in names:
+            return node.name
+        if quiet:
+            return None
+        raise self.fail(f"a Top-N ranks by columns the ranked query selects ({', '.join(names)})", node)
 
     def rank_limit(self, condition: exp.Where | None, number: str, outer: exp.Select) -> int:
         node = condition.this if condition is not None else None
@@ -225,9 +278,10 @@ class Planner:
         if plan.sink is None:
             return
         if plan.updating and not plan.sink.primary_key:
+            what = "a Top-N over a stream" if plan.rank is not None else "GROUP BY without a window"
             raise self.fail(
-                f"INSERT INTO {plan.sink.name}: GROUP BY without a window updates its results, so the table"
-                " needs a PRIMARY KEY (its rows are upserted by key, onto a compacted topic)",
+                f"INSERT INTO {plan.sink.name}: {what} updates its results, so the table needs a PRIMARY KEY"
+                " (its rows are upserted by key, onto a compacted topic)",
                 tree,
             )
         columns = [c for c in plan.sink.columns if not c.virtual]
@@ -498,6 +552,10 @@ class Planner:
             if not inside and column.name not in columns and text_of(column) not in replaced:
                 raise self.fail(f"column {column.name} is neither in GROUP BY nor inside an aggregate", column)
         return compile_expression(self.sql, node, columns, replaced)
+
+
+_HIDDEN = "__ranked"
+"""The names of what a Top-N ranks by without selecting it: left out of the query's `*`."""
 
 
 def _ranks(select: exp.Select) -> bool:

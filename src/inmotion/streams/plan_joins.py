@@ -175,7 +175,12 @@ class JoinPlanner:
             used = {
                 c.name for c in select.walk() if isinstance(c, exp.Column) and self.side_of(c, aliases, columns) == i
             }
-            if any(isinstance(item, exp.Star) for item in select.expressions):
+            stars = [  # `*` or `alias.*`
+                item.table if isinstance(item, exp.Column) else ""
+                for item in select.expressions
+                if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star))
+            ]
+            if any(table in ("", alias) for table in stars):
                 used.update(c.name for c in table.columns)
             if interval is not None and table.watermark is not None:
                 used.add(table.watermark.column)
@@ -197,11 +202,15 @@ class JoinPlanner:
         return Plan(query, tables[0], sides[0].reads, None, None, (), (), None, outputs, sink, join=join_plan)
 
     def outputs(self, select: exp.Select, columns: Mapping[str, pa.DataType]) -> tuple[Output, ...]:
-        """The SELECT list over the joined rows (`*`: every column of both sides)."""
+        """The SELECT list over the joined rows (`*`: every column of both sides; `L.*`, of one)."""
         items: list[exp.Expr] = []
         for item in select.expressions:
-            if isinstance(item, exp.Star):
-                items.extend(exp.column(name.split(".", 1)[1], table=name.split(".", 1)[0]) for name in columns)
+            side = item.table if isinstance(item, exp.Column) and isinstance(item.this, exp.Star) else None
+            if isinstance(item, exp.Star) or side is not None:
+                qualified = [name.split(".", 1) for name in columns]
+                if side is not None and side not in {alias for alias, _ in qualified}:
+                    raise self.fail(f"unknown table {side} (the join's are {', '.join(dict(qualified))})", item)
+                items.extend(exp.column(name, table=alias) for alias, name in qualified if side in (None, alias))
             else:
                 items.append(item)
         return tuple(
