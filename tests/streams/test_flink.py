@@ -6,23 +6,29 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from inmotion.log import connect
+from inmotion.events import Event
+from inmotion.log import TopicConfig, connect
 from inmotion.streams import Job, nexmark
 from inmotion.streams.flink import flink_ddl
-from inmotion.streams.job import job_results
+from inmotion.streams.job import iso_millis, job_results
 from inmotion.streams.sql import parse
+from inmotion.testing import wait_until
+from tests.test_cli import INMOTION
 
 ROOT = Path(__file__).resolve().parents[2]
 PYFLINK = ROOT / ".venv-flink" / "bin" / "python"
+STEP = timedelta(milliseconds=10)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.slow]
 
@@ -157,3 +163,80 @@ def test_the_embedded_engine_gives_flinks_rows(pyflink: Path, kafka_bootstrap: s
         assert sum(theirs.values()) > 0, name
         only_ours, only_theirs = list((ours[name] - theirs).items())[:3], list((theirs - ours[name]).items())[:3]
         assert ours[name] == theirs, f"{name}: only ours {only_ours}, only Flink's {only_theirs}"
+
+
+def test_a_job_runs_on_flink_writes_cloudevents_and_resumes_from_its_savepoint(
+    pyflink: Path, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    readings, averages = f"flink-readings-{suffix}", f"flink-averages-{suffix}"
+    tables = (
+        "CREATE TABLE readings (sensor STRING, temp DOUBLE, ts TIMESTAMP_LTZ(3),"
+        f" WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH ('topic' = '{readings}');\n"
+    )
+    select = (
+        "SELECT sensor, window_start, AVG(temp) AS avg_temp, COUNT(*) AS n"
+        " FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '5' SECOND))"
+        " GROUP BY window_start, window_end, sensor"
+    )
+    script = tmp_path / "averages.sql"
+    script.write_text(
+        tables + "CREATE TABLE averages (sensor STRING, window_start TIMESTAMP_LTZ(3), avg_temp DOUBLE, n BIGINT)"
+        f" WITH ('topic' = '{averages}');\nINSERT INTO averages {select};\n"
+    )
+    broker = f"kafka://{kafka_bootstrap}"
+    env = {**os.environ, "INMOTION_FLINK_PYTHON": str(pyflink), "INMOTION_FLINK_JARS": str(ROOT / ".flink" / "jars")}
+    command = [INMOTION, "sql", "run", str(script), "--engine", "flink", "--broker", broker]
+    command += ["--state", str(tmp_path / "state")]
+    start = datetime(2026, 12, 4, tzinfo=UTC)
+    with connect(f"{broker}?timeout=30") as log:
+        log.create_topic(readings, TopicConfig(partitions=2))
+
+        def feed(first: int, count: int) -> None:  # a reading every 10 ms, 4 sensors
+            log.append_events(
+                readings,
+                [
+                    Event(
+                        type="reading",
+                        source="/sensors",
+                        data={"sensor": f"s{i % 4}", "temp": float(i % 7), "ts": iso_millis(start + i * STEP)},
+                        extensions={"partitionkey": f"s{i % 4}"},
+                    )
+                    for i in range(first, first + count)
+                ],
+            )
+
+        def results() -> list[Event]:
+            if averages not in log.list_topics():
+                return []
+            partitions = range(len(log.describe_topic(averages).partitions))
+            return [record.event() for p in partitions for record in log.read(averages, p, 0, 10_000)]
+
+        def run_until(count: int) -> str:
+            process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+            try:
+                wait_until(lambda: len(results()) >= count, limit=240, what=f"{count} results from Flink")
+            finally:
+                process.send_signal(signal.SIGTERM)
+                _, stderr = process.communicate(timeout=180)
+            assert process.returncode == 0, stderr[-3000:]
+            assert "stopped with savepoint" in stderr
+            return stderr
+
+        feed(0, 2_000)  # 20 s: the watermark (19.99 s - 1 s) closes 3 windows of 5 s, 4 sensors each
+        run_until(3 * 4)
+        feed(2_000, 2_000)  # to 40 s: 4 windows more, and none of the first 3 again
+        assert "resuming from" in run_until(7 * 4)
+        events = results()
+        embedded = [row for _, table in Job(log, tables + select).query() for row in job_results(table)]
+    assert len(events) == 7 * 4
+    kinds = {(e.type, e.source, e.datacontenttype) for e in events}
+    assert kinds == {("averages", "/inmotion/sql/averages", "application/json")}
+    assert len({e.id for e in events}) == len(events)
+    flink_rows = sorted(
+        (e.data["sensor"], datetime.fromisoformat(e.data["window_start"]), round(e.data["avg_temp"], 6), e.data["n"])
+        for e in events
+    )
+    closed = start + 35 * timedelta(seconds=1)  # the embedded query fires the last window too, at its end
+    ours = [(r["sensor"], r["window_start"], round(r["avg_temp"], 6), r["n"]) for r in embedded]
+    assert flink_rows == sorted(row for row in ours if row[1] < closed)

@@ -16,10 +16,11 @@ import msgspec
 import pytest
 
 from inmotion.clock import FakeClock
-from inmotion.errors import InvalidConfig
+from inmotion.errors import InvalidConfig, InvalidSql
 from inmotion.events import Event
 from inmotion.log import Log, Message, TopicConfig, connect
 from inmotion.streams.checkpoints import JobTakenOver, open_checkpoints
+from inmotion.streams.flink import flink_jars, flink_job, flink_python
 from inmotion.streams.job import Job, job_results
 from inmotion.testing import wait_until
 from tests.conftest import Place
@@ -224,6 +225,14 @@ def test_sql_commands_fail_with_one_clear_line(log: Log, tmp_path: Path) -> None
     nameless = cli(broker, "sql", "run", SCRIPT, check=False)
     assert nameless.returncode == 2
     assert "--name" in nameless.stderr
+    on_sqlite = cli(broker, "sql", "run", SCRIPT, "--name", "f", "--engine", "flink", check=False)
+    assert on_sqlite.returncode == 1
+    assert "--engine flink runs over Kafka" in on_sqlite.stderr
+    kafka = "kafka://127.0.0.1:1"  # never reached: each of these fails before
+    selects = cli(kafka, "sql", "run", WINDOWS, "--name", "f", "--engine", "flink", check=False)
+    assert "on Flink, a job's queries write INSERT INTO a table" in selects.stderr
+    unknown = cli(kafka, "sql", "run", SCRIPT, "--name", "f", "--engine", "spark", check=False)
+    assert (unknown.returncode, unknown.stderr) == (2, "error: --engine spark: the engines are embedded and flink\n")
     explained = cli(broker, "sql", "explain", SCRIPT).stdout
     assert "window TUMBLE(ts, size 1000 ms)" in explained
     assert "insert into averages (topic averages)" in explained
@@ -562,3 +571,37 @@ def test_a_running_job_tells_its_progress(log: Log, caplog: pytest.LogCaptureFix
     thread.join()
     assert not errors
     assert "read 250, emitted 4, late 0, malformed 0, watermark 2026-12-04T10:00:01.490Z" in caplog.text
+
+
+def test_a_job_for_flink_writes_the_events_headers_and_finds_pyflink_where_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = SCRIPT.replace(",\n  k STRING METADATA FROM 'key')", ")").replace(", COUNT(*), sensor", ", COUNT(*)")
+    job = flink_job(script, "127.0.0.1:9092", "averages")
+    [insert] = job["inserts"]
+    assert insert.startswith("INSERT INTO `averages` SELECT *, MAP[")
+    assert insert.endswith(
+        "] FROM (SELECT window_start, sensor, AVG(temp), COUNT(*)\nFROM TABLE(TUMBLE(TABLE readings,"
+        " DESCRIPTOR(ts), INTERVAL '1' SECOND))\nGROUP BY window_start, window_end, sensor)"
+    )
+    assert "'ce_type', CAST('averages' AS BYTES)" in insert
+    assert "'ce_source', CAST('/inmotion/sql/averages' AS BYTES)" in insert
+    assert "'ce_id', CAST(UUID() AS BYTES)" in insert
+    readings_ddl, averages_ddl = job["tables"]
+    assert "`__headers` MAP<STRING, BYTES> METADATA FROM 'headers'\n" in averages_ddl  # written
+    assert "__headers" not in readings_ddl  # read,
+    assert "scan.bounded.mode" not in readings_ddl  # unbounded
+    with pytest.raises(InvalidSql, match="on Flink, a table written to has no metadata columns yet"):
+        flink_job(SCRIPT, "127.0.0.1:9092", "averages")  # its sink has a key column
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("INMOTION_FLINK_JARS", str(tmp_path))
+    with pytest.raises(InvalidConfig, match=f"no Flink Kafka connector in {tmp_path}"):
+        flink_jars()
+    (tmp_path / "flink-sql-connector-kafka-5.0.0-2.2.jar").write_bytes(b"")
+    assert flink_jars() == [str(tmp_path / "flink-sql-connector-kafka-5.0.0-2.2.jar")]
+    monkeypatch.setenv("INMOTION_FLINK_PYTHON", str(tmp_path / "nowhere"))
+    with pytest.raises(InvalidConfig, match=r"INMOTION_FLINK_PYTHON=.*: no such file"):
+        flink_python()
+    monkeypatch.delenv("INMOTION_FLINK_PYTHON")
+    with pytest.raises(InvalidConfig, match="PyFlink is not installed"):  # not in this Python, nor ./.venv-flink
+        flink_python()

@@ -4,15 +4,18 @@ The engine (and Arrow) load only when one of these commands runs."""
 
 from __future__ import annotations
 
+import json as json_module
 import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -21,6 +24,7 @@ from rich.table import Table
 
 from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, print_json
 from inmotion.errors import InmotionError
+from inmotion.log import TopicConfig, default_broker
 from inmotion.runtime import logs
 
 if TYPE_CHECKING:
@@ -115,17 +119,43 @@ def run(
     ] = 5.0,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between checkpoints while busy.")] = 0.2,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="embedded: in this process; flink: on Apache Flink through PyFlink (the broker is kafka://).",
+        ),
+    ] = "embedded",
+    flink: Annotated[
+        str | None,
+        typer.Option(
+            "--flink",
+            help="With --engine flink: a Flink cluster's REST address, host:port (default: a local mini-cluster).",
+        ),
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state", help="With --engine flink: the job's checkpoints and savepoints (default: .inmotion-flink/NAME)."
+        ),
+    ] = None,
 ) -> None:
     """Run a job until SIGTERM or Ctrl-C (then checkpoint and stop): its INSERT INTOs append
     results to their topics exactly once, also across crashes; the rows of its SELECTs print
-    as JSON lines once checkpointed. A job resumes from its last checkpoint."""
+    as JSON lines once checkpointed. A job resumes from its last checkpoint. With --engine
+    flink the same SQL runs on Apache Flink: stopped with a savepoint, resumed from it."""
     from inmotion.streams.job import Job
 
     text = _script(sql)
     job_name = name or (Path(sql).stem if sql.endswith(".sql") else None)
     if not job_name:
         fail("name the job: --name NAME (or run a .sql file, whose name it takes)", code=2)
+    if engine not in ("embedded", "flink"):
+        fail(f"--engine {engine}: the engines are embedded and flink", code=2)
     logs.configure(log_level)
+    if engine == "flink":
+        _run_on_flink(text, job_name, broker or default_broker(), flink, state or Path(".inmotion-flink") / job_name)
+        return
     log = open_log(broker)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -142,6 +172,41 @@ def run(
             fail(f"job {job_name} failed: {type(exc).__name__}: {exc} (--log-level debug shows where)")
     finally:
         log.close()
+
+
+def _run_on_flink(text: str, name: str, broker: str, address: str | None, state: Path) -> None:
+    """Submit the job to Flink through PyFlink's Python (`inmotion.streams.flink_runner`) and
+    wait for it; SIGTERM and Ctrl-C stop it with a savepoint."""
+    from inmotion.streams import flink
+    from inmotion.streams.sql import Query, Table, parse
+
+    url = urlsplit(broker)
+    if url.scheme != "kafka":
+        fail(f"--engine flink runs over Kafka (Flink reads and writes the topics): --broker kafka://..., not {broker}")
+    job = flink.flink_job(text, url.netloc, name)
+    job.update(jars=flink.flink_jars(), address=address, state=str(state))
+    python = flink.flink_python()
+    statements = parse(text)
+    tables = {s.name: s for s in statements if isinstance(s, Table)}
+    sinks = {s.sink for s in statements if isinstance(s, Query) and s.sink is not None}
+    # Flink reads topics that exist; the sinks' are made as the embedded engine makes them
+    with open_log(broker) as log:
+        topics = set(log.list_topics())
+        for table in tables.values():
+            if table.name in sinks and table.topic not in topics:
+                log.create_topic(table.topic, TopicConfig(compact=bool(table.primary_key)))
+            elif table.name not in sinks and table.topic not in topics:
+                fail(f"table {table.name}: topic {table.topic} does not exist on {broker}")
+    _logger.info("job %s: submitting %d queries to Flink (%s)", name, len(job["inserts"]), address or "local")
+    process = subprocess.Popen([python, str(flink.RUNNER)], stdin=subprocess.PIPE, text=True)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: process.send_signal(signal.SIGTERM))
+    assert process.stdin is not None
+    process.stdin.write(json_module.dumps(job))
+    process.stdin.close()
+    code = process.wait()
+    if code:
+        raise typer.Exit(code)
 
 
 def explain(sql: ScriptArgument, broker: BrokerOption = None) -> None:
