@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import subprocess
 import sys
 import time
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -231,9 +231,10 @@ def run(name: str, sql: str, bootstrap: str, jar: str, java: int, events: int) -
 def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path, key: list[int] | None = None) -> int:
     """Write a query's rows to DIRECTORY/NAME.jsonl (a JSON array each; timestamps as Flink's
     CAST to STRING writes them, in UTC: PyFlink cannot bring an Instant back); how many. An
-    updating query's changes are applied: the rows are those it ends with. Flink sends some
-    updates as upserts (a Top-N's UPDATE_AFTER without an UPDATE_BEFORE): with `key` (the
-    positions of the query's key columns) a row replaces the one of the same key."""
+    updating query's changes are applied: the rows are those it ends with. PyFlink's to_pandas
+    does that for retractions, fast (Arrow batches); a Top-N's changes come as upserts
+    (UPDATE_AFTER without UPDATE_BEFORE), which only its `key` (the positions of the query's key
+    columns) tells how to apply: those are read row by row, a row replacing the one of its key."""
     env = table_environment(bootstrap, jar)
     table = env.sql_query(sql)
     schema = table.get_schema()
@@ -241,22 +242,29 @@ def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path, key:
         col(name).cast(DataTypes.STRING()) if "TIMESTAMP" in str(kind).upper() else col(name)
         for name, kind in zip(schema.get_field_names(), schema.get_field_data_types(), strict=True)
     ]
-    final: Counter[str] = Counter()
-    keyed: dict[tuple[Any, ...], str] = {}
-    with table.select(*columns).execute().collect() as rows:
-        for row in rows:
-            values = [str(v) if isinstance(v, Decimal) else v for v in row]
-            line = json.dumps(values)
-            retracts = row.get_row_kind().name in ("UPDATE_BEFORE", "DELETE")
-            if key is None:
-                final[line] += -1 if retracts else 1
-            elif retracts:
-                keyed.pop(tuple(values[i] for i in key), None)
-            else:
-                keyed[tuple(values[i] for i in key)] = line
-    final.update(keyed.values())
-    (directory / f"{name}.jsonl").write_text("".join(f"{line}\n" * n for line, n in final.items() if n > 0))
-    return final.total()
+    if key is None:
+        rows = [[_plain(v) for v in row] for row in table.select(*columns).to_pandas().itertuples(index=False)]
+    else:
+        keyed: dict[tuple[Any, ...], list[Any]] = {}
+        with table.select(*columns).execute().collect() as changes:
+            for change in changes:
+                values = [_plain(v) for v in change]
+                if change.get_row_kind().name in ("UPDATE_BEFORE", "DELETE"):
+                    keyed.pop(tuple(values[i] for i in key), None)
+                else:
+                    keyed[tuple(values[i] for i in key)] = values
+        rows = list(keyed.values())
+    (directory / f"{name}.jsonl").write_text("".join(f"{json.dumps(row)}\n" for row in rows))
+    return len(rows)
+
+
+def _plain(value: Any) -> Any:
+    """A value of a pandas row as JSON has it: NULL (pandas' NaN) as None, a decimal as text."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value.item() if hasattr(value, "item") else value  # numpy's scalars
 
 
 def verify(bootstrap: str, jar: str) -> None:
@@ -293,9 +301,10 @@ def main() -> None:
     parser.add_argument(
         "--keys",
         type=Path,
-        help="with --results: a JSON object, query name -> the positions of its key columns, for updating"
+        help="with --results: a JSON object, query name -> the positions of its key columns, for the"
         " queries whose changes Flink sends as upserts (Top-N)",
     )
+
     args = parser.parse_args()
     if args.ddl:
         TABLES.extend(json.loads(args.ddl.read_text()))
