@@ -14,7 +14,7 @@ from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, print_
 from inmotion.errors import InmotionError, InvalidConfig, InvalidEvent, InvalidPattern
 from inmotion.log import DEFAULT_SESSION_TIMEOUT
 from inmotion.patterns import Pattern
-from inmotion.patterns.pattern import FieldCheck
+from inmotion.patterns.model import FieldCheck
 from inmotion.routing.router import RouteTotals, RulesFile, missing_topics
 from inmotion.routing.router import route as route_rules
 from inmotion.routing.rules import load_rules

@@ -1,6 +1,6 @@
 """The conditions of EventBridge event patterns: one element of a leaf array each (an exact
 value, prefix, suffix, wildcard, numeric range, CIDR, anything-but, exists, ...), each with
-its own test of a value. `inmotion.patterns.pattern` parses patterns into them."""
+its own test of a value. `inmotion.patterns.parse` parses patterns into them."""
 
 from __future__ import annotations
 

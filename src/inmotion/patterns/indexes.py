@@ -24,7 +24,8 @@ from inmotion.patterns.conditions import (
     Wildcard,
     ip_number,
 )
-from inmotion.patterns.pattern import Leaf, Pattern
+from inmotion.patterns.model import Leaf
+from inmotion.patterns.pattern import Pattern
 
 
 @dataclasses.dataclass(slots=True)

@@ -26,16 +26,8 @@ from inmotion.errors import InvalidConfig
 from inmotion.events import Event
 from inmotion.patterns.conditions import MISSING, Condition
 from inmotion.patterns.indexes import FieldIndex, Rule, State
-from inmotion.patterns.pattern import (
-    Branch,
-    Leaf,
-    Path,
-    Pattern,
-    as_document,
-    flatten,
-    nested_too_deeply,
-    resolve,
-)
+from inmotion.patterns.model import Branch, Leaf, Path
+from inmotion.patterns.pattern import Pattern, as_document, flatten, nested_too_deeply, resolve
 
 _UNSEEN: Any = object()
 
