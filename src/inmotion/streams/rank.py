@@ -38,6 +38,20 @@ def top_n(rows: pa.Table, rank: Rank) -> pa.Table:
     return ordered.take(pa.array(kept, pa.int64())).append_column(rank.column, pa.array(numbers, pa.int64()))
 
 
+def _places(rows: pa.Table, partition: tuple[str, ...]) -> pa.Array:
+    """Each row's place in its partition (from 0), `rows` sorted by the partition first."""
+    count = rows.num_rows
+    index = pa.array(range(count), pa.int64())
+    starts = pc.equal(index, 0)  # a partition starts where a key differs from the row before's
+    for name in partition:
+        values = rows.column(name)
+        after, before = values.slice(1), values.slice(0, count - 1)
+        differs = pc.or_kleene(pc.not_equal(after, before), pc.xor(pc.is_null(after), pc.is_null(before)))
+        starts = pc.or_(starts, pa.concat_arrays([pa.array([True]), pc.fill_null(differs, False).combine_chunks()]))
+    first = pc.fill_null_forward(pc.if_else(starts, index, pa.scalar(None, pa.int64())))
+    return pc.subtract(index, first)
+
+
 def _sort_keys(rank: Rank) -> list[tuple[str, str, str]]:
     return [(c, "ascending", "at_start") for c in rank.partition] + [
         (c, "descending", "at_end") if descending else (c, "ascending", "at_start") for c, descending in rank.order
@@ -72,6 +86,7 @@ class RankState:
         ranked = rows.append_column(_SEQUENCE, arrivals)
         tie = (_SEQUENCE, "descending" if self.rank.newest_first else "ascending")
         ranked = ranked.take(pc.sort_indices(ranked, sort_keys=[*_sort_keys(self.rank), tie]))
+        ranked = ranked.filter(pc.less(_places(ranked, self.rank.partition), self.rank.limit))
         names = rows.column_names
         positions = [names.index(c) for c in self.rank.partition]
         candidates: dict[tuple[Any, ...], list[list[Any]]] = {}
@@ -107,7 +122,8 @@ class RankState:
         self._changed.clear()
         rows = [entry[1:] for partition in changed for entry in self.partitions[partition]]
         numbers = [n for partition in changed for n in range(1, len(self.partitions[partition]) + 1)]
-        columns = [pa.array([row[i] for row in rows], field.type) for i, field in enumerate(self.schema)]
+        transposed = zip(*rows, strict=True)  # rows of one schema: equally long
+        columns = [pa.array(column, field.type) for column, field in zip(transposed, self.schema, strict=True)]
         table = pa.Table.from_arrays(columns, schema=self.schema).append_column(
             self.rank.column, pa.array(numbers, pa.int64())
         )
@@ -127,7 +143,8 @@ class RankState:
         upserted = outputs.take(pa.array(upserts, pa.int64())) if upserts else None
         if not deletes:
             return upserted, None
-        gone = [pa.array([row[i] for row in deletes], field.type) for i, field in enumerate(outputs.schema)]
+        transposed = zip(*deletes, strict=True)
+        gone = [pa.array(column, field.type) for column, field in zip(transposed, outputs.schema, strict=True)]
         return upserted, pa.Table.from_arrays(gone, schema=outputs.schema)
 
     # --- checkpoints --------------------------------------------------------------------------
