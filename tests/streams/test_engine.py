@@ -608,6 +608,39 @@ def test_a_window_join_matches_a_nested_loop_per_window(
     assert sorted(found, key=key) == sorted(want, key=key)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    orders=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=20),
+    shipments=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=20),
+)
+def test_a_window_join_of_window_aggregations_matches_a_count_per_window(
+    orders: list[tuple[int, int]], shipments: list[tuple[int, int]]
+) -> None:
+    with connect("memory://") as log:
+        append_orders_and_shipments(log, orders, shipments)
+        tumble = "TABLE(TUMBLE(TABLE {}, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+        query = (
+            "SELECT o.id, o.n, s.m, o.starts FROM"
+            f" (SELECT id, COUNT(*) AS n, window_start AS starts, window_end AS ends FROM {tumble.format('orders')}"
+            "  GROUP BY id, window_start, window_end) o"
+            f" JOIN (SELECT order_id, COUNT(*) AS m, window_start, window_end FROM {tumble.format('shipments')}"
+            "  GROUP BY order_id, window_start, window_end HAVING COUNT(*) > 1) s"
+            " ON o.id = s.order_id AND o.starts = s.window_start AND o.ends = s.window_end"
+        )
+        joined = [r for _, t in Job(log, JOINED + query).query() for r in job_results(t)]
+        found = sorted((r["id"], r["n"], r["m"], ms(r["starts"])) for r in joined)
+    counted: dict[str, dict[tuple[int, int], int]] = {"orders": defaultdict(int), "shipments": defaultdict(int)}
+    for topic, rows in (("orders", orders), ("shipments", shipments)):
+        for key, at in rows:
+            counted[topic][(key, at - at % 1000)] += 1
+    want = sorted(
+        (key, n, counted["shipments"][(key, start)], start)
+        for (key, start), n in counted["orders"].items()
+        if counted["shipments"].get((key, start), 0) > 1
+    )
+    assert found == want
+
+
 def test_window_join_shapes_the_engine_does_not_run_are_refused() -> None:
     with connect("memory://") as log:
         on = " ON o.id = s.order_id AND o.window_start = s.window_start AND o.window_end = s.window_end"
@@ -621,6 +654,10 @@ def test_window_join_shapes_the_engine_does_not_run_are_refused() -> None:
             (f"SELECT * FROM {window_side('orders', 'o')} JOIN "
              + window_side("shipments", "s").replace("'1' SECOND", "'2' SECOND") + on,
              "the same window"),
+            (f"SELECT * FROM {window_side('orders', 'o')} LEFT JOIN (SELECT order_id, COUNT(*) AS m, window_start,"
+             " window_end FROM TABLE(TUMBLE(TABLE shipments, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+             " GROUP BY order_id, window_start, window_end) s" + on,
+             "a LEFT window join of window aggregations is not supported yet"),
         ]  # fmt: skip
         for query, problem in cases:
             with pytest.raises(InvalidSql, match=problem):

@@ -58,6 +58,14 @@ QUERIES = {
         " JOIN (SELECT * FROM TABLE(TUMBLE(TABLE auction, DESCRIPTOR(`dateTime`), INTERVAL '10' SECOND))) A"
         " ON P.id = A.seller AND P.window_start = A.window_start AND P.window_end = A.window_end"
     ),
+    "busy-auctions": (  # a window join of a window aggregation (with HAVING) and a windowed table
+        "SELECT B.auction, B.n, B.top, A.seller, B.window_start FROM (SELECT auction, COUNT(*) AS n, MAX(price) AS top,"
+        " window_start, window_end FROM TABLE(HOP(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '0.1' SECOND,"
+        " INTERVAL '0.2' SECOND)) GROUP BY auction, window_start, window_end HAVING COUNT(*) > 1) B"
+        " JOIN (SELECT id, seller, window_start, window_end FROM TABLE(HOP(TABLE auction, DESCRIPTOR(`dateTime`),"
+        " INTERVAL '0.1' SECOND, INTERVAL '0.2' SECOND))) A"
+        " ON B.auction = A.id AND B.window_start = A.window_start AND B.window_end = A.window_end"
+    ),
     "quick-bids": (  # an interval join: bids within a second of their auction's opening
         "SELECT A.id, B.bidder, B.price FROM auction A JOIN bid B ON A.id = B.auction"
         " AND B.`dateTime` BETWEEN A.`dateTime` AND A.`dateTime` + INTERVAL '1' SECOND"

@@ -541,6 +541,43 @@ def test_a_window_join_resumes_with_the_rows_of_open_windows(log: Log) -> None:
     assert sorted((data["page"], data["liked"]) for _, data, _ in sink(log, "pairs")) == [("a", "a"), ("b", None)]
 
 
+def test_a_window_join_of_a_window_aggregation_resumes_with_its_groups(log: Log) -> None:
+    script = """
+    CREATE TABLE views (page STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'views');
+    CREATE TABLE likes (page STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'likes');
+    CREATE TABLE liked (page STRING, likes BIGINT) WITH ('topic' = 'liked');
+    INSERT INTO liked
+    SELECT v.page, l.n
+    FROM (SELECT * FROM TABLE(TUMBLE(TABLE views, DESCRIPTOR(ts), INTERVAL '10' SECOND))) v
+    JOIN (SELECT page, COUNT(*) AS n, window_start AS starts, window_end AS ends
+          FROM TABLE(TUMBLE(TABLE likes, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+          GROUP BY page, window_start, window_end) l
+    ON v.page = l.page AND v.window_start = l.starts AND v.window_end = l.ends;
+    """
+    log.create_topic("views")
+    log.create_topic("likes")
+
+    def at(topic: str, seconds: float, page: str) -> Event:
+        data = {"page": page, "ts": (T0 + timedelta(seconds=seconds)).isoformat()}
+        return Event(type=topic, source="/site", data=data)
+
+    log.append_events("views", [at("views", 1, "a"), at("views", 2, "b")])
+    log.append_events("likes", [at("likes", 3, "a"), at("likes", 4, "a")])
+    thread, stop, errors = start(Job(log, script, name="liked"))
+    wait_until(lambda: any(j.sequence for j in open_checkpoints(log).jobs()), what="a checkpoint of the open window")
+    stop.set()
+    thread.join()
+    assert not errors
+    log.append_events("likes", [at("likes", 5, "a"), at("likes", 11, "c")])  # a's third like counts with the two
+    log.append_events("views", [at("views", 12, "c")])
+    thread, stop, errors = start(Job(log, script, name="liked"))
+    wait_until(lambda: len(sink(log, "liked")) == 1, what="the first window's row")
+    stop.set()
+    thread.join()
+    assert not errors
+    assert [(data["page"], data["likes"]) for _, data, _ in sink(log, "liked")] == [("a", 3)]
+
+
 def test_a_query_reads_the_same_on_sqlite_and_kafka_and_a_job_on_kafka_says_why_not(place: Place) -> None:
     script = WINDOWS.replace("'readings'", f"'{place.topic}'")
     with connect(place.url) as log:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from inmotion.streams.expressions import ARROW_TYPES, as_array
 from inmotion.streams.operators import Side, StreamJoin, WindowJoin, WindowSide
-from inmotion.streams.windows import assign, column_of, event_times, late
+from inmotion.streams.windows import WindowState, assign, column_of, event_times, late
 
 _TIME = "__time"
 _END = "__end"
@@ -174,11 +174,13 @@ def _ipc(rows: pa.Table) -> bytes:
 class WindowJoinState:
     """A window join's state: each side's rows (projected, with their window's end and keys),
     until the watermark passes their window's end; then the window's rows of both sides are
-    joined (inner or outer) and dropped."""
+    joined (inner or outer) and dropped. A side that is a window aggregation keeps its groups
+    (a `WindowState` of its own), whose rows join as its windows fire."""
 
     def __init__(self, join: WindowJoin) -> None:
         self.join = join
         self.kept: Chunks = ({}, {})
+        self.groups = [WindowState(side.plan, _time_type(side)) if side.plan.grouped else None for side in join.sides]
         self._numbers = itertools.count()
         self._changed: set[tuple[int, int]] = set()
         self.fired = False
@@ -191,6 +193,9 @@ class WindowJoinState:
             keep = as_array(plan.where(rows), rows.num_rows)
             rows = rows.filter(keep)
             watermarks = watermarks.filter(keep) if watermarks is not None else None
+        groups = self.groups[side]
+        if groups is not None:
+            return groups.add(rows, watermarks)
         dropped = late(window, rows, watermarks)
         count = pc.sum(dropped).as_py() or 0
         if count:
@@ -198,10 +203,7 @@ class WindowJoinState:
         if not rows.num_rows:
             return count
         windowed = assign(window, rows, rows.schema.field(window.column).type)
-        projected = _projected(spec, windowed)
-        keyed = projected.append_column(_END, pc.cast(windowed.column("window_end"), pa.int64()))
-        for i, key in enumerate(spec.keys):
-            keyed = keyed.append_column(f"__k{i}", column_of(key(projected), projected.num_rows))
+        keyed = _side_rows(spec, windowed)
         number = next(self._numbers)
         self.kept[side][number] = keyed
         self._changed.add((side, number))
@@ -211,6 +213,10 @@ class WindowJoinState:
         """The joined rows of the windows whose end the watermark passed (None: none)."""
         due: list[pa.Table | None] = []
         for side in (0, 1):
+            groups = self.groups[side]
+            if groups is not None:
+                due.append(self._fired_groups(side, groups, watermark, previous))
+                continue
             parts = []
             for number, rows in list(self.kept[side].items()):
                 ready = pc.less_equal(pc.subtract(rows.column(_END), 1), watermark)
@@ -236,6 +242,17 @@ class WindowJoinState:
         if residual is not None and joined.num_rows:
             joined = joined.filter(as_array(residual(joined), joined.num_rows))
         return joined if joined.num_rows else None
+
+    def _fired_groups(self, side: int, groups: WindowState, watermark: int, previous: int | None) -> pa.Table | None:
+        """The rows of a window-aggregation side whose windows the watermark passed."""
+        fired = groups.fire(watermark, previous)
+        if fired is None:
+            return None
+        self.fired = True
+        having = self.join.sides[side].plan.having
+        if having is not None:
+            fired = fired.filter(as_array(having(fired), fired.num_rows))
+        return _side_rows(self.join.sides[side], fired) if fired.num_rows else None
 
     def _joined(self, left: pa.Table, right: pa.Table) -> pa.Table:
         keys = [_END, *(f"__k{i}" for i in range(len(self.join.left.keys)))]
@@ -270,8 +287,38 @@ class WindowJoinState:
         return pa.table(columns)
 
     def changes(self) -> dict[bytes, bytes | None]:
-        return _chunk_changes(self.kept, self._changed, self)
+        changed = _chunk_changes(self.kept, self._changed, self)
+        for side, groups in enumerate(self.groups):
+            if groups is not None:  # under `groups<side>:` (a chunk's key is a MessagePack array)
+                changed.update({_GROUPS[side] + key: value for key, value in groups.changes().items()})
+        return changed
 
     def restore(self, entries: Mapping[bytes, bytes]) -> None:
-        self._numbers = _restore_chunks(self.kept, entries)
+        chunks = {key: value for key, value in entries.items() if not key.startswith(_GROUPS)}
+        self._numbers = _restore_chunks(self.kept, chunks)
+        for side, groups in enumerate(self.groups):
+            if groups is not None:
+                prefix = _GROUPS[side]
+                groups.restore({k.removeprefix(prefix): v for k, v in entries.items() if k.startswith(prefix)})
         self._changed.clear()
+
+
+_GROUPS = (b"groups0:", b"groups1:")
+
+
+def _side_rows(spec: WindowSide, windowed: pa.Table) -> pa.Table:
+    """A side's rows (with their windows, or its fired groups) projected, with their window's
+    end and the join's keys."""
+    projected = _projected(spec, windowed)
+    keyed = projected.append_column(_END, pc.cast(windowed.column("window_end"), pa.int64()))
+    for i, key in enumerate(spec.keys):
+        keyed = keyed.append_column(f"__k{i}", column_of(key(projected), projected.num_rows))
+    return keyed
+
+
+def _time_type(spec: WindowSide) -> pa.DataType:
+    window = spec.plan.window
+    assert window is not None
+    column = spec.plan.source.column(window.column)
+    assert column is not None
+    return ARROW_TYPES[column.type]

@@ -71,6 +71,17 @@ QUERIES = {
         " SESSION_END(B.`dateTime`, INTERVAL '10' SECOND) AS endtime"
         " FROM bid B GROUP BY B.bidder, SESSION(B.`dateTime`, INTERVAL '10' SECOND)"
     ),
+    "q8": (
+        "SELECT P.id, P.name, P.starttime FROM ("
+        " SELECT id, name, window_start AS starttime, window_end AS endtime"
+        " FROM TABLE(TUMBLE(TABLE person, DESCRIPTOR(`dateTime`), INTERVAL '10' SECOND))"
+        " GROUP BY id, name, window_start, window_end"
+        ") P JOIN ("
+        " SELECT seller, window_start AS starttime, window_end AS endtime"
+        " FROM TABLE(TUMBLE(TABLE auction, DESCRIPTOR(`dateTime`), INTERVAL '10' SECOND))"
+        " GROUP BY seller, window_start, window_end"
+        ") A ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime"
+    ),
     "q9": (
         "SELECT id, itemName, description, initialBid, reserve, `dateTime`, expires, seller, category, extra,"
         " auction, bidder, price, bid_dateTime, bid_extra FROM ("

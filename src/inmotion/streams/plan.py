@@ -6,7 +6,7 @@ runs, each compiled once.
                 -> filter(HAVING) -> project(SELECT) [-> rank(ROW_NUMBER() <= N) -> project]
     scan(table) -> filter(WHERE) -> aggregate(GROUP BY keys: updates) -> filter(HAVING) -> project
     scan(left), scan(right) -> filter(each side's conditions) -> [interval] join -> filter -> project
-    scan(left), scan(right) -> each side's windowed query -> window join (inner, outer) -> project
+    scan(left), scan(right) -> each side's windowed query (or window aggregation) -> window join -> project
 
 Windows are TUMBLE, HOP, CUMULATE and SESSION. What a plan cannot express yet (outer regular
 joins, ORDER BY, deduplication, SELECT DISTINCT, OVER aggregations) is an `InvalidSql` naming

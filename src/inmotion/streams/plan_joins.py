@@ -31,7 +31,8 @@ class JoinPlanner:
     def window_join(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
         """`FROM (SELECT ... FROM TABLE(TUMBLE(...))) L [LEFT|RIGHT|FULL] JOIN (SELECT ...) R ON
         L.k = R.k AND L.window_start = R.window_start AND L.window_end = R.window_end`: Flink's
-        window join."""
+        window join. A side may be a window aggregation (GROUP BY window_start, window_end, ...;
+        inner joins), its bounds renamed (`window_start AS starttime`)."""
         [join] = select.args["joins"] if len(select.args["joins"]) == 1 else [None]
         if join is None:
             raise self.fail("a join of more than two tables is not supported yet", select.args["joins"][1])
@@ -47,11 +48,15 @@ class JoinPlanner:
             if not isinstance(node, exp.Subquery) or not isinstance(node.this, exp.Select):
                 raise self.fail("a window join joins two queries over window table functions", node)
             side = self.planner.select(query, node.this, None)
-            if side.window is None or side.grouped or side.window.kind == "SESSION" or side.join is not None:
+            if side.window is None or side.updating or side.window.kind == "SESSION" or side.join is not None:
                 raise self.fail(
-                    "each side of a window join selects from TABLE(TUMBLE|HOP|CUMULATE(...)), without GROUP BY", node
+                    "each side of a window join selects from TABLE(TUMBLE|HOP|CUMULATE(...)), maybe grouped by"
+                    " window_start, window_end and keys",
+                    node,
                 )
-            if not {"window_start", "window_end"} <= set(side.columns):
+            if side.grouped and kind != "INNER":
+                raise self.fail(f"a {kind} window join of window aggregations is not supported yet", node)
+            if not {"window_start", "window_end"} <= set(_bounds(node.this).values()):
                 raise self.fail("each side of a window join selects window_start and window_end", node)
             sides.append(side)
         first, second = (side.window for side in sides)
@@ -72,11 +77,11 @@ class JoinPlanner:
                 left, right = condition.this, condition.expression
                 if {self.side_of(c, aliases, columns) for c in left.find_all(exp.Column)} == {1}:
                     left, right = right, left
-                names = {c.name for c in (left, right) if isinstance(c, exp.Column)}
-                both = isinstance(left, exp.Column) and isinstance(right, exp.Column)
-                if both and len(names) == 1 and names <= {"window_start", "window_end"}:
-                    bounds |= names
-                    continue
+                if isinstance(left, exp.Column) and isinstance(right, exp.Column):
+                    bound = _bounds(nodes[0].this).get(left.name)
+                    if bound is not None and bound == _bounds(nodes[1].this).get(right.name):
+                        bounds.add(bound)
+                        continue
                 keys.append((left, right))
             elif kind == "INNER":
                 residual.append(condition)
@@ -286,6 +291,18 @@ class JoinPlanner:
     @staticmethod
     def unique(name: str, times: list[str | None]) -> bool:
         return sum(t is not None and t.endswith(f".{name}") for t in times) == 1
+
+
+def _bounds(select: exp.Select) -> dict[str, str]:
+    """The window bounds a windowed query selects: output name -> window_start or window_end."""
+    found: dict[str, str] = {}
+    for item in select.expressions:
+        selected = item.this if isinstance(item, exp.Alias) else item
+        if isinstance(selected, exp.Star):
+            found.update(window_start="window_start", window_end="window_end")
+        elif isinstance(selected, exp.Column) and selected.name in ("window_start", "window_end"):
+            found[item.alias_or_name] = selected.name
+    return found
 
 
 def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
