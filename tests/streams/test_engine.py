@@ -641,6 +641,36 @@ def test_a_window_join_of_window_aggregations_matches_a_count_per_window(
     assert found == want
 
 
+@settings(max_examples=40, deadline=None)
+@given(orders=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=25))
+def test_a_join_with_a_window_aggregation_matches_each_windows_maxima(orders: list[tuple[int, int]]) -> None:
+    # order n has amount n % 4: each second's largest amount, and the orders that have it (the window
+    # end is a value, not an event time: a regular join, with its time conditions as filters)
+    with connect("memory://") as log:
+        for topic in ("orders", "shipments"):
+            log.create_topic(topic)
+        log.append_events("orders", [stamped("orders", at, id=key, amount=n % 4) for n, (key, at) in enumerate(orders)])
+        query = (
+            "SELECT o.id, o.amount, m.ends FROM orders o JOIN (SELECT MAX(amount) AS top, window_end AS ends"
+            " FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+            " GROUP BY window_start, window_end) m"
+            " ON o.amount = m.top WHERE o.ts >= m.ends - INTERVAL '1' SECOND AND o.ts < m.ends"
+        )
+        found = sorted(
+            (r["id"], r["amount"], ms(r["ends"])) for _, t in Job(log, JOINED + query).query() for r in job_results(t)
+        )
+    top: dict[int, int] = {}
+    for n, (_, at) in enumerate(orders):
+        top[at - at % 1000 + 1000] = max(top.get(at - at % 1000 + 1000, 0), n % 4)
+    want = sorted(
+        (key, n % 4, end)
+        for n, (key, at) in enumerate(orders)
+        for end, amount in top.items()
+        if n % 4 == amount and end - 1000 <= at < end
+    )
+    assert found == want
+
+
 def test_window_join_shapes_the_engine_does_not_run_are_refused() -> None:
     with connect("memory://") as log:
         on = " ON o.id = s.order_id AND o.window_start = s.window_start AND o.window_end = s.window_end"

@@ -66,6 +66,12 @@ QUERIES = {
         " INTERVAL '0.1' SECOND, INTERVAL '0.2' SECOND))) A"
         " ON B.auction = A.id AND B.window_start = A.window_start AND B.window_end = A.window_end"
     ),
+    "window-maxima": (  # a regular join of a stream and a window aggregation (q7 with windows of 0.1 s)
+        "SELECT B.auction, B.price, M.ends FROM bid B JOIN (SELECT MAX(price) AS maxprice, window_end AS ends"
+        " FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '0.1' SECOND))"
+        " GROUP BY window_start, window_end) M ON B.price = M.maxprice"
+        " WHERE B.`dateTime` BETWEEN M.ends - INTERVAL '0.1' SECOND AND M.ends"
+    ),
     "quick-bids": (  # an interval join: bids within a second of their auction's opening
         "SELECT A.id, B.bidder, B.price FROM auction A JOIN bid B ON A.id = B.auction"
         " AND B.`dateTime` BETWEEN A.`dateTime` AND A.`dateTime` + INTERVAL '1' SECOND"

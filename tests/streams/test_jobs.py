@@ -578,6 +578,39 @@ def test_a_window_join_of_a_window_aggregation_resumes_with_its_groups(log: Log)
     assert [(data["page"], data["likes"]) for _, data, _ in sink(log, "liked")] == [("a", 3)]
 
 
+def test_a_join_with_a_window_aggregation_resumes_with_its_groups_and_rows(log: Log) -> None:
+    script = """
+    CREATE TABLE prices (symbol STRING, price BIGINT, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts)
+      WITH ('topic' = 'prices');
+    CREATE TABLE highs (symbol STRING, price BIGINT) WITH ('topic' = 'highs');
+    INSERT INTO highs
+    SELECT p.symbol, p.price FROM prices p
+    JOIN (SELECT MAX(price) AS top, window_end AS ends
+          FROM TABLE(TUMBLE(TABLE prices, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end) m
+    ON p.price = m.top WHERE p.ts >= m.ends - INTERVAL '10' SECOND AND p.ts < m.ends;
+    """
+    log.create_topic("prices")
+
+    def at(seconds: float, symbol: str, price: int) -> Event:
+        data = {"symbol": symbol, "price": price, "ts": (T0 + timedelta(seconds=seconds)).isoformat()}
+        return Event(type="price", source="/market", data=data)
+
+    log.append_events("prices", [at(1, "a", 5), at(2, "b", 7)])
+    thread, stop, errors = start(Job(log, script, name="highs"))
+    wait_until(lambda: any(j.sequence for j in open_checkpoints(log).jobs()), what="a checkpoint of the open window")
+    stop.set()
+    thread.join()
+    assert not errors
+    # the window's maximum so far (7) and b's row come back from the checkpoint
+    log.append_events("prices", [at(3, "c", 6), at(11, "d", 1)])
+    thread, stop, errors = start(Job(log, script, name="highs"))
+    wait_until(lambda: len(sink(log, "highs")) == 1, what="the first window's high")
+    stop.set()
+    thread.join()
+    assert not errors
+    assert [(data["symbol"], data["price"]) for _, data, _ in sink(log, "highs")] == [("b", 7)]
+
+
 def test_a_query_reads_the_same_on_sqlite_and_kafka_and_a_job_on_kafka_says_why_not(place: Place) -> None:
     script = WINDOWS.replace("'readings'", f"'{place.topic}'")
     with connect(place.url) as log:

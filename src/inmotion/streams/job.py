@@ -37,7 +37,7 @@ from inmotion.log import Log, Message, Record, TopicConfig
 from inmotion.streams.checkpoints import Checkpoint, Checkpoints, Source, open_checkpoints
 from inmotion.streams.expressions import ARROW_TYPES, as_array
 from inmotion.streams.joins import StreamJoinState, WindowJoinState
-from inmotion.streams.operators import Plan, StreamJoin, WindowJoin, project
+from inmotion.streams.operators import Plan, WindowJoin, project
 from inmotion.streams.plan import plans
 from inmotion.streams.rank import RankState, top_n
 from inmotion.streams.scan import Scan
@@ -139,8 +139,9 @@ class Pipeline:
         self.progress.malformed += malformed
         # windows and interval joins drop late rows: they need the watermark each row meets
         join = self.plan.join
-        interval = isinstance(join, StreamJoin) and join.interval is not None
-        timed = interval or isinstance(join, WindowJoin) or (self.state is not None and self.plan.window is not None)
+        timed = (join is not None and (isinstance(join, WindowJoin) or join.timed)) or (
+            self.state is not None and self.plan.window is not None
+        )
         marks = self.row_watermarks(side, partition, batch, now) if timed else None
         if isinstance(self.state, StreamJoinState):
             late, joined = self.state.add(side, batch, marks)
@@ -187,7 +188,7 @@ class Pipeline:
         previous = self.progress.watermark
         if watermark != FINAL:
             self.progress.watermark = watermark
-        if isinstance(self.state, (WindowState, SessionState, WindowJoinState)):
+        if isinstance(self.state, (WindowState, SessionState, WindowJoinState, StreamJoinState)):
             fired = self.state.fire(watermark, previous)
             if fired is not None:
                 plan = self.plan

@@ -12,7 +12,7 @@ kept rows are the state: a checkpoint writes the chunks that changed (Arrow IPC)
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inmotion.streams.expressions import ARROW_TYPES, as_array
-from inmotion.streams.operators import Side, StreamJoin, WindowJoin, WindowSide
+from inmotion.streams.operators import Plan, Side, StreamJoin, WindowJoin, WindowSide, project
 from inmotion.streams.windows import WindowState, assign, column_of, event_times, late
 
 _TIME = "__time"
@@ -32,13 +32,44 @@ class StreamJoinState:
         self.join = join
         self.kept: Chunks = ({}, {})
         """Per side, by chunk number: rows with their keys (`__k0`...) and time (`__time`)."""
+        self.groups = [WindowState(side.plan, _time_type(side.plan)) if side.plan else None for side in join.sides]
+        """A side that is a window aggregation: its groups, which join as their windows fire."""
         self._numbers = itertools.count()
         self._changed: set[tuple[int, int]] = set()
         self.fired = False
 
     def add(self, side: int, rows: pa.Table, watermarks: Any) -> tuple[int, pa.Table | None]:
         """Join a batch of one side (0 left, 1 right) with what the other keeps, then keep it:
-        (late rows dropped, the joined rows or None)."""
+        (late rows dropped, the joined rows or None). A window aggregation's rows go to its
+        groups instead."""
+        spec = self.join.sides[side]
+        groups = self.groups[side]
+        if groups is not None:
+            assert spec.plan is not None
+            if spec.plan.where is not None and rows.num_rows:
+                keep = as_array(spec.plan.where(rows), rows.num_rows)
+                rows = rows.filter(keep)
+                watermarks = watermarks.filter(keep) if watermarks is not None else None
+            return groups.add(rows, watermarks), None
+        return self._arrive(side, rows, watermarks)
+
+    def fire(self, watermark: int, previous: int | None) -> pa.Table | None:
+        """Join the groups of the windows the watermark passed, as rows of their side come."""
+        joined = []
+        for side, groups in enumerate(self.groups):
+            fired = groups.fire(watermark, previous) if groups is not None else None
+            plan = self.join.sides[side].plan
+            if fired is None or plan is None:
+                continue
+            self.fired = True
+            if plan.having is not None:
+                fired = fired.filter(as_array(plan.having(fired), fired.num_rows))
+            found = self._arrive(side, project(fired, plan.select), None)[1] if fired.num_rows else None
+            if found is not None:
+                joined.append(found)
+        return pa.concat_tables(joined, promote_options="permissive") if joined else None
+
+    def _arrive(self, side: int, rows: pa.Table, watermarks: Any) -> tuple[int, pa.Table | None]:
         spec = self.join.sides[side]
         rows = rows.rename_columns([f"{spec.alias}.{name}" for name in rows.column_names])
         if spec.where is not None and rows.num_rows:
@@ -117,10 +148,10 @@ class StreamJoinState:
 
     # --- checkpoints --------------------------------------------------------------------------
     def changes(self) -> dict[bytes, bytes | None]:
-        return _chunk_changes(self.kept, self._changed, self)
+        return _chunk_changes(self.kept, self._changed, self) | _group_changes(self.groups)
 
     def restore(self, entries: Mapping[bytes, bytes]) -> None:
-        self._numbers = _restore_chunks(self.kept, entries)
+        self._numbers = _restore_chunks(self.kept, _restore_groups(self.groups, entries))
         self._changed.clear()
 
 
@@ -180,7 +211,9 @@ class WindowJoinState:
     def __init__(self, join: WindowJoin) -> None:
         self.join = join
         self.kept: Chunks = ({}, {})
-        self.groups = [WindowState(side.plan, _time_type(side)) if side.plan.grouped else None for side in join.sides]
+        self.groups = [
+            WindowState(side.plan, _time_type(side.plan)) if side.plan.grouped else None for side in join.sides
+        ]
         self._numbers = itertools.count()
         self._changed: set[tuple[int, int]] = set()
         self.fired = False
@@ -287,23 +320,33 @@ class WindowJoinState:
         return pa.table(columns)
 
     def changes(self) -> dict[bytes, bytes | None]:
-        changed = _chunk_changes(self.kept, self._changed, self)
-        for side, groups in enumerate(self.groups):
-            if groups is not None:  # under `groups<side>:` (a chunk's key is a MessagePack array)
-                changed.update({_GROUPS[side] + key: value for key, value in groups.changes().items()})
-        return changed
+        return _chunk_changes(self.kept, self._changed, self) | _group_changes(self.groups)
 
     def restore(self, entries: Mapping[bytes, bytes]) -> None:
-        chunks = {key: value for key, value in entries.items() if not key.startswith(_GROUPS)}
-        self._numbers = _restore_chunks(self.kept, chunks)
-        for side, groups in enumerate(self.groups):
-            if groups is not None:
-                prefix = _GROUPS[side]
-                groups.restore({k.removeprefix(prefix): v for k, v in entries.items() if k.startswith(prefix)})
+        self._numbers = _restore_chunks(self.kept, _restore_groups(self.groups, entries))
         self._changed.clear()
 
 
 _GROUPS = (b"groups0:", b"groups1:")
+"""The prefixes of a side's groups' entries (a chunk's key is a MessagePack array: never so)."""
+
+
+def _group_changes(groups: Sequence[WindowState | None]) -> dict[bytes, bytes | None]:
+    return {
+        _GROUPS[side] + key: value
+        for side, state in enumerate(groups)
+        if state is not None
+        for key, value in state.changes().items()
+    }
+
+
+def _restore_groups(groups: Sequence[WindowState | None], entries: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+    """Restore the sides' groups from their entries; the rest (the chunks of rows)."""
+    for side, state in enumerate(groups):
+        if state is not None:
+            prefix = _GROUPS[side]
+            state.restore({k.removeprefix(prefix): v for k, v in entries.items() if k.startswith(prefix)})
+    return {key: value for key, value in entries.items() if not key.startswith(_GROUPS)}
 
 
 def _side_rows(spec: WindowSide, windowed: pa.Table) -> pa.Table:
@@ -316,9 +359,9 @@ def _side_rows(spec: WindowSide, windowed: pa.Table) -> pa.Table:
     return keyed
 
 
-def _time_type(spec: WindowSide) -> pa.DataType:
-    window = spec.plan.window
+def _time_type(plan: Plan) -> pa.DataType:
+    window = plan.window
     assert window is not None
-    column = spec.plan.source.column(window.column)
+    column = plan.source.column(window.column)
     assert column is not None
     return ARROW_TYPES[column.type]

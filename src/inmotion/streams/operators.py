@@ -100,6 +100,8 @@ class Side:
     """The equi-join's key expressions on this side (as many as the other side's)."""
     time: str | None
     """The watermarked column, qualified (an interval join's sides have one)."""
+    plan: Plan | None = None
+    """A window aggregation over `table`: the side's rows are its groups, as its windows fire."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +119,12 @@ class StreamJoin:
     @property
     def sides(self) -> tuple[Side, Side]:
         return self.left, self.right
+
+    @property
+    def timed(self) -> bool:
+        """Do its rows meet watermarks: an interval join's late rows are dropped, a window
+        aggregation's windows fire by them."""
+        return self.interval is not None or any(side.plan is not None for side in self.sides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +221,10 @@ class Plan:
             lines.append("  state: each side's rows, kept until the other side's watermark passes their interval")
         elif self.join is not None:
             join = self.join
+            for side in join.sides:
+                if side.plan is not None and side.plan.window is not None:
+                    lines.append(f"{side.alias}: window {side.plan.window.describe()}, aggregate by window and keys")
+                    lines.append("  state: one row per window and key; the rows join as their window fires")
             lines.append(f"join {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys")
             lines.append("  state: each side's rows, kept for good (a regular join)")
         if self.where is not None:

@@ -84,7 +84,8 @@ class Planner:
     def select(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
         if select.args.get("joins"):
             joins = JoinPlanner(self)
-            if isinstance(select.args["from_"].this, exp.Subquery):
+            nodes = [select.args["from_"].this, *(join.this for join in select.args["joins"])]
+            if all(isinstance(node, exp.Subquery) for node in nodes):
                 return joins.window_join(query, select, sink)
             return joins.stream_join(query, select, sink)
         select = self.group_window(select)

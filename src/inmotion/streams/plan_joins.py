@@ -125,20 +125,40 @@ class JoinPlanner:
             if select.args.get(arg):
                 raise self.fail(f"{arg.upper()} over a join is not supported yet", select.args[arg])
         left_node, right_node = select.args["from_"].this, join.this
+        tables: list[Table] = []
+        aggregations: list[Plan | None] = []  # a side that is a window aggregation
         for node in (left_node, right_node):
-            if not (isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier)):
-                raise self.fail("a join of two streams joins two tables (not subqueries or table functions)", node)
-        tables = [self.planner.table(left_node), self.planner.table(right_node)]
+            if isinstance(node, exp.Subquery) and isinstance(node.this, exp.Select):
+                aggregation = self.planner.select(query, node.this, None)
+                if aggregation.window is None or not aggregation.grouped or aggregation.rank is not None:
+                    raise self.fail(
+                        "a query joined with a stream is a window aggregation (GROUP BY window_start, window_end, ...)",
+                        node,
+                    )
+                if not node.alias:
+                    raise self.fail("a joined query needs an alias: (SELECT ...) AS name", node)
+                tables.append(aggregation.source)
+                aggregations.append(aggregation)
+            elif isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+                tables.append(self.planner.table(node))
+                aggregations.append(None)
+            else:
+                raise self.fail("a join of two streams joins tables or window aggregations", node)
+        if any(aggregations) and any(t.watermark is None for t in tables):
+            raise self.fail("a join with a window aggregation fires its windows by both sides' watermarks", join)
         aliases = [left_node.alias_or_name, right_node.alias_or_name]
         if aliases[0] == aliases[1]:
             raise self.fail(f"both sides of the join are called {aliases[0]}: give one an alias", right_node)
-        columns = {
-            f"{a}.{c.name}": ARROW_TYPES[c.type] for a, t in zip(aliases, tables, strict=True) for c in t.columns
-        }
+        columns: dict[str, pa.DataType] = {}
+        for alias, table, aggregated in zip(aliases, tables, aggregations, strict=True):
+            if aggregated is None:
+                columns.update({f"{alias}.{c.name}": ARROW_TYPES[c.type] for c in table.columns})
+            else:
+                columns.update({f"{alias}.{name}": pa.null() for name in aggregated.columns})
         conditions = [*_conjuncts(join.args.get("on")), *_conjuncts((select.args.get("where") or exp.Where()).this)]
-        times = [
-            f"{a}.{t.watermark.column}" if t.watermark is not None else None
-            for a, t in zip(aliases, tables, strict=True)
+        times = [  # a window aggregation's rows have no event time: window_end is a value
+            f"{a}.{t.watermark.column}" if t.watermark is not None and aggregated is None else None
+            for a, t, aggregated in zip(aliases, tables, aggregations, strict=True)
         ]
         bounds: dict[str, int] = {}
         timing: list[exp.Expr] = []
@@ -174,12 +194,16 @@ class JoinPlanner:
                 join,
             )
         sides = []
-        for i, (alias, table) in enumerate(zip(aliases, tables, strict=True)):
+        for i, (alias, table, aggregated) in enumerate(zip(aliases, tables, aggregations, strict=True)):
             own = {name: t for name, t in columns.items() if name.startswith(f"{alias}.")}
             where_ = _all_of(alone[i])
-            used = {
-                c.name for c in select.walk() if isinstance(c, exp.Column) and self.side_of(c, aliases, columns) == i
-            }
+            if aggregated is not None:
+                where_compiled = compile_expression(self.sql, where_, own) if where_ is not None else None
+                keys_compiled = tuple(compile_expression(self.sql, pair[i], own) for pair in keys)
+                sides.append(Side(table, alias, aggregated.reads, where_compiled, keys_compiled, None, aggregated))
+                continue
+            outside = select.walk(prune=lambda node: isinstance(node, exp.Subquery))  # not a joined query's own
+            used = {c.name for c in outside if isinstance(c, exp.Column) and self.side_of(c, aliases, columns) == i}
             stars = [  # `*` or `alias.*`
                 item.table if isinstance(item, exp.Column) else ""
                 for item in select.expressions
