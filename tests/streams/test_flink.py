@@ -144,6 +144,7 @@ def plain(value: Any) -> Any:
     return value
 
 
+@pytest.mark.timeout(600)  # ~4.5 min here: Flink runs each of the ~33 queries as a job of its own
 def test_the_embedded_engine_gives_flinks_rows(pyflink: Path, kafka_bootstrap: str, tmp_path: Path) -> None:
     with connect(f"kafka://{kafka_bootstrap}?timeout=30") as log:
         for topic in nexmark.TOPICS:
