@@ -7,7 +7,7 @@ import json
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -113,19 +113,25 @@ def start(job: Job) -> tuple[threading.Thread, threading.Event, list[BaseExcepti
     return thread, stop, errors
 
 
+def run_until(job: Job, condition: Callable[[], bool], what: str) -> None:
+    """Run `job` until `condition` holds, then stop it (it checkpoints) and check it ended well."""
+    thread, stop, errors = start(job)
+    wait_until(condition, what=what)
+    stop.set()
+    thread.join()
+    assert not errors
+
+
+def checkpointed(log: Log) -> bool:
+    """Has a job checkpointed yet."""
+    return any(job.sequence for job in open_checkpoints(log).jobs())
+
+
 def test_a_job_appends_each_result_once_and_resumes_from_its_checkpoint(log: Log) -> None:
     log.append_events("readings", readings(0, 500))  # up to 4.99 s: the watermark 3.99 s closes 3 windows
-    thread, stop, errors = start(Job(log, SCRIPT, name="averages"))
-    wait_until(lambda: len(sink(log)) == 3 * 4, what="the closed windows' results")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(Job(log, SCRIPT, name="averages"), lambda: len(sink(log)) == 3 * 4, what="the closed windows' results")
     log.append_events("readings", readings(500, 500))
-    thread, stop, errors = start(Job(log, SCRIPT, name="averages"))
-    wait_until(lambda: len(sink(log)) == 8 * 4, what="the results after the restart")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(Job(log, SCRIPT, name="averages"), lambda: len(sink(log)) == 8 * 4, what="the results after the restart")
     found = sink(log)
     assert len({event_id for event_id, _, _ in found}) == len(found)
     assert results(found) == expected(log, closed_before_ms=9_990 - 1_000)
@@ -336,18 +342,14 @@ def test_distinct_values_survive_a_restart(log: Log) -> None:
         found = [r.event().data for r in log.read("amounts", 0, 0, 1000)] if "amounts" in log.list_topics() else []
         return found[-1] if found else None
 
-    def run_until(kinds: int, big: int) -> None:
-        thread, stop, errors = start(Job(log, script, name="amounts"))
+    def run_to(kinds: int, big: int) -> None:
         want = {"card": "a", "kinds": kinds, "big": big}
-        wait_until(lambda: newest() == want, what=f"the row {want}")
-        stop.set()
-        thread.join()
-        assert not errors
+        run_until(Job(log, script, name="amounts"), lambda: newest() == want, what=f"the row {want}")
 
     log.append_events("payments", pay(4, 4, 5))
-    run_until(kinds=2, big=1)
+    run_to(kinds=2, big=1)
     log.append_events("payments", pay(5, 6, 3))  # 5 was seen before the restart: not counted again
-    run_until(kinds=4, big=2)
+    run_to(kinds=4, big=2)
 
 
 def test_an_interval_join_resumes_with_the_rows_it_kept(log: Log) -> None:
@@ -369,19 +371,17 @@ def test_an_interval_join_resumes_with_the_rows_it_kept(log: Log) -> None:
 
     log.append_events("clicks", [at("clicks", s, ad=s % 3) for s in range(0, 20, 2)])
     log.append_events("buys", [at("buys", 5, ad=2, amount=1), at("buys", 6, ad=0, amount=2)])
-    thread, stop, errors = start(Job(log, script, name="conversions"))
-    wait_until(lambda: len(sink(log, "conversions")) == 3, what="the first conversions")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(
+        Job(log, script, name="conversions"), lambda: len(sink(log, "conversions")) == 3, what="the first conversions"
+    )
     # the clicks kept come back from the checkpoint: later buys still meet them
     log.append_events("buys", [at("buys", 15, ad=1, amount=3), at("buys", 21, ad=0, amount=4)])
     log.append_events("clicks", [at("clicks", 30, ad=9)])
-    thread, stop, errors = start(Job(log, script, name="conversions"))
-    wait_until(lambda: len(sink(log, "conversions")) == 6, what="the conversions after the restart")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(
+        Job(log, script, name="conversions"),
+        lambda: len(sink(log, "conversions")) == 6,
+        what="the conversions after the restart",
+    )
     found = sorted((data["ad"], data["amount"], data["clicked"]) for _, data, _ in sink(log, "conversions"))
     clicks = {s: s % 3 for s in range(0, 20, 2)}
     buys = [(5, 2, 1), (6, 0, 2), (15, 1, 3), (21, 0, 4)]
@@ -409,19 +409,13 @@ def test_a_regular_join_resumes_with_every_row_it_kept(log: Log) -> None:
 
     log.append_events("customers", [row("customers", id=1, name="ann"), row("customers", id=2, name="bob")])
     log.append_events("orders", [row("orders", customer=1, amount=10)])
-    thread, stop, errors = start(Job(log, script, name="named"))
-    wait_until(lambda: len(sink(log, "named")) == 1, what="the first joined order")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(Job(log, script, name="named"), lambda: len(sink(log, "named")) == 1, what="the first joined order")
     # both sides' rows come back from the checkpoint, however old: new rows of either side meet them
     log.append_events("orders", [row("orders", customer=2, amount=20), row("orders", customer=3, amount=30)])
     log.append_events("customers", [row("customers", id=1, name="ann2")])
-    thread, stop, errors = start(Job(log, script, name="named"))
-    wait_until(lambda: len(sink(log, "named")) == 3, what="the joined rows after the restart")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(
+        Job(log, script, name="named"), lambda: len(sink(log, "named")) == 3, what="the joined rows after the restart"
+    )
     assert sorted((data["name"], data["amount"]) for _, data, _ in sink(log, "named")) == [
         ("ann", 10),
         ("ann2", 10),
@@ -456,20 +450,17 @@ def test_a_top_n_upserts_its_rows_and_deletes_those_that_fall_out_across_restart
             newest[record.key] = None if record.value is None else record.event().data["amount"]
         return {key: amount for key, amount in newest.items() if amount is not None}
 
-    def run_until(top2: dict[bytes | None, Any], biggest: dict[bytes | None, Any]) -> None:
-        thread, stop, errors = start(Job(log, script, name="top"))
-        wait_until(lambda: table("top2") == top2 and table("biggest") == biggest, what=f"{top2} and {biggest}")
-        stop.set()
-        thread.join()
-        assert not errors
+    def run_to(top2: dict[bytes | None, Any], biggest: dict[bytes | None, Any]) -> None:
+        shown = lambda: table("top2") == top2 and table("biggest") == biggest  # noqa: E731
+        run_until(Job(log, script, name="top"), shown, what=f"{top2} and {biggest}")
 
     pay("a", 5)
     pay("b", 1)
-    run_until({b"a|1": 5, b"b|1": 1}, {b"a|5": 5, b"b|1": 1})
+    run_to({b"a|1": 5, b"b|1": 1}, {b"a|5": 5, b"b|1": 1})
     pay("a", 7)  # a's 5 moves to place 2; in `biggest`, 5 is deleted and 7 comes
-    run_until({b"a|1": 7, b"a|2": 5, b"b|1": 1}, {b"a|7": 7, b"b|1": 1})
+    run_to({b"a|1": 7, b"a|2": 5, b"b|1": 1}, {b"a|7": 7, b"b|1": 1})
     pay("a", 6, 2)  # after the restart: 6 takes place 2 from 5; 2 ranks nowhere
-    run_until({b"a|1": 7, b"a|2": 6, b"b|1": 1}, {b"a|7": 7, b"b|1": 1})
+    run_to({b"a|1": 7, b"a|2": 6, b"b|1": 1}, {b"a|7": 7, b"b|1": 1})
     assert log.describe_topic("top2").config.compact
 
 
@@ -525,19 +516,11 @@ def test_a_window_join_resumes_with_the_rows_of_open_windows(log: Log) -> None:
 
     log.append_events("views", [at("views", 1, "a"), at("views", 2, "b")])
     log.append_events("likes", [at("likes", 3, "a")])
-    thread, stop, errors = start(Job(log, script, name="pairs"))
-    wait_until(lambda: any(j.sequence for j in open_checkpoints(log).jobs()), what="a checkpoint of the open window")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(Job(log, script, name="pairs"), lambda: checkpointed(log), what="a checkpoint of the open window")
     assert sink(log, "pairs") == []  # the window [0 s, 10 s) is open: its rows are in the checkpoint
     log.append_events("views", [at("views", 11, "c")])
     log.append_events("likes", [at("likes", 12, "c")])
-    thread, stop, errors = start(Job(log, script, name="pairs"))
-    wait_until(lambda: len(sink(log, "pairs")) == 2, what="the first window's pairs")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(Job(log, script, name="pairs"), lambda: len(sink(log, "pairs")) == 2, what="the first window's pairs")
     assert sorted((data["page"], data["liked"]) for _, data, _ in sink(log, "pairs")) == [("a", "a"), ("b", None)]
 
 
@@ -563,18 +546,10 @@ def test_a_window_join_of_a_window_aggregation_resumes_with_its_groups(log: Log)
 
     log.append_events("views", [at("views", 1, "a"), at("views", 2, "b")])
     log.append_events("likes", [at("likes", 3, "a"), at("likes", 4, "a")])
-    thread, stop, errors = start(Job(log, script, name="liked"))
-    wait_until(lambda: any(j.sequence for j in open_checkpoints(log).jobs()), what="a checkpoint of the open window")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(Job(log, script, name="liked"), lambda: checkpointed(log), what="a checkpoint of the open window")
     log.append_events("likes", [at("likes", 5, "a"), at("likes", 11, "c")])  # a's third like counts with the two
     log.append_events("views", [at("views", 12, "c")])
-    thread, stop, errors = start(Job(log, script, name="liked"))
-    wait_until(lambda: len(sink(log, "liked")) == 1, what="the first window's row")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(Job(log, script, name="liked"), lambda: len(sink(log, "liked")) == 1, what="the first window's row")
     assert [(data["page"], data["likes"]) for _, data, _ in sink(log, "liked")] == [("a", 3)]
 
 
@@ -596,18 +571,10 @@ def test_a_join_with_a_window_aggregation_resumes_with_its_groups_and_rows(log: 
         return Event(type="price", source="/market", data=data)
 
     log.append_events("prices", [at(1, "a", 5), at(2, "b", 7)])
-    thread, stop, errors = start(Job(log, script, name="highs"))
-    wait_until(lambda: any(j.sequence for j in open_checkpoints(log).jobs()), what="a checkpoint of the open window")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(Job(log, script, name="highs"), lambda: checkpointed(log), what="a checkpoint of the open window")
     # the window's maximum so far (7) and b's row come back from the checkpoint
     log.append_events("prices", [at(3, "c", 6), at(11, "d", 1)])
-    thread, stop, errors = start(Job(log, script, name="highs"))
-    wait_until(lambda: len(sink(log, "highs")) == 1, what="the first window's high")
-    stop.set()
-    thread.join()
-    assert not errors
+    run_until(Job(log, script, name="highs"), lambda: len(sink(log, "highs")) == 1, what="the first window's high")
     assert [(data["symbol"], data["price"]) for _, data, _ in sink(log, "highs")] == [("b", 7)]
 
 
