@@ -496,10 +496,28 @@ def test_state_ttl_forgets_a_group_no_row_came_to(log: Log) -> None:
     assert sorted(totals()) == [("a", 5), ("a", 10), ("b", 1), ("b", 3), ("b", 7)]
 
 
+PAGES = """
+CREATE TABLE views (page STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'views');
+CREATE TABLE likes (page STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'likes');
+"""
+
+
+def pages(log: Log, views: list[tuple[float, str]], likes: list[tuple[float, str]]) -> None:
+    """Append page views and likes, (seconds after T0, page) each, to their topics (made if missing)."""
+    for topic, rows in (("views", views), ("likes", likes)):
+        if topic not in log.list_topics():
+            log.create_topic(topic)
+        at = [(T0 + timedelta(seconds=seconds)).isoformat() for seconds, _ in rows]
+        log.append_events(
+            topic,
+            [Event(type=topic, source="/site", data={"page": p, "ts": t}) for (_, p), t in zip(rows, at, strict=True)],
+        )
+
+
 def test_a_window_join_resumes_with_the_rows_of_open_windows(log: Log) -> None:
-    script = """
-    CREATE TABLE views (page STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'views');
-    CREATE TABLE likes (page STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'likes');
+    script = (
+        PAGES
+        + """
     CREATE TABLE pairs (page STRING, liked STRING, window_start TIMESTAMP_LTZ(3)) WITH ('topic' = 'pairs');
     INSERT INTO pairs
     SELECT v.page, l.page, v.window_start
@@ -507,27 +525,19 @@ def test_a_window_join_resumes_with_the_rows_of_open_windows(log: Log) -> None:
     LEFT JOIN (SELECT * FROM TABLE(TUMBLE(TABLE likes, DESCRIPTOR(ts), INTERVAL '10' SECOND))) l
     ON v.page = l.page AND v.window_start = l.window_start AND v.window_end = l.window_end;
     """
-    log.create_topic("views")
-    log.create_topic("likes")
-
-    def at(topic: str, seconds: float, page: str) -> Event:
-        data = {"page": page, "ts": (T0 + timedelta(seconds=seconds)).isoformat()}
-        return Event(type=topic, source="/site", data=data)
-
-    log.append_events("views", [at("views", 1, "a"), at("views", 2, "b")])
-    log.append_events("likes", [at("likes", 3, "a")])
+    )
+    pages(log, views=[(1, "a"), (2, "b")], likes=[(3, "a")])
     run_until(Job(log, script, name="pairs"), lambda: checkpointed(log), what="a checkpoint of the open window")
     assert sink(log, "pairs") == []  # the window [0 s, 10 s) is open: its rows are in the checkpoint
-    log.append_events("views", [at("views", 11, "c")])
-    log.append_events("likes", [at("likes", 12, "c")])
+    pages(log, views=[(11, "c")], likes=[(12, "c")])
     run_until(Job(log, script, name="pairs"), lambda: len(sink(log, "pairs")) == 2, what="the first window's pairs")
     assert sorted((data["page"], data["liked"]) for _, data, _ in sink(log, "pairs")) == [("a", "a"), ("b", None)]
 
 
 def test_a_window_join_of_a_window_aggregation_resumes_with_its_groups(log: Log) -> None:
-    script = """
-    CREATE TABLE views (page STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'views');
-    CREATE TABLE likes (page STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'likes');
+    script = (
+        PAGES
+        + """
     CREATE TABLE liked (page STRING, likes BIGINT) WITH ('topic' = 'liked');
     INSERT INTO liked
     SELECT v.page, l.n
@@ -537,18 +547,10 @@ def test_a_window_join_of_a_window_aggregation_resumes_with_its_groups(log: Log)
           GROUP BY page, window_start, window_end) l
     ON v.page = l.page AND v.window_start = l.starts AND v.window_end = l.ends;
     """
-    log.create_topic("views")
-    log.create_topic("likes")
-
-    def at(topic: str, seconds: float, page: str) -> Event:
-        data = {"page": page, "ts": (T0 + timedelta(seconds=seconds)).isoformat()}
-        return Event(type=topic, source="/site", data=data)
-
-    log.append_events("views", [at("views", 1, "a"), at("views", 2, "b")])
-    log.append_events("likes", [at("likes", 3, "a"), at("likes", 4, "a")])
+    )
+    pages(log, views=[(1, "a"), (2, "b")], likes=[(3, "a"), (4, "a")])
     run_until(Job(log, script, name="liked"), lambda: checkpointed(log), what="a checkpoint of the open window")
-    log.append_events("likes", [at("likes", 5, "a"), at("likes", 11, "c")])  # a's third like counts with the two
-    log.append_events("views", [at("views", 12, "c")])
+    pages(log, views=[(12, "c")], likes=[(5, "a"), (11, "c")])  # a's third like counts with the two
     run_until(Job(log, script, name="liked"), lambda: len(sink(log, "liked")) == 1, what="the first window's row")
     assert [(data["page"], data["likes"]) for _, data, _ in sink(log, "liked")] == [("a", 3)]
 
