@@ -16,12 +16,13 @@ import msgspec
 import pytest
 
 from inmotion.clock import FakeClock
-from inmotion.errors import InvalidConfig, InvalidSql
+from inmotion.errors import InvalidConfig, InvalidSql, UnknownTopic
 from inmotion.events import Event
 from inmotion.log import Log, Message, TopicConfig, connect
 from inmotion.streams.checkpoints import JobTakenOver, open_checkpoints
-from inmotion.streams.flink import flink_jars, flink_job, flink_python
+from inmotion.streams.flink import flink_jars, flink_job, flink_python, prepare_topics
 from inmotion.streams.job import Job, job_results
+from inmotion.streams.sql import parse
 from inmotion.testing import wait_until
 from tests.conftest import Place
 from tests.test_cli import INMOTION
@@ -111,6 +112,17 @@ def start(job: Job) -> tuple[threading.Thread, threading.Event, list[BaseExcepti
     thread = threading.Thread(target=run)
     thread.start()
     return thread, stop, errors
+
+
+PAYMENTS = "CREATE TABLE payments (card STRING, amount BIGINT) WITH ('topic' = 'payments');\n"
+
+
+def pay(log: Log, card: str, *amounts: int) -> None:
+    """Append a card's payments (the topic made if missing)."""
+    if "payments" not in log.list_topics():
+        log.create_topic("payments")
+    events = [Event(type="payment", source="/cards", data={"card": card, "amount": a}) for a in amounts]
+    log.append_events("payments", events)
 
 
 def run_until(job: Job, condition: Callable[[], bool], what: str) -> None:
@@ -291,17 +303,15 @@ def test_a_job_killed_with_sigkill_resumes_with_every_result_once(log: Log, tmp_
 
 
 def test_an_updating_query_upserts_by_primary_key_and_deletes_with_tombstones(log: Log) -> None:
-    script = """
-    CREATE TABLE payments (card STRING, amount BIGINT) WITH ('topic' = 'payments');
+    script = (
+        PAYMENTS
+        + """
     CREATE TABLE balances (card STRING, total BIGINT, payments BIGINT, PRIMARY KEY (card) NOT ENFORCED)
       WITH ('topic' = 'balances');
     INSERT INTO balances
     SELECT card, SUM(amount), COUNT(*) FROM payments GROUP BY card HAVING SUM(amount) > 5;
     """
-    log.create_topic("payments")
-
-    def pay(card: str, amount: int) -> Event:
-        return Event(type="payment", source="/cards", data={"card": card, "amount": amount})
+    )
 
     def balances() -> dict[bytes | None, dict[str, Any] | None]:
         newest: dict[bytes | None, dict[str, Any] | None] = {}
@@ -309,14 +319,17 @@ def test_an_updating_query_upserts_by_primary_key_and_deletes_with_tombstones(lo
             newest[record.key] = None if record.value is None else record.event().data
         return newest
 
-    log.append_events("payments", [pay("a", 4), pay("b", 10), pay("a", 3)])
+    pay(log, "a", 4)
+    pay(log, "b", 10)
+    pay(log, "a", 3)
     thread, stop, errors = start(Job(log, script, name="balances"))
     wait_until(lambda: "balances" in log.list_topics() and len(balances()) == 2, what="the first upserts")
     assert balances() == {
         b"a": {"card": "a", "total": 7, "payments": 2},
         b"b": {"card": "b", "total": 10, "payments": 1},
     }
-    log.append_events("payments", [pay("b", -8), pay("c", 1)])
+    pay(log, "b", -8)
+    pay(log, "c", 1)
     wait_until(lambda: balances().get(b"b", {}) is None, what="b's tombstone")
     stop.set()
     thread.join()
@@ -326,17 +339,15 @@ def test_an_updating_query_upserts_by_primary_key_and_deletes_with_tombstones(lo
 
 
 def test_distinct_values_survive_a_restart(log: Log) -> None:
-    script = """
-    CREATE TABLE payments (card STRING, amount BIGINT) WITH ('topic' = 'payments');
+    script = (
+        PAYMENTS
+        + """
     CREATE TABLE amounts (card STRING, kinds BIGINT, big BIGINT, PRIMARY KEY (card) NOT ENFORCED)
       WITH ('topic' = 'amounts');
     INSERT INTO amounts
     SELECT card, COUNT(DISTINCT amount), COUNT(DISTINCT amount) FILTER (WHERE amount > 4) FROM payments GROUP BY card;
     """
-    log.create_topic("payments")
-
-    def pay(*amounts: int) -> list[Event]:
-        return [Event(type="payment", source="/cards", data={"card": "a", "amount": a}) for a in amounts]
+    )
 
     def newest() -> dict[str, Any] | None:
         found = [r.event().data for r in log.read("amounts", 0, 0, 1000)] if "amounts" in log.list_topics() else []
@@ -346,9 +357,9 @@ def test_distinct_values_survive_a_restart(log: Log) -> None:
         want = {"card": "a", "kinds": kinds, "big": big}
         run_until(Job(log, script, name="amounts"), lambda: newest() == want, what=f"the row {want}")
 
-    log.append_events("payments", pay(4, 4, 5))
+    pay(log, "a", 4, 4, 5)
     run_to(kinds=2, big=1)
-    log.append_events("payments", pay(5, 6, 3))  # 5 was seen before the restart: not counted again
+    pay(log, "a", 5, 6, 3)  # 5 was seen before the restart: not counted again
     run_to(kinds=4, big=2)
 
 
@@ -424,8 +435,9 @@ def test_a_regular_join_resumes_with_every_row_it_kept(log: Log) -> None:
 
 
 def test_a_top_n_upserts_its_rows_and_deletes_those_that_fall_out_across_restarts(log: Log) -> None:
-    script = """
-    CREATE TABLE payments (card STRING, amount BIGINT) WITH ('topic' = 'payments');
+    script = (
+        PAYMENTS
+        + """
     CREATE TABLE top2 (card STRING, amount BIGINT, n BIGINT, PRIMARY KEY (card, n) NOT ENFORCED)
       WITH ('topic' = 'top2');
     CREATE TABLE biggest (card STRING, amount BIGINT, PRIMARY KEY (card, amount) NOT ENFORCED)
@@ -437,12 +449,7 @@ def test_a_top_n_upserts_its_rows_and_deletes_those_that_fall_out_across_restart
       SELECT card, amount, ROW_NUMBER() OVER (PARTITION BY card ORDER BY amount DESC) AS n FROM payments
     ) WHERE n = 1;
     """
-    log.create_topic("payments")
-
-    def pay(card: str, *amounts: int) -> None:
-        log.append_events(
-            "payments", [Event(type="payment", source="/cards", data={"card": card, "amount": a}) for a in amounts]
-        )
+    )
 
     def table(topic: str) -> dict[bytes | None, Any]:
         newest: dict[bytes | None, Any] = {}
@@ -454,41 +461,41 @@ def test_a_top_n_upserts_its_rows_and_deletes_those_that_fall_out_across_restart
         shown = lambda: table("top2") == top2 and table("biggest") == biggest  # noqa: E731
         run_until(Job(log, script, name="top"), shown, what=f"{top2} and {biggest}")
 
-    pay("a", 5)
-    pay("b", 1)
+    pay(log, "a", 5)
+    pay(log, "b", 1)
     run_to({b"a|1": 5, b"b|1": 1}, {b"a|5": 5, b"b|1": 1})
-    pay("a", 7)  # a's 5 moves to place 2; in `biggest`, 5 is deleted and 7 comes
+    pay(log, "a", 7)  # a's 5 moves to place 2; in `biggest`, 5 is deleted and 7 comes
     run_to({b"a|1": 7, b"a|2": 5, b"b|1": 1}, {b"a|7": 7, b"b|1": 1})
-    pay("a", 6, 2)  # after the restart: 6 takes place 2 from 5; 2 ranks nowhere
+    pay(log, "a", 6, 2)  # after the restart: 6 takes place 2 from 5; 2 ranks nowhere
     run_to({b"a|1": 7, b"a|2": 6, b"b|1": 1}, {b"a|7": 7, b"b|1": 1})
     assert log.describe_topic("top2").config.compact
 
 
 def test_state_ttl_forgets_a_group_no_row_came_to(log: Log) -> None:
-    script = """
+    script = (
+        PAYMENTS
+        + """
     SET 'table.exec.state.ttl' = '1 min';
-    CREATE TABLE payments (card STRING, amount BIGINT) WITH ('topic' = 'payments');
     CREATE TABLE totals (card STRING, total BIGINT, PRIMARY KEY (card) NOT ENFORCED) WITH ('topic' = 'totals');
     INSERT INTO totals SELECT card, SUM(amount) FROM payments GROUP BY card;
     """
-    log.create_topic("payments")
-
-    def pay(card: str, amount: int) -> Event:
-        return Event(type="payment", source="/cards", data={"card": card, "amount": amount})
+    )
 
     def totals() -> list[tuple[str, int]]:
         return [(data["card"], data["total"]) for _, data, _ in sink(log, "totals")]
 
     clock = FakeClock(autojump=False)
     job = Job(log, script, name="totals", clock=clock)
-    log.append_events("payments", [pay("a", 10), pay("b", 1)])
+    pay(log, "a", 10)
+    pay(log, "b", 1)
     thread, stop, errors = start(job)
     wait_until(lambda: len(totals()) == 2, what="the first totals")
     clock.advance(45)
-    log.append_events("payments", [pay("b", 2)])  # b's last row was 45 s ago: it lives on
+    pay(log, "b", 2)  # b's last row was 45 s ago: it lives on
     wait_until(lambda: len(totals()) == 3, what="b's new total")
     clock.advance(30)  # a was last touched 75 s ago: forgotten, so its next payment starts anew
-    log.append_events("payments", [pay("a", 5), pay("b", 4)])
+    pay(log, "a", 5)
+    pay(log, "b", 4)
     wait_until(lambda: len(totals()) == 5, what="the totals after a's state expired")
     stop.set()
     thread.join()
@@ -616,7 +623,7 @@ def test_a_job_for_flink_writes_the_events_headers_and_finds_pyflink_where_told(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = SCRIPT.replace(",\n  k STRING METADATA FROM 'key')", ")").replace(", COUNT(*), sensor", ", COUNT(*)")
-    job = flink_job(script, "127.0.0.1:9092", "averages")
+    job = flink_job(parse(script), "127.0.0.1:9092", "averages")
     [insert] = job["inserts"]
     assert insert.startswith("INSERT INTO `averages` SELECT *, MAP[")
     assert insert.endswith(
@@ -626,12 +633,18 @@ def test_a_job_for_flink_writes_the_events_headers_and_finds_pyflink_where_told(
     assert "'ce_type', CAST('averages' AS BYTES)" in insert
     assert "'ce_source', CAST('/inmotion/sql/averages' AS BYTES)" in insert
     assert "'ce_id', CAST(UUID() AS BYTES)" in insert
+    with connect("memory://") as kafka_like:  # the topics Flink needs: the sink's is made, a source's must exist
+        with pytest.raises(UnknownTopic, match="readings"):
+            prepare_topics(kafka_like, parse(script))
+        kafka_like.create_topic("readings")
+        prepare_topics(kafka_like, parse(script))
+        assert set(kafka_like.list_topics()) == {"readings", "averages"}
     readings_ddl, averages_ddl = job["tables"]
     assert "`__headers` MAP<STRING, BYTES> METADATA FROM 'headers'\n" in averages_ddl  # written
     assert "__headers" not in readings_ddl  # read,
     assert "scan.bounded.mode" not in readings_ddl  # unbounded
     with pytest.raises(InvalidSql, match="on Flink, a table written to has no metadata columns yet"):
-        flink_job(SCRIPT, "127.0.0.1:9092", "averages")  # its sink has a key column
+        flink_job(parse(SCRIPT), "127.0.0.1:9092", "averages")  # its sink has a key column
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("INMOTION_FLINK_JARS", str(tmp_path))
     with pytest.raises(InvalidConfig, match=f"no Flink Kafka connector in {tmp_path}"):

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, print_json
 from inmotion.errors import InmotionError
-from inmotion.log import TopicConfig, default_broker
+from inmotion.log import default_broker
 from inmotion.runtime import logs
 
 if TYPE_CHECKING:
@@ -178,25 +178,17 @@ def _run_on_flink(text: str, name: str, broker: str, address: str | None, state:
     """Submit the job to Flink through PyFlink's Python (`inmotion.streams.flink_runner`) and
     wait for it; SIGTERM and Ctrl-C stop it with a savepoint."""
     from inmotion.streams import flink
-    from inmotion.streams.sql import Query, Table, parse
+    from inmotion.streams.sql import parse
 
     url = urlsplit(broker)
     if url.scheme != "kafka":
         fail(f"--engine flink runs over Kafka (Flink reads and writes the topics): --broker kafka://..., not {broker}")
-    job = flink.flink_job(text, url.netloc, name)
+    statements = parse(text)
+    job = flink.flink_job(statements, url.netloc, name)
     job.update(jars=flink.flink_jars(), address=address, state=str(state))
     python = flink.flink_python()
-    statements = parse(text)
-    tables = {s.name: s for s in statements if isinstance(s, Table)}
-    sinks = {s.sink for s in statements if isinstance(s, Query) and s.sink is not None}
-    # Flink reads topics that exist; the sinks' are made as the embedded engine makes them
     with open_log(broker) as log:
-        topics = set(log.list_topics())
-        for table in tables.values():
-            if table.name in sinks and table.topic not in topics:
-                log.create_topic(table.topic, TopicConfig(compact=bool(table.primary_key)))
-            elif table.name not in sinks and table.topic not in topics:
-                fail(f"table {table.name}: topic {table.topic} does not exist on {broker}")
+        flink.prepare_topics(log, statements)
     _logger.info("job %s: submitting %d queries to Flink (%s)", name, len(job["inserts"]), address or "local")
     process = subprocess.Popen([python, str(flink.RUNNER)], stdin=subprocess.PIPE, text=True)
     for signum in (signal.SIGTERM, signal.SIGINT):

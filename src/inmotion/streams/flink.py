@@ -18,8 +18,9 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from inmotion.errors import InvalidConfig, InvalidSql
-from inmotion.streams.sql import Column, Query, Setting, Statement, Table, parse
+from inmotion.errors import InvalidConfig, InvalidSql, UnknownTopic
+from inmotion.log import Log, TopicConfig
+from inmotion.streams.sql import Column, Query, Setting, Statement, Table
 
 _TYPES = {"TIMESTAMP": "TIMESTAMP(3)", "TIMESTAMP_LTZ": "TIMESTAMP_LTZ(3)", "TIME": "TIME(3)", "DECIMAL": "DOUBLE"}
 """Flink's type of a column, where ours has no precision (the engine holds decimals as doubles)."""
@@ -42,11 +43,10 @@ def flink_ddl(
     return [_table(s, bootstrap, group, bounded, s.name in sinks) for s in statements if isinstance(s, Table)]
 
 
-def flink_job(sql: str, bootstrap: str, name: str) -> dict[str, Any]:
+def flink_job(statements: Sequence[Statement], bootstrap: str, name: str) -> dict[str, Any]:
     """What `flink_runner` runs: the script's settings, its tables over Kafka at `bootstrap`
     (unbounded) and its INSERTs, each as written but for the headers of the events it appends
     (specversion, a fresh id, source /inmotion/sql/<name>, type: the table's name, JSON data)."""
-    statements = parse(sql)
     tables = {s.name: s for s in statements if isinstance(s, Table)}
     queries = [s for s in statements if isinstance(s, Query)]
     if not queries:
@@ -67,6 +67,17 @@ def flink_job(sql: str, bootstrap: str, name: str) -> dict[str, Any]:
     sinks = {query.sink for query in queries if query.sink is not None}
     ddl = flink_ddl(statements, bootstrap, group=f"inmotion-flink-{name}", bounded=False, sinks=sinks)
     return {"name": name, "settings": settings, "tables": ddl, "inserts": inserts}
+
+
+def prepare_topics(log: Log, statements: Sequence[Statement]) -> None:
+    """Flink reads topics that exist: a table read from needs its topic; one written to gets
+    it made as the embedded engine makes it (compacted for a primary key)."""
+    sinks = {s.sink for s in statements if isinstance(s, Query) and s.sink is not None}
+    topics = set(log.list_topics())
+    for table in (s for s in statements if isinstance(s, Table) and s.topic not in topics):
+        if table.name not in sinks:
+            raise UnknownTopic(table.topic)
+        log.create_topic(table.topic, TopicConfig(compact=bool(table.primary_key)))
 
 
 RUNNER = Path(__file__).with_name("flink_runner.py")
