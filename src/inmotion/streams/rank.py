@@ -69,11 +69,9 @@ class RankState:
         self.shown: dict[tuple[Any, ...], list[list[Any]]] = {}
         self.schema: pa.Schema | None = None
         """The ranked rows' columns (as the latest batch had them)."""
-        self.output_schema: pa.Schema | None = None
         self.arrivals = 0
         self._changed: set[tuple[Any, ...]] = set()
         self._unsaved: set[tuple[Any, ...]] = set()
-        self.fired = False
 
     def add(self, rows: pa.Table) -> None:
         """Rank a batch's rows into their partitions."""
@@ -128,7 +126,6 @@ class RankState:
             self.rank.column, pa.array(numbers, pa.int64())
         )
         outputs = project(table, self.rank.outputs)
-        self.output_schema = outputs.schema
         values = [list(row) for row in zip(*(c.to_pylist() for c in outputs.columns), strict=True)]
         upserts: list[int] = []
         deletes: list[list[Any]] = []
