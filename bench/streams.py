@@ -4,6 +4,7 @@ raw and (with --flink) PyFlink at parallelism 1 reading the same events from Kaf
     .venv/bin/python bench/streams.py                 # 500,000 Nexmark events on SQLite
     .venv/bin/python bench/streams.py --quick         # a smoke run at a tenth of the size
     .venv/bin/python bench/streams.py --flink         # also PyFlink (scripts/flink env; scripts/kafka up)
+    .venv/bin/python bench/streams.py --queries q5,q7 # some of the queries
 
 - Throughput: each query run once over the bids (Job.query: read, decode, compute, results
   dropped as Flink's blackhole sink drops them): bids per CPU-second of this process (all its
@@ -154,14 +155,14 @@ def latency(directory: Path, seconds: float, rate: int = 10_000) -> list[float]:
     return delays
 
 
-def pyflink(events: int, directory: Path) -> dict[str, dict[str, float]]:
+def pyflink(events: int, directory: Path, names: list[str]) -> dict[str, dict[str, float]]:
     """PyFlink's figures on the same events and queries, from Kafka (bench/pyflink_nexmark.py,
     at parallelism 1, after a warm-up run of the first query)."""
     python = REPO / ".venv-flink" / "bin" / "python"
     if not python.exists():
         raise SystemExit("PyFlink is not installed: scripts/flink env")
     queries, ddl = directory / "queries.json", directory / "ddl.json"
-    queries.write_text(json.dumps(nexmark.QUERIES))
+    queries.write_text(json.dumps({name: nexmark.QUERIES[name] for name in names}))
     bootstrap = f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
     with connect(f"kafka://{bootstrap}") as log:
         for topic in nexmark.TOPICS:
@@ -185,7 +186,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--quick", action="store_true", help="a tenth of the events, a shorter latency run")
     parser.add_argument("--flink", action="store_true", help="also PyFlink (scripts/flink env; scripts/kafka up)")
+    parser.add_argument("--queries", help=f"a comma-separated few of {', '.join(nexmark.QUERIES)} (default: all)")
     args = parser.parse_args()
+    names = args.queries.split(",") if args.queries else list(nexmark.QUERIES)
+    unknown = [name for name in names if name not in nexmark.QUERIES]
+    if unknown:
+        parser.error(f"unknown queries {', '.join(unknown)} (the queries are {', '.join(nexmark.QUERIES)})")
     events = args.events // 10 if args.quick else args.events
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -196,11 +202,11 @@ def main() -> None:
             cpu, wall = raw(log)
             print(f"  {'raw read + JSON decode':<24} {cpu:>12,.0f} bids/CPU-s {wall:>12,.0f} bids/s")
             ours = {}
-            for name in nexmark.QUERIES:
+            for name in names:
                 cpu, wall, rows = query(log, name)
                 ours[name] = cpu
                 print(f"  {name:<24} {cpu:>12,.0f} bids/CPU-s {wall:>12,.0f} bids/s {rows:>10,} rows")
-        flink = pyflink(events, directory) if args.flink else {}
+        flink = pyflink(events, directory, names) if args.flink else {}
         for name, row in flink.items():
             ratio = ours.get(name, 0) / row["events_per_cpu_second"] if row.get("events_per_cpu_second") else 0
             print(

@@ -643,6 +643,64 @@ def test_a_window_join_of_window_aggregations_matches_a_count_per_window(
 
 @settings(max_examples=40, deadline=None)
 @given(orders=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=25))
+def test_an_aggregation_of_a_window_aggregation_matches_counts_of_counts(orders: list[tuple[int, int]]) -> None:
+    # per sliding window: the most orders of one id, how many ids have more than one, and (Nexmark's
+    # q5) the ids with the most, a window join of the counts and their aggregation
+    hop = "TABLE(HOP(TABLE orders, DESCRIPTOR(ts), INTERVAL '0.5' SECOND, INTERVAL '1' SECOND))"
+    counts = (
+        f"SELECT id, COUNT(*) AS n, window_start AS starts, window_end AS ends FROM {hop}"
+        " GROUP BY id, window_start, window_end"
+    )
+    most = (
+        f"SELECT c.starts, MAX(c.n) AS top, COUNT(*) FILTER (WHERE n > 1) AS busy, c.ends FROM ({counts}) c"
+        " GROUP BY c.starts, c.ends"
+    )
+    leading = (
+        f"SELECT a.id, a.n, a.starts FROM ({counts}) a JOIN ({most}) m"
+        " ON a.starts = m.starts AND a.ends = m.ends AND a.n >= m.top"
+    )
+    with connect("memory://") as log:
+        append_orders_and_shipments(log, orders, [])
+        tops = [
+            (ms(r["starts"]), r["top"], r["busy"]) for _, t in Job(log, JOINED + most).query() for r in job_results(t)
+        ]
+        leaders = [
+            (r["id"], r["n"], ms(r["starts"])) for _, t in Job(log, JOINED + leading).query() for r in job_results(t)
+        ]
+    counted: dict[tuple[int, int], int] = defaultdict(int)
+    for key, at in orders:
+        for start in (at - at % 500, at - at % 500 - 500):
+            counted[(start, key)] += 1
+    top: dict[int, int] = {}
+    busy: dict[int, int] = defaultdict(int)
+    for (start, _), n in counted.items():
+        top[start] = max(top.get(start, 0), n)
+        busy[start] += n > 1
+    assert sorted(tops) == sorted((start, n, busy[start]) for start, n in top.items())
+    assert sorted(leaders) == sorted((key, n, start) for (start, key), n in counted.items() if n == top[start])
+
+
+def test_aggregations_of_queries_the_engine_does_not_run_are_refused(log: Log) -> None:
+    tumble = "TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
+    cases = [
+        ("SELECT MAX(n) FROM (SELECT sensor, COUNT(*) AS n FROM readings GROUP BY sensor) c",
+         "a query aggregated again is a window aggregation"),
+        (f"SELECT MAX(n) FROM (SELECT COUNT(*) AS n, window_start FROM {tumble} GROUP BY sensor, window_start,"
+         " window_end) c GROUP BY window_start", "selects its window_start and window_end"),
+        (f"SELECT MAX(n) FROM (SELECT COUNT(*) AS n, window_start, window_end FROM {tumble} GROUP BY sensor,"
+         " window_start, window_end) c GROUP BY c.window_end", "groups by window_start and window_end"),
+        ("SELECT MAX(n) FROM (SELECT COUNT(*) AS n, window_start, window_end FROM TABLE(SESSION(TABLE readings"
+         " PARTITION BY sensor, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY sensor, window_start, window_end) c"
+         " GROUP BY window_start, window_end", "a query aggregated again is a window aggregation"),
+        ("SELECT sensor FROM (SELECT sensor FROM readings) r", "subqueries are not supported yet"),
+    ]  # fmt: skip
+    for query, problem in cases:
+        with pytest.raises(InvalidSql, match=problem):
+            Job(log, READINGS + query)
+
+
+@settings(max_examples=40, deadline=None)
+@given(orders=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=25))
 def test_a_join_with_a_window_aggregation_matches_each_windows_maxima(orders: list[tuple[int, int]]) -> None:
     # order n has amount n % 4: each second's largest amount, and the orders that have it (the window
     # end is a value, not an event time: a regular join, with its time conditions as filters)

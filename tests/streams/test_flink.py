@@ -104,6 +104,14 @@ QUERIES = {
         " REGEXP_EXTRACT(url, 'channel_id=[0-9]+', 0), SPLIT_INDEX(url, '/', 0), SPLIT_INDEX(url, '?', 1),"
         " SPLIT_INDEX(channel, '-', 1) FROM bid WHERE MOD(price, 5) = 0"
     ),
+    "q5-fast": nexmark.QUERIES["q5"].replace("'2' SECOND", "'0.05' SECOND").replace("'10' SECOND", "'0.25' SECOND"),
+    "cascade": (  # an aggregation of a window aggregation, filtered on both levels
+        "SELECT ws, channel, MAX(bids) AS most, SUM(bids) AS total, COUNT(*) AS bidders FROM ("
+        " SELECT bidder, channel, COUNT(*) AS bids, window_start AS ws, window_end AS we"
+        " FROM TABLE(CUMULATE(TABLE bid, DESCRIPTOR(`dateTime`), INTERVAL '0.05' SECOND, INTERVAL '0.2' SECOND))"
+        " GROUP BY bidder, channel, window_start, window_end HAVING COUNT(*) > 1"
+        ") WHERE bids < 40 GROUP BY ws, we, channel"
+    ),
     "distinct-windows": (
         "SELECT window_start, channel, COUNT(DISTINCT bidder) AS bidders, COUNT(*) FILTER (WHERE price > 1000) AS big,"
         " MAX(price) FILTER (WHERE bidder > 1050) AS top,"

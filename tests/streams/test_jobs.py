@@ -562,6 +562,25 @@ def test_a_window_join_of_a_window_aggregation_resumes_with_its_groups(log: Log)
     assert [(data["page"], data["likes"]) for _, data, _ in sink(log, "liked")] == [("a", 3)]
 
 
+def test_an_aggregation_of_a_window_aggregation_resumes_with_the_inner_groups(log: Log) -> None:
+    script = (
+        PAGES
+        + """
+    CREATE TABLE busiest (starts TIMESTAMP_LTZ(3), views BIGINT, pages BIGINT) WITH ('topic' = 'busiest');
+    INSERT INTO busiest
+    SELECT starts, MAX(n), COUNT(*) FROM (
+      SELECT page, COUNT(*) AS n, window_start AS starts, window_end AS ends
+      FROM TABLE(TUMBLE(TABLE views, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY page, window_start, window_end
+    ) GROUP BY starts, ends;
+    """
+    )
+    pages(log, views=[(1, "a"), (2, "b"), (3, "a")], likes=[])
+    run_until(Job(log, script, name="busiest"), lambda: checkpointed(log), what="a checkpoint of the open window")
+    pages(log, views=[(4, "b"), (5, "b"), (11, "c")], likes=[])  # b's 3 views beat a's 2
+    run_until(Job(log, script, name="busiest"), lambda: len(sink(log, "busiest")) == 1, what="the first window's row")
+    assert [(data["views"], data["pages"]) for _, data, _ in sink(log, "busiest")] == [(3, 2)]
+
+
 def test_a_join_with_a_window_aggregation_resumes_with_its_groups_and_rows(log: Log) -> None:
     script = """
     CREATE TABLE prices (symbol STRING, price BIGINT, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts)

@@ -44,7 +44,7 @@ from inmotion.streams.scan import Scan
 from inmotion.streams.sessions import SessionState
 from inmotion.streams.sql import OPTIONS, Setting, Table, parse
 from inmotion.streams.updates import GroupState
-from inmotion.streams.windows import WindowState, assign
+from inmotion.streams.windows import WindowState, assign, window_state
 
 _logger = logging.getLogger("inmotion.streams")
 
@@ -93,7 +93,7 @@ class Pipeline:
             self.state = GroupState(plan, ttl_ms, clock.time)
         elif plan.grouped:
             assert plan.window is not None
-            state = SessionState if plan.window.kind == "SESSION" else WindowState
+            state = SessionState if plan.window.kind == "SESSION" else window_state
             self.state = state(plan, self._time_type())
         # a Top-N over a stream: ranks the rows the rest of the query gives (a join's, say)
         self.ranking = RankState(plan.rank) if plan.rank is not None and not plan.grouped else None

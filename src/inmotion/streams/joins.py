@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from inmotion.streams.expressions import ARROW_TYPES, as_array
 from inmotion.streams.operators import Plan, Side, StreamJoin, WindowJoin, WindowSide, project
-from inmotion.streams.windows import WindowState, assign, column_of, event_times, late
+from inmotion.streams.windows import WindowState, assign, column_of, event_times, late, window_state
 
 _TIME = "__time"
 _END = "__end"
@@ -212,7 +212,7 @@ class WindowJoinState:
         self.join = join
         self.kept: Chunks = ({}, {})
         self.groups = [
-            WindowState(side.plan, _time_type(side.plan)) if side.plan.grouped else None for side in join.sides
+            window_state(side.plan, _time_type(side.plan)) if side.plan.grouped else None for side in join.sides
         ]
         self._numbers = itertools.count()
         self._changed: set[tuple[int, int]] = set()

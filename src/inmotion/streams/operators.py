@@ -166,6 +166,18 @@ class WindowJoin:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cascade:
+    """What a window aggregation of a window aggregation aggregates: the groups `inner` gives
+    (after its HAVING and SELECT), where `where` holds, window by window: all of a window's groups
+    fire at once, so each window is aggregated again as it fires, without state of its own."""
+
+    inner: Plan
+    where: Compiled | None
+    bounds: tuple[str, str]
+    """The inner query's names of window_start and window_end (`window_start AS starttime`)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     query: Query
     source: Table
@@ -186,6 +198,11 @@ class Plan:
     """A Top-N over the window aggregation's rows: what the query gives is its outputs."""
     join: StreamJoin | WindowJoin | None = None
     """A join: `source` is its left table, `select` reads the joined rows."""
+    cascade: Cascade | None = None
+    """An aggregation of a window aggregation's groups: `keys` and `aggregates` are over those
+    groups; `source`, `reads` and `where` are the inner query's."""
+    node: exp.Select | None = None
+    """The SELECT planned (of the query, or inside it), for its clauses' text."""
 
     @property
     def updating(self) -> bool:
@@ -206,8 +223,19 @@ class Plan:
             lines.append(f"scan {table.name} (topic {table.topic}; reads {', '.join(reads) or 'nothing'})")
             if table.watermark is not None:
                 lines.append(f"  watermark {table.watermark.column} - {table.watermark.delay_ms} ms")
+        lines.extend(self.operators())
+        lines.append(f"insert into {self.sink.name} (topic {self.sink.topic})" if self.sink else "print")
+        return lines
+
+    def operators(self) -> list[str]:
+        """The operators between the scans and the sink."""
+        lines = []
         if isinstance(self.join, WindowJoin):
             join_ = self.join
+            for window_side in join_.sides:
+                if window_side.plan.grouped:
+                    lines.append(f"{window_side.alias}:")
+                    lines.extend(f"  {line}" for line in window_side.plan.operators())
             lines.append(f"window {join_.window.describe()} on each side")
             pair = f"{join_.left.alias} and {join_.right.alias}"
             lines.append(f"window join ({join_.kind}) {pair} on {len(join_.left.keys)} keys")
@@ -227,10 +255,15 @@ class Plan:
                     lines.append("  state: one row per window and key; the rows join as their window fires")
             lines.append(f"join {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys")
             lines.append("  state: each side's rows, kept for good (a regular join)")
-        if self.where is not None:
-            lines.append(f"filter {_clause(self.query, 'where')}")
-        if self.window is not None:
+        cascade = self.cascade
+        if cascade is not None:
+            lines.extend(cascade.inner.operators())
+        if self.where is not None and cascade is None:
+            lines.append(f"filter {self.clause('where')}")
+        if self.window is not None and cascade is None:
             lines.append(f"window {self.window.describe()}")
+        if cascade is not None and cascade.where is not None:
+            lines.append(f"filter {self.clause('where')}")
         if self.grouped and self.window is None:
             aggregates = ", ".join(a.text for a in self.aggregates) or "none"
             lines.append(f"group aggregate by {', '.join(k.name for k in self.keys) or '()'}: {aggregates}")
@@ -239,9 +272,12 @@ class Plan:
             keys = ["window_start", "window_end", *(k.name for k in self.keys)]
             aggregates = ", ".join(a.text for a in self.aggregates) or "none"
             lines.append(f"window aggregate by {', '.join(keys)}: {aggregates}")
-            lines.append("  state: one row per window and key, dropped when the window fires")
+            if cascade is not None:
+                lines.append("  state: none (each window's groups are aggregated again as it fires)")
+            else:
+                lines.append("  state: one row per window and key, dropped when the window fires")
             if self.having is not None:
-                lines.append(f"filter {_clause(self.query, 'having')}")
+                lines.append(f"filter {self.clause('having')}")
         lines.append(f"project {', '.join(o.name for o in self.select)}")
         if self.rank is not None:
             order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d in self.rank.order)
@@ -250,8 +286,11 @@ class Plan:
             if not self.grouped:
                 lines.append("  state: each partition's first rows, kept; each checkpoint upserts those that changed")
             lines.append(f"project {', '.join(self.columns)}")
-        lines.append(f"insert into {self.sink.name} (topic {self.sink.topic})" if self.sink else "print")
         return lines
+
+    def clause(self, arg: str) -> str:
+        node = self.node.args.get(arg) if self.node is not None else None
+        return text_of(node.this) if node is not None else ""
 
 
 def project(rows: pa.Table, outputs: Sequence[Output]) -> pa.Table:
@@ -275,9 +314,3 @@ def output_names(items: list[exp.Expr]) -> list[str]:
             unique, n = f"{name}{n}", n + 1
         names.append(unique)
     return names
-
-
-def _clause(query: Query, arg: str) -> str:
-    tree = query.tree.expression if isinstance(query.tree, exp.Insert) else query.tree
-    node = tree.args.get(arg)
-    return text_of(node.this) if node is not None else ""

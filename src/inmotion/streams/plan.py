@@ -4,6 +4,7 @@ runs, each compiled once.
     scan(table) -> filter(WHERE) -> [window(TUMBLE | HOP | CUMULATE)] -> project(SELECT)
     scan(table) -> filter(WHERE) -> window -> aggregate(GROUP BY window_start, window_end, keys)
                 -> filter(HAVING) -> project(SELECT) [-> rank(ROW_NUMBER() <= N) -> project]
+                [-> filter(WHERE) -> aggregate each fired window again (GROUP BY its bounds, keys) -> ...]
     scan(table) -> filter(WHERE) -> aggregate(GROUP BY keys: updates) -> filter(HAVING) -> project
     scan(left), scan(right) -> filter(each side's conditions) -> [interval] join -> filter -> project
     scan(left), scan(right) -> each side's windowed query (or window aggregation) -> window join -> project
@@ -29,13 +30,14 @@ from inmotion.streams.operators import (
     WINDOW_FUNCTIONS,
     WRITABLE,
     Aggregate,
+    Cascade,
     Output,
     Plan,
     Rank,
     Window,
     output_names,
 )
-from inmotion.streams.plan_joins import JoinPlanner
+from inmotion.streams.plan_joins import JoinPlanner, window_bounds
 from inmotion.streams.sql import Query, Statement, Table, interval_ms, where
 
 
@@ -89,6 +91,9 @@ class Planner:
                 return joins.window_join(query, select, sink)
             return joins.stream_join(query, select, sink)
         select = self.group_window(select)
+        from_ = select.args.get("from_")
+        if from_ is not None and isinstance(from_.this, exp.Subquery) and _aggregates(select):
+            return self.cascade(query, select, sink)
         self.refuse(select)
         source, window = self.source(select)
         columns = {c.name: ARROW_TYPES[c.type] for c in source.columns}
@@ -98,9 +103,7 @@ class Planner:
         condition = select.args.get("where")
         where_ = compile_expression(self.sql, condition.this, columns) if condition is not None else None
         items = self.items(select, source, window)
-        group = select.args.get("group")
-        has_aggregates = any(isinstance(node, AGGREGATES) for item in items for node in item.walk())
-        if group is None and not has_aggregates:
+        if select.args.get("group") is None and not _aggregates(select):
             if window is not None and window.kind == "SESSION":
                 raise self.fail(
                     "SESSION windows run in window aggregations (GROUP BY window_start, window_end, ...) only, for now",
@@ -112,8 +115,49 @@ class Planner:
             outputs = tuple(
                 Output(n, compile_expression(self.sql, item, columns)) for n, item in zip(names, items, strict=True)
             )
-            return Plan(query, source, self.reads(select, source, window), where_, window, (), (), None, outputs, sink)
+            reads = self.reads(select, source, window)
+            return Plan(query, source, reads, where_, window, (), (), None, outputs, sink, node=select)
         return self.aggregation(query, select, source, window, columns, where_, items, sink)
+
+    def cascade(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
+        """`SELECT ... FROM (a window aggregation) GROUP BY starttime, endtime, ...`, the inner
+        query selecting its window_start and window_end (maybe renamed): a window aggregation
+        of its groups, window by window (Flink's cascading window aggregation)."""
+        node = select.args["from_"].this
+        if not isinstance(node.this, exp.Select):
+            raise self.fail("unsupported subquery (a SELECT is)", node)
+        inner = self.select(query, node.this, None)
+        if not inner.grouped or inner.window is None or inner.window.kind == "SESSION" or inner.rank or inner.join:
+            raise self.fail(
+                "a query aggregated again is a window aggregation: SELECT ... FROM TABLE(TUMBLE|HOP|CUMULATE(...))"
+                " GROUP BY window_start, window_end, ...",
+                node,
+            )
+        bounds = window_bounds(node.this)  # the inner query's name of each -> window_start or window_end
+        named = {bound: name for name, bound in bounds.items()}
+        if set(named) != {"window_start", "window_end"}:
+            raise self.fail(
+                "the query aggregated again selects its window_start and window_end, for the aggregation to group by",
+                node,
+            )
+        self.refuse(select, inside=node)
+        # the outer query's bounds are the inner's: named window_start and window_end, as a window aggregation's
+        outer = select.copy()
+        outer.set("from_", None)
+        for column in [c for c in outer.find_all(exp.Column) if c.name in bounds and c.table in ("", node.alias)]:
+            bound = exp.column(bounds[column.name])
+            column.replace(exp.alias_(bound, column.name) if column.parent is outer else bound)
+        if any(isinstance(item, exp.Star) for item in outer.expressions):
+            raise self.fail("name the columns of an aggregation (SELECT * groups nothing)", select)
+        time_column = inner.source.column(inner.window.column)
+        assert time_column is not None  # a window's column is its table's
+        time_type = ARROW_TYPES[time_column.type]
+        columns = {name: pa.null() for name in inner.columns} | dict.fromkeys(WINDOW_COLUMNS, time_type)
+        condition = outer.args.get("where")
+        where_ = compile_expression(self.sql, condition.this, columns) if condition is not None else None
+        plan = self.aggregation(query, outer, inner.source, inner.window, columns, inner.where, outer.expressions, sink)
+        cascade = Cascade(inner, where_, (named["window_start"], named["window_end"]))
+        return dataclasses.replace(plan, reads=inner.reads, cascade=cascade, node=select)
 
     def group_window(self, select: exp.Select) -> exp.Select:
         """Flink's older group windows as the window table function they mean: `FROM t GROUP BY
@@ -301,8 +345,9 @@ class Planner:
                     tree,
                 )
 
-    def refuse(self, select: exp.Select) -> None:
-        """What the engine cannot run yet, named where it is written."""
+    def refuse(self, select: exp.Select, *, inside: exp.Expr | None = None) -> None:
+        """What the engine cannot run yet, named where it is written (but `inside` the query
+        it reads, planned apart)."""
         for arg, what in (
             ("joins", "JOIN"),
             ("order", "ORDER BY"),
@@ -315,7 +360,9 @@ class Planner:
             if node:
                 first = node[0] if isinstance(node, list) else node
                 raise self.fail(f"{what} is not supported by the embedded engine yet", first)
-        for node in select.walk():
+        for node in select.walk(prune=lambda node: node is inside):
+            if node is inside:
+                continue
             if isinstance(node, exp.Window):
                 raise self.fail(f"OVER windows ({text_of(node.this)} OVER ...) are not supported yet", node)
             if isinstance(node, exp.Subquery) or (isinstance(node, exp.Select) and node is not select):
@@ -518,6 +565,7 @@ class Planner:
             outputs,
             sink,
             grouped=True,
+            node=select,
         )
 
     def aggregate(self, node: exp.Expr, columns: Mapping[str, pa.DataType], column: str) -> Aggregate:
@@ -557,6 +605,13 @@ class Planner:
 
 _HIDDEN = "__ranked"
 """The names of what a Top-N ranks by without selecting it: left out of the query's `*`."""
+
+
+def _aggregates(select: exp.Select) -> bool:
+    """Does `select` aggregate: GROUP BY, or aggregates in its SELECT list?"""
+    return select.args.get("group") is not None or any(
+        isinstance(node, AGGREGATES) for item in select.expressions for node in item.walk()
+    )
 
 
 def _ranks(select: exp.Select) -> bool:

@@ -56,7 +56,7 @@ class JoinPlanner:
                 )
             if side.grouped and kind != "INNER":
                 raise self.fail(f"a {kind} window join of window aggregations is not supported yet", node)
-            if not {"window_start", "window_end"} <= set(_bounds(node.this).values()):
+            if not {"window_start", "window_end"} <= set(window_bounds(node.this).values()):
                 raise self.fail("each side of a window join selects window_start and window_end", node)
             sides.append(side)
         first, second = (side.window for side in sides)
@@ -78,8 +78,8 @@ class JoinPlanner:
                 if {self.side_of(c, aliases, columns) for c in left.find_all(exp.Column)} == {1}:
                     left, right = right, left
                 if isinstance(left, exp.Column) and isinstance(right, exp.Column):
-                    bound = _bounds(nodes[0].this).get(left.name)
-                    if bound is not None and bound == _bounds(nodes[1].this).get(right.name):
+                    bound = window_bounds(nodes[0].this).get(left.name)
+                    if bound is not None and bound == window_bounds(nodes[1].this).get(right.name):
                         bounds.add(bound)
                         continue
                 keys.append((left, right))
@@ -317,15 +317,23 @@ class JoinPlanner:
         return sum(t is not None and t.endswith(f".{name}") for t in times) == 1
 
 
-def _bounds(select: exp.Select) -> dict[str, str]:
-    """The window bounds a windowed query selects: output name -> window_start or window_end."""
+def window_bounds(select: exp.Select) -> dict[str, str]:
+    """The window bounds a windowed query selects: output name -> window_start or window_end
+    (through the query it reads, if it reads one: `SELECT starttime ... FROM (SELECT
+    window_start AS starttime ...)`)."""
+    from_ = select.args.get("from_")
+    source = from_.this if from_ is not None else None
+    if isinstance(source, exp.Subquery) and isinstance(source.this, exp.Select):
+        known = window_bounds(source.this)
+    else:
+        known = {"window_start": "window_start", "window_end": "window_end"}
     found: dict[str, str] = {}
     for item in select.expressions:
         selected = item.this if isinstance(item, exp.Alias) else item
         if isinstance(selected, exp.Star):
-            found.update(window_start="window_start", window_end="window_end")
-        elif isinstance(selected, exp.Column) and selected.name in ("window_start", "window_end"):
-            found[item.alias_or_name] = selected.name
+            found.update(known)
+        elif isinstance(selected, exp.Column) and selected.name in known:
+            found[item.alias_or_name] = known[selected.name]
     return found
 
 

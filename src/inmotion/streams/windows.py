@@ -8,7 +8,7 @@ checkpoint are what the checkpoint writes (incremental), each under a key of its
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -16,7 +16,8 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from inmotion.streams.operators import Aggregate, Plan, Window
+from inmotion.streams.expressions import as_array
+from inmotion.streams.operators import Aggregate, Plan, Window, project
 
 _INT64 = pa.int64()
 _encoder = msgspec.msgpack.Encoder()
@@ -113,24 +114,8 @@ class WindowState:
         window = self.window
         times = event_times(rows, window.column)
         length = window.slice
-        columns = {"end": pc.add(floor_to(pc.subtract(times, window.offset), length), window.offset + length)}
-        keys = [f"k{i}" for i in range(len(self.plan.keys))]
-        for name, output in zip(keys, self.plan.keys, strict=True):
-            columns[name] = column_of(output.value(rows), rows.num_rows)
-        specs: list[tuple[Any, str]] = []
-        for i, aggregate in enumerate(self.plan.aggregates):
-            if aggregate.argument is not None:
-                columns[f"a{i}"] = column_of(aggregate.argument(rows), rows.num_rows)
-            specs.extend(spec for spec in self._slots[i] if spec not in specs)
-        partial = pa.table(columns).group_by(["end", *keys], use_threads=False).aggregate(specs)
-        values = [partial.column(output_name(spec)).to_pylist() for slots in self._slots for spec in slots]
-        groups = zip(
-            partial.column("end").to_pylist(),
-            zip(*(partial.column(name).to_pylist() for name in keys), strict=True) if keys else repeat(()),
-            zip(*values, strict=True) if values else repeat(()),
-            strict=False,  # repeat() is endless: the columns' lengths are Arrow's to keep equal
-        )
-        for end, key, partials in groups:
+        ends = pc.add(floor_to(pc.subtract(times, window.offset), length), window.offset + length)
+        for (end,), key, partials in group_partials(self.plan, self._slots, rows, {"end": ends}):
             found = self.slices.setdefault(end, {})
             current = found.get(key)
             found[key] = list(partials) if current is None else self._merge(current, partials)
@@ -197,6 +182,70 @@ class WindowState:
         for raw_key, raw_value in entries.items():
             end, *key = _decoder.decode(raw_key)
             self.slices.setdefault(end, {})[tuple(key)] = _decoder.decode(raw_value)
+
+
+class CascadeState(WindowState):
+    """A window aggregation of a window aggregation's groups (see `Cascade`): its state is the
+    inner aggregation's; as the inner windows fire, their groups are aggregated again."""
+
+    def __init__(self, plan: Plan, time_type: pa.DataType) -> None:
+        assert plan.cascade is not None
+        super().__init__(plan.cascade.inner, time_type)
+        self.cascade = plan.cascade
+        self.outer = plan
+        self._outer_slots = [partial_specs(a, i) for i, a in enumerate(plan.aggregates)]
+
+    def fire(self, watermark: int, previous: int | None) -> pa.Table | None:
+        fired = super().fire(watermark, previous)
+        if fired is None:
+            return None
+        inner = self.cascade.inner
+        if inner.having is not None:
+            fired = fired.filter(as_array(inner.having(fired), fired.num_rows))
+        groups = project(fired, inner.select)
+        start, end = (pc.cast(groups.column(name), _INT64) for name in self.cascade.bounds)
+        bounds = {"window_start": start, "window_end": end, "window_time": pc.subtract(end, 1)}
+        for name, millis in bounds.items():
+            values = pc.cast(millis, self.time_type)
+            index = groups.schema.get_field_index(name)
+            groups = groups.append_column(name, values) if index < 0 else groups.set_column(index, name, values)
+        if self.cascade.where is not None:
+            groups = groups.filter(as_array(self.cascade.where(groups), groups.num_rows))
+        if not groups.num_rows:
+            return None
+        by = {bound: pc.cast(groups.column(f"window_{bound}"), _INT64) for bound in ("start", "end")}
+        partials = group_partials(self.outer, self._outer_slots, groups, by)
+        rows = [(start, end, key, list(values)) for (start, end), key, values in partials]
+        return fired_table(self.outer, self.time_type, rows)
+
+
+def window_state(plan: Plan, time_type: pa.DataType) -> WindowState:
+    """The state of a window aggregation (of rows, or of another's groups)."""
+    return CascadeState(plan, time_type) if plan.cascade is not None else WindowState(plan, time_type)
+
+
+def group_partials(
+    plan: Plan, slots: Sequence[Sequence[tuple[Any, str]]], rows: pa.Table, by: Mapping[str, Any]
+) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]]:
+    """The aggregates' partial values (`slots`: their `partial_specs`) per group of rows with
+    equal `by` columns and plan keys: (by values, key, partial values) per group."""
+    columns = dict(by)
+    keys = [f"k{i}" for i in range(len(plan.keys))]
+    for name, output in zip(keys, plan.keys, strict=True):
+        columns[name] = column_of(output.value(rows), rows.num_rows)
+    specs: list[tuple[Any, str]] = []
+    for i, aggregate in enumerate(plan.aggregates):
+        if aggregate.argument is not None:
+            columns[f"a{i}"] = column_of(aggregate.argument(rows), rows.num_rows)
+        specs.extend(spec for spec in slots[i] if spec not in specs)
+    partial = pa.table(columns).group_by([*by, *keys], use_threads=False).aggregate(specs)
+    values = [partial.column(output_name(spec)).to_pylist() for spec_list in slots for spec in spec_list]
+    return zip(
+        zip(*(partial.column(name).to_pylist() for name in by), strict=True),
+        zip(*(partial.column(name).to_pylist() for name in keys), strict=True) if keys else repeat(()),
+        zip(*values, strict=True) if values else repeat(()),
+        strict=False,  # repeat() is endless: the columns' lengths are Arrow's to keep equal
+    )
 
 
 def floor_to_int(value: int, unit: int) -> int:
