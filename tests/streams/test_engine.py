@@ -680,10 +680,37 @@ def test_an_aggregation_of_a_window_aggregation_matches_counts_of_counts(orders:
     assert sorted(leaders) == sorted((key, n, start) for (start, key), n in counted.items() if n == top[start])
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    orders=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=15),
+    shipments=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3000)), max_size=15),
+)
+def test_a_group_by_of_a_join_matches_a_nested_loop(
+    orders: list[tuple[int, int]], shipments: list[tuple[int, int]]
+) -> None:
+    with connect("memory://") as log:
+        append_orders_and_shipments(log, orders, shipments)
+        query = (
+            "SELECT o.id, s.order_id, COUNT(*) AS n, MAX(s.carrier) AS last, SUM(o.amount) AS total"
+            " FROM orders o JOIN shipments s ON o.id = s.order_id GROUP BY o.id, s.order_id"
+        )
+        found = [r for _, t in Job(log, JOINED + query).query() for r in job_results(t)]
+    pairs = [
+        (key, n, f"c{m}") for n, (key, _) in enumerate(orders) for m, (other, _) in enumerate(shipments) if key == other
+    ]
+    want = {
+        key: (len(ps), max(p[2] for p in ps), sum(p[1] for p in ps))
+        for key in {p[0] for p in pairs}
+        for ps in [[p for p in pairs if p[0] == key]]
+    }
+    assert {r["id"]: (r["n"], r["last"], r["total"]) for r in found} == want
+    assert all(r["id"] == r["order_id"] for r in found)
+
+
 def test_aggregations_of_queries_the_engine_does_not_run_are_refused(log: Log) -> None:
     tumble = "TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
     cases = [
-        ("SELECT MAX(n) FROM (SELECT sensor, COUNT(*) AS n FROM readings GROUP BY sensor) c",
+        ("SELECT MAX(level) FROM (SELECT sensor, level FROM readings) r",
          "a query aggregated again is a window aggregation"),
         (f"SELECT MAX(n) FROM (SELECT COUNT(*) AS n, window_start FROM {tumble} GROUP BY sensor, window_start,"
          " window_end) c GROUP BY window_start", "selects its window_start and window_end"),

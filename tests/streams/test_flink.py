@@ -112,6 +112,13 @@ QUERIES = {
         " GROUP BY bidder, channel, window_start, window_end HAVING COUNT(*) > 1"
         ") WHERE bids < 40 GROUP BY ws, we, channel"
     ),
+    "regroup": (  # an updating aggregation of an updating aggregation of a join: rows move between groups
+        "SELECT bids, COUNT(*) AS auctions, MIN(top) AS low, MAX(top) AS high, SUM(top) AS total,"
+        " COUNT(DISTINCT category) AS categories FROM ("
+        " SELECT A.id, A.category, COUNT(*) AS bids, MAX(B.price) AS top FROM auction A JOIN bid B ON A.id = B.auction"
+        " GROUP BY A.id, A.category HAVING MAX(B.price) > 1000"
+        ") WHERE MOD(id, 7) <> 0 GROUP BY bids"
+    ),
     "distinct-windows": (
         "SELECT window_start, channel, COUNT(DISTINCT bidder) AS bidders, COUNT(*) FILTER (WHERE price > 1000) AS big,"
         " MAX(price) FILTER (WHERE bidder > 1050) AS top,"

@@ -43,7 +43,7 @@ from inmotion.streams.rank import RankState, top_n
 from inmotion.streams.scan import Scan
 from inmotion.streams.sessions import SessionState
 from inmotion.streams.sql import OPTIONS, Setting, Table, parse
-from inmotion.streams.updates import GroupState
+from inmotion.streams.updates import Groups, GroupState, RegroupState, group_state
 from inmotion.streams.windows import WindowState, assign, window_state
 
 _logger = logging.getLogger("inmotion.streams")
@@ -51,8 +51,10 @@ _logger = logging.getLogger("inmotion.streams")
 FINAL = 2**62
 """The watermark at the end of a bounded input: every window fires."""
 _RANK = b"rank:"
-"""The prefix of a stream Top-N's state entries beside those of the rest of its query (whose
-keys are MessagePack arrays: they never begin so)."""
+_GROUP = b"group:"
+"""The prefixes of the state entries of a stream Top-N and of a GROUP BY of a join's rows,
+beside those of the rest of its query (whose keys never begin so: MessagePack arrays, or a
+one-letter prefix and one)."""
 PROGRESS_EVERY = 10.0
 """Seconds between a running job's progress lines (logged at info)."""
 
@@ -72,7 +74,7 @@ class Progress(msgspec.Struct):
     emitted: int = 0
 
 
-State = WindowState | SessionState | GroupState | StreamJoinState | WindowJoinState
+State = WindowState | SessionState | Groups | StreamJoinState | WindowJoinState
 
 
 class Pipeline:
@@ -85,12 +87,16 @@ class Pipeline:
         sides = [(plan.source, plan.reads)] if plan.join is None else [(s.table, s.reads) for s in plan.join.sides]
         self.scans = [Scan(table, reads, idle_timeout) for table, reads in sides]
         self.state: State | None = None
+        self.grouping: Groups | None = None
+        """A GROUP BY of a join's rows."""
         if isinstance(plan.join, WindowJoin):
             self.state = WindowJoinState(plan.join)
         elif plan.join is not None:
             self.state = StreamJoinState(plan.join)
+            if plan.grouped:
+                self.grouping = group_state(plan, ttl_ms, clock.time)
         elif plan.grouped and plan.window is None:
-            self.state = GroupState(plan, ttl_ms, clock.time)
+            self.state = group_state(plan, ttl_ms, clock.time)
         elif plan.grouped:
             assert plan.window is not None
             state = SessionState if plan.window.kind == "SESSION" else window_state
@@ -101,6 +107,11 @@ class Pipeline:
         self.results: list[pa.Table] = []
         self.deletes: list[pa.Table] = []
         """An updating query's rows whose key is to be deleted from the sink."""
+
+    @property
+    def groups(self) -> Groups | None:
+        """The groups of a GROUP BY without a window (of the rows, or of a join's)."""
+        return self.grouping if self.grouping is not None else _groups(self.state)
 
     def _time_type(self) -> pa.DataType:
         window = self.plan.window
@@ -119,8 +130,9 @@ class Pipeline:
 
     def poll(self, log: Log, now: float) -> int:
         """Read and process a batch from each partition of each source; how many records."""
-        if isinstance(self.state, GroupState):
-            self.state.expire()  # before the rows it reads touch their groups again
+        groups = self.groups
+        if groups is not None:
+            groups.expire()  # before the rows it reads touch their groups again
         read = 0
         for side, scan in enumerate(self.scans):
             for partition, records in scan.read(log, now):
@@ -146,7 +158,9 @@ class Pipeline:
         if isinstance(self.state, StreamJoinState):
             late, joined = self.state.add(side, batch, marks)
             self.progress.late += late
-            if joined is not None:
+            if joined is not None and self.grouping is not None:
+                self.grouping.add(joined, None)
+            elif joined is not None:
                 self.emit(joined)
             return
         if isinstance(self.state, WindowJoinState):
@@ -215,8 +229,9 @@ class Pipeline:
     def flush_updates(self) -> None:
         """An updating query's changed groups, or partitions' first rows, become results
         (upserts and deletes)."""
-        if isinstance(self.state, GroupState):
-            upserts, deletes = self.state.updates()
+        groups = self.groups
+        if groups is not None:
+            upserts, deletes = groups.updates()
             if upserts is not None:
                 self.emit(upserts)
             if deletes is not None:
@@ -235,21 +250,23 @@ class Pipeline:
     def changed(self) -> bool:
         """State changed without reads (windows fired, their results filtered out; a join's
         rows let go)."""
-        return self.state is not None and not isinstance(self.state, GroupState) and self.state.fired
+        return self.state is not None and self.state.fired
 
     def changes(self) -> dict[bytes, bytes | None]:
         """The state's entries changed since the last checkpoint (a Top-N's under `rank:`)."""
         changed = self.state.changes() if self.state is not None else {}
-        if self.ranking is not None:
-            changed.update({_RANK + key: value for key, value in self.ranking.changes().items()})
+        for prefix, state in ((_RANK, self.ranking), (_GROUP, self.grouping)):
+            if state is not None:
+                changed.update({prefix + key: value for key, value in state.changes().items()})
         return changed
 
     def restore(self, entries: Mapping[bytes, bytes]) -> None:
         if self.state is not None:
-            self.state.restore({key: value for key, value in entries.items() if not key.startswith(_RANK)})
-        if self.ranking is not None:
-            ranked = {key.removeprefix(_RANK): value for key, value in entries.items() if key.startswith(_RANK)}
-            self.ranking.restore(ranked)
+            own = {key: value for key, value in entries.items() if not key.startswith((_RANK, _GROUP))}
+            self.state.restore(own)
+        for prefix, state in ((_RANK, self.ranking), (_GROUP, self.grouping)):
+            if state is not None:
+                state.restore({k.removeprefix(prefix): v for k, v in entries.items() if k.startswith(prefix)})
 
     def checkpointed(self) -> Progress:
         """The progress to checkpoint, with the sources' event times."""
@@ -264,6 +281,10 @@ class Pipeline:
         table = pa.concat_tables(results, promote_options="permissive") if len(results) > 1 else results[0]
         self.progress.emitted += table.num_rows
         return table
+
+
+def _groups(state: State | None) -> Groups | None:
+    return state if isinstance(state, (GroupState, RegroupState)) else None
 
 
 def iso_millis(value: datetime) -> str:

@@ -167,13 +167,15 @@ class WindowJoin:
 
 @dataclasses.dataclass(frozen=True)
 class Cascade:
-    """What a window aggregation of a window aggregation aggregates: the groups `inner` gives
-    (after its HAVING and SELECT), where `where` holds, window by window: all of a window's groups
-    fire at once, so each window is aggregated again as it fires, without state of its own."""
+    """What an aggregation of a query aggregates: the rows `inner` gives (after its HAVING and
+    SELECT) where `where` holds. Of a window aggregation (`bounds` set), window by window: all of
+    a window's groups fire at once, so each is aggregated again as it fires, without state of
+    its own. Of an updating GROUP BY, its rows' changes: a changed row retracts its old values
+    from its group and adds its new ones."""
 
     inner: Plan
     where: Compiled | None
-    bounds: tuple[str, str]
+    bounds: tuple[str, str] | None
     """The inner query's names of window_start and window_end (`window_start AS starttime`)."""
 
 
@@ -199,8 +201,8 @@ class Plan:
     join: StreamJoin | WindowJoin | None = None
     """A join: `source` is its left table, `select` reads the joined rows."""
     cascade: Cascade | None = None
-    """An aggregation of a window aggregation's groups: `keys` and `aggregates` are over those
-    groups; `source`, `reads` and `where` are the inner query's."""
+    """An aggregation of a query's rows (see `Cascade`): `keys` and `aggregates` are over those
+    rows; `source`, `reads`, `where`, `window` and `join` are the inner query's."""
     node: exp.Select | None = None
     """The SELECT planned (of the query, or inside it), for its clauses' text."""
 
@@ -229,6 +231,40 @@ class Plan:
 
     def operators(self) -> list[str]:
         """The operators between the scans and the sink."""
+        cascade = self.cascade
+        if cascade is not None:
+            lines = cascade.inner.operators()
+            if cascade.where is not None:
+                lines.append(f"filter {self.clause('where')}")
+        else:
+            lines = self.rows_operators()
+        if self.grouped:
+            aggregates = ", ".join(a.text for a in self.aggregates) or "none"
+            windowed = self.window is not None
+            keys = [*(["window_start", "window_end"] if windowed else []), *(k.name for k in self.keys)]
+            what = "window aggregate" if windowed else "group aggregate"
+            lines.append(f"{what} by {', '.join(keys) or '()'}: {aggregates}")
+            states = {
+                (True, False): "one row per window and key, dropped when the window fires",
+                (True, True): "none (each window's groups are aggregated again as it fires)",
+                (False, False): "one row per key, kept; each checkpoint upserts the keys that changed",
+                (False, True): "one row per key, and the values each inner row added, retracted when it changes",
+            }
+            lines.append(f"  state: {states[windowed, cascade is not None]}")
+        if self.grouped and self.having is not None:
+            lines.append(f"filter {self.clause('having')}")
+        lines.append(f"project {', '.join(o.name for o in self.select)}")
+        if self.rank is not None:
+            order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d in self.rank.order)
+            partition = ", ".join(self.rank.partition) or "()"
+            lines.append(f"rank by {partition} ORDER BY {order}: the first {self.rank.limit} of each")
+            if not self.grouped:
+                lines.append("  state: each partition's first rows, kept; each checkpoint upserts those that changed")
+            lines.append(f"project {', '.join(self.columns)}")
+        return lines
+
+    def rows_operators(self) -> list[str]:
+        """The operators over the sources' rows: joins, filters, windows."""
         lines = []
         if isinstance(self.join, WindowJoin):
             join_ = self.join
@@ -255,37 +291,10 @@ class Plan:
                     lines.append("  state: one row per window and key; the rows join as their window fires")
             lines.append(f"join {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys")
             lines.append("  state: each side's rows, kept for good (a regular join)")
-        cascade = self.cascade
-        if cascade is not None:
-            lines.extend(cascade.inner.operators())
-        if self.where is not None and cascade is None:
+        if self.where is not None:
             lines.append(f"filter {self.clause('where')}")
-        if self.window is not None and cascade is None:
+        if self.window is not None:
             lines.append(f"window {self.window.describe()}")
-        if cascade is not None and cascade.where is not None:
-            lines.append(f"filter {self.clause('where')}")
-        if self.grouped and self.window is None:
-            aggregates = ", ".join(a.text for a in self.aggregates) or "none"
-            lines.append(f"group aggregate by {', '.join(k.name for k in self.keys) or '()'}: {aggregates}")
-            lines.append("  state: one row per key, kept; each checkpoint upserts the keys that changed")
-        elif self.grouped:
-            keys = ["window_start", "window_end", *(k.name for k in self.keys)]
-            aggregates = ", ".join(a.text for a in self.aggregates) or "none"
-            lines.append(f"window aggregate by {', '.join(keys)}: {aggregates}")
-            if cascade is not None:
-                lines.append("  state: none (each window's groups are aggregated again as it fires)")
-            else:
-                lines.append("  state: one row per window and key, dropped when the window fires")
-            if self.having is not None:
-                lines.append(f"filter {self.clause('having')}")
-        lines.append(f"project {', '.join(o.name for o in self.select)}")
-        if self.rank is not None:
-            order = ", ".join(f"{c} {'DESC' if d else 'ASC'}" for c, d in self.rank.order)
-            partition = ", ".join(self.rank.partition) or "()"
-            lines.append(f"rank by {partition} ORDER BY {order}: the first {self.rank.limit} of each")
-            if not self.grouped:
-                lines.append("  state: each partition's first rows, kept; each checkpoint upserts those that changed")
-            lines.append(f"project {', '.join(self.columns)}")
         return lines
 
     def clause(self, arg: str) -> str:

@@ -37,7 +37,7 @@ from inmotion.streams.operators import (
     Window,
     output_names,
 )
-from inmotion.streams.plan_joins import JoinPlanner, window_bounds
+from inmotion.streams.plan_joins import JoinPlanner, aggregates, window_bounds
 from inmotion.streams.sql import Query, Statement, Table, interval_ms, where
 
 
@@ -92,7 +92,7 @@ class Planner:
             return joins.stream_join(query, select, sink)
         select = self.group_window(select)
         from_ = select.args.get("from_")
-        if from_ is not None and isinstance(from_.this, exp.Subquery) and _aggregates(select):
+        if from_ is not None and isinstance(from_.this, exp.Subquery) and aggregates(select):
             return self.cascade(query, select, sink)
         self.refuse(select)
         source, window = self.source(select)
@@ -103,7 +103,7 @@ class Planner:
         condition = select.args.get("where")
         where_ = compile_expression(self.sql, condition.this, columns) if condition is not None else None
         items = self.items(select, source, window)
-        if select.args.get("group") is None and not _aggregates(select):
+        if select.args.get("group") is None and not aggregates(select):
             if window is not None and window.kind == "SESSION":
                 raise self.fail(
                     "SESSION windows run in window aggregations (GROUP BY window_start, window_end, ...) only, for now",
@@ -120,44 +120,52 @@ class Planner:
         return self.aggregation(query, select, source, window, columns, where_, items, sink)
 
     def cascade(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
-        """`SELECT ... FROM (a window aggregation) GROUP BY starttime, endtime, ...`, the inner
-        query selecting its window_start and window_end (maybe renamed): a window aggregation
-        of its groups, window by window (Flink's cascading window aggregation)."""
+        """`SELECT ... FROM (an aggregation) GROUP BY ...`: of a window aggregation that selects
+        its window_start and window_end (maybe renamed), grouped by those, a window aggregation
+        of its groups, window by window (Flink's cascading window aggregation); of an updating
+        GROUP BY, an updating aggregation of its rows, retracting a row's old values as it
+        changes (Flink's group aggregation with retraction)."""
         node = select.args["from_"].this
         if not isinstance(node.this, exp.Select):
             raise self.fail("unsupported subquery (a SELECT is)", node)
         inner = self.select(query, node.this, None)
-        if not inner.grouped or inner.window is None or inner.window.kind == "SESSION" or inner.rank or inner.join:
+        windowed = inner.window is not None and inner.window.kind != "SESSION" and inner.join is None
+        if not inner.grouped or inner.rank or not (windowed or inner.window is None):
             raise self.fail(
-                "a query aggregated again is a window aggregation: SELECT ... FROM TABLE(TUMBLE|HOP|CUMULATE(...))"
-                " GROUP BY window_start, window_end, ...",
-                node,
-            )
-        bounds = window_bounds(node.this)  # the inner query's name of each -> window_start or window_end
-        named = {bound: name for name, bound in bounds.items()}
-        if set(named) != {"window_start", "window_end"}:
-            raise self.fail(
-                "the query aggregated again selects its window_start and window_end, for the aggregation to group by",
+                "a query aggregated again is a window aggregation (SELECT ... FROM TABLE(TUMBLE|HOP|CUMULATE(...))"
+                " GROUP BY window_start, window_end, ...) or a GROUP BY without a window",
                 node,
             )
         self.refuse(select, inside=node)
-        # the outer query's bounds are the inner's: named window_start and window_end, as a window aggregation's
+        if any(isinstance(item, exp.Star) for item in select.expressions):
+            raise self.fail("name the columns of an aggregation (SELECT * groups nothing)", select)
         outer = select.copy()
         outer.set("from_", None)
-        for column in [c for c in outer.find_all(exp.Column) if c.name in bounds and c.table in ("", node.alias)]:
-            bound = exp.column(bounds[column.name])
-            column.replace(exp.alias_(bound, column.name) if column.parent is outer else bound)
-        if any(isinstance(item, exp.Star) for item in outer.expressions):
-            raise self.fail("name the columns of an aggregation (SELECT * groups nothing)", select)
-        time_column = inner.source.column(inner.window.column)
-        assert time_column is not None  # a window's column is its table's
-        time_type = ARROW_TYPES[time_column.type]
-        columns = {name: pa.null() for name in inner.columns} | dict.fromkeys(WINDOW_COLUMNS, time_type)
+        columns: dict[str, pa.DataType] = {name: pa.null() for name in inner.columns}
+        bounds = None
+        if inner.window is not None:
+            # the outer query's bounds are the inner's: named window_start and window_end, as a window aggregation's
+            renamed = window_bounds(node.this)  # the inner query's name of each -> window_start or window_end
+            named = {bound: name for name, bound in renamed.items()}
+            if set(named) != {"window_start", "window_end"}:
+                raise self.fail(
+                    "the query aggregated again selects its window_start and window_end, for the aggregation to"
+                    " group by",
+                    node,
+                )
+            bounds = (named["window_start"], named["window_end"])
+            for column in [c for c in outer.find_all(exp.Column) if c.name in renamed and c.table in ("", node.alias)]:
+                bound = exp.column(renamed[column.name])
+                column.replace(exp.alias_(bound, column.name) if column.parent is outer else bound)
+            time_column = inner.source.column(inner.window.column)
+            assert time_column is not None  # a window's column is its table's
+            columns |= dict.fromkeys(WINDOW_COLUMNS, ARROW_TYPES[time_column.type])
         condition = outer.args.get("where")
         where_ = compile_expression(self.sql, condition.this, columns) if condition is not None else None
         plan = self.aggregation(query, outer, inner.source, inner.window, columns, inner.where, outer.expressions, sink)
-        cascade = Cascade(inner, where_, (named["window_start"], named["window_end"]))
-        return dataclasses.replace(plan, reads=inner.reads, cascade=cascade, node=select)
+        return dataclasses.replace(
+            plan, reads=inner.reads, join=inner.join, cascade=Cascade(inner, where_, bounds), node=select
+        )
 
     def group_window(self, select: exp.Select) -> exp.Select:
         """Flink's older group windows as the window table function they mean: `FROM t GROUP BY
@@ -524,7 +532,8 @@ class Planner:
                 continue
             if isinstance(node, exp.Column) and node.name == "window_time":
                 raise self.fail("GROUP BY window_time is not supported yet (window_start, window_end are)", node)
-            name = node.name if isinstance(node, exp.Column) else f"key{len(keys)}"
+            taken = isinstance(node, exp.Column) and node.name in (k.name for k in keys)  # GROUP BY a.id, b.id
+            name = node.name if isinstance(node, exp.Column) and not taken else f"key{len(keys)}"
             keys.append(Output(name, compile_expression(self.sql, node, input_columns)))
             replaced[text_of(node)] = name
             grouped_columns[name] = pa.null()
@@ -605,13 +614,6 @@ class Planner:
 
 _HIDDEN = "__ranked"
 """The names of what a Top-N ranks by without selecting it: left out of the query's `*`."""
-
-
-def _aggregates(select: exp.Select) -> bool:
-    """Does `select` aggregate: GROUP BY, or aggregates in its SELECT list?"""
-    return select.args.get("group") is not None or any(
-        isinstance(node, AGGREGATES) for item in select.expressions for node in item.walk()
-    )
 
 
 def _ranks(select: exp.Select) -> bool:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 from sqlglot import exp
 
-from inmotion.streams.expressions import ARROW_TYPES, compile_expression
+from inmotion.streams.expressions import AGGREGATES, ARROW_TYPES, compile_expression
 from inmotion.streams.operators import Output, Plan, Side, StreamJoin, WindowJoin, WindowSide, output_names
 from inmotion.streams.sql import Query, Table, interval_ms
 
@@ -121,7 +121,7 @@ class JoinPlanner:
             raise self.fail("a join of more than two tables is not supported yet", select.args["joins"][1])
         if join.args.get("side") or join.args.get("kind") not in (None, "INNER", "CROSS"):
             raise self.fail("only inner joins of two streams are supported yet (outer joins give updates)", join)
-        for arg in ("group", "having", "order", "limit", "distinct", "qualify", "with_"):
+        for arg in ("order", "limit", "distinct", "qualify", "with_"):
             if select.args.get(arg):
                 raise self.fail(f"{arg.upper()} over a join is not supported yet", select.args[arg])
         left_node, right_node = select.args["from_"].this, join.this
@@ -223,11 +223,16 @@ class JoinPlanner:
                     times[i],
                 )
             )
-        outputs = self.outputs(select, columns)
         rest = _all_of(residual)
         join_plan = StreamJoin(
             sides[0], sides[1], interval, compile_expression(self.sql, rest, columns) if rest is not None else None
         )
+        if aggregates(select):  # a GROUP BY of the joined rows: updates
+            if any(isinstance(item, exp.Star) for item in select.expressions):
+                raise self.fail("name the columns of an aggregation (SELECT * groups nothing)", select)
+            grouped = self.planner.aggregation(query, select, tables[0], None, columns, None, select.expressions, sink)
+            return dataclasses.replace(grouped, reads=sides[0].reads, join=join_plan)
+        outputs = self.outputs(select, columns)
         return Plan(query, tables[0], sides[0].reads, None, None, (), (), None, outputs, sink, join=join_plan)
 
     def outputs(self, select: exp.Select, columns: Mapping[str, pa.DataType]) -> tuple[Output, ...]:
@@ -335,6 +340,13 @@ def window_bounds(select: exp.Select) -> dict[str, str]:
         elif isinstance(selected, exp.Column) and selected.name in known:
             found[item.alias_or_name] = known[selected.name]
     return found
+
+
+def aggregates(select: exp.Select) -> bool:
+    """Does `select` aggregate: GROUP BY, or aggregates in its SELECT list?"""
+    return select.args.get("group") is not None or any(
+        isinstance(node, AGGREGATES) for item in select.expressions for node in item.walk()
+    )
 
 
 def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:

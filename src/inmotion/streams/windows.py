@@ -190,8 +190,10 @@ class CascadeState(WindowState):
 
     def __init__(self, plan: Plan, time_type: pa.DataType) -> None:
         assert plan.cascade is not None
+        assert plan.cascade.bounds is not None
         super().__init__(plan.cascade.inner, time_type)
         self.cascade = plan.cascade
+        self.bounds = plan.cascade.bounds
         self.outer = plan
         self._outer_slots = [partial_specs(a, i) for i, a in enumerate(plan.aggregates)]
 
@@ -203,7 +205,7 @@ class CascadeState(WindowState):
         if inner.having is not None:
             fired = fired.filter(as_array(inner.having(fired), fired.num_rows))
         groups = project(fired, inner.select)
-        start, end = (pc.cast(groups.column(name), _INT64) for name in self.cascade.bounds)
+        start, end = (pc.cast(groups.column(name), _INT64) for name in self.bounds)
         bounds = {"window_start": start, "window_end": end, "window_time": pc.subtract(end, 1)}
         for name, millis in bounds.items():
             values = pc.cast(millis, self.time_type)
