@@ -33,6 +33,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -228,13 +229,18 @@ def run(name: str, sql: str, bootstrap: str, jar: str, java: int, events: int) -
     }
 
 
-def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path, key: list[int] | None = None) -> int:
+def collect(
+    name: str, sql: str, bootstrap: str, jar: str, directory: Path, key: list[int] | None = None, wait: float = 0
+) -> int:
     """Write a query's rows to DIRECTORY/NAME.jsonl (a JSON array each; timestamps as Flink's
     CAST to STRING writes them, in UTC: PyFlink cannot bring an Instant back); how many. An
     updating query's changes are applied: the rows are those it ends with. PyFlink's to_pandas
     does that for retractions, fast (Arrow batches); a Top-N's changes come as upserts
     (UPDATE_AFTER without UPDATE_BEFORE), which only its `key` (the positions of the query's key
-    columns) tells how to apply: those are read row by row, a row replacing the one of its key."""
+    columns) tells how to apply: those are read row by row, a row replacing the one of its key.
+    With `wait` (seconds), the query runs that long and is cancelled, its rows so far taken: for
+    a query that never ends (over unbounded tables; processing-time windows fire by the clock
+    alone, so a bounded run ends before they do)."""
     env = table_environment(bootstrap, jar)
     table = env.sql_query(sql)
     schema = table.get_schema()
@@ -242,7 +248,9 @@ def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path, key:
         col(name).cast(DataTypes.STRING()) if "TIMESTAMP" in str(kind).upper() else col(name)
         for name, kind in zip(schema.get_field_names(), schema.get_field_data_types(), strict=True)
     ]
-    if key is None:
+    if wait:
+        rows = _rows_for(table.select(*columns), wait)
+    elif key is None:
         rows = [[_plain(v) for v in row] for row in table.select(*columns).to_pandas().itertuples(index=False)]
     else:
         keyed: dict[tuple[Any, ...], list[Any]] = {}
@@ -256,6 +264,34 @@ def collect(name: str, sql: str, bootstrap: str, jar: str, directory: Path, key:
         rows = list(keyed.values())
     (directory / f"{name}.jsonl").write_text("".join(f"{json.dumps(row)}\n" for row in rows))
     return len(rows)
+
+
+def _rows_for(table: Any, seconds: float) -> list[list[Any]]:
+    """The rows an append-only query gives in `seconds`, then cancelled."""
+    result = table.execute()
+    rows: list[list[Any]] = []
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            with result.collect() as changes:
+                for change in changes:
+                    if change.get_row_kind().name != "INSERT":
+                        raise ValueError(f"a {change.get_row_kind().name} row: the query is not append-only")
+                    rows.append([_plain(v) for v in change])
+        except Py4JJavaError:  # cancelled
+            pass
+        except BaseException as exc:
+            failures.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(seconds)
+    result.get_job_client().cancel().result()
+    reader.join(30)
+    if failures:
+        raise failures[0]
+    return list(rows)
 
 
 def _plain(value: Any) -> Any:
@@ -299,6 +335,13 @@ def main() -> None:
         "--results", type=Path, help="instead of timing the queries, write their rows to RESULTS/<query>.jsonl"
     )
     parser.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        help="with --results: run each query this many seconds, then cancel it and take its rows so far"
+        " (queries that never end: unbounded tables, processing-time windows)",
+    )
+    parser.add_argument(
         "--keys",
         type=Path,
         help="with --results: a JSON object, query name -> the positions of its key columns, for the"
@@ -327,7 +370,8 @@ def main() -> None:
     if args.results:
         keys: dict[str, list[int]] = json.loads(args.keys.read_text()) if args.keys else {}
         for name, sql in queries.items():
-            log(f"{name}: {collect(name, sql, args.bootstrap, jar, args.results, keys.get(name)):,} rows")
+            found = collect(name, sql, args.bootstrap, jar, args.results, keys.get(name), args.wait)
+            log(f"{name}: {found:,} rows")
         return
     if args.warmup and queries:
         first = next(iter(queries))

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from inmotion.clock import FakeClock
 from inmotion.errors import InvalidSql
 from inmotion.events import Event
 from inmotion.log import Log, Message, connect
@@ -240,7 +241,7 @@ def test_malformed_events_are_left_out_and_counted(log: Log) -> None:
         ("SELECT COUNT(*) FROM TABLE(SESSION(TABLE readings PARTITION BY sensor, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
          " GROUP BY window_start, window_end", "groups by window_start, window_end and SESSION's PARTITION BY"),
         ("SELECT * FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(sensor), INTERVAL '1' SECOND))",
-         "sensor is not readings's watermarked column"),
+         "sensor is neither readings's watermarked column"),
         ("SELECT * FROM TABLE(HOP(TABLE readings, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '3' SECOND))",
          "whole multiple of its slide"),
         ("SELECT SOUNDEX(sensor) FROM readings", "unsupported function or expression"),
@@ -777,6 +778,46 @@ def test_window_join_shapes_the_engine_does_not_run_are_refused() -> None:
         for query, problem in cases:
             with pytest.raises(InvalidSql, match=problem):
                 Job(log, JOINED + query)
+
+
+def test_windows_in_processing_time_are_the_clocks_when_rows_are_read(log: Log) -> None:
+    log.append_events("readings", [reading(at, sensor) for at, sensor in [(0, "a"), (5_000, "b"), (9_000, "a")]])
+    clock = FakeClock(1_800_000_000.25, autojump=False)  # 2027-01-15T08:00:00.250Z, far from the readings' times
+    ddl = READINGS.replace("ts TIMESTAMP_LTZ(3),", "ts TIMESTAMP_LTZ(3), seen AS PROCTIME(),")
+    declared = (
+        "SELECT sensor, COUNT(*) AS n, window_start AS s FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(seen),"
+        " INTERVAL '1' SECOND)) GROUP BY sensor, window_start, window_end"
+    )
+    added = (
+        "SELECT r.sensor, COUNT(*) AS n, TUMBLE_START(r.seen, INTERVAL '1' SECOND) AS s"
+        " FROM (SELECT *, PROCTIME() AS seen FROM readings) r GROUP BY r.sensor, TUMBLE(r.seen, INTERVAL '1' SECOND)"
+    )
+    for script in (ddl + declared, READINGS + added):
+        job = Job(log, script, clock=clock)
+        assert "window TUMBLE(seen, size 1000 ms) in processing time" in job.plans[0].explain()
+        found = [(r["sensor"], r["n"], r["s"].isoformat()) for _, t in job.query() for r in job_results(t)]
+        assert sorted(found) == [("a", 2, "2027-01-15T08:00:00+00:00"), ("b", 1, "2027-01-15T08:00:00+00:00")]
+    stamped = rows(log, "SELECT sensor, seen FROM (SELECT *, PROCTIME() AS seen FROM readings) r")
+    assert all(row["seen"] >= datetime.now(UTC) - timedelta(minutes=1) for row in stamped)  # the system clock
+
+
+def test_processing_time_the_engine_does_not_run_is_refused(log: Log) -> None:
+    cases = [
+        ("CREATE TABLE t (x BIGINT, y AS x + 1) WITH ('topic' = 't'); SELECT * FROM t",
+         "column y: unsupported computed column"),
+        (READINGS + "SELECT * FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(level), INTERVAL '1' SECOND))",
+         "level is neither readings's watermarked column nor a processing-time one"),
+        (READINGS + "SELECT * FROM (SELECT *, PROCTIME() AS p FROM readings WHERE level > 1) r",
+         "subqueries are not supported yet"),
+        (READINGS.replace("ts TIMESTAMP_LTZ(3),", "ts TIMESTAMP_LTZ(3), p AS PROCTIME(),")
+         + "SELECT * FROM (SELECT * FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(p), INTERVAL '1' SECOND))) a"
+         " JOIN (SELECT * FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(p), INTERVAL '1' SECOND))) b"
+         " ON a.sensor = b.sensor AND a.window_start = b.window_start AND a.window_end = b.window_end",
+         "window joins in processing time are not supported yet"),
+    ]  # fmt: skip
+    for script, problem in cases:
+        with pytest.raises(InvalidSql, match=problem):
+            Job(log, script)
 
 
 def test_doubles_become_text_as_java_writes_them(log: Log) -> None:

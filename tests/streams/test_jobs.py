@@ -210,6 +210,37 @@ def test_an_idle_partition_stops_holding_the_watermark_after_the_idle_timeout(tm
         assert [data["window_start"] for _, data, _ in sink(log)] == ["2026-12-04T10:00:00.000Z"]
 
 
+def test_windows_in_processing_time_end_by_the_clock(log: Log) -> None:
+    script = """
+    CREATE TABLE payments (card STRING, amount BIGINT, seen AS PROCTIME()) WITH ('topic' = 'payments');
+    CREATE TABLE minutes (card STRING, total BIGINT, starts TIMESTAMP_LTZ(3)) WITH ('topic' = 'minutes');
+    INSERT INTO minutes SELECT card, SUM(amount), window_start
+    FROM TABLE(TUMBLE(TABLE payments, DESCRIPTOR(seen), INTERVAL '1' MINUTE)) GROUP BY card, window_start, window_end;
+    """
+    clock = FakeClock(start=1_800_000_000.0, autojump=False)  # a minute's start
+    job = Job(log, script, name="minutes", clock=clock)
+    pay(log, "a", 10)
+    pay(log, "b", 1)
+    thread, stop, errors = start(job)
+    wait_until(lambda: job.pipelines[0].progress.read == 2, what="the first payments read")
+    clock.advance(30)
+    pay(log, "a", 5)
+    wait_until(lambda: job.pipelines[0].progress.read == 3, what="a's second payment read")
+    assert sink(log, "minutes") == []  # the minute is not over
+    clock.advance(30)
+    wait_until(lambda: len(sink(log, "minutes")) == 2, what="the first minute's totals")
+    pay(log, "b", 2)
+    wait_until(lambda: job.pipelines[0].progress.read == 4, what="b's second payment read")
+    clock.advance(60)
+    wait_until(lambda: len(sink(log, "minutes")) == 3, what="the second minute's total")
+    stop.set()
+    thread.join()
+    assert not errors
+    first, second = "2027-01-15T08:00:00.000Z", "2027-01-15T08:01:00.000Z"
+    found = sorted((data["starts"], data["card"], data["total"]) for _, data, _ in sink(log, "minutes"))
+    assert found == [(first, "a", 15), (first, "b", 1), (second, "b", 2)]
+
+
 # --- the command ------------------------------------------------------------------------------
 def cli(broker: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([INMOTION, *args, "--broker", broker], capture_output=True, text=True, timeout=60)

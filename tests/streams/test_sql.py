@@ -202,7 +202,8 @@ def test_tables_become_flinks_kafka_tables() -> None:
 
     script = """
     CREATE TABLE bids (auction BIGINT, price DECIMAL(10, 2), ts TIMESTAMP_LTZ(3), `type` STRING METADATA VIRTUAL,
-      `offset` BIGINT METADATA VIRTUAL, WATERMARK FOR ts AS ts - INTERVAL '0.5' SECOND) WITH ('topic' = 'bids');
+      `offset` BIGINT METADATA VIRTUAL, seen AS PROCTIME(), WATERMARK FOR ts AS ts - INTERVAL '0.5' SECOND)
+      WITH ('topic' = 'bids');
     CREATE TABLE totals (auction BIGINT, total DOUBLE, PRIMARY KEY (auction) NOT ENFORCED) WITH ('topic' = 'totals');
     """
     bids, totals = flink_ddl(parse(script), "127.0.0.1:9092")
@@ -211,6 +212,7 @@ def test_tables_become_flinks_kafka_tables() -> None:
     assert "`__headers` MAP<STRING, BYTES> METADATA FROM 'headers' VIRTUAL" in bids
     assert "`offset` BIGINT METADATA FROM 'offset' VIRTUAL" in bids
     assert "WATERMARK FOR `ts` AS `ts` - INTERVAL '0.5' SECOND" in bids
+    assert "`seen` AS PROCTIME()" in bids
     assert "'connector' = 'kafka'" in bids
     assert "'scan.bounded.mode' = 'latest-offset'" in bids
     assert "PRIMARY KEY (`auction`) NOT ENFORCED" in totals

@@ -35,21 +35,25 @@ class Decoder:
     def __init__(self, table: Table, reads: Sequence[str]) -> None:
         columns = [column for column in table.columns if column.name in reads]
         self.schema = pa.schema([(c.name, ARROW_TYPES[c.type]) for c in columns])
-        self.data = [c for c in columns if c.metadata is None]
+        self.data = [c for c in columns if c.metadata is None and not c.proctime]
         self.metadata = [c for c in columns if c.metadata is not None]
+        self.proctime = [c.name for c in columns if c.proctime]
         self._json_schema = pa.schema([(c.name, _parsed_type(c)) for c in self.data])
         self._options = pj.ParseOptions(explicit_schema=self._json_schema, unexpected_field_behavior="ignore")
         self._read = pj.ReadOptions(use_threads=False, block_size=1 << 26)
 
-    def decode(self, records: Sequence[Record]) -> tuple[pa.Table, int]:
+    def decode(self, records: Sequence[Record], now: float = 0.0) -> tuple[pa.Table, int]:
         """The batch of `records` (those with data: a tombstone has no row), and how many of
-        them were left out as malformed."""
+        them were left out as malformed. Processing-time columns hold `now` (seconds)."""
         records = [r for r in records if r.value is not None]
         given = len(records)
         data = self._data_fast(records) if self.data else {}
         if data is None:
             records, data = self._data_slow(records)
         columns = {**data, **{c.name: self._metadata(c, records) for c in self.metadata}}
+        if self.proctime:
+            stamp = pa.scalar(int(now * 1000), pa.int64()).cast(ARROW_TYPES["TIMESTAMP_LTZ"])
+            columns.update({name: pa.repeat(stamp, len(records)) for name in self.proctime})
         return pa.table([columns[name] for name in self.schema.names], schema=self.schema), given - len(records)
 
     def _data_fast(self, records: Sequence[Record]) -> dict[str, Any] | None:

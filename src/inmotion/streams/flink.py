@@ -174,6 +174,8 @@ def _table(table: Table, bootstrap: str, group: str, bounded: bool, sink: bool) 
 def _column(table: Table, column: Column) -> str:
     kind = _TYPES.get(column.type, column.type)
     name = f"`{column.name}`"
+    if column.proctime:
+        return f"{name} AS PROCTIME()"
     if column.metadata is None:
         return f"{name} {kind}"
     if column.metadata in _RECORD:

@@ -146,15 +146,19 @@ class Pipeline:
 
     def process(self, side: int, partition: int, records: Sequence[Record], now: float) -> None:
         scan = self.scans[side]
-        batch, malformed = scan.decoder.decode(records)
+        batch, malformed = scan.decoder.decode(records, now)
         self.progress.read += len(records)
         self.progress.malformed += malformed
         # windows and interval joins drop late rows: they need the watermark each row meets
         join = self.plan.join
+        window = self.plan.window
         timed = (join is not None and (isinstance(join, WindowJoin) or join.timed)) or (
-            self.state is not None and self.plan.window is not None
+            self.state is not None and window is not None
         )
-        marks = self.row_watermarks(side, partition, batch, now) if timed else None
+        if timed and window is not None and window.proctime:  # rows stamped by the clock are never late
+            marks = pa.nulls(batch.num_rows, pa.int64())
+        else:
+            marks = self.row_watermarks(side, partition, batch, now) if timed else None
         if isinstance(self.state, StreamJoinState):
             late, joined = self.state.add(side, batch, marks)
             self.progress.late += late
@@ -192,6 +196,8 @@ class Pipeline:
         and letting go of a join's rows nothing can match any more."""
         if all(scan.ends is not None for scan in self.scans) and not self.remaining():
             watermark: int | None = FINAL
+        elif self.plan.window is not None and self.plan.window.proctime:  # a window ends as the clock passes it
+            watermark = int(now * 1000) - 1
         else:
             watermark = self.watermark(now)
         if isinstance(self.state, StreamJoinState):

@@ -34,6 +34,8 @@ class Window:
     offset: int = 0
     partition: tuple[str, ...] = ()
     """SESSION's PARTITION BY: each key's sessions apart."""
+    proctime: bool = False
+    """Over a processing-time column (PROCTIME()): windows end by the wall clock, not by a watermark."""
 
     @property
     def slice(self) -> int:
@@ -42,6 +44,9 @@ class Window:
         return math.gcd(self.size, self.step) if self.kind == "HOP" else self.step
 
     def describe(self) -> str:
+        return self._describe() + (" in processing time" if self.proctime else "")
+
+    def _describe(self) -> str:
         if self.kind == "SESSION":
             keys = f", per {', '.join(self.partition)}" if self.partition else ""
             return f"SESSION({self.column}, gap {self.size} ms{keys})"

@@ -9,7 +9,8 @@ runs, each compiled once.
     scan(left), scan(right) -> filter(each side's conditions) -> [interval] join -> filter -> project
     scan(left), scan(right) -> each side's windowed query (or window aggregation) -> window join -> project
 
-Windows are TUMBLE, HOP, CUMULATE and SESSION. What a plan cannot express yet (outer regular
+Windows are TUMBLE, HOP, CUMULATE and SESSION, in event time (a watermarked column) or in
+processing time (a PROCTIME() column). What a plan cannot express yet (outer regular
 joins, ORDER BY, deduplication, SELECT DISTINCT, OVER aggregations) is an `InvalidSql` naming
 the construct, its line and its column: never a plan that would give a different answer than Flink."""
 
@@ -38,7 +39,7 @@ from inmotion.streams.operators import (
     output_names,
 )
 from inmotion.streams.plan_joins import JoinPlanner, aggregates, window_bounds
-from inmotion.streams.sql import Query, Statement, Table, interval_ms, where
+from inmotion.streams.sql import Query, Statement, Table, interval_ms, proctime_column, where
 
 
 def plan(query: Query, tables: Mapping[str, Table], sql: str) -> Plan:
@@ -90,7 +91,7 @@ class Planner:
             if all(isinstance(node, exp.Subquery) for node in nodes):
                 return joins.window_join(query, select, sink)
             return joins.stream_join(query, select, sink)
-        select = self.group_window(select)
+        select = self.group_window(self.proctime_view(select))
         from_ = select.args.get("from_")
         if from_ is not None and isinstance(from_.this, exp.Subquery) and aggregates(select):
             return self.cascade(query, select, sink)
@@ -166,6 +167,39 @@ class Planner:
         return dataclasses.replace(
             plan, reads=inner.reads, join=inner.join, cascade=Cascade(inner, where_, bounds), node=select
         )
+
+    def proctime_view(self, select: exp.Select) -> exp.Select:
+        """`FROM (SELECT *, PROCTIME() AS p FROM t) alias` (how Flink's Nexmark adds processing
+        time to a table) as FROM a table of t's columns and p."""
+        from_ = select.args.get("from_")
+        node = from_.this if from_ is not None else None
+        if not isinstance(node, exp.Subquery) or not isinstance(node.this, exp.Select):
+            return select
+        inner = node.this
+        if len(inner.expressions) != 2:
+            return select
+        star, stamp = inner.expressions
+        source = inner.args["from_"].this if inner.args.get("from_") else None
+        if not (
+            isinstance(star, exp.Star)
+            and isinstance(stamp, exp.Alias)
+            and isinstance(stamp.this, exp.Anonymous)
+            and stamp.this.name.upper() == "PROCTIME"
+            and not stamp.this.expressions
+            and isinstance(source, exp.Table)
+            and isinstance(source.this, exp.Identifier)
+            and not any(inner.args.get(arg) for arg in ("where", "group", "having", "joins", "order", "limit"))
+        ):
+            return select
+        table = self.table(source)
+        view = dataclasses.replace(
+            table, name=f"{table.name} with {stamp.alias}", columns=(*table.columns, proctime_column(stamp.alias))
+        )
+        self.tables = {**self.tables, view.name: view}
+        alias = exp.TableAlias(this=exp.to_identifier(node.alias)) if node.alias else None
+        rewritten = select.copy()
+        rewritten.set("from_", exp.From(this=exp.Table(this=exp.to_identifier(view.name, quoted=True), alias=alias)))
+        return rewritten
 
     def group_window(self, select: exp.Select) -> exp.Select:
         """Flink's older group windows as the window table function they mean: `FROM t GROUP BY
@@ -416,9 +450,12 @@ class Planner:
         if not (isinstance(descriptor, exp.Anonymous) and descriptor.name.upper() == "DESCRIPTOR"):
             raise self.fail(f"{kind}'s second argument is DESCRIPTOR(time column)", descriptor)
         column = descriptor.expressions[0].name if descriptor.expressions else ""
-        if table.watermark is None or table.watermark.column != column:
+        time = table.column(column)
+        proctime = time is not None and time.proctime
+        if not proctime and (table.watermark is None or table.watermark.column != column):
             raise self.fail(
-                f"{kind} needs an event-time column: {column or '?'} is not {table.name}'s watermarked column",
+                f"{kind} needs a time attribute: {column or '?'} is neither {table.name}'s watermarked column nor"
+                " a processing-time one (name AS PROCTIME())",
                 descriptor,
             )
         lengths = [self.interval(kind, arg) for arg in intervals]
@@ -435,7 +472,7 @@ class Planner:
             )
         if offset and kind == "CUMULATE":
             raise self.fail("CUMULATE with an offset is not supported yet", function)
-        return table, Window(kind, column, size, step, offset, partition)
+        return table, Window(kind, column, size, step, offset, partition, proctime)
 
     def column_of(self, table: Table, node: exp.Expr) -> str:
         if not isinstance(node, exp.Column) or table.column(node.name) is None:

@@ -54,6 +54,8 @@ class JoinPlanner:
                     " window_start, window_end and keys",
                     node,
                 )
+            if side.window.proctime:
+                raise self.fail("window joins in processing time are not supported yet", node)
             if side.grouped and kind != "INNER":
                 raise self.fail(f"a {kind} window join of window aggregations is not supported yet", node)
             if not {"window_start", "window_end"} <= set(window_bounds(node.this).values()):
@@ -130,6 +132,8 @@ class JoinPlanner:
         for node in (left_node, right_node):
             if isinstance(node, exp.Subquery) and isinstance(node.this, exp.Select):
                 aggregation = self.planner.select(query, node.this, None)
+                if aggregation.window is not None and aggregation.window.proctime:
+                    raise self.fail("a join with a window aggregation in processing time is not supported yet", node)
                 if aggregation.window is None or not aggregation.grouped or aggregation.rank is not None:
                     raise self.fail(
                         "a query joined with a stream is a window aggregation (GROUP BY window_start, window_end, ...)",

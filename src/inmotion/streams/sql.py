@@ -70,6 +70,9 @@ class Column:
     """The envelope's attribute, extension or record field it reads; None: the data field `name`."""
     virtual: bool = False
     """Read only: an INSERT INTO the table does not write it."""
+    proctime: bool = False
+    """`name AS PROCTIME()`: the wall-clock time when the engine reads the row (a TIMESTAMP_LTZ),
+    for windows in processing time."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +255,15 @@ def _table(sql: str, tree: exp.Create) -> Table:
 
 def _column(sql: str, element: exp.ColumnDef) -> Column:
     kind = element.args.get("kind")
+    constraints = element.args.get("constraints") or []
+    computed = [c.args["kind"] for c in constraints if isinstance(c.args.get("kind"), exp.ComputedColumnConstraint)]
+    if computed:
+        if not (isinstance(computed[0].this, exp.Anonymous) and computed[0].this.name.upper() == "PROCTIME"):
+            raise InvalidSql(
+                f"column {element.name}: unsupported computed column (`{element.name} AS PROCTIME()` is supported)",
+                *where(sql, element),
+            )
+        return proctime_column(element.name)
     if not isinstance(kind, exp.DataType):
         raise InvalidSql(f"column {element.name} needs a type", *where(sql, element))
     flink = flink_type(kind.this)
@@ -271,6 +283,11 @@ def _column(sql: str, element: exp.ColumnDef) -> Column:
                 *where(sql, element),
             )
     return Column(element.name, flink, metadata, virtual)
+
+
+def proctime_column(name: str) -> Column:
+    """A processing-time column (`name AS PROCTIME()`): read only, never written."""
+    return Column(name, "TIMESTAMP_LTZ", virtual=True, proctime=True)
 
 
 def flink_type(kind: exp.DType) -> str | None:
