@@ -45,3 +45,8 @@ def asyncapi(
     typer.echo(
         f"wrote {output}: {len(document['channels'])} channels, {len(document['components']['messages'])} messages"
     )
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the command line."""
+    app.command("asyncapi")(asyncapi)

@@ -120,3 +120,9 @@ def _describe(grant: Grant) -> str:
     if grant.rate is not None:
         parts.append(f"{grant.rate:g} requests/s")
     return "; ".join(parts)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the command line."""
+    app.command("serve")(serve_command)
+    app.add_typer(tokens_app, name="tokens")

@@ -198,3 +198,9 @@ def _raw(record: Record) -> dict[str, Any]:
             return base64.b64encode(value).decode()
 
     return {"key": text(record.key), "value": text(record.value), "timestamp": record.timestamp}
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the command line."""
+    app.command("publish")(publish)
+    app.command("tail")(tail)

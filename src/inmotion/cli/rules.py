@@ -223,3 +223,9 @@ def route(
         except InmotionError as error:
             fail(str(error), EXIT_INVALID if isinstance(error, InvalidConfig | InvalidPattern) else 1)
     typer.echo(f"routed {totals.routed} events, {totals.unmatched} matched no rule", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the command line."""
+    app.add_typer(rules_app, name="rules")
+    app.command("route", epilog=RULES_FILE_HELP)(route)

@@ -360,3 +360,11 @@ def run(
         app.run_sync()
     finally:
         app.close()
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the command line."""
+    app.add_typer(groups_app, name="groups")
+    app.add_typer(dlq_app, name="dlq")
+    app.command("replay")(replay)
+    app.command("run")(run)

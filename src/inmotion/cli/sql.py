@@ -25,7 +25,6 @@ from rich.table import Table
 from inmotion.cli.common import BrokerOption, JsonOption, fail, open_log, print_json
 from inmotion.errors import InmotionError
 from inmotion.log import default_broker
-from inmotion.runtime import logs
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -152,6 +151,8 @@ def run(
         fail("name the job: --name NAME (or run a .sql file, whose name it takes)", code=2)
     if engine not in ("embedded", "flink"):
         fail(f"--engine {engine}: the engines are embedded and flink", code=2)
+    from inmotion.runtime import logs  # here, not above: the other sql commands start without the runtime
+
     logs.configure(log_level)
     if engine == "flink":
         _run_on_flink(text, job_name, broker or default_broker(), flink, state or Path(".inmotion-flink") / job_name)
@@ -346,3 +347,8 @@ sql_app.command("explain")(explain)
 sql_app.command("jobs")(jobs)
 sql_app.command("reset")(reset)
 sql_app.command("nexmark")(nexmark)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the command line."""
+    app.add_typer(sql_app, name="sql")

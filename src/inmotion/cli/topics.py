@@ -102,3 +102,8 @@ def _ms(value: int | None) -> str:
         if value % size == 0:
             return f"{value // size}{unit}"
     return f"{value}ms"
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the command line."""
+    app.add_typer(topics_app, name="topics")

@@ -111,3 +111,8 @@ def _after(ms: int) -> str:
 
 def _count(number: int, noun: str) -> str:
     return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the command line."""
+    app.command("trace")(trace)

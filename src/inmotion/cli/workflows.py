@@ -132,3 +132,12 @@ def _ask(wanted: str, broker: str | None, store: str | None, request: str, done:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the command line."""
+    workflows_app.command("list")(list_instances)
+    workflows_app.command("describe")(describe)
+    workflows_app.command("cancel")(cancel)
+    workflows_app.command("retry")(retry)
+    app.add_typer(workflows_app, name="workflows")
