@@ -210,6 +210,43 @@ def test_an_idle_partition_stops_holding_the_watermark_after_the_idle_timeout(tm
         assert [data["window_start"] for _, data, _ in sink(log)] == ["2026-12-04T10:00:00.000Z"]
 
 
+def test_state_ttl_lets_a_regular_joins_rows_go(log: Log) -> None:
+    script = (
+        PAYMENTS
+        + """
+    SET 'table.exec.state.ttl' = '1 min';
+    CREATE TABLE cards (card STRING, owner STRING) WITH ('topic' = 'cards');
+    CREATE TABLE owned (owner STRING, amount BIGINT) WITH ('topic' = 'owned');
+    INSERT INTO owned SELECT c.owner, p.amount FROM payments p JOIN cards c ON p.card = c.card;
+    """
+    )
+    log.create_topic("cards")
+
+    def card(name: str, owner: str) -> None:
+        log.append_events("cards", [Event(type="card", source="/cards", data={"card": name, "owner": owner})])
+
+    def owned() -> list[tuple[str, int]]:
+        return sorted((data["owner"], data["amount"]) for _, data, _ in sink(log, "owned"))
+
+    clock = FakeClock(autojump=False)
+    card("a", "ann")
+    pay(log, "b", 1)
+    run_until(Job(log, script, name="owned", clock=clock), lambda: checkpointed(log), what="the first rows kept")
+    clock.advance(45)
+    pay(log, "a", 10)  # ann's card came 45 s ago: kept
+    job = Job(log, script, name="owned", clock=clock)  # restarted: the rows come back from the checkpoint
+    thread, stop, errors = start(job)
+    wait_until(lambda: owned() == [("ann", 10)], what="a payment on a kept card")
+    clock.advance(30)  # ann's card came 75 s ago: gone; b's payment too
+    card("b", "bob")
+    pay(log, "a", 20)
+    wait_until(lambda: job.pipelines[0].progress.read == 5, what="the new rows read")
+    stop.set()
+    thread.join()
+    assert not errors
+    assert owned() == [("ann", 10)]
+
+
 def test_windows_in_processing_time_end_by_the_clock(log: Log) -> None:
     script = """
     CREATE TABLE payments (card STRING, amount BIGINT, seen AS PROCTIME()) WITH ('topic' = 'payments');

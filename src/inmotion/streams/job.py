@@ -92,7 +92,7 @@ class Pipeline:
         if isinstance(plan.join, WindowJoin):
             self.state = WindowJoinState(plan.join)
         elif plan.join is not None:
-            self.state = StreamJoinState(plan.join)
+            self.state = StreamJoinState(plan.join, ttl_ms, clock.time)
             if plan.grouped:
                 self.grouping = group_state(plan, ttl_ms, clock.time)
         elif plan.grouped and plan.window is None:

@@ -1,7 +1,8 @@
 """Joins of two streams: each side's rows are kept (as Arrow tables) while a row of the other
 side may still come that matches them; a new batch of one side is joined with what the other
 side keeps (Arrow's hash join on the keys, then the time interval), then kept itself. A regular
-join (no interval) keeps every row for good; an interval join lets rows go as follows.
+join (no interval) keeps every row for good, or with a time to live (Flink's
+table.exec.state.ttl) until that long after it came; an interval join lets rows go as follows.
 
 With `lower <= left time - right time <= upper`, a left row can still match once the right
 side's watermark `w` allows right rows later than `w`: it is dropped when `time - lower <= w`;
@@ -12,7 +13,8 @@ kept rows are the state: a checkpoint writes the chunks that changed (Arrow IPC)
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -25,11 +27,15 @@ from inmotion.streams.windows import WindowState, assign, column_of, event_times
 
 _TIME = "__time"
 _END = "__end"
+_CAME = "__came"
+"""When a kept row came (ms, the job's clock): with a time to live, it goes that long after."""
 
 
 class StreamJoinState:
-    def __init__(self, join: StreamJoin) -> None:
+    def __init__(self, join: StreamJoin, ttl_ms: int = 0, clock: Callable[[], float] = time.time) -> None:
         self.join = join
+        self.ttl_ms = ttl_ms
+        self.clock = clock
         self.kept: Chunks = ({}, {})
         """Per side, by chunk number: rows with their keys (`__k0`...) and time (`__time`)."""
         self.groups = [WindowState(side.plan, _time_type(side.plan)) if side.plan else None for side in join.sides]
@@ -89,7 +95,12 @@ class StreamJoinState:
                 rows = rows.filter(pc.invert(late))
         if not rows.num_rows:
             return count, None
+        now_ms = int(self.clock() * 1000)
+        if self.ttl_ms:  # rows past their time to live match nothing, gone or not yet
+            self._outlived(now_ms - self.ttl_ms)
         joined = self._probe(side, rows)
+        if self.ttl_ms:
+            rows = rows.append_column(_CAME, pa.repeat(pa.scalar(now_ms, pa.int64()), rows.num_rows))
         number = next(self._numbers)
         self.kept[side][number] = rows
         self._changed.add((side, number))
@@ -105,7 +116,7 @@ class StreamJoinState:
         other = [t for t in self.kept[1 - side].values() if t.num_rows]
         if not other:
             return None
-        kept = pa.concat_tables(other)
+        kept = pa.concat_tables(other, promote_options="permissive")  # chunks kept before a TTL lack _CAME
         left, right = (rows, kept) if side == 0 else (kept, rows)
         keys = [name for name in rows.column_names if name.startswith("__k")]
         # the right's keys and time, renamed: Arrow's join wants distinct names beside the keys
@@ -126,7 +137,9 @@ class StreamJoinState:
 
     def expire(self, left_watermark: int | None, right_watermark: int | None) -> None:
         """Drop the rows no row to come can match: left rows by the right side's watermark, right
-        rows by the left's. A regular join's rows stay."""
+        rows by the left's (an interval join's); and those past their time to live."""
+        if self.ttl_ms:
+            self._outlived(int(self.clock() * 1000) - self.ttl_ms)
         if self.join.interval is None:
             return
         lower, upper = self.join.interval
@@ -145,6 +158,20 @@ class StreamJoinState:
                     self.kept[side][number] = rows
                 else:
                     del self.kept[side][number]
+
+    def _outlived(self, cutoff: int) -> None:
+        """Drop the chunks of rows that came at or before `cutoff` (those kept before the job had
+        a time to live count from now)."""
+        for side in (0, 1):
+            for number, rows in list(self.kept[side].items()):
+                if _CAME not in rows.column_names:
+                    came = pa.repeat(pa.scalar(cutoff + self.ttl_ms, pa.int64()), rows.num_rows)
+                    self.kept[side][number] = rows.append_column(_CAME, came)
+                    self._changed.add((side, number))
+                elif rows.column(_CAME)[0].as_py() <= cutoff:  # a chunk's rows came at once
+                    del self.kept[side][number]
+                    self._changed.add((side, number))
+                    self.fired = True
 
     # --- checkpoints --------------------------------------------------------------------------
     def changes(self) -> dict[bytes, bytes | None]:

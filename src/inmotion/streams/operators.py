@@ -295,7 +295,7 @@ class Plan:
                     lines.append(f"{side.alias}: window {side.plan.window.describe()}, aggregate by window and keys")
                     lines.append("  state: one row per window and key; the rows join as their window fires")
             lines.append(f"join {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys")
-            lines.append("  state: each side's rows, kept for good (a regular join)")
+            lines.append("  state: each side's rows, kept for good (a regular join; or for table.exec.state.ttl)")
         if self.where is not None:
             lines.append(f"filter {self.clause('where')}")
         if self.window is not None:

@@ -120,7 +120,8 @@ class Setting:
 
 
 OPTIONS = {
-    "table.exec.state.ttl": "how long an updating GROUP BY keeps a key's state after its last row (0: always)",
+    "table.exec.state.ttl": "how long an updating GROUP BY keeps a key's state after its last row, and a regular"
+    " join a row after it came (0: always)",
     "table.exec.source.idle-timeout": "how long a silent partition holds the watermark back",
     "execution.checkpointing.interval": "the time between checkpoints while busy",
 }
