@@ -253,3 +253,14 @@ def test_sqlite_url_options_must_be_positive(broker: str, option: str) -> None:
     result = run(f"{broker}?{option}", "tail", "orders", check=False)
     assert result.returncode == 1
     assert "seconds, got" in result.stderr
+
+
+def test_each_command_runs_with_only_its_own_module_loaded() -> None:
+    from inmotion.cli.main import COMMANDS
+
+    for command in COMMANDS:
+        result = subprocess.run([INMOTION, command, "--help"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert f"inmotion {command} [OPTIONS]" in result.stdout
+    listed = subprocess.run([INMOTION, "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert all(command in listed for command in COMMANDS)

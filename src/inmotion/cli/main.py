@@ -42,10 +42,15 @@ def build(command: str | None = None) -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
+    app.callback()(_commands)  # a group even when one command is registered: typer runs a lone command bare
     modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
     for module in modules:
         importlib.import_module(f"inmotion.cli.{module}").register(app)
     return app
+
+
+def _commands() -> None:
+    """Event-driven systems on one SQLite file or on Apache Kafka."""
 
 
 def __getattr__(name: str) -> Any:
