@@ -711,7 +711,7 @@ def test_a_group_by_of_a_join_matches_a_nested_loop(
 def test_aggregations_of_queries_the_engine_does_not_run_are_refused(log: Log) -> None:
     tumble = "TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' SECOND))"
     cases = [
-        ("SELECT MAX(level) FROM (SELECT sensor, level FROM readings) r",
+        ("SELECT COUNT(*) FROM (SELECT a.sensor FROM readings a JOIN readings b ON a.sensor = b.sensor) j",
          "a query aggregated again is a window aggregation"),
         (f"SELECT MAX(n) FROM (SELECT COUNT(*) AS n, window_start FROM {tumble} GROUP BY sensor, window_start,"
          " window_end) c GROUP BY window_start", "selects its window_start and window_end"),
@@ -720,7 +720,7 @@ def test_aggregations_of_queries_the_engine_does_not_run_are_refused(log: Log) -
         ("SELECT MAX(n) FROM (SELECT COUNT(*) AS n, window_start, window_end FROM TABLE(SESSION(TABLE readings"
          " PARTITION BY sensor, DESCRIPTOR(ts), INTERVAL '1' SECOND)) GROUP BY sensor, window_start, window_end) c"
          " GROUP BY window_start, window_end", "a query aggregated again is a window aggregation"),
-        ("SELECT sensor FROM (SELECT sensor FROM readings) r", "subqueries are not supported yet"),
+        ("SELECT sensor FROM (SELECT DISTINCT sensor FROM readings) r", "this query inside a query is not supported"),
     ]  # fmt: skip
     for query, problem in cases:
         with pytest.raises(InvalidSql, match=problem):
@@ -801,6 +801,27 @@ def test_windows_in_processing_time_are_the_clocks_when_rows_are_read(log: Log) 
     assert all(row["seen"] >= datetime.now(UTC) - timedelta(minutes=1) for row in stamped)  # the system clock
 
 
+def test_a_query_in_from_that_projects_and_filters_is_merged_into_the_query_around_it(log: Log) -> None:
+    log.append_events(
+        "readings",
+        [reading(at, sensor, level=at // 1000) for at, sensor in [(0, "a"), (900, "b"), (1_500, "a"), (2_500, "c")]],
+    )
+    nested = (
+        "SELECT * FROM (SELECT s, twice FROM (SELECT UPPER(sensor) AS s, level * 2 AS twice FROM readings"
+        " WHERE level >= 0) v WHERE twice < 4) w WHERE s <> 'B'"
+    )
+    assert [(r["s"], r["twice"]) for r in rows(log, nested)] == [("A", 0), ("A", 2)]
+    grouped = (
+        "SELECT v.s, COUNT(*) AS n, SUM(v.twice + 1) AS total, TUMBLE_START(v.ts, INTERVAL '2' SECOND) AS w"
+        " FROM (SELECT sensor AS s, level * 2 AS twice, ts FROM readings) v"
+        " GROUP BY v.s, TUMBLE(v.ts, INTERVAL '2' SECOND)"
+    )
+    found = sorted((r["s"], r["n"], r["total"], ms(r["w"])) for r in rows(log, grouped))
+    assert found == [("a", 2, 4, 0), ("b", 1, 1, 0), ("c", 1, 5, 2000)]
+    with pytest.raises(InvalidSql, match="unknown column level \\(the query in FROM gives s, twice\\)"):
+        rows(log, "SELECT level FROM (SELECT sensor AS s, level * 2 AS twice FROM readings) v")
+
+
 def test_processing_time_the_engine_does_not_run_is_refused(log: Log) -> None:
     cases = [
         ("CREATE TABLE t (x BIGINT, y AS x + 1) WITH ('topic' = 't'); SELECT * FROM t",
@@ -808,7 +829,7 @@ def test_processing_time_the_engine_does_not_run_is_refused(log: Log) -> None:
         (READINGS + "SELECT * FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(level), INTERVAL '1' SECOND))",
          "level is neither readings's watermarked column nor a processing-time one"),
         (READINGS + "SELECT * FROM (SELECT *, PROCTIME() AS p FROM readings WHERE level > 1) r",
-         "subqueries are not supported yet"),
+         "this query inside a query is not supported yet"),
         (READINGS.replace("ts TIMESTAMP_LTZ(3),", "ts TIMESTAMP_LTZ(3), p AS PROCTIME(),")
          + "SELECT * FROM (SELECT * FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(p), INTERVAL '1' SECOND))) a"
          " JOIN (SELECT * FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(p), INTERVAL '1' SECOND))) b"

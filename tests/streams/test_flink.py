@@ -119,6 +119,11 @@ QUERIES = {
         " GROUP BY A.id, A.category HAVING MAX(B.price) > 1000"
         ") WHERE MOD(id, 7) <> 0 GROUP BY bids"
     ),
+    "merged": (  # a query in FROM that projects and filters, its time column renamed
+        "SELECT ch, COUNT(*) AS bids, MAX(dollars) AS top, TUMBLE_START(t, INTERVAL '0.1' SECOND) AS ws FROM ("
+        " SELECT UPPER(channel) AS ch, price / 100 AS dollars, `dateTime` AS t FROM bid WHERE MOD(auction, 2) = 0"
+        ") v WHERE dollars > 10 GROUP BY ch, TUMBLE(t, INTERVAL '0.1' SECOND)"
+    ),
     "distinct-windows": (
         "SELECT window_start, channel, COUNT(DISTINCT bidder) AS bidders, COUNT(*) FILTER (WHERE price > 1000) AS big,"
         " MAX(price) FILTER (WHERE bidder > 1050) AS top,"

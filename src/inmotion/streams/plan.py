@@ -91,7 +91,7 @@ class Planner:
             if all(isinstance(node, exp.Subquery) for node in nodes):
                 return joins.window_join(query, select, sink)
             return joins.stream_join(query, select, sink)
-        select = self.group_window(self.proctime_view(select))
+        select = self.group_window(self.merged(self.proctime_view(select)))
         from_ = select.args.get("from_")
         if from_ is not None and isinstance(from_.this, exp.Subquery) and aggregates(select):
             return self.cascade(query, select, sink)
@@ -167,6 +167,46 @@ class Planner:
         return dataclasses.replace(
             plan, reads=inner.reads, join=inner.join, cascade=Cascade(inner, where_, bounds), node=select
         )
+
+    def merged(self, select: exp.Select) -> exp.Select:
+        """`FROM (SELECT items FROM t [WHERE c]) alias` that only projects and filters, merged
+        into the query around it: its columns become the items they name, its WHERE joins the
+        outer one (a view merged, as planners do). Other queries in FROM are planned apart."""
+        from_ = select.args.get("from_")
+        node = from_.this if from_ is not None else None
+        if not isinstance(node, exp.Subquery) or not isinstance(node.this, exp.Select) or select.args.get("joins"):
+            return select
+        inner = self.merged(node.this)
+        source = inner.args["from_"].this if inner.args.get("from_") else None
+        simple = isinstance(source, exp.Table) and not isinstance(source, exp.Subquery)
+        if not simple or any(inner.args.get(arg) for arg in _NOT_MERGED) or aggregates(inner):
+            return select
+        if any(isinstance(n, exp.Window) or _calls(n, "PROCTIME") for item in inner.expressions for n in item.walk()):
+            return select
+        table, window = self.source(inner)
+        items = self.items(inner, table, window)
+        named = {
+            name: item.this if isinstance(item, exp.Alias) else item
+            for name, item in zip(output_names(items), items, strict=True)
+        }
+        outer = select.copy()
+        listed: list[exp.Expr] = []  # the outer items, `*` spelled out, each keeping its name
+        for item in outer.expressions:
+            if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
+                listed.extend(exp.alias_(exp.column(name), name) for name in named)
+            else:
+                listed.append(exp.alias_(item, item.name) if isinstance(item, exp.Column) else item)
+        outer.set("expressions", listed)
+        outer.set("from_", None)
+        for column in [c for c in outer.find_all(exp.Column) if c.table in ("", node.alias)]:
+            if column.name not in named:
+                raise self.fail(f"unknown column {column.name} (the query in FROM gives {', '.join(named)})", column)
+            value = named[column.name].copy()
+            column.replace(value if isinstance(value, (exp.Column, exp.Literal)) else exp.paren(value))
+        conditions = [w.this.copy() for w in (inner.args.get("where"), outer.args.get("where")) if w is not None]
+        outer.set("where", exp.Where(this=exp.and_(*conditions)) if conditions else None)
+        outer.set("from_", inner.args["from_"].copy())
+        return outer
 
     def proctime_view(self, select: exp.Select) -> exp.Select:
         """`FROM (SELECT *, PROCTIME() AS p FROM t) alias` (how Flink's Nexmark adds processing
@@ -408,7 +448,11 @@ class Planner:
             if isinstance(node, exp.Window):
                 raise self.fail(f"OVER windows ({text_of(node.this)} OVER ...) are not supported yet", node)
             if isinstance(node, exp.Subquery) or (isinstance(node, exp.Select) and node is not select):
-                raise self.fail("subqueries are not supported yet", node)
+                raise self.fail(
+                    "this query inside a query is not supported yet (in FROM: one that projects and filters, a"
+                    " Top-N's, a window or GROUP BY aggregation aggregated again)",
+                    node,
+                )
 
     def source(self, select: exp.Select) -> tuple[Table, Window | None]:
         from_ = select.args.get("from_")
@@ -647,6 +691,14 @@ class Planner:
             if not inside and column.name not in columns and text_of(column) not in replaced:
                 raise self.fail(f"column {column.name} is neither in GROUP BY nor inside an aggregate", column)
         return compile_expression(self.sql, node, columns, replaced)
+
+
+_NOT_MERGED = ("group", "having", "distinct", "order", "limit", "joins", "qualify", "with_")
+"""What makes a query in FROM more than a projection and a filter: it is planned apart."""
+
+
+def _calls(node: exp.Expr, name: str) -> bool:
+    return isinstance(node, exp.Anonymous) and node.name.upper() == name
 
 
 _HIDDEN = "__ranked"
