@@ -4,7 +4,7 @@ CREATE TABLE readings (
   temperature DOUBLE,
   ts TIMESTAMP_LTZ(3),
   WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
-) WITH ('topic' = 'iot.readings');
+) WITH ('topic' = 'iot.readings', 'key.fields' = 'sensor');  -- keyed by sensor: the job can run --split
 
 CREATE TABLE averages (
   sensor STRING, window_start TIMESTAMP_LTZ(3), window_end TIMESTAMP_LTZ(3),

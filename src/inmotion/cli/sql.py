@@ -138,12 +138,25 @@ def run(
             "--state", help="With --engine flink: the job's checkpoints and savepoints (default: .inmotion-flink/NAME)."
         ),
     ] = None,
+    split: Annotated[
+        bool,
+        typer.Option(
+            "--split",
+            help="Share the job with the other processes running it --split: each runs the partitions a consumer"
+            " group gives it (the job's state must be per key of its topic: see 'key.fields').",
+        ),
+    ] = False,
+    session_timeout: Annotated[
+        float,
+        typer.Option("--session-timeout", help="With --split: seconds before a silent process's partitions move."),
+    ] = 10.0,
 ) -> None:
     """Run a job until SIGTERM or Ctrl-C (then checkpoint and stop): its INSERT INTOs append
     results to their topics exactly once, also across crashes; the rows of its SELECTs print
     as JSON lines once checkpointed. A job resumes from its last checkpoint. With --engine
     flink the same SQL runs on Apache Flink: stopped with a savepoint, resumed from it."""
     from inmotion.streams.job import Job
+    from inmotion.streams.shards import Shards
 
     text = _script(sql)
     job_name = name or (Path(sql).stem if sql.endswith(".sql") else None)
@@ -162,8 +175,16 @@ def run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        job = Job(log, text, name=job_name, idle_timeout=idle_timeout, interval=interval)
-        _logger.info("job %s: %d queries over %s", job_name, len(job.plans), log.url)
+        job: Job | Shards
+        if split:
+            shards = Shards(
+                log, text, job_name, idle_timeout=idle_timeout, interval=interval, session_timeout=session_timeout
+            )
+            _logger.info("job %s: split by partition of %s, over %s", job_name, shards.topic, log.url)
+            job = shards
+        else:
+            job = Job(log, text, name=job_name, idle_timeout=idle_timeout, interval=interval)
+            _logger.info("job %s: %d queries over %s", job_name, len(job.plans), log.url)
         try:
             job.run(stop, lambda plan, table: _print_json(table))
         except InmotionError:
@@ -303,14 +324,18 @@ def reset(
 ) -> None:
     """Forget a job's state and positions: started again, it reads its sources from the start."""
     from inmotion.streams.checkpoints import open_checkpoints
+    from inmotion.streams.shards import SEPARATOR
 
     log = open_log(broker, create=False)
     try:
-        if not open_checkpoints(log).reset(job):
+        checkpoints = open_checkpoints(log)
+        shards = [info.name for info in checkpoints.jobs() if info.name.startswith(f"{job}{SEPARATOR}")]
+        found = [name for name in [job, *shards] if checkpoints.reset(name)]
+        if not found:
             fail(f"no SQL job {job}")
     finally:
         log.close()
-    typer.echo(f"job {job} reset")
+    typer.echo(f"job {job} reset" + (f" ({len(shards)} shards)" if shards else ""))
 
 
 def nexmark(

@@ -124,9 +124,17 @@ class Pipeline:
         return [str(self.index) if i == 0 else f"{self.index}.{i}" for i in range(len(self.scans))]
 
     # --- reading --------------------------------------------------------------------------
-    def start(self, log: Log, offsets: Sequence[dict[int, int] | None], now: float, *, bounded: bool) -> None:
+    def start(
+        self,
+        log: Log,
+        offsets: Sequence[dict[int, int] | None],
+        now: float,
+        *,
+        bounded: bool,
+        partitions: Sequence[int] | None = None,
+    ) -> None:
         for scan, start in zip(self.scans, offsets, strict=True):
-            scan.start(log, start, now, bounded=bounded)
+            scan.start(log, start, now, bounded=bounded, partitions=partitions)
 
     def poll(self, log: Log, now: float) -> int:
         """Read and process a batch from each partition of each source; how many records."""
@@ -310,6 +318,7 @@ class Job:
         clock: Clock | None = None,
         idle_timeout: float = 5.0,
         interval: float = 0.2,
+        partitions: Sequence[int] | None = None,
     ) -> None:
         if not 0 < idle_timeout < math.inf or not 0 <= interval < math.inf:
             raise InvalidConfig("idle_timeout must be positive and interval 0 or more seconds")
@@ -319,6 +328,8 @@ class Job:
         self.clock = clock or SystemClock()
         self.idle_timeout = idle_timeout
         self.interval = interval
+        self.partitions = partitions
+        """Only these partitions of the sources (a shard of a split job, see `inmotion.streams.shards`)."""
         statements = parse(sql)
         self.plans = plans(statements, sql)
         if not self.plans:
@@ -439,7 +450,8 @@ class Job:
         self.sequence = checkpoint.sequence
         for pipeline in self.pipelines:
             offsets = [checkpoint.positions.get(tracker) for tracker in pipeline.trackers()]
-            pipeline.start(self.log, [dict(o) if o is not None else None for o in offsets], now, bounded=False)
+            starts = [dict(o) if o is not None else None for o in offsets]
+            pipeline.start(self.log, starts, now, bounded=False, partitions=self.partitions)
             if pipeline.index < len(progress):
                 pipeline.progress = progress[pipeline.index]
                 for scan, times in zip(pipeline.scans, pipeline.progress.times, strict=False):

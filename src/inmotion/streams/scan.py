@@ -9,7 +9,7 @@ depend on how reads were batched: a job restarted from a checkpoint drops the sa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -44,16 +44,26 @@ class Scan:
         self.heard: dict[int, float] = {}
         """By partition: when it last had records to read."""
 
-    def start(self, log: Log, offsets: dict[int, int] | None, now: float, *, bounded: bool) -> None:
+    def start(
+        self,
+        log: Log,
+        offsets: dict[int, int] | None,
+        now: float,
+        *,
+        bounded: bool,
+        partitions: Sequence[int] | None = None,
+    ) -> None:
+        """Read from `offsets` (None: where the table says a new job starts), every partition
+        of the topic or only `partitions`."""
         topic = self.topic
-        count = log.partition_count(topic)
+        chosen = range(log.partition_count(topic)) if partitions is None else partitions
         if offsets is None:
             first = log.earliest_offset if self.table.start == "earliest-offset" else log.latest_offset
-            offsets = {p: first(topic, p) for p in range(count)}
-        self.offsets = {p: offsets.get(p, log.earliest_offset(topic, p)) for p in range(count)}
-        self.heard = dict.fromkeys(range(count), now)
+            offsets = {p: first(topic, p) for p in chosen}
+        self.offsets = {p: offsets.get(p, log.earliest_offset(topic, p)) for p in chosen}
+        self.heard = dict.fromkeys(chosen, now)
         if bounded:
-            self.ends = {p: log.latest_offset(topic, p) for p in range(count)}
+            self.ends = {p: log.latest_offset(topic, p) for p in chosen}
 
     def read(self, log: Log, now: float) -> Iterator[tuple[int, list[Record]]]:
         """A batch from each partition that has records: (partition, records)."""

@@ -55,7 +55,7 @@ _EXTENSION = re.compile(r"[a-z0-9]{1,20}")
 """A CloudEvents extension's name."""
 
 STARTS = frozenset({"earliest-offset", "latest-offset"})
-_OPTIONS = frozenset({"topic", "scan.startup.mode"})
+_OPTIONS = frozenset({"topic", "scan.startup.mode", "key.fields"})
 
 _MS = {"SECOND": 1000, "MINUTE": 60_000, "HOUR": 3_600_000, "DAY": 86_400_000}
 """The units of the intervals Flink's parser takes (no MILLISECOND: '0.5' SECOND is one)."""
@@ -93,6 +93,9 @@ class Table:
     primary_key: tuple[str, ...] = ()
     start: str = "earliest-offset"
     """Where a job with no checkpoint starts reading: `earliest-offset` or `latest-offset`."""
+    key_fields: tuple[str, ...] = ()
+    """`'key.fields' = 'a;b'` (Flink's option): the columns the events' key is made of, so rows
+    with equal values share a partition (what lets a job split by partition)."""
 
     def column(self, name: str) -> Column | None:
         return next((column for column in self.columns if column.name == name), None)
@@ -244,6 +247,10 @@ def _table(sql: str, tree: exp.Create) -> Table:
         else:
             raise InvalidSql(f"unsupported in CREATE TABLE: {element.key.upper()}", *where(sql, element))
     options = _options(sql, name, tree)
+    key_fields = tuple(field.strip() for field in options.get("key.fields", "").split(";") if field.strip())
+    for field in key_fields:
+        if not any(c.name == field for c in columns):
+            raise InvalidSql(f"table {name}: 'key.fields' names no column {field}", *where(sql, tree))
     return Table(
         name,
         options["topic"],
@@ -251,6 +258,7 @@ def _table(sql: str, tree: exp.Create) -> Table:
         watermark=None if watermark is None else _watermark(sql, name, columns, watermark),
         primary_key=primary_key,
         start=options.get("scan.startup.mode", "earliest-offset"),
+        key_fields=key_fields,
     )
 
 
