@@ -124,6 +124,11 @@ QUERIES = {
         " SELECT UPPER(channel) AS ch, price / 100 AS dollars, `dateTime` AS t FROM bid WHERE MOD(auction, 2) = 0"
         ") v WHERE dollars > 10 GROUP BY ch, TUMBLE(t, INTERVAL '0.1' SECOND)"
     ),
+    "left-join": (  # an outer join's rows alone are given with NULLs, then deleted if a match comes
+        "SELECT B.auction, B.price, A.category FROM bid B LEFT JOIN auction A ON B.auction = A.id AND A.category = 10"
+        " WHERE MOD(B.price, 3) = 0"
+    ),
+    "full-join": "SELECT A.id, P.id, P.name FROM auction A FULL OUTER JOIN person P ON A.seller = P.id",
     "distinct-windows": (
         "SELECT window_start, channel, COUNT(DISTINCT bidder) AS bidders, COUNT(*) FILTER (WHERE price > 1000) AS big,"
         " MAX(price) FILTER (WHERE bidder > 1050) AS top,"

@@ -250,6 +250,12 @@ class Pipeline:
                 self.emit(upserts)
             if deletes is not None:
                 self.deletes.append(project(deletes, self.plan.select))
+        if isinstance(self.state, StreamJoinState) and self.state.keeps:
+            upserts, deletes = self.state.updates()
+            if upserts is not None:
+                self.emit(upserts)
+            if deletes is not None:
+                self.deletes.append(project(deletes, self.plan.select))
         if self.ranking is not None:
             upserts, deletes = self.ranking.updates()
             if upserts is not None:
@@ -384,9 +390,8 @@ class Job:
         results of INSERT INTO queries; `results` hears those of SELECTs once checkpointed."""
         for plan in self.plans:
             if plan.updating and plan.sink is None:
-                what = "a Top-N over a stream" if plan.rank is not None else "a GROUP BY without a window"
                 raise InvalidSql(
-                    f"{what} updates its rows: a job writes them INSERT INTO a table with a PRIMARY KEY"
+                    f"{plan.updates} updates its rows: a job writes them INSERT INTO a table with a PRIMARY KEY"
                     " (inmotion sql query prints them once)"
                 )
         checkpoints = open_checkpoints(self.log)

@@ -29,6 +29,10 @@ _TIME = "__time"
 _END = "__end"
 _CAME = "__came"
 """When a kept row came (ms, the job's clock): with a time to live, it goes that long after."""
+_ID = "__id"
+_ALONE = "__alone"
+"""Of a row an outer join keeps: 0 once matched; 1 alone and not yet given with NULLs; 2 alone
+and given (a match to come deletes that row)."""
 
 
 class StreamJoinState:
@@ -43,6 +47,11 @@ class StreamJoinState:
         self._numbers = itertools.count()
         self._changed: set[tuple[int, int]] = set()
         self.fired = False
+        self.keeps = {"INNER": (), "LEFT": (0,), "RIGHT": (1,), "FULL": (0, 1)}[join.kind]
+        """The sides whose every row an outer join gives, with NULLs for the other side's if alone."""
+        self._ids = itertools.count()
+        self._deletes: list[pa.Table] = []
+        """Rows given alone that a match has come for since the last `updates`."""
 
     def add(self, side: int, rows: pa.Table, watermarks: Any) -> tuple[int, pa.Table | None]:
         """Join a batch of one side (0 left, 1 right) with what the other keeps, then keep it:
@@ -98,7 +107,10 @@ class StreamJoinState:
         now_ms = int(self.clock() * 1000)
         if self.ttl_ms:  # rows past their time to live match nothing, gone or not yet
             self._outlived(now_ms - self.ttl_ms)
-        joined = self._probe(side, rows)
+        if side in self.keeps:
+            ids = pa.array(itertools.islice(self._ids, rows.num_rows), pa.int64())
+            rows = rows.append_column(_ID, ids).append_column(_ALONE, pa.repeat(pa.scalar(1, pa.int8()), rows.num_rows))
+        joined, rows = self._probe(side, rows)
         if self.ttl_ms:
             rows = rows.append_column(_CAME, pa.repeat(pa.scalar(now_ms, pa.int64()), rows.num_rows))
         number = next(self._numbers)
@@ -112,10 +124,12 @@ class StreamJoinState:
             rows = rows.append_column(f"__k{i}", values)
         return rows
 
-    def _probe(self, side: int, rows: pa.Table) -> pa.Table | None:
+    def _probe(self, side: int, rows: pa.Table) -> tuple[pa.Table | None, pa.Table]:
+        """The rows joined with what the other side keeps (None: no match), and the rows as
+        they are to be kept (an outer join's marked matched)."""
         other = [t for t in self.kept[1 - side].values() if t.num_rows]
         if not other:
-            return None
+            return None, rows
         kept = pa.concat_tables(other, promote_options="permissive")  # chunks kept before a TTL lack _CAME
         left, right = (rows, kept) if side == 0 else (kept, rows)
         keys = [name for name in rows.column_names if name.startswith("__k")]
@@ -129,11 +143,70 @@ class StreamJoinState:
             lower, upper = self.join.interval
             gap = pc.subtract(joined.column(_TIME), joined.column(f"{_TIME}_r"))
             joined = joined.filter(pc.and_(pc.greater_equal(gap, lower), pc.less_equal(gap, upper)))
+        if self.keeps and joined.num_rows:
+            rows = self._matched(side, rows, joined)
+        return self._given(joined), rows
+
+    def _given(self, joined: pa.Table) -> pa.Table | None:
+        """Joined rows as the join gives them: without the state's columns, where the rest of
+        the conditions hold (an outer join's WHERE)."""
         joined = joined.drop_columns([n for n in joined.column_names if n.startswith("__")])
         residual = self.join.residual
         if residual is not None and joined.num_rows:
             joined = joined.filter(as_array(residual(joined), joined.num_rows))
         return joined if joined.num_rows else None
+
+    def _matched(self, side: int, rows: pa.Table, joined: pa.Table) -> pa.Table:
+        """Mark the rows of kept sides that `joined` matched: the new `rows` (returned) and those
+        the other side keeps; a kept row given alone before is to be deleted."""
+        names = {side: _ID if side == 0 else f"{_ID}_r", 1 - side: _ID if side == 1 else f"{_ID}_r"}
+        if 1 - side in self.keeps:
+            matched = pc.unique(joined.column(names[1 - side]))
+            for number, kept in list(self.kept[1 - side].items()):
+                hit = pc.is_in(kept.column(_ID), value_set=matched)
+                if not pc.any(hit).as_py():
+                    continue
+                given = pc.and_(hit, pc.equal(kept.column(_ALONE), 2))
+                if pc.any(given).as_py():
+                    self._deletes.append(self._alone(1 - side, kept.filter(given)))
+                self.kept[1 - side][number] = _mark(kept, hit)
+                self._changed.add((1 - side, number))
+        if side in self.keeps:
+            rows = _mark(rows, pc.is_in(rows.column(_ID), value_set=pc.unique(joined.column(names[side]))))
+        return rows
+
+    def _alone(self, side: int, rows: pa.Table) -> pa.Table:
+        """Kept rows of one side, with NULLs for the other side's columns, as joined rows."""
+        other = self.join.sides[1 - side]
+        nulls = {
+            f"{other.alias}.{name}": pa.nulls(rows.num_rows, ARROW_TYPES[column.type])
+            for name in other.reads
+            if (column := other.table.column(name)) is not None
+        }
+        own = {name: rows.column(name) for name in rows.column_names if not name.startswith("__")}
+        columns = {**own, **nulls} if side == 0 else {**nulls, **own}
+        return pa.table(columns)
+
+    def updates(self) -> tuple[pa.Table | None, pa.Table | None]:
+        """An outer join's changes since the last call: (the kept rows still alone, not given
+        before, with NULLs for the other side; the rows given alone that a match came for)."""
+        alone = []
+        for side in self.keeps:
+            for number, kept in list(self.kept[side].items()):
+                new = pc.equal(kept.column(_ALONE), 1)
+                if not pc.any(new).as_py():
+                    continue
+                alone.append(self._alone(side, kept.filter(new)))
+                self.kept[side][number] = kept.set_column(
+                    kept.schema.get_field_index(_ALONE),
+                    _ALONE,
+                    pc.if_else(new, pa.scalar(2, pa.int8()), kept.column(_ALONE)),
+                )
+                self._changed.add((side, number))
+        deletes, self._deletes = self._deletes, []
+        upserts = self._given(pa.concat_tables(alone, promote_options="permissive")) if alone else None
+        gone = self._given(pa.concat_tables(deletes, promote_options="permissive")) if deletes else None
+        return upserts, gone
 
     def expire(self, left_watermark: int | None, right_watermark: int | None) -> None:
         """Drop the rows no row to come can match: left rows by the right side's watermark, right
@@ -179,7 +252,15 @@ class StreamJoinState:
 
     def restore(self, entries: Mapping[bytes, bytes]) -> None:
         self._numbers = _restore_chunks(self.kept, _restore_groups(self.groups, entries))
+        ids = [pc.max(t.column(_ID)).as_py() for side in self.keeps for t in self.kept[side].values() if t.num_rows]
+        self._ids = itertools.count(max(ids, default=-1) + 1)
         self._changed.clear()
+
+
+def _mark(rows: pa.Table, matched: Any) -> pa.Table:
+    """Rows of an outer join's kept side with those `matched` marked so (0)."""
+    index = rows.schema.get_field_index(_ALONE)
+    return rows.set_column(index, _ALONE, pc.if_else(matched, pa.scalar(0, pa.int8()), rows.column(_ALONE)))
 
 
 def _projected(spec: WindowSide, windowed: pa.Table) -> pa.Table:

@@ -120,6 +120,9 @@ class StreamJoin:
     right: Side
     interval: tuple[int, int] | None
     residual: Compiled | None
+    kind: str = "INNER"
+    """INNER, or LEFT, RIGHT or FULL (a regular join keeping the rows of that side that match
+    nothing, with NULLs for the other: updates, as a match may come later)."""
 
     @property
     def sides(self) -> tuple[Side, Side]:
@@ -215,7 +218,18 @@ class Plan:
     def updating(self) -> bool:
         """A GROUP BY without a window, or a Top-N over a stream: a group's row, a partition's
         first rows, are updated as rows come."""
-        return (self.grouped and self.window is None) or (self.rank is not None and not self.grouped)
+        return self.updates is not None
+
+    @property
+    def updates(self) -> str | None:
+        """What makes the query's rows change as rows come (None: they are final once given)."""
+        if isinstance(self.join, StreamJoin) and self.join.kind != "INNER":
+            return f"a {self.join.kind} join"
+        if self.grouped and self.window is None:
+            return "GROUP BY without a window"
+        if self.rank is not None and not self.grouped:
+            return "a Top-N over a stream"
+        return None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -294,7 +308,7 @@ class Plan:
                 if side.plan is not None and side.plan.window is not None:
                     lines.append(f"{side.alias}: window {side.plan.window.describe()}, aggregate by window and keys")
                     lines.append("  state: one row per window and key; the rows join as their window fires")
-            lines.append(f"join {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys")
+            lines.append(f"join ({join.kind}) {join.left.alias} and {join.right.alias} on {len(join.left.keys)} keys")
             lines.append("  state: each side's rows, kept for good (a regular join; or for table.exec.state.ttl)")
         if self.where is not None:
             lines.append(f"filter {self.clause('where')}")

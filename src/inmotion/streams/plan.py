@@ -6,12 +6,12 @@ runs, each compiled once.
                 -> filter(HAVING) -> project(SELECT) [-> rank(ROW_NUMBER() <= N) -> project]
                 [-> filter(WHERE) -> aggregate each fired window again (GROUP BY its bounds, keys) -> ...]
     scan(table) -> filter(WHERE) -> aggregate(GROUP BY keys: updates) -> filter(HAVING) -> project
-    scan(left), scan(right) -> filter(each side's conditions) -> [interval] join -> filter -> project
+    scan(left), scan(right) -> filter(each side's conditions) -> [interval | outer] join -> filter -> project
     scan(left), scan(right) -> each side's windowed query (or window aggregation) -> window join -> project
 
 Windows are TUMBLE, HOP, CUMULATE and SESSION, in event time (a watermarked column) or in
-processing time (a PROCTIME() column). What a plan cannot express yet (outer regular
-joins, ORDER BY, deduplication, SELECT DISTINCT, OVER aggregations) is an `InvalidSql` naming
+processing time (a PROCTIME() column). What a plan cannot express yet (outer interval
+joins, ORDER BY, SELECT DISTINCT, OVER aggregations) is an `InvalidSql` naming
 the construct, its line and its column: never a plan that would give a different answer than Flink."""
 
 from __future__ import annotations
@@ -405,9 +405,8 @@ class Planner:
         if plan.sink is None:
             return
         if plan.updating and not plan.sink.primary_key:
-            what = "a Top-N over a stream" if plan.rank is not None else "GROUP BY without a window"
             raise self.fail(
-                f"INSERT INTO {plan.sink.name}: {what} updates its results, so the table needs a PRIMARY KEY"
+                f"INSERT INTO {plan.sink.name}: {plan.updates} updates its results, so the table needs a PRIMARY KEY"
                 " (its rows are upserted by key, onto a compacted topic)",
                 tree,
             )

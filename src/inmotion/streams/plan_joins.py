@@ -121,8 +121,11 @@ class JoinPlanner:
         [join] = select.args["joins"] if len(select.args["joins"]) == 1 else [None]
         if join is None:
             raise self.fail("a join of more than two tables is not supported yet", select.args["joins"][1])
-        if join.args.get("side") or join.args.get("kind") not in (None, "INNER", "CROSS"):
-            raise self.fail("only inner joins of two streams are supported yet (outer joins give updates)", join)
+        kind = str(join.args.get("side") or "INNER").upper()  # INNER, LEFT, RIGHT or FULL
+        if join.args.get("kind") not in (None, "INNER", "CROSS", "OUTER") or (
+            kind != "INNER" and join.args.get("kind") == "CROSS"
+        ):
+            raise self.fail(f"unsupported {join.args['kind']} join of two streams", join)
         for arg in ("order", "limit", "distinct", "qualify", "with_"):
             if select.args.get(arg):
                 raise self.fail(f"{arg.upper()} over a join is not supported yet", select.args[arg])
@@ -148,6 +151,10 @@ class JoinPlanner:
                 aggregations.append(None)
             else:
                 raise self.fail("a join of two streams joins tables or window aggregations", node)
+        if kind != "INNER" and any(aggregations):
+            raise self.fail(f"a {kind} join with a window aggregation is not supported yet", join)
+        if kind != "INNER" and aggregates(select):
+            raise self.fail(f"GROUP BY over a {kind} join (its rows change) is not supported yet", select)
         if any(aggregations) and any(t.watermark is None for t in tables):
             raise self.fail("a join with a window aggregation fires its windows by both sides' watermarks", join)
         aliases = [left_node.alias_or_name, right_node.alias_or_name]
@@ -159,7 +166,10 @@ class JoinPlanner:
                 columns.update({f"{alias}.{c.name}": ARROW_TYPES[c.type] for c in table.columns})
             else:
                 columns.update({f"{alias}.{name}": pa.null() for name in aggregated.columns})
-        conditions = [*_conjuncts(join.args.get("on")), *_conjuncts((select.args.get("where") or exp.Where()).this)]
+        on = _conjuncts(join.args.get("on"))
+        after = _conjuncts((select.args.get("where") or exp.Where()).this)
+        # an outer join's WHERE filters the joined rows, the kept ones with NULLs for the other side too
+        conditions = on if kind != "INNER" else [*on, *after]
         times = [  # a window aggregation's rows have no event time: window_end is a value
             f"{a}.{t.watermark.column}" if t.watermark is not None and aggregated is None else None
             for a, t, aggregated in zip(aliases, tables, aggregations, strict=True)
@@ -186,6 +196,9 @@ class JoinPlanner:
             else:
                 residual.append(condition)
         interval = (bounds["lower"], bounds["upper"]) if set(bounds) == {"lower", "upper"} else None
+        if kind != "INNER":
+            self.outer_conditions(kind, timing, alone, residual)
+            residual = after
         if interval is None:  # bounded one way only: conditions of a regular join
             residual.extend(timing)
         elif interval[0] > interval[1]:
@@ -229,7 +242,11 @@ class JoinPlanner:
             )
         rest = _all_of(residual)
         join_plan = StreamJoin(
-            sides[0], sides[1], interval, compile_expression(self.sql, rest, columns) if rest is not None else None
+            sides[0],
+            sides[1],
+            interval,
+            compile_expression(self.sql, rest, columns) if rest is not None else None,
+            kind,
         )
         if aggregates(select):  # a GROUP BY of the joined rows: updates
             if any(isinstance(item, exp.Star) for item in select.expressions):
@@ -238,6 +255,21 @@ class JoinPlanner:
             return dataclasses.replace(grouped, reads=sides[0].reads, join=join_plan)
         outputs = self.outputs(select, columns)
         return Plan(query, tables[0], sides[0].reads, None, None, (), (), None, outputs, sink, join=join_plan)
+
+    def outer_conditions(
+        self, kind: str, timing: list[exp.Expr], alone: list[list[exp.Expr]], residual: list[exp.Expr]
+    ) -> None:
+        """What an outer join's ON may hold besides equal keys: conditions on the side whose
+        rows it does not keep (they only choose the matches). Time bounds, conditions on a kept
+        side and on both sides are refused, for now."""
+        kept = [condition for side in {"LEFT": [0], "RIGHT": [1], "FULL": [0, 1]}[kind] for condition in alone[side]]
+        for found, what in (
+            (timing, "time bounds (an outer interval join)"),
+            (kept, "a condition on a side whose every row it keeps"),
+            (residual, "a condition on both sides"),
+        ):
+            if found:
+                raise self.fail(f"{what} in a {kind} join's ON is not supported yet", found[0])
 
     def outputs(self, select: exp.Select, columns: Mapping[str, pa.DataType]) -> tuple[Output, ...]:
         """The SELECT list over the joined rows (`*`: every column of both sides; `L.*`, of one)."""
