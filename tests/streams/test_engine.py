@@ -3,6 +3,7 @@ checked against a plain-Python reference, late and malformed events, unsupported
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -839,6 +840,63 @@ def test_processing_time_the_engine_does_not_run_is_refused(log: Log) -> None:
     for script, problem in cases:
         with pytest.raises(InvalidSql, match=problem):
             Job(log, script)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 4).map(lambda n: n * 100), st.sampled_from("ab"), st.integers(-5, 9)), max_size=30
+    ),
+    frame=st.sampled_from(
+        ["RANGE BETWEEN INTERVAL '0.5' SECOND PRECEDING AND CURRENT ROW", "ROWS BETWEEN 2 PRECEDING AND CURRENT ROW",
+         "RANGE UNBOUNDED PRECEDING", "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"]
+    ),
+)  # fmt: skip
+def test_over_aggregates_match_each_rows_frame(steps: list[tuple[int, str, int]], frame: str) -> None:
+    # times only grow, by 0 to 400 ms (ties: peers in RANGE, arrival order in ROWS; rows 500 ms apart)
+    with connect("memory://") as log:
+        log.create_topic("readings")
+        at = 0
+        for gap, sensor, level in steps:
+            at += gap
+            log.append_events("readings", [reading(at, sensor, level=level)])
+        window = f"OVER (PARTITION BY sensor ORDER BY ts {frame})"
+        found = rows(
+            log, f"SELECT sensor, ts, level, SUM(level) {window} AS s, MIN(level) {window} AS low FROM readings"
+        )
+    times = list(itertools.accumulate(gap for gap, _, _ in steps))
+    want = []
+    for n, ((_, sensor, level), at) in enumerate(zip(steps, times, strict=True)):
+        mine = [(t, lv) for m, ((_, s, lv), t) in enumerate(zip(steps, times, strict=True)) if s == sensor and m <= n]
+        if frame.startswith("RANGE"):  # peers of the same time count, those after it in the input too
+            peers = [
+                (t, lv) for m, ((_, s, lv), t) in enumerate(zip(steps, times, strict=True)) if s == sensor and t == at
+            ]
+            mine = [*(r for r in mine if r[0] < at), *peers]
+            if "0.5" in frame:
+                mine = [r for r in mine if r[0] >= at - 500]
+        elif "2 PRECEDING" in frame:
+            mine = mine[-3:]
+        values = [lv for _, lv in mine]
+        want.append((sensor, at, level, sum(values), min(values)))
+    assert sorted((r["sensor"], ms(r["ts"]), r["level"], r["s"], r["low"]) for r in found) == sorted(want)
+
+
+def test_over_windows_the_engine_does_not_run_are_refused(log: Log) -> None:
+    over = "OVER (PARTITION BY sensor ORDER BY ts RANGE BETWEEN INTERVAL '1' SECOND PRECEDING AND CURRENT ROW)"
+    cases = [
+        ("SELECT SUM(level) OVER (PARTITION BY sensor ORDER BY ts DESC) FROM readings", "event-time column"),
+        ("SELECT SUM(level) OVER (PARTITION BY sensor ORDER BY level) FROM readings", "event-time column"),
+        (f"SELECT SUM(level) {over}, MAX(level) OVER (ORDER BY ts) FROM readings", "over one window"),
+        (f"SELECT SUM(level) {over}, ROW_NUMBER() {over} FROM readings", "beside OVER aggregates is not supported"),
+        (f"SELECT COUNT(DISTINCT level) {over} FROM readings", "DISTINCT in an OVER aggregate"),
+        ("SELECT SUM(level) OVER (PARTITION BY sensor ORDER BY ts ROWS BETWEEN 1 FOLLOWING AND 3 FOLLOWING)"
+         " FROM readings", "PRECEDING"),
+        (f"SELECT sensor, SUM(level) {over} FROM readings GROUP BY sensor", "GROUP BY beside OVER"),
+    ]  # fmt: skip
+    for query, problem in cases:
+        with pytest.raises(InvalidSql, match=problem):
+            Job(log, READINGS + query)
 
 
 def test_doubles_become_text_as_java_writes_them(log: Log) -> None:

@@ -129,6 +129,23 @@ QUERIES = {
         " WHERE MOD(B.price, 3) = 0"
     ),
     "full-join": "SELECT A.id, P.id, P.name FROM auction A FULL OUTER JOIN person P ON A.seller = P.id",
+    "over-range": (  # OVER aggregates in event time: rows of one millisecond are peers
+        "SELECT auction, price, `dateTime`, SUM(price) OVER w AS recent, COUNT(*) OVER w AS n FROM bid"
+        " WHERE MOD(bidder, 5) = 0".replace(
+            "OVER w",
+            "OVER (PARTITION BY auction ORDER BY `dateTime` RANGE BETWEEN INTERVAL '0.05' SECOND PRECEDING"
+            " AND CURRENT ROW)",
+        )
+    ),
+    "over-rows": (
+        "SELECT bidder, price, MAX(price) OVER (PARTITION BY bidder ORDER BY `dateTime` ROWS BETWEEN 2 PRECEDING"
+        " AND CURRENT ROW) AS top3, AVG(price) OVER (PARTITION BY bidder ORDER BY `dateTime` ROWS BETWEEN 2"
+        " PRECEDING AND CURRENT ROW) AS mean3 FROM bid WHERE channel = 'Apple'"
+    ),
+    "over-all": (
+        "SELECT channel, COUNT(*) OVER (PARTITION BY channel ORDER BY `dateTime`) AS so_far,"
+        " MIN(price) OVER (PARTITION BY channel ORDER BY `dateTime`) AS lowest FROM bid WHERE MOD(auction, 3) = 0"
+    ),
     "distinct-windows": (
         "SELECT window_start, channel, COUNT(DISTINCT bidder) AS bidders, COUNT(*) FILTER (WHERE price > 1000) AS big,"
         " MAX(price) FILTER (WHERE bidder > 1050) AS top,"

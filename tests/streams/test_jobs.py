@@ -673,6 +673,25 @@ def test_an_aggregation_of_a_window_aggregation_resumes_with_the_inner_groups(lo
     assert [(data["views"], data["pages"]) for _, data, _ in sink(log, "busiest")] == [(3, 2)]
 
 
+def test_over_aggregates_resume_with_their_frames(log: Log) -> None:
+    script = (
+        PAGES
+        + """
+    CREATE TABLE trend (page STRING, recent BIGINT) WITH ('topic' = 'trend');
+    INSERT INTO trend SELECT page,
+      COUNT(*) OVER (PARTITION BY page ORDER BY ts RANGE BETWEEN INTERVAL '10' SECOND PRECEDING AND CURRENT ROW)
+    FROM views;
+    """
+    )
+    pages(log, views=[(1, "a"), (2, "a"), (3, "b")], likes=[])
+    run_until(Job(log, script, name="trend"), lambda: len(sink(log, "trend")) == 3, what="the first rows")
+    pages(log, views=[(5, "a"), (14, "a")], likes=[])  # a's views at 1 s and 2 s come back from the checkpoint
+    run_until(Job(log, script, name="trend"), lambda: len(sink(log, "trend")) == 5, what="the rows after the restart")
+    found = [(data["page"], data["recent"]) for _, data, _ in sink(log, "trend")]
+    assert sorted(found[:3]) == [("a", 1), ("a", 2), ("b", 1)]
+    assert found[3:] == [("a", 3), ("a", 2)]
+
+
 def test_a_join_with_a_window_aggregation_resumes_with_its_groups_and_rows(log: Log) -> None:
     script = """
     CREATE TABLE prices (symbol STRING, price BIGINT, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts)

@@ -133,6 +133,13 @@ def test_only_jobs_whose_state_is_per_key_of_the_partitioning_split(log: Log) ->
         return split_topic(Job(log, script, name="split").plans)
 
     assert topic(SPLIT) == "readings"
+    assert (
+        topic(
+            SPLIT.split("CREATE TABLE averages")[0] + "SELECT SUM(temp) OVER (PARTITION BY sensor ORDER BY ts)"
+            " FROM readings"
+        )
+        == "readings"
+    )
     by_key = SCRIPT.replace("ts TIMESTAMP_LTZ(3),", "ts TIMESTAMP_LTZ(3), id STRING METADATA FROM 'key',").replace(
         "GROUP BY window_start, window_end, sensor", "GROUP BY window_start, window_end, sensor, id"
     )
@@ -145,6 +152,7 @@ def test_only_jobs_whose_state_is_per_key_of_the_partitioning_split(log: Log) ->
         (table + "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY temp ORDER BY ts DESC) AS n FROM readings)"
          " WHERE n = 1", "ranks by temp"),
         (table + "SELECT a.sensor FROM readings a JOIN readings b ON a.sensor = b.sensor", "joins two tables"),
+        (table + "SELECT SUM(temp) OVER (PARTITION BY temp ORDER BY ts) FROM readings", "OVER partitions by temp"),
         (table.replace("readings", "others") + table + "SELECT sensor FROM readings; SELECT sensor FROM others",
          "read 2 topics"),
     ]  # fmt: skip

@@ -38,6 +38,7 @@ from inmotion.streams.checkpoints import Checkpoint, Checkpoints, Source, open_c
 from inmotion.streams.expressions import ARROW_TYPES, as_array
 from inmotion.streams.joins import StreamJoinState, WindowJoinState
 from inmotion.streams.operators import Plan, WindowJoin, project
+from inmotion.streams.over import OverState
 from inmotion.streams.plan import plans
 from inmotion.streams.rank import RankState, top_n
 from inmotion.streams.scan import Scan
@@ -74,7 +75,7 @@ class Progress(msgspec.Struct):
     emitted: int = 0
 
 
-State = WindowState | SessionState | Groups | StreamJoinState | WindowJoinState
+State = WindowState | SessionState | Groups | StreamJoinState | WindowJoinState | OverState
 
 
 class Pipeline:
@@ -97,6 +98,8 @@ class Pipeline:
                 self.grouping = group_state(plan, ttl_ms, clock.time)
         elif plan.grouped and plan.window is None:
             self.state = group_state(plan, ttl_ms, clock.time)
+        elif plan.over is not None:
+            self.state = OverState(plan)
         elif plan.grouped:
             assert plan.window is not None
             state = SessionState if plan.window.kind == "SESSION" else window_state
@@ -161,12 +164,14 @@ class Pipeline:
         join = self.plan.join
         window = self.plan.window
         timed = (join is not None and (isinstance(join, WindowJoin) or join.timed)) or (
-            self.state is not None and window is not None
+            self.state is not None and (window is not None or self.plan.over is not None)
         )
         if timed and window is not None and window.proctime:  # rows stamped by the clock are never late
             marks = pa.nulls(batch.num_rows, pa.int64())
-        else:
+        else:  # (which also moves the partition's newest event time on)
             marks = self.row_watermarks(side, partition, batch, now) if timed else None
+        if isinstance(self.state, OverState):  # late: behind rows given already (Flink's operator watermark)
+            marks = self.progress.watermark
         if isinstance(self.state, StreamJoinState):
             late, joined = self.state.add(side, batch, marks)
             self.progress.late += late
@@ -216,7 +221,7 @@ class Pipeline:
         previous = self.progress.watermark
         if watermark != FINAL:
             self.progress.watermark = watermark
-        if isinstance(self.state, (WindowState, SessionState, WindowJoinState, StreamJoinState)):
+        if isinstance(self.state, (WindowState, SessionState, WindowJoinState, StreamJoinState, OverState)):
             fired = self.state.fire(watermark, previous)
             if fired is not None:
                 plan = self.plan

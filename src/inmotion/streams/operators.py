@@ -76,6 +76,28 @@ class Output:
 
 
 @dataclasses.dataclass(frozen=True)
+class Over:
+    """OVER aggregates: each row with `aggregates` (columns over0, ...) over the rows of its
+    partition up to it in event time: those within `preceding` ms of its time, its peers of the
+    same time included (RANGE), or the `preceding` rows before it (ROWS); None: every row before.
+    Rows are given in time order as the watermark passes them (Flink's event-time OVER)."""
+
+    partition: tuple[Output, ...]
+    time: str
+    frame: str
+    """RANGE or ROWS."""
+    preceding: int | None
+    aggregates: tuple[Aggregate, ...]
+
+    def describe(self) -> str:
+        keys = ", ".join(o.name for o in self.partition) or "()"
+        unit = " ms" if self.frame == "RANGE" else " rows"
+        start = "UNBOUNDED" if self.preceding is None else f"{self.preceding}{unit}"
+        aggregates = ", ".join(a.text for a in self.aggregates)
+        return f"over by {keys} ORDER BY {self.time} {self.frame} {start} PRECEDING: {aggregates}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Rank:
     """A Top-N: of the rows of each partition, the first `limit` in `order` ((column,
     descending) pairs), numbered in `column`; `outputs` read those rows. Over a window
@@ -213,6 +235,8 @@ class Plan:
     rows; `source`, `reads`, `where`, `window` and `join` are the inner query's."""
     node: exp.Select | None = None
     """The SELECT planned (of the query, or inside it), for its clauses' text."""
+    over: Over | None = None
+    """OVER aggregates: `select` reads the rows with them (over0, ...)."""
 
     @property
     def updating(self) -> bool:
@@ -314,6 +338,9 @@ class Plan:
             lines.append(f"filter {self.clause('where')}")
         if self.window is not None:
             lines.append(f"window {self.window.describe()}")
+        if self.over is not None:
+            lines.append(self.over.describe())
+            lines.append("  state: per partition the rows the watermark has not passed, and those their frames need")
         return lines
 
     def clause(self, arg: str) -> str:

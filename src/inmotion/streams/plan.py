@@ -8,10 +8,11 @@ runs, each compiled once.
     scan(table) -> filter(WHERE) -> aggregate(GROUP BY keys: updates) -> filter(HAVING) -> project
     scan(left), scan(right) -> filter(each side's conditions) -> [interval | outer] join -> filter -> project
     scan(left), scan(right) -> each side's windowed query (or window aggregation) -> window join -> project
+    scan(table) -> filter(WHERE) -> over(PARTITION BY keys ORDER BY time, frame) -> project
 
 Windows are TUMBLE, HOP, CUMULATE and SESSION, in event time (a watermarked column) or in
 processing time (a PROCTIME() column). What a plan cannot express yet (outer interval
-joins, ORDER BY, SELECT DISTINCT, OVER aggregations) is an `InvalidSql` naming
+joins, ORDER BY, SELECT DISTINCT, OVER in processing time) is an `InvalidSql` naming
 the construct, its line and its column: never a plan that would give a different answer than Flink."""
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from inmotion.streams.operators import (
     WRITABLE,
     Aggregate,
     Output,
+    Over,
     Plan,
     Rank,
     Window,
@@ -96,6 +98,8 @@ class Planner:
         from_ = select.args.get("from_")
         if from_ is not None and isinstance(from_.this, exp.Subquery) and aggregates(select):
             return nested.cascade(query, select, sink)
+        if any(isinstance(n, exp.Window) and isinstance(n.this, AGGREGATES) for n in select.find_all(exp.Window)):
+            return self.over(query, select, sink)
         self.refuse(select)
         source, window = self.source(select)
         columns = {c.name: ARROW_TYPES[c.type] for c in source.columns}
@@ -163,6 +167,101 @@ class Planner:
                     raise self.fail(f"unsupported {node.name.upper()} (_START, _END and _ROWTIME are)", node)
                 node.replace(exp.column(bounds[bound]))
         return rewritten
+
+    def over(self, query: Query, select: exp.Select, sink: Table | None) -> Plan:
+        """`agg(x) OVER (PARTITION BY k ORDER BY ts [RANGE BETWEEN INTERVAL ... PRECEDING | ROWS
+        BETWEEN n PRECEDING | ... UNBOUNDED PRECEDING] [AND CURRENT ROW])` over a table's rows:
+        each row with aggregates of its partition's rows up to it in event time (every OVER of
+        the query over one window, as Flink requires)."""
+        windows = list(select.find_all(exp.Window))
+        for node in windows:
+            if not isinstance(node.this, AGGREGATES):
+                raise self.fail(f"{text_of(node.this)} OVER (...) beside OVER aggregates is not supported", node)
+        shapes = {
+            (
+                text_of(exp.Tuple(expressions=node.args.get("partition_by") or [])),
+                text_of(node.args.get("order") or exp.Order()),
+                text_of(node.args.get("spec") or exp.WindowSpec()),
+            )
+            for node in windows
+        }
+        if len(shapes) > 1:
+            raise self.fail(
+                "the OVER aggregates of a query are over one window (the same PARTITION BY, ORDER BY and frame)",
+                windows[1],
+            )
+        for arg, what in (
+            ("group", "GROUP BY"),
+            ("having", "HAVING"),
+            ("distinct", "SELECT DISTINCT"),
+            ("order", "ORDER BY"),
+            ("limit", "LIMIT"),
+        ):
+            if select.args.get(arg):
+                raise self.fail(f"{what} beside OVER aggregates is not supported yet", select.args[arg])
+        source, window = self.source(select)
+        if window is not None:
+            raise self.fail("OVER aggregates over a window table function are not supported yet", select)
+        window_node = windows[0]
+        order = window_node.args.get("order")
+        ordered = order.expressions if order is not None else []
+        time = source.watermark.column if source.watermark is not None else None
+        if (
+            len(ordered) != 1
+            or ordered[0].args.get("desc")
+            or not isinstance(ordered[0].this, exp.Column)
+            or ordered[0].this.name != time
+        ):
+            raise self.fail(
+                f"an OVER window is ORDER BY the table's event-time column ({time or 'none: declare a WATERMARK'})"
+                " ascending",
+                order or window_node,
+            )
+        assert time is not None
+        columns = {c.name: ARROW_TYPES[c.type] for c in source.columns}
+        partition = tuple(
+            Output(node.name if isinstance(node, exp.Column) else f"p{i}", compile_expression(self.sql, node, columns))
+            for i, node in enumerate(window_node.args.get("partition_by") or [])
+        )
+        frame, preceding = self.frame(window_node)
+        replaced: dict[str, str] = {}
+        aggregates: list[Aggregate] = []
+        for node in windows:
+            if text_of(node) not in replaced:
+                aggregate = self.aggregate(node.this, columns, f"over{len(aggregates)}")
+                if aggregate.distinct:
+                    raise self.fail("DISTINCT in an OVER aggregate is not supported yet", node)
+                aggregates.append(aggregate)
+                replaced[text_of(node)] = aggregate.column
+        outputs_columns = {**columns, **dict.fromkeys(replaced.values(), pa.null())}
+        items = self.items(select, source, None)
+        outputs = tuple(
+            Output(name, compile_expression(self.sql, item, outputs_columns, replaced))
+            for name, item in zip(output_names(items), items, strict=True)
+        )
+        condition = select.args.get("where")
+        where_ = compile_expression(self.sql, condition.this, columns) if condition is not None else None
+        over = Over(partition, time, frame, preceding, tuple(aggregates))
+        reads = self.reads(select, source, None)
+        return Plan(query, source, reads, where_, None, (), (), None, outputs, sink, node=select, over=over)
+
+    def frame(self, window: exp.Window) -> tuple[str, int | None]:
+        """An OVER window's frame: RANGE (a time, ms) or ROWS (a count) PRECEDING, to the current
+        row; None for UNBOUNDED. Without one, RANGE UNBOUNDED PRECEDING (the SQL default)."""
+        spec = window.args.get("spec")
+        if spec is None:
+            return "RANGE", None
+        kind = str(spec.args.get("kind") or "").upper()
+        start, side, end = spec.args.get("start"), str(spec.args.get("start_side") or "").upper(), spec.args.get("end")
+        if side != "PRECEDING" or (end is not None and str(end).upper() != "CURRENT ROW"):
+            raise self.fail("an OVER window's frame is ... PRECEDING [AND CURRENT ROW], as Flink's", spec)
+        if str(start).upper() == "UNBOUNDED":
+            return kind, None
+        if kind == "RANGE" and isinstance(start, exp.Interval):
+            return kind, interval_ms(self.sql, start)
+        if kind == "ROWS" and isinstance(start, exp.Literal) and start.this.isdigit():
+            return kind, int(start.this)
+        raise self.fail("an OVER window's frame is RANGE BETWEEN INTERVAL ... or ROWS BETWEEN n ... PRECEDING", spec)
 
     def top_n(self, query: Query, outer: exp.Select, sink: Table | None) -> Plan:
         """`SELECT ... FROM (SELECT ..., ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) AS

@@ -6,9 +6,10 @@ last checkpoint (a process that stops checkpoints its shards and leaves; one kil
 partitions when its session times out). Each shard's watermark is its partition's own.
 
 A job splits only if its state is per key of the topic's partitioning (events of one key share a
-partition): its queries read one topic, join nothing, and every GROUP BY and Top-N partition
-includes a column of the events' key, declared with `'key.fields' = 'column'` in the table's
-WITH (Flink's option) or as a column `METADATA FROM 'key'`. Queries without state always split."""
+partition): its queries read one topic, join nothing, and every GROUP BY, Top-N partition and
+OVER partition includes a column of the events' key, declared with `'key.fields' = 'column'` in
+the table's WITH (Flink's option) or as a column `METADATA FROM 'key'`. Queries without state
+always split."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def split_topic(plans: Sequence[Plan]) -> str:
                 raise _unkeyed(number, f"groups by {grouped}", plan.source)
         if plan.rank is not None and not any(column in keys for column in plan.rank.partition):
             raise _unkeyed(number, f"ranks by {', '.join(plan.rank.partition) or 'nothing'}", plan.source)
+        if plan.over is not None and not any(key.name in keys for key in plan.over.partition):
+            over = ", ".join(key.name for key in plan.over.partition) or "nothing"
+            raise _unkeyed(number, f"aggregates OVER partitions by {over}", plan.source)
         topics.add(plan.source.topic)
     if len(topics) != 1:
         read = ", ".join(sorted(topics))
