@@ -129,6 +129,10 @@ QUERIES = {
         " WHERE MOD(B.price, 3) = 0"
     ),
     "full-join": "SELECT A.id, P.id, P.name FROM auction A FULL OUTER JOIN person P ON A.seller = P.id",
+    "unbid-auctions": (  # an outer interval join: an auction alone once no bid can fall in its first 5 ms
+        "SELECT A.id, A.category, B.price FROM auction A LEFT JOIN bid B ON A.id = B.auction"
+        " AND B.`dateTime` BETWEEN A.`dateTime` AND A.`dateTime` + INTERVAL '0.005' SECOND AND MOD(B.bidder, 7) = 0"
+    ),
     "over-range": (  # OVER aggregates in event time: rows of one millisecond are peers
         "SELECT auction, price, `dateTime`, SUM(price) OVER w AS recent, COUNT(*) OVER w AS n FROM bid"
         " WHERE MOD(bidder, 5) = 0".replace(

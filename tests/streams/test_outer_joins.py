@@ -19,7 +19,8 @@ from inmotion.streams.operators import StreamJoin, project
 from inmotion.streams.plan import plans
 from inmotion.streams.sql import parse
 from inmotion.testing import wait_until
-from tests.streams.test_jobs import run_until, start
+from tests.streams.test_engine import JOINED, append_orders_and_shipments, stamped
+from tests.streams.test_jobs import run_until, sink, start
 
 TABLES = """
 CREATE TABLE orders (id BIGINT, amount BIGINT) WITH ('topic' = 'orders');
@@ -153,3 +154,53 @@ def test_a_job_upserts_an_outer_joins_rows_and_deletes_those_a_match_replaced(lo
     assert tracked() == {b"1|None": None, b"2|ups": {"id": 2, "carrier": "ups"}, b"1|dhl": {"id": 1, "carrier": "dhl"}}
     with pytest.raises(Exception, match="a LEFT join updates its results, so the table needs a PRIMARY KEY"):
         Job(log, script.replace(", PRIMARY KEY (id, carrier) NOT ENFORCED", ""), name="unkeyed")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(["LEFT", "RIGHT", "FULL OUTER"]),
+    orders=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4000)), max_size=12),
+    shipments=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4000)), max_size=12),
+)
+def test_an_outer_interval_join_gives_the_rows_alone_once_their_interval_is_over(
+    kind: str, orders: list[tuple[int, int]], shipments: list[tuple[int, int]]
+) -> None:
+    with connect("memory://") as log:
+        append_orders_and_shipments(log, sorted(orders, key=lambda o: o[1]), sorted(shipments, key=lambda s: s[1]))
+        query = (
+            f"SELECT o.id, o.amount, s.carrier FROM orders o {kind} JOIN shipments s"
+            " ON o.id = s.order_id AND s.ts BETWEEN o.ts AND o.ts + INTERVAL '1' SECOND"
+        )
+        found = Counter(tuple(r.values()) for _, t in Job(log, JOINED + query).query() for r in job_results(t))
+    orders, shipments = sorted(orders, key=lambda o: o[1]), sorted(shipments, key=lambda s: s[1])
+    pairs = [
+        (n, m)
+        for n, (key, at) in enumerate(orders)
+        for m, (other, shipped) in enumerate(shipments)
+        if key == other and at <= shipped <= at + 1000
+    ]
+    want: Counter[tuple[Any, ...]] = Counter((orders[n][0], n, f"c{m}") for n, m in pairs)
+    if kind in ("LEFT", "FULL OUTER"):
+        want.update((key, n, None) for n, (key, _) in enumerate(orders) if not any(p[0] == n for p in pairs))
+    if kind in ("RIGHT", "FULL OUTER"):
+        want.update((None, None, f"c{m}") for m in range(len(shipments)) if not any(p[1] == m for p in pairs))
+    assert found == want
+
+
+def test_a_job_appends_the_orders_no_shipment_followed_within_the_interval(log: Log) -> None:
+    script = """
+    CREATE TABLE orders (id BIGINT, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts) WITH ('topic' = 'orders');
+    CREATE TABLE shipments (order_id BIGINT, carrier STRING, ts TIMESTAMP_LTZ(3), WATERMARK FOR ts AS ts)
+      WITH ('topic' = 'shipments');
+    CREATE TABLE followed (id BIGINT, carrier STRING) WITH ('topic' = 'followed');
+    INSERT INTO followed SELECT o.id, s.carrier FROM orders o
+    LEFT JOIN shipments s ON o.id = s.order_id AND s.ts BETWEEN o.ts AND o.ts + INTERVAL '10' SECOND;
+    """
+    for topic in ("orders", "shipments"):
+        log.create_topic(topic)
+    log.append_events("orders", [stamped("orders", 0, id=1), stamped("orders", 1_000, id=2)])
+    log.append_events("shipments", [stamped("shipments", 5_000, order_id=1, carrier="dhl")])
+    log.append_events("orders", [stamped("orders", 21_000, id=3)])  # both watermarks pass order 2's interval
+    log.append_events("shipments", [stamped("shipments", 20_000, order_id=9, carrier="ups")])
+    run_until(Job(log, script, name="followed"), lambda: len(sink(log, "followed")) == 2, what="two rows")
+    assert sorted((data["id"], data["carrier"]) for _, data, _ in sink(log, "followed")) == [(1, "dhl"), (2, None)]

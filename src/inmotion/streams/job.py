@@ -214,8 +214,10 @@ class Pipeline:
         else:
             watermark = self.watermark(now)
         if isinstance(self.state, StreamJoinState):
-            left, right = (scan.watermark(now) for scan in self.scans)
-            self.state.expire(left, right)
+            left, right = (FINAL, FINAL) if watermark == FINAL else (scan.watermark(now) for scan in self.scans)
+            alone = self.state.expire(left, right)  # an outer interval join's rows that matched nothing
+            if alone is not None:
+                self.emit(alone)
         if watermark is None or (self.progress.watermark is not None and watermark <= self.progress.watermark):
             return
         previous = self.progress.watermark

@@ -189,7 +189,10 @@ class StreamJoinState:
 
     def updates(self) -> tuple[pa.Table | None, pa.Table | None]:
         """An outer join's changes since the last call: (the kept rows still alone, not given
-        before, with NULLs for the other side; the rows given alone that a match came for)."""
+        before, with NULLs for the other side; the rows given alone that a match came for). An
+        interval join gives its rows alone as they expire instead (`expire`): no change."""
+        if self.join.interval is not None:
+            return None, None
         alone = []
         for side in self.keeps:
             for number, kept in list(self.kept[side].items()):
@@ -208,15 +211,17 @@ class StreamJoinState:
         gone = self._given(pa.concat_tables(deletes, promote_options="permissive")) if deletes else None
         return upserts, gone
 
-    def expire(self, left_watermark: int | None, right_watermark: int | None) -> None:
+    def expire(self, left_watermark: int | None, right_watermark: int | None) -> pa.Table | None:
         """Drop the rows no row to come can match: left rows by the right side's watermark, right
-        rows by the left's (an interval join's); and those past their time to live."""
+        rows by the left's (an interval join's); and those past their time to live. An outer
+        interval join gives the rows it keeps that matched nothing, with NULLs, as they go."""
         if self.ttl_ms:
             self._outlived(int(self.clock() * 1000) - self.ttl_ms)
         if self.join.interval is None:
-            return
+            return None
         lower, upper = self.join.interval
         bounds = ((right_watermark, -lower), (left_watermark, upper))
+        alone = []
         for side, (watermark, shift) in enumerate(bounds):
             if watermark is None:
                 continue
@@ -226,11 +231,16 @@ class StreamJoinState:
                     continue
                 self._changed.add((side, number))
                 self.fired = True
+                if side in self.keeps:
+                    unmatched = pc.and_(pc.invert(alive), pc.equal(rows.column(_ALONE), 1))
+                    if pc.any(unmatched).as_py():
+                        alone.append(self._alone(side, rows.filter(unmatched)))
                 rows = rows.filter(alive)
                 if rows.num_rows:
                     self.kept[side][number] = rows
                 else:
                     del self.kept[side][number]
+        return self._given(pa.concat_tables(alone, promote_options="permissive")) if alone else None
 
     def _outlived(self, cutoff: int) -> None:
         """Drop the chunks of rows that came at or before `cutoff` (those kept before the job had

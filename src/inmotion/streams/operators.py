@@ -143,8 +143,9 @@ class StreamJoin:
     interval: tuple[int, int] | None
     residual: Compiled | None
     kind: str = "INNER"
-    """INNER, or LEFT, RIGHT or FULL (a regular join keeping the rows of that side that match
-    nothing, with NULLs for the other: updates, as a match may come later)."""
+    """INNER, or LEFT, RIGHT or FULL: also the rows of that side that match nothing, with NULLs
+    for the other side's columns; a regular join gives them at once and deletes them if a match
+    comes (updates), an interval join once the other side's watermark passes their interval."""
 
     @property
     def sides(self) -> tuple[Side, Side]:
@@ -247,7 +248,7 @@ class Plan:
     @property
     def updates(self) -> str | None:
         """What makes the query's rows change as rows come (None: they are final once given)."""
-        if isinstance(self.join, StreamJoin) and self.join.kind != "INNER":
+        if isinstance(self.join, StreamJoin) and self.join.kind != "INNER" and self.join.interval is None:
             return f"a {self.join.kind} join"
         if self.grouped and self.window is None:
             return "GROUP BY without a window"

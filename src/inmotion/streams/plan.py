@@ -11,8 +11,8 @@ runs, each compiled once.
     scan(table) -> filter(WHERE) -> over(PARTITION BY keys ORDER BY time, frame) -> project
 
 Windows are TUMBLE, HOP, CUMULATE and SESSION, in event time (a watermarked column) or in
-processing time (a PROCTIME() column). What a plan cannot express yet (outer interval
-joins, ORDER BY, SELECT DISTINCT, OVER in processing time) is an `InvalidSql` naming
+processing time (a PROCTIME() column). What a plan cannot express yet (ORDER BY,
+SELECT DISTINCT, OVER in processing time) is an `InvalidSql` naming
 the construct, its line and its column: never a plan that would give a different answer than Flink."""
 
 from __future__ import annotations

@@ -196,8 +196,8 @@ class JoinPlanner:
             else:
                 residual.append(condition)
         interval = (bounds["lower"], bounds["upper"]) if set(bounds) == {"lower", "upper"} else None
-        if kind != "INNER":
-            self.outer_conditions(kind, timing, alone, residual)
+        if kind != "INNER":  # time bounds both ways: an outer interval join
+            self.outer_conditions(kind, timing if interval is None else [], alone, residual)
             residual = after
         if interval is None:  # bounded one way only: conditions of a regular join
             residual.extend(timing)
@@ -259,12 +259,12 @@ class JoinPlanner:
     def outer_conditions(
         self, kind: str, timing: list[exp.Expr], alone: list[list[exp.Expr]], residual: list[exp.Expr]
     ) -> None:
-        """What an outer join's ON may hold besides equal keys: conditions on the side whose
-        rows it does not keep (they only choose the matches). Time bounds, conditions on a kept
-        side and on both sides are refused, for now."""
+        """What an outer join's ON may hold besides equal keys and an interval: conditions on
+        the side whose rows it does not keep (they only choose the matches). A time bound one
+        way only, conditions on a kept side and on both sides are refused, for now."""
         kept = [condition for side in {"LEFT": [0], "RIGHT": [1], "FULL": [0, 1]}[kind] for condition in alone[side]]
         for found, what in (
-            (timing, "time bounds (an outer interval join)"),
+            (timing, "a time bound one way only"),
             (kept, "a condition on a side whose every row it keeps"),
             (residual, "a condition on both sides"),
         ):
