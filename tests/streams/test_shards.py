@@ -159,3 +159,6 @@ def test_only_jobs_whose_state_is_per_key_of_the_partitioning_split(log: Log) ->
     for script, problem in refused:
         with pytest.raises(InvalidConfig, match=problem):
             topic(script)
+    split = cli(log.url, "sql", "run", "--name", "x", "--split", "--engine", "flink", SPLIT, check=False)
+    assert split.returncode == 2
+    assert "--split shares an embedded job between processes" in split.stderr

@@ -164,6 +164,8 @@ def run(
         fail("name the job: --name NAME (or run a .sql file, whose name it takes)", code=2)
     if engine not in ("embedded", "flink"):
         fail(f"--engine {engine}: the engines are embedded and flink", code=2)
+    if split and engine == "flink":
+        fail("--split shares an embedded job between processes; on Flink, set 'parallelism.default'", code=2)
     from inmotion.runtime import logs  # here, not above: the other sql commands start without the runtime
 
     logs.configure(log_level)
