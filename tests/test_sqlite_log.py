@@ -3,6 +3,7 @@ kill -9, and turn locked, corrupt or unreadable files into one clear StorageErro
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import signal
 import sqlite3
@@ -24,7 +25,8 @@ import inmotion
 import inmotion.log.sqlite.format as sqlite_format
 import inmotion.log.sqlite.log as sqlite_module
 from inmotion.errors import CorruptRecord, InvalidConfig, StorageError
-from inmotion.log import Message, TopicConfig, connect
+from inmotion.log import Message, TopicConfig, connect, partition_for_key
+from inmotion.log.base import STICKY
 from inmotion.log.sqlite import SqliteLog
 from inmotion.log.sqlite.file import APPLICATION_ID
 from inmotion.sourcing import EventStore
@@ -426,6 +428,24 @@ def test_checkpoints_keep_the_wal_bounded_under_appends_that_never_pause(
     # the limit (64 pages of 4 KiB) and what 50 appends and more, during a checkpoint, add: some
     # 4 MB at most, where without the RESTART it grows to some 60 MB
     assert largest < 8 * 1024 * 1024, f"the WAL grew to {largest:,} bytes"
+
+
+def test_an_append_of_a_few_messages_without_key_writes_one_batch(tmp_path: Path) -> None:
+    """Keyless messages stick to one partition for STICKY in a row (Kafka's sticky
+    partitioner): a small append is one batch in one partition, the next append goes to the
+    next partition, and larger appends still cover every partition."""
+    with SqliteLog(tmp_path / "sticky.db") as log:
+        log.create_topic("t", TopicConfig(partitions=4))
+        appended = [log.append("t", [Message(b"x") for _ in range(10)]) for _ in range(8)]
+        partitions = [{p.partition for p in positions} for positions in appended]
+        assert all(len(used) == 1 for used in partitions)
+        assert [used.pop() for used in partitions] == [0, 1, 2, 3, 0, 1, 2, 3]
+        (batches,) = log._reader().execute("SELECT count(*) FROM batches").fetchone()
+        assert batches == 8
+        large = log.append("t", [Message(b"y") for _ in range(4 * STICKY)])
+        assert collections.Counter(p.partition for p in large) == dict.fromkeys(range(4), STICKY)
+        keyed = log.append("t", [Message(b"z", key=b"k") for _ in range(3)])
+        assert {p.partition for p in keyed} == {partition_for_key(b"k", 4)}
 
 
 # --- records stored in batches ------------------------------------------------------------

@@ -165,6 +165,10 @@ class Position(msgspec.Struct, frozen=True, gc=False):
     offset: int
 
 
+STICKY = 32
+"""Messages without a key that go to one partition in a row (see `Log.partitions_of`)."""
+
+
 class Log(abc.ABC):
     """A durable, partitioned, append-only log. Implementations are thread-safe."""
 
@@ -309,15 +313,18 @@ class Log(abc.ABC):
         return self.append(topic, [Message.from_event(event) for event in events])
 
     def partitions_of(self, messages: Sequence[Message], partitions: int) -> list[int]:
-        """Where each message goes: its explicit partition, its key's, or round robin."""
-        spread = self._round_robin
+        """Where each message goes: its explicit partition, its key's, or, without a key, one
+        partition for STICKY messages in a row, then the next, and the next append starts one
+        partition further (Kafka's sticky partitioner, KIP-480): an append of a few messages
+        writes one batch to one partition, not a batch to each."""
+        first, keyless = next(self._round_robin), itertools.count()
         try:
             return [
                 m.partition
                 if m.partition is not None
                 else key_hash(m.key) % partitions  # partition_for_key, one call less per message
                 if m.key is not None
-                else next(spread) % partitions
+                else (first + next(keyless) // STICKY) % partitions
                 for m in messages
             ]
         except (TypeError, ValueError):  # a key key_hash cannot take: InvalidConfig, or made bytes
