@@ -49,11 +49,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from inmotion.gateway.server import collect_less
+
 async def nothing(request: Request) -> JSONResponse:
     await request.body()
     return JSONResponse({"events": []}, status_code=202)
 
 app = Starlette(routes=[Route("/topics/{topic}/events", nothing, methods=["POST"])])
+collect_less()  # the garbage collector set as `inmotion serve` sets it
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", proxy_headers=False,
             server_header=False, timeout_graceful_shutdown=5)
 """
