@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import secrets
 import threading
@@ -49,8 +50,7 @@ class Grant(msgspec.Struct, frozen=True):
     def allows(self, action: Action, topic: str) -> bool:
         if self.admin:
             return True
-        patterns = self.publish if action == "publish" else self.subscribe
-        return any(fnmatch.fnmatchcase(topic, pattern) for pattern in patterns)
+        return _matches(self.publish if action == "publish" else self.subscribe, topic)
 
     def document(self) -> dict[str, object]:
         """What `tokens list` and the admin API show: everything but the digest."""
@@ -62,6 +62,12 @@ class Grant(msgspec.Struct, frozen=True):
             "rate": self.rate,
             "created": self.created,
         }
+
+
+@functools.lru_cache(maxsize=4096)
+def _matches(patterns: tuple[str, ...], topic: str) -> bool:
+    """Whether `topic` matches one of `patterns`: remembered, as every request asks it again."""
+    return any(fnmatch.fnmatchcase(topic, pattern) for pattern in patterns)
 
 
 def digest(secret: str) -> str:
