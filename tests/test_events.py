@@ -240,6 +240,13 @@ def test_batch_format_both_ways() -> None:
         from_batch('{"specversion": "1.0"}')
 
 
+def test_a_bad_event_in_a_batch_is_named_by_its_index() -> None:
+    good = to_dict(Event.create("t", {}, source="/s"))
+    with pytest.raises(InvalidEvent, match=r"^invalid event at index 2 of the batch: source: ") as caught:
+        from_batch(json.dumps([good, good, {"specversion": "1.0", "id": "x", "type": "t"}]))
+    assert (caught.value.attribute, caught.value.index) == ("source", 2)
+
+
 def test_binary_mode_headers_are_the_kafka_binding() -> None:
     event = Event.create("t", {"x": 1}, source="/s", key="k1", subject="sub", traceparent="00-abc", flag=True)
     key, headers, value = to_binary(event)

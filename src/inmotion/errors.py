@@ -25,13 +25,16 @@ class InmotionError(Exception):
 
 
 class InvalidEvent(InmotionError, ValueError):
-    """An event that breaks the CloudEvents 1.0 rules; `attribute` names the culprit."""
+    """An event that breaks the CloudEvents 1.0 rules; `attribute` names the culprit, `index` the
+    event's place in a batch (from 0) when it came in one."""
 
-    def __init__(self, attribute: str, problem: str) -> None:
+    def __init__(self, attribute: str, problem: str, index: int | None = None) -> None:
+        which = "invalid event" if index is None else f"invalid event at index {index} of the batch"
         where = "" if attribute.startswith("<") else f"{attribute}: "
-        super().__init__(f"invalid event: {where}{problem}")
+        super().__init__(f"{which}: {where}{problem}")
         self.attribute = attribute
         self.problem = problem
+        self.index = index
 
 
 class InvalidPattern(InmotionError, ValueError):

@@ -135,6 +135,8 @@ def test_a_bad_event_gets_a_problem_naming_it_and_writes_nothing(
     assert problem["instance"] == "/topics/orders/events"
     assert problem["detail"]
     assert problem.get("attribute") == attribute
+    one_of_a_batch = headers.get("Content-Type") == "application/cloudevents-batch+json" and attribute == "source"
+    assert problem.get("index") == (2 if one_of_a_batch else None)  # the bad event's place in the batch
     assert offsets(broker) == [0, 0, 0]
 
 

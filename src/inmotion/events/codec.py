@@ -146,7 +146,13 @@ def from_batch(text: str | bytes) -> list[Event]:
     document = decode_json_document(text)
     if not isinstance(document, list):
         raise InvalidEvent("<batch>", "a CloudEvents batch is a JSON array")
-    return [from_dict(item) for item in document]
+    events = []
+    for index, item in enumerate(document):
+        try:
+            events.append(from_dict(item))
+        except InvalidEvent as exc:
+            raise InvalidEvent(exc.attribute, exc.problem, index) from None
+    return events
 
 
 def decode_json_document(text: str | bytes) -> Any:

@@ -125,7 +125,7 @@ async def publish(request: Request) -> Response:
       - {name: topic, in: path, required: true, schema: {type: string}}
     responses:
       202: {description: "Appended: each event's id, partition and offset"}
-      400: {description: An invalid event (problem details name the attribute)}
+      400: {description: "An invalid event (problem details name the attribute, and in a batch the event's index)"}
       401: {description: No token, or an unknown or revoked one}
       403: {description: The token may not publish to this topic}
       404: {description: No such topic}
@@ -146,7 +146,9 @@ async def publish(request: Request) -> Response:
     try:
         events = from_http(request.headers.items(), body)
     except InvalidEvent as exc:
-        raise Problem(400, str(exc), attribute=exc.attribute) from None
+        if exc.index is None:
+            raise Problem(400, str(exc), attribute=exc.attribute) from None
+        raise Problem(400, str(exc), attribute=exc.attribute, index=exc.index) from None
     if not events:
         raise Problem(400, "the batch holds no events")
     if len(events) > MAX_BATCH:
